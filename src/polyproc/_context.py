@@ -1,0 +1,276 @@
+"""The Context: which start method, which serializer. A frozen value, passed, never global.
+
+The stdlib binds a start method globally the first time anything touches it
+(cpython #109263); here ``get_context('spawn')`` returns a value and changes
+nothing else. The one piece of process-wide state is the *default* start method,
+kept in a single small holder (``_Defaults``) that ``set_start_method`` writes.
+
+A Context is also the factory users know from ``multiprocessing.get_context()``:
+``ctx.Process``, ``ctx.Pool(...)``, ``ctx.Lock()``, ``ctx.Queue()`` ... each binds
+the object it makes to this context. Factories import their modules lazily, so
+``import polyproc`` stays cheap (it is on the critical path of every spawned child).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._serialize import DEFAULT_SERIALIZER, Serializer
+
+if TYPE_CHECKING:
+    from ._process import Process
+
+__all__ = [
+    "Context",
+    "START_METHODS",
+    "DEFAULT_START_METHOD",
+    "get_context",
+    "set_start_method",
+    "get_start_method",
+    "get_all_start_methods",
+    "default_context",
+]
+
+#: The start methods, in the order ``get_all_start_methods`` lists them (default first).
+START_METHODS: tuple[str, ...] = ("forkserver", "fork", "spawn")
+
+#: Why forkserver: fork from a process that has threads (our pool engine thread,
+#: logging handlers, user threads) can deadlock the child, and 3.12+ warns on it;
+#: Python 3.14 moved its Linux default to forkserver for that reason. Our
+#: forkserver has already imported the user's main module, so a child costs a
+#: fork (about 1-2 ms), not a fresh interpreter.
+DEFAULT_START_METHOD = "forkserver"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """How child processes are made and how objects reach them."""
+
+    start_method: str = DEFAULT_START_METHOD
+    serializer: Serializer = field(default=DEFAULT_SERIALIZER)
+
+    def __post_init__(self) -> None:
+        if self.start_method not in START_METHODS:
+            raise ValueError(f"cannot find context for {self.start_method!r}")
+
+    # -- the stdlib context API ------------------------------------------------
+    def get_start_method(self, allow_none: bool = False) -> str:
+        return self.start_method
+
+    def get_context(self, method: str | None = None) -> Context:
+        return get_context(method)
+
+    def get_all_start_methods(self) -> list[str]:
+        return get_all_start_methods()
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        set_start_method(method, force)
+
+    def cpu_count(self) -> int:
+        return os.cpu_count() or 1
+
+    @property
+    def Process(self) -> type[Process]:  # noqa: N802 - stdlib name
+        return _process_class_for(self)
+
+    # -- factories (lazy imports: keep ``import polyproc`` light) --------------
+    def Pipe(self, duplex: bool = True) -> Any:  # noqa: N802
+        from ._connection import Pipe
+
+        return Pipe(duplex)
+
+    def Lock(self) -> Any:  # noqa: N802
+        from ._sync import Lock
+
+        return Lock(ctx=self)
+
+    def RLock(self) -> Any:  # noqa: N802
+        from ._sync import RLock
+
+        return RLock(ctx=self)
+
+    def Condition(self, lock: Any = None) -> Any:  # noqa: N802
+        from ._sync import Condition
+
+        return Condition(lock, ctx=self)
+
+    def Semaphore(self, value: int = 1) -> Any:  # noqa: N802
+        from ._sync import Semaphore
+
+        return Semaphore(value, ctx=self)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:  # noqa: N802
+        from ._sync import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self)
+
+    def Event(self) -> Any:  # noqa: N802
+        from ._sync import Event
+
+        return Event(ctx=self)
+
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:  # noqa: N802
+        from ._sync import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self)
+
+    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        from ._queues import Queue
+
+        return Queue(maxsize, ctx=self)
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        from ._queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self)
+
+    def SimpleQueue(self) -> Any:  # noqa: N802
+        from ._queues import SimpleQueue
+
+        return SimpleQueue(ctx=self)
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:  # noqa: N802
+        from ._shm.sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self)
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:  # noqa: N802
+        from ._shm.sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self)
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
+        from ._shm.sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> Any:  # noqa: N802
+        from ._shm.sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    def Pool(  # noqa: N802
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+        **options: Any,
+    ) -> Any:
+        from ._pool.pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self, **options)
+
+    def Manager(self) -> Any:  # noqa: N802
+        from ._manager.sync import SyncManager
+
+        m = SyncManager(ctx=self)
+        m.start()
+        return m
+
+    def Listener(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        from ._listener import Listener
+
+        return Listener(*args, **kwargs)
+
+    def Client(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        from ._listener import Client
+
+        return Client(*args, **kwargs)
+
+    def current_process(self) -> Any:
+        from ._process import current_process
+
+        return current_process()
+
+    def parent_process(self) -> Any:
+        from ._process import parent_process
+
+        return parent_process()
+
+    def active_children(self) -> Any:
+        from ._process import active_children
+
+        return active_children()
+
+    def freeze_support(self) -> None:
+        """Nothing to do: polyproc never runs frozen executables as children."""
+
+    def log_to_stderr(self, level: int | None = None) -> Any:
+        from ._process import log_to_stderr
+
+        return log_to_stderr(level)
+
+    def get_logger(self) -> Any:
+        from ._process import get_logger
+
+        return get_logger()
+
+
+@functools.lru_cache(maxsize=None)
+def _process_class_for(ctx: Context) -> type[Process]:
+    from ._process import Process
+
+    return type(f"{ctx.start_method.capitalize()}Process", (Process,), {"_ctx": ctx})
+
+
+class _Defaults:
+    """The process-wide default start method: the single mutable setting, in one place."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._method: str | None = None
+        self._fixed = False  # becomes True once a child has been started with it
+
+    def get(self) -> str:
+        env = os.environ.get("POLYPROC_START_METHOD")
+        return self._method or env or DEFAULT_START_METHOD
+
+    def set(self, method: str | None, force: bool) -> None:
+        with self._lock:
+            if self._method is not None and not force:
+                raise RuntimeError("context has already been set")
+            if method is not None and method not in START_METHODS:
+                raise ValueError(f"cannot find context for {method!r}")
+            self._method = method
+
+
+_defaults = _Defaults()
+
+
+def default_context() -> Context:
+    """The Context for the current default start method (what ``polyproc.Process`` uses)."""
+    return get_context(None)
+
+
+@functools.lru_cache(maxsize=None)
+def _context_for(method: str) -> Context:
+    return Context(method)
+
+
+def get_context(method: str | None = None) -> Context:
+    """A Context for ``method`` (the default when None). Changes no global state."""
+    return _context_for(method or _defaults.get())
+
+
+def set_start_method(method: str | None, force: bool = False) -> None:
+    """Set the default start method; ``RuntimeError`` if set already, unless ``force``."""
+    _defaults.set(method, force)
+
+
+def get_start_method(allow_none: bool = False) -> str | None:
+    if allow_none and _defaults._method is None:
+        return None
+    return _defaults.get()
+
+
+def get_all_start_methods() -> list[str]:
+    if sys.platform != "linux":  # pragma: no cover - Linux is the supported platform
+        return ["spawn"]
+    default = _defaults.get()
+    return [default] + [m for m in START_METHODS if m != default]

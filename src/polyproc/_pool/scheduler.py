@@ -1,0 +1,874 @@
+"""The pool's scheduler: pure policy and state. Events in, actions out; no processes, no I/O.
+
+The engine thread owns one ``Scheduler``. It turns what it sees (a job from a user
+thread, a result frame, a worker's death, the clock) into calls here, and carries
+out the actions this returns::
+
+    events (methods)                         Scheduler state                 actions (self.actions)
+    ──────────────────                       ───────────────                 ──────────────────────
+    add_job(job)          ──►  queue: jobs with input left (FIFO)      ──►  Spawn(wid)
+    consumed(job, n)            requeued: batches to run again               Send(wid, batch)
+    worker_ready(wid)           workers: slot per worker, each with          Deliver(job, start, values)
+    worker_failed_init(wid)       its in-flight window (FIFO of batches)     DeliverSingles(jobs, values)
+    batch_done(wid, id, ...)    per job: reorder buffer (ordered jobs)       Done(job)
+    worker_exited(wid, ...)     deadlines (timed tasks)                      Stop(wid)  Kill(wid)
+    tick(now) close() terminate(err)                                         Broken(error)
+
+Invariants (tests/pool/test_scheduler.py checks each):
+
+* Every task is in exactly one place: not yet pulled, in ``requeued``, in one
+  worker's window, in a job's reorder buffer, or delivered. So a worker's death
+  fails or re-runs exactly the tasks in its window, and nothing waits forever.
+* Results of one worker come back in the order its batches were sent (one FIFO
+  channel), so ``batch_done`` always completes the head of that worker's window.
+* Input is pulled only to fill a batch that is sent at once; an ordered job with a
+  consumer never has more than ``_credit_limit`` tasks pulled but not consumed.
+* A task with a timeout runs alone on its worker (nothing queued behind it), so
+  its deadline is counted from when it starts and killing the worker harms no one.
+* A batch holds tasks of one function; its size is the job's ``chunksize`` if given,
+  else ``target_batch_s`` divided by the function's measured time per task (1 until
+  measured), so tiny tasks travel thousands to a frame and slow ones one at a time.
+
+Worker and pool life cycles are transition tables (``WORKER_TRANSITIONS``,
+``POOL_TRANSITIONS``); a move not in the table is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+import reprlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BrokenProcessPool, TimeoutError, WorkerLostError
+from .messages import TaskError
+
+__all__ = [
+    "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS",
+    "FnInfo", "Job", "Batch", "Scheduler", "Mode",
+    "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill", "Broken",
+    "Action",
+]
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"    # process started, initializer not yet done
+    READY = "ready"          # takes work
+    RETIRING = "retiring"    # recycled (tasks or memory): finishes its window, takes no more
+    STOPPING = "stopping"    # told to exit
+    DEAD = "dead"
+
+
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.READY: frozenset({WorkerState.RETIRING, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.RETIRING: frozenset({WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.STOPPING: frozenset({WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class PoolState(enum.Enum):
+    RUNNING = "running"          # takes jobs
+    CLOSED = "closed"            # no new jobs; finishes what it has, then stops its workers
+    BROKEN = "broken"            # cannot run work (initializer failed); everything fails fast
+    TERMINATED = "terminated"    # workers killed, outstanding work failed
+
+
+POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.RUNNING: frozenset({PoolState.CLOSED, PoolState.BROKEN, PoolState.TERMINATED}),
+    PoolState.CLOSED: frozenset({PoolState.BROKEN, PoolState.TERMINATED}),
+    PoolState.BROKEN: frozenset({PoolState.TERMINATED}),
+    PoolState.TERMINATED: frozenset(),
+}
+
+
+class Mode(enum.IntEnum):
+    """How a worker calls the function with one task's argument."""
+
+    ONE = 0     # fn(x)
+    STAR = 1    # fn(*x)
+    KW = 2      # fn(*x[0], **x[1])
+
+
+class FnInfo:
+    """One distinct task function: its wire id, its pickled bytes, and its measured speed.
+
+    Made by the face in a user thread (which pickles the function once, so an
+    unpicklable one fails at submit); ``est`` is written only by the engine thread.
+    """
+
+    __slots__ = ("fid", "fn", "name", "blob", "est")
+
+    def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
+        self.fid = fid
+        self.fn = fn          # kept so id(fn) cannot be reused while this is cached
+        self.name = name
+        self.blob = blob      # the serializer's Payload (or the function itself for threads)
+        self.est: float | None = None   # seconds per task, moving average
+
+
+class Job:
+    """One call from a user: ``apply``/``submit`` (a single task) or a map (an input iterator).
+
+    ``sink`` is whatever the face wants back in actions (a Future, a MapResult ...).
+    ``claim``, if set, is called when a single task is taken for sending; returning
+    False drops it (a cancelled ``concurrent.futures.Future``).
+    """
+
+    __slots__ = (
+        "fn", "mode", "sink", "claim", "single", "arg", "blob", "it", "length",
+        "ordered", "credit", "chunksize", "timeout", "retries",
+        "pulled", "delivered", "consumed", "exhausted", "cancelled", "finished",
+        "reorder", "lost", "stalled",
+    )
+
+    def __init__(
+        self,
+        fn: FnInfo,
+        mode: Mode,
+        sink: Any,
+        *,
+        arg: Any = None,
+        blob: Any = None,
+        it: Iterator[Any] | None = None,
+        length: int | None = None,
+        ordered: bool = False,
+        credit: bool = False,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        claim: Callable[[], bool] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.mode = mode
+        self.sink = sink
+        self.claim = claim
+        self.single = it is None      # one task: ``arg`` (its pickled form in ``blob``)
+        self.arg = arg
+        self.blob = blob
+        self.it = it
+        self.length = length          # len(input) when known: caps batch sizes for balance
+        self.ordered = ordered        # deliver in input order (reorder buffer)
+        self.credit = credit          # a consumer takes results one by one: bound the lead
+        self.chunksize = chunksize
+        self.timeout = timeout
+        self.retries = retries
+        self.pulled = 1 if self.single else 0   # tasks taken from the input so far
+        self.delivered = 0
+        self.consumed = 0             # credit jobs: results the consumer has taken
+        self.exhausted = self.single
+        self.cancelled = False
+        self.finished = False
+        self.reorder: dict[int, list[Any]] = {}
+        self.lost: dict[int, int] = {}  # index -> times its worker died under it
+        self.stalled = False          # waiting for consumer credit
+
+    def __repr__(self) -> str:
+        return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
+
+
+class Batch:
+    """Tasks of one function sent to one worker in one frame.
+
+    Either a run of one map job (``job``, indexes ``start .. start+len(args)-1``) or
+    single-task jobs (``owners``, each index 0, their args pre-pickled in ``args``).
+    """
+
+    __slots__ = ("bid", "fn", "mode", "job", "start", "args", "owners", "worker",
+                 "deadline", "isolated")
+
+    def __init__(self, fn: FnInfo, mode: Mode, args: list[Any], *, job: Job | None = None,
+                 start: int = 0, owners: list[Job] | None = None, isolated: bool = False) -> None:
+        self.bid = 0
+        self.fn = fn
+        self.mode = mode
+        self.job = job
+        self.start = start
+        self.args = args
+        self.owners = owners
+        self.worker = 0
+        self.deadline: float | None = None
+        self.isolated = isolated      # re-run alone to find which task killed a worker
+
+    def __len__(self) -> int:
+        return len(self.args)
+
+    def job_of(self, i: int) -> tuple[Job, int]:
+        if self.owners is not None:
+            return self.owners[i], 0
+        assert self.job is not None
+        return self.job, self.start + i
+
+    def arg_of(self, i: int) -> Any:
+        if self.owners is not None:
+            return self.owners[i].arg
+        return self.args[i]
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.bid} {self.fn.name} x{len(self.args)} on {self.worker}>"
+
+
+# -- actions ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class Spawn:
+    wid: int
+
+
+@dataclass(slots=True)
+class Send:
+    wid: int
+    batch: Batch
+
+
+@dataclass(slots=True)
+class Deliver:
+    job: Job
+    start: int
+    values: list[Any]   # a TaskError in place of a value that failed
+
+
+@dataclass(slots=True)
+class DeliverSingles:
+    jobs: list[Job]
+    values: list[Any]
+
+
+@dataclass(slots=True)
+class Done:
+    job: Job
+
+
+@dataclass(slots=True)
+class Stop:
+    wid: int
+
+
+@dataclass(slots=True)
+class Kill:
+    wid: int
+
+
+@dataclass(slots=True)
+class Broken:
+    error: BaseException
+
+
+Action = Spawn | Send | Deliver | DeliverSingles | Done | Stop | Kill | Broken
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    wid: int
+    state: WorkerState = WorkerState.STARTING
+    window: deque[Batch] = field(default_factory=deque)
+    assigned: int = 0       # tasks sent over its life (maxtasksperchild)
+    done: int = 0
+    busy: float = 0.0
+    rss: int | None = None
+    peak_rss: int | None = None
+    last_used: int = 0
+    exclusive: bool = False  # running a timed task: nothing else goes there
+    timed_out: Batch | None = None
+    exitcode: int | None = None
+
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = 4
+_short.maxtuple = 4
+_short.maxdict = 4
+
+
+def short_repr(obj: Any) -> str:
+    try:
+        return _short.repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object>"
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown status"
+    if exitcode < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class Scheduler:
+    """Which task runs where, and what happens next. See the module docstring."""
+
+    def __init__(
+        self,
+        processes: int,
+        *,
+        maxtasksperchild: int | None = None,
+        max_memory_per_child: int | None = None,
+        window: int = 3,
+        target_batch_s: float = 0.004,
+        max_batch: int = 4096,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        self.processes = processes
+        self.maxtasks = maxtasksperchild
+        self.max_memory = max_memory_per_child
+        self.window = window
+        self.target_batch_s = target_batch_s
+        self.max_batch = max_batch
+        self._clock = clock or _monotonic
+        self.state = PoolState.RUNNING
+        self.actions: list[Action] = []
+        self.workers: dict[int, WorkerSlot] = {}
+        self.queue: deque[Job] = deque()
+        self.requeued: deque[Batch] = deque()
+        self.jobs: dict[int, Job] = {}    # open jobs by id(job): what terminate must fail
+        self._wids = itertools.count(1)
+        self._bids = itertools.count(1)
+        self._uses = itertools.count(1)
+        self._deadlines: list[tuple[float, int, int]] = []   # (deadline, bid, wid)
+        self._start_failures = 0
+        self.stats = {"done": 0, "failed": 0, "lost": 0, "timed_out": 0, "retried": 0,
+                      "workers_started": 0, "workers_recycled": 0}
+        self.finished_workers: list[WorkerSlot] = []
+        for _ in range(processes):
+            self._spawn()
+
+    # -- state machines ----------------------------------------------------------------
+    def _move(self, slot: WorkerSlot, new: WorkerState) -> None:
+        if new not in WORKER_TRANSITIONS[slot.state]:
+            raise RuntimeError(f"worker {slot.wid}: illegal move {slot.state.name} -> {new.name}")
+        slot.state = new
+
+    def _set_state(self, new: PoolState) -> None:
+        if new not in POOL_TRANSITIONS[self.state]:
+            raise RuntimeError(f"pool: illegal move {self.state.name} -> {new.name}")
+        self.state = new
+
+    # -- queries -----------------------------------------------------------------------
+    def live_workers(self) -> int:
+        return sum(1 for s in self.workers.values()
+                   if s.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.RETIRING))
+
+    def idle(self) -> bool:
+        """No work anywhere: nothing queued, requeued, in flight or undelivered."""
+        return not self.jobs and not self.requeued and not any(
+            s.window for s in self.workers.values())
+
+    def finished(self) -> bool:
+        """The engine may exit: closed or terminated, and every worker is dead."""
+        return self.state is not PoolState.RUNNING and not self.workers
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines:
+            deadline, bid, wid = self._deadlines[0]
+            slot = self.workers.get(wid)
+            if slot and slot.window and slot.window[0].bid == bid and slot.timed_out is None:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
+    # -- events: from user threads (through the engine) --------------------------------
+    def add_job(self, job: Job) -> None:
+        self.add_jobs((job,))
+
+    def add_jobs(self, jobs: Iterable[Job]) -> None:
+        """New work, in order. Filling waits until all are queued, so they can share batches."""
+        for job in jobs:
+            if self.state is not PoolState.RUNNING:
+                self._fail_job(job, self._closed_error())
+                continue
+            self.jobs[id(job)] = job
+            self.queue.append(job)
+        self._fill()
+
+    def consumed(self, job: Job, count: int) -> None:
+        """The consumer of an ordered job has taken ``count`` results in all."""
+        job.consumed = max(job.consumed, count)
+        if job.stalled and not job.cancelled and job.pulled - job.consumed < self._credit_limit(job):
+            job.stalled = False
+            self.queue.appendleft(job)
+            self._fill()
+
+    def cancel(self, job: Job) -> None:
+        """The caller lost interest: pull no more input, deliver nothing more."""
+        if job.finished or job.cancelled:
+            return
+        job.cancelled = True
+        job.exhausted = True
+        self._maybe_finish(job, force=True)
+
+    def close(self) -> None:
+        if self.state is PoolState.RUNNING:
+            self._set_state(PoolState.CLOSED)
+        self._fill()
+
+    def terminate(self, error: BaseException) -> None:
+        """Kill every worker; every outstanding job fails with ``error``."""
+        if self.state is PoolState.TERMINATED:
+            return
+        self._set_state(PoolState.TERMINATED)
+        self._fail_everything(error)
+        for slot in self.workers.values():
+            if slot.state is not WorkerState.DEAD:
+                self.actions.append(Kill(slot.wid))
+
+    # -- events: from workers ----------------------------------------------------------
+    def worker_ready(self, wid: int) -> None:
+        slot = self.workers[wid]
+        if slot.state is WorkerState.STARTING:
+            self._move(slot, WorkerState.READY)
+            self._start_failures = 0
+            self._fill()
+
+    def worker_failed_init(self, wid: int, error: BaseException) -> None:
+        """The initializer raised: it would raise in every worker, so the pool is broken.
+
+        (The stdlib respawns forever here and every ``get()`` hangs.)
+        """
+        broken = BrokenProcessPool(f"the pool's initializer raised {error!r}; no task can run")
+        broken.__cause__ = error
+        self._break(broken)
+
+    def batch_done(self, wid: int, bid: int, values: list[Any], busy: float,
+                   rss: int | None = None) -> None:
+        slot = self.workers[wid]
+        if not slot.window:
+            raise RuntimeError(f"worker {wid}: result for batch {bid} with nothing in flight")
+        batch = slot.window.popleft()
+        if batch.bid != bid or len(values) != len(batch.args):
+            raise RuntimeError(f"worker {wid}: result for batch {bid} out of order ({batch!r})")
+        slot.exclusive = False
+        n = len(values)
+        slot.done += n
+        slot.busy += busy
+        if rss is not None:
+            slot.rss = rss
+            slot.peak_rss = max(slot.peak_rss or 0, rss)
+        fn = batch.fn
+        per_task = busy / n if n else 0.0
+        fn.est = per_task if fn.est is None else 0.6 * fn.est + 0.4 * per_task
+        failed = sum(1 for v in values if type(v) is TaskError)
+        self.stats["done"] += n - failed
+        self.stats["failed"] += failed
+        self._complete(batch, values)
+        if (slot.state is WorkerState.READY and self.max_memory is not None
+                and rss is not None and rss > self.max_memory):
+            self._retire(slot)
+        if slot.state is WorkerState.RETIRING and not slot.window:
+            self._stop(slot)
+        self._fill()
+
+    def worker_exited(self, wid: int, exitcode: int | None, *,
+                      progress: tuple[int, int] | None = None,
+                      peak_rss: int | None = None, name: str = "") -> None:
+        """A worker's process ended (its sentinel fired, its channel drained)."""
+        slot = self.workers.pop(wid)
+        was = slot.state
+        if was is not WorkerState.DEAD:
+            self._move(slot, WorkerState.DEAD)
+        slot.exitcode = exitcode
+        if peak_rss is not None:
+            slot.peak_rss = max(slot.peak_rss or 0, peak_rss)
+        self.finished_workers.append(slot)
+        del self.finished_workers[:-64]
+        if self.state is PoolState.TERMINATED:
+            return
+        if was is WorkerState.STARTING:
+            self._start_failures += 1
+        window = list(slot.window)
+        slot.window.clear()
+        who = name or f"worker {wid}"
+        head = window.pop(0) if window else None
+        for batch in reversed(window):     # never started: run again, first in line
+            self.requeued.appendleft(batch)
+        if head is not None and head is slot.timed_out:
+            self._timed_out(head, who)
+        elif head is not None:
+            pos: int | None = None
+            if progress is not None and progress[0] == head.bid:
+                pos = progress[1]
+            elif len(head) == 1:
+                pos = 0
+            self._lost_batch(head, pos, exitcode, slot.peak_rss, who)
+        if self._start_failures >= 3 and self.state is not PoolState.BROKEN:
+            from ..errors import StartError
+
+            err = StartError(f"{self._start_failures} workers in a row died while starting "
+                             f"({who}: {describe_exit(exitcode)})")
+            self._break(BrokenProcessPool(str(err)))
+            return
+        self._top_up()
+        self._fill()
+
+    def tick(self, now: float) -> None:
+        """The clock moved: kill workers whose timed task is late."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, bid, wid = heapq.heappop(self._deadlines)
+            slot = self.workers.get(wid)
+            if (slot is None or not slot.window or slot.window[0].bid != bid
+                    or slot.timed_out is not None):
+                continue
+            slot.timed_out = slot.window[0]
+            self.actions.append(Kill(wid))
+
+    # -- internals: workers ------------------------------------------------------------
+    def _spawn(self) -> None:
+        wid = next(self._wids)
+        self.workers[wid] = WorkerSlot(wid)
+        self.stats["workers_started"] += 1
+        self.actions.append(Spawn(wid))
+
+    def _top_up(self) -> None:
+        if self.state is PoolState.RUNNING or (self.state is PoolState.CLOSED and not self.idle()):
+            while self.live_workers() < self.processes:
+                self._spawn()
+
+    def _retire(self, slot: WorkerSlot) -> None:
+        self._move(slot, WorkerState.RETIRING)
+        self.stats["workers_recycled"] += 1
+        self._top_up()
+
+    def _stop(self, slot: WorkerSlot) -> None:
+        self._move(slot, WorkerState.STOPPING)
+        self.actions.append(Stop(slot.wid))
+
+    def _break(self, error: BaseException) -> None:
+        if self.state in (PoolState.BROKEN, PoolState.TERMINATED):
+            return
+        self._set_state(PoolState.BROKEN)
+        self.actions.append(Broken(error))
+        self._fail_everything(error)
+        for slot in self.workers.values():
+            if slot.state is not WorkerState.STOPPING:
+                self._move(slot, WorkerState.STOPPING)
+                self.actions.append(Kill(slot.wid))
+
+    def _closed_error(self) -> BaseException:
+        if self.state is PoolState.BROKEN:
+            return BrokenProcessPool("the pool is broken")
+        from ..errors import PoolClosedError
+
+        return PoolClosedError("Pool not running")
+
+    # -- internals: filling windows ----------------------------------------------------
+    def _credit_limit(self, job: Job) -> int:
+        size = self._batch_size(job, None)
+        return max(64, 2 * self.processes * self.window * size)
+
+    def _batch_size(self, job: Job, waiting: int | None) -> int:
+        if job.chunksize:
+            return job.chunksize
+        est = job.fn.est
+        size = 1 if est is None else max(1, min(self.max_batch, int(self.target_batch_s / max(est, 1e-7))))
+        if waiting is not None:
+            # Share what is known to be left among the workers, so the tail is balanced.
+            size = min(size, max(1, math.ceil(waiting / (2 * self.processes))))
+        return size
+
+    def _depth(self, fn: FnInfo) -> int:
+        """Batches in flight per worker: pipelining hides the round trip for short tasks only."""
+        if fn.est is None:
+            return 1
+        return self.window if fn.est * self._batch_size_for(fn) < 0.05 else 1
+
+    def _batch_size_for(self, fn: FnInfo) -> int:
+        est = fn.est or 1e-7
+        return max(1, min(self.max_batch, int(self.target_batch_s / max(est, 1e-7))))
+
+    def _pick_worker(self, exclusive: bool, depth: int) -> WorkerSlot | None:
+        best: WorkerSlot | None = None
+        for slot in self.workers.values():
+            if slot.state is not WorkerState.READY or slot.exclusive:
+                continue
+            n = len(slot.window)
+            if n >= depth or (exclusive and n):
+                continue
+            if self.maxtasks is not None and slot.assigned >= self.maxtasks:
+                continue
+            if best is None or (n, slot.last_used) < (len(best.window), best.last_used):
+                best = slot
+        return best
+
+    def _fill(self) -> None:
+        """Send work to every worker with room in its window, idle ones first (least recently used)."""
+        if self.state not in (PoolState.RUNNING, PoolState.CLOSED):
+            return
+        while True:
+            fn, exclusive = self._peek()
+            if fn is None:
+                break
+            slot = self._pick_worker(exclusive, self._depth(fn))
+            if slot is None:
+                break
+            quota = None if self.maxtasks is None else self.maxtasks - slot.assigned
+            batch = self._next_batch(quota)
+            if batch is None:
+                continue
+            self._send(slot, batch)
+        if self.state is PoolState.CLOSED and self.idle():
+            for slot in list(self.workers.values()):
+                if slot.state in (WorkerState.READY, WorkerState.RETIRING, WorkerState.STARTING):
+                    self._stop(slot)
+
+    def _peek(self) -> tuple[FnInfo | None, bool]:
+        """The function (and whether it is timed) of the next work, dropping dead jobs."""
+        while self.requeued:
+            batch = self.requeued[0]
+            if batch.owners is not None and any(j.cancelled for j in batch.owners):
+                keep = [i for i, j in enumerate(batch.owners) if not j.cancelled]
+                batch.owners = [batch.owners[i] for i in keep]
+                batch.args = [batch.args[i] for i in keep]
+            if len(batch) and not batch.job_of(0)[0].cancelled:
+                return batch.fn, self._timed(batch)
+            self.requeued.popleft()
+        while self.queue:
+            job = self.queue[0]
+            if job.cancelled or job.exhausted and not job.single:
+                self.queue.popleft()
+                continue
+            return job.fn, job.timeout is not None
+        return None, False
+
+    @staticmethod
+    def _timed(batch: Batch) -> bool:
+        return batch.job_of(0)[0].timeout is not None
+
+    def _next_batch(self, quota: int | None) -> Batch | None:
+        if self.requeued:
+            batch = self.requeued.popleft()
+            if quota is not None and len(batch) > quota:
+                rest = _split(batch, quota)
+                self.requeued.appendleft(rest)
+            return batch
+        job = self.queue[0]
+        if job.single:
+            return self._singles_batch(quota)
+        return self._pull(job, quota)
+
+    def _singles_batch(self, quota: int | None) -> Batch | None:
+        first = self.queue[0]
+        size = 1 if first.timeout is not None else self._batch_size(first, len(self.queue))
+        if quota is not None:
+            size = min(size, quota)
+        owners: list[Job] = []
+        while self.queue and len(owners) < size:
+            job = self.queue[0]
+            if not job.single or job.fn is not first.fn or job.mode != first.mode or (
+                    owners and job.timeout is not None):
+                break
+            self.queue.popleft()
+            if job.cancelled or (job.claim is not None and not job.claim()):
+                self._drop(job)
+                continue
+            owners.append(job)
+        if not owners:
+            return None
+        return Batch(first.fn, first.mode, [j.blob for j in owners], owners=owners)
+
+    def _pull(self, job: Job, quota: int | None) -> Batch | None:
+        waiting = None if job.length is None else job.length - job.pulled
+        size = 1 if job.timeout is not None else self._batch_size(job, waiting)
+        if quota is not None:
+            size = min(size, quota)
+        if job.credit:
+            room = self._credit_limit(job) - (job.pulled - job.consumed)
+            if room <= 0:
+                self.queue.popleft()
+                job.stalled = True
+                return None
+            size = min(size, room)
+        assert job.it is not None
+        start = job.pulled
+        args: list[Any] = []
+        try:
+            args.extend(itertools.islice(job.it, size))
+        except Exception as exc:
+            # The input iterator raised: that becomes the result at its position, and the end.
+            job.exhausted = True
+            self.queue.popleft()
+            job.pulled += len(args) + 1
+            self._complete_run(job, start + len(args), [TaskError.local(exc)])
+            if not args:
+                return None
+            return Batch(job.fn, job.mode, args, job=job, start=start)
+        job.pulled += len(args)
+        if len(args) < size:
+            job.exhausted = True
+            self.queue.popleft()
+            if not args:
+                self._maybe_finish(job)
+                return None
+        return Batch(job.fn, job.mode, args, job=job, start=start)
+
+    def _send(self, slot: WorkerSlot, batch: Batch) -> None:
+        batch.bid = next(self._bids)
+        batch.worker = slot.wid
+        slot.window.append(batch)
+        slot.assigned += len(batch)
+        slot.last_used = next(self._uses)
+        if self._timed(batch):
+            timeout = batch.job_of(0)[0].timeout
+            assert timeout is not None
+            batch.deadline = self._clock() + timeout
+            slot.exclusive = True
+            heapq.heappush(self._deadlines, (batch.deadline, batch.bid, slot.wid))
+        self.actions.append(Send(slot.wid, batch))
+        if self.maxtasks is not None and slot.assigned >= self.maxtasks:
+            self._retire(slot)
+
+    # -- internals: completing work ----------------------------------------------------
+    def _complete(self, batch: Batch, values: list[Any]) -> None:
+        if batch.owners is not None:
+            jobs, vals = [], []
+            for job, v in zip(batch.owners, values, strict=True):
+                if not job.cancelled and not job.finished:
+                    job.delivered = 1
+                    job.finished = True
+                    del self.jobs[id(job)]
+                    jobs.append(job)
+                    vals.append(v)
+            if jobs:
+                self.actions.append(DeliverSingles(jobs, vals))
+            return
+        assert batch.job is not None
+        self._complete_run(batch.job, batch.start, values)
+
+    def _complete_run(self, job: Job, start: int, values: list[Any]) -> None:
+        if job.cancelled or job.finished:
+            return
+        if job.single:
+            job.delivered = 1
+            self.actions.append(Deliver(job, 0, values))
+        elif not job.ordered:
+            job.delivered += len(values)
+            self.actions.append(Deliver(job, start, values))
+        elif start != job.delivered:
+            job.reorder[start] = values
+            return
+        else:
+            job.delivered += len(values)
+            self.actions.append(Deliver(job, start, values))
+            while job.delivered in job.reorder:
+                nxt = job.reorder.pop(job.delivered)
+                self.actions.append(Deliver(job, job.delivered, nxt))
+                job.delivered += len(nxt)
+        self._maybe_finish(job)
+
+    def _maybe_finish(self, job: Job, force: bool = False) -> None:
+        if job.finished:
+            return
+        if force or (job.exhausted and job.delivered >= job.pulled):
+            job.finished = True
+            job.reorder.clear()
+            self.jobs.pop(id(job), None)
+            if not job.cancelled:
+                self.actions.append(Done(job))
+
+    def _drop(self, job: Job) -> None:
+        job.cancelled = True
+        self._maybe_finish(job, force=True)
+
+    def _fail_job(self, job: Job, error: BaseException) -> None:
+        self.actions.append(Deliver(job, job.delivered, [TaskError.local(error)]))
+        self.actions.append(Done(job))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for slot in self.workers.values():
+            slot.window.clear()
+        self.queue.clear()
+        self.requeued.clear()
+        jobs, self.jobs = list(self.jobs.values()), {}
+        for job in jobs:
+            if not job.finished and not job.cancelled:
+                job.finished = True
+                self._fail_job(job, error)
+
+    def _timed_out(self, batch: Batch, who: str) -> None:
+        self.stats["timed_out"] += 1
+        job, index = batch.job_of(0)
+        err = TimeoutError(
+            f"task {job.fn.name}({short_repr(batch.arg_of(0))}) (index {index}) ran past its "
+            f"timeout of {job.timeout} s; {who} was killed and replaced")
+        self._deliver_one(batch, 0, TaskError.local(err))
+
+    def _deliver_one(self, batch: Batch, i: int, value: Any) -> None:
+        job, index = batch.job_of(i)
+        if batch.owners is not None:
+            if not job.finished and not job.cancelled:
+                job.finished = True
+                job.delivered = 1
+                del self.jobs[id(job)]
+                self.actions.append(DeliverSingles([job], [value]))
+        else:
+            self._complete_run(job, index, [value])
+
+    def _lost_batch(self, batch: Batch, pos: int | None, exitcode: int | None,
+                    peak_rss: int | None, who: str) -> None:
+        if pos is None or pos >= len(batch):
+            # We cannot tell which task killed it: run each alone to find out.
+            for i in reversed(range(len(batch))):
+                one = _single(batch, i)
+                one.isolated = True
+                self.requeued.appendleft(one)
+            return
+        after = _slice(batch, pos + 1, len(batch))
+        if len(after):
+            self.requeued.appendleft(after)
+        job, index = batch.job_of(pos)
+        times = job.lost.get(index, 0) + 1
+        job.lost[index] = times
+        if times <= job.retries:
+            self.stats["retried"] += 1
+            self.requeued.appendleft(_single(batch, pos))
+        else:
+            self.stats["lost"] += 1
+            rss = f"{peak_rss / 2**20:.1f} MiB" if peak_rss else "unknown"
+            err = WorkerLostError(
+                f"{who} died ({describe_exit(exitcode)}) while running {job.fn.name}"
+                f"({short_repr(batch.arg_of(pos))}) (task index {index}); peak RSS {rss}"
+                + (f"; tried {times} times" if times > 1 else ""),
+                function=job.fn.name, index=index, argument=short_repr(batch.arg_of(pos)),
+                exitcode=exitcode, peak_rss=peak_rss)
+            self._deliver_one(batch, pos, TaskError.local(err))
+        before = _slice(batch, 0, pos)
+        if len(before):
+            # They finished, but their results died with the worker.
+            self.requeued.appendleft(before)
+
+
+def _slice(batch: Batch, lo: int, hi: int) -> Batch:
+    owners = None if batch.owners is None else batch.owners[lo:hi]
+    return Batch(batch.fn, batch.mode, batch.args[lo:hi], job=batch.job,
+                 start=batch.start + lo, owners=owners, isolated=batch.isolated)
+
+
+def _single(batch: Batch, i: int) -> Batch:
+    return _slice(batch, i, i + 1)
+
+
+def _split(batch: Batch, n: int) -> Batch:
+    """Cut ``batch`` to its first ``n`` tasks (in place); return the rest as a new batch."""
+    rest = _slice(batch, n, len(batch))
+    batch.args = batch.args[:n]
+    if batch.owners is not None:
+        batch.owners = batch.owners[:n]
+    return rest
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()

@@ -1,0 +1,1 @@
+"""Sans-IO protocol code: frames, message types and authentication, bytes in and bytes out."""

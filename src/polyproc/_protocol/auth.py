@@ -1,0 +1,212 @@
+"""HMAC-SHA256 challenge-response on a shared ``authkey``, before anything is unpickled.
+
+One *exchange* proves to a verifier that the prover knows the key; running it
+once each way makes the handshake mutual. The two halves keep the stdlib's names
+and roles, so a caller that copies the stdlib's order gets a mutual handshake::
+
+    verifier: deliver_challenge(conn, key)      prover: answer_challenge(conn, key)
+    ----------------------------------------    ---------------------------------------
+    CHALLENGE  MAGIC 'C' nonce(32) ---------->  (checks the frame, computes the digest)
+               <---------------------------- RESPONSE  MAGIC 'R' HMAC(key, LABEL+nonce)
+    (constant-time compare)
+    WELCOME MAGIC 'W' | FAILURE MAGIC 'F' --->  (FAILURE -> AuthenticationError)
+
+    server side: server_handshake = deliver_challenge, then answer_challenge
+    client side: client_handshake = answer_challenge,  then deliver_challenge
+
+Why this shape:
+
+* ``MAGIC`` opens every frame, so a frame from another protocol (the stdlib's
+  ``#CHALLENGE#``, an HTTP probe, a stray pickle) is a ``ProtocolError`` at once,
+  not a digest that happens to mismatch.
+* The digest covers ``LABEL + nonce``, not the bare nonce: this key can never be
+  turned into an oracle for some other protocol that HMACs raw nonces with it.
+* The server verifies the client *first*: a peer without the key learns nothing
+  from the server (it never answers a challenge before its own was passed), so the
+  server cannot be used as a signing oracle against itself (a reflection attack).
+* Every frame is read with ``recv_bytes(MAX_AUTH_FRAME)`` and parsed by exact
+  length: an unauthenticated peer can make us hold at most a few hundred bytes,
+  and nothing it sends is ever unpickled.
+
+A relay (someone in the middle forwarding both ways) is not stopped by any
+challenge-response; TLS (``ssl_context``) is the answer to that, see docs/managers.md.
+
+The pure functions (``make_challenge``, ``make_response``, ``check_response``,
+``parse_verdict`` ...) do no I/O, so an event-loop server can run the handshake
+without a blocking read; the ``*_challenge``/``*_handshake`` functions wrap them for
+any object with ``send_bytes(b)`` and ``recv_bytes(maxlength)``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Protocol
+
+from ..errors import AuthenticationError, ProtocolError
+
+__all__ = [
+    "MAGIC",
+    "NONCE_SIZE",
+    "DIGEST_SIZE",
+    "MAX_AUTH_FRAME",
+    "ByteChannel",
+    "make_challenge",
+    "parse_challenge",
+    "make_response",
+    "check_response",
+    "WELCOME",
+    "FAILURE",
+    "parse_verdict",
+    "deliver_challenge",
+    "answer_challenge",
+    "server_handshake",
+    "client_handshake",
+]
+
+#: Opens every handshake frame; the version lives here, a new scheme gets a new MAGIC.
+MAGIC = b"\x00polyproc-auth/1\x00"
+NONCE_SIZE = 32
+DIGEST_SIZE = 32  # SHA-256
+#: The most we read from an unauthenticated peer in one frame. Generous: real frames are ~50 bytes.
+MAX_AUTH_FRAME = 256
+
+_CHALLENGE = b"C"
+_RESPONSE = b"R"
+_WELCOME = b"W"
+_FAILURE = b"F"
+#: What the digest covers besides the nonce (domain separation, see the module docstring).
+_LABEL = b"polyproc-auth/1 response:"
+
+WELCOME = MAGIC + _WELCOME
+FAILURE = MAGIC + _FAILURE
+
+
+class ByteChannel(Protocol):
+    """What the handshake needs from a connection: whole messages, bounded reads."""
+
+    def send_bytes(self, buf: bytes) -> None: ...
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes: ...
+
+
+def _check_key(authkey: object) -> bytes:
+    if not isinstance(authkey, (bytes, bytearray)):
+        raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
+    return bytes(authkey)
+
+
+def _body(frame: bytes, kind: bytes, size: int, what: str) -> bytes:
+    """The payload of a ``MAGIC kind payload`` frame of exact ``size``; ProtocolError otherwise."""
+    head = MAGIC + kind
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"{what}: expected bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if not frame.startswith(MAGIC):
+        raise ProtocolError(f"{what}: not a polyproc authentication frame ({_peek(frame)})")
+    if len(frame) != len(head) + size or not frame.startswith(head):
+        raise ProtocolError(f"{what}: malformed frame ({_peek(frame)})")
+    return frame[len(head):]
+
+
+def _peek(frame: bytes) -> str:
+    """A short, safe description of hostile bytes for an error message."""
+    return f"{len(frame)} bytes starting {frame[:24]!r}"
+
+
+# -- sans-IO -----------------------------------------------------------------------
+def make_challenge() -> tuple[bytes, bytes]:
+    """A fresh challenge: ``(frame to send, nonce to keep for check_response)``."""
+    nonce = os.urandom(NONCE_SIZE)
+    return MAGIC + _CHALLENGE + nonce, nonce
+
+
+def parse_challenge(frame: bytes) -> bytes:
+    """The nonce in a CHALLENGE frame; ProtocolError if it is anything else."""
+    return _body(frame, _CHALLENGE, NONCE_SIZE, "challenge")
+
+
+def _digest(authkey: bytes, nonce: bytes) -> bytes:
+    return hmac.new(authkey, _LABEL + nonce, "sha256").digest()
+
+
+def make_response(challenge_frame: bytes, authkey: bytes) -> bytes:
+    """The RESPONSE frame that answers ``challenge_frame`` with ``authkey``."""
+    key = _check_key(authkey)
+    nonce = parse_challenge(challenge_frame)
+    return MAGIC + _RESPONSE + _digest(key, nonce)
+
+
+def check_response(response_frame: bytes, nonce: bytes, authkey: bytes) -> bool:
+    """Whether ``response_frame`` proves the key for ``nonce``; ProtocolError if malformed.
+
+    Compared in constant time so the digest cannot be learnt byte by byte.
+    """
+    key = _check_key(authkey)
+    got = _body(response_frame, _RESPONSE, DIGEST_SIZE, "response")
+    return hmac.compare_digest(got, _digest(key, nonce))
+
+
+def parse_verdict(frame: bytes) -> bool:
+    """True for WELCOME, False for FAILURE; ProtocolError for anything else."""
+    frame = bytes(frame) if isinstance(frame, (bytearray, memoryview)) else frame
+    if frame == WELCOME:
+        return True
+    if frame == FAILURE:
+        return False
+    _body(frame, _WELCOME, 0, "verdict")  # raises with the right message
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- over a connection -------------------------------------------------------------
+def deliver_challenge(conn: ByteChannel, authkey: bytes) -> None:
+    """Make the peer prove it knows ``authkey`` (one direction of the handshake).
+
+    Raises ``AuthenticationError`` (after telling the peer) when it does not,
+    ``ProtocolError`` when its reply is not a response frame at all.
+    """
+    key = _check_key(authkey)
+    frame, nonce = make_challenge()
+    conn.send_bytes(frame)
+    reply = conn.recv_bytes(MAX_AUTH_FRAME)
+    try:
+        ok = check_response(reply, nonce, key)
+    except ProtocolError:
+        _try_send(conn, FAILURE)
+        raise
+    if not ok:
+        _try_send(conn, FAILURE)
+        raise AuthenticationError("digest received was wrong")
+    conn.send_bytes(WELCOME)
+
+
+def answer_challenge(conn: ByteChannel, authkey: bytes) -> None:
+    """Prove to the peer that we know ``authkey`` (the other direction).
+
+    Raises ``AuthenticationError`` when the peer rejects our digest.
+    """
+    key = _check_key(authkey)
+    challenge = conn.recv_bytes(MAX_AUTH_FRAME)
+    conn.send_bytes(make_response(challenge, key))
+    if not parse_verdict(conn.recv_bytes(MAX_AUTH_FRAME)):
+        raise AuthenticationError("digest sent was rejected")
+
+
+def server_handshake(conn: ByteChannel, authkey: bytes) -> None:
+    """The accepting side: verify the peer first, then prove ourselves (see docstring)."""
+    deliver_challenge(conn, authkey)
+    answer_challenge(conn, authkey)
+
+
+def client_handshake(conn: ByteChannel, authkey: bytes) -> None:
+    """The connecting side: prove ourselves first, then verify the server."""
+    answer_challenge(conn, authkey)
+    deliver_challenge(conn, authkey)
+
+
+def _try_send(conn: ByteChannel, frame: bytes) -> None:
+    """Tell a failed peer so, best effort: it may already be gone, and that is its business."""
+    try:
+        conn.send_bytes(frame)
+    except (OSError, EOFError):
+        pass

@@ -1,0 +1,262 @@
+"""The serializer: pickle protocol 5, cloudpickle for code, buffers out of band, fds alongside.
+
+One ``Serializer`` value travels in the ``Context``; nothing here is a mutable
+module global (the stdlib swaps its reducer by rebinding module attributes).
+
+A message is three parts, kept apart so the transport can send them without
+copying them together::
+
+    dumps(obj) -> Payload(body: bytes, buffers: [memoryview, ...], fds: [int, ...])
+
+* ``body``: the pickle stream. Plain ``pickle`` first (fast, C); if that fails
+  (a lambda, a closure, a class defined in a REPL) the cloudpickle pickler runs.
+* ``buffers``: large contiguous buffers (NumPy arrays, bytearray, memoryview,
+  PickleBuffer) handed out of band by protocol 5, so the sender never copies them
+  into the stream; the transport writes them straight from their memory.
+* ``fds``: file descriptors of objects that own one (a Connection, a shared
+  memory segment, a lock's segment). Their ``__reduce__`` calls ``fd_handle(fd)``;
+  the transport passes the fds with SCM_RIGHTS (or to a child at launch), and on
+  the other side ``loads`` hands each back to the object being rebuilt. An fd that
+  no rebuilt object claims is closed, so nothing leaks.
+
+Functions defined in ``__main__`` go by reference when the child can import the
+main module (as the stdlib does: ``__main__`` is ``__mp_main__`` there), and by
+value (cloudpickle) when it cannot: a REPL, ``python -c``, a notebook.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import threading
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError
+
+__all__ = ["Payload", "Serializer", "fd_handle", "describe_unpicklable", "DEFAULT_SERIALIZER"]
+
+
+@dataclass(slots=True)
+class Payload:
+    """One pickled message: the stream, its out-of-band buffers and the fds it carries."""
+
+    body: bytes
+    buffers: list[memoryview] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.body) + sum(b.nbytes for b in self.buffers)
+
+
+class _FdTable(threading.local):
+    """Per-thread: the fds being collected by ``dumps`` or handed out by ``loads``.
+
+    Thread-local because two threads may pickle at once; each sees only its own.
+    """
+
+    collecting: list[int] | None = None
+    receiving: list[int] | None = None
+    claimed: set[int] | None = None
+
+
+_fd_table = _FdTable()
+
+
+class _FdHandle:
+    """Stands for an fd inside a pickle stream; see ``fd_handle``."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
+        out = _fd_table.collecting
+        if out is None:
+            raise SerializationError(
+                "an object owning a file descriptor (a lock, a connection, a shared "
+                "segment) can only travel to a child process at start, or through a "
+                "polyproc Pipe/Queue/pool, not into a plain pickle"
+            )
+        out.append(self.fd)
+        return (_claim_fd, (len(out) - 1,))
+
+
+def fd_handle(fd: int) -> Any:
+    """Use inside ``__reduce__``: the fd travels beside the stream, the receiver gets its own copy.
+
+    On unpickling the argument becomes an ``int``: a new fd owned by the receiver.
+    """
+    return _FdHandle(fd)
+
+
+def _claim_fd(index: int) -> int:
+    fds, claimed = _fd_table.receiving, _fd_table.claimed
+    if fds is None or claimed is None or not 0 <= index < len(fds):
+        raise SerializationError("a message refers to a file descriptor it did not carry")
+    claimed.add(index)
+    return fds[index]
+
+
+def _rebuild_memoryview(buf: Any) -> memoryview:
+    return memoryview(buf)
+
+
+def _main_is_importable() -> bool:
+    """Can a child re-import ``__main__`` (as ``__mp_main__``)? Not from a REPL or ``-c``."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    spec = getattr(main, "__spec__", None)
+    return getattr(main, "__file__", None) is not None or spec is not None
+
+
+_MAIN_NAMES = ("__main__", "__mp_main__")
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, plus: memoryviews out of band, and ``__main__`` code by reference when importable."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            return (_rebuild_memoryview, (pickle.PickleBuffer(obj),))
+        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES:
+            if _main_is_importable() and _lookup(obj) is obj:
+                return NotImplemented  # plain save_global: ``__main__.name``
+        return super().reducer_override(obj)
+
+
+def _lookup(obj: Any) -> Any:
+    mod = sys.modules.get(obj.__module__)
+    target: Any = mod
+    try:
+        for part in obj.__qualname__.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        return None
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class Serializer:
+    """How objects become bytes for another process. Immutable; carried by the Context.
+
+    ``oob_threshold``: buffers at least this large leave the stream (protocol 5).
+    """
+
+    protocol: int = 5
+    oob_threshold: int = 64 * 1024
+
+    def dumps(self, obj: Any, *, what: str = "object") -> Payload:
+        """Pickle ``obj``; raise ``SerializationError`` naming the part that failed."""
+        buffers: list[memoryview] = []
+        threshold = self.oob_threshold
+
+        def keep_in_band(pb: pickle.PickleBuffer) -> bool:
+            view = pb.raw()
+            if view.nbytes < threshold:
+                return True
+            buffers.append(view)
+            return False
+
+        outer = _fd_table.collecting
+        fds: list[int] = []
+        _fd_table.collecting = fds
+        try:
+            try:
+                if _main_is_importable():
+                    body = pickle.dumps(obj, self.protocol, buffer_callback=keep_in_band)
+                else:
+                    raise pickle.PicklingError("main is not importable: use cloudpickle")
+            except SerializationError:
+                raise
+            except Exception:
+                buffers.clear()
+                fds.clear()
+                body = self._dumps_cloud(obj, keep_in_band)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot pickle {what}: {describe_unpicklable(obj, what, self)}: {exc}"
+            ) from exc
+        finally:
+            _fd_table.collecting = outer
+        return Payload(body, buffers, fds)
+
+    def _dumps_cloud(self, obj: Any, cb: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+        out = io.BytesIO()
+        _Pickler(out, protocol=self.protocol, buffer_callback=cb).dump(obj)
+        return out.getbuffer().tobytes()
+
+    def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
+        """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
+        try:
+            out = io.BytesIO()
+            _Pickler(out, protocol=self.protocol).dump(obj)
+            return out.getvalue()
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot pickle {what}: {describe_unpicklable(obj, what, self)}: {exc}"
+            ) from exc
+
+    def loads(
+        self, body: bytes | memoryview, buffers: Sequence[Any] = (), fds: Sequence[int] = ()
+    ) -> Any:
+        """Unpickle; any fd carried but not claimed by a rebuilt object is closed."""
+        if not fds:
+            return pickle.loads(body, buffers=buffers)
+        outer = (_fd_table.receiving, _fd_table.claimed)
+        claimed: set[int] = set()
+        _fd_table.receiving, _fd_table.claimed = list(fds), claimed
+        try:
+            return pickle.loads(body, buffers=buffers)
+        finally:
+            _fd_table.receiving, _fd_table.claimed = outer
+            for i, fd in enumerate(fds):
+                if i not in claimed:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+
+DEFAULT_SERIALIZER = Serializer()
+
+
+def _picklable(obj: Any, ser: Serializer) -> bool:
+    try:
+        ser.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def describe_unpicklable(obj: Any, path: str, ser: Serializer | None = None, depth: int = 0) -> str:
+    """Find the innermost part of ``obj`` that fails to pickle and name it by its path.
+
+    ``args[1]['lock'] (a _thread.lock)`` tells a user far more than pickle's own message.
+    Only called on the failure path, so its cost does not matter.
+    """
+    ser = ser or DEFAULT_SERIALIZER
+    if depth < 6:
+        children: list[tuple[str, Any]] = []
+        if isinstance(obj, (list, tuple)):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
+        elif isinstance(obj, dict):
+            children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType)):
+            children = [(f"{path}.{k}", v) for k, v in vars(obj).items()]
+        for sub_path, value in children:
+            if not _picklable(value, ser):
+                return describe_unpicklable(value, sub_path, ser, depth + 1)
+    kind = type(obj)
+    return f"{path} (a {kind.__module__}.{kind.__qualname__})"

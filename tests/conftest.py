@@ -1,0 +1,82 @@
+"""Shared fixtures: start methods as a parameter, and leak checks on every test.
+
+Every test is checked for what it leaves behind: a child process still alive
+after the test (given a short grace to exit, then killed and reported), or a new
+entry in /dev/shm. Either fails the test that leaked it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this runs once per start method."""
+    return str(request.param)
+
+
+@pytest.fixture
+def ctx(start_method: str):  # type: ignore[no-untyped-def]
+    import polyproc
+
+    return polyproc.get_context(start_method)
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+def _is_forkserver(p: psutil.Process) -> bool:
+    try:
+        return "polyproc._launch.forkserver" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a child process or a /dev/shm entry behind."""
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}
+    before_shm = _shm_entries()
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    deadline = time.monotonic() + 5.0
+    leaked: list[psutil.Process] = []
+    while True:
+        leaked = [
+            p for p in me.children(recursive=True)
+            if p.pid not in before_children and not _is_forkserver(p)
+            and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        psutil.wait_procs(leaked, timeout=0.1)
+    if leaked:
+        desc = [f"{p.pid} {p.name()} {p.cmdline()[:4]}" for p in leaked]
+        for p in leaked:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pytest.fail(f"child processes outlived the test: {desc}")
+    new_shm = {e for e in _shm_entries() - before_shm if not e.startswith("sem.mp-")}
+    if new_shm:
+        pytest.fail(f"/dev/shm entries leaked: {sorted(new_shm)}")
