@@ -44,7 +44,8 @@ def _shm_entries() -> set[str]:
 
 def _is_forkserver(p: psutil.Process) -> bool:
     try:
-        return "polyproc._launch.forkserver" in " ".join(p.cmdline())
+        # a shared template or an idle spare interpreter, not a leaked child
+        return p.name() in ("polyproc-fsrv", "polyproc-spare")
     except psutil.Error:
         return False
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ._protocol.framing import HEADER, Kind, decode_header, decode_lengths, encode_header
-from ._serialize import DEFAULT_SERIALIZER, Serializer, fd_handle
+from ._serialize import DEFAULT_SERIALIZER, Payload, Serializer, fd_handle
 from ._transport import FdStream, Stream, UnixStream, stream_for_socket
 from .errors import BufferTooShort, ClosedResourceError, ProtocolError
 
@@ -152,7 +152,11 @@ class Connection:
         if kind is bytearray:
             self._write(stream, encode_header(Kind.RAW_BYTEARRAY, len(obj)), obj)
             return
-        payload = self._ser.dumps(obj, what="message")
+        self.send_payload(self._ser.dumps(obj, what="message"))
+
+    def send_payload(self, payload: Payload) -> None:
+        """Send an already pickled message (body, out-of-band buffers, fds) as one frame."""
+        stream = self._for_writing()
         if not payload.buffers and not payload.fds:
             self._write(stream, encode_header(Kind.PICKLE, len(payload.body)), payload.body)
             return
@@ -246,6 +250,15 @@ class Connection:
             raise BufferTooShort(data)
         view[offset:offset + len(data)] = data
         return len(data)
+
+    def recv_payload(self) -> Payload:
+        """Receive one pickled message without unpickling it (the caller owns its fds)."""
+        kind, body, buffers, fds = self._read_frame()
+        if kind is not Kind.PICKLE:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError("expected a pickled message")
+        return Payload(body, buffers, fds)
 
     def recv(self) -> Any:
         """Receive one object sent by ``send`` (or bytes sent by ``send_bytes``, unpickled)."""

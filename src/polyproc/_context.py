@@ -214,9 +214,17 @@ class Context:
 
 @functools.lru_cache(maxsize=None)
 def _process_class_for(ctx: Context) -> type[Process]:
-    from ._process import Process
+    """ForkProcess / SpawnProcess / ForkServerProcess: module-level classes, so they pickle.
 
-    return type(f"{ctx.start_method.capitalize()}Process", (Process,), {"_ctx": ctx})
+    A context with a non-default serializer gets a subclass carrying it.
+    """
+    from ._process import ForkProcess, ForkServerProcess, SpawnProcess
+
+    base: type[Process] = {"fork": ForkProcess, "spawn": SpawnProcess,
+                           "forkserver": ForkServerProcess}[ctx.start_method]
+    if ctx.serializer == DEFAULT_SERIALIZER:
+        return base
+    return type(base.__name__, (base,), {"_ctx": ctx})
 
 
 class _Defaults:

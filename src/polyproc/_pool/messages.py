@@ -1,21 +1,22 @@
 """What the engine and a pool worker say to each other, and how a task's failure travels.
 
-One private channel per worker (a socketpair from ``Pipe()``), used as a byte
-stream with our own frames so the engine can read and write it without blocking::
+One private channel per worker: a ``Pipe()`` socketpair. Each message is one
+polyproc frame (``_protocol.framing``: header, pickle-5 body, out-of-band buffers,
+fds) holding a plain tuple whose first item is one of the ints below (plain ints,
+not an enum member: they are pickled on every message)::
 
-    engine ──► worker   (TASKS, bid, fid, fn_bytes | None, mode, packed, args_body)  + buffers
+    engine ──► worker   (TASKS, bid, fid, fn_blob | None, mode, packed, args)
                         (STOP,)
     worker ──► engine   (READY, pid)
                         (INIT_FAILED, TaskError)
-                        (RESULTS, bid, busy_seconds, rss_bytes, values_body)        + buffers
+                        (RESULTS, bid, busy_seconds, rss_bytes, values)
 
-A frame is ``<I nbuf><Q body_len>``, ``nbuf`` × ``<Q buf_len>``, the body (a pickle
-of the message tuple), then the out-of-band buffers (pickle protocol 5), so a large
-NumPy argument is written from its own memory rather than copied into the stream.
-
-``packed`` says how ``args_body`` unpickles: ``False`` → a list of task arguments;
-``True`` → a list of already-pickled arguments (``apply``/``submit`` pickle theirs in
-the caller's thread, so an unpicklable argument fails at submit).
+``fn_blob`` is the pickled function, sent only the first time a worker sees
+``fid``; after that the worker's cache has it. ``mode`` says how to call it
+(``scheduler.Mode``). ``packed`` says how ``args`` unpickles: ``False`` → a list
+of task arguments; ``True`` → a list of ``(body, buffers)`` already pickled by the
+caller's thread (``apply``/``submit`` pickle there, so an unpicklable argument
+fails at submit).
 
 ``TaskError`` stands in a results list where a task raised: it carries the pickled
 exception and the worker's formatted traceback; the parent rebuilds the exception
@@ -25,86 +26,19 @@ exception that cannot be pickled, or unpickled, still arrives as a clear error.
 
 from __future__ import annotations
 
-import enum
 import pickle
-import struct
 import traceback
 from typing import Any
 
 from ..errors import RemoteTraceback, SerializationError
 
-__all__ = ["Msg", "TaskError", "HEADER", "BUFLEN", "encode_frame", "FrameReader"]
+__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "TaskError"]
 
-
-class Msg(enum.IntEnum):
-    TASKS = 1
-    STOP = 2
-    READY = 3
-    INIT_FAILED = 4
-    RESULTS = 5
-
-
-HEADER = struct.Struct("<IQ")
-BUFLEN = struct.Struct("<Q")
-
-
-def encode_frame(msg: tuple[Any, ...], buffers: list[memoryview] | None = None) -> list[Any]:
-    """The frame for ``msg`` as a list of byte chunks (write them in order, or join them)."""
-    body = pickle.dumps(msg, 5)
-    bufs = buffers or []
-    head = HEADER.pack(len(bufs), len(body))
-    if bufs:
-        head += b"".join(BUFLEN.pack(b.nbytes) for b in bufs)
-        return [head, body, *bufs]
-    return [head + body]
-
-
-class FrameReader:
-    """Sans-IO frame decoder: ``feed(bytes)``, then ``frames()`` yields ``(msg, buffers)``."""
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-
-    def feed(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    def pending(self) -> int:
-        return len(self._buf) - self._pos
-
-    def frames(self) -> list[tuple[Any, list[bytes]]]:
-        out: list[tuple[Any, list[bytes]]] = []
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        mv = memoryview(buf)
-        try:
-            while end - pos >= HEADER.size:
-                nbuf, blen = HEADER.unpack_from(buf, pos)
-                hdr = HEADER.size + nbuf * BUFLEN.size
-                if end - pos < hdr:
-                    break
-                lens = [BUFLEN.unpack_from(buf, pos + HEADER.size + i * BUFLEN.size)[0]
-                        for i in range(nbuf)]
-                total = hdr + blen + sum(lens)
-                if end - pos < total:
-                    break
-                p = pos + hdr
-                msg = pickle.loads(mv[p:p + blen])
-                p += blen
-                bufs = []
-                for n in lens:
-                    bufs.append(bytes(mv[p:p + n]))
-                    p += n
-                out.append((msg, bufs))
-                pos += total
-        finally:
-            mv.release()
-        self._pos = pos
-        return out
+TASKS = 1
+STOP = 2
+READY = 3
+INIT_FAILED = 4
+RESULTS = 5
 
 
 class TaskError:

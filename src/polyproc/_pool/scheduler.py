@@ -359,8 +359,10 @@ class Scheduler:
 
     # -- queries -----------------------------------------------------------------------
     def live_workers(self) -> int:
+        """Workers that count towards ``processes``: a retiring one is replaced at once,
+        so its successor starts while it finishes its window."""
         return sum(1 for s in self.workers.values()
-                   if s.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.RETIRING))
+                   if s.state in (WorkerState.STARTING, WorkerState.READY))
 
     def idle(self) -> bool:
         """No work anywhere: nothing queued, requeued, in flight or undelivered."""

@@ -33,12 +33,15 @@ challenge-response; TLS (``ssl_context``) is the answer to that, see docs/manage
 
 The pure functions (``make_challenge``, ``make_response``, ``check_response``,
 ``parse_verdict`` ...) do no I/O, so an event-loop server can run the handshake
-without a blocking read; the ``*_challenge``/``*_handshake`` functions wrap them for
-any object with ``send_bytes(b)`` and ``recv_bytes(maxlength)``.
+without a blocking read; ``ServerHandshake`` is exactly that: the accepting
+side as a transition table, frames in, frames out (the manager's gate runs many
+at once on one selector). The ``*_challenge``/``*_handshake`` functions wrap the
+pure functions for any object with ``send_bytes(b)`` and ``recv_bytes(maxlength)``.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 import os
 from typing import Protocol
@@ -62,6 +65,8 @@ __all__ = [
     "answer_challenge",
     "server_handshake",
     "client_handshake",
+    "Step",
+    "ServerHandshake",
 ]
 
 #: Opens every handshake frame; the version lives here, a new scheme gets a new MAGIC.
@@ -210,3 +215,65 @@ def _try_send(conn: ByteChannel, frame: bytes) -> None:
         conn.send_bytes(frame)
     except (OSError, EOFError):
         pass
+
+
+# -- the accepting side, sans-IO -----------------------------------------------------
+class Step(enum.Enum):
+    """Where a server-side handshake stands."""
+
+    AWAIT_RESPONSE = "await response"  #: we sent our challenge
+    AWAIT_CHALLENGE = "await challenge"  #: the peer proved the key; now it checks us
+    AWAIT_VERDICT = "await verdict"  #: we answered its challenge
+    DONE = "done"  #: both sides proved the key
+    FAILED = "failed"
+
+
+class ServerHandshake:
+    """``server_handshake`` without I/O: ``first`` to send, then ``receive(frame) -> reply``.
+
+    ``receive`` returns the frame to send (``b""`` for none) and moves along
+    ``NEXT``; on a bad frame it sets ``state = FAILED`` and raises
+    ``AuthenticationError`` or ``ProtocolError``, leaving in ``farewell`` what the
+    peer should be told (best effort). Nothing it receives is ever unpickled.
+    """
+
+    NEXT = {
+        Step.AWAIT_RESPONSE: Step.AWAIT_CHALLENGE,
+        Step.AWAIT_CHALLENGE: Step.AWAIT_VERDICT,
+        Step.AWAIT_VERDICT: Step.DONE,
+    }
+
+    def __init__(self, authkey: bytes) -> None:
+        self._key = _check_key(authkey)
+        self.first, self._nonce = make_challenge()
+        self.state = Step.AWAIT_RESPONSE
+        self.farewell = b""
+
+    def receive(self, frame: bytes) -> bytes:
+        state = self.state
+        if state not in self.NEXT:
+            raise ProtocolError(f"handshake frame after the handshake ended ({state.value})")
+        try:
+            reply = self._handle(state, frame)
+        except (AuthenticationError, ProtocolError):
+            self.state = Step.FAILED
+            raise
+        self.state = self.NEXT[state]
+        return reply
+
+    def _handle(self, state: Step, frame: bytes) -> bytes:
+        if state is Step.AWAIT_RESPONSE:
+            try:
+                ok = check_response(frame, self._nonce, self._key)
+            except ProtocolError:
+                self.farewell = FAILURE
+                raise
+            if not ok:
+                self.farewell = FAILURE
+                raise AuthenticationError("digest received was wrong")
+            return WELCOME
+        if state is Step.AWAIT_CHALLENGE:
+            return make_response(frame, self._key)
+        if not parse_verdict(frame):
+            raise AuthenticationError("digest sent was rejected")
+        return b""

@@ -1,0 +1,99 @@
+"""Start methods as a strategy table: ``LAUNCHERS[name].start(process, ctx) -> ChildHandle``.
+
+::
+
+    fork.py        os.fork(); the child runs the Process object it inherited
+    spawn.py       posix_spawn a fresh interpreter; send it preparation data and the
+                   pickled Process (with fds) over a socketpair dup'ed to its fd 3
+    forkserver.py  a long-lived spawned template that has imported __main__ forks a
+                   child per request; the request carries the pickled Process and fds
+    child.py       the child's side: prepare, die with the parent, run
+    handle.py      ChildHandle: pid, sentinel fd, exit status
+
+PDEATHSIG follows the thread that created a child, so a launch from any thread
+other than the main one is carried out by one long-lived launcher thread
+(``on_launcher_thread``): a user thread that starts a Process and then ends must
+not take the child with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._process import BaseProcess
+    from .handle import ChildHandle
+
+__all__ = ["Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
+
+T = TypeVar("T")
+
+
+class Launcher(Protocol):
+    def start(self, process: BaseProcess, ctx: Context) -> ChildHandle: ...
+
+
+#: name -> module implementing ``start(process, ctx)``; imported on first use.
+LAUNCHERS: dict[str, str] = {
+    "fork": "polyproc._launch.fork",
+    "spawn": "polyproc._launch.spawn",
+    "forkserver": "polyproc._launch.forkserver",
+}
+
+
+def launcher_for(method: str) -> Launcher:
+    try:
+        module: Any = importlib.import_module(LAUNCHERS[method])
+    except KeyError:
+        raise ValueError(f"unknown start method {method!r}") from None
+    return module  # type: ignore[no-any-return]
+
+
+class _LauncherThread:
+    """One daemon thread, started on first need, that runs launches for other threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = None
+        self._owner_pid = 0
+
+    def run(self, fn: Callable[[], T]) -> T:
+        import os
+
+        with self._lock:
+            if self._jobs is None or self._owner_pid != os.getpid():
+                self._jobs = queue.SimpleQueue()
+                self._owner_pid = os.getpid()
+                threading.Thread(target=self._loop, args=(self._jobs,), name="polyproc-launcher",
+                                 daemon=True).start()
+            jobs = self._jobs
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        jobs.put((fn, reply))
+        ok, value = reply.get()
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]]) -> None:
+        while True:
+            fn, reply = jobs.get()
+            try:
+                reply.put((True, fn()))
+            except BaseException as exc:  # handed back to the caller's thread
+                reply.put((False, exc))
+
+
+_LAUNCHER_THREAD = _LauncherThread()
+
+
+def on_launcher_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` (which creates a child) on a thread that lives as long as this process."""
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    return _LAUNCHER_THREAD.run(fn)

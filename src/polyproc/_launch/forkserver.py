@@ -1,0 +1,362 @@
+"""The forkserver start method: a spawned template process that forks children on request.
+
+The template is a fresh interpreter (so no parent threads or locks leak into
+children) that has already imported polyproc and the user's main module, so a
+child costs a fork, not an interpreter start::
+
+    client process                         forkserver (comm "polyproc-fsrv")          child
+    ──────────────                         ─────────────────────────────────          ─────
+    dumps(process)   (fails here)
+    status pipe r/w
+    send_payload(process, fds=[...payload,   selectors loop:
+       status_w, my pidfd, stdin/out/err]) ─► recv request ── fork ─────────────────► dup2 stdio,
+    recv pid ◄──────────────────────────────  reply pid                                die with server,
+                                             SIGCHLD ─► waitpid ─► status_w            run Process
+    sentinel = status r (readable at exit) ◄─ write wait status, close
+                                             client pidfd readable ─► SIGKILL its children
+
+Lifetimes: the server dies with the process that started it (PDEATHSIG, and EOF
+on the bootstrap socket); children die with the server (PDEATHSIG) and are
+killed when the client that asked for them dies, so "children die with their
+parent" holds even though the forkserver is their OS parent. Clients connect to
+an abstract AF_UNIX address, checked by SO_PEERCRED to be the same user.
+Descendants (fork or forkserver children) reuse their ancestor's server.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING
+
+from .._serialize import Payload
+from ..errors import StartError
+from .child import die_with_parent, preparation_data, set_comm
+from .handle import StatusPipeHandle, launch_errors
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+    from .._context import Context
+    from .._process import BaseProcess
+
+__all__ = ["start", "serve"]
+
+_CONTROL_FDS = 5  # status_w, client pidfd, stdin, stdout, stderr: after the payload's own fds
+_PID = struct.Struct("<q")
+
+
+class _Client:
+    """This process's link to its forkserver. Reset in a forked child (see register_at_fork)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.address: bytes | None = None
+        self.conn: Connection | None = None
+        self.boot: Connection | None = None  # held only by the process that started the server
+        self.pidfd: int | None = None
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        for conn in (self.conn, self.boot):
+            if conn is not None:
+                conn.close()
+        self.conn = self.boot = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def connection(self) -> Connection:
+        """The connection to our server, starting the server if there is none."""
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        if self.address is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.address)
+            except OSError:  # our ancestor's server is gone: start our own
+                sock.close()
+                self.address = None
+            else:
+                self.conn = Connection(UnixStream(sock.detach()))
+                return self.conn
+        self._start_server()
+        return self.connection()
+
+    def _start_server(self) -> None:
+        from .spawn import spawn_interpreter
+
+        boot, handle = spawn_interpreter("polyproc-forkserver")
+        with launch_errors(handle):
+            boot.send({"parent_pid": os.getpid(), "prep": preparation_data()})
+            boot.send(serve)
+            self.address = boot.recv()
+        self.boot = boot
+        # The server is reaped by nobody but us; it exits when we do. Keep the handle
+        # alive only so its pidfd is not reused while the server runs.
+        self._server_handle = handle
+
+    def my_pidfd(self) -> int:
+        if self.pidfd is None:
+            self.pidfd = os.pidfd_open(os.getpid())
+        return self.pidfd
+
+
+_CLIENT = _Client()
+os.register_at_fork(after_in_child=_CLIENT.after_fork_in_child)
+
+
+def _stdio_fds() -> list[int]:
+    """Our fds 0-2 for the child; /dev/null stands in for a closed one."""
+    out = []
+    for fd in (0, 1, 2):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+            out.append(fd)
+        except OSError:
+            out.append(os.open(os.devnull, os.O_RDWR))
+    return out
+
+
+def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
+    payload = ctx.serializer.dumps(
+        process, what=f"the Process {process.name!r} (its target, args and kwargs)"
+    )
+    r, w = os.pipe()
+    try:
+        with _CLIENT.lock:
+            stdio = _stdio_fds()
+            try:
+                conn = _CLIENT.connection()
+                fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
+                try:
+                    conn.send_payload(Payload(payload.body, payload.buffers, fds))
+                    reply = conn.recv_bytes()
+                except (OSError, EOFError) as exc:
+                    conn.close()
+                    raise StartError(f"the forkserver is gone: {exc}") from exc
+            finally:
+                for fd, std in zip(stdio, (0, 1, 2)):
+                    if fd != std:
+                        os.close(fd)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    (pid,) = _PID.unpack(reply)
+    if pid < 0:
+        os.close(r)
+        raise StartError(f"the forkserver could not fork: {os.strerror(-pid)}")
+    return StatusPipeHandle(pid, r)
+
+
+# -- the server ------------------------------------------------------------------
+
+
+class _Server:
+    """The forkserver's state: its sockets, its clients, and which client owns which child."""
+
+    def __init__(self, boot: Connection) -> None:
+        self.boot = boot
+        self.sel = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(b"\0polyproc-forkserver-" + os.urandom(12).hex().encode())
+        self.listener.listen(64)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children: dict[int, tuple[int, int]] = {}  # pid -> (status_w, client pidfd)
+        self.clients: dict[int, Connection] = {}  # conn fd -> conn
+        self.client_pidfd: dict[int, int] = {}  # conn fd -> that client's pidfd
+        self.pidfd_children: dict[int, set[int]] = {}  # client pidfd -> its live children
+        self.dead: set[int] = set()  # client pidfds whose process has exited
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the clients to handle
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.boot.send(self.listener.getsockname())
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.boot.fileno(), selectors.EVENT_READ, "boot")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in self.sel.select():
+                what = key.data
+                if what == "boot":
+                    return 0  # our owner is gone; our children follow by PDEATHSIG
+                if what == "accept":
+                    self._accept()
+                elif what == "sigchld":
+                    self._reap()
+                elif what == "client-dead":
+                    self._client_died(key.fd)
+                else:
+                    self._request(key.fd)
+
+    def _accept(self) -> None:
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            sock.close()
+            return
+        conn = Connection(UnixStream(sock.detach()))
+        self.clients[conn.fileno()] = conn
+        self.sel.register(conn.fileno(), selectors.EVENT_READ, "request")
+
+    def _drop(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        self.clients.pop(fd).close()
+        pidfd = self.client_pidfd.pop(fd, None)
+        if pidfd is not None and not self.pidfd_children.get(pidfd):
+            self._close_pidfd(pidfd)
+
+
+    def _request(self, fd: int) -> None:
+        conn = self.clients[fd]
+        try:
+            payload = conn.recv_payload()
+        except (EOFError, OSError):
+            self._drop(fd)
+            return
+        if len(payload.fds) < _CONTROL_FDS:
+            for extra in payload.fds:
+                os.close(extra)
+            self._drop(fd)
+            return
+        status_w, pidfd, *stdio = payload.fds[-_CONTROL_FDS:]
+        own = payload.fds[:-_CONTROL_FDS]
+        known = self.client_pidfd.get(fd)
+        if known is None:
+            self.client_pidfd[fd] = known = pidfd
+            self.pidfd_children[pidfd] = set()
+            self.sel.register(pidfd, selectors.EVENT_READ, "client-dead")
+        else:
+            os.close(pidfd)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            pid = -(exc.errno or errno.EAGAIN)
+        if pid == 0:
+            self._become_child(payload, status_w, stdio, own)
+        for extra in (*own, *stdio):
+            os.close(extra)
+        if pid > 0:
+            self.children[pid] = (status_w, known)
+            self.pidfd_children[known].add(pid)
+        else:
+            os.close(status_w)
+        try:
+            conn.send_bytes(_PID.pack(pid))
+        except OSError:
+            self._drop(fd)
+
+    def _become_child(self, payload: Payload, status_w: int, stdio: list[int], own: list[int]) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            server_pid = os.getppid()
+            os.close(status_w)
+            for std, fd in enumerate(stdio):
+                os.dup2(fd, std)
+                os.close(fd)
+            self._close_all()
+            die_with_parent(server_pid)
+            _CLIENT.address = self.listener.getsockname()
+            self.listener.close()
+            from .._process import run_in_child
+            from .._serialize import DEFAULT_SERIALIZER
+
+            process: BaseProcess = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            code = run_in_child(process)
+        except BaseException:
+            try:
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(1)
+        finally:
+            os._exit(code)
+
+    def _close_all(self) -> None:
+        self.sel.close()
+        self.boot.close()
+        for conn in self.clients.values():
+            conn.close()
+        for fd in (self.wake_r, self.wake_w, *self.pidfd_children):
+            os.close(fd)
+        for status_w, _ in self.children.values():
+            os.close(status_w)
+
+    def _reap(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            status_w, pidfd = entry
+            try:
+                os.write(status_w, struct.pack("<i", status))
+            except OSError:
+                pass
+            os.close(status_w)
+            owned = self.pidfd_children.get(pidfd)
+            if owned is not None:
+                owned.discard(pid)
+                if not owned and pidfd not in self.client_pidfd.values():
+                    self._close_pidfd(pidfd)
+
+    def _client_died(self, pidfd: int) -> None:
+        """The client is gone: its children go too (they are its, not ours)."""
+        for pid in self.pidfd_children.get(pidfd, ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for fd, known in list(self.client_pidfd.items()):
+            if known == pidfd:
+                del self.client_pidfd[fd]
+        self.sel.unregister(pidfd)
+        self.dead.add(pidfd)
+        if not self.pidfd_children.get(pidfd):  # else closed when its last child is reaped
+            self._close_pidfd(pidfd)
+
+    def _close_pidfd(self, pidfd: int) -> None:
+        del self.pidfd_children[pidfd]
+        if pidfd not in self.dead:
+            self.sel.unregister(pidfd)
+        self.dead.discard(pidfd)
+        os.close(pidfd)
+
+
+def serve(boot: Connection) -> int:
+    """The forkserver's main (a spawn role): serve until the owner goes away."""
+    set_comm("polyproc-fsrv")
+    return _Server(boot).run()

@@ -1,0 +1,148 @@
+"""ChildHandle: what a launcher hands back for one child — pid, sentinel, exit status.
+
+Two kinds, one interface:
+
+* ``PidfdHandle`` for children of this process (fork, spawn): the sentinel is a
+  pidfd, readable when the child exits; ``waitpid`` reaps it, in one place.
+* ``StatusPipeHandle`` for forkserver children, which are the forkserver's and not
+  ours: the forkserver reaps them and writes the wait status down a pipe whose read
+  end is the sentinel.
+
+Signals go through ``pidfd_send_signal`` where there is a pidfd, so a recycled pid
+is never signalled by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import BrokenResourceError, StartError
+
+__all__ = ["ChildHandle", "PidfdHandle", "StatusPipeHandle", "wait_fd", "launch_errors"]
+
+
+def wait_fd(fd: int, timeout: float | None) -> bool:
+    """True when ``fd`` is readable within ``timeout`` seconds (None: forever)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+        if poller.poll(ms):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+class ChildHandle:
+    """The parent's grip on one child. Thread-safe; the exit code is cached once known."""
+
+    pid: int
+    sentinel: int
+
+    def __init__(self, pid: int, sentinel: int) -> None:
+        self.pid = pid
+        self.sentinel = sentinel
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        """The exit code if the child has exited (negative: killed by that signal), else None."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None and wait_fd(self.sentinel, timeout):
+            return self.poll_blocking()
+        return self.poll()
+
+    def poll_blocking(self) -> int | None:
+        return self.poll()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self.sentinel >= 0:
+                os.close(self.sentinel)
+                self.sentinel = -1
+
+
+class PidfdHandle(ChildHandle):
+    """A direct child: reaped with waitpid, its pidfd the sentinel."""
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def poll_blocking(self) -> int | None:
+        return self._reap(0)
+
+    def _reap(self, flags: int) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, flags)
+                except ChildProcessError:
+                    # Reaped elsewhere (a user's SIGCHLD handler): the status is lost.
+                    self.returncode = 255
+                else:
+                    if pid:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        with self._lock:
+            if self.returncode is not None or self.sentinel < 0:
+                return
+            try:
+                signal.pidfd_send_signal(self.sentinel, sig)
+            except ProcessLookupError:
+                pass
+
+
+class StatusPipeHandle(ChildHandle):
+    """A forkserver child: its wait status arrives on a pipe when it exits."""
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None and self.sentinel >= 0 and wait_fd(self.sentinel, 0):
+                data = b""
+                while len(data) < 4:
+                    chunk = os.read(self.sentinel, 4 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+                if len(data) == 4:
+                    self.returncode = os.waitstatus_to_exitcode(struct.unpack("<i", data)[0])
+                else:  # the forkserver died before it could tell us: the child died with it
+                    self.returncode = -signal.SIGKILL
+            return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+@contextmanager
+def launch_errors(handle: ChildHandle) -> Iterator[None]:
+    """If sending a new child its instructions fails, kill and reap it; raise StartError."""
+    try:
+        yield
+    except OSError as exc:  # BrokenResourceError included: the child died at boot
+        handle.send_signal(signal.SIGKILL)
+        code = handle.wait(5.0)
+        raise StartError(f"the child died while being started (exit code {code}): {exc}") from exc

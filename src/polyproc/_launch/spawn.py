@@ -1,0 +1,162 @@
+"""The spawn start method: a fresh interpreter, told what it needs over a socket.
+
+::
+
+    parent                                       child (python -c <boot>, fd 3 = socket)
+    dumps(process)  (fails here, nothing started)
+    posix_spawn ─────────────────────────────────► import polyproc._launch.child
+    send {parent_pid, prep} ─────────────────────► die_with_parent; prepare (import __main__
+                                                   as __mp_main__)
+    send_payload(process + fds) ─────────────────► recv -> Process; run_in_child; exit
+
+The same channel starts the forkserver: its second message is a callable role
+instead of a Process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .child import die_with_parent, preparation_data, prepare, set_comm
+from .handle import PidfdHandle, launch_errors
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+    from .._context import Context
+    from .._process import BaseProcess
+
+__all__ = ["start", "spawn_interpreter", "child_main"]
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_BOOT = (
+    "import sys; sys.path.insert(0, {path!r}); "
+    "from polyproc._launch.child import spawn_main; spawn_main()"
+)
+
+
+def start(process: BaseProcess, ctx: Context) -> PidfdHandle:
+    payload = ctx.serializer.dumps(
+        process, what=f"the Process {process.name!r} (its target, args and kwargs)"
+    )
+    conn, handle = _SPARES.take()
+    with launch_errors(handle), conn:
+        conn.send({"parent_pid": os.getpid(), "prep": preparation_data()})
+        conn.send_payload(payload)
+    return handle
+
+
+class _Spares:
+    """One interpreter booted ahead of need, so a spawn start costs a message, not a boot.
+
+    The spare has imported polyproc and waits on its socket with PDEATHSIG set; it
+    is used only if the environment it was started with is still ours (variables
+    such as PYTHONHASHSEED act at boot). After each use the next spare is started
+    at once, and boots while the caller goes on. ``POLYPROC_SPAWN_SPARES=0`` turns
+    this off.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spare: tuple[Connection, PidfdHandle, dict[str, str]] | None = None
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        if self.spare is not None:
+            conn, handle, _ = self.spare
+            conn.close()
+            handle.close()
+        self.spare = None
+
+    def take(self) -> tuple[Connection, PidfdHandle]:
+        if os.environ.get("POLYPROC_SPAWN_SPARES", "1") == "0":
+            return spawn_interpreter("polyproc-spawn")
+        with self.lock:
+            spare, self.spare = self.spare, None
+        if spare is not None:
+            conn, handle, env = spare
+            if env == os.environ and handle.poll() is None:
+                self._refill()
+                return conn, handle
+            conn.close()  # stale: it exits on EOF
+            handle.wait(5.0)
+            handle.close()
+        fresh = spawn_interpreter("polyproc-spawn")
+        self._refill()
+        return fresh
+
+    def _refill(self) -> None:
+        conn, handle = spawn_interpreter("polyproc-spare")
+        with self.lock:
+            if self.spare is None:
+                self.spare = (conn, handle, dict(os.environ))
+                return
+        conn.close()
+        handle.wait(5.0)
+        handle.close()
+
+
+_SPARES = _Spares()
+os.register_at_fork(after_in_child=_SPARES.after_fork_in_child)
+
+
+def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
+    """Start ``python -c <boot>`` with one end of a socketpair as its fd 3."""
+    from .._connection import Connection
+    from .._transport import UnixStream
+    from . import on_launcher_thread
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = theirs.fileno()
+    spare = None
+    if fd == 3:  # dup2(3, 3) would leave close-on-exec set and the child would lose it
+        spare = os.dup(fd)
+        fd = spare
+    argv = [sys.executable, "-c", _BOOT.format(path=_PACKAGE_PARENT), tag, str(os.getpid())]
+    try:
+        pid = on_launcher_thread(
+            lambda: os.posix_spawn(sys.executable, argv, os.environ,
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, fd, 3)])
+        )
+    finally:
+        theirs.close()
+        if spare is not None:
+            os.close(spare)
+    handle = PidfdHandle(pid, os.pidfd_open(pid))
+    return Connection(UnixStream(ours.detach())), handle
+
+
+def child_main(fd: int) -> None:
+    """The spawned interpreter's main: prepare, receive the Process (or a role), run it."""
+    from .._connection import Connection
+    from .._process import BaseProcess, run_in_child
+    from .._transport import UnixStream
+
+    conn = Connection(UnixStream(fd))
+    try:
+        die_with_parent(int(sys.argv[2]))
+        if sys.argv[1] == "polyproc-spare":
+            set_comm("polyproc-spare")  # an idle spare is not a leaked child (tests/conftest.py)
+        head = conn.recv()
+        prepare(head["prep"])
+        obj: Any = conn.recv()
+    except EOFError:  # the parent gave up on us (it died, or the launch failed)
+        os._exit(70)
+    except BaseException:
+        sys.stderr.write("polyproc: a spawned child could not be prepared:\n")
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    if isinstance(obj, BaseProcess):
+        conn.close()
+        code = run_in_child(obj)
+    else:
+        role: Callable[[Connection], int] = obj
+        code = role(conn)
+    sys.exit(code)

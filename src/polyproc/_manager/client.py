@@ -1,0 +1,226 @@
+"""The client side of a manager: persistent connections, one per (thread, server).
+
+::
+
+    proxy._callmethod ──► request(address, key, op, body)
+                            ├─ this thread's Channel for that address (made on first use:
+                            │    connect, TLS, mutual HMAC handshake; kept until the thread ends)
+                            ├─ pending DECREFs for that address go in the same write
+                            └─ send frame, read one reply frame
+
+The stdlib opens a new connection for each proxy (per thread) and sends an
+INCREF and a DECREF round trip for each proxy made or dropped; here a thread
+keeps one connection per server for its whole life, a proxy's first call takes
+its reference in the same round trip (``Op.CALL_INCREF``), and finalizers only
+*queue* their DECREF (a finalizer may run in the middle of another call on the
+same connection, so it must never do I/O itself).
+
+Everything process-wide sits in one holder, ``_state``, which a forked child
+resets: the parent's connections and its queued DECREFs are the parent's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import ssl
+import threading
+from typing import Any
+
+from .._protocol import auth
+from ..errors import AuthenticationError, ProtocolError
+from .wire import Address, FrameSocket, Op, broken, connect_socket, dumps, encode
+
+__all__ = ["Channel", "request", "Ref", "release", "remember", "credentials_for", "current_authkey"]
+
+#: Seconds a connect plus handshake may take before the server is declared unreachable.
+CONNECT_TIMEOUT = 20.0
+
+
+class Ref:
+    """Whether a proxy holds a server reference it must give back (shared with its finalizer)."""
+
+    __slots__ = ("owned",)
+
+    def __init__(self, owned: bool) -> None:
+        self.owned = owned
+
+
+class _AuthChannel:
+    """``send_bytes``/``recv_bytes`` over AUTH frames, for ``auth.client_handshake``."""
+
+    def __init__(self, fs: FrameSocket) -> None:
+        self.fs = fs
+
+    def send_bytes(self, buf: bytes) -> None:
+        self.fs.send(Op.AUTH, bytes(buf))
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        op, body = self.fs.recv(auth.MAX_AUTH_FRAME if maxlength is None else maxlength)
+        if op != Op.AUTH:
+            raise ProtocolError(f"{Op(op).name} frame during the handshake")
+        return bytes(body)
+
+
+class Channel:
+    """One authenticated connection to a manager server."""
+
+    __slots__ = ("address", "fs")
+
+    def __init__(self, address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None,
+                 timeout: float = CONNECT_TIMEOUT) -> None:
+        self.address = address
+        sock = connect_socket(address, timeout)
+        try:
+            if ssl_context is not None:
+                host = address[0] if isinstance(address, tuple) else None
+                sock = ssl_context.wrap_socket(
+                    sock, server_hostname=host if ssl_context.check_hostname else None)
+            fs = FrameSocket(sock)
+            try:
+                auth.client_handshake(_AuthChannel(fs), authkey)
+            except EOFError as exc:
+                raise AuthenticationError(
+                    f"the manager at {address!r} closed the connection during the handshake "
+                    "(wrong authkey, or TLS expected?)") from exc
+            except TimeoutError as exc:
+                raise AuthenticationError(f"the manager at {address!r} did not complete the "
+                                          "handshake in time") from exc
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.fs = fs
+
+    def close(self) -> None:
+        self.fs.close()
+
+
+class _State:
+    """Process-wide client state: the one mutable holder of this module."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        #: address -> (authkey, ssl context) learnt from managers started or connected here
+        self.credentials: dict[Address, tuple[bytes, ssl.SSLContext | None]] = {}
+        #: address -> ids whose DECREF waits for the next request to that address
+        self.decrefs: dict[Address, list[int]] = {}
+        #: the manager Server running in this process, if any (see proxy rebuilding)
+        self.server: Any = None
+
+    def after_fork(self) -> None:
+        channels: dict[Address, Channel] = getattr(self.local, "channels", {})
+        for ch in channels.values():
+            ch.close()  # our copy only: the parent's connection is untouched
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.decrefs = {}
+        self.server = None
+
+
+_state = _State()
+os.register_at_fork(after_in_child=_state.after_fork)
+
+
+def current_authkey() -> bytes:
+    """This process's authkey (``current_process().authkey``), as the stdlib uses by default."""
+    from .._process import current_process
+
+    return bytes(current_process().authkey)
+
+
+def remember(address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None) -> None:
+    """Record how to reach ``address`` so proxies rebuilt in this process can connect."""
+    with _state.lock:
+        _state.credentials[address] = (bytes(authkey), ssl_context)
+
+
+def credentials_for(address: Address) -> tuple[bytes | None, ssl.SSLContext | None]:
+    got = _state.credentials.get(address)
+    return got if got is not None else (None, None)
+
+
+def _channel(address: Address, authkey: bytes | None) -> Channel:
+    local = _state.local
+    try:
+        channels: dict[Address, Channel] = local.channels
+    except AttributeError:
+        channels = local.channels = {}
+    ch = channels.get(address)
+    if ch is None:
+        key, ssl_context = credentials_for(address)
+        if authkey is None:
+            authkey = key if key is not None else current_authkey()
+        ch = channels[address] = Channel(address, authkey, ssl_context)
+    return ch
+
+
+def drop_channel(address: Address) -> None:
+    channels: dict[Address, Channel] | None = getattr(_state.local, "channels", None)
+    if channels:
+        ch = channels.pop(address, None)
+        if ch is not None:
+            ch.close()
+
+
+def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tuple[int, Any]:
+    """Send one request on this thread's connection and return the reply ``(op, body)``."""
+    ch = _channel(address, authkey)
+    fs = ch.fs
+    try:
+        if _state.decrefs.get(address):
+            with _state.lock:
+                ids = _state.decrefs.pop(address, [])
+            fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(op, body))
+        else:
+            fs.send(op, body)
+        return fs.recv()
+    except BaseException as exc:
+        # Whatever happened (the server died, Ctrl+C mid-read), this stream can no
+        # longer be trusted to be at a frame boundary: forget it.
+        drop_channel(address)
+        if isinstance(exc, (OSError, EOFError)) and not isinstance(exc, TimeoutError):
+            raise broken(address, exc) from exc
+        raise
+
+
+def release(address: Address, ident: int, ref: Ref) -> None:
+    """A proxy's finalizer: queue its DECREF (no I/O here, see the module docstring)."""
+    if not ref.owned:
+        return
+    ref.owned = False
+    server = _state.server
+    if server is not None and server.address == address:
+        server.decref(ident)
+        return
+    with _state.lock:
+        _state.decrefs.setdefault(address, []).append(ident)
+
+
+def flush(address: Address, timeout: float = 1.0) -> None:
+    """Send the DECREFs queued for ``address`` now (best effort)."""
+    with _state.lock:
+        ids = _state.decrefs.pop(address, [])
+    if not ids:
+        return
+    try:
+        ch = _channel(address, None)
+        ch.fs.sock.settimeout(timeout)
+        ch.fs.send(Op.DECREF, dumps(ids))
+        ch.fs.sock.settimeout(None)
+    except (OSError, EOFError, AuthenticationError, ProtocolError, ImportError):
+        drop_channel(address)
+
+
+def _flush_all_at_exit() -> None:
+    for address in list(_state.decrefs):
+        flush(address)
+
+
+atexit.register(_flush_all_at_exit)
+
+
+def _unused(_: socket.socket) -> None:  # pragma: no cover - keeps the import for typing
+    pass

@@ -1,0 +1,633 @@
+"""The engine: one thread per pool that owns the workers and runs the scheduler.
+
+::
+
+    user threads                       engine thread                          workers
+    ────────────                       ─────────────                          ───────
+    Pool / Executor faces              selectors loop over:
+      post(fn, arg) ──► inbox ───────►  ├─ wake pipe (written only while
+      (deque; one byte on the            │  the engine sleeps)
+       wake pipe if asleep)             ├─ each worker's channel ◄──────────  RESULTS / READY
+                                        │    (Connection.recv, frame by frame)
+                                        ├─ each worker's sentinel  ◄────────  death
+                                        ├─ channel writable (a send that
+                                        │    did not fit: non-blocking writes)
+                                        └─ the clock: task deadlines, RSS samples
+                                        ▼
+                                      Scheduler (pure) ──► actions: Spawn, Send, Stop,
+                                        Kill, Deliver ──► Future.set_result / sinks
+
+Only this thread touches the scheduler and the worker channels, so pool state
+needs no lock. Sends never block: the engine writes with ``MSG_DONTWAIT`` and
+keeps what did not fit until the channel is writable, so a worker writing a large
+result while we write it a large batch cannot deadlock the two of us. Reads are
+frame by frame with ``Connection.recv`` (a worker only ever waits on us to read,
+never the reverse). On a worker's death the channel is shut for reading and
+drained, so results it sent before dying still count, and then the scheduler
+fails or re-runs exactly the tasks it held.
+
+Thread workers (``ThreadPool``) post their messages into the same inbox.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import selectors
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from .._protocol.framing import Kind, encode_header
+from .._serialize import fd_handle
+from ..errors import BrokenProcessPool, PoolClosedError
+from .messages import INIT_FAILED, READY, RESULTS, STOP, TASKS, TaskError
+from .scheduler import (
+    Broken,
+    Deliver,
+    DeliverSingles,
+    Done,
+    Job,
+    Kill,
+    Scheduler,
+    Send,
+    Spawn,
+    Stop,
+)
+from .worker import ThreadWorker, current_rss, worker_main
+
+__all__ = ["Engine", "WORKER_PREFIX"]
+
+WORKER_PREFIX = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
+                 "forkserver": "ForkServerPoolWorker"}
+_IOV_MAX = 1024
+_RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS on death)
+_COALESCE = 1 << 14
+
+
+class _Handle:
+    """One worker as the engine sees it: its process (or thread) and its channel."""
+
+    __slots__ = ("wid", "proc", "conn", "sock", "out", "fids", "name", "pid", "peak",
+                 "writing", "thread")
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.proc: Any = None
+        self.conn: Any = None                       # Connection: engine reads here
+        self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
+        self.out: deque[tuple[memoryview, list[int]]] = deque()
+        self.fids: set[int] = set()                 # functions this worker has cached
+        self.name = f"worker {wid}"
+        self.pid: int | None = None
+        self.peak: int | None = None
+        self.writing = False
+        self.thread: ThreadWorker | None = None
+
+
+class Engine:
+    """Runs one pool. Faces call ``post``/``add_jobs``/``close``/``terminate``/``join``."""
+
+    def __init__(self, processes: int, *, ctx: Any, threads: bool = False,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (),
+                 maxtasksperchild: int | None = None, max_memory_per_child: int | None = None,
+                 window: int = 3, target_batch_s: float = 0.004) -> None:
+        self.ctx = ctx
+        self.threads = threads
+        self.serializer = ctx.serializer if ctx is not None else None
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.prefix = "ThreadPoolWorker" if threads else WORKER_PREFIX.get(
+            ctx.start_method, "PoolWorker")
+        self.broken: BaseException | None = None
+        self.inbox: deque[tuple[Callable[..., Any], Any]] = deque()
+        self._asleep = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.handles: dict[int, _Handle] = {}
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.finished = threading.Event()
+        self._next_rss = 0.0
+        self.sched = Scheduler(processes, maxtasksperchild=maxtasksperchild,
+                               max_memory_per_child=max_memory_per_child, window=window,
+                               target_batch_s=target_batch_s)
+        self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine",
+                                       daemon=True)
+        self.thread.start()
+        ref = weakref.ref(self)
+        self._atexit = lambda: _terminate_ref(ref)
+        atexit.register(self._atexit)
+
+    # -- user-thread side ----------------------------------------------------------------
+    def post(self, fn: Callable[..., Any], arg: Any = None) -> None:
+        """Run ``fn(arg)`` in the engine thread soon. Safe from any thread."""
+        self.inbox.append((fn, arg))
+        if self._asleep:
+            self._asleep = False
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # full: it will wake anyway; closed: the engine is gone
+
+    def add_job(self, job: Job) -> None:
+        if self.finished.is_set():
+            raise self._closed_error()
+        self.inbox.append((_ADD, job))
+        if self._asleep:
+            self._asleep = False
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _closed_error(self) -> BaseException:
+        if self.broken is not None:
+            return BrokenProcessPool(str(self.broken))
+        return PoolClosedError("Pool not running")
+
+    def close(self) -> None:
+        self.post(_call, self.sched.close)
+
+    def terminate(self, error: BaseException | None = None) -> None:
+        err = error or PoolClosedError("the pool was terminated")
+        self.post(self.sched.terminate, err)
+
+    def join(self, timeout: float | None = None) -> bool:
+        # Event.wait is interruptible by Ctrl+C; join the thread only once it is done.
+        if not self.finished.wait(timeout):
+            return False
+        self.thread.join()
+        return True
+
+    # -- the loop ------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not hang users
+            self._crash(exc)
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        sched = self.sched
+        inbox = self.inbox
+        select = self.sel.select
+        while True:
+            if inbox:
+                self._drain_inbox()
+            if sched.actions:
+                self._act()
+            if sched.finished() and not inbox:
+                return
+            timeout = self._timeout()
+            self._asleep = True
+            if inbox:
+                self._asleep = False
+                continue
+            events = select(timeout)
+            self._asleep = False
+            for key, mask in events:
+                data = key.data
+                if data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                elif data[0] == 0:
+                    if mask & selectors.EVENT_READ:
+                        self._on_readable(data[1])
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(data[1])
+                else:
+                    self._on_death(data[1])
+            if sched._deadlines:
+                sched.tick(time.monotonic())
+
+    def _timeout(self) -> float | None:
+        now = time.monotonic()
+        t: float | None = None
+        deadline = self.sched.next_deadline()
+        if deadline is not None:
+            t = max(0.0, deadline - now)
+        if not self.threads and any(s.window for s in self.sched.workers.values()):
+            if now >= self._next_rss:
+                self._sample_rss()
+                self._next_rss = now + _RSS_EVERY
+            t = _RSS_EVERY if t is None else min(t, _RSS_EVERY)
+        return t
+
+    def _sample_rss(self) -> None:
+        for wid, slot in self.sched.workers.items():
+            h = self.handles.get(wid)
+            if slot.window and h is not None and h.pid is not None:
+                rss = current_rss(h.pid)
+                if rss is not None and (h.peak is None or rss > h.peak):
+                    h.peak = rss
+
+    def _drain_inbox(self) -> None:
+        inbox = self.inbox
+        jobs: list[Job] = []
+        while inbox:
+            fn, arg = inbox.popleft()
+            if fn is _ADD:
+                jobs.append(arg)
+                continue
+            if jobs:
+                self.sched.add_jobs(jobs)
+                jobs = []
+            fn(arg)
+        if jobs:
+            self.sched.add_jobs(jobs)
+
+    def _act(self) -> None:
+        sched = self.sched
+        while sched.actions:
+            acts, sched.actions = sched.actions, []
+            for a in acts:
+                t = type(a)
+                if t is DeliverSingles:
+                    for job, v in zip(a.jobs, a.values):  # type: ignore[union-attr]
+                        _resolve(job.sink, v)
+                elif t is Send:
+                    self._send_batch(a)  # type: ignore[arg-type]
+                elif t is Deliver:
+                    job = a.job  # type: ignore[union-attr]
+                    if job.single:
+                        _resolve(job.sink, a.values[0])  # type: ignore[union-attr]
+                    else:
+                        _guard(job.sink._deliver, a.start, a.values)  # type: ignore[union-attr]
+                elif t is Done:
+                    job = a.job  # type: ignore[union-attr]
+                    if not job.single:
+                        _guard(job.sink._done)
+                elif t is Spawn:
+                    self._spawn(a.wid)  # type: ignore[union-attr]
+                elif t is Stop:
+                    self._stop(a.wid)  # type: ignore[union-attr]
+                elif t is Kill:
+                    self._kill(a.wid)  # type: ignore[union-attr]
+                elif t is Broken:
+                    self.broken = a.error  # type: ignore[union-attr]
+
+    # -- workers: start, stop, kill, death ------------------------------------------------
+    def _spawn(self, wid: int) -> None:
+        h = _Handle(wid)
+        self.handles[wid] = h
+        if self.threads:
+            h.name = f"{self.prefix}-{wid}"
+            h.thread = ThreadWorker(wid, h.name, self._post_from_thread, self.initializer,
+                                    self.initargs)
+            h.thread.start()
+            return
+        from .._connection import Pipe
+
+        ours, theirs = Pipe()
+        try:
+            proc = self.ctx.Process(target=worker_main, daemon=True,
+                                    args=(theirs, self.initializer, self.initargs, self.serializer))
+            proc.name = proc.name.replace("Process", self.prefix)
+            h.name = proc.name
+            proc.start()
+        except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
+            ours.close()
+            theirs.close()
+            del self.handles[wid]
+            if not isinstance(exc, Exception):
+                raise
+            self.sched.worker_exited(wid, None, name=h.name)
+            return
+        theirs.close()
+        h.proc, h.conn, h.pid = proc, ours, proc.pid
+        h.sock = socket.socket(fileno=os.dup(ours.fileno()))
+        self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
+        self.sel.register(proc.sentinel, selectors.EVENT_READ, (1, h))
+
+    def _stop(self, wid: int) -> None:
+        h = self.handles.get(wid)
+        if h is None:
+            return
+        if h.thread is not None:
+            h.thread.inbox.put(None)
+        else:
+            self._queue(h, (STOP,))
+
+    def _kill(self, wid: int) -> None:
+        h = self.handles.get(wid)
+        if h is None:
+            return
+        if h.thread is not None:
+            # A thread cannot be killed: abandon it (its late results are dropped).
+            h.thread.abandoned = True
+            h.thread.inbox.put(None)
+            self.handles.pop(wid, None)
+            self.sched.worker_exited(wid, None, name=h.name)
+            return
+        try:
+            h.proc.kill()
+        except (OSError, ValueError):
+            pass
+
+    def _on_death(self, h: _Handle) -> None:
+        """The sentinel fired: take what the worker sent before dying, then tell the scheduler."""
+        self.sel.unregister(h.proc.sentinel)
+        if h.conn is not None and not h.conn.closed:
+            try:
+                assert h.sock is not None
+                h.sock.shutdown(socket.SHUT_RD)  # reads now end at EOF, never block
+            except OSError:
+                pass
+            self._on_readable(h)
+        self._close_channel(h)
+        h.proc.join()
+        exitcode = h.proc.exitcode
+        try:
+            h.proc.close()
+        except (ValueError, OSError):
+            pass
+        self.handles.pop(h.wid, None)
+        if h.wid in self.sched.workers:
+            self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name)
+
+    def _close_channel(self, h: _Handle) -> None:
+        if h.conn is not None and not h.conn.closed:
+            try:
+                self.sel.unregister(h.conn.fileno())
+            except (KeyError, ValueError):
+                pass
+            h.conn.close()
+        if h.sock is not None:
+            h.sock.close()
+            h.sock = None
+        h.out.clear()
+
+    # -- reading -------------------------------------------------------------------------
+    def _on_readable(self, h: _Handle) -> None:
+        conn = h.conn
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                self._channel_gone(h)
+                return
+            except OSError:
+                # Garbage or a torn frame: the worker cannot be trusted; its death follows.
+                self._channel_gone(h)
+                self._kill(h.wid)
+                return
+            except Exception as exc:  # noqa: BLE001 - a result that does not unpickle here
+                self._unreadable_results(h, exc)
+            else:
+                self._on_message(h, msg)
+            if conn.closed or not conn.poll(0):
+                return
+
+    def _channel_gone(self, h: _Handle) -> None:
+        if h.conn is not None and not h.conn.closed:
+            try:
+                self.sel.unregister(h.conn.fileno())
+            except (KeyError, ValueError):
+                pass
+            h.conn.close()
+
+    def _on_message(self, h: _Handle, msg: Any) -> None:
+        kind = msg[0]
+        if kind == RESULTS:
+            _, bid, busy, rss, values = msg
+            if rss is not None and (h.peak is None or rss > h.peak):
+                h.peak = rss
+            self.sched.batch_done(h.wid, bid, values, busy, rss)
+        elif kind == READY:
+            h.pid = msg[1]
+            self.sched.worker_ready(h.wid)
+        elif kind == INIT_FAILED:
+            self.sched.worker_failed_init(h.wid, msg[1].exception())
+
+    def _unreadable_results(self, h: _Handle, exc: BaseException) -> None:
+        from ..errors import SerializationError
+
+        slot = self.sched.workers.get(h.wid)
+        if slot is None or not slot.window:
+            return
+        batch = slot.window[0]
+        err = TaskError.local(SerializationError(
+            f"a result of {batch.fn.name} could not be unpickled here: {exc!r}"))
+        self.sched.batch_done(h.wid, batch.bid, [err] * len(batch), 0.0)
+
+    def _post_from_thread(self, kind: int, wid: int, *rest: Any) -> None:
+        self.post(self._thread_message, (kind, wid, rest))
+
+    def _thread_message(self, item: tuple[int, int, tuple[Any, ...]]) -> None:
+        kind, wid, rest = item
+        h = self.handles.get(wid)
+        if h is None or h.thread is None or h.thread.abandoned:
+            return
+        if kind == STOP:
+            self.handles.pop(wid, None)
+            if wid in self.sched.workers:
+                self.sched.worker_exited(wid, 0, name=h.name)
+        elif kind == INIT_FAILED:
+            self.sched.worker_failed_init(wid, rest[0].exception())
+        else:
+            self._on_message(h, (kind, *rest))
+
+    # -- writing -------------------------------------------------------------------------
+    def _send_batch(self, a: Send) -> None:
+        h = self.handles.get(a.wid)
+        if h is None:
+            return
+        batch = a.batch
+        fn = batch.fn
+        if h.thread is not None:
+            args = batch.args if batch.owners is None else [j.blob for j in batch.owners]
+            h.thread.inbox.put((batch.bid, fn.fn, int(batch.mode), args))
+            return
+        first = fn.fid not in h.fids
+        h.fids.add(fn.fid)
+        blob = fn.blob if first else None
+        if batch.owners is not None:
+            args: list[Any] = [_packed(j.blob) for j in batch.owners]
+            packed = True
+        else:
+            args, packed = batch.args, False
+        msg = (TASKS, batch.bid, fn.fid, blob, int(batch.mode), packed, args)
+        try:
+            self._queue(h, msg)
+        except Exception as exc:  # noqa: BLE001 - some argument of a map will not pickle
+            self._queue(h, (TASKS, batch.bid, fn.fid, blob, int(batch.mode), True,
+                            self._pack_each(args, packed, exc)))
+
+    def _pack_each(self, args: list[Any], packed: bool, exc: BaseException) -> list[Any]:
+        """Pickle each argument alone; the ones that fail become their task's error."""
+        assert self.serializer is not None
+        out: list[Any] = []
+        for a in args:
+            if packed:
+                out.append(a)
+                continue
+            try:
+                p = self.serializer.dumps(a, what="a task argument")
+                out.append((p.body, [_pb(b) for b in p.buffers], [fd_handle(f) for f in p.fds]))
+            except Exception as err:  # noqa: BLE001
+                out.append(TaskError.local(err))
+        return out
+
+    def _queue(self, h: _Handle, msg: tuple[Any, ...]) -> None:
+        if h.sock is None:
+            return
+        assert self.serializer is not None
+        p = self.serializer.dumps(msg, what="task arguments")
+        head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
+                             nfds=len(p.fds))
+        if len(p.body) < _COALESCE:
+            h.out.append((memoryview(head + p.body), list(p.fds)))
+        else:
+            h.out.append((memoryview(head), list(p.fds)))
+            h.out.append((memoryview(p.body), []))
+        for b in p.buffers:
+            h.out.append((b.cast("B") if b.format != "B" else b, []))
+        if not h.writing:
+            self._flush(h)
+
+    def _flush(self, h: _Handle) -> None:
+        sock, out = h.sock, h.out
+        if sock is None:
+            return
+        try:
+            while out:
+                view, fds = out[0]
+                if fds:
+                    n = sock.sendmsg([view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                   _intarray(fds))], socket.MSG_DONTWAIT)
+                    out[0] = (view[n:], [])
+                    if not out[0][0].nbytes:
+                        out.popleft()
+                    continue
+                parts = [view]
+                for i in range(1, min(len(out), _IOV_MAX)):
+                    if out[i][1]:
+                        break  # fds ride on the first byte of their own sendmsg
+                    parts.append(out[i][0])
+                n = sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
+                while n and out:
+                    v = out[0][0]
+                    if n >= v.nbytes:
+                        n -= v.nbytes
+                        out.popleft()
+                    else:
+                        out[0] = (v[n:], [])
+                        n = 0
+        except BlockingIOError:
+            if not h.writing:
+                h.writing = True
+                self.sel.modify(h.conn.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                (0, h))
+            return
+        except OSError:
+            out.clear()  # the worker is gone; its sentinel tells the rest
+        if h.writing:
+            h.writing = False
+            if h.conn is not None and not h.conn.closed:
+                self.sel.modify(h.conn.fileno(), selectors.EVENT_READ, (0, h))
+
+    # -- the end -------------------------------------------------------------------------
+    def _crash(self, exc: BaseException) -> None:
+        err = BrokenProcessPool(f"the pool's engine failed: {exc!r}")
+        err.__cause__ = exc
+        self.broken = err
+        try:
+            self.sched.actions.clear()
+            self.sched._fail_everything(err)
+            for a in self.sched.actions:
+                if isinstance(a, Deliver):
+                    if a.job.single:
+                        _resolve(a.job.sink, a.values[0])
+                    else:
+                        _guard(a.job.sink._deliver, a.start, a.values)
+                elif isinstance(a, Done) and not a.job.single:
+                    _guard(a.job.sink._done)
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def _shutdown(self) -> None:
+        for h in list(self.handles.values()):
+            if h.proc is not None:
+                try:
+                    if h.proc.is_alive():
+                        h.proc.kill()
+                    h.proc.join()
+                    h.proc.close()
+                except (ValueError, OSError, AssertionError):
+                    pass
+            elif h.thread is not None:
+                h.thread.abandoned = True
+                h.thread.inbox.put(None)
+            self._close_channel(h)
+        self.handles.clear()
+        self.sel.close()
+        os.close(self._wake_r)
+        self.finished.set()
+        # Late posts from user threads find the write end closed, not another file.
+        os.close(self._wake_w)
+        self._wake_w = -1
+        atexit.unregister(self._atexit)
+
+
+def _ADD(job: Job) -> None:  # noqa: N802 - a marker in the inbox (never called)
+    raise AssertionError
+
+
+def _call(fn: Callable[[], Any]) -> None:
+    fn()
+
+
+def _terminate_ref(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None and not engine.finished.is_set():
+        engine.terminate()
+        engine.join(5.0)
+
+
+def _resolve(fut: Future[Any], value: Any) -> None:
+    try:
+        if type(value) is TaskError:
+            fut.set_exception(value.exception())
+        else:
+            fut.set_result(value)
+    except InvalidStateError:
+        pass  # cancelled meanwhile
+
+
+def _guard(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - a user callback must not stop the engine
+        import traceback
+
+        traceback.print_exc()
+
+
+def _pb(view: memoryview) -> Any:
+    import pickle
+
+    return pickle.PickleBuffer(view)
+
+
+def _packed(blob: Any) -> Any:
+    """A single task's pre-pickled payload, ready to nest in a TASKS message."""
+    if type(blob) is bytes:
+        return blob
+    body, buffers, fds = blob
+    return (body, [_pb(b) for b in buffers], [fd_handle(f) for f in fds])
+
+
+def _intarray(fds: list[int]) -> Any:
+    import array
+
+    return array.array("i", fds)

@@ -1,0 +1,289 @@
+"""``Pool`` and ``ThreadPool``: the ``multiprocessing.pool`` API as a face over one ``Engine``.
+
+::
+
+    Pool.apply_async / map_async / imap ... ──► Submitter builds a Job ──► Engine.add_job
+                                                                          (engine thread:
+    ApplyResult / MapResult / IMapIterator ◄── Future / _deliver / _done ◄─ scheduler actions)
+
+Everything the stdlib Pool takes works the same; keyword-only extras are polyproc's:
+``timeout=`` (per task: the late task's worker is killed and replaced),
+``retries=`` (re-run a task whose worker died), ``progress=`` (tqdm bar: ``True``
+or a dict of tqdm options), and on the constructor ``max_memory_per_child=``
+(bytes) plus defaults for those three. ``chunksize=None`` (the default everywhere,
+``imap`` included) means adaptive batching; an explicit chunksize is honoured.
+As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from ..errors import PoolClosedError
+from .engine import Engine
+from .results import (
+    ApplyResult,
+    AsyncResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    Submitter,
+    make_progress,
+)
+from .scheduler import Job
+
+__all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+           "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS"]
+
+
+class PoolState(enum.Enum):
+    RUN = "RUN"
+    CLOSE = "CLOSE"
+    TERMINATE = "TERMINATE"
+
+
+#: What a user may do to a pool in each state (the face's own little state machine).
+POOL_FACE_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.RUN: frozenset({PoolState.CLOSE, PoolState.TERMINATE}),
+    PoolState.CLOSE: frozenset({PoolState.TERMINATE}),
+    PoolState.TERMINATE: frozenset(),
+}
+
+
+class Pool:
+    """A pool of worker processes (``multiprocessing.Pool``) that never hangs on a dead worker."""
+
+    _threads = False
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        max_memory_per_child: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        progress: Any = None,
+        window: int = 3,
+        target_batch_s: float = 0.004,
+    ) -> None:
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (
+                not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if context is None and not self._threads:
+            from .._context import default_context
+
+            context = default_context()
+        self._processes = processes
+        self._timeout = timeout
+        self._retries = retries
+        self._progress = progress
+        self._state = PoolState.RUN
+        self._engine = Engine(processes, ctx=context, threads=self._threads,
+                              initializer=initializer, initargs=tuple(initargs),
+                              maxtasksperchild=maxtasksperchild,
+                              max_memory_per_child=max_memory_per_child, window=window,
+                              target_batch_s=target_batch_s)
+        self._sub = Submitter(self._engine)
+        # A pool dropped without close/terminate must not leave workers behind.
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    # -- state -------------------------------------------------------------------------
+    def _move(self, new: PoolState) -> None:
+        if new is self._state:
+            return
+        if new not in POOL_FACE_TRANSITIONS[self._state]:
+            raise ValueError(f"pool cannot go from {self._state.name} to {new.name}")
+        self._state = new
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUN:
+            raise PoolClosedError("Pool not running")
+        if self._engine.broken is not None:
+            raise self._engine._closed_error()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} state={self._state.name} pool_size={self._processes}>"
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
+    # -- single tasks --------------------------------------------------------------------
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] | None = None, *, timeout: float | None = None,
+              retries: int | None = None) -> Any:
+        """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
+        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] | None = None,
+                    callback: Callable[[Any], Any] | None = None,
+                    error_callback: Callable[[BaseException], Any] | None = None, *,
+                    timeout: float | None = None, retries: int | None = None) -> ApplyResult:
+        """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
+        self._check_running()
+        fut: Future[Any] = Future()
+        job = self._sub.single(func, tuple(args), dict(kwds or {}), fut,
+                               timeout=self._timeout if timeout is None else timeout,
+                               retries=self._retries if retries is None else retries,
+                               claim=False)
+        result = ApplyResult(fut, callback, error_callback)
+        self._engine.add_job(job)
+        return result
+
+    # -- maps ----------------------------------------------------------------------------
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
+                   chunksize: int | None, callback: Any, error_callback: Any,
+                   timeout: float | None, retries: int | None, progress: Any) -> MapResult:
+        self._check_running()
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        bar = make_progress(self._progress if progress is None else progress, total,
+                            getattr(func, "__name__", "map"))
+        result = MapResult(callback, error_callback, bar)
+        job = self._sub.many(func, iterable, result, star=star, ordered=False, credit=False,
+                             chunksize=chunksize,
+                             timeout=self._timeout if timeout is None else timeout,
+                             retries=self._retries if retries is None else retries)
+        self._engine.add_job(job)
+        return result
+
+    def map(self, func: Callable[..., Any], iterable: Iterable[Any],
+            chunksize: int | None = None, *, timeout: float | None = None,
+            retries: int | None = None, progress: Any = None) -> list[Any]:
+        """``list(map(func, iterable))`` in the workers, in order."""
+        return self._map_async(func, iterable, False, chunksize, None, None, timeout, retries,
+                               progress).get()
+
+    def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                  chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
+                  error_callback: Callable[[BaseException], Any] | None = None, *,
+                  timeout: float | None = None, retries: int | None = None,
+                  progress: Any = None) -> MapResult:
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback,
+                               timeout, retries, progress)
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, timeout: float | None = None,
+                retries: int | None = None, progress: Any = None) -> list[Any]:
+        """Like ``map`` but each item is unpacked: ``func(*item)``."""
+        return self._map_async(func, iterable, True, chunksize, None, None, timeout, retries,
+                               progress).get()
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
+                      error_callback: Callable[[BaseException], Any] | None = None, *,
+                      timeout: float | None = None, retries: int | None = None,
+                      progress: Any = None) -> MapResult:
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback,
+                               timeout, retries, progress)
+
+    def _imap(self, cls: type[IMapIterator], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int | None, timeout: float | None, retries: int | None,
+              progress: Any, star: bool = False, deadline: float | None = None) -> IMapIterator:
+        self._check_running()
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        bar = make_progress(self._progress if progress is None else progress, total,
+                            getattr(func, "__name__", "imap"))
+        engine = self._engine
+        sched = engine.sched
+        it = cls(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline)
+        job = self._sub.many(func, iterable, it, star=star, ordered=cls is IMapIterator,
+                             credit=True, chunksize=chunksize,
+                             timeout=self._timeout if timeout is None else timeout,
+                             retries=self._retries if retries is None else retries)
+        it.job = job
+        it._cancel = lambda j: engine.post(_star, (sched.cancel, j))  # type: ignore[attr-defined]
+        engine.add_job(job)
+        return it
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any],
+             chunksize: int | None = None, *, timeout: float | None = None,
+             retries: int | None = None, progress: Any = None) -> IMapIterator:
+        """Results in order, lazily: input is pulled only as workers free up."""
+        return self._imap(IMapIterator, func, iterable, chunksize, timeout, retries, progress)
+
+    def imap_unordered(self, func: Callable[..., Any], iterable: Iterable[Any],
+                       chunksize: int | None = None, *, timeout: float | None = None,
+                       retries: int | None = None, progress: Any = None) -> IMapIterator:
+        """Results as they complete, lazily."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, timeout, retries,
+                          progress)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """No more work; workers exit once what was submitted is done."""
+        if self._state is PoolState.RUN:
+            self._move(PoolState.CLOSE)
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Kill the workers now; outstanding work fails."""
+        self._move(PoolState.TERMINATE)
+        self._engine.terminate()
+        self._engine.join()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after ``close`` or ``terminate``)."""
+        if self._state is PoolState.RUN:
+            raise ValueError("Pool is still running")
+        self._engine.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def statistics(self) -> dict[str, Any]:
+        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS."""
+        sched = self._engine.sched
+        stats: dict[str, Any] = dict(sched.stats)
+        handles = self._engine.handles
+        workers = []
+        for slot in list(sched.workers.values()) + list(sched.finished_workers):
+            h = handles.get(slot.wid)
+            workers.append({
+                "id": slot.wid, "name": h.name if h is not None else f"worker {slot.wid}",
+                "state": slot.state.value, "tasks": slot.done, "busy_s": slot.busy,
+                "rss": slot.rss, "peak_rss": slot.peak_rss, "exitcode": slot.exitcode,
+            })
+        stats["workers"] = workers
+        stats["processes"] = self._processes
+        stats["state"] = self._state.name
+        return stats
+
+
+class ThreadPool(Pool):
+    """The same API and engine, with threads for workers (nothing is pickled).
+
+    A timed-out task cannot be killed in a thread: it fails with ``TimeoutError`` and
+    its thread is abandoned (replaced; its late result is dropped).
+    """
+
+    _threads = True
+
+    def __init__(self, processes: int | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: Iterable[Any] = (),
+                 **options: Any) -> None:
+        options.pop("context", None)
+        super().__init__(processes, initializer, initargs, **options)
+
+
+def _star(call: tuple[Any, ...]) -> None:
+    call[0](*call[1:])

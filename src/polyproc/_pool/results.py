@@ -1,0 +1,276 @@
+"""What users hold while work runs: AsyncResult, MapResult, IMapIterator, and the job builder.
+
+The engine thread fills these (``_deliver``/``_done``); user threads wait on them::
+
+    engine thread ── Future.set_result ──► AsyncResult.get()      (apply, submit)
+                  ── _deliver(start, values) ──► MapResult / IMapIterator
+                  ── _done() ──────────────────┘        │
+    user thread ◄── next()/get() ── waits on a Condition ┘
+                 ── consumed(n) ──► engine (only when the job ran out of credit)
+
+``Submitter`` turns a call into a scheduler ``Job``: the function is pickled once
+per pool (``FnInfo`` cached by identity), a single task's arguments are pickled in
+the caller's thread (so an unpicklable argument fails at submit, not later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from ..errors import TimeoutError
+from .messages import TaskError
+from .scheduler import FnInfo, Job, Mode
+
+__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
+           "Submitter", "make_progress"]
+
+
+class ApplyResult:
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``; awaitable."""
+
+    def __init__(self, future: Future[Any] | None = None,
+                 callback: Callable[[Any], Any] | None = None,
+                 error_callback: Callable[[BaseException], Any] | None = None) -> None:
+        self._future: Future[Any] = future if future is not None else Future()
+        if callback is not None or error_callback is not None:
+            self._future.add_done_callback(_callbacks(callback, error_callback))
+
+    def ready(self) -> bool:
+        return self._future.done()
+
+    def successful(self) -> bool:
+        if not self._future.done():
+            raise ValueError(f"{self!r} not ready")
+        return self._future.exception() is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self._future.exception(timeout)
+        except BaseException:  # noqa: BLE001 - wait never raises the task's error
+            pass
+
+    def get(self, timeout: float | None = None) -> Any:
+        try:
+            return self._future.result(timeout)
+        except builtins.TimeoutError:
+            if self._future.done():
+                raise  # the task itself raised (or timed out in its worker)
+            raise TimeoutError(f"no result within {timeout} s") from None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self._future).__await__()
+
+    def __repr__(self) -> str:
+        state = "ready" if self._future.done() else "pending"
+        return f"<{type(self).__name__} {state}>"
+
+
+AsyncResult = ApplyResult
+
+
+def _callbacks(callback: Callable[[Any], Any] | None,
+               error_callback: Callable[[BaseException], Any] | None) -> Callable[[Future[Any]], None]:
+    def run(fut: Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            if callback is not None:
+                callback(fut.result())
+        elif error_callback is not None:
+            error_callback(exc)
+    return run
+
+
+class MapResult(ApplyResult):
+    """``map_async``/``starmap_async``: one list, complete or failed with the first error."""
+
+    def __init__(self, callback: Callable[[Any], Any] | None = None,
+                 error_callback: Callable[[BaseException], Any] | None = None,
+                 progress: Any = None) -> None:
+        super().__init__(None, callback, error_callback)
+        self._values: list[Any] = []
+        self._error: BaseException | None = None
+        self._progress = progress
+
+    def _deliver(self, start: int, values: list[Any]) -> None:
+        vals = self._values
+        if len(vals) < start + len(values):
+            vals.extend([None] * (start + len(values) - len(vals)))
+        vals[start:start + len(values)] = values
+        if self._error is None:
+            for v in values:
+                if type(v) is TaskError:
+                    self._error = v.exception()
+                    break
+        if self._progress is not None:
+            self._progress.update(len(values))
+
+    def _done(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self._error is not None:
+            self._future.set_exception(self._error)
+        else:
+            self._future.set_result(self._values)
+
+
+class IMapIterator:
+    """``imap``: results in input order as they come (the scheduler reorders). Lazy input.
+
+    A task that failed raises at its position; iteration can go on after it, as in
+    the stdlib. ``next(timeout)`` raises ``TimeoutError`` when nothing came in time.
+    """
+
+    _REPORT_EVERY = 64
+
+    def __init__(self, post_consumed: Callable[[Job, int], None] | None = None,
+                 progress: Any = None, deadline: float | None = None) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: deque[Any] = deque()
+        self._finished = False
+        self._taken = 0
+        self._reported = 0
+        self._post_consumed = post_consumed
+        self._progress = progress
+        self._deadline = deadline   # Executor.map: one deadline for the whole iteration
+        self.job: Job | None = None
+
+    def _deliver(self, start: int, values: list[Any]) -> None:
+        with self._cond:
+            self._items.extend(values)
+            self._cond.notify()
+        if self._progress is not None:
+            self._progress.update(len(values))
+
+    def _done(self) -> None:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+        if self._progress is not None:
+            self._progress.close()
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def _report(self, force: bool) -> None:
+        job = self.job
+        if self._post_consumed is None or job is None or self._taken == self._reported:
+            return
+        if force or job.stalled or self._taken - self._reported >= self._REPORT_EVERY:
+            self._reported = self._taken
+            self._post_consumed(job, self._taken)
+
+    def next(self, timeout: float | None = None) -> Any:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            timeout = left if timeout is None else min(timeout, left)
+        with self._cond:
+            if not self._items and not self._finished:
+                self._report(True)  # never wait on results the engine holds back for credit
+                if not self._cond.wait_for(lambda: self._items or self._finished,
+                                           None if timeout is None else max(0.0, timeout)):
+                    raise TimeoutError(f"no result within {timeout} s")
+            if not self._items:
+                raise StopIteration
+            value = self._items.popleft()
+            self._taken += 1
+        self._report(False)
+        if type(value) is TaskError:
+            raise value.exception()
+        return value
+
+    __next__ = next
+
+    def __del__(self) -> None:
+        # A consumer that walks away: stop pulling the input for it.
+        job, cancel = self.job, getattr(self, "_cancel", None)
+        if job is not None and cancel is not None and not self._finished:
+            try:
+                cancel(job)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """``imap_unordered``: results in completion order."""
+
+
+def make_progress(progress: Any, total: int | None, desc: str) -> Any:
+    """A tqdm bar for ``progress=True`` or a dict of tqdm options; None for no bar."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    opts: dict[str, Any] = {"total": total, "desc": desc}
+    if isinstance(progress, dict):
+        opts.update(progress)
+    return tqdm(**opts)
+
+
+class Submitter:
+    """Builds scheduler jobs for one pool: functions pickled once, arguments at submit."""
+
+    _MAX_FNS = 512
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.threads = engine.threads
+        self.serializer = engine.serializer
+        self._fns: OrderedDict[int, FnInfo] = OrderedDict()
+        self._fids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def fn_info(self, fn: Callable[..., Any]) -> FnInfo:
+        key = id(fn)
+        info = self._fns.get(key)
+        if info is not None and info.fn is fn:
+            return info
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        blob: Any = fn if self.threads else self.serializer.dumps_bytes(fn, what="the task function")
+        with self._lock:
+            info = FnInfo(next(self._fids), fn, str(name), blob)
+            self._fns[key] = info
+            if len(self._fns) > self._MAX_FNS:
+                self._fns.popitem(last=False)
+        return info
+
+    def pack(self, arg: Any) -> Any:
+        """A single task's argument pickled now, in the caller's thread."""
+        if self.threads:
+            return arg
+        p = self.serializer.dumps(arg, what="the task's arguments")
+        if not p.buffers and not p.fds:
+            return p.body
+        return (p.body, p.buffers, p.fds)
+
+    def single(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               future: Future[Any], *, timeout: float | None, retries: int,
+               claim: bool) -> Job:
+        info = self.fn_info(fn)
+        arg = (args, kwargs)
+        return Job(info, Mode.KW, future, arg=arg, blob=self.pack(arg), timeout=timeout,
+                   retries=retries,
+                   claim=future.set_running_or_notify_cancel if claim else None)
+
+    def many(self, fn: Callable[..., Any], iterable: Iterable[Any], sink: Any, *, star: bool,
+             ordered: bool, credit: bool, chunksize: int | None, timeout: float | None,
+             retries: int) -> Job:
+        info = self.fn_info(fn)
+        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        it: Iterator[Any] = iter(iterable)
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+        return Job(info, Mode.STAR if star else Mode.ONE, sink, it=it, length=length,
+                   ordered=ordered, credit=credit, chunksize=chunksize, timeout=timeout,
+                   retries=retries)

@@ -1,0 +1,228 @@
+"""The worker side of the pool: the loop each worker process (or ThreadPool thread) runs.
+
+A process worker owns one end of a private channel (a ``Pipe()`` socketpair)::
+
+    engine ──(TASKS bid fid fn? mode packed args)──►  recv ─► cache fn by fid
+                                                        │
+                                                        ▼ run every task of the batch,
+                                                          catching BaseException per task
+    engine ◄──(RESULTS bid busy rss values)──────────  send (an unpicklable value is
+                                                          replaced by its own error)
+
+It ignores SIGINT (the parent owns Ctrl+C and tears the pool down), runs the
+initializer once (reporting ``INIT_FAILED`` instead of dying, so the pool breaks
+cleanly rather than respawning forever), then serves batches until ``STOP`` or
+end-of-file on the channel (the parent is gone), and returns quietly: no
+traceback, exit code 0. Its RSS rides on every result, so recycling by memory
+needs no extra round trip.
+
+A thread worker (``ThreadWorker``) runs the same calls on objects directly: no
+pickling, results handed to the engine through a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import SerializationError
+from .messages import INIT_FAILED, READY, RESULTS, STOP, TaskError
+
+__all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+ONE, STAR, KW = 0, 1, 2  # scheduler.Mode values, as plain ints on the hot path
+
+
+def run_batch(fn: Callable[..., Any], mode: int, args: list[Any],
+              capture: Callable[[BaseException], TaskError] = TaskError.capture) -> list[Any]:
+    """Call ``fn`` on each argument; a task that raises (anything) yields a ``TaskError``."""
+    out: list[Any] = []
+    append = out.append
+    for a in args:
+        try:
+            if mode == ONE:
+                append(fn(a))
+            elif mode == STAR:
+                append(fn(*a))
+            else:
+                append(fn(*a[0], **a[1]))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the worker
+            append(capture(exc))
+    return out
+
+
+class _Rss:
+    """Current RSS from /proc/self/statm, read with pread on a held fd (about 2 us)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def read(self) -> int | None:
+        if self.fd is None:
+            return None
+        try:
+            return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def current_rss(pid: int) -> int | None:
+    """Another process's RSS in bytes (the engine samples busy workers with it)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                serializer: Any) -> None:
+    """Entry point of a pool worker process (the ``target`` of its ``Process``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:  # noqa: BLE001 - report, never die with a traceback
+        _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
+        return
+    if not _send_quietly(chan, (READY, os.getpid())):
+        return
+    rss = _Rss()
+    fns: dict[int, Callable[..., Any]] = {}
+    loads = serializer.loads
+    clock = time.perf_counter
+    while True:
+        try:
+            msg = chan.recv()
+        except (EOFError, OSError):
+            return  # the parent went away: nothing to report to
+        if msg[0] == STOP:
+            return
+        _, bid, fid, blob, mode, packed, args = msg
+        start = clock()
+        fn = fns.get(fid)
+        if fn is None:
+            try:
+                fn = fns[fid] = loads(blob)
+            except BaseException as exc:  # noqa: BLE001
+                err = TaskError.capture(SerializationError(
+                    f"the task function could not be unpickled in the worker: {exc!r}"))
+                values = [err] * len(args)
+                fn = None
+        if fn is not None:
+            if packed:
+                args = [_unpack(loads, a) for a in args]
+                values = _run_packed(fn, mode, args)
+            else:
+                values = run_batch(fn, mode, args)
+        busy = clock() - start
+        if not _send_results(chan, (RESULTS, bid, busy, rss.read(), values)):
+            return
+
+
+class _Unpacked:
+    __slots__ = ("error",)
+
+    def __init__(self, error: TaskError) -> None:
+        self.error = error
+
+
+def _unpack(loads: Callable[..., Any], item: Any) -> Any:
+    """One pre-pickled task argument: bytes, or (body, buffers, fds), or its pickling error."""
+    if type(item) is TaskError:
+        return _Unpacked(item)
+    try:
+        if type(item) is bytes:
+            return loads(item)
+        return loads(item[0], item[1], item[2])
+    except BaseException as exc:  # noqa: BLE001
+        return _Unpacked(TaskError.capture(SerializationError(
+            f"the task's arguments could not be unpickled in the worker: {exc!r}")))
+
+
+def _run_packed(fn: Callable[..., Any], mode: int, args: list[Any]) -> list[Any]:
+    if not any(type(a) is _Unpacked for a in args):
+        return run_batch(fn, mode, args)
+    return [a.error if type(a) is _Unpacked else run_batch(fn, mode, [a])[0] for a in args]
+
+
+def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
+    try:
+        chan.send(msg)
+    except OSError:
+        return False
+    return True
+
+
+def _send_results(chan: Any, msg: tuple[Any, ...]) -> bool:
+    """Send a results message; values that cannot be pickled become errors in place."""
+    try:
+        chan.send(msg)
+        return True
+    except SerializationError:
+        pass
+    except OSError:
+        return False
+    values = list(msg[4])
+    for i, v in enumerate(values):
+        try:
+            chan._ser.dumps(v, what="result")
+        except BaseException as exc:  # noqa: BLE001
+            values[i] = TaskError.capture(SerializationError(
+                f"the task's result could not be pickled to send back: {type(v).__name__}: {exc}"))
+    return _send_quietly(chan, (*msg[:4], values))
+
+
+# -- thread workers (ThreadPool) ------------------------------------------------------
+class ThreadWorker:
+    """A worker thread for ``ThreadPool``: batches in through a queue, results out through ``post``.
+
+    ``post(kind, wid, *payload)`` is the engine's inbox; kinds are the same ints as
+    on a process channel, plus ``STOP`` when the thread ends.
+    """
+
+    def __init__(self, wid: int, name: str, post: Callable[..., None],
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+        self.wid = wid
+        self.inbox: queue.SimpleQueue[tuple[int, Callable[..., Any], int, list[Any]] | None] = (
+            queue.SimpleQueue())
+        self._post = post
+        self._init = initializer
+        self._initargs = initargs
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self._init is not None:
+                self._init(*self._initargs)
+        except BaseException as exc:  # noqa: BLE001
+            self._post(INIT_FAILED, self.wid, TaskError.local(exc))
+            self._post(STOP, self.wid)
+            return
+        self._post(READY, self.wid, os.getpid())
+        clock = time.perf_counter
+        while True:
+            item = self.inbox.get()
+            if item is None or self.abandoned:
+                break
+            bid, fn, mode, args = item
+            start = clock()
+            values = run_batch(fn, mode, args, TaskError.local)
+            if self.abandoned:
+                break
+            self._post(RESULTS, self.wid, bid, clock() - start, None, values)
+        self._post(STOP, self.wid)

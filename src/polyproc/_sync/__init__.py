@@ -1,0 +1,13 @@
+"""Process-shared synchronisation built on POSIX semaphores in shared memory.
+
+``locks``: Lock, RLock, Semaphore, BoundedSemaphore (one ``sem_t`` each).
+``waiting``: Condition, Event, Barrier (built from those).
+``_sem``: the ctypes calls into libc.
+"""
+
+from __future__ import annotations
+
+from .locks import BoundedSemaphore, Lock, RLock, Semaphore
+from .waiting import Barrier, Condition, Event
+
+__all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier"]
