@@ -212,7 +212,7 @@ class Context:
         return get_logger()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _process_class_for(ctx: Context) -> type[Process]:
     """ForkProcess / SpawnProcess / ForkServerProcess: module-level classes, so they pickle.
 
@@ -256,7 +256,7 @@ def default_context() -> Context:
     return get_context(None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _context_for(method: str) -> Context:
     return Context(method)
 

@@ -1,7 +1,7 @@
 """``multiprocessing.context``, for drop-in imports: the Context and the Process classes."""
 
-from ._context import Context as Context
 from ._context import Context as BaseContext
+from ._context import Context as Context
 from ._context import default_context as default_context
 from ._context import get_context as get_context
 from ._process import ForkProcess as ForkProcess

@@ -35,6 +35,7 @@ catches ``OSError``.
 from __future__ import annotations
 
 import builtins
+import pickle
 import threading
 from concurrent.futures import BrokenExecutor
 
@@ -86,7 +87,7 @@ class TimeoutError(ProcessError, builtins.TimeoutError):
     """
 
 
-class SerializationError(ProcessError, __import__("pickle").PicklingError):
+class SerializationError(ProcessError, pickle.PicklingError):
     """An object could not be pickled for another process; the message names it."""
 
 

@@ -146,7 +146,7 @@ def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
                     conn.close()
                     raise StartError(f"the forkserver is gone: {exc}") from exc
             finally:
-                for fd, std in zip(stdio, (0, 1, 2)):
+                for fd, std in zip(stdio, (0, 1, 2), strict=True):
                     if fd != std:
                         os.close(fd)
     except BaseException:

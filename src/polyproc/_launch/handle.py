@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import BrokenResourceError, StartError
+from ..errors import StartError
 
 __all__ = ["ChildHandle", "PidfdHandle", "StatusPipeHandle", "wait_fd", "launch_errors"]
 

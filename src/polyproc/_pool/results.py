@@ -267,7 +267,10 @@ class Submitter:
              ordered: bool, credit: bool, chunksize: int | None, timeout: float | None,
              retries: int) -> Job:
         info = self.fn_info(fn)
-        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        try:
+            length: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            length = None
         it: Iterator[Any] = iter(iterable)
         if chunksize is not None and chunksize < 1:
             raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))

@@ -1,0 +1,228 @@
+"""Token, BaseProxy, AutoProxy and MakeProxyType: objects that call a manager's objects.
+
+A proxy is a ``Token`` (typeid, server address, object id) plus a ``Ref`` (do we
+hold a server reference?). Calls go through ``client.request`` on this thread's
+persistent connection::
+
+    proxy.append(4)  ->  CALL (id, 'append', (4,), None)  ->  server
+                     <-  RESULT None | ERROR exc (re-raised) | PROXY (id, typeid, exposed)
+                                                              | FAULT text (RemoteError)
+
+Reference counting, without the stdlib's extra round trips:
+
+* a proxy made by ``manager.list()`` adopts the reference its CREATE made;
+* a proxy rebuilt from a pickle in another process takes its reference with its
+  first call (``CALL_INCREF``), and gives it back (a queued DECREF) when
+  collected. Rebuilt inside the server process itself (a managed dict holding a
+  managed list), it counts directly in the server's table, with no I/O.
+
+Proxy classes are built by ``MakeProxyType`` from a method list with closures,
+not ``exec``.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RemoteError
+from . import client
+from .wire import Address, Op, dumps, loads
+
+__all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Identifies one object on one manager server."""
+
+    typeid: str
+    address: Address
+    id: int
+
+    def __repr__(self) -> str:
+        return f"Token(typeid={self.typeid!r}, address={self.address!r}, id={self.id})"
+
+
+def public_methods(obj: Any) -> list[str]:
+    """The names a proxy may call when nobody listed them: public callables (as the stdlib)."""
+    return [name for name in dir(obj) if name[0] != "_" and callable(getattr(obj, name, None))]
+
+
+class BaseProxy:
+    """A reference to an object living in a manager's server process."""
+
+    _exposed_: tuple[str, ...] | None = None
+    _method_to_typeid_: Mapping[str, str] | None = None
+    _isauto = False
+
+    def __init__(
+        self,
+        token: Token,
+        serializer: str = "pickle",
+        manager: Any = None,
+        authkey: bytes | None = None,
+        exposed: Iterable[str] | None = None,
+        incref: bool = True,
+        manager_owned: bool = False,
+    ) -> None:
+        # ``incref=False`` means: adopt a reference someone already took for us
+        # (the CREATE that made the object), and give it back when collected.
+        self._token = token
+        self._id = token.id
+        self._address = token.address
+        self._serializer = serializer
+        self._manager = manager
+        self._manager_cls: type | None = type(manager) if manager is not None else None
+        self._authkey = bytes(authkey) if authkey is not None else None
+        if exposed is not None:
+            self._exposed_ = tuple(exposed)
+        self._ref = client.Ref(owned=not incref)
+        self._manager_owned = manager_owned
+        server = client._state.server
+        if server is not None and server.address == token.address and incref:
+            # Rebuilt inside the server itself: count directly, no connection needed.
+            server.incref(token.id)
+            self._ref.owned = True
+        weakref.finalize(self, client.release, token.address, token.id, self._ref)
+
+    # -- calling --------------------------------------------------------------
+    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (),
+                    kwds: Mapping[str, Any] | None = None) -> Any:
+        """Call ``methodname`` on the referent and return its result (or raise its error)."""
+        ref = self._ref
+        op = Op.CALL if ref.owned else Op.CALL_INCREF
+        rop, body = client.request(self._address, self._authkey, op,
+                                   dumps((self._id, methodname, args, kwds or None)))
+        if rop == Op.RESULT:
+            if op == Op.CALL_INCREF:
+                ref.owned = True
+            return loads(body)
+        return self._unusual_reply(op, rop, body)
+
+    def _unusual_reply(self, op: int, rop: int, body: Any) -> Any:
+        if rop == Op.FAULT:
+            raise RemoteError(loads(body))
+        if op == Op.CALL_INCREF:
+            self._ref.owned = True
+        if rop == Op.ERROR:
+            raise loads(body)
+        if rop == Op.PROXY:
+            ident, typeid, exposed = loads(body)
+            return make_proxy(Token(typeid, self._address, ident), self._manager_cls,
+                              self._manager, self._authkey, exposed)
+        raise RemoteError(f"unexpected reply {rop} from the manager at {self._address!r}")
+
+    def _getvalue(self) -> Any:
+        """A copy of the referent."""
+        return self._callmethod("#GETVALUE")
+
+    # -- identity and pickling ---------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwds: dict[str, Any] = {}
+        if self._isauto:
+            kwds["exposed"] = self._exposed_
+        server = client._state.server
+        # Inside the server we never write the key into a pickle: the reader of a
+        # reply is already connected (and authenticated) to this very server.
+        in_server = server is not None and server.address == self._address
+        key = None if in_server else self._authkey
+        if key is None and not in_server:
+            key = client.credentials_for(self._address)[0]
+        cls: Any = AutoProxy if self._isauto else type(self)
+        return (RebuildProxy, (cls, self._token, self._serializer, kwds, key, self._manager_cls))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._getvalue()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
+
+    def __str__(self) -> str:
+        """The referent's repr, as the stdlib shows it (``[1, 2, 3]``)."""
+        try:
+            return str(self._callmethod("__repr__"))
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def RebuildProxy(func: Callable[..., BaseProxy], token: Token, serializer: str,  # noqa: N802
+                 kwds: dict[str, Any], authkey: bytes | None = None,
+                 manager_cls: type | None = None) -> BaseProxy:
+    """Unpickle a proxy: it takes its own reference on first use (or at once, in the server)."""
+    if authkey is not None and client.credentials_for(token.address)[0] is None:
+        client.remember(token.address, authkey, None)
+    proxy = func(token, serializer, authkey=authkey, incref=True, **kwds)
+    proxy._manager_cls = manager_cls
+    return proxy
+
+
+def make_proxy(token: Token, manager_cls: type | None, manager: Any, authkey: bytes | None,
+               exposed: Iterable[str] | None) -> BaseProxy:
+    """A proxy for a reference the server just made for us (CREATE, or a PROXY result)."""
+    proxytype: Any = None
+    if manager_cls is not None:
+        spec = getattr(manager_cls, "_registry", {}).get(token.typeid)
+        proxytype = spec.proxytype if spec is not None else None
+    if proxytype is None:
+        proxytype = AutoProxy
+    proxy: BaseProxy = proxytype(token, "pickle", manager=manager, authkey=authkey,
+                                 exposed=exposed, incref=False)
+    proxy._manager_cls = manager_cls
+    return proxy
+
+
+def _method(name: str) -> Callable[..., Any]:
+    def method(self: BaseProxy, /, *args: Any, **kwds: Any) -> Any:
+        return self._callmethod(name, args, kwds)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def MakeProxyType(name: str, exposed: Iterable[str],  # noqa: N802 - stdlib name
+                  _cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] | None = None,
+                  *, bases: tuple[type, ...] = (BaseProxy,), module: str | None = None
+                  ) -> type[BaseProxy]:
+    """A proxy class whose methods ``exposed`` forward to the referent."""
+    exposed = tuple(exposed)
+    key = (name, exposed)
+    if _cache is not None and key in _cache:
+        return _cache[key]
+    namespace: dict[str, Any] = {name_: _method(name_) for name_ in exposed}
+    namespace["_exposed_"] = exposed
+    # Pickled by reference: name the module that binds the class (the caller's).
+    namespace["__module__"] = module or sys._getframe(1).f_globals.get("__name__", __name__)
+    cls = type(name, bases, namespace)
+    if _cache is not None:
+        _cache[key] = cls
+    return cls
+
+
+class _AutoState:
+    """Generated AutoProxy classes, by (typeid, exposed): made once per process."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] = {}
+
+
+_auto = _AutoState()
+
+
+def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None,  # noqa: N802
+              authkey: bytes | None = None, exposed: Iterable[str] | None = None,
+              incref: bool = True, manager_owned: bool = False) -> BaseProxy:
+    """A proxy for any object: its methods are those the server says it exposes."""
+    if exposed is None:
+        raise RemoteError(f"AutoProxy for {token.typeid!r} needs the exposed method list")
+    exposed = tuple(exposed)
+    cls = _auto.cache.get((token.typeid, exposed))
+    if cls is None:
+        cls = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed, module=__name__)
+        cls._isauto = True
+        _auto.cache[(token.typeid, exposed)] = cls
+    return cls(token, serializer, manager=manager, authkey=authkey, exposed=exposed,
+               incref=incref, manager_owned=manager_owned)

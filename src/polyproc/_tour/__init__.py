@@ -1,0 +1,232 @@
+"""``polyproc tour``: the multiprocessing story, run live, one section at a time.
+
+::
+
+    tour_main(names) ─► for each Section in SECTIONS (a table, in story order):
+        print title and intro
+        print the source of the section's code (exactly what runs next)
+        arm a watchdog (faulthandler: dump every thread and exit if the section hangs)
+        demo()  ─────────► runs in this process; its children (Process, Pool workers,
+                           manager servers) log to stdout as "<processName>: message"
+        print ok / skipped (reason) / FAILED (traceback) ─► next section
+    summary; exit status 0 only when no section failed
+
+The demos live in ``basics.py`` (the tutorial's programs), ``services.py``
+(managers and the executor) and ``beyond.py`` (what polyproc adds). They are
+written against the public API (``import polyproc as mp``) exactly as a user would
+write them, and their helpers are module-level functions so every start method
+can run them. A demo returns None when it ran, or a string saying why it was
+skipped (an optional dependency such as NumPy is missing).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import inspect
+import logging
+import os
+import sys
+import textwrap
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+__all__ = ["Section", "SECTIONS", "tour_main", "tour_logger", "run_section"]
+
+_RULE = "─" * 78
+
+
+@dataclass(frozen=True)
+class Section:
+    """One stop of the tour: what it is about, which code it shows, which demo it runs."""
+
+    name: str
+    title: str
+    intro: str
+    module: str  # under polyproc._tour
+    demo: str  # the function that runs; shown last
+    shown: tuple[str, ...] = ()  # module-level helpers whose source is shown before the demo
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("process", "Process and process names", """
+        Two processes run a function each; the second is given a name. Logging's
+        %(processName)s shows who is talking, with nothing to set up in the child.""",
+            "basics", "demo_process", ("worker1", "worker2")),
+    Section("pool", "Pool: apply, apply_async, map, map_async, imap, get(timeout)", """
+        apply_async returns at once, so "executed" is logged before the workers
+        finish; get(timeout=...) raises TimeoutError when the result is late; apply
+        and map block; map_async does not; imap yields results in order.""",
+            "basics", "demo_pool", ("slow_double",)),
+    Section("sharing", "Threads share a dict, processes do not", """
+        Threads see one dict, so both increments land. Each process gets its own
+        copy of the dict: each child sees {'x': 1}, and the parent still has {'x': 0}.""",
+            "basics", "demo_sharing", ("add_one",)),
+    Section("pipe", "Pipe", """
+        A Pipe is two connected ends; a child sends a Python object, the parent
+        receives it.""",
+            "basics", "demo_pipe", ("send_test",)),
+    Section("value-array", "Value and Array: memory shared between processes", """
+        A Value and an Array live in shared memory: both children increment the
+        same number and double the same array, so the parent sees 2.0 and
+        [4, 8, 12, 16, 20].""",
+            "basics", "demo_value_array", ("bump_and_double",)),
+    Section("manager", "Manager: shared list, dict and Namespace", """
+        A Manager runs a server process that owns the objects; the children change
+        them through proxies. Two reverses give back [1, 2, 3].""",
+            "services", "demo_manager", ("change_all",)),
+    Section("basemanager", "BaseManager: your own type, and a remote server", """
+        Register a class on a BaseManager to share instances of it. Then the classic
+        queue server: a manager listening on TCP 127.0.0.1 with an authkey, fed by a
+        producer process and read by the parent; a client with the wrong key is refused.""",
+            "services", "demo_basemanager",
+            ("Counter", "CounterManager", "bump", "QueueServer", "QueueClient",
+             "serve_queue", "remote_producer")),
+    Section("executor", "ProcessPoolExecutor (concurrent.futures)", """
+        The same engine behind the concurrent.futures API: submit returns a real
+        concurrent.futures.Future, so as_completed and asyncio work with it.""",
+            "services", "demo_executor", ("square", "slow_square")),
+    Section("worker-lost", "Beyond: a worker killed in the middle of a map", """
+        One task kills its own worker with SIGKILL. Only that task fails, with a
+        WorkerLostError that says which task it was; the pool replaces the worker
+        and every other task completes. (The stdlib's Pool hangs here forever.)""",
+            "beyond", "demo_worker_lost", ("die_on_3",)),
+    Section("timeout", "Beyond: a task timed out", """
+        timeout= on a task: when it runs late its worker is killed and replaced, the
+        task raises TimeoutError, and its neighbours are spared.""",
+            "beyond", "demo_timeout", ("sleepy",)),
+    Section("lazy-imap", "Beyond: a lazy imap over an endless generator", """
+        imap pulls input only as workers free up, so an endless generator is fine:
+        take ten results and stop. (The stdlib's imap tries to read all of it first.)""",
+            "beyond", "demo_lazy_imap", ()),
+    Section("shared-array", "Beyond: a zero-copy NumPy array", """
+        shared_array(shape, dtype) is an ndarray in shared memory: every process
+        maps the same pages, so children write into it and nothing is copied.
+        Needs NumPy (pip install 'polyproc[numpy]'); skipped without it.""",
+            "beyond", "demo_shared_array", ("fill_row",)),
+    Section("progress", "Beyond: a progress bar", """
+        progress=True on map/imap shows a tqdm bar (on stderr) that advances as
+        results arrive.""",
+            "beyond", "demo_progress", ()),
+)
+
+
+def tour_logger() -> logging.Logger:
+    """The logger the tour's children and parent write through: "<processName>: message".
+
+    Set up once per process at import of a section module, so a spawned child that
+    imports the module to find its target is set up too; it writes to stdout and
+    never touches the root logger (the user's own logging is left alone).
+    """
+    log = logging.getLogger("polyproc.tour")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(processName)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def _source(obj: object) -> str:
+    try:
+        return textwrap.dedent(inspect.getsource(obj))  # type: ignore[arg-type]
+    except (OSError, TypeError):  # source not shipped (a zipapp): say so rather than fail
+        return f"# (source of {getattr(obj, '__name__', obj)!r} not available)\n"
+
+
+def _print_code(section: Section, mod: object, out: TextIO) -> None:
+    print("  import polyproc as mp\n", file=out)
+    for name in (*section.shown, section.demo):
+        for line in _source(getattr(mod, name)).rstrip().splitlines():
+            print(f"  │ {line}" if line else "  │", file=out)
+        print("  │", file=out)
+
+
+def run_section(section: Section, *, out: TextIO = sys.stdout, timeout: float = 60.0,
+                number: str = "") -> str:
+    """Show and run one section: returns "ok", "skipped" or "failed"."""
+    print(f"\n{_RULE}\n{number}{section.title}   [polyproc tour {section.name}]\n{_RULE}", file=out)
+    print(textwrap.dedent(section.intro).strip() + "\n", file=out)
+    try:
+        mod = importlib.import_module(f"{__name__}.{section.module}")
+        demo: Callable[[], str | None] = getattr(mod, section.demo)
+        _print_code(section, mod, out)
+    except Exception:
+        print("FAILED to load the section:", file=out)
+        traceback.print_exc(file=out)
+        return "failed"
+    print("  running ...", file=out)
+    out.flush()
+    t0 = time.monotonic()
+    # Impossible to hang: if the demo outlives its time, print where every thread is and
+    # exit; children die with us (PR_SET_PDEATHSIG).
+    faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__ or sys.stderr)
+    try:
+        skipped = demo()
+    except Exception:
+        faulthandler.cancel_dump_traceback_later()
+        print(f"FAILED after {time.monotonic() - t0:.1f} s:", file=out)
+        traceback.print_exc(file=out)
+        return "failed"
+    faulthandler.cancel_dump_traceback_later()
+    if skipped:
+        print(f"  skipped: {skipped}", file=out)
+        return "skipped"
+    print(f"  ✓ {section.name} ran in {time.monotonic() - t0:.1f} s", file=out)
+    return "ok"
+
+
+def _set_start_method(method: str) -> None:
+    # The environment carries it into every process the tour starts, and into polyproc's
+    # default for this process whatever its import order.
+    os.environ["POLYPROC_START_METHOD"] = method
+    import polyproc
+
+    setter = getattr(polyproc, "set_start_method", None)
+    if setter is not None:
+        setter(method, force=True)
+
+
+def tour_main(names: Sequence[str] = (), *, list_only: bool = False,
+              start_method: str | None = None, section_timeout: float = 60.0,
+              out: TextIO = sys.stdout) -> int:
+    """``polyproc tour``: 0 when every section ran (or was skipped), 1 if any failed, 2 on bad usage."""
+    by_name = {s.name: s for s in SECTIONS}
+    if list_only:
+        for s in SECTIONS:
+            print(f"{s.name:<14} {s.title}", file=out)
+        return 0
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        print(f"polyproc tour: no section {', '.join(map(repr, unknown))}; "
+              f"choose from: {', '.join(by_name)}", file=sys.stderr)
+        return 2
+    chosen = [by_name[n] for n in names] if names else list(SECTIONS)
+    reconfigure = getattr(out, "reconfigure", None)
+    if reconfigure is not None:
+        # Children write to the same stdout: flush each line so the story stays in order
+        # (and a forked child never inherits half a buffer to print twice).
+        reconfigure(line_buffering=True)
+    if start_method:
+        _set_start_method(start_method)
+    import polyproc
+
+    getter = getattr(polyproc, "get_start_method", None)
+    method = getter() if getter else os.environ.get("POLYPROC_START_METHOD", "default")
+    print(f"polyproc tour: {len(chosen)} section(s), start method {method!r}", file=out)
+    t0 = time.monotonic()
+    outcome: dict[str, str] = {}
+    for n, s in enumerate(chosen, 1):
+        outcome[s.name] = run_section(s, out=out, timeout=section_timeout,
+                                      number=f"{n}/{len(chosen)}  ")
+    failed = [n for n, o in outcome.items() if o == "failed"]
+    skipped = [n for n, o in outcome.items() if o == "skipped"]
+    ok = len(outcome) - len(failed) - len(skipped)
+    print(f"\n{_RULE}\ntour done in {time.monotonic() - t0:.1f} s: {ok} ran", file=out, end="")
+    print(f", {len(skipped)} skipped ({', '.join(skipped)})" if skipped else "", file=out, end="")
+    print(f", {len(failed)} FAILED ({', '.join(failed)})" if failed else "", file=out)
+    return 1 if failed else 0
