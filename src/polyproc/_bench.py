@@ -326,7 +326,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
     lines = []
     for n, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) if c < 2 else cell.rjust(w)
-                               for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
+                               for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     errors = [f"  {r.module}:{r.case.name} [{i}]: {e}" for r in results for i, e in r.errors.items()]
@@ -426,8 +426,9 @@ def _line(r: CaseResult) -> str:
     return f"{r.case.name}: {figures} {r.case.unit}{rtext} {verdict}{err}".rstrip()
 
 
-def bench_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def bench_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``polyproc bench``: 0 when every run produced a figure, 1 when any errored, 2 on bad usage."""
+    out = out or sys.stdout
     bench_dir = args.bench_dir.resolve() if args.bench_dir else find_bench_dir()
     if bench_dir is None or not _has_benches(bench_dir):
         print("polyproc bench: no bench/ directory with bench_*.py found; run it from a "

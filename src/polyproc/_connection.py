@@ -160,9 +160,29 @@ class Connection:
         if not payload.buffers and not payload.fds:
             self._write(stream, encode_header(Kind.PICKLE, len(payload.body)), payload.body)
             return
+        if stream.supports_fds and payload.buffers:
+            self._send_shared(stream, payload.body, payload.buffers, payload.fds)
+            return
         head = encode_header(Kind.PICKLE, len(payload.body), [b.nbytes for b in payload.buffers],
                              nfds=len(payload.fds))
         stream.write_all([head, payload.body, *payload.buffers], payload.fds)
+
+    @staticmethod
+    def _send_shared(stream: Stream, body: bytes, buffers: list[memoryview], fds: list[int]) -> None:
+        """Large out-of-band buffers go through shared memory (``_shm.bulk``), not the socket.
+
+        Wire convention: such a buffer has length 0 in the frame's length table and
+        its memfd is appended after the message's own fds, in buffer order. (A
+        genuinely empty out-of-band buffer disables this for the frame.)
+        """
+        from ._shm import bulk
+
+        parts, all_fds, to_close = bulk.encode_frame(body, buffers, fds, encode_header, Kind.PICKLE)
+        try:
+            stream.write_all(parts, all_fds)
+        finally:
+            for fd in to_close:
+                os.close(fd)
 
     @staticmethod
     def _write(stream: Stream, head: bytes, body: Any) -> None:
@@ -225,7 +245,31 @@ class Connection:
         body = self._take(stream, head.body_length, mutable=head.kind is Kind.RAW_BYTEARRAY)
         buffers = [self._take(stream, n, mutable=True) for n in lengths]
         fds = stream.take_fds(head.nfds) if head.nfds else []
+        if fds and 0 in lengths:
+            fds = self._map_shared(stream, lengths, buffers, fds)
         return head.kind, body, buffers, fds
+
+    def _map_shared(self, stream: Stream, lengths: list[int], buffers: list[Any],
+                    fds: list[int]) -> list[int]:
+        """Receiving side of ``_send_shared``: map each big buffer's memfd in place (no copy)."""
+        from ._shm import bulk
+
+        shared = [i for i, n in enumerate(lengths) if n == 0]
+        if len(shared) > len(fds):
+            for fd in fds:
+                os.close(fd)
+            self.close()
+            raise ProtocolError("garbage on the wire: shared buffers without their memfds")
+        own, extra = fds[:len(fds) - len(shared)], fds[len(fds) - len(shared):]
+        sizes = [bulk.read_size_marker(self._take(stream, bulk.MARKER_SIZE)) for _ in shared]
+        for j, (i, fd) in enumerate(zip(shared, extra, strict=False)):
+            try:
+                buffers[i] = bulk.import_buffer(fd, sizes[j])
+            except (OSError, ValueError) as exc:
+                for rest in extra[j + 1:] + own:
+                    os.close(rest)
+                raise ProtocolError(f"a shared buffer could not be mapped: {exc}") from exc
+        return own
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message as bytes; ``OSError`` (ProtocolError) if longer than ``maxlength``."""
@@ -263,8 +307,10 @@ class Connection:
     def recv(self) -> Any:
         """Receive one object sent by ``send`` (or bytes sent by ``send_bytes``, unpickled)."""
         kind, body, buffers, fds = self._read_frame()
-        if kind is Kind.RAW_BYTES or kind is Kind.RAW_BYTEARRAY:
+        if kind is Kind.RAW_BYTEARRAY:
             return body
+        if kind is Kind.RAW_BYTES:  # a large body is read into a bytearray: give back bytes
+            return body if type(body) is bytes else bytes(body)
         try:
             return self._ser.loads(body, buffers, fds)
         except (EOFError, ProtocolError):

@@ -361,6 +361,9 @@ def run_in_child(process: BaseProcess) -> int:
             code = 0
         finally:
             _exit_function()
+            queues = sys.modules.get("polyproc._queues")
+            if queues is not None:  # fork children leave by os._exit: write queue backlogs now
+                queues.flush_all()
     except SystemExit as exc:
         if exc.code is None:
             code = 0

@@ -26,6 +26,7 @@ value (cloudpickle) when it cannot: a REPL, ``python -c``, a notebook.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -115,8 +116,18 @@ def _main_is_importable() -> bool:
     main = sys.modules.get("__main__")
     if main is None:
         return False
+    # Mirrors _launch.child.preparation_data: what it will not import, we must not name.
     spec = getattr(main, "__spec__", None)
-    return getattr(main, "__file__", None) is not None or spec is not None
+    if spec is not None and spec.name not in ("__main__", "__mp_main__"):
+        return True
+    path = getattr(main, "__file__", None)
+    return isinstance(path, str) and _is_script(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _is_script(path: str) -> bool:
+    """A real file a child can run (``python -`` sets ``__file__`` to ``<stdin>``)."""
+    return not path.endswith(("ipython", "<stdin>")) and os.path.exists(path)
 
 
 _MAIN_NAMES = ("__main__", "__mp_main__")

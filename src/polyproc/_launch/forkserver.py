@@ -190,6 +190,8 @@ class _Server:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         while True:
             for key, _ in self.sel.select():
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier event of this batch (EOF, then pidfd)
                 what = key.data
                 if what == "boot":
                     return 0  # our owner is gone; our children follow by PDEATHSIG

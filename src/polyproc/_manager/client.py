@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import ssl
 import threading
 from typing import Any
@@ -220,7 +219,3 @@ def _flush_all_at_exit() -> None:
 
 
 atexit.register(_flush_all_at_exit)
-
-
-def _unused(_: socket.socket) -> None:  # pragma: no cover - keeps the import for typing
-    pass

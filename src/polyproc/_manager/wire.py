@@ -70,6 +70,7 @@ class Op(enum.IntEnum):
     DECREF = 5  #: (ident, ...) -> no reply; batched in front of the next request
     PING = 6  #: () -> RESULT None; ``connect()`` uses it
     SHUTDOWN = 7  #: () -> RESULT None, then the server stops
+    STATS = 8  #: () -> RESULT {"objects": n, "connections": n, "rejected": n}
     RESULT = 16  #: the value
     ERROR = 17  #: an exception raised by the method: re-raised as is
     PROXY = 18  #: (ident, typeid, exposed): the result lives on the server

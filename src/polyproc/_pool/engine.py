@@ -123,7 +123,7 @@ class Engine:
         self.thread.start()
         ref = weakref.ref(self)
         self._atexit = lambda: _terminate_ref(ref)
-        atexit.register(self._atexit)
+        self._atexit_registered = False
 
     # -- user-thread side ----------------------------------------------------------------
     def post(self, fn: Callable[..., Any], arg: Any = None) -> None:
@@ -304,6 +304,12 @@ class Engine:
             self.sched.worker_exited(wid, None, name=h.name)
             return
         theirs.close()
+        if not self._atexit_registered:
+            # Registered after the first start, so it runs before polyproc's own exit
+            # hook (atexit is LIFO): the pool stops its workers itself, rather than
+            # seeing them killed and starting replacements during shutdown.
+            self._atexit_registered = True
+            atexit.register(self._atexit)
         h.proc, h.conn, h.pid = proc, ours, proc.pid
         h.sock = socket.socket(fileno=os.dup(ours.fileno()))
         self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
@@ -458,7 +464,9 @@ class Engine:
             args, packed = batch.args, False
         msg = (TASKS, batch.bid, fn.fid, blob, int(batch.mode), packed, args)
         try:
-            self._queue(h, msg)
+            nbytes = self._queue(h, msg)
+            per = nbytes / len(args)
+            fn.nbytes = per if fn.nbytes is None else 0.7 * fn.nbytes + 0.3 * per
         except Exception as exc:  # noqa: BLE001 - some argument of a map will not pickle
             self._queue(h, (TASKS, batch.bid, fn.fid, blob, int(batch.mode), True,
                             self._pack_each(args, packed, exc)))
@@ -478,9 +486,10 @@ class Engine:
                 out.append(TaskError.local(err))
         return out
 
-    def _queue(self, h: _Handle, msg: tuple[Any, ...]) -> None:
+    def _queue(self, h: _Handle, msg: tuple[Any, ...]) -> int:
+        """Queue one message for a worker and write what fits now; its size in bytes."""
         if h.sock is None:
-            return
+            return 0
         assert self.serializer is not None
         p = self.serializer.dumps(msg, what="task arguments")
         head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
@@ -494,6 +503,7 @@ class Engine:
             h.out.append((b.cast("B") if b.format != "B" else b, []))
         if not h.writing:
             self._flush(h)
+        return p.nbytes
 
     def _flush(self, h: _Handle) -> None:
         sock, out = h.sock, h.out

@@ -103,7 +103,7 @@ class FnInfo:
     unpicklable one fails at submit); ``est`` is written only by the engine thread.
     """
 
-    __slots__ = ("fid", "fn", "name", "blob", "est")
+    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes")
 
     def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
         self.fid = fid
@@ -111,6 +111,7 @@ class FnInfo:
         self.name = name
         self.blob = blob      # the serializer's Payload (or the function itself for threads)
         self.est: float | None = None   # seconds per task, moving average
+        self.nbytes: float | None = None  # pickled bytes per task (the engine measures)
 
 
 class Job:
@@ -318,6 +319,7 @@ class Scheduler:
         window: int = 3,
         target_batch_s: float = 0.004,
         max_batch: int = 4096,
+        max_batch_bytes: int = 4 << 20,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if processes < 1:
@@ -328,6 +330,7 @@ class Scheduler:
         self.window = window
         self.target_batch_s = target_batch_s
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self._clock = clock or _monotonic
         self.state = PoolState.RUNNING
         self.actions: list[Action] = []
@@ -573,8 +576,7 @@ class Scheduler:
     def _batch_size(self, job: Job, waiting: int | None) -> int:
         if job.chunksize:
             return job.chunksize
-        est = job.fn.est
-        size = 1 if est is None else max(1, min(self.max_batch, int(self.target_batch_s / max(est, 1e-7))))
+        size = self._batch_size_for(job.fn) if job.fn.est is not None else 1
         if waiting is not None:
             # Share what is known to be left among the workers, so the tail is balanced.
             size = min(size, max(1, math.ceil(waiting / (2 * self.processes))))
@@ -588,7 +590,12 @@ class Scheduler:
 
     def _batch_size_for(self, fn: FnInfo) -> int:
         est = fn.est or 1e-7
-        return max(1, min(self.max_batch, int(self.target_batch_s / max(est, 1e-7))))
+        size = min(self.max_batch, int(self.target_batch_s / max(est, 1e-7)))
+        if fn.nbytes:
+            # Big arguments: a few MiB per batch, so the lead over a slow consumer stays
+            # small in bytes too, not only in tasks.
+            size = min(size, int(self.max_batch_bytes / fn.nbytes))
+        return max(1, size)
 
     def _pick_worker(self, exclusive: bool, depth: int) -> WorkerSlot | None:
         best: WorkerSlot | None = None

@@ -44,8 +44,6 @@ def _ctype(typecode_or_type: Any) -> type[Any]:
                 f"bad typecode {typecode_or_type!r}: expected one of "
                 f"{''.join(typecode_to_type)!r} or a ctypes type")
         return t
-    if isinstance(typecode_or_type, type) and issubclass(typecode_or_type, ctypes._SimpleCData.__mro__[1]):  # _CData
-        return typecode_or_type
     try:
         ctypes.sizeof(typecode_or_type)
     except TypeError:
@@ -71,7 +69,7 @@ def _reduce_shared(obj: Any) -> tuple[Any, ...]:
     return (_rebuild_value, (base, obj._polyproc_block))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_type(base: type[Any]) -> type[Any]:
     """``base`` plus ``__reduce__``: made once per ctypes type."""
     return type(base.__name__, (base,), {
@@ -83,7 +81,7 @@ def _shared_type(base: type[Any]) -> type[Any]:
 
 
 def _at(base: type[Any], block: Block) -> Any:
-    obj = _shared_type(base).from_buffer(block.arena.mm, block.offset)
+    obj = _shared_type(base).from_buffer(block.arena.mm, block.offset)  # type: ignore[arg-type]
     obj._polyproc_block = block  # keeps the block (and its arena) alive with the object
     return obj
 
@@ -135,6 +133,8 @@ def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:  # noqa: N
 
 
 def _check_fits(nbytes: int, size: int, item: type[Any]) -> None:
+    if nbytes < 1 << 30:
+        return
     import psutil
 
     limit = psutil.virtual_memory().total + psutil.swap_memory().total
@@ -275,7 +275,7 @@ def _field_property(name: str) -> property:
     return property(get, set_)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _struct_wrapper(base: type[Any]) -> type[SynchronizedBase]:
     """A Synchronized class for one Structure: one locked property per field (no exec)."""
     props = {name: _field_property(name) for name, *_ in base._fields_}
@@ -290,7 +290,7 @@ def synchronized(obj: Any, lock: Any = None, ctx: Any = None) -> SynchronizedBas
     if issubclass(base, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
     if issubclass(base, ctypes.Array):
-        if base._type_ is ctypes.c_char:
+        if base._type_ is ctypes.c_char:  # type: ignore[comparison-overlap]
             return SynchronizedString(obj, lock, ctx)
         return SynchronizedArray(obj, lock, ctx)
     if issubclass(base, ctypes.Structure):

@@ -34,10 +34,12 @@ __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "SemBase"]
 _get_tid = threading.get_native_id
 _try = _sem.try_acquire
 _post = _sem.release
+_DIRECT = _sem.DIRECT_VALUE
 
 
 class _Words(ctypes.Structure):
-    _fields_ = [("sem", ctypes.c_char * _sem.SEM_SIZE), ("owner", ctypes.c_int64),
+    _fields_ = [("value", ctypes.c_uint32), ("sem_rest", ctypes.c_char * (_sem.SEM_SIZE - 4)),
+                ("owner", ctypes.c_int64),
                 ("count", ctypes.c_int64), ("extra", ctypes.c_int64 * 2)]
 
 
@@ -83,12 +85,16 @@ class SemBase:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def get_value(self) -> int:
-        return _sem.value(self._addr)
+    if _sem.DIRECT_VALUE:
+        def get_value(self) -> int:
+            return int(self._words.value)
+    else:  # pragma: no cover - another libc layout
+        def get_value(self) -> int:
+            return _sem.value(self._addr)
 
     def _is_mine(self) -> bool:
         """Condition's "is the lock held by me" check; a plain semaphore can only say "held"."""
-        return _sem.value(self._addr) == 0
+        return self.get_value() == 0
 
     def _release_all(self) -> int:
         self.release()
@@ -124,7 +130,7 @@ class BoundedSemaphore(Semaphore):
 
     def release(self) -> None:
         assert self._maxvalue is not None
-        if _sem.value(self._addr) >= self._maxvalue:
+        if self.get_value() >= self._maxvalue:
             raise ValueError("semaphore or lock released too many times")
         _post(self._addr)
 
@@ -141,8 +147,8 @@ class Lock(SemBase):
         super().__init__(1, ctx=ctx, maxvalue=1)
 
     def release(self) -> None:
-        # sem_getvalue is a plain load: the check costs no syscall.
-        if _sem.value(self._addr):
+        # A plain load of the count (see _sem.DIRECT_VALUE): the check is nearly free.
+        if self._words.value if _DIRECT else _sem.value(self._addr):
             raise ValueError("semaphore or lock released too many times")
         _post(self._addr)
 

@@ -12,7 +12,7 @@
     summary; exit status 0 only when no section failed
 
 The demos live in ``basics.py`` (the tutorial's programs), ``services.py``
-(managers and the executor) and ``beyond.py`` (what polyproc adds). They are
+(managers), ``executor.py`` and ``beyond.py`` (what polyproc adds). They are
 written against the public API (``import polyproc as mp``) exactly as a user would
 write them, and their helpers are module-level functions so every start method
 can run them. A demo returns None when it ran, or a string saying why it was
@@ -88,20 +88,20 @@ SECTIONS: tuple[Section, ...] = (
     Section("executor", "ProcessPoolExecutor (concurrent.futures)", """
         The same engine behind the concurrent.futures API: submit returns a real
         concurrent.futures.Future, so as_completed and asyncio work with it.""",
-            "services", "demo_executor", ("square", "slow_square")),
+            "executor", "demo_executor", ("square", "slow_square")),
     Section("worker-lost", "Beyond: a worker killed in the middle of a map", """
         One task kills its own worker with SIGKILL. Only that task fails, with a
         WorkerLostError that says which task it was; the pool replaces the worker
         and every other task completes. (The stdlib's Pool hangs here forever.)""",
-            "beyond", "demo_worker_lost", ("die_on_3",)),
+            "beyond", "demo_worker_lost", ("die_on_3", "square")),
     Section("timeout", "Beyond: a task timed out", """
         timeout= on a task: when it runs late its worker is killed and replaced, the
         task raises TimeoutError, and its neighbours are spared.""",
-            "beyond", "demo_timeout", ("sleepy",)),
+            "beyond", "demo_timeout", ("sleepy", "square")),
     Section("lazy-imap", "Beyond: a lazy imap over an endless generator", """
         imap pulls input only as workers free up, so an endless generator is fine:
         take ten results and stop. (The stdlib's imap tries to read all of it first.)""",
-            "beyond", "demo_lazy_imap", ()),
+            "beyond", "demo_lazy_imap", ("square",)),
     Section("shared-array", "Beyond: a zero-copy NumPy array", """
         shared_array(shape, dtype) is an ndarray in shared memory: every process
         maps the same pages, so children write into it and nothing is copied.
@@ -110,7 +110,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("progress", "Beyond: a progress bar", """
         progress=True on map/imap shows a tqdm bar (on stderr) that advances as
         results arrive.""",
-            "beyond", "demo_progress", ()),
+            "beyond", "demo_progress", ("slow_square",)),
 )
 
 
@@ -146,9 +146,10 @@ def _print_code(section: Section, mod: object, out: TextIO) -> None:
         print("  │", file=out)
 
 
-def run_section(section: Section, *, out: TextIO = sys.stdout, timeout: float = 60.0,
+def run_section(section: Section, *, out: TextIO | None = None, timeout: float = 60.0,
                 number: str = "") -> str:
     """Show and run one section: returns "ok", "skipped" or "failed"."""
+    out = out or sys.stdout
     print(f"\n{_RULE}\n{number}{section.title}   [polyproc tour {section.name}]\n{_RULE}", file=out)
     print(textwrap.dedent(section.intro).strip() + "\n", file=out)
     try:
@@ -193,8 +194,9 @@ def _set_start_method(method: str) -> None:
 
 def tour_main(names: Sequence[str] = (), *, list_only: bool = False,
               start_method: str | None = None, section_timeout: float = 60.0,
-              out: TextIO = sys.stdout) -> int:
+              out: TextIO | None = None) -> int:
     """``polyproc tour``: 0 when every section ran (or was skipped), 1 if any failed, 2 on bad usage."""
+    out = out or sys.stdout
     by_name = {s.name: s for s in SECTIONS}
     if list_only:
         for s in SECTIONS:

@@ -1,0 +1,277 @@
+"""The stdlib's proxy types, and the small server-side classes some of them refer to.
+
+Server side (plain objects in the manager process): ``Namespace``, ``Value``.
+Client side: ``ListProxy``, ``DictProxy``, ``NamespaceProxy``, ``ValueProxy``,
+``ArrayProxy``, ``IteratorProxy``, ``AcquirerProxy``, ``ConditionProxy``,
+``EventProxy``, ``BarrierProxy``, ``QueueProxy``, ``PoolProxy``.
+
+Where we differ from the stdlib, for speed: iterating a list or dict proxy takes
+one round trip for a snapshot (the stdlib takes one per item), and comparisons
+(``==``, ``<`` ...) are forwarded to the referent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .proxy import BaseProxy, MakeProxyType
+
+__all__ = [
+    "Namespace",
+    "Value",
+    "BaseListProxy",
+    "ListProxy",
+    "DictProxy",
+    "ArrayProxy",
+    "NamespaceProxy",
+    "ValueProxy",
+    "IteratorProxy",
+    "AcquirerProxy",
+    "ConditionProxy",
+    "EventProxy",
+    "BarrierProxy",
+    "QueueProxy",
+    "PoolProxy",
+]
+
+
+# -- server side ---------------------------------------------------------------------
+class Namespace:
+    """A bag of attributes; ``repr`` is ``Namespace(y=2)`` as in the stdlib."""
+
+    def __init__(self, /, **kwds: Any) -> None:
+        self.__dict__.update(kwds)
+
+    def __repr__(self) -> str:
+        items = [f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_")]
+        return f"{type(self).__name__}({', '.join(sorted(items))})"
+
+
+class Value:
+    """A managed value with a typecode, as ``SyncManager.Value`` makes (no real lock needed)."""
+
+    def __init__(self, typecode: Any, value: Any, lock: bool = True) -> None:
+        self._typecode = typecode
+        self._value = value
+
+    def get(self) -> Any:
+        return self._value
+
+    def set(self, value: Any) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._typecode!r}, {self._value!r})"
+
+    value = property(get, set)
+
+
+# -- client side ---------------------------------------------------------------------
+_COMPARE = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
+
+BaseListProxy = MakeProxyType("BaseListProxy", (
+    "__add__", "__contains__", "__delitem__", "__getitem__", "__len__",
+    "__mul__", "__reversed__", "__rmul__", "__setitem__",
+    "append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove",
+    "reverse", "sort", "__imul__", *_COMPARE,
+))
+
+
+class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
+    def __iadd__(self, value: Any) -> ListProxy:
+        self._callmethod("extend", (value,))
+        return self
+
+    def __imul__(self, value: Any) -> ListProxy:
+        self._callmethod("__imul__", (value,))
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._callmethod("#GETVALUE"))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class DictProxy(MakeProxyType("DictProxy", (  # type: ignore[misc]
+    "__contains__", "__delitem__", "__getitem__", "__len__", "__setitem__", "__reversed__",
+    "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
+    "__or__", "__ror__", "__ior__", *_COMPARE,
+))):
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._callmethod("keys"))
+
+    def __ior__(self, other: Any) -> DictProxy:
+        self._callmethod("update", (other,))
+        return self
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
+
+
+class NamespaceProxy(BaseProxy):
+    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+
+    def __getattr__(self, key: str) -> Any:
+        if key[0] == "_":
+            return object.__getattribute__(self, key)
+        return self._callmethod("__getattribute__", (key,))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key[0] == "_":
+            object.__setattr__(self, key, value)
+            return
+        self._callmethod("__setattr__", (key, value))
+
+    def __delattr__(self, key: str) -> None:
+        if key[0] == "_":
+            object.__delattr__(self, key)
+            return
+        self._callmethod("__delattr__", (key,))
+
+
+class ValueProxy(BaseProxy):
+    _exposed_ = ("get", "set")
+
+    def get(self) -> Any:
+        return self._callmethod("get")
+
+    def set(self, value: Any) -> None:
+        self._callmethod("set", (value,))
+
+    value = property(get, set)
+
+
+class IteratorProxy(BaseProxy):
+    _exposed_ = ("__next__", "send", "throw", "close")
+
+    def __iter__(self) -> IteratorProxy:
+        return self
+
+    def __next__(self, *args: Any) -> Any:
+        return self._callmethod("__next__", args)
+
+    def send(self, *args: Any) -> Any:
+        return self._callmethod("send", args)
+
+    def throw(self, *args: Any) -> Any:
+        return self._callmethod("throw", args)
+
+    def close(self, *args: Any) -> Any:
+        return self._callmethod("close", args)
+
+
+class AcquirerProxy(BaseProxy):
+    _exposed_: tuple[str, ...] = ("acquire", "release")
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        args = (blocking,) if timeout is None else (blocking, timeout)
+        return bool(self._callmethod("acquire", args))
+
+    def release(self) -> None:
+        self._callmethod("release")
+
+    def __enter__(self) -> bool:
+        return bool(self._callmethod("acquire"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._callmethod("release")
+
+
+class ConditionProxy(AcquirerProxy):
+    _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._callmethod("wait", (timeout,)))
+
+    def notify(self, n: int = 1) -> None:
+        self._callmethod("notify", (n,))
+
+    def notify_all(self) -> None:
+        self._callmethod("notify_all")
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        # The predicate runs here, not on the server (as in the stdlib).
+        result = predicate()
+        if result:
+            return result
+        endtime = None if timeout is None else time.monotonic() + timeout
+        waittime = None
+        while not result:
+            if endtime is not None:
+                waittime = endtime - time.monotonic()
+                if waittime <= 0:
+                    break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+
+class EventProxy(BaseProxy):
+    _exposed_ = ("is_set", "set", "clear", "wait")
+
+    def is_set(self) -> bool:
+        return bool(self._callmethod("is_set"))
+
+    def set(self) -> None:
+        self._callmethod("set")
+
+    def clear(self) -> None:
+        self._callmethod("clear")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._callmethod("wait", (timeout,)))
+
+
+class BarrierProxy(BaseProxy):
+    _exposed_ = ("__getattribute__", "wait", "abort", "reset")
+
+    def wait(self, timeout: float | None = None) -> int:
+        return int(self._callmethod("wait", (timeout,)))
+
+    def abort(self) -> None:
+        self._callmethod("abort")
+
+    def reset(self) -> None:
+        self._callmethod("reset")
+
+    @property
+    def parties(self) -> int:
+        return int(self._callmethod("__getattribute__", ("parties",)))
+
+    @property
+    def n_waiting(self) -> int:
+        return int(self._callmethod("__getattribute__", ("n_waiting",)))
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._callmethod("__getattribute__", ("broken",)))
+
+
+QueueProxy = MakeProxyType("QueueProxy", (
+    "empty", "full", "get", "get_nowait", "put", "put_nowait", "qsize", "task_done", "join",
+))
+
+_PoolBase = MakeProxyType("PoolProxy", (
+    "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async",
+    "starmap", "starmap_async", "terminate",
+))
+
+
+class PoolProxy(_PoolBase):  # type: ignore[misc,valid-type]
+    _method_to_typeid_ = {
+        "apply_async": "AsyncResult",
+        "map_async": "AsyncResult",
+        "starmap_async": "AsyncResult",
+        "imap": "Iterator",
+        "imap_unordered": "Iterator",
+    }
+
+    def __enter__(self) -> PoolProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()

@@ -1,0 +1,264 @@
+"""BaseManager: register types, start a server process (or connect to one), make proxies.
+
+::
+
+    owner process                                   manager process (a polyproc Process)
+    -------------                                   ------------------------------------
+    BaseManager.start() ── Process(serve_in_child) ──► Server(registry, address, authkey)
+        control Pipe  ◄──────────── ("ok", address) ──  gate + serving threads
+        m.list() ── CREATE ──────────────────────────►  objects[id] = list()
+                 ◄─ PROXY (id, typeid, exposed) ─────
+        shutdown(): a byte on the control pipe ──────►  stop; join (then terminate)
+        owner dies: PR_SET_PDEATHSIG, and EOF on the control pipe ─► stop
+
+The life of a manager is a transition table (``_TRANSITIONS``): INITIAL ->
+STARTED | CONNECTED -> SHUTDOWN, and anything else raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..errors import ClosedResourceError, ProcessError, StartError
+from . import client
+from .proxy import AutoProxy, BaseProxy, Token, make_proxy
+from .server import Server, TypeSpec, serve_in_child
+from .wire import Address, Op, default_address, dumps, loads
+
+__all__ = ["BaseManager", "State"]
+
+
+class State(enum.Enum):
+    INITIAL = "initial"
+    STARTED = "started"
+    CONNECTED = "connected"
+    SHUTDOWN = "shutdown"
+
+
+_TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.INITIAL, "start"): State.STARTED,
+    (State.INITIAL, "connect"): State.CONNECTED,
+    (State.INITIAL, "get_server"): State.INITIAL,
+    (State.STARTED, "shutdown"): State.SHUTDOWN,
+    (State.CONNECTED, "shutdown"): State.SHUTDOWN,
+    (State.SHUTDOWN, "shutdown"): State.SHUTDOWN,
+}
+
+
+class BaseManager:
+    """Shares objects living in a server process (``start``) or another host (``connect``)."""
+
+    _registry: ClassVar[dict[str, TypeSpec]] = {}
+
+    def __init__(self, address: Address | None = None, authkey: bytes | None = None,
+                 serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        if serializer != "pickle":
+            raise ValueError("polyproc managers only speak pickle (serializer='pickle')")
+        if authkey is None:
+            authkey = client.current_authkey()
+        self._address = address
+        self._authkey = bytes(authkey)
+        self._serializer = serializer
+        self._ctx = ctx
+        self._shutdown_timeout = shutdown_timeout
+        self._ssl = ssl_context
+        self._state = State.INITIAL
+        self._process: Any = None
+        self._control: Any = None
+
+    def _move(self, action: str) -> None:
+        new = _TRANSITIONS.get((self._state, action))
+        if new is None:
+            if self._state is State.SHUTDOWN:
+                raise ClosedResourceError("the manager has been shut down")
+            if self._state is State.INITIAL:
+                raise ProcessError("the manager has not been started (call start() or connect())")
+            raise ProcessError(f"cannot {action}: the manager is already {self._state.value}")
+        self._state = new
+
+    # -- registering ------------------------------------------------------------------
+    @classmethod
+    def register(cls, typeid: str, callable: Callable[..., Any] | None = None,
+                 proxytype: Any = None, exposed: Sequence[str] | None = None,
+                 method_to_typeid: Mapping[str, str] | None = None,
+                 create_method: bool = True) -> None:
+        """Make ``typeid`` available: ``manager.<typeid>(*args)`` returns a proxy."""
+        if "_registry" not in cls.__dict__:
+            cls._registry = dict(cls._registry)  # a subclass gets its own copy
+        if proxytype is None:
+            proxytype = AutoProxy
+        exposed = exposed or getattr(proxytype, "_exposed_", None)
+        method_to_typeid = method_to_typeid or getattr(proxytype, "_method_to_typeid_", None)
+        if method_to_typeid:
+            for key, value in method_to_typeid.items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise TypeError(f"{key!r} -> {value!r}: method_to_typeid maps str to str")
+        cls._registry[typeid] = TypeSpec(callable, tuple(exposed) if exposed else None,
+                                         dict(method_to_typeid) if method_to_typeid else None,
+                                         proxytype)
+        if create_method:
+            def create(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
+                return self._create_proxy(typeid, args, kwds)
+
+            create.__name__ = create.__qualname__ = typeid
+            setattr(cls, typeid, create)
+
+    # -- starting -----------------------------------------------------------------------
+    def _context(self) -> Any:
+        if self._ctx is None:
+            from .._context import default_context
+
+            self._ctx = default_context()
+        return self._ctx
+
+    def get_server(self) -> Server:
+        """A Server for ``address`` in *this* process; call ``serve_forever()`` on it."""
+        self._move("get_server")
+        if self._address is None:
+            self._address = default_address()
+        return Server(self._registry, self._address, self._authkey, ssl_context=self._ssl)
+
+    def start(self, initializer: Callable[..., Any] | None = None,
+              initargs: tuple[Any, ...] = ()) -> None:
+        """Start the server process and wait until it listens."""
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._move("start")
+        ctx = self._context()
+        reader, writer = ctx.Pipe(duplex=True)
+        address = self._address if self._address is not None else default_address()
+        ssl_context = self._ssl if ctx.start_method == "fork" else None
+        process = ctx.Process(
+            target=serve_in_child, name=f"{type(self).__name__}-server",
+            args=(self._registry, address, self._authkey, ssl_context, initializer,
+                  tuple(initargs), reader),
+        )
+        process.daemon = True
+        try:
+            process.start()
+            reader.close()
+            if not writer.poll(60.0):
+                raise StartError("the manager process did not report its address within 60 s")
+            status, value = writer.recv()
+        except (EOFError, OSError) as exc:
+            self._abandon(process, writer)
+            raise StartError(f"the manager process died while starting: {exc}") from exc
+        except BaseException:
+            self._abandon(process, writer)
+            raise
+        if status != "ok":
+            self._abandon(process, writer)
+            raise StartError(f"the manager process could not serve at {address!r}: {value}")
+        self._address = value
+        self._process, self._control = process, writer
+        client.remember(value, self._authkey, self._ssl)
+
+    def _abandon(self, process: Any, control: Any) -> None:
+        self._state = State.SHUTDOWN
+        control.close()
+        if process.is_alive():
+            process.kill()
+        process.join(5.0)
+
+    def connect(self) -> None:
+        """Connect to a server already running at ``address`` (started elsewhere)."""
+        if self._address is None:
+            raise ValueError("connect() needs the manager's address")
+        self._move("connect")
+        client.remember(self._address, self._authkey, self._ssl)
+        try:
+            self._request(Op.PING, ())
+        except BaseException:
+            self._state = State.INITIAL
+            raise
+
+    def shutdown(self) -> None:
+        """Stop the server process (only a manager that ``start()``-ed it owns one)."""
+        if self._state is State.SHUTDOWN:
+            return
+        self._move("shutdown")
+        process, control = self._process, self._control
+        self._process = self._control = None
+        if process is None:
+            return
+        try:
+            control.send_bytes(b"stop")
+        except OSError:
+            pass
+        process.join(self._shutdown_timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(self._shutdown_timeout)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        control.close()
+        if self._address is not None:
+            client.drop_channel(self._address)
+
+    # -- using --------------------------------------------------------------------------
+    @property
+    def address(self) -> Address | None:
+        return self._address
+
+    def _request(self, op: int, payload: Any) -> Any:
+        if self._state is State.SHUTDOWN:
+            raise ClosedResourceError("the manager has been shut down")
+        if self._state is State.INITIAL or self._address is None:
+            raise ProcessError("the manager has not been started (call start() or connect())")
+        rop, body = client.request(self._address, self._authkey, op, dumps(payload))
+        if rop == Op.RESULT:
+            return loads(body)
+        if rop == Op.PROXY:
+            return loads(body)
+        if rop == Op.ERROR:
+            raise loads(body)
+        from ..errors import RemoteError
+
+        raise RemoteError(loads(body))
+
+    def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, tuple[str, ...]]:
+        """Make a ``typeid`` object on the server: ``(token, exposed)`` (the stdlib's shape)."""
+        ident, typeid, exposed = self._request(Op.CREATE, (typeid, args, kwds or None))
+        assert self._address is not None
+        return Token(typeid, self._address, ident), exposed
+
+    def _create_proxy(self, typeid: str, args: tuple[Any, ...], kwds: dict[str, Any]) -> BaseProxy:
+        token, exposed = self._create(typeid, *args, **kwds)
+        return make_proxy(token, type(self), self, self._authkey, exposed)
+
+    def statistics(self) -> dict[str, int]:
+        """The server's counts: ``objects``, ``connections``, ``rejected``/``pending`` handshakes."""
+        return dict(self._request(Op.STATS, ()))
+
+    def _number_of_objects(self) -> int:
+        """The stdlib's debugging helper: how many objects the server holds."""
+        return int(self.statistics()["objects"])
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._process is not None:
+            self._process.join(timeout)
+
+    def __enter__(self) -> BaseManager:
+        if self._state is State.INITIAL:
+            self.start()
+        elif self._state is not State.STARTED and self._state is not State.CONNECTED:
+            raise ClosedResourceError("the manager has been shut down")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            if self._process is not None:
+                self.shutdown()
+        except Exception:
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a manager cannot be pickled; pass its proxies (or its address) instead")

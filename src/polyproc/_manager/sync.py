@@ -1,0 +1,67 @@
+"""SyncManager: the types ``polyproc.Manager()`` offers, registered on a BaseManager.
+
+Server-side objects are the stdlib's plain ones (``queue.Queue``,
+``threading.Lock`` ...); ``Pool`` is imported from ``polyproc.pool`` only when a
+managed pool is first made, so the manager works without the pool package.
+"""
+
+from __future__ import annotations
+
+import array
+import queue
+import threading
+from typing import Any
+
+from .proxytypes import (
+    AcquirerProxy,
+    ArrayProxy,
+    BarrierProxy,
+    ConditionProxy,
+    DictProxy,
+    EventProxy,
+    IteratorProxy,
+    ListProxy,
+    Namespace,
+    NamespaceProxy,
+    PoolProxy,
+    QueueProxy,
+    Value,
+    ValueProxy,
+)
+from .registry import BaseManager
+
+__all__ = ["SyncManager"]
+
+
+def _array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]:
+    return array.array(typecode, sequence)
+
+
+def _pool(*args: Any, **kwds: Any) -> Any:
+    from .._pool.pool import Pool  # lazy: another package, and costly to import
+
+    return Pool(*args, **kwds)
+
+
+class SyncManager(BaseManager):
+    """A manager with the stdlib's shared types: ``list``, ``dict``, ``Queue``, ``Lock`` ..."""
+
+
+SyncManager.register("Queue", queue.Queue, QueueProxy)
+SyncManager.register("JoinableQueue", queue.Queue, QueueProxy)
+SyncManager.register("Event", threading.Event, EventProxy)
+SyncManager.register("Lock", threading.Lock, AcquirerProxy)
+SyncManager.register("RLock", threading.RLock, AcquirerProxy)
+SyncManager.register("Semaphore", threading.Semaphore, AcquirerProxy)
+SyncManager.register("BoundedSemaphore", threading.BoundedSemaphore, AcquirerProxy)
+SyncManager.register("Condition", threading.Condition, ConditionProxy)
+SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
+SyncManager.register("Pool", _pool, PoolProxy)
+SyncManager.register("list", list, ListProxy)
+SyncManager.register("dict", dict, DictProxy)
+SyncManager.register("Value", Value, ValueProxy)
+SyncManager.register("Array", _array, ArrayProxy)
+SyncManager.register("Namespace", Namespace, NamespaceProxy)
+# Types only ever returned by methods, never made directly:
+SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)
+SyncManager.register("AsyncResult", create_method=False)

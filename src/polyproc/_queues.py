@@ -1,0 +1,440 @@
+"""Queue, JoinableQueue, SimpleQueue: a pipe of frames, semaphores in shared memory.
+
+::
+
+    producers (any process)                               consumers (any process)
+    ───────────────────────                               ───────────────────────
+    put(obj): slots.acquire (maxsize)
+      pickle → frame ┬─ writer lock free, pipe has room:
+                     │    write now (non-blocking), fds on the side socket,
+                     │    items += 1                     get(): items.acquire(timeout)
+                     └─ else: append to this process's   reader lock: read one frame
+                          backlog; a feeder thread         (+ its fds), release lock
+                          writes it later (in order)     slots += 1; unpickle
+
+* ``items`` counts frames that are completely in the pipe, so a consumer that took
+  one never blocks reading; ``qsize()`` is exact for what is in the pipe (the
+  stdlib's counts a feeder's backlog too; ours is empty unless the pipe filled).
+* Most ``put`` calls write straight into the pipe from the caller's thread: no
+  feeder-thread hop, which is where the stdlib spends most of its time. The
+  feeder exists only for a full pipe (so ``put`` on an unbounded queue never
+  blocks) or a contended writer lock.
+* Objects that own an fd (a lock, a Connection, a shared array) and big buffers
+  (``_shm.bulk``: memfds) pass by SCM_RIGHTS on a side socketpair, written right
+  after their frame under the writer lock, so the reader pairs them by order.
+* Exit: buffered items are flushed before the process exits (``join_thread``
+  semantics) unless ``cancel_join_thread()`` was called. In the main process an
+  ``atexit`` hook does it; in a polyproc child the lead's exit path must call
+  ``flush_all()`` (see the report / docs/shared-state.md).
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import collections
+import errno
+import os
+import pickle
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+from typing import Any
+
+from ._serialize import DEFAULT_SERIALIZER, Serializer, fd_handle
+from ._shm import bulk
+from ._sync import Condition, Lock, Semaphore
+
+__all__ = ["Queue", "JoinableQueue", "SimpleQueue", "flush_all"]
+
+_PLAIN = frozenset({int, float, str, bool, type(None), complex})
+_dumps = pickle.dumps
+_HEAD = struct.Struct("<QII")  # body length, number of buffers, number of fds
+_LEN = struct.Struct("<Q")
+_SHARED_BIT = 1 << 63  # a buffer length with this bit: its bytes are in the next memfd
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+class _Backlog:
+    """This process's buffered frames for one queue, and the feeder thread that writes them."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.frames: collections.deque[tuple[bytes, list[int], list[int], bool]] = collections.deque()
+        self.thread: threading.Thread | None = None
+        self.busy = False
+        self.cancelled = False
+
+
+class _Live:
+    """Queues with a backlog in this process (the module's one holder): flushed at exit."""
+
+    def __init__(self) -> None:
+        self.queues: weakref.WeakSet[Queue] = weakref.WeakSet()
+
+
+_live = _Live()
+
+
+def flush_all() -> None:
+    """Write out every queue's backlog in this process (exit hook; idempotent)."""
+    for q in list(_live.queues):
+        if not q._backlog.cancelled:
+            q.join_thread()
+
+
+atexit.register(flush_all)
+
+
+class Queue:
+    """``multiprocessing.Queue``: FIFO between processes; ``queue.Empty``/``queue.Full``."""
+
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        if maxsize < 0:
+            maxsize = 0
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass
+        os.set_blocking(w, False)
+        side_w, side_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        state = (maxsize, r, w, side_r.detach(), side_w.detach(), Semaphore(0),
+                 Semaphore(maxsize) if maxsize else None, Lock(), Lock())
+        self._setup(state, ctx)
+
+    def _setup(self, state: tuple[Any, ...], ctx: Any) -> None:
+        (self._maxsize, self._r, self._w, self._side_r, self._side_w, self._items, self._slots,
+         self._wlock, self._rlock) = state
+        self._ser: Serializer = getattr(ctx, "serializer", None) or DEFAULT_SERIALIZER
+        self._ctx = ctx
+        self._closed = False
+        self._backlog = _Backlog()
+        self._pid = os.getpid()
+        self._side_rs = socket.socket(fileno=os.dup(self._side_r))
+        self._side_ws = socket.socket(fileno=os.dup(self._side_w))
+        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds())
+
+    def _all_fds(self) -> list[int]:
+        return [self._r, self._w, self._side_r, self._side_w,
+                self._side_rs.fileno(), self._side_ws.fileno()]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_queue, (type(self), self._maxsize, fd_handle(self._r), fd_handle(self._w),
+                                 fd_handle(self._side_r), fd_handle(self._side_w), self._items,
+                                 self._slots, self._wlock, self._rlock, self._extra_state()))
+
+    def _extra_state(self) -> Any:
+        return None
+
+    def _set_extra_state(self, extra: Any) -> None:
+        pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    # -- producing ----------------------------------------------------------------
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._check_open()
+        if self._slots is not None and not self._slots.acquire(block, timeout):
+            raise queue.Full
+        self._send(*self._encode(obj))
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, False)
+
+    def _encode(self, obj: Any) -> tuple[bytes, list[int], list[int]]:
+        if type(obj) in _PLAIN:  # cannot hold buffers or fds: skip the serializer's checks
+            body = _dumps(obj, 5)
+            return _HEAD.pack(len(body), 0, 0) + body, [], []
+        p = self._ser.dumps(obj, what="queue item")
+        if not p.buffers and not p.fds:
+            return _HEAD.pack(len(p.body), 0, 0) + p.body, [], []
+        fds = list(p.fds)
+        close: list[int] = []
+        lengths: list[bytes] = []
+        inline: list[memoryview] = []
+        for b in p.buffers:
+            if b.nbytes >= bulk.THRESHOLD:
+                fd, owned = bulk.export(b)
+                fds.append(fd)
+                if owned:
+                    close.append(fd)
+                lengths.append(_LEN.pack(b.nbytes | _SHARED_BIT))
+            else:
+                lengths.append(_LEN.pack(b.nbytes))
+                inline.append(b)
+        data = b"".join([_HEAD.pack(len(p.body), len(p.buffers), len(fds)), *lengths, p.body,
+                         *inline])
+        return data, fds, close
+
+    def _send(self, data: bytes, fds: list[int], close: list[int]) -> None:
+        bl = self._backlog
+        if self._pid != os.getpid():  # inherited by fork: a fresh backlog for this process
+            self._pid, self._backlog = os.getpid(), _Backlog()
+            bl = self._backlog
+        if not bl.frames and not bl.busy and self._wlock.acquire(False):
+            try:
+                n = os.write(self._w, data)
+            except BlockingIOError:
+                n = 0
+            except BaseException:
+                self._wlock.release()
+                raise
+            if n == len(data):
+                try:
+                    if fds:
+                        _send_fds(self._side_ws, fds)
+                finally:
+                    self._wlock.release()
+                    for fd in close:
+                        os.close(fd)
+                self._items.release()
+                return
+            if n == 0:
+                self._wlock.release()
+                self._enqueue(data, fds, close, False)
+            else:  # a partial frame: the feeder finishes it, still holding the writer lock
+                self._enqueue(data[n:], fds, close, True)
+            return
+        self._enqueue(data, fds, close, False)
+
+    def _enqueue(self, data: bytes, fds: list[int], close: list[int], locked: bool) -> None:
+        bl = self._backlog
+        with bl.cond:
+            if locked:
+                bl.frames.appendleft((data, fds, close, True))
+            else:
+                bl.frames.append((data, fds, close, False))
+            if bl.thread is None:
+                bl.thread = threading.Thread(target=self._feed, name="polyproc-queue-feeder",
+                                             daemon=True)
+                bl.thread.start()
+                _live.queues.add(self)
+            bl.cond.notify()
+
+    def _feed(self) -> None:
+        bl = self._backlog
+        while True:
+            with bl.cond:
+                while not bl.frames:
+                    if self._closed:
+                        bl.thread = None
+                        bl.cond.notify_all()
+                        return
+                    bl.cond.wait()
+                data, fds, close, locked = bl.frames.popleft()
+                bl.busy = True
+            try:
+                if not locked:
+                    self._wlock.acquire()
+                try:
+                    _write_blocking(self._w, data)
+                    if fds:
+                        _send_fds(self._side_ws, fds)
+                finally:
+                    self._wlock.release()
+                    for fd in close:
+                        os.close(fd)
+                self._items.release()
+            except OSError:
+                pass  # every reader is gone: the item cannot be delivered
+            finally:
+                with bl.cond:
+                    bl.busy = False
+                    bl.cond.notify_all()
+
+    # -- consuming ----------------------------------------------------------------
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self._closed:
+            self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._items.acquire(block, timeout):
+            raise queue.Empty
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        # The frame is ours; the reader lock only keeps two readers' bytes apart.
+        if not self._rlock.acquire(True, left):
+            self._items.release()
+            raise queue.Empty
+        try:
+            body, buffers, fds = self._read_frame()
+        finally:
+            self._rlock.release()
+        if self._slots is not None:
+            self._slots.release()
+        return self._ser.loads(body, buffers, fds)
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    def _read_frame(self) -> tuple[bytes, list[Any], list[int]]:
+        body_len, nbuf, nfds = _HEAD.unpack(_read_exact(self._r, _HEAD.size))
+        lengths = [_LEN.unpack_from(_read_exact(self._r, 8))[0] for _ in range(nbuf)] if nbuf else []
+        body = _read_exact(self._r, body_len)
+        buffers: list[Any] = []
+        shared: list[tuple[int, int]] = []
+        for i, n in enumerate(lengths):
+            if n & _SHARED_BIT:
+                buffers.append(None)
+                shared.append((i, n & ~_SHARED_BIT))
+            else:
+                buffers.append(bytearray(_read_exact(self._r, n)))
+        fds = _recv_fds(self._side_rs, nfds) if nfds else []
+        if shared:
+            extra = fds[len(fds) - len(shared):]
+            fds = fds[:len(fds) - len(shared)]
+            for (i, n), fd in zip(shared, extra, strict=False):
+                buffers[i] = bulk.import_buffer(fd, n)
+        return body, buffers, fds
+
+    # -- state ----------------------------------------------------------------------
+    def qsize(self) -> int:
+        return int(self._items.get_value())
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return self._slots is not None and self._slots.get_value() == 0
+
+    def close(self) -> None:
+        """No more puts from this process; the feeder finishes the backlog, then stops."""
+        self._closed = True
+        bl = self._backlog
+        with bl.cond:
+            bl.cond.notify_all()
+            if bl.thread is None:
+                self._finalizer()
+
+    def join_thread(self) -> None:
+        """Wait until this process's backlog is in the pipe (only after ``close`` in the stdlib)."""
+        bl = self._backlog
+        with bl.cond:
+            while bl.frames or bl.busy:
+                bl.cond.wait(0.1)
+
+    def cancel_join_thread(self) -> None:
+        """At exit, do not wait for the backlog: unwritten items are dropped."""
+        self._backlog.cancelled = True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} maxsize={self._maxsize} qsize={self.qsize()}>"
+
+
+def _rebuild_queue(cls: type[Queue], maxsize: int, r: int, w: int, side_r: int, side_w: int,
+                   items: Semaphore, slots: Semaphore | None, wlock: Lock, rlock: Lock,
+                   extra: Any) -> Queue:
+    q = cls.__new__(cls)
+    q._setup((maxsize, r, w, side_r, side_w, items, slots, wlock, rlock), None)
+    q._set_extra_state(extra)
+    return q
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    data = os.read(fd, n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            raise EOFError("queue pipe closed in the middle of an item")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _write_blocking(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+            view = view[n:]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+def _send_fds(sock: socket.socket, fds: list[int]) -> None:
+    for i in range(0, len(fds), 200):
+        chunk = fds[i:i + 200]
+        sock.sendmsg([bytes([len(chunk)])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              array.array("i", chunk))])
+
+
+def _recv_fds(sock: socket.socket, count: int) -> list[int]:
+    out: list[int] = []
+    while len(out) < count:
+        msg, anc, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(4 * 200))
+        if not msg:
+            raise EOFError("queue side channel closed")
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(data[: len(data) - len(data) % 4])
+                out.extend(a)
+    if len(out) != count:
+        raise OSError(errno.EPROTO, "queue side channel out of step")
+    return out
+
+
+class JoinableQueue(Queue):
+    """A Queue with ``task_done()`` and ``join()``."""
+
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        super().__init__(maxsize, ctx=ctx)
+        self._unfinished = Semaphore(0)
+        self._cond = Condition(Lock())
+
+    def _extra_state(self) -> Any:
+        return (self._unfinished, self._cond)
+
+    def _set_extra_state(self, extra: Any) -> None:
+        self._unfinished, self._cond = extra
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._check_open()
+        if self._slots is not None and not self._slots.acquire(block, timeout):
+            raise queue.Full
+        frame = self._encode(obj)
+        with self._cond:
+            self._unfinished.release()
+        self._send(*frame)
+
+    def task_done(self) -> None:
+        with self._cond:
+            if not self._unfinished.acquire(False):
+                raise ValueError("task_done() called too many times")
+            if self._unfinished.get_value() == 0:
+                self._cond.notify_all()
+
+    def join(self) -> None:
+        with self._cond:
+            if self._unfinished.get_value():
+                self._cond.wait_for(lambda: self._unfinished.get_value() == 0)
+
+
+class SimpleQueue(Queue):
+    """``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``."""
+
+    def __init__(self, *, ctx: Any = None) -> None:
+        super().__init__(0, ctx=ctx)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return super().get(block, timeout)

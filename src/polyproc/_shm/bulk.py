@@ -1,0 +1,225 @@
+"""Large buffers through shared memory: what Connection and Queue do with big out-of-band buffers.
+
+A pickled message's out-of-band buffers (NumPy arrays, bytes, memoryviews) at
+or above ``THRESHOLD`` do not go through the socket. The sender copies each
+into a memfd (one memcpy) and passes the fd (SCM_RIGHTS); the receiver maps it
+and hands pickle a writable view of the mapping, so the rebuilt array *is* the
+mapping: no copy on the receiving side, no pickle through a pipe.
+
+::
+
+    sender                                        receiver
+    ──────                                        ────────
+    export(view) ─► slot (memfd, mapped, warm)
+       busy byte := 1                             import_buffer(fd, n)
+       memcpy view → slot[PAGE:PAGE+n]              mmap(fd, MAP_POPULATE) ─► memoryview
+    fd ─── SCM_RIGHTS ──────────────────────────►  (the ndarray is backed by it)
+                                                  mapping collected: busy byte := 0
+    next export: a slot whose busy byte is 0 is reused (its pages are already
+    faulted in, so the copy runs at memcpy speed instead of first-touch speed)
+
+Layout of a memfd: one page whose first byte is the busy flag, then the data.
+Only the sender sets the flag (while it is 0) and only the receiver clears it,
+so no atomic operation is needed. A receiver that never maps the fd (it died)
+leaves its slot busy forever: the pool is bounded (``_POOL_BYTES``, ``_POOL_SLOTS``)
+and past the bound a fresh, unpooled memfd is used. Free slots idle for
+``_IDLE`` seconds are dropped at the next export, so a process that once sent a
+big array does not keep its memory for ever; ``trim()`` drops them at once.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+import time
+from typing import Any
+
+__all__ = ["THRESHOLD", "MARKER_SIZE", "export", "import_buffer", "size_marker",
+           "read_size_marker", "trim", "encode_frame"]
+
+#: Out-of-band buffers at least this big travel through shared memory.
+THRESHOLD = 1 << 20
+PAGE = mmap.PAGESIZE
+_POOL_BYTES = 2 << 30
+_POOL_SLOTS = 8
+_IDLE = 20.0
+
+
+_MARKER = struct.Struct("<Q")
+#: After a frame's inline buffers, one marker per shared buffer: its length.
+MARKER_SIZE = _MARKER.size
+
+
+def size_marker(view: memoryview) -> bytes:
+    return _MARKER.pack(view.nbytes)
+
+
+def read_size_marker(data: bytes) -> int:
+    return int(_MARKER.unpack(data)[0])
+
+
+class _Slot:
+    """One pooled memfd of the sender: its fd, capacity and (lazily) a warm mapping."""
+
+    __slots__ = ("fd", "capacity", "mm", "last_used")
+
+    def __init__(self, fd: int, capacity: int) -> None:
+        self.fd = fd
+        self.capacity = capacity
+        self.mm: mmap.mmap | None = None
+        self.last_used = time.monotonic()
+
+    def busy(self) -> bool:
+        return os.pread(self.fd, 1, 0) != b"\0" if self.mm is None else self.mm[0] != 0
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+        os.close(self.fd)
+
+
+class _Pool:
+    """This process's warm memfds (the one mutable holder of this module)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots: list[_Slot] = []
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        slots, self.slots = self.slots, []
+        for s in slots:
+            try:
+                s.close()
+            except (OSError, BufferError):
+                pass
+
+
+_pool = _Pool()
+os.register_at_fork(after_in_child=_pool.after_fork_in_child)
+
+
+def _fresh(view: memoryview) -> int:
+    """A new memfd holding the header page and ``view``: ``write`` allocates and copies at once."""
+    fd = os.memfd_create("polyproc-buffer", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, PAGE)
+        os.lseek(fd, PAGE, os.SEEK_SET)
+        done, n = 0, view.nbytes
+        while done < n:
+            done += os.write(fd, view[done:done + (1 << 30)])
+        os.pwrite(fd, b"\1", 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def export(view: memoryview) -> tuple[int, bool]:
+    """Put ``view``'s bytes in shared memory; (fd to send, whether to close it after sending)."""
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    n = view.nbytes
+    p = _pool
+    with p.lock:
+        now = time.monotonic()
+        best: _Slot | None = None
+        for s in list(p.slots):
+            if s.busy():
+                continue
+            if now - s.last_used > _IDLE and s.capacity != n:
+                p.slots.remove(s)
+                s.close()
+            elif s.capacity >= n and (best is None or s.capacity < best.capacity):
+                best = s
+        if best is not None:
+            if best.mm is None:
+                best.mm = mmap.mmap(best.fd, PAGE + best.capacity,
+                                    flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            best.mm[0] = 1
+            best.last_used = now
+            slot = best
+        else:
+            fd = _fresh(view)
+            total = sum(s.capacity for s in p.slots) + n
+            if len(p.slots) < _POOL_SLOTS and total <= _POOL_BYTES:
+                p.slots.append(_Slot(fd, n))
+                return fd, False
+            return fd, True
+    # Copy outside the pool lock; the slot is ours (busy) until the receiver lets go.
+    assert slot.mm is not None
+    memoryview(slot.mm)[PAGE:PAGE + n] = view
+    return slot.fd, False
+
+
+class _Mapping(mmap.mmap):
+    """The receiver's mapping; when the last view of it goes, the sender may reuse the memfd."""
+
+    def __del__(self) -> None:
+        try:
+            if not self.closed:
+                self[0] = 0
+        except (ValueError, IndexError, OSError):
+            pass
+
+
+def import_buffer(fd: int, nbytes: int) -> memoryview:
+    """Map a memfd sent by ``export``; takes ownership of ``fd``. A writable view of ``nbytes``."""
+    try:
+        if os.fstat(fd).st_size < PAGE + nbytes:
+            raise ValueError("shared buffer is shorter than the frame says")
+        mm = _Mapping(fd, PAGE + nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    finally:
+        os.close(fd)
+    return memoryview(mm)[PAGE:PAGE + nbytes]
+
+
+def trim() -> None:
+    """Drop every free pooled memfd now (their memory goes back to the system)."""
+    with _pool.lock:
+        keep = []
+        for s in _pool.slots:
+            if s.busy():
+                keep.append(s)
+            else:
+                s.close()
+        _pool.slots = keep
+
+
+def encode_frame(body: bytes, buffers: list[memoryview], fds: list[int],
+                 encode_header: Any, kind: Any) -> tuple[list[Any], list[int], list[int]]:
+    """A PICKLE frame whose big buffers ride in memfds: (parts to write, fds to pass, fds to
+    close once written). The wire convention ``Connection.recv`` understands:
+
+    a shared buffer has length 0 in the frame's length table, its memfd follows the
+    message's own fds (in buffer order), and its real length is an 8-byte marker
+    after the inline buffers. A genuinely empty out-of-band buffer disables it.
+    The pool engine can use this for task arguments exactly as ``Connection.send`` does.
+    """
+    if all(b.nbytes < THRESHOLD for b in buffers) or any(b.nbytes == 0 for b in buffers):
+        head = encode_header(kind, len(body), [b.nbytes for b in buffers], nfds=len(fds))
+        return [head, body, *buffers], list(fds), []
+    lengths: list[int] = []
+    inline: list[memoryview] = []
+    markers: list[bytes] = []
+    extra: list[int] = []
+    to_close: list[int] = []
+    try:
+        for b in buffers:
+            if b.nbytes >= THRESHOLD:
+                fd, close = export(b)
+                extra.append(fd)
+                if close:
+                    to_close.append(fd)
+                lengths.append(0)
+                markers.append(size_marker(b))
+            else:
+                lengths.append(b.nbytes)
+                inline.append(b)
+    except BaseException:
+        for fd in to_close:
+            os.close(fd)
+        raise
+    head = encode_header(kind, len(body), lengths, nfds=len(fds) + len(extra))
+    return [head, body, *inline, *markers], [*fds, *extra], to_close

@@ -1,0 +1,65 @@
+"""The tutorial's Manager program, import swapped, prints what the tutorial shows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ._targets import env_with_src
+
+PROGRAM = '''
+import logging
+import polyproc as multiprocessing
+import time
+
+logging.basicConfig(level=logging.DEBUG, format='%(processName)s: %(message)s')
+
+
+def worker1(l, d, n):
+    l.reverse()
+    d['x'] += 1
+    n.y += 1
+
+
+if __name__ == '__main__':
+    with multiprocessing.Manager() as manager:
+        l = manager.list()
+        d = manager.dict()
+        n = manager.Namespace()
+
+        l.append(1)
+        l.append(2)
+        l.append(3)
+        d['x'] = 0
+        n.y = 0
+
+        p1 = multiprocessing.Process(target=worker1, args=(l, d, n))
+        p2 = multiprocessing.Process(target=worker1, args=(l, d, n))
+        p1.start()
+        p2.start()
+        p1.join()
+        p2.join()
+
+        logging.debug(l)
+        logging.debug(d)
+        logging.debug(n)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_tutorial_manager_program(start_method: str, tmp_path: Path) -> None:
+    script = tmp_path / "tutorial_manager.py"
+    script.write_text(PROGRAM)
+    env = env_with_src()
+    env["POLYPROC_START_METHOD"] = start_method
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=50, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "MainProcess: [1, 2, 3]",
+        "MainProcess: {'x': 2}",
+        "MainProcess: Namespace(y=2)",
+    ]

@@ -1,0 +1,136 @@
+"""ProcessPoolExecutor and polyproc.futures: the concurrent.futures API on our engine."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import io
+import time
+from typing import Any
+
+import poolhelpers as h
+import pytest
+
+import polyproc
+from polyproc import futures
+from polyproc.errors import BrokenProcessPool, TimeoutError, WorkerLostError
+from polyproc.futures import ProcessPoolExecutor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_submit_map_as_completed_wait(ctx: Any) -> None:
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        f = ex.submit(h.add, 1, b=2)
+        assert isinstance(f, cf.Future) and f.result(10) == 3
+        fs = [ex.submit(h.inc, i) for i in range(20)]
+        assert sorted(x.result() for x in futures.as_completed(fs, timeout=10)) == list(
+            range(1, 21))
+        done, pending = futures.wait(fs, timeout=10, return_when=futures.ALL_COMPLETED)
+        assert len(done) == 20 and not pending
+        # the stdlib's own helpers accept our futures
+        assert len(cf.wait(fs).done) == 20
+        assert list(ex.map(h.add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+        assert list(ex.map(h.inc, range(1000), chunksize=50)) == list(range(1, 1001))
+        assert list(ex.map(h.inc, (i for i in range(100)))) == list(range(1, 101))
+        err = ex.submit(h.raise_value_error, 1)
+        with pytest.raises(ValueError):
+            err.result()
+        assert isinstance(err.exception(), ValueError)
+
+
+def test_map_timeout_is_a_deadline_for_the_iteration(ctx: Any) -> None:
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        it = ex.map(h.nap, [0, 5], timeout=0.3)
+        assert next(it) == 0
+        with pytest.raises(TimeoutError):
+            next(it)
+        it.close()
+
+
+def test_task_timeout_and_dead_worker_do_not_break_the_executor(ctx: Any) -> None:
+    with ProcessPoolExecutor(2, mp_context=ctx, task_timeout=0.3) as ex:
+        late = ex.submit(h.nap, 30)
+        with pytest.raises(TimeoutError):
+            late.result(10)
+        dead = ex.submit(h.die_on, 3)
+        with pytest.raises(WorkerLostError):
+            dead.result(10)
+        assert ex.submit(h.inc, 1).result(10) == 2
+        assert ex.statistics()["timed_out"] == 1
+
+
+def test_shutdown_cancel_futures_and_submit_after(ctx: Any) -> None:
+    ex = ProcessPoolExecutor(1, mp_context=ctx)
+    assert ex.submit(h.inc, 0).result() == 1          # the worker is up
+    path_block = ex.submit(h.nap, 0.3)
+    while not path_block.running():                   # sent to the worker
+        time.sleep(0.001)
+    queued = [ex.submit(h.double, i) for i in range(5)]  # unmeasured: held back, cancellable
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert path_block.result() == 0.3
+    assert all(f.cancelled() or f.done() for f in queued)
+    assert any(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError):
+        ex.submit(h.inc, 1)
+
+
+def test_cancel_a_pending_future(ctx: Any) -> None:
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        first = ex.submit(h.nap, 0.3)
+        second = ex.submit(h.inc, 1)
+        assert second.cancel()
+        assert first.result() == 0.3
+        assert second.cancelled()
+        assert ex.submit(h.inc, 2).result() == 3
+
+
+def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.set_state, initargs=(7,),
+                             max_tasks_per_child=2) as ex:
+        assert ex.submit(h.get_state).result() == 7
+        pids = [ex.submit(h.pid_of).result() for _ in range(5)]
+        assert len(set(pids)) >= 2
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.bad_initializer) as ex:
+        f = ex.submit(h.inc, 1)
+        with pytest.raises(BrokenProcessPool):
+            f.result(10)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(h.inc, 1)
+    with pytest.raises(ValueError):
+        ProcessPoolExecutor(0, mp_context=ctx)
+
+
+def test_asyncio_run_in_executor(ctx: Any) -> None:
+    async def main(ex: ProcessPoolExecutor) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(ex, h.inc, i) for i in range(5))))
+
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert asyncio.run(main(ex)) == [1, 2, 3, 4, 5]
+
+
+def test_map_progress_bar() -> None:
+    out = io.StringIO()
+    with ProcessPoolExecutor(2, mp_context=polyproc.get_context("fork")) as ex:
+        assert list(ex.map(h.inc, range(10), progress={"file": out, "mininterval": 0})) == list(
+            range(1, 11))
+    assert "10/10" in out.getvalue()
+
+
+def test_many_separate_submits_are_batched_on_the_wire() -> None:
+    with ProcessPoolExecutor(2, mp_context=polyproc.get_context("fork")) as ex:
+        ex.submit(h.inc, 0).result()
+        t0 = time.perf_counter()
+        fs = [ex.submit(h.inc, i) for i in range(20_000)]
+        assert [f.result() for f in fs] == list(range(1, 20_001))
+        assert time.perf_counter() - t0 < 30
+
+
+def test_futures_module_mirrors_concurrent_futures() -> None:
+    for name in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
+                 "Future", "ThreadPoolExecutor", "as_completed", "wait", "BrokenExecutor"):
+        assert getattr(futures, name) is getattr(cf, name)
+    assert issubclass(futures.BrokenProcessPool, cf.BrokenExecutor)
+    assert issubclass(futures.TimeoutError, TimeoutError)
+    assert polyproc.ProcessPoolExecutor is ProcessPoolExecutor
