@@ -14,7 +14,7 @@ prints the ratio of polyproc to the baseline, oriented so that > 1 is better.
                  python -m polyproc._bench --one MODULE CASE IMPL   (fresh interpreter)
                      └─ imports MODULE, calls case.impls[IMPL](), prints one marker line
                         "POLYPROC_BENCH_RESULT {json}" that the parent parses
-          ─► CaseResult (samples, medians, ratio, met) ─► table / --json / --plot
+          ─► CaseResult (samples, medians, ratio, met) ─► table / --json / --markdown / --plot
 
 Implementations other than ``polyproc`` and ``stdlib`` are named after the
 package they need (``loky``, ``mpire``); they run only when that package is
@@ -50,6 +50,7 @@ __all__ = [
     "select",
     "run_case",
     "format_table",
+    "format_markdown",
     "results_json",
     "plot_ratios",
     "bench_main",
@@ -335,6 +336,25 @@ def format_table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: Sequence[CaseResult]) -> str:
+    """The same table as Markdown, for the README (``--markdown PATH``)."""
+    lines = ["| case | unit | polyproc | stdlib | ratio | target | met |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for r in results:
+        unit = r.case.unit + ("" if r.case.higher_is_better else ", lower is better")
+        figs = ["error" if i in r.errors else _fmt(r.median(i)) for i in ("polyproc", "stdlib")]
+        ratio = r.ratio
+        rtext = "-" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}x"
+        verdict = {True: "yes", False: "**no**", None: "-"}[r.met]
+        target = _target_text(r).replace(">=", "≥ ").replace("<=", "≤ ")
+        lines.append(f"| {r.module.removeprefix('bench_')}: {r.case.name} | {unit} | {figs[0]} | "
+                     f"{figs[1]} | {rtext} | {target} | {verdict} |")
+    info = machine_info()
+    lines += ["", f"Medians of `polyproc bench` on {info['cpu']} x{info['cpus']}, Python "
+                  f"{info['python']}, {info['platform']}, {info['date']}."]
+    return "\n".join(lines) + "\n"
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on, for the README and --json."""
     model = platform.processor() or platform.machine()
@@ -407,6 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="only the quick subset (about a minute)")
     p.add_argument("--json", metavar="PATH", type=Path, help="write every sample and median here")
     p.add_argument("--plot", metavar="PATH.png", type=Path, help="bar chart of ratios (matplotlib)")
+    p.add_argument("--markdown", metavar="PATH", type=Path, help="the table as Markdown (README)")
     p.add_argument("--filter", metavar="SUBSTR", action="append", default=[],
                    help="only cases whose 'module:name' contains SUBSTR (repeatable)")
     p.add_argument("--repeat", metavar="N", type=int, help="runs per impl (default: per case)")
@@ -460,6 +481,9 @@ def bench_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=2) + "\n")
         print(f"wrote {args.json}", file=out)
+    if args.markdown:
+        args.markdown.write_text(format_markdown(results))
+        print(f"wrote {args.markdown}", file=out)
     status = 1 if broken or any(r.errors for r in results) else 0
     if args.plot:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import select
 import socket
 import stat
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 from ._protocol.framing import HEADER, Kind, decode_header, decode_lengths, encode_header
 from ._serialize import DEFAULT_SERIALIZER, Payload, Serializer, fd_handle
 from ._transport import FdStream, Stream, UnixStream, stream_for_socket
-from .errors import BufferTooShort, ClosedResourceError, ProtocolError
+from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
 
@@ -37,6 +38,7 @@ _HDR = HEADER.size
 _CHUNK = 1 << 16
 #: Under this, header and body are joined into one write: one syscall beats writev.
 _COALESCE = 1 << 14
+_TRUST = 64 << 20  # bytes allocated up front for one frame part; more as they arrive
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -216,17 +218,24 @@ class Connection:
             out = bytearray(buf[:count]) if mutable else bytes(buf[:count])
             del buf[:count]
             return out
-        target = bytearray(count)
+        # Allocate what a header promises only as bytes arrive (doubling past 64 MiB), so a
+        # hostile length prefix costs nothing until the peer actually sends that much.
+        target = bytearray(min(count, _TRUST))
         view = memoryview(target)
         have = min(len(buf), count)
         view[:have] = buf[:have]
         del buf[:have]
         while have < count:
+            if have == len(target):
+                view.release()
+                target.extend(bytes(min(count, 2 * len(target)) - len(target)))
+                view = memoryview(target)
             n = stream.read_into(view[have:])
             if n == 0:
                 self.close()
                 raise ProtocolError("truncated frame: the peer closed in the middle of a message")
             have += n
+        view.release()
         return target
 
     def _read_frame(self, max_size: int | None = None) -> tuple[Kind, Any, list[Any], list[int]]:
@@ -315,10 +324,12 @@ class Connection:
             return self._ser.loads(body, buffers, fds)
         except (EOFError, ProtocolError):
             raise
+        except pickle.UnpicklingError as exc:
+            raise CorruptMessageError(f"received a message that is not a valid pickle: {exc}") from exc
         except Exception as exc:
             if kind is Kind.PICKLE:
-                raise
-            raise ProtocolError(f"received bytes that are not a pickled object: {exc}") from exc
+                raise  # the object's own error while being rebuilt (an import, a __setstate__)
+            raise CorruptMessageError(f"received bytes that are not a pickled object: {exc}") from exc
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Is there data (or EOF) to read? Waits up to ``timeout`` seconds (None: forever)."""

@@ -467,3 +467,8 @@ def check_not_started(p: BaseProcess) -> None:
 
 
 _STATE = _State()
+
+# Objects of classes defined in __main__ that a spawn/forkserver child sends back are
+# pickled as "__mp_main__.<name>" (the child runs our main under that name): make that
+# name resolve here too, as the stdlib does.
+sys.modules.setdefault("__mp_main__", sys.modules["__main__"])

@@ -16,6 +16,7 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
     │   ├── SerializationError(pickle.PicklingError)   argument/result cannot be pickled
     │   └── StartError                                 a child could not be started
     ├── ProtocolError(OSError)                         garbage, torn or oversize frame on a wire
+    │   └── CorruptMessageError(UnpicklingError)       a well-framed message that is not a pickle
     ├── ClosedResourceError(OSError)                   closed *by you*, then used
     ├── BrokenResourceError(OSError)                   broken *underneath you* (peer or server died)
     │   └── ManagerUnavailableError(ConnectionRefusedError)  no manager server answers there
@@ -48,6 +49,7 @@ __all__ = [
     "SerializationError",
     "StartError",
     "ProtocolError",
+    "CorruptMessageError",
     "ClosedResourceError",
     "BrokenResourceError",
     "ManagerUnavailableError",
@@ -97,6 +99,10 @@ class StartError(ProcessError):
 
 class ProtocolError(PolyprocError, OSError):
     """Bytes on a wire that are not a valid polyproc frame: garbage, torn or oversize."""
+
+
+class CorruptMessageError(ProtocolError, pickle.UnpicklingError):
+    """A well-framed message whose body is not a valid pickle (garbage inside a frame)."""
 
 
 class ClosedResourceError(PolyprocError, OSError):

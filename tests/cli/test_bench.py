@@ -123,6 +123,8 @@ def test_table_and_json_shapes() -> None:
     table = _bench.format_table([r])
     assert "fake: rate" in table and "2.00x" in table and ">=1.5x" in table
     assert "n/a" in table and "yes" in table
+    md = _bench.format_markdown([r])
+    assert "| fake: rate | ops/s | 10.00 | 5.00 | 2.00x | ≥ 1.5x | yes |" in md
     data = json.loads(json.dumps(_bench.results_json([r])))
     assert data["cases"][0]["medians"] == {"polyproc": 10.0, "stdlib": 5.0}
     assert data["cases"][0]["met"] is True and data["machine"]["cpus"] == os.cpu_count()

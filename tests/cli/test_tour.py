@@ -104,3 +104,45 @@ def test_whole_tour_exits_zero_in_seconds() -> None:
     assert seconds < 30, last
     for s in SECTIONS:
         assert f"[polyproc tour {s.name}]" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_shared_array_skips_without_numpy(tmp_path: Path) -> None:
+    # A fresh install has no NumPy: shadow it with a package whose import fails.
+    fake = tmp_path / "numpy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no NumPy in this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(SRC)]))
+    proc = subprocess.run([sys.executable, "-m", "polyproc", "tour", "shared-array"], env=env,
+                          capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped: NumPy is not installed" in proc.stdout
+    assert "1 skipped (shared-array)" in proc.stdout
+
+
+def test_cli_without_a_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from polyproc.cli import main
+
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "tour" in out and "bench" in out
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_section_is_stopped_by_the_watchdog() -> None:
+    code = (
+        "import sys, time, types\n"
+        "from polyproc._tour import Section, run_section\n"
+        "m = types.ModuleType('polyproc._tour.hang')\n"
+        "def demo():\n"
+        "    time.sleep(50)  # stands for a section that hangs\n"
+        "m.demo = demo\n"
+        "sys.modules['polyproc._tour.hang'] = m\n"
+        "run_section(Section('hang', 'Hang', 'never ends', 'hang', 'demo'), timeout=1)\n"
+        "print('not reached')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=50, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "Timeout" in proc.stderr and "not reached" not in proc.stdout

@@ -171,3 +171,16 @@ GREETERS: dict[str, type[Greeter]] = {
 def write_fd(fd: int, text: str) -> None:
     """Write to an fd directly (under pytest, sys.stdout of a fork child is pytest's object)."""
     os.write(fd, text.encode())
+
+
+def start_sleeper_and_report(conn: Any, method: str) -> None:
+    """Start a grandchild that would sleep for an hour; report its pid; wait to be killed."""
+    g = polyproc.get_context(method).Process(target=sleep_forever)
+    g.start()
+    conn.send(g.pid)
+    time.sleep(3600)
+
+
+def serializer_threshold(conn: Any) -> None:
+    conn.send(polyproc.current_process()._context().serializer.oob_threshold)
+    conn.close()

@@ -26,7 +26,7 @@ from polyproc._protocol.framing import (
     decode_lengths,
     encode_header,
 )
-from polyproc.errors import ProtocolError
+from polyproc.errors import PolyprocError, ProtocolError
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 kinds = st.sampled_from(list(Kind))
@@ -35,6 +35,7 @@ lengths_tables = st.lists(U64, max_size=8)
 pytestmark = pytest.mark.timeout(60)
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(kind=kinds, body=U64, nfds=st.integers(0, 255))
 def test_header_round_trip(kind: Kind, body: int, nfds: int) -> None:
     raw = encode_header(kind, body, nfds=nfds)
@@ -42,6 +43,7 @@ def test_header_round_trip(kind: Kind, body: int, nfds: int) -> None:
     assert decode_header(raw) == Header(kind, nfds, 0, body)
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(body=U64, table=lengths_tables, nfds=st.integers(0, 255))
 def test_pickle_header_with_buffer_table_round_trip(body: int, table: list[int], nfds: int) -> None:
     raw = encode_header(Kind.PICKLE, body, table, nfds=nfds)
@@ -52,6 +54,7 @@ def test_pickle_header_with_buffer_table_round_trip(body: int, table: list[int],
     assert decode_lengths(raw, 16, head.nbuffers) == table
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(prefix=st.binary(max_size=32), kind=kinds, body=U64)
 def test_decode_at_an_offset(prefix: bytes, kind: Kind, body: int) -> None:
     raw = prefix + encode_header(kind, body)
@@ -59,6 +62,7 @@ def test_decode_at_an_offset(prefix: bytes, kind: Kind, body: int) -> None:
     assert decode_header(memoryview(bytearray(raw)), len(prefix)).body_length == body
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(raw=st.binary(min_size=16, max_size=16))
 def test_any_sixteen_bytes_decode_or_raise_protocol_error(raw: bytes) -> None:
     try:
@@ -71,6 +75,7 @@ def test_any_sixteen_bytes_decode_or_raise_protocol_error(raw: bytes) -> None:
         assert HEADER.pack(MAGIC, head.kind, head.nfds, head.nbuffers, head.body_length) == raw
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(magic=st.integers(0, 0xFFFF), kind=kinds, body=U64)
 def test_wrong_magic_is_garbage(magic: int, kind: Kind, body: int) -> None:
     assume(magic != MAGIC)
@@ -78,24 +83,28 @@ def test_wrong_magic_is_garbage(magic: int, kind: Kind, body: int) -> None:
         decode_header(HEADER.pack(magic, kind, 0, 0, body))
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(kind=st.integers(0, 255).filter(lambda k: k not in set(Kind)))
 def test_unknown_kind_is_garbage(kind: int) -> None:
     with pytest.raises(ProtocolError, match="kind"):
         decode_header(HEADER.pack(MAGIC, kind, 0, 0, 1))
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(kind=st.sampled_from([k for k in Kind if k is not Kind.PICKLE]), n=st.integers(1, 2**32 - 1))
 def test_buffers_only_in_pickle_frames(kind: Kind, n: int) -> None:
     with pytest.raises(ProtocolError):
         decode_header(HEADER.pack(MAGIC, kind, 0, n, 0))
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(n=st.integers(MAX_BUFFERS + 1, 2**32 - 1))
 def test_buffer_count_is_bounded(n: int) -> None:
     with pytest.raises(ProtocolError):
         decode_header(HEADER.pack(MAGIC, Kind.PICKLE, 0, n, 0))
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(body=U64, limit=U64)
 def test_max_size_bounds_the_body(body: int, limit: int) -> None:
     raw = encode_header(Kind.BYTES, body)
@@ -106,6 +115,7 @@ def test_max_size_bounds_the_body(body: int, limit: int) -> None:
         assert decode_header(raw, 0, limit).body_length == body
 
 
+@settings(deadline=None)  # timing on a loaded 2-core machine is no property
 @given(table=st.lists(st.integers(0, 2**40), min_size=1, max_size=6), limit=st.integers(0, 2**42))
 def test_max_size_bounds_the_buffers(table: list[int], limit: int) -> None:
     raw = encode_header(Kind.PICKLE, 0, table)
@@ -163,7 +173,7 @@ def test_frames_keep_boundaries_on_a_stream(batch: list[object]) -> None:
 
 
 def _read_all_then_end(raw: bytes) -> list[object]:
-    """Write ``raw`` (then hang up) into a Connection and read until it raises."""
+    """Write ``raw`` (then hang up) into a Connection and read until it raises a polyproc error."""
     conn, peer = _pair()
     fd = peer._stream.fd  # type: ignore[union-attr]
     writer = threading.Thread(target=lambda: (os.write(fd, raw) if raw else None, peer.close()))
@@ -173,7 +183,7 @@ def _read_all_then_end(raw: bytes) -> list[object]:
         with conn:
             for _ in range(len(raw) + 2):  # each frame eats >= 16 bytes: this bounds the loop
                 got.append(conn.recv_bytes(maxlength=1 << 20))
-    except (EOFError, ProtocolError):
+    except (EOFError, PolyprocError):  # ProtocolError; BrokenResourceError if fds were promised
         pass
     finally:
         writer.join(10)

@@ -264,7 +264,7 @@ def test_default_names_count_up(ctx: Any) -> None:
         p.close()
 
 
-def test_child_sees_itself_and_its_parent(ctx: Any) -> None:
+def test_child_sees_itself_and_its_parent(ctx: Any, start_method: str) -> None:
     me = polyproc.current_process()
     assert me.name == "MainProcess"
     assert polyproc.parent_process() is None
@@ -282,7 +282,8 @@ def test_child_sees_itself_and_its_parent(ctx: Any) -> None:
     assert info["parent_pid"] == os.getpid()
     assert info["parent_alive"] is True
     assert info["active_children"] == []
-    assert info["mp_imported"] is False  # polyproc never imports the stdlib's multiprocessing
+    if start_method != "fork":  # a fork child has whatever this test process imported
+        assert info["mp_imported"] is False  # polyproc never imports the stdlib's multiprocessing
 
 
 def test_daemon_flag(ctx: Any) -> None:
@@ -388,12 +389,6 @@ def test_child_writes_to_the_parents_current_stdout(
     ctx: Any, start_method: str, tmp_path: Any, request: pytest.FixtureRequest
 ) -> None:
     """A redirect of fd 1 made after an earlier start (which may leave a spare booted) is honoured."""
-    if start_method == "spawn":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=
-            "spawn's spare interpreter (_launch/spawn.py _Spares) keeps the stdio fds it was "
-            "booted with: a child started after the parent redirects fd 1/2 writes to the old "
-            "target. Fix: send fds 0-2 with the start message and dup2 them in child_main."
-        ))
     _started(ctx, _targets.noop).join()  # boots a spare where there is such a thing
     out = tmp_path / "out.txt"
     saved = os.dup(1)
@@ -407,3 +402,40 @@ def test_child_writes_to_the_parents_current_stdout(
         os.close(saved)
     assert p.exitcode == 0
     assert out.read_text() == "to the redirected stdout\n"
+
+
+# -- a killed child takes its own children along ------------------------------------------------------
+
+
+def test_grandchild_dies_when_its_parent_is_sigkilled(ctx: Any, start_method: str) -> None:
+    """Under forkserver the grandchild is the server's child: the server kills it for the dead client."""
+    r, w = polyproc.Pipe(duplex=False)
+    p = _started(ctx, _targets.start_sleeper_and_report, w, start_method)
+    w.close()
+    grandchild = psutil.Process(r.recv())
+    p.kill()
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+    try:
+        grandchild.wait(5)  # reaped by whoever its parent now is
+    except psutil.TimeoutExpired:
+        if grandchild.status() != psutil.STATUS_ZOMBIE:
+            grandchild.kill()
+            pytest.fail("the grandchild outlived its SIGKILLed parent")
+
+
+# -- the context's serializer travels with the Process -------------------------------------------------
+
+
+def test_a_context_with_its_own_serializer(start_method: str) -> None:
+    from polyproc._serialize import Serializer
+
+    ctx = polyproc.Context(start_method, Serializer(oob_threshold=1024))
+    assert ctx.Process is not polyproc.get_context(start_method).Process
+    r, w = polyproc.Pipe(duplex=False)
+    p = ctx.Process(target=_targets.serializer_threshold, args=(w,))
+    p.start()
+    w.close()
+    assert r.recv() == 1024
+    p.join()
+    assert p.exitcode == 0

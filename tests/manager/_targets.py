@@ -136,3 +136,18 @@ def env_with_src() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.join(root, "src"), root] + sys.path)
     return env
+
+
+def append_then_signal(lst: Any, n: int, conn: Any) -> None:
+    for i in range(n):
+        lst.append(i)  # fire-and-forget: no reply is awaited
+    conn.send("done")
+
+
+class Picky(dict):  # type: ignore[type-arg]
+    """A mapping whose __setitem__ can fail on the server (to test deferred async errors)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if value == "bad":
+            raise ValueError("picky says no")
+        super().__setitem__(key, value)

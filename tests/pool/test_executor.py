@@ -41,7 +41,8 @@ def test_submit_map_as_completed_wait(ctx: Any) -> None:
 
 def test_map_timeout_is_a_deadline_for_the_iteration(ctx: Any) -> None:
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        it = ex.map(h.nap, [0, 5], timeout=0.3)
+        assert ex.submit(h.inc, 0).result() == 1   # workers up: the deadline is for map
+        it = ex.map(h.nap, [0, 1.0], timeout=0.3)
         assert next(it) == 0
         with pytest.raises(TimeoutError):
             next(it)

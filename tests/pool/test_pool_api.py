@@ -125,8 +125,11 @@ def test_explicit_chunksize_is_honoured_and_auto_batches_grow(ctx: Any) -> None:
             orig(a)
 
         pool._engine._send_batch = spy  # type: ignore[method-assign]
-        pool.map(h.inc, range(70), chunksize=7)
+        pool.map(h.nap, [0.001] * 21, chunksize=7)   # slow enough: one chunk per batch
         assert set(sent) == {7}
+        sent.clear()
+        pool.map(h.inc, range(7000), chunksize=7)     # tiny: whole chunks, several a frame
+        assert all(n % 7 == 0 for n in sent) and max(sent) > 7
         sent.clear()
         assert pool.map(h.inc, range(200_000)) == list(range(1, 200_001))
         assert max(sent) >= 100 and len(sent) < 20_000, (max(sent), len(sent))
@@ -178,7 +181,7 @@ def test_a_million_item_stream_with_a_slow_consumer_keeps_memory_flat() -> None:
     ctx = polyproc.get_context("fork")
     with Pool(2, context=ctx) as pool:
         worst = 0
-        for n, v in enumerate(pool.imap_unordered(h.inc, gen()), 1):
+        for n, _v in enumerate(pool.imap_unordered(h.inc, gen()), 1):
             if n % 1000 == 0:
                 worst = max(worst, pulled - n)
         assert n == 1_000_000
@@ -261,6 +264,7 @@ def test_thread_pool_and_dummy() -> None:
 
 # -- the tutorial's programs, with the import swapped ------------------------------------
 _PROGRAM = """
+import logging
 import time
 import polyproc as multiprocessing
 

@@ -217,7 +217,7 @@ def test_cancelled_single_is_dropped_before_sending() -> None:
     h = Harness(1)
     h.ready_all()
     f = fn()
-    a = single(f, 1, claim=lambda: False)
+    a = single(f, 1, claim=lambda job: False)
     h.s.add_job(a)
     h.drain()
     assert h.sent == [] and h.s.idle()
@@ -252,7 +252,7 @@ def test_ordered_results_wait_in_reorder_buffer() -> None:
 def test_explicit_chunksize_is_honoured() -> None:
     h = Harness(2)
     h.ready_all()
-    job = map_job(fn(est=1e-6), range(100), chunksize=7)
+    job = map_job(fn(est=0.01), range(100), chunksize=7)
     h.s.add_job(job)
     h.drain()
     sizes = []
@@ -264,6 +264,24 @@ def test_explicit_chunksize_is_honoured() -> None:
             sizes.append(len(s.batch))
             h.answer(s)
     assert sizes == [7] * 14 + [2]
+
+
+def test_tiny_tasks_travel_several_whole_chunks_to_a_frame() -> None:
+    h = Harness(2)
+    h.ready_all()
+    job = map_job(fn(est=1e-6), range(10_000), chunksize=7)
+    h.s.add_job(job)
+    h.drain()
+    sizes = []
+    for _ in range(1000):
+        sends = h.take_sends()
+        if not sends:
+            break
+        for s in sends:
+            sizes.append(len(s.batch))
+            h.answer(s)
+    assert sum(sizes) == 10_000
+    assert all(n % 7 == 0 for n in sizes[:-1]) and max(sizes) > 7
 
 
 def test_adaptive_batch_size_grows_for_tiny_tasks_and_stays_one_for_slow() -> None:

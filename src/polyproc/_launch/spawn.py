@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,31 @@ def start(process: BaseProcess, ctx: Context) -> PidfdHandle:
     )
     conn, handle = _SPARES.take()
     with launch_errors(handle), conn:
-        conn.send({"parent_pid": os.getpid(), "prep": preparation_data()})
+        head = {"parent_pid": os.getpid(), "prep": preparation_data(), "env": dict(os.environ)}
+        conn.send(_with_stdio(head))
         conn.send_payload(payload)
     return handle
+
+
+def _with_stdio(head: dict[str, Any]) -> dict[str, Any]:
+    """Carry our *current* fds 0-2, so a child started after a redirect writes where we do."""
+    from .._serialize import fd_handle
+
+    stdio: list[Any] = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            stdio.append(None)
+        else:
+            stdio.append(fd_handle(fd))
+    head["stdio"] = stdio
+    return head
+
+
+def _boot_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that act when an interpreter boots; only these make a spare stale."""
+    return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LD_", "MALLOC"))}
 
 
 class _Spares:
@@ -81,7 +103,7 @@ class _Spares:
             spare, self.spare = self.spare, None
         if spare is not None:
             conn, handle, env = spare
-            if env == os.environ and handle.poll() is None:
+            if env == _boot_env(os.environ) and handle.poll() is None:
                 self._refill()
                 return conn, handle
             conn.close()  # stale: it exits on EOF
@@ -95,7 +117,7 @@ class _Spares:
         conn, handle = spawn_interpreter("polyproc-spare")
         with self.lock:
             if self.spare is None:
-                self.spare = (conn, handle, dict(os.environ))
+                self.spare = (conn, handle, _boot_env(os.environ))
                 return
         conn.close()
         handle.wait(5.0)
@@ -144,6 +166,13 @@ def child_main(fd: int) -> None:
         if sys.argv[1] == "polyproc-spare":
             set_comm("polyproc-spare")  # an idle spare is not a leaked child (tests/conftest.py)
         head = conn.recv()
+        for std, fd in enumerate(head.get("stdio", ())):
+            if fd is not None:
+                os.dup2(fd, std)
+                os.close(fd)
+        if "env" in head:  # the spare booted with an older environment
+            os.environ.clear()
+            os.environ.update(head["env"])
         prepare(head["prep"])
         obj: Any = conn.recv()
     except EOFError:  # the parent gave up on us (it died, or the launch failed)

@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import atexit
 import os
-import ssl
 import threading
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from .._protocol import auth
 from ..errors import AuthenticationError, ProtocolError
-from .wire import Address, FrameSocket, Op, broken, connect_socket, dumps, encode
+from .wire import Address, FrameSocket, Op, broken, connect_socket, dumps, encode, loads
 
-__all__ = ["Channel", "request", "Ref", "release", "remember", "credentials_for", "current_authkey"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["Channel", "request", "post", "Ref", "release", "remember", "credentials_for",
+           "current_authkey"]
 
 #: Seconds a connect plus handshake may take before the server is declared unreachable.
 CONNECT_TIMEOUT = 20.0
@@ -175,12 +179,38 @@ def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tu
             fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(op, body))
         else:
             fs.send(op, body)
-        return fs.recv()
+        rop, rbody = fs.recv()
+        while rop == Op.ASYNC_ERROR:
+            warnings.warn(f"an earlier fire-and-forget manager call failed: {loads(rbody)}",
+                          RuntimeWarning, stacklevel=3)
+            rop, rbody = fs.recv()
+        return rop, rbody
     except BaseException as exc:
         # Whatever happened (the server died, Ctrl+C mid-read), this stream can no
         # longer be trusted to be at a frame boundary: forget it.
         drop_channel(address)
         if isinstance(exc, (OSError, EOFError)) and not isinstance(exc, TimeoutError):
+            raise broken(address, exc) from exc
+        raise
+
+
+def post(address: Address, authkey: bytes | None, body: bytes) -> None:
+    """Send a CALL_ASYNC (no reply comes): ``lst.append(x)``, ``d[k] = v``.
+
+    The write completes before we return, so the bytes sit in the server's socket
+    buffer before this process can tell anyone else about the change (see loop.py).
+    """
+    ch = _channel(address, authkey)
+    try:
+        if _state.decrefs.get(address):
+            with _state.lock:
+                ids = _state.decrefs.pop(address, [])
+            ch.fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(Op.CALL_ASYNC, body))
+        else:
+            ch.fs.send(Op.CALL_ASYNC, body)
+    except BaseException as exc:
+        drop_channel(address)
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
             raise broken(address, exc) from exc
         raise
 

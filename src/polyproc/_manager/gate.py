@@ -24,15 +24,18 @@ from __future__ import annotations
 import os
 import selectors
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .._protocol import auth
 from ..errors import AuthenticationError, ProtocolError
-from .wire import FrameDecoder, Op, encode
+from .wire import FrameDecoder, Op, encode, tls_pending, want_errors
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Gate"]
 
@@ -171,7 +174,7 @@ class Gate:
             if p.tls_pending and not self._tls_step(p):
                 return
             self._flush(p)
-            if mask & selectors.EVENT_READ or (isinstance(p.sock, ssl.SSLSocket) and p.sock.pending()):
+            if mask & selectors.EVENT_READ or tls_pending(p.sock):
                 if not self._read(p):
                     return
             self._flush(p)
@@ -187,13 +190,15 @@ class Gate:
                 p.out += encode(Op.AUTH, p.hs.farewell)
                 try:
                     self._flush(p)
-                except (OSError, ssl.SSLError):
+                except OSError:  # ssl.SSLError is an OSError
                     pass
             self._drop(p)
         except (OSError, EOFError, ValueError):
             self._drop(p)
 
     def _tls_step(self, p: _Pending) -> bool:
+        import ssl  # a TLS handshake means the caller made an SSLContext: ssl is loaded
+
         assert isinstance(p.sock, ssl.SSLSocket)
         try:
             p.sock.do_handshake()
@@ -211,7 +216,7 @@ class Gate:
         while p.out:
             try:
                 n = p.sock.send(p.out)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            except want_errors():
                 return
             del p.out[:n]
 
@@ -220,7 +225,7 @@ class Gate:
         while True:
             try:
                 data = p.sock.recv(_READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except want_errors():
                 return True
             if not data:
                 self._drop(p)
@@ -238,5 +243,5 @@ class Gate:
                     p.out += encode(Op.AUTH, reply)
             if p.hs.state is auth.Step.DONE:
                 return True
-            if not (isinstance(p.sock, ssl.SSLSocket) and p.sock.pending()):
+            if not tls_pending(p.sock):
                 return True

@@ -57,6 +57,9 @@ class BaseProxy:
 
     _exposed_: tuple[str, ...] | None = None
     _method_to_typeid_: Mapping[str, str] | None = None
+    #: Methods whose result is always None and that cannot fail on the referent's
+    #: type: sent without waiting for a reply (see loop.py for why that stays ordered).
+    _async_methods_: frozenset[str] = frozenset()
     _isauto = False
 
     def __init__(
@@ -83,10 +86,13 @@ class BaseProxy:
         self._ref = client.Ref(owned=not incref)
         self._manager_owned = manager_owned
         server = client._state.server
-        if server is not None and server.address == token.address and incref:
-            # Rebuilt inside the server itself: count directly, no connection needed.
-            server.incref(token.id)
-            self._ref.owned = True
+        self._local_server: Any = None
+        if server is not None and server.address == token.address:
+            # Inside the server itself: count and call directly, no connection needed.
+            self._local_server = server
+            if incref:
+                server.incref(token.id)
+                self._ref.owned = True
         weakref.finalize(self, client.release, token.address, token.id, self._ref)
 
     # -- calling --------------------------------------------------------------
@@ -94,7 +100,16 @@ class BaseProxy:
                     kwds: Mapping[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the referent and return its result (or raise its error)."""
         ref = self._ref
-        op = Op.CALL if ref.owned else Op.CALL_INCREF
+        if self._local_server is not None and self._local_server is client._state.server:
+            return self._call_local(methodname, args, kwds)
+        if ref.owned:
+            if methodname in self._async_methods_:
+                client.post(self._address, self._authkey,
+                            dumps((self._id, methodname, args, kwds or None)))
+                return None
+            op = Op.CALL
+        else:
+            op = Op.CALL_INCREF
         rop, body = client.request(self._address, self._authkey, op,
                                    dumps((self._id, methodname, args, kwds or None)))
         if rop == Op.RESULT:
@@ -102,6 +117,17 @@ class BaseProxy:
                 ref.owned = True
             return loads(body)
         return self._unusual_reply(op, rop, body)
+
+    def _call_local(self, methodname: str, args: tuple[Any, ...],
+                    kwds: Mapping[str, Any] | None) -> Any:
+        kind, value = self._local_server.call_local(self._id, methodname, args, kwds)
+        if kind == "result":
+            return value
+        if kind == "proxy":
+            ident, typeid, exposed = value
+            return make_proxy(Token(typeid, self._address, ident), self._manager_cls,
+                              self._manager, self._authkey, exposed)
+        raise RemoteError(value)
 
     def _unusual_reply(self, op: int, rop: int, body: Any) -> Any:
         if rop == Op.FAULT:

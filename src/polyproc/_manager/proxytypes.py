@@ -12,6 +12,7 @@ one round trip for a snapshot (the stdlib takes one per item), and comparisons
 
 from __future__ import annotations
 
+import array
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from .proxy import BaseProxy, MakeProxyType
 __all__ = [
     "Namespace",
     "Value",
+    "make_array",
     "BaseListProxy",
     "ListProxy",
     "DictProxy",
@@ -68,6 +70,11 @@ class Value:
     value = property(get, set)
 
 
+def make_array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]:
+    """What ``SyncManager.Array`` makes on the server (``lock`` is accepted and unneeded)."""
+    return array.array(typecode, sequence)
+
+
 # -- client side ---------------------------------------------------------------------
 _COMPARE = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
 
@@ -80,6 +87,8 @@ BaseListProxy = MakeProxyType("BaseListProxy", (
 
 
 class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
+    _async_methods_ = frozenset({"append", "insert"})
+
     def __iadd__(self, value: Any) -> ListProxy:
         self._callmethod("extend", (value,))
         return self
@@ -99,6 +108,12 @@ class DictProxy(MakeProxyType("DictProxy", (  # type: ignore[misc]
     "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
     "__or__", "__ror__", "__ior__", *_COMPARE,
 ))):
+    _async_methods_ = frozenset({"__setitem__"})
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        hash(key)  # the one way dict.__setitem__ fails: raise it here, before going async
+        self._callmethod("__setitem__", (key, value))
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self._callmethod("keys"))
 
@@ -114,6 +129,7 @@ ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__
 
 class NamespaceProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+    _async_methods_ = frozenset({"__setattr__"})
 
     def __getattr__(self, key: str) -> Any:
         if key[0] == "_":
@@ -135,6 +151,7 @@ class NamespaceProxy(BaseProxy):
 
 class ValueProxy(BaseProxy):
     _exposed_ = ("get", "set")
+    _async_methods_ = frozenset({"set"})
 
     def get(self) -> Any:
         return self._callmethod("get")

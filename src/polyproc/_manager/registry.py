@@ -18,15 +18,18 @@ STARTED | CONNECTED -> SHUTDOWN, and anything else raises.
 from __future__ import annotations
 
 import enum
-import ssl
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
 from .server import Server, TypeSpec, serve_in_child
 from .wire import Address, Op, default_address, dumps, loads
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["BaseManager", "State"]
 
@@ -129,6 +132,13 @@ class BaseManager:
             raise TypeError("initializer must be a callable")
         self._move("start")
         ctx = self._context()
+        if (ctx.start_method == "forkserver" and threading.active_count() == 1
+                and threading.current_thread() is threading.main_thread()):
+            # The forkserver exists because forking a process that has threads can
+            # deadlock the child on a lock another thread held. With no other thread
+            # there is no such lock, and fork starts the server ~10x sooner than
+            # spawning the template first (the stdlib's default before 3.14 is fork).
+            ctx = ctx.get_context("fork")
         reader, writer = ctx.Pipe(duplex=True)
         address = self._address if self._address is not None else default_address()
         ssl_context = self._ssl if ctx.start_method == "fork" else None

@@ -1,20 +1,21 @@
-"""The manager server: a table of objects, and one thread per authenticated connection.
+"""The manager server: a table of objects served to authenticated connections.
 
 ::
 
-    Gate (selector thread): accept -> [TLS] -> mutual HMAC -> on_ready(sock)
-                                                                |
-    serving thread per connection:  recv frame -> decode -> objects[id].method(*args)
-                                    <- RESULT / ERROR / PROXY / FAULT
+    Gate (selector thread): accept -> [TLS] -> mutual HMAC -> ServeLoop.add(sock)
+    ServeLoop (one thread, see loop.py): frames -> decode() -> run() -> reply frames
+                                         calls that may block -> a worker per connection
+    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick)}
 
-    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs)}
+``decode`` unpickles a request and says whether it is *quick*: a call on a
+``list``, ``dict``, ``Namespace``, ``Value`` or ``array`` (their methods never
+block), or the creation of a standard type. Anything else (``Queue.get``, locks,
+a Pool, a user class) runs on the connection's worker thread, as the stdlib's
+thread per connection would have run it.
 
-A serving thread does recv -> call -> send with no lock of its own: the objects
-are ordinary Python objects (``list``, ``queue.Queue``, ``threading.Lock``) whose
-own thread safety is what the stdlib's manager offers too. Only the reference
-counts (create/incref/decref) take ``_lock``; an object whose count reaches zero
-is dropped *outside* the lock, because dropping it may run a nested proxy's
-finalizer, which decrefs again.
+Only the reference counts (create/incref/decref) take ``_lock``; an object
+whose count reaches zero is dropped *outside* the lock, because dropping it may
+run a nested proxy's finalizer, which decrefs again.
 
 Nothing a client sends is unpickled before the gate has authenticated it; after
 that, an authenticated peer can run code here (pickle): that is the threat model
@@ -23,26 +24,41 @@ that, an authenticated peer can run code here (pickle): that is the threat model
 
 from __future__ import annotations
 
+import array
 import itertools
+import queue
 import signal
 import socket
-import ssl
 import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ProtocolError
 from . import client
 from .gate import Gate
-from .wire import Address, FrameSocket, Op, dumps, listen_socket, loads
+from .loop import ServeLoop
+from .proxytypes import Namespace, Value, make_array
+from .wire import Address, Op, dumps, encode, listen_socket, loads
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["TypeSpec", "Server", "serve_in_child"]
 
 #: Method names every object answers, exposed or not (as the stdlib's fallbacks).
 _FALLBACKS = frozenset({"__str__", "__repr__", "#GETVALUE"})
 _VIEW_TYPES: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+_NONE = dumps(None)
+#: Requests that never block and are cheap: run on the loop thread itself.
+_QUICK_OPS = frozenset({Op.DECREF, Op.PING, Op.STATS, Op.SHUTDOWN})
+#: Objects whose methods never block (run on the loop thread) ...
+_QUICK_TYPES = frozenset({list, dict, Namespace, Value, array.array})
+#: ... and constructors that never block (SyncManager's standard types).
+_QUICK_CREATORS = frozenset({list, dict, Namespace, Value, make_array, queue.Queue, threading.Event,
+                             threading.Lock, threading.RLock, threading.Semaphore,
+                             threading.BoundedSemaphore, threading.Condition, threading.Barrier})
 
 
 class TypeSpec(NamedTuple):
@@ -61,6 +77,7 @@ class Entry:
     exposed: frozenset[str]
     method_to_typeid: Mapping[str, str]
     refs: int
+    quick: bool  # its methods never block: run them on the loop thread
 
 
 class Server:
@@ -77,7 +94,7 @@ class Server:
         self._objects: dict[int, Entry] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._conns: set[FrameSocket] = set()
+        self._loop = ServeLoop(self.decode, self.run)
         self.stop_event = threading.Event()
         self._gate = Gate(self._listener, authkey, self._on_ready, ssl_context=ssl_context,
                           timeout=handshake_timeout, max_pending=max_pending)
@@ -91,6 +108,7 @@ class Server:
         self._started = True
         client._state.server = self
         client.remember(self.address, self.authkey, None)
+        self._loop.start()
         self._gate.start()
 
     def serve_forever(self) -> None:
@@ -111,19 +129,13 @@ class Server:
             self._listener.close()
         except OSError:
             pass
-        with self._lock:
-            conns = list(self._conns)
-        for fs in conns:
-            try:
-                fs.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._loop.stop()
         if client._state.server is self:
             client._state.server = None
 
     def statistics(self) -> dict[str, int]:
         """Objects held, connections served, handshakes refused (and pending)."""
-        return {"objects": len(self._objects), "connections": len(self._conns),
+        return {"objects": len(self._objects), "connections": len(self._loop.conns),
                 "rejected": self._gate.rejected, "pending": self._gate.pending}
 
     # -- the table ---------------------------------------------------------------
@@ -139,7 +151,7 @@ class Server:
         m2t = spec.method_to_typeid
         if m2t is None and spec.proxytype is not None:
             m2t = getattr(spec.proxytype, "_method_to_typeid_", None)
-        entry = Entry(obj, typeid, frozenset(exposed), dict(m2t or {}), 1)
+        entry = Entry(obj, typeid, frozenset(exposed), dict(m2t or {}), 1, type(obj) in _QUICK_TYPES)
         ident = next(self._ids)
         with self._lock:
             self._objects[ident] = entry
@@ -161,103 +173,126 @@ class Server:
                     dropped = self._objects.pop(ident)
         del dropped  # outside the lock: may run finalizers that decref (see docstring)
 
-    # -- serving ----------------------------------------------------------------
+    # -- serving (called by the loop, and by workers for calls that may block) --------
     def _on_ready(self, sock: socket.socket, leftover: bytes) -> None:
-        fs = FrameSocket(sock, leftover)
-        with self._lock:
-            self._conns.add(fs)
-        threading.Thread(target=self._serve, args=(fs,), name="polyproc-manager-conn",
-                         daemon=True).start()
+        self._loop.add(sock, leftover)
 
-    def _serve(self, fs: FrameSocket) -> None:
+    def decode(self, op: int, body: bytes) -> tuple[bool, Any]:
+        """``(quick, request)`` for a frame; ProtocolError ends a connection that sends nonsense."""
+        if op in _QUICK_OPS:
+            return True, loads(body) if op == Op.DECREF else None
         try:
-            while True:
-                op, body = fs.recv()
-                if op == Op.CALL or op == Op.CALL_INCREF:
-                    self._call(fs, op, body)
-                elif op == Op.DECREF:
-                    for ident in loads(body):
-                        self.decref(int(ident))
-                elif op == Op.CREATE:
-                    self._create(fs, body)
-                elif op == Op.PING:
-                    fs.send(Op.RESULT, dumps(None))
-                elif op == Op.STATS:
-                    fs.send(Op.RESULT, dumps(self.statistics()))
-                elif op == Op.SHUTDOWN:
-                    fs.send(Op.RESULT, dumps(None))
-                    self.stop()
-                    return
-                else:
-                    raise ProtocolError(f"unexpected {Op(op).name} frame from a client")
-        except (EOFError, OSError, ProtocolError):
-            pass  # the client went away, or spoke garbage: only this connection ends
-        except Exception:  # pragma: no cover - a bug: keep serving the others
-            traceback.print_exc()
-        finally:
-            with self._lock:
-                self._conns.discard(fs)
-            fs.close()
-
-    def _call(self, fs: FrameSocket, op: int, body: Any) -> None:
-        try:
-            ident, method, args, kwargs = loads(body)
+            request = loads(body)
         except Exception as exc:
-            fs.send(Op.FAULT, dumps(f"malformed request: {exc!r}"))
-            return
+            return True, _Malformed(exc)
+        if op == Op.CREATE:
+            spec = self.registry.get(request[0]) if isinstance(request, tuple) and request else None
+            return (spec is not None and spec.callable in _QUICK_CREATORS), request
+        if op in (Op.CALL, Op.CALL_INCREF, Op.CALL_ASYNC):
+            entry = self._objects.get(request[0]) if isinstance(request, tuple) and request else None
+            return (entry is None or entry.quick), request
+        raise ProtocolError(f"unexpected {Op(op).name} frame from a client")
+
+    def run(self, op: int, request: Any) -> bytes | None:
+        """Carry out one request; the encoded reply frame, or None when none is due."""
+        if isinstance(request, _Malformed):
+            return encode(Op.FAULT, dumps(f"malformed request: {request.exc!r}"))
+        if op == Op.CALL or op == Op.CALL_INCREF or op == Op.CALL_ASYNC:
+            return self._call(op, request)
+        if op == Op.DECREF:
+            for ident in request:
+                self.decref(int(ident))
+            return None
+        if op == Op.CREATE:
+            return self._create(request)
+        if op == Op.PING:
+            return encode(Op.RESULT, _NONE)
+        if op == Op.STATS:
+            return encode(Op.RESULT, dumps(self.statistics()))
+        if op == Op.SHUTDOWN:
+            self.stop_event.set()
+            return encode(Op.RESULT, _NONE)
+        return encode(Op.FAULT, dumps(f"unexpected {op}"))  # pragma: no cover
+
+    def _call(self, op: int, request: Any) -> bytes | None:
+        try:
+            ident, method, args, kwargs = request
+        except (TypeError, ValueError) as exc:
+            return encode(Op.FAULT, dumps(f"malformed request: {exc!r}"))
         entry = self._objects.get(ident)
         if entry is None:
-            fs.send(Op.FAULT, dumps(f"no object with id {ident!r} on this manager "
-                                    "(released, or it belongs to another server)"))
-            return
+            text = (f"no object with id {ident!r} on this manager "
+                    "(released, or it belongs to another server)")
+            return encode(Op.ASYNC_ERROR if op == Op.CALL_ASYNC else Op.FAULT, dumps(text))
         if op == Op.CALL_INCREF:
             self.incref(ident)
-        obj = entry.obj
         try:
-            if method in entry.exposed:
-                result = getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
-            elif method in _FALLBACKS:
-                result = obj if method == "#GETVALUE" else getattr(obj, method)()
-            else:
-                raise AttributeError(f"method {method!r} of {type(obj)!r} object is not in "
-                                     f"the list of allowed methods")
+            result = self.invoke(entry, method, args, kwargs)
         except Exception as exc:
-            self._send_error(fs, exc)
-            return
+            if op == Op.CALL_ASYNC:
+                return encode(Op.ASYNC_ERROR, dumps(f"{method}() failed on the manager: {exc!r}"))
+            return self._error(exc)
+        if op == Op.CALL_ASYNC:
+            return None
         typeid = entry.method_to_typeid.get(method) if entry.method_to_typeid else None
         if typeid is not None:
-            fs.send(Op.PROXY, dumps(self.register_object(result, typeid)))
-            return
+            return encode(Op.PROXY, dumps(self.register_object(result, typeid)))
+        if result is None:
+            return encode(Op.RESULT, _NONE)
         if type(result) in _VIEW_TYPES:
             result = list(result)  # dict views do not pickle; the stdlib sends lists too
         try:
-            data = dumps(result)
+            return encode(Op.RESULT, dumps(result))
         except Exception as exc:
-            fs.send(Op.FAULT, dumps(f"cannot send the result of {method!r}: {exc}"))
-            return
-        fs.send(Op.RESULT, data)
+            return encode(Op.FAULT, dumps(f"cannot send the result of {method!r}: {exc}"))
 
-    def _create(self, fs: FrameSocket, body: Any) -> None:
+    @staticmethod
+    def invoke(entry: Entry, method: str, args: Any, kwargs: Any) -> Any:
+        obj = entry.obj
+        if method in entry.exposed:
+            return getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
+        if method in _FALLBACKS:
+            return obj if method == "#GETVALUE" else getattr(obj, method)()
+        raise AttributeError(f"method {method!r} of {type(obj)!r} object is not in "
+                             f"the list of allowed methods")
+
+    def call_local(self, ident: int, method: str, args: Any, kwargs: Any) -> tuple[str, Any]:
+        """A call from a proxy living in this very process (nested proxies): no socket."""
+        entry = self._objects.get(ident)
+        if entry is None:
+            return "fault", f"no object with id {ident!r} on this manager"
+        result = self.invoke(entry, method, args, kwargs)
+        typeid = entry.method_to_typeid.get(method) if entry.method_to_typeid else None
+        if typeid is not None:
+            return "proxy", self.register_object(result, typeid)
+        return "result", result
+
+    def _create(self, request: Any) -> bytes:
         try:
-            typeid, args, kwargs = loads(body)
+            typeid, args, kwargs = request
             spec = self.registry[typeid]
             if spec.callable is None:
                 raise ValueError(f"typeid {typeid!r} has no callable registered on the server")
             obj = spec.callable(*args, **(kwargs or {}))
         except Exception as exc:
-            self._send_error(fs, exc)
-            return
-        fs.send(Op.PROXY, dumps(self.register_object(obj, typeid)))
+            return self._error(exc)
+        return encode(Op.PROXY, dumps(self.register_object(obj, typeid)))
 
     @staticmethod
-    def _send_error(fs: FrameSocket, exc: BaseException) -> None:
+    def _error(exc: BaseException) -> bytes:
         try:
             data = dumps(exc)
             loads(data)  # an exception that pickles but cannot unpickle must not poison the client
         except Exception:
-            fs.send(Op.FAULT, dumps("".join(traceback.format_exception(exc))))
-            return
-        fs.send(Op.ERROR, data)
+            return encode(Op.FAULT, dumps("".join(traceback.format_exception(exc))))
+        return encode(Op.ERROR, data)
+
+
+class _Malformed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 def _public(obj: Any) -> list[str]:

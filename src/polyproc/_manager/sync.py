@@ -7,7 +7,6 @@ managed pool is first made, so the manager works without the pool package.
 
 from __future__ import annotations
 
-import array
 import queue
 import threading
 from typing import Any
@@ -27,14 +26,11 @@ from .proxytypes import (
     QueueProxy,
     Value,
     ValueProxy,
+    make_array,
 )
 from .registry import BaseManager
 
 __all__ = ["SyncManager"]
-
-
-def _array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]:
-    return array.array(typecode, sequence)
 
 
 def _pool(*args: Any, **kwds: Any) -> Any:
@@ -60,7 +56,7 @@ SyncManager.register("Pool", _pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
 SyncManager.register("Value", Value, ValueProxy)
-SyncManager.register("Array", _array, ArrayProxy)
+SyncManager.register("Array", make_array, ArrayProxy)
 SyncManager.register("Namespace", Namespace, NamespaceProxy)
 # Types only ever returned by methods, never made directly:
 SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)

@@ -30,6 +30,7 @@ import os
 import pickle
 import socket
 import struct
+import sys
 from typing import Any
 
 from .._serialize import DEFAULT_SERIALIZER
@@ -48,6 +49,9 @@ __all__ = [
     "connect_socket",
     "listen_socket",
     "default_address",
+    "want_errors",
+    "is_tls",
+    "tls_pending",
 ]
 
 HEADER = struct.Struct("<IB")
@@ -71,10 +75,12 @@ class Op(enum.IntEnum):
     PING = 6  #: () -> RESULT None; ``connect()`` uses it
     SHUTDOWN = 7  #: () -> RESULT None, then the server stops
     STATS = 8  #: () -> RESULT {"objects": n, "connections": n, "rejected": n}
+    CALL_ASYNC = 9  #: CALL whose result nobody waits for (list.append, d[k] = v): no reply
     RESULT = 16  #: the value
     ERROR = 17  #: an exception raised by the method: re-raised as is
     PROXY = 18  #: (ident, typeid, exposed): the result lives on the server
     FAULT = 19  #: the server could not do what was asked: RemoteError(text)
+    ASYNC_ERROR = 20  #: an earlier CALL_ASYNC failed (text); sent before the next reply
 
 
 _OPS = frozenset(int(o) for o in Op)
@@ -99,30 +105,46 @@ def _check(length: int, op: int, max_size: int) -> None:
 
 
 class FrameDecoder:
-    """Sans-IO: ``feed(bytes)`` then ``next_frame()`` until None. Buffers at most one frame."""
+    """Sans-IO: ``feed(bytes)`` then ``next_frame()``/``frames()``. Validates each header first."""
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> None:
-        """Add bytes; call ``next_frame`` after each feed (it validates, so the buffer stays bounded)."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes; parse after each feed (parsing validates, so the buffer stays bounded)."""
         self._buf += data
 
     def buffered(self) -> int:
         return len(self._buf)
 
     def next_frame(self) -> tuple[int, bytes] | None:
-        buf = self._buf
-        if len(buf) < _HDR:
-            return None
-        length, op = HEADER.unpack_from(buf)
-        _check(length, op, self.max_size)
-        if len(buf) < _HDR + length:
-            return None
-        body = bytes(buf[_HDR:_HDR + length])
-        del buf[:_HDR + length]
-        return op, body
+        got = self.frames(limit=1)
+        return got[0] if got else None
+
+    def frames(self, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
+        """Every whole frame buffered (up to ``limit``), oldest first.
+
+        Parses by offset and compacts once: a read holding a thousand small
+        frames costs one memmove, not a thousand.
+        """
+        buf, pos = self._buf, 0
+        out: list[tuple[int, bytes]] = []
+        end = len(buf)
+        while end - pos >= _HDR and len(out) < limit:
+            length, op = HEADER.unpack_from(buf, pos)
+            _check(length, op, self.max_size)
+            stop = pos + _HDR + length
+            if stop > end:
+                break
+            out.append((op, bytes(buf[pos + _HDR:stop])))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        if len(out) < limit and len(buf) >= _HDR:  # an incomplete frame: check its header now
+            length, op = HEADER.unpack_from(buf)
+            _check(length, op, self.max_size)
+        return out
 
     def leftover(self) -> bytes:
         """Bytes after the last whole frame (a pipelined first request)."""
@@ -204,6 +226,29 @@ class FrameSocket:
             self.sock.close()
         except OSError:
             pass
+
+
+# -- TLS, without importing ssl (8 ms) unless the user did --------------------------
+class _NeverRaised(Exception):
+    """Stands in for ssl's classes while ssl is not imported: then no TLS socket exists."""
+
+
+def want_errors() -> tuple[type[BaseException], ...]:
+    """What a non-blocking socket raises for "try again": EAGAIN, and TLS's wants."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return (BlockingIOError, InterruptedError)
+    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def is_tls(sock: object) -> bool:
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+def tls_pending(sock: Any) -> bool:
+    """Decrypted bytes waiting inside a TLS socket (the fd will not say so)."""
+    return is_tls(sock) and bool(sock.pending())
 
 
 # -- addresses ---------------------------------------------------------------------

@@ -105,7 +105,7 @@ class Engine:
         self.prefix = "ThreadPoolWorker" if threads else WORKER_PREFIX.get(
             ctx.start_method, "PoolWorker")
         self.broken: BaseException | None = None
-        self.inbox: deque[tuple[Callable[..., Any], Any]] = deque()
+        self.inbox: deque[Any] = deque()  # Job, or (fn, arg) to call
         self._asleep = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -118,12 +118,12 @@ class Engine:
         self.sched = Scheduler(processes, maxtasksperchild=maxtasksperchild,
                                max_memory_per_child=max_memory_per_child, window=window,
                                target_batch_s=target_batch_s)
-        self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine",
-                                       daemon=True)
-        self.thread.start()
         ref = weakref.ref(self)
         self._atexit = lambda: _terminate_ref(ref)
         self._atexit_registered = False
+        self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine",
+                                       daemon=True)
+        self.thread.start()  # last: the thread reads everything above
 
     # -- user-thread side ----------------------------------------------------------------
     def post(self, fn: Callable[..., Any], arg: Any = None) -> None:
@@ -139,7 +139,7 @@ class Engine:
     def add_job(self, job: Job) -> None:
         if self.finished.is_set():
             raise self._closed_error()
-        self.inbox.append((_ADD, job))
+        self.inbox.append(job)  # a bare Job: one tuple fewer per submit
         if self._asleep:
             self._asleep = False
             try:
@@ -235,10 +235,11 @@ class Engine:
         inbox = self.inbox
         jobs: list[Job] = []
         while inbox:
-            fn, arg = inbox.popleft()
-            if fn is _ADD:
-                jobs.append(arg)
+            item = inbox.popleft()
+            if type(item) is Job:
+                jobs.append(item)
                 continue
+            fn, arg = item
             if jobs:
                 self.sched.add_jobs(jobs)
                 jobs = []
@@ -253,7 +254,7 @@ class Engine:
             for a in acts:
                 t = type(a)
                 if t is DeliverSingles:
-                    for job, v in zip(a.jobs, a.values):  # type: ignore[union-attr]
+                    for job, v in zip(a.jobs, a.values, strict=False):  # type: ignore[union-attr]
                         _resolve(job.sink, v)
                 elif t is Send:
                     self._send_batch(a)  # type: ignore[arg-type]
@@ -391,7 +392,9 @@ class Engine:
                 self._unreadable_results(h, exc)
             else:
                 self._on_message(h, msg)
-            if conn.closed or not conn.poll(0):
+            # Only what this Connection already buffered: epoll is level-triggered, so
+            # bytes still in the socket wake the loop again (one syscall fewer per result).
+            if conn.closed or not conn._has_buffered():
                 return
 
     def _channel_gone(self, h: _Handle) -> None:
@@ -451,8 +454,8 @@ class Engine:
         batch = a.batch
         fn = batch.fn
         if h.thread is not None:
-            args = batch.args if batch.owners is None else [j.blob for j in batch.owners]
-            h.thread.inbox.put((batch.bid, fn.fn, int(batch.mode), args))
+            direct = batch.args if batch.owners is None else [j.blob for j in batch.owners]
+            h.thread.inbox.put((batch.bid, fn.fn, int(batch.mode), direct))
             return
         first = fn.fid not in h.fids
         h.fids.add(fn.fid)
@@ -503,7 +506,7 @@ class Engine:
             h.out.append((b.cast("B") if b.format != "B" else b, []))
         if not h.writing:
             self._flush(h)
-        return p.nbytes
+        return int(p.nbytes)
 
     def _flush(self, h: _Handle) -> None:
         sock, out = h.sock, h.out
@@ -587,10 +590,6 @@ class Engine:
         os.close(self._wake_w)
         self._wake_w = -1
         atexit.unregister(self._atexit)
-
-
-def _ADD(job: Job) -> None:  # noqa: N802 - a marker in the inbox (never called)
-    raise AssertionError
 
 
 def _call(fn: Callable[[], Any]) -> None:

@@ -141,7 +141,7 @@ class _Zipped:
     """``zip(*iterables)`` that keeps a known length (so batches can be balanced)."""
 
     def __init__(self, iterables: tuple[Iterable[Any], ...], total: int | None) -> None:
-        self._it = zip(*iterables)
+        self._it = zip(*iterables, strict=False)
         self._total = total
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:

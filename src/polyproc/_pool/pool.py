@@ -35,7 +35,6 @@ from .results import (
     Submitter,
     make_progress,
 )
-from .scheduler import Job
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
            "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS"]
@@ -166,8 +165,9 @@ class Pool:
             chunksize: int | None = None, *, timeout: float | None = None,
             retries: int | None = None, progress: Any = None) -> list[Any]:
         """``list(map(func, iterable))`` in the workers, in order."""
-        return self._map_async(func, iterable, False, chunksize, None, None, timeout, retries,
-                               progress).get()
+        out: list[Any] = self._map_async(func, iterable, False, chunksize, None, None, timeout,
+                                         retries, progress).get()
+        return out
 
     def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
@@ -181,8 +181,9 @@ class Pool:
                 chunksize: int | None = None, *, timeout: float | None = None,
                 retries: int | None = None, progress: Any = None) -> list[Any]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
-        return self._map_async(func, iterable, True, chunksize, None, None, timeout, retries,
-                               progress).get()
+        out: list[Any] = self._map_async(func, iterable, True, chunksize, None, None, timeout,
+                                         retries, progress).get()
+        return out
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import itertools
+import pickle
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,6 +29,8 @@ from typing import Any
 from ..errors import TimeoutError
 from .messages import TaskError
 from .scheduler import FnInfo, Job, Mode
+
+_dumps = pickle.dumps
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
            "Submitter", "make_progress"]
@@ -170,6 +173,19 @@ class IMapIterator:
             self._post_consumed(job, self._taken)
 
     def next(self, timeout: float | None = None) -> Any:
+        try:
+            value = self._items.popleft()  # fast path: atomic, no lock, no clock
+        except IndexError:
+            value = self._wait_next(timeout)
+        self._taken += 1
+        job = self.job
+        if job is not None and (job.stalled or self._taken - self._reported >= 64):
+            self._report(False)
+        if type(value) is TaskError:
+            raise value.exception()
+        return value
+
+    def _wait_next(self, timeout: float | None) -> Any:
         if self._deadline is not None:
             left = self._deadline - time.monotonic()
             timeout = left if timeout is None else min(timeout, left)
@@ -181,12 +197,7 @@ class IMapIterator:
                     raise TimeoutError(f"no result within {timeout} s")
             if not self._items:
                 raise StopIteration
-            value = self._items.popleft()
-            self._taken += 1
-        self._report(False)
-        if type(value) is TaskError:
-            raise value.exception()
-        return value
+            return self._items.popleft()
 
     __next__ = next
 
@@ -216,6 +227,11 @@ def make_progress(progress: Any, total: int | None, desc: str) -> Any:
     return tqdm(**opts)
 
 
+def _claim_future(job: Job) -> bool:
+    """Scheduler hook: a cancelled Future is dropped before it is sent; else it runs."""
+    return bool(job.sink.set_running_or_notify_cancel())
+
+
 class Submitter:
     """Builds scheduler jobs for one pool: functions pickled once, arguments at submit."""
 
@@ -228,6 +244,10 @@ class Submitter:
         self._fns: OrderedDict[int, FnInfo] = OrderedDict()
         self._fids = itertools.count(1)
         self._lock = threading.Lock()
+        from .._serialize import Serializer, _main_is_importable
+
+        self._fast = (not self.threads and type(self.serializer) is Serializer
+                      and self.serializer.protocol == 5 and _main_is_importable())
 
     def fn_info(self, fn: Callable[..., Any]) -> FnInfo:
         key = id(fn)
@@ -249,6 +269,17 @@ class Submitter:
         """A single task's argument pickled now, in the caller's thread."""
         if self.threads:
             return arg
+        if self._fast:
+            # The common case in one C call: plain pickle, no buffers, no fds. Anything
+            # else (a lambda, a NumPy array, an fd owner) takes the serializer's full path.
+            big: list[Any] = []
+            try:
+                body = _dumps(arg, 5, buffer_callback=big.append)
+            except Exception:  # noqa: BLE001 - the full path below says what failed
+                pass
+            else:
+                if not big:
+                    return body
         p = self.serializer.dumps(arg, what="the task's arguments")
         if not p.buffers and not p.fds:
             return p.body
@@ -258,10 +289,13 @@ class Submitter:
                future: Future[Any], *, timeout: float | None, retries: int,
                claim: bool) -> Job:
         info = self.fn_info(fn)
-        arg = (args, kwargs)
-        return Job(info, Mode.KW, future, arg=arg, blob=self.pack(arg), timeout=timeout,
-                   retries=retries,
-                   claim=future.set_running_or_notify_cancel if claim else None)
+        # Few objects per submit: with 200k futures in flight, each one is GC work.
+        if kwargs:
+            mode, arg = Mode.KW, (args, kwargs)
+        else:
+            mode, arg = Mode.STAR, args
+        return Job(info, mode, future, arg=arg, blob=self.pack(arg), timeout=timeout,
+                   retries=retries, claim=_claim_future if claim else None)
 
     def many(self, fn: Callable[..., Any], iterable: Iterable[Any], sink: Any, *, star: bool,
              ordered: bool, credit: bool, chunksize: int | None, timeout: float | None,
@@ -273,7 +307,7 @@ class Submitter:
             length = None
         it: Iterator[Any] = iter(iterable)
         if chunksize is not None and chunksize < 1:
-            raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         return Job(info, Mode.STAR if star else Mode.ONE, sink, it=it, length=length,
                    ordered=ordered, credit=credit, chunksize=chunksize, timeout=timeout,
                    retries=retries)

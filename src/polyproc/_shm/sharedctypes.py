@@ -10,7 +10,9 @@ bytes. Under fork the mapping is simply inherited.
 ``Value``/``Array`` wrap that object with a lock (an ``RLock`` by default, as in
 the stdlib): ``Synchronized``, ``SynchronizedArray``, ``SynchronizedString``
 (c_char arrays: ``.value``/``.raw``), or a per-Structure wrapper whose field
-properties take the lock.
+properties take the lock. Those locked attributes are ``_sync._sem.locked_attr``
+descriptors: one C call each with the extension (so the lock is held for less
+time), a property otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ctypes
 import functools
 from typing import Any
 
+from .._sync._sem import locked_attr
 from .heap import Block, allocate
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "synchronized", "copy",
@@ -210,15 +213,7 @@ class SynchronizedBase:
 class Synchronized(SynchronizedBase):
     """A simple value: ``.value`` reads and writes under the lock."""
 
-    @property
-    def value(self) -> Any:
-        with self._lock:
-            return self._obj.value
-
-    @value.setter
-    def value(self, v: Any) -> None:
-        with self._lock:
-            self._obj.value = v
+    value = locked_attr("value")
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -242,43 +237,14 @@ class SynchronizedArray(SynchronizedBase):
 class SynchronizedString(SynchronizedArray):
     """A ``c_char`` array: also ``.value`` (up to the first NUL) and ``.raw``."""
 
-    @property
-    def value(self) -> bytes:
-        with self._lock:
-            return self._obj.value  # type: ignore[no-any-return]
-
-    @value.setter
-    def value(self, v: bytes) -> None:
-        with self._lock:
-            self._obj.value = v
-
-    @property
-    def raw(self) -> bytes:
-        with self._lock:
-            return self._obj.raw  # type: ignore[no-any-return]
-
-    @raw.setter
-    def raw(self, v: bytes) -> None:
-        with self._lock:
-            self._obj.raw = v
-
-
-def _field_property(name: str) -> property:
-    def get(self: SynchronizedBase) -> Any:
-        with self._lock:
-            return getattr(self._obj, name)
-
-    def set_(self: SynchronizedBase, v: Any) -> None:
-        with self._lock:
-            setattr(self._obj, name, v)
-
-    return property(get, set_)
+    value = locked_attr("value")
+    raw = locked_attr("raw")
 
 
 @functools.cache
 def _struct_wrapper(base: type[Any]) -> type[SynchronizedBase]:
     """A Synchronized class for one Structure: one locked property per field (no exec)."""
-    props = {name: _field_property(name) for name, *_ in base._fields_}
+    props = {name: locked_attr(name) for name, *_ in base._fields_}
     return type(f"Synchronized{base.__name__}", (SynchronizedBase,), props)
 
 

@@ -2,7 +2,7 @@
 
 ``locks``: Lock, RLock, Semaphore, BoundedSemaphore (one ``sem_t`` each).
 ``waiting``: Condition, Event, Barrier (built from those).
-``_sem``: the ctypes calls into libc.
+``_sem``: SemLock, the base of every lock: the C extension ``polyproc._csem``, or ctypes.
 """
 
 from __future__ import annotations

@@ -1,19 +1,27 @@
-"""POSIX semaphores (``sem_t``, pshared) in shared memory, called through ctypes.
+"""POSIX semaphores (``sem_t``, pshared) in shared memory: ``SemLock``, in C or over ctypes.
 
 The one place that talks to libc for synchronisation. Every primitive in
 ``_sync`` is a few ``sem_t`` plus a few integers in a heap block
-(``_shm.heap``); this module gives them three calls:
+(``_shm.heap``), driven through ``SemLock``, the base class of every lock::
 
-* ``try_acquire(addr)``: ``sem_trywait``, pure user space when uncontended;
-* ``acquire(addr, block, timeout)``: the slow path. ctypes releases the GIL, so
-  other threads run while we sleep in the kernel (a futex);
-* ``release(addr)`` / ``value(addr)``: ``sem_post`` / ``sem_getvalue``.
+    SemLock = polyproc._csem.SemLock    the C extension (built by setup.py when a
+              │                         compiler is there): ~10x faster, since
+              │ ImportError, or         `with lock:` is one C call each way
+              │ POLYPROC_NO_CEXT=1
+              └► PySemLock              the same type over ctypes (this module)
+
+    ._attach(sem_addr, owner_addr, maxvalue)    owner_addr: RLock's two shared words
+    .acquire(block=True, timeout=None) .release() .__enter__ .__exit__ .get_value()
+
+Both are tested against each other (tests/shared/test_semcore.py). ``init`` and
+``value`` are the plain libc calls, used by both.
 
 Ctrl+C: a blocking wait in the main thread sleeps in slices of ``_SLICE``
 seconds (``sem_clockwait`` on CLOCK_MONOTONIC, so wall-clock jumps do not matter);
 between slices, and after an EINTR, the interpreter runs pending signal
 handlers, so ``KeyboardInterrupt`` arrives within a slice. Other threads cannot
-receive KeyboardInterrupt and sleep in one piece.
+receive KeyboardInterrupt and sleep in one piece. The GIL is released only
+around those sleeps, never for the uncontended ``sem_trywait``/``sem_post``.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import errno
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SEM_SIZE", "init", "try_acquire", "acquire", "release", "value"]
+__all__ = ["SEM_SIZE", "SemLock", "PySemLock", "HAVE_CEXT", "locked_attr", "init", "value"]
 
 #: sizeof(sem_t) on 64-bit Linux.
 SEM_SIZE = 32
@@ -55,10 +64,6 @@ else:  # pragma: no cover - old glibc: CLOCK_REALTIME deadlines
     _sem_timedwait = _libc.sem_timedwait
     _sem_timedwait.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Timespec)]
 
-#: ``try_acquire(addr) == 0`` means taken: bound straight to libc, the fast path.
-try_acquire = _sem_trywait
-#: ``sem_post``; raises nothing (EOVERFLOW past SEM_VALUE_MAX is not reachable here).
-release = _sem_post
 SEM_VALUE_MAX = 2**31 - 1
 
 
@@ -111,12 +116,10 @@ def _wait_until(addr: int, deadline: float) -> int:
     return 0 if r == 0 else ctypes.get_errno()
 
 
-def acquire(addr: int, block: bool = True, timeout: float | None = None) -> bool:
-    """Take the semaphore; False if it could not within ``timeout`` (or at once if not ``block``)."""
-    if _sem_trywait(addr) == 0:
-        return True
+def _wait(addr: int, block: bool, timeout: float | None) -> bool:
+    """The slow path of ``PySemLock.acquire``: sleep until taken or ``timeout`` passes."""
     if not block:
-        return False
+        return bool(_sem_trywait(addr) == 0)
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
     sliced = threading.current_thread() is threading.main_thread()
     while True:
@@ -135,3 +138,113 @@ def acquire(addr: int, block: bool = True, timeout: float | None = None) -> bool
         if err not in (errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN):
             raise OSError(err, os.strerror(err))
         # Back in the interpreter: a pending KeyboardInterrupt is raised here.
+
+
+_get_tid = threading.get_native_id
+#: Stands for "no semaphore yet": ctypes refuses it (ArgumentError) instead of
+#: passing NULL to libc, should a SemLock be used before ``_attach``.
+_UNATTACHED: Any = object()
+
+
+class PySemLock:
+    """``polyproc._csem.SemLock`` written over ctypes: the fallback, with the same behaviour.
+
+    ``owner`` (RLock only) is two int64 words in shared memory: the holder's
+    native thread id (``gettid``, unique machine-wide) and the recursion depth.
+    Its attributes start with ``_sem_`` so that subclasses' own cannot collide.
+    """
+
+    _sem_addr: Any = _UNATTACHED
+    _sem_owner: Any = None
+    _sem_max = -1
+    _sem_count: Any = None  # the count as a c_uint32, where DIRECT_VALUE says it may be read so
+
+    def _attach(self, sem_addr: int, owner_addr: int, maxvalue: int, /) -> None:
+        if not sem_addr:
+            raise ValueError("sem_addr must not be 0")
+        self._sem_addr = sem_addr
+        self._sem_owner = (ctypes.c_int64 * 2).from_address(owner_addr) if owner_addr else None
+        self._sem_max = max(maxvalue, -1)
+        self._sem_count = ctypes.c_uint32.from_address(sem_addr) if DIRECT_VALUE else None
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        owner = self._sem_owner
+        if owner is None:
+            return _sem_trywait(self._sem_addr) == 0 or _wait(self._sem_addr, block, timeout)
+        me = _get_tid()
+        if owner[0] == me:
+            owner[1] += 1
+            return True
+        if _sem_trywait(self._sem_addr) != 0 and not _wait(self._sem_addr, block, timeout):
+            return False
+        owner[0] = me
+        owner[1] = 1
+        return True
+
+    def __enter__(self) -> bool:
+        if self._sem_owner is None and _sem_trywait(self._sem_addr) == 0:
+            return True
+        return self.acquire()
+
+    def release(self) -> None:
+        owner = self._sem_owner
+        if owner is not None:
+            if owner[0] != _get_tid():
+                raise AssertionError("attempt to release recursive lock not owned by thread")
+            if owner[1] > 1:
+                owner[1] -= 1
+                return
+            owner[1] = 0
+            owner[0] = 0
+        elif self._sem_max >= 0 and self.get_value() >= self._sem_max:
+            raise ValueError("semaphore or lock released too many times")
+        if _sem_post(self._sem_addr) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def get_value(self) -> int:
+        count = self._sem_count
+        return int(count.value) if count is not None else value(self._sem_addr)
+
+
+def _locked_property(name: str) -> property:
+    def get(self: Any) -> Any:
+        with self._lock:
+            return getattr(self._obj, name)
+
+    def set_(self: Any, v: Any) -> None:
+        with self._lock:
+            setattr(self._obj, name, v)
+
+    return property(get, set_)
+
+
+def _load() -> Any:
+    """The ``_csem`` module if it is built, agrees on ``sem_t``'s size, and is not turned off."""
+    if os.environ.get("POLYPROC_NO_CEXT", "") not in ("", "0"):
+        return None
+    try:
+        from .. import _csem
+    except ImportError:
+        return None
+    if _csem.SEM_SIZE != SEM_SIZE:  # pragma: no cover - another libc: the layout would differ
+        return None
+    return _csem
+
+
+_csem: Any = _load()
+#: Whether the C extension drives the locks.
+HAVE_CEXT = _csem is not None
+if TYPE_CHECKING:
+    SemLock = PySemLock  # the two have one interface (see _csem.pyi)
+else:
+    SemLock = _csem.SemLock if HAVE_CEXT else PySemLock
+
+
+def locked_attr(name: str) -> Any:
+    """A descriptor for Synchronized wrappers: ``inst.<attr>`` is ``inst._obj.<name>``,
+    read and written with ``inst._lock`` held (one C call with the extension)."""
+    return _csem.LockedAttr(name) if HAVE_CEXT else _locked_property(name)

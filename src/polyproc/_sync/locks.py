@@ -1,10 +1,15 @@
 """Lock, RLock, Semaphore, BoundedSemaphore: a ``sem_t`` (plus an owner word) in shared memory.
 
-Layout of each primitive's heap block (``_shm.heap``; 64 bytes, one cache line)::
+Layout of each primitive's heap block (``_shm.heap``; 128 bytes, two cache lines)::
 
     offset 0   sem_t   (32 bytes, pshared)   the semaphore itself
-    offset 32  int64   owner                 RLock: native thread id of the holder, 0 if free
-    offset 40  int64   count                 RLock: recursion depth
+    offset 64  int64   owner                 RLock: native thread id of the holder, 0 if free
+    offset 72  int64   count                 RLock: recursion depth
+
+The owner words sit on their own cache line: the holder updates ``count`` on
+every nested acquire (a Value's ``.value`` takes its RLock again inside ``with
+v.get_lock():``), and a waiter polling the semaphore from another core must not
+pull that line away from it each time.
 
 Native thread ids (``gettid``) are unique across the whole machine, so one word
 names the owning thread of any process.
@@ -12,6 +17,13 @@ names the owning thread of any process.
 Sharing: under fork the block is inherited; anywhere else (spawn, forkserver,
 a Pipe, a Queue, Pool initializer arguments) the object pickles as its block,
 i.e. the memfd travels by SCM_RIGHTS and the receiver maps the same bytes.
+
+The behaviour (acquire, release, ``with``) is ``_sem.SemLock``'s, which these
+classes subclass: the C extension ``polyproc._csem`` when built, else its ctypes
+twin. They only choose its mode (``_attach``: unbounded, bounded by
+``maxvalue``, or re-entrant with the owner words) and add sharing and reprs.
+No class here overrides acquire/release/__enter__/__exit__, so ``with lock:``
+stays one C call each way.
 
 A process killed while holding a Lock or RLock does not release it: the
 semaphore stays taken (``acquire(timeout=...)`` returns False, a blocking
@@ -32,21 +44,23 @@ from . import _sem
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "SemBase"]
 
 _get_tid = threading.get_native_id
-_try = _sem.try_acquire
-_post = _sem.release
-_DIRECT = _sem.DIRECT_VALUE
 
 
 class _Words(ctypes.Structure):
     _fields_ = [("value", ctypes.c_uint32), ("sem_rest", ctypes.c_char * (_sem.SEM_SIZE - 4)),
-                ("owner", ctypes.c_int64),
-                ("count", ctypes.c_int64), ("extra", ctypes.c_int64 * 2)]
+                ("pad", ctypes.c_char * (64 - _sem.SEM_SIZE)),
+                ("owner", ctypes.c_int64), ("count", ctypes.c_int64),
+                ("pad2", ctypes.c_char * 48)]
 
 
-class SemBase:
-    """A ``sem_t`` in a shared block. Subclasses say how acquire/release behave."""
+_OWNER = _Words.owner.offset
+
+
+class SemBase(_sem.SemLock):
+    """A ``sem_t`` in a shared block. Subclasses choose the mode (``_recursive``, maxvalue)."""
 
     _kind = "Semaphore"
+    _recursive = False
 
     def __init__(self, value: int = 1, *, ctx: Any = None, maxvalue: int | None = None) -> None:
         if value < 0:
@@ -60,6 +74,9 @@ class SemBase:
         self._addr = ctypes.addressof(self._words)
         self._maxvalue = maxvalue
         self._ctx = ctx
+        # RLock: owner words after the sem_t; else release() checks maxvalue (-1: none).
+        self._attach(self._addr, self._addr + _OWNER if self._recursive else 0,
+                     -1 if maxvalue is None or self._recursive else maxvalue)
 
     # -- sharing ----------------------------------------------------------------
     def __reduce__(self) -> tuple[Any, ...]:
@@ -68,30 +85,7 @@ class SemBase:
     def __getstate__(self) -> None:  # pragma: no cover - __reduce__ wins
         return None
 
-    # -- the stdlib API ---------------------------------------------------------
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        if _try(self._addr) == 0:
-            return True
-        return _sem.acquire(self._addr, block, timeout)
-
-    def release(self) -> None:
-        _post(self._addr)
-
-    def __enter__(self) -> bool:
-        if _try(self._addr) == 0:
-            return True
-        return _sem.acquire(self._addr, True, None)
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    if _sem.DIRECT_VALUE:
-        def get_value(self) -> int:
-            return int(self._words.value)
-    else:  # pragma: no cover - another libc layout
-        def get_value(self) -> int:
-            return _sem.value(self._addr)
-
+    # -- what Condition needs (acquire/release/with are SemLock's) ----------------
     def _is_mine(self) -> bool:
         """Condition's "is the lock held by me" check; a plain semaphore can only say "held"."""
         return self.get_value() == 0
@@ -128,12 +122,6 @@ class BoundedSemaphore(Semaphore):
     def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         SemBase.__init__(self, value, ctx=ctx, maxvalue=value)
 
-    def release(self) -> None:
-        assert self._maxvalue is not None
-        if self.get_value() >= self._maxvalue:
-            raise ValueError("semaphore or lock released too many times")
-        _post(self._addr)
-
     def __repr__(self) -> str:
         return f"<BoundedSemaphore(value={self.get_value()}, maxvalue={self._maxvalue})>"
 
@@ -146,12 +134,6 @@ class Lock(SemBase):
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__(1, ctx=ctx, maxvalue=1)
 
-    def release(self) -> None:
-        # A plain load of the count (see _sem.DIRECT_VALUE): the check is nearly free.
-        if self._words.value if _DIRECT else _sem.value(self._addr):
-            raise ValueError("semaphore or lock released too many times")
-        _post(self._addr)
-
     def __repr__(self) -> str:
         return f"<Lock({'locked' if self.get_value() == 0 else 'unlocked'})>"
 
@@ -160,51 +142,22 @@ class RLock(SemBase):
     """``multiprocessing.RLock``: re-entrant; only the owning thread (of any process) releases."""
 
     _kind = "RLock"
+    _recursive = True
 
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__(1, ctx=ctx, maxvalue=1)
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        w = self._words
-        me = _get_tid()
-        if w.owner == me:
-            w.count += 1
-            return True
-        if _try(self._addr) != 0 and not _sem.acquire(self._addr, block, timeout):
-            return False
-        w.owner = me
-        w.count = 1
-        return True
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def release(self) -> None:
-        w = self._words
-        if w.owner != _get_tid():
-            raise AssertionError("attempt to release recursive lock not owned by thread")
-        if w.count > 1:
-            w.count -= 1
-            return
-        w.count = 0
-        w.owner = 0
-        _post(self._addr)
 
     def _is_mine(self) -> bool:
         return bool(self._words.owner == _get_tid())
 
     def _release_all(self) -> int:
-        w = self._words
-        count = int(w.count)
-        w.count = 0
-        w.owner = 0
-        _post(self._addr)
+        count = int(self._words.count)
+        self._words.count = 1  # so that release() lets go of it all at once
+        self.release()
         return count
 
     def _acquire_restore(self, count: int) -> None:
-        if _try(self._addr) != 0:
-            _sem.acquire(self._addr, True, None)
-        self._words.owner = _get_tid()
+        self.acquire()
         self._words.count = count
 
     def owner_alive(self) -> bool | None:
@@ -218,5 +171,3 @@ class RLock(SemBase):
         w = self._words
         owner = "None" if not w.owner else str(w.owner)
         return f"<RLock(owner={owner}, count={w.count})>"
-
-

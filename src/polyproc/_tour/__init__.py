@@ -138,8 +138,24 @@ def _source(obj: object) -> str:
         return f"# (source of {getattr(obj, '__name__', obj)!r} not available)\n"
 
 
+def _preamble(mod: object) -> list[str]:
+    """The module's own imports (what the shown code relies on), minus tour plumbing."""
+    try:
+        lines = inspect.getsource(mod).splitlines()  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ["import polyproc as mp"]
+    keep = [ln for ln in lines if ln.startswith(("import ", "from "))
+            and not ln.startswith(("from __future__", "from . ", "from collections.abc",
+                                   "from typing"))]
+    if "import logging" not in keep:
+        keep.insert(0, "import logging")
+    return [*keep, "log = logging.getLogger('polyproc.tour')  # prints '<processName>: message'"]
+
+
 def _print_code(section: Section, mod: object, out: TextIO) -> None:
-    print("  import polyproc as mp\n", file=out)
+    for line in _preamble(mod):
+        print(f"  │ {line}", file=out)
+    print("  │", file=out)
     for name in (*section.shown, section.demo):
         for line in _source(getattr(mod, name)).rstrip().splitlines():
             print(f"  │ {line}" if line else "  │", file=out)

@@ -1,0 +1,611 @@
+/* polyproc._csem: the fast path of polyproc's locks, in C (optional).
+ *
+ * One type, SemLock, over a process-shared glibc sem_t that lives in a heap
+ * block (polyproc._shm.heap). The Python classes in polyproc._sync.locks
+ * subclass it and add sharing (pickling) and reprs; acquire, release,
+ * __enter__ and __exit__ are the C methods below, so `with lock:` is one C call
+ * each way, as with the stdlib's _multiprocessing.SemLock.
+ *
+ *     _attach(sem_addr, owner_addr, maxvalue)
+ *        owner_addr != 0: re-entrant (RLock). Two int64 words there, shared by
+ *                         every process: the holder's native thread id and the
+ *                         recursion depth; only the holder releases.
+ *        maxvalue >= 0:   release refuses to go above it (Lock, BoundedSemaphore).
+ *
+ * GIL: the uncontended path (sem_trywait / sem_post) never releases it. A
+ * blocking wait releases it around sem_wait / sem_clockwait only. In the main
+ * thread the wait sleeps in slices of SLICE seconds and runs the signal
+ * handlers between slices (and after EINTR), so Ctrl+C interrupts it even when
+ * the kernel delivered SIGINT to another thread.
+ *
+ * polyproc._sync._sem.PySemLock is the same type written with ctypes; the two
+ * must agree on every behaviour (tests/shared/test_semcore.py runs both).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SLICE 0.1
+/* How many times a blocking acquire polls before it sleeps in the kernel; see spin(). */
+#ifndef SPIN_POLLS
+#define SPIN_POLLS 200
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 30))
+#define HAVE_CLOCKWAIT 1
+#endif
+
+/* Native thread id (gettid, as threading.get_native_id), cached per thread:
+ * gettid is a real system call. The fork handler forgets the cache, since the
+ * forking thread has a new id in the child. */
+static __thread long tls_tid;
+/* PyThread ident of the main thread: the one whose waits are sliced. */
+static unsigned long main_ident;
+
+static void
+after_fork_child(void)
+{
+    tls_tid = 0;
+    main_ident = PyThread_get_thread_ident();  /* the child's main thread is the forker */
+}
+
+static inline int64_t
+my_tid(void)
+{
+    long t = tls_tid;
+    if (t == 0) {
+        t = tls_tid = (long)syscall(SYS_gettid);
+    }
+    return (int64_t)t;
+}
+
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* One sleep on `sem` until `until` (monotonic seconds), the GIL released.
+ * Returns 0 or an errno. */
+static int
+wait_until(sem_t *sem, double until)
+{
+    int res, err;
+    struct timespec ts;
+#ifndef HAVE_CLOCKWAIT
+    until += (double)time(NULL) - monotonic();  /* sem_timedwait wants CLOCK_REALTIME */
+#endif
+    ts.tv_sec = (time_t)until;
+    ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec += 1;
+        ts.tv_nsec -= 1000000000L;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_CLOCKWAIT
+    res = sem_clockwait(sem, CLOCK_MONOTONIC, &ts);
+#else
+    res = sem_timedwait(sem, &ts);
+#endif
+    err = errno;
+    Py_END_ALLOW_THREADS
+    return res == 0 ? 0 : err;
+}
+
+/* Before sleeping, poll a little: locks guarding a few Python statements (a
+ * Value's `+= 1`) are held for well under a microsecond, and a holder that sees
+ * no sleeper releases with no system call, while one that has to wake a sleeper
+ * pays a futex_wake and the sleeper a futex_wait plus a context switch. The
+ * poll reads the count (sem_getvalue: a load, so the holder keeps its cache
+ * line) and only tries to take it when it is free. Bounded to a few
+ * microseconds, so a long-held lock costs nothing noticeable. 1 taken, 0 not. */
+static int
+spin(sem_t *sem)
+{
+    for (int i = 0; i < SPIN_POLLS; i++) {
+        int value;
+        CPU_RELAX();
+        if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The slow path: 1 taken, 0 timed out, -1 exception set. */
+static int
+wait_slow(sem_t *sem, PyObject *timeout)
+{
+    double deadline = INFINITY;
+    if (timeout != Py_None) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (t <= 0) {
+            return sem_trywait(sem) == 0;  /* acquire(timeout=0): one more try, no spinning */
+        }
+        deadline = monotonic() + t;
+    }
+    if (spin(sem)) {
+        return 1;
+    }
+    int sliced = PyThread_get_thread_ident() == main_ident;
+    for (;;) {
+        int err;
+        if (isinf(deadline) && !sliced) {
+            int res;
+            Py_BEGIN_ALLOW_THREADS
+            res = sem_wait(sem);
+            err = errno;
+            Py_END_ALLOW_THREADS
+            if (res == 0) {
+                err = 0;
+            }
+        }
+        else {
+            double now = monotonic();
+            if (now >= deadline) {
+                return sem_trywait(sem) == 0;
+            }
+            double until = sliced && now + SLICE < deadline ? now + SLICE : deadline;
+            err = wait_until(sem, until);
+        }
+        if (err == 0) {
+            return 1;
+        }
+        if (err != ETIMEDOUT && err != EINTR && err != EAGAIN) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {  /* e.g. KeyboardInterrupt */
+            return -1;
+        }
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    sem_t *sem;
+    int64_t *owner;  /* RLock: [holder's native tid or 0, depth]; NULL otherwise */
+    long maxvalue;   /* -1: unbounded */
+} SemLockObject;
+
+static int
+check_attached(SemLockObject *self)
+{
+    if (self->sem == NULL) {
+        PyErr_SetString(PyExc_ValueError, "semaphore is not attached to shared memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 taken, 0 not, -1 exception set. */
+static int
+do_acquire(SemLockObject *self, int block, PyObject *timeout)
+{
+    if (check_attached(self) < 0) {
+        return -1;
+    }
+    int64_t *owner = self->owner;
+    if (owner != NULL && __atomic_load_n(&owner[0], __ATOMIC_RELAXED) == my_tid()) {
+        owner[1] += 1;
+        return 1;
+    }
+    if (sem_trywait(self->sem) != 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (!block) {
+            return 0;
+        }
+        int r = wait_slow(self->sem, timeout);
+        if (r <= 0) {
+            return r;
+        }
+    }
+    if (owner != NULL) {
+        __atomic_store_n(&owner[0], my_tid(), __ATOMIC_RELAXED);
+        owner[1] = 1;
+    }
+    return 1;
+}
+
+static PyObject *
+semlock_acquire(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *block_obj = Py_True, *timeout = Py_None;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs > 0) {
+        block_obj = args[0];
+    }
+    if (nargs > 1) {
+        timeout = args[1];
+    }
+    if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+            PyObject **slot;
+            if (PyUnicode_CompareWithASCIIString(name, "block") == 0) {
+                slot = &block_obj;
+                if (nargs > 0) {
+                    goto twice;
+                }
+            }
+            else if (PyUnicode_CompareWithASCIIString(name, "timeout") == 0) {
+                slot = &timeout;
+                if (nargs > 1) {
+                    goto twice;
+                }
+            }
+            else {
+                PyErr_Format(PyExc_TypeError,
+                             "acquire() got an unexpected keyword argument '%U'", name);
+                return NULL;
+            }
+            *slot = args[nargs + i];
+            continue;
+        twice:
+            PyErr_Format(PyExc_TypeError, "acquire() got multiple values for argument '%U'", name);
+            return NULL;
+        }
+    }
+    int block = PyObject_IsTrue(block_obj);
+    if (block < 0) {
+        return NULL;
+    }
+    int r = do_acquire(self, block, timeout);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+semlock_enter(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int r = do_acquire(self, 1, Py_None);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+/* 0 released, -1 exception set. */
+static int
+do_release(SemLockObject *self)
+{
+    if (check_attached(self) < 0) {
+        return -1;
+    }
+    int64_t *owner = self->owner;
+    if (owner != NULL) {
+        if (__atomic_load_n(&owner[0], __ATOMIC_RELAXED) != my_tid()) {
+            PyErr_SetString(PyExc_AssertionError,
+                            "attempt to release recursive lock not owned by thread");
+            return -1;
+        }
+        if (owner[1] > 1) {
+            owner[1] -= 1;
+            return 0;
+        }
+        owner[1] = 0;
+        __atomic_store_n(&owner[0], 0, __ATOMIC_RELAXED);  /* sem_post publishes it */
+    }
+    else if (self->maxvalue >= 0) {
+        int value;
+        if (sem_getvalue(self->sem, &value) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (value >= self->maxvalue) {
+            PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
+            return -1;
+        }
+    }
+    if (sem_post(self->sem) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+semlock_release(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (do_release(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+
+static PyObject *
+semlock_exit(SemLockObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    if (do_release(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+semlock_get_value(SemLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int value;
+    if (check_attached(self) < 0) {
+        return NULL;
+    }
+    if (sem_getvalue(self->sem, &value) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(value < 0 ? 0 : value);  /* glibc never reports waiters; POSIX may */
+}
+
+static PyObject *
+semlock_attach(SemLockObject *self, PyObject *args)
+{
+    unsigned long long sem_addr, owner_addr;
+    long maxvalue;
+    if (!PyArg_ParseTuple(args, "KKl:_attach", &sem_addr, &owner_addr, &maxvalue)) {
+        return NULL;
+    }
+    if (sem_addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "sem_addr must not be 0");
+        return NULL;
+    }
+    self->sem = (sem_t *)(uintptr_t)sem_addr;
+    self->owner = (int64_t *)(uintptr_t)owner_addr;
+    self->maxvalue = maxvalue < 0 ? -1 : maxvalue;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef semlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None) -> bool"},
+    {"release", (PyCFunction)semlock_release, METH_NOARGS, "release() -> None"},
+    {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, "acquire(), blocking"},
+    {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL, "release()"},
+    {"get_value", (PyCFunction)semlock_get_value, METH_NOARGS, "the semaphore's count"},
+    {"_attach", (PyCFunction)semlock_attach, METH_VARARGS,
+     "_attach(sem_addr, owner_addr, maxvalue): point at a sem_t (and owner words) in shared memory"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SemLockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "polyproc._csem.SemLock",
+    .tp_basicsize = sizeof(SemLockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A process-shared sem_t in shared memory; see the module source.",
+    .tp_methods = semlock_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+/* LockedAttr(name): a data descriptor for polyproc's Synchronized wrappers.
+ * `wrapper.value` reads `wrapper._obj.value` with `wrapper._lock` held, and
+ * assignment writes it so: what a Python property with `with self._lock:` does,
+ * in one C call (a Value's `+= 1` under its lock spends most of its time in
+ * these two accesses, with the lock held, so this shortens the critical
+ * section that other processes wait on). A lock that is not a SemLock (any
+ * object with acquire/release) goes through its methods. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;
+} LockedAttrObject;
+
+static PyObject *str_lock, *str_obj, *str_acquire, *str_release;
+
+/* Take `lock`: 0 done, -1 exception set. */
+static int
+lock_take(PyObject *lock)
+{
+    if (PyObject_TypeCheck(lock, &SemLockType)) {
+        return do_acquire((SemLockObject *)lock, 1, Py_None) < 0 ? -1 : 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(lock, str_acquire);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* Release `lock`, keeping an exception already set (the access's) over its own. */
+static int
+lock_give(PyObject *lock)
+{
+    PyObject *et, *ev, *tb;
+    int res;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (PyObject_TypeCheck(lock, &SemLockType)) {
+        res = do_release((SemLockObject *)lock);
+    }
+    else {
+        PyObject *r = PyObject_CallMethodNoArgs(lock, str_release);
+        Py_XDECREF(r);
+        res = r == NULL ? -1 : 0;
+    }
+    if (et != NULL) {
+        if (res < 0) {
+            PyErr_Clear();  /* the first error is the one to report */
+        }
+        PyErr_Restore(et, ev, tb);
+        return -1;
+    }
+    return res;
+}
+
+/* Get (value == NULL and get) or set `inst._obj.<name>` under `inst._lock`. */
+static PyObject *
+locked_access(LockedAttrObject *self, PyObject *inst, PyObject *value, int get)
+{
+    PyObject *lock = PyObject_GetAttr(inst, str_lock);
+    if (lock == NULL) {
+        return NULL;
+    }
+    PyObject *obj = PyObject_GetAttr(inst, str_obj);
+    if (obj == NULL || lock_take(lock) < 0) {
+        Py_DECREF(lock);
+        Py_XDECREF(obj);
+        return NULL;
+    }
+    PyObject *result;
+    if (get) {
+        result = PyObject_GetAttr(obj, self->name);
+    }
+    else {
+        result = PyObject_SetAttr(obj, self->name, value) < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (lock_give(lock) < 0) {
+        Py_CLEAR(result);
+    }
+    Py_DECREF(lock);
+    Py_DECREF(obj);
+    return result;
+}
+
+static PyObject *
+lockedattr_get(PyObject *self, PyObject *inst, PyObject *Py_UNUSED(owner))
+{
+    if (inst == NULL || inst == Py_None) {
+        return Py_NewRef(self);
+    }
+    return locked_access((LockedAttrObject *)self, inst, NULL, 1);
+}
+
+static int
+lockedattr_set(PyObject *self, PyObject *inst, PyObject *value)
+{
+    PyObject *r = locked_access((LockedAttrObject *)self, inst, value, 0);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int
+lockedattr_init(LockedAttrObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *name;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "LockedAttr() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "U:LockedAttr", &name)) {
+        return -1;
+    }
+    Py_XSETREF(self->name, Py_NewRef(name));
+    return 0;
+}
+
+static void
+lockedattr_dealloc(LockedAttrObject *self)
+{
+    Py_XDECREF(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lockedattr_repr(LockedAttrObject *self)
+{
+    return PyUnicode_FromFormat("LockedAttr(%R)", self->name ? self->name : Py_None);
+}
+
+static PyTypeObject LockedAttrType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "polyproc._csem.LockedAttr",
+    .tp_basicsize = sizeof(LockedAttrObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "LockedAttr(name): inst.<attr> is inst._obj.<name>, read and written under inst._lock",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lockedattr_init,
+    .tp_dealloc = (destructor)lockedattr_dealloc,
+    .tp_repr = (reprfunc)lockedattr_repr,
+    .tp_descr_get = lockedattr_get,
+    .tp_descr_set = lockedattr_set,
+};
+
+static struct PyModuleDef csem_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "polyproc._csem",
+    .m_doc = "Fast path for polyproc._sync: a process-shared sem_t driven from C.",
+    .m_size = -1,
+};
+
+static int
+find_main_ident(void)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL) {
+        return -1;
+    }
+    PyObject *main = PyObject_CallMethod(threading, "main_thread", NULL);
+    Py_DECREF(threading);
+    if (main == NULL) {
+        return -1;
+    }
+    PyObject *ident = PyObject_GetAttrString(main, "ident");
+    Py_DECREF(main);
+    if (ident == NULL) {
+        return -1;
+    }
+    main_ident = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__csem(void)
+{
+    static int atfork_done;
+    if (find_main_ident() < 0) {
+        return NULL;
+    }
+    if (!atfork_done) {
+        if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+            return NULL;
+        }
+        atfork_done = 1;
+    }
+    if (PyType_Ready(&SemLockType) < 0 || PyType_Ready(&LockedAttrType) < 0) {
+        return NULL;
+    }
+    if ((str_lock = PyUnicode_InternFromString("_lock")) == NULL
+        || (str_obj = PyUnicode_InternFromString("_obj")) == NULL
+        || (str_acquire = PyUnicode_InternFromString("acquire")) == NULL
+        || (str_release = PyUnicode_InternFromString("release")) == NULL) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&csem_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "SemLock", (PyObject *)&SemLockType) < 0
+        || PyModule_AddObjectRef(m, "LockedAttr", (PyObject *)&LockedAttrType) < 0
+        || PyModule_AddIntConstant(m, "SEM_SIZE", (long)sizeof(sem_t)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

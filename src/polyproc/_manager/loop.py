@@ -1,0 +1,300 @@
+"""The serving loop: one selector thread runs every quick call; blocking ones go to a worker.
+
+::
+
+    authenticated sockets ──► loop thread (selector)
+                                read what is there -> frames, per connection, in order
+                                phase 1: every CALL_ASYNC / DECREF of every ready connection
+                                phase 2: the other frames, in order
+                                  quick (list, dict, Namespace, Value, Array, create ...)
+                                      -> run here, reply queued on the connection
+                                  may block (Queue.get, Lock.acquire, user classes, Pool)
+                                      -> the connection's own worker thread; the
+                                         connection is *busy* (read, not run) until
+                                         the worker has sent its reply
+                                write replies (non-blocking; EVENT_WRITE if they do not fit)
+
+Why one loop thread: the manager's calls are tiny, and with a thread per
+connection most of their cost was waking threads and passing the GIL between
+them. One loop drains every ready connection per wake-up, so work arrives in
+batches.
+
+Why phase 1 first (causality with fire-and-forget calls): a client sends
+``CALL_ASYNC`` for ``lst.append(x)`` and returns at once. If it then tells another
+process (through any channel) and that process reads the list, the append must
+be visible. It is: the append's bytes were in our socket buffer before the
+reader's request was even sent, so the same wake-up that sees the request also
+sees them, and phase 1 runs them before phase 2 answers anyone.
+
+Why a worker per connection (not a pool): ``RLock`` and ``Condition`` must be
+released by the thread that acquired them, exactly as with the stdlib's thread
+per connection.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .wire import MAX_FRAME, FrameDecoder, Op, is_tls, want_errors
+
+__all__ = ["ServeLoop", "Conn"]
+
+_READS_PER_WAKE = 8
+_CHUNK = 1 << 16
+_NO_REPLY_OPS = (Op.CALL_ASYNC, Op.DECREF)
+
+
+class Conn:
+    """One authenticated connection as the loop sees it."""
+
+    __slots__ = ("sock", "decoder", "frames", "out", "busy", "worker", "tls", "closed", "lock",
+                 "want_write")
+
+    def __init__(self, sock: socket.socket, leftover: bytes) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(MAX_FRAME)
+        self.decoder.feed(leftover)
+        self.frames: deque[tuple[int, bytes]] = deque()
+        self.out = bytearray()
+        self.busy = False
+        self.worker: _Worker | None = None
+        self.tls = is_tls(sock)
+        self.closed = False
+        self.lock = threading.Lock()  # guards ``out`` between the loop and the worker
+        self.want_write = False  # registered for EVENT_WRITE (changed only when it must)
+
+
+Runner = Callable[[int, Any], "bytes | None"]
+
+
+class _Worker:
+    """The thread that runs one connection's calls that may block."""
+
+    def __init__(self, loop: ServeLoop, conn: Conn) -> None:
+        self.tasks: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
+        self.loop, self.conn = loop, conn
+        threading.Thread(target=self._run, name="polyproc-manager-worker", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            op, request = task
+            reply = self.loop.runner(op, request)
+            self.loop.reply_from_worker(self.conn, reply)
+
+
+class ServeLoop:
+    """Runs the loop described in the module docstring, on its own thread.
+
+    ``select.epoll`` directly (not ``selectors``): this loop's own overhead is per
+    call, and the selectors layer cost more than the call it served.
+    """
+
+    def __init__(self, decode: Callable[[int, bytes], tuple[bool, Any]], runner: Runner) -> None:
+        # decode(op, body) -> (quick, request); runner(op, request) -> reply frame or None
+        self.decode = decode
+        self.runner = runner
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._by_fd: dict[int, Conn] = {}
+        self._incoming: deque[Conn] = deque()
+        self._resume: deque[Conn] = deque()
+        self.conns: set[Conn] = set()
+        self._stopping = False
+        self._buf = bytearray(_CHUNK)
+        self._view = memoryview(self._buf)
+        self._thread = threading.Thread(target=self._run, name="polyproc-manager-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, sock: socket.socket, leftover: bytes) -> None:
+        """A socket the gate authenticated (called from the gate thread)."""
+        sock.setblocking(False)
+        self._incoming.append(Conn(sock, leftover))
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5.0)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # -- the loop ---------------------------------------------------------------
+    def _run(self) -> None:
+        by_fd, wake_fd = self._by_fd, self._wake_r
+        try:
+            while not self._stopping:
+                ready: list[Conn] = []
+                for fd, mask in self._ep.poll():
+                    if fd == wake_fd:
+                        self._on_wake(ready)
+                        continue
+                    conn = by_fd.get(fd)
+                    if conn is None:
+                        continue
+                    if mask & select.EPOLLOUT:
+                        self._flush(conn)
+                    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not conn.closed:
+                        self._read(conn)
+                        ready.append(conn)
+                if len(ready) > 1:  # phase 1: see the module docstring
+                    for conn in ready:
+                        self._process(conn, async_only=True)
+                for conn in ready:  # phase 2
+                    self._process(conn, async_only=False)
+                    if conn.out and not conn.closed:
+                        self._flush(conn)
+        finally:
+            for conn in list(self.conns):
+                self._close(conn)
+            self._ep.close()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _on_wake(self, ready: list[Conn]) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._incoming:
+            conn = self._incoming.popleft()
+            self.conns.add(conn)
+            fd = conn.sock.fileno()
+            self._by_fd[fd] = conn
+            self._ep.register(fd, select.EPOLLIN)
+            self._read(conn)  # the leftover may already hold a request
+            ready.append(conn)
+        while self._resume:
+            conn = self._resume.popleft()
+            if not conn.closed:
+                ready.append(conn)
+
+    def _read(self, conn: Conn) -> None:
+        view = self._view
+        try:
+            for _ in range(_READS_PER_WAKE):
+                n = conn.sock.recv_into(view)
+                if not n:
+                    self._close(conn)
+                    return
+                conn.decoder.feed(view[:n])
+                if n < _CHUNK and not (conn.tls and conn.sock.pending()):  # type: ignore[attr-defined]
+                    break
+        except want_errors():
+            pass
+        except OSError:
+            self._close(conn)
+            return
+        try:
+            conn.frames.extend(conn.decoder.frames())
+        except OSError:  # ProtocolError: garbage from an authenticated peer ends its connection
+            self._close(conn)
+
+    def _process(self, conn: Conn, async_only: bool) -> None:
+        frames = conn.frames
+        while frames and not conn.busy and not conn.closed:
+            op = frames[0][0]
+            if async_only and op not in _NO_REPLY_OPS:
+                return
+            op, body = frames.popleft()
+            try:
+                quick, request = self.decode(op, body)
+            except OSError:
+                self._close(conn)
+                return
+            if quick:
+                reply = self.runner(op, request)
+                if reply:
+                    conn.out += reply
+                if op == Op.SHUTDOWN:
+                    self._flush(conn)
+                continue
+            # May block: hand to this connection's worker; the reply goes out from there.
+            if conn.out:
+                self._flush(conn)
+            conn.busy = True
+            if conn.worker is None:
+                conn.worker = _Worker(self, conn)
+            conn.worker.tasks.put((op, request))
+
+    def reply_from_worker(self, conn: Conn, reply: bytes | None) -> None:
+        """Called on a worker thread: send its reply, then let the loop read that connection again."""
+        if reply and not conn.closed:
+            if conn.tls or conn.out:
+                with conn.lock:
+                    conn.out += reply  # the loop flushes it (TLS objects are not thread-safe)
+            else:
+                try:
+                    n = conn.sock.send(reply)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    n = len(reply)  # the client is gone; the loop will see EOF
+                if n < len(reply):
+                    with conn.lock:
+                        conn.out += reply[n:]
+        conn.busy = False
+        self._resume.append(conn)
+        self._wake()
+
+    def _flush(self, conn: Conn) -> None:
+        with conn.lock:
+            out = conn.out
+            try:
+                while out:
+                    n = conn.sock.send(out)
+                    del out[:n]
+            except want_errors():
+                pass
+            except OSError:
+                out.clear()
+                self._close(conn)
+                return
+            want = bool(out)
+        if want != conn.want_write:  # epoll_ctl only when the interest really changes
+            conn.want_write = want
+            try:
+                self._ep.modify(conn.sock.fileno(),
+                                select.EPOLLIN | (select.EPOLLOUT if want else 0))
+            except (ValueError, OSError):
+                pass
+
+    def _close(self, conn: Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.discard(conn)
+        try:
+            fd = conn.sock.fileno()
+            self._by_fd.pop(fd, None)
+            self._ep.unregister(fd)
+        except (ValueError, OSError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        if conn.worker is not None:
+            conn.worker.tasks.put(None)

@@ -1,0 +1,303 @@
+"""The scheduler's vocabulary: jobs, batches, workers' slots, and the actions it emits.
+
+Plain data with no behaviour beyond small helpers, split from ``scheduler`` so the
+policy reads on its own. Life cycles are transition tables (``WORKER_TRANSITIONS``,
+``POOL_TRANSITIONS``): a move not in the table is a bug and raises.
+
+::
+
+    Job (one user call) ──pulled in──► Batch (tasks of one function, one frame)
+                                         │ sent to
+                                         ▼
+                                       WorkerSlot (its in-flight window of Batches)
+"""
+
+from __future__ import annotations
+
+import enum
+import reprlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS", "Mode", "FnInfo",
+    "Job", "Batch", "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill",
+    "Broken", "Action", "WorkerSlot", "short_repr", "describe_exit",
+]
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"    # process started, initializer not yet done
+    READY = "ready"          # takes work
+    RETIRING = "retiring"    # recycled (tasks or memory): finishes its window, takes no more
+    STOPPING = "stopping"    # told to exit
+    DEAD = "dead"
+
+
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.READY: frozenset({WorkerState.RETIRING, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.RETIRING: frozenset({WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.STOPPING: frozenset({WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class PoolState(enum.Enum):
+    RUNNING = "running"          # takes jobs
+    CLOSED = "closed"            # no new jobs; finishes what it has, then stops its workers
+    BROKEN = "broken"            # cannot run work (initializer failed); everything fails fast
+    TERMINATED = "terminated"    # workers killed, outstanding work failed
+
+
+POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.RUNNING: frozenset({PoolState.CLOSED, PoolState.BROKEN, PoolState.TERMINATED}),
+    PoolState.CLOSED: frozenset({PoolState.BROKEN, PoolState.TERMINATED}),
+    PoolState.BROKEN: frozenset({PoolState.TERMINATED}),
+    PoolState.TERMINATED: frozenset(),
+}
+
+
+class Mode(enum.IntEnum):
+    """How a worker calls the function with one task's argument."""
+
+    ONE = 0     # fn(x)
+    STAR = 1    # fn(*x)
+    KW = 2      # fn(*x[0], **x[1])
+
+
+class FnInfo:
+    """One distinct task function: its wire id, its pickled bytes, and its measured speed.
+
+    Made by the face in a user thread (which pickles the function once, so an
+    unpicklable one fails at submit); ``est`` is written only by the engine thread.
+    """
+
+    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes")
+
+    def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
+        self.fid = fid
+        self.fn = fn          # kept so id(fn) cannot be reused while this is cached
+        self.name = name
+        self.blob = blob      # the serializer's Payload (or the function itself for threads)
+        self.est: float | None = None   # seconds per task, moving average
+        self.nbytes: float | None = None  # pickled bytes per task (the engine measures)
+
+
+_NO_REORDER: dict[int, list[Any]] = {}  # shared by unordered jobs; never written
+
+
+class Job:
+    """One call from a user: ``apply``/``submit`` (a single task) or a map (an input iterator).
+
+    ``sink`` is whatever the face wants back in actions (a Future, a MapResult ...).
+    ``claim``, if set, is called with the job when it is taken for sending; returning
+    False drops it (a cancelled ``concurrent.futures.Future``).
+    """
+
+    __slots__ = (
+        "fn", "mode", "sink", "claim", "single", "arg", "blob", "it", "length",
+        "ordered", "credit", "chunksize", "timeout", "retries",
+        "pulled", "delivered", "consumed", "exhausted", "cancelled", "finished",
+        "reorder", "lost", "stalled",
+    )
+
+    def __init__(
+        self,
+        fn: FnInfo,
+        mode: Mode,
+        sink: Any,
+        *,
+        arg: Any = None,
+        blob: Any = None,
+        it: Iterator[Any] | None = None,
+        length: int | None = None,
+        ordered: bool = False,
+        credit: bool = False,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        claim: Callable[[Job], bool] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.mode = mode
+        self.sink = sink
+        self.claim = claim
+        self.single = it is None      # one task: ``arg`` (its pickled form in ``blob``)
+        self.arg = arg
+        self.blob = blob
+        self.it = it
+        self.length = length          # len(input) when known: caps batch sizes for balance
+        self.ordered = ordered        # deliver in input order (reorder buffer)
+        self.credit = credit          # a consumer takes results one by one: bound the lead
+        self.chunksize = chunksize
+        self.timeout = timeout
+        self.retries = retries
+        self.pulled = 1 if self.single else 0   # tasks taken from the input so far
+        self.delivered = 0
+        self.consumed = 0             # credit jobs: results the consumer has taken
+        self.exhausted = self.single
+        self.cancelled = False
+        self.finished = False
+        # Made only when needed: a submit() makes one Job, and every object it allocates
+        # is garbage-collector work when 200k of them are in flight.
+        self.reorder: dict[int, list[Any]] = {} if ordered else _NO_REORDER
+        self.lost: dict[int, int] | None = None  # index -> times its worker died under it
+        self.stalled = False          # waiting for consumer credit
+
+    def __repr__(self) -> str:
+        return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
+
+
+class Batch:
+    """Tasks of one function sent to one worker in one frame.
+
+    Either a run of one map job (``job``, indexes ``start .. start+len(args)-1``) or
+    single-task jobs (``owners``, each index 0, their args pre-pickled in ``args``).
+    """
+
+    __slots__ = ("bid", "fn", "mode", "job", "start", "args", "owners", "worker",
+                 "deadline", "isolated")
+
+    def __init__(self, fn: FnInfo, mode: Mode, args: list[Any], *, job: Job | None = None,
+                 start: int = 0, owners: list[Job] | None = None, isolated: bool = False) -> None:
+        self.bid = 0
+        self.fn = fn
+        self.mode = mode
+        self.job = job
+        self.start = start
+        self.args = args
+        self.owners = owners
+        self.worker = 0
+        self.deadline: float | None = None
+        self.isolated = isolated      # re-run alone to find which task killed a worker
+
+    def __len__(self) -> int:
+        return len(self.args)
+
+    def job_of(self, i: int) -> tuple[Job, int]:
+        if self.owners is not None:
+            return self.owners[i], 0
+        assert self.job is not None
+        return self.job, self.start + i
+
+    def arg_of(self, i: int) -> Any:
+        if self.owners is not None:
+            return self.owners[i].arg
+        return self.args[i]
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.bid} {self.fn.name} x{len(self.args)} on {self.worker}>"
+
+
+# -- actions ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class Spawn:
+    wid: int
+
+
+@dataclass(slots=True)
+class Send:
+    wid: int
+    batch: Batch
+
+
+@dataclass(slots=True)
+class Deliver:
+    job: Job
+    start: int
+    values: list[Any]   # a TaskError in place of a value that failed
+
+
+@dataclass(slots=True)
+class DeliverSingles:
+    jobs: list[Job]
+    values: list[Any]
+
+
+@dataclass(slots=True)
+class Done:
+    job: Job
+
+
+@dataclass(slots=True)
+class Stop:
+    wid: int
+
+
+@dataclass(slots=True)
+class Kill:
+    wid: int
+
+
+@dataclass(slots=True)
+class Broken:
+    error: BaseException
+
+
+Action = Spawn | Send | Deliver | DeliverSingles | Done | Stop | Kill | Broken
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    wid: int
+    state: WorkerState = WorkerState.STARTING
+    window: deque[Batch] = field(default_factory=deque)
+    assigned: int = 0       # tasks sent over its life (maxtasksperchild)
+    done: int = 0
+    busy: float = 0.0
+    rss: int | None = None
+    peak_rss: int | None = None
+    last_used: int = 0
+    exclusive: bool = False  # running a timed task: nothing else goes there
+    timed_out: Batch | None = None
+    exitcode: int | None = None
+
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = 4
+_short.maxtuple = 4
+_short.maxdict = 4
+
+
+def short_repr(obj: Any) -> str:
+    try:
+        return _short.repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object>"
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown status"
+    if exitcode < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _slice(batch: Batch, lo: int, hi: int) -> Batch:
+    owners = None if batch.owners is None else batch.owners[lo:hi]
+    return Batch(batch.fn, batch.mode, batch.args[lo:hi], job=batch.job,
+                 start=batch.start + lo, owners=owners, isolated=batch.isolated)
+
+
+def _single(batch: Batch, i: int) -> Batch:
+    return _slice(batch, i, i + 1)
+
+
+def _split(batch: Batch, n: int) -> Batch:
+    """Cut ``batch`` to its first ``n`` tasks (in place); return the rest as a new batch."""
+    rest = _slice(batch, n, len(batch))
+    batch.args = batch.args[:n]
+    if batch.owners is not None:
+        batch.owners = batch.owners[:n]
+    return rest
