@@ -179,5 +179,5 @@ CASES: list[Case] = [
          {"polyproc": value_polyproc, "stdlib": value_stdlib}, target=1.0, quick=True),
     Case("uncontended Lock acquire+release", "pairs/s",
          {"polyproc": lock_polyproc, "stdlib": lock_stdlib}, target=1.0, quick=True,
-         note="ctypes call overhead (~0.2 us a call) bounds this; see docs/shared-state.md"),
+         note="C extension polyproc._csem; the ctypes fallback is ~10x slower (docs/shared-state.md)"),
 ]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from ._protocol.framing import HEADER, Kind, decode_header, decode_lengths, encode_header
+from ._protocol.framing import HEADER, MAGIC, Kind, decode_header, decode_lengths, encode_header
 from ._serialize import DEFAULT_SERIALIZER, Payload, Serializer, fd_handle
 from ._transport import FdStream, Stream, UnixStream, stream_for_socket
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
@@ -38,6 +38,10 @@ _HDR = HEADER.size
 _CHUNK = 1 << 16
 #: Under this, header and body are joined into one write: one syscall beats writev.
 _COALESCE = 1 << 14
+_HEAD_PACK = HEADER.pack
+_HEAD_UNPACK = HEADER.unpack_from
+_PICKLE = int(Kind.PICKLE)
+_BYTES = int(Kind.BYTES)
 _TRUST = 64 << 20  # bytes allocated up front for one frame part; more as they arrive
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -128,6 +132,9 @@ class Connection:
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Send a bytes-like object (or a slice of it, offsets in bytes) as one message."""
         stream = self._for_writing()
+        if type(buf) is bytes and not offset and size is None and len(buf) < _COALESCE:
+            stream._writev([_HEAD_PACK(MAGIC, _BYTES, 0, 0, len(buf)) + buf])
+            return
         view = memoryview(buf)
         if view.itemsize > 1 or view.format != "B":
             view = view.cast("B")
@@ -154,7 +161,13 @@ class Connection:
         if kind is bytearray:
             self._write(stream, encode_header(Kind.RAW_BYTEARRAY, len(obj)), obj)
             return
-        self.send_payload(self._ser.dumps(obj, what="message"))
+        payload = self._ser.dumps(obj, what="message")
+        body = payload.body
+        if not payload.buffers and not payload.fds and len(body) < _COALESCE:
+            # The common case, kept short: one header+body write, no frame table.
+            stream._writev([_HEAD_PACK(MAGIC, _PICKLE, 0, 0, len(body)) + body])
+            return
+        self.send_payload(payload)
 
     def send_payload(self, payload: Payload) -> None:
         """Send an already pickled message (body, out-of-band buffers, fds) as one frame."""
@@ -284,6 +297,16 @@ class Connection:
         """Receive one message as bytes; ``OSError`` (ProtocolError) if longer than ``maxlength``."""
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
+        buf = self._buf
+        if len(buf) < _HDR or self._stream is None or not self._readable:
+            self._need(self._for_reading(), _HDR, False)
+        magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
+        end = _HDR + size
+        if (magic == MAGIC and kind_no == _BYTES and not nfds and not nbuf and len(buf) >= end
+                and (maxlength is None or size <= maxlength)):
+            body = bytes(buf[_HDR:end])
+            del buf[:end]
+            return body
         kind, body, buffers, fds = self._read_frame(maxlength)
         if buffers or fds:
             for fd in fds:
@@ -315,6 +338,19 @@ class Connection:
 
     def recv(self) -> Any:
         """Receive one object sent by ``send`` (or bytes sent by ``send_bytes``, unpickled)."""
+        buf = self._buf
+        if len(buf) < _HDR or self._stream is None or not self._readable:
+            self._need(self._for_reading(), _HDR, False)
+        magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
+        end = _HDR + size
+        if magic == MAGIC and kind_no == _PICKLE and not nfds and not nbuf and len(buf) >= end:
+            # The common case: a small pickle wholly in our buffer. No header object, no enum.
+            body = buf[_HDR:end]
+            del buf[:end]
+            try:
+                return pickle.loads(body)
+            except pickle.UnpicklingError as exc:
+                raise CorruptMessageError(f"received a message that is not a valid pickle: {exc}") from exc
         kind, body, buffers, fds = self._read_frame()
         if kind is Kind.RAW_BYTEARRAY:
             return body

@@ -37,8 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from .errors import SerializationError
 
 __all__ = ["Payload", "Serializer", "fd_handle", "describe_unpicklable", "DEFAULT_SERIALIZER"]
@@ -111,9 +109,28 @@ def _rebuild_memoryview(buf: Any) -> memoryview:
     return memoryview(buf)
 
 
+class _MainCheck:
+    """The last answer of ``_main_is_importable``, kept per main module object (hot path)."""
+
+    main: object = None
+    answer = False
+
+
+_main_check = _MainCheck()
+
+
 def _main_is_importable() -> bool:
     """Can a child re-import ``__main__`` (as ``__mp_main__``)? Not from a REPL or ``-c``."""
     main = sys.modules.get("__main__")
+    check = _main_check
+    if main is check.main and main is not None:
+        return check.answer
+    answer = _main_is_importable_uncached(main)
+    check.main, check.answer = main, answer
+    return answer
+
+
+def _main_is_importable_uncached(main: Any) -> bool:
     if main is None:
         return False
     # Mirrors _launch.child.preparation_data: what it will not import, we must not name.
@@ -133,16 +150,24 @@ def _is_script(path: str) -> bool:
 _MAIN_NAMES = ("__main__", "__mp_main__")
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, plus: memoryviews out of band, and ``__main__`` code by reference when importable."""
+@functools.cache
+def _pickler_class() -> type:
+    """The cloudpickle-based pickler, built on first need: children that only receive
+    plain pickles (the common case) never import cloudpickle, which keeps spawn fast."""
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is memoryview:
-            return (_rebuild_memoryview, (pickle.PickleBuffer(obj),))
-        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES:
-            if _main_is_importable() and _lookup(obj) is obj:
-                return NotImplemented  # plain save_global: ``__main__.name``
-        return super().reducer_override(obj)
+    class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        """cloudpickle, plus: memoryviews out of band, ``__main__`` code by reference when importable."""
+
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is memoryview:
+                return (_rebuild_memoryview, (pickle.PickleBuffer(obj),))
+            if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES:
+                if _main_is_importable() and _lookup(obj) is obj:
+                    return NotImplemented  # plain save_global: ``__main__.name``
+            return super().reducer_override(obj)
+
+    return _Pickler
 
 
 def _lookup(obj: Any) -> Any:
@@ -205,14 +230,14 @@ class Serializer:
 
     def _dumps_cloud(self, obj: Any, cb: Callable[[pickle.PickleBuffer], bool]) -> bytes:
         out = io.BytesIO()
-        _Pickler(out, protocol=self.protocol, buffer_callback=cb).dump(obj)
+        _pickler_class()(out, protocol=self.protocol, buffer_callback=cb).dump(obj)
         return out.getbuffer().tobytes()
 
     def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
         """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
         try:
             out = io.BytesIO()
-            _Pickler(out, protocol=self.protocol).dump(obj)
+            _pickler_class()(out, protocol=self.protocol).dump(obj)
             return out.getvalue()
         except Exception as exc:
             raise SerializationError(

@@ -151,3 +151,8 @@ class Picky(dict):  # type: ignore[type-arg]
         if value == "bad":
             raise ValueError("picky says no")
         super().__setitem__(key, value)
+
+
+def touch(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))

@@ -173,3 +173,15 @@ def test_manager_process_dies_with_its_owner(start_method: str) -> None:
     finally:
         owner.kill()
         owner.wait(10)
+
+
+def test_start_runs_the_initializer_in_the_server(tmp_path: Path) -> None:
+    marker = tmp_path / "initialized"
+    m = _targets.CounterManager()
+    m.start(_targets.touch, (str(marker),))
+    try:
+        assert marker.read_text() == str(m._process.pid)
+    finally:
+        m.shutdown()
+    with pytest.raises(TypeError):
+        _targets.CounterManager().start(initializer=42)  # type: ignore[arg-type]

@@ -55,11 +55,17 @@ def test_tutorial_manager_program(start_method: str, tmp_path: Path) -> None:
     script.write_text(PROGRAM)
     env = env_with_src()
     env["POLYPROC_START_METHOD"] = start_method
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                         text=True, timeout=50, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.splitlines() == [
-        "MainProcess: [1, 2, 3]",
-        "MainProcess: {'x': 2}",
-        "MainProcess: Namespace(y=2)",
-    ]
+    expected = ["MainProcess: [1, 2, 3]", "MainProcess: {'x': 2}", "MainProcess: Namespace(y=2)"]
+    # The program races by construction: ``d['x'] += 1`` is a get then a set, and two
+    # processes may interleave them (the stdlib loses that update too, under load).
+    # So: at most 3 runs; each must succeed, and any difference must be a lost update.
+    for _attempt in range(3):
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                             text=True, timeout=15, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        lines = out.stderr.splitlines()
+        if lines == expected:
+            return
+        assert lines[0] == expected[0] and lines[1] in (expected[1], "MainProcess: {'x': 1}")
+        assert lines[2] in (expected[2], "MainProcess: Namespace(y=1)")
+    pytest.fail(f"three runs in a row lost an update: {lines}")

@@ -189,6 +189,11 @@ def test_killed_holder_keeps_lock(ctx) -> None:  # type: ignore[no-untyped-def]
     assert lock.owner_alive() is False  # detectable: the holder is gone
 
 
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_blocking_acquire_interruptible_by_ctrl_c(tmp_path) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "blocked.py"
     script.write_text(textwrap.dedent("""
@@ -205,6 +210,11 @@ def test_blocking_acquire_interruptible_by_ctrl_c(tmp_path) -> None:  # type: ig
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "blocking"
+    # Signal only once it sleeps in acquire(): a SIGINT handled between the print and the
+    # call would raise outside the try (a race in the test, not in the lock).
+    deadline = time.monotonic() + 10
+    while _proc_state(proc.pid) != "S" and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling with a deadline, not synchronisation by sleep
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=10)
     assert "interrupted" in out

@@ -75,53 +75,59 @@ def _boot_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 class _Spares:
-    """One interpreter booted ahead of need, so a spawn start costs a message, not a boot.
+    """Interpreters booted ahead of need, so a spawn start costs a message, not a boot.
 
-    The spare has imported polyproc and waits on its socket with PDEATHSIG set; it
-    is used only if the environment it was started with is still ours (variables
-    such as PYTHONHASHSEED act at boot). After each use the next spare is started
-    at once, and boots while the caller goes on. ``POLYPROC_SPAWN_SPARES=0`` turns
-    this off.
+    A spare has imported polyproc and waits on its socket with PDEATHSIG set; it is
+    used only if the boot-time environment it started with (PYTHON*, LD_*) is still
+    ours. Each use starts a replacement at once, which boots while the caller goes on;
+    ``POLYPROC_SPAWN_SPARES`` sets how many are kept (default 1; 0 turns this off).
+    Two overlapping boots did not help back-to-back starts on a loaded 2-core machine.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.spare: tuple[Connection, PidfdHandle, dict[str, str]] | None = None
+        self.spares: list[tuple[Connection, PidfdHandle, dict[str, str]]] = []
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
-        if self.spare is not None:
-            conn, handle, _ = self.spare
+        for conn, handle, _ in self.spares:
             conn.close()
             handle.close()
-        self.spare = None
+        self.spares = []
+
+    @staticmethod
+    def wanted() -> int:
+        try:
+            return max(0, int(os.environ.get("POLYPROC_SPAWN_SPARES", "1")))
+        except ValueError:
+            return 1
 
     def take(self) -> tuple[Connection, PidfdHandle]:
-        if os.environ.get("POLYPROC_SPAWN_SPARES", "1") == "0":
+        wanted = self.wanted()
+        if wanted == 0:
             return spawn_interpreter("polyproc-spawn")
+        env = _boot_env(os.environ)
+        chosen: tuple[Connection, PidfdHandle] | None = None
+        stale = []
         with self.lock:
-            spare, self.spare = self.spare, None
-        if spare is not None:
-            conn, handle, env = spare
-            if env == _boot_env(os.environ) and handle.poll() is None:
-                self._refill()
-                return conn, handle
-            conn.close()  # stale: it exits on EOF
+            while self.spares and chosen is None:
+                conn, handle, boot_env = self.spares.pop(0)  # the oldest is the most booted
+                if boot_env == env and handle.poll() is None:
+                    chosen = (conn, handle)
+                else:
+                    stale.append((conn, handle))
+            missing = wanted - len(self.spares)
+        for conn, handle in stale:
+            conn.close()  # it exits on EOF
             handle.wait(5.0)
             handle.close()
-        fresh = spawn_interpreter("polyproc-spawn")
-        self._refill()
-        return fresh
-
-    def _refill(self) -> None:
-        conn, handle = spawn_interpreter("polyproc-spare")
-        with self.lock:
-            if self.spare is None:
-                self.spare = (conn, handle, _boot_env(os.environ))
-                return
-        conn.close()
-        handle.wait(5.0)
-        handle.close()
+        if chosen is None:
+            chosen = spawn_interpreter("polyproc-spawn")
+        for _ in range(missing):
+            conn, handle = spawn_interpreter("polyproc-spare")
+            with self.lock:
+                self.spares.append((conn, handle, env))
+        return chosen
 
 
 _SPARES = _Spares()

@@ -109,7 +109,7 @@ class ProcessPoolExecutor(Executor):
         sched = engine.sched
         it = IMapIterator(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar,
                           deadline)
-        job = self._sub.many(fn, _Zipped(iterables, total), it, star=True, ordered=True,
+        job = self._sub.many(fn, _Zipped(iterables, total), it.sink, star=True, ordered=True,
                              credit=True, chunksize=chunksize,
                              timeout=self._task_timeout if task_timeout is None else task_timeout,
                              retries=self._retries)
@@ -157,7 +157,7 @@ def _results(it: IMapIterator, engine: Engine, job: Job) -> Iterator[Any]:
     try:
         yield from it
     finally:
-        if not it._finished:
+        if not it.sink.finished:
             engine.post(_star, (engine.sched.cancel, job))
 
 

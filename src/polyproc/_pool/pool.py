@@ -202,13 +202,13 @@ class Pool:
                             getattr(func, "__name__", "imap"))
         engine = self._engine
         sched = engine.sched
-        it = cls(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline)
-        job = self._sub.many(func, iterable, it, star=star, ordered=cls is IMapIterator,
+        it = cls(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline,
+                 lambda j: engine.post(_star, (sched.cancel, j)))
+        job = self._sub.many(func, iterable, it.sink, star=star, ordered=cls is IMapIterator,
                              credit=True, chunksize=chunksize,
                              timeout=self._timeout if timeout is None else timeout,
                              retries=self._retries if retries is None else retries)
         it.job = job
-        it._cancel = lambda j: engine.post(_star, (sched.cancel, j))  # type: ignore[attr-defined]
         engine.add_job(job)
         return it
 

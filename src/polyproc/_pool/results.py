@@ -126,40 +126,58 @@ class MapResult(ApplyResult):
             self._future.set_result(self._values)
 
 
+class _Stream:
+    """Where the engine puts an iterator's results. The job holds this, not the iterator,
+    so a consumer that drops its iterator lets it be collected (and the job cancelled)."""
+
+    __slots__ = ("cond", "items", "finished", "progress")
+
+    def __init__(self, progress: Any) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.items: deque[Any] = deque()
+        self.finished = False
+        self.progress = progress
+
+    def _deliver(self, start: int, values: list[Any]) -> None:
+        with self.cond:
+            self.items.extend(values)
+            self.cond.notify()
+        if self.progress is not None:
+            self.progress.update(len(values))
+
+    def _done(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+        if self.progress is not None:
+            self.progress.close()
+
+
 class IMapIterator:
     """``imap``: results in input order as they come (the scheduler reorders). Lazy input.
 
     A task that failed raises at its position; iteration can go on after it, as in
     the stdlib. ``next(timeout)`` raises ``TimeoutError`` when nothing came in time.
+    Dropping the iterator cancels the job: no more input is pulled for it.
     """
 
     _REPORT_EVERY = 64
 
     def __init__(self, post_consumed: Callable[[Job, int], None] | None = None,
-                 progress: Any = None, deadline: float | None = None) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._items: deque[Any] = deque()
-        self._finished = False
+                 progress: Any = None, deadline: float | None = None,
+                 cancel: Callable[[Job], None] | None = None) -> None:
+        self.sink = _Stream(progress)
+        self._items = self.sink.items
         self._taken = 0
         self._reported = 0
         self._post_consumed = post_consumed
-        self._progress = progress
+        self._cancel = cancel
         self._deadline = deadline   # Executor.map: one deadline for the whole iteration
         self.job: Job | None = None
 
-    def _deliver(self, start: int, values: list[Any]) -> None:
-        with self._cond:
-            self._items.extend(values)
-            self._cond.notify()
-        if self._progress is not None:
-            self._progress.update(len(values))
-
-    def _done(self) -> None:
-        with self._cond:
-            self._finished = True
-            self._cond.notify_all()
-        if self._progress is not None:
-            self._progress.close()
+    @property
+    def _finished(self) -> bool:
+        return self.sink.finished and not self._items
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -189,22 +207,23 @@ class IMapIterator:
         if self._deadline is not None:
             left = self._deadline - time.monotonic()
             timeout = left if timeout is None else min(timeout, left)
-        with self._cond:
-            if not self._items and not self._finished:
+        sink = self.sink
+        with sink.cond:
+            if not sink.items and not sink.finished:
                 self._report(True)  # never wait on results the engine holds back for credit
-                if not self._cond.wait_for(lambda: self._items or self._finished,
-                                           None if timeout is None else max(0.0, timeout)):
+                if not sink.cond.wait_for(lambda: sink.items or sink.finished,
+                                          None if timeout is None else max(0.0, timeout)):
                     raise TimeoutError(f"no result within {timeout} s")
-            if not self._items:
+            if not sink.items:
                 raise StopIteration
-            return self._items.popleft()
+            return sink.items.popleft()
 
     __next__ = next
 
     def __del__(self) -> None:
         # A consumer that walks away: stop pulling the input for it.
-        job, cancel = self.job, getattr(self, "_cancel", None)
-        if job is not None and cancel is not None and not self._finished:
+        job, cancel = self.job, self._cancel
+        if job is not None and cancel is not None and not self.sink.finished:
             try:
                 cancel(job)
             except Exception:  # noqa: BLE001

@@ -196,8 +196,10 @@ class PySemLock:
                 return
             owner[1] = 0
             owner[0] = 0
-        elif self._sem_max >= 0 and self.get_value() >= self._sem_max:
-            raise ValueError("semaphore or lock released too many times")
+        elif self._sem_max >= 0:
+            count = self._sem_count  # a plain load where DIRECT_VALUE allows: on Lock's hot path
+            if (count.value if count is not None else value(self._sem_addr)) >= self._sem_max:
+                raise ValueError("semaphore or lock released too many times")
         if _sem_post(self._sem_addr) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
