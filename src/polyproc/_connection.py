@@ -133,7 +133,7 @@ class Connection:
         """Send a bytes-like object (or a slice of it, offsets in bytes) as one message."""
         stream = self._for_writing()
         if type(buf) is bytes and not offset and size is None and len(buf) < _COALESCE:
-            stream._writev([_HEAD_PACK(MAGIC, _BYTES, 0, 0, len(buf)) + buf])
+            stream.write_all((_HEAD_PACK(MAGIC, _BYTES, 0, 0, len(buf)) + buf,))
             return
         view = memoryview(buf)
         if view.itemsize > 1 or view.format != "B":
@@ -165,7 +165,7 @@ class Connection:
         body = payload.body
         if not payload.buffers and not payload.fds and len(body) < _COALESCE:
             # The common case, kept short: one header+body write, no frame table.
-            stream._writev([_HEAD_PACK(MAGIC, _PICKLE, 0, 0, len(body)) + body])
+            stream.write_all((_HEAD_PACK(MAGIC, _PICKLE, 0, 0, len(body)) + body,))
             return
         self.send_payload(payload)
 

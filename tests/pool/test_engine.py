@@ -84,8 +84,8 @@ def test_many_threads_submitting_at_once(ctx: Any) -> None:
     out: list[list[int]] = []
     with Pool(2, context=ctx) as pool:
         def user(k: int) -> None:
-            out.append(pool.map(h.add, range(200), [k] * 200) if False else
-                       [r.get(10) for r in [pool.apply_async(h.add, (i, k)) for i in range(200)]])
+            results = [pool.apply_async(h.add, (i, k)) for i in range(200)]
+            out.append([r.get(10) for r in results])
 
         threads = [threading.Thread(target=user, args=(k,)) for k in range(4)]
         for t in threads:

@@ -2,13 +2,15 @@
 
 ::
 
-    messages.py   the wire vocabulary: an Op enum and one record per message
-    wire.py       frames on a socket (length, op, body), bounded reads; connect() for clients
+    wire.py       the wire vocabulary (an Op enum), 5-byte frames, bounded reads, addresses
     gate.py       the listening socket; authenticates (and TLS-handshakes) newcomers off-thread
-    server.py     the object table and one thread per authenticated connection
-    client.py     per-address, per-thread persistent connections; batched decrefs
+    loop.py       the serving loop: quick calls inline, calls that may block on a worker
+    server.py     the object table, request decoding and dispatch; serve_in_child
+    client.py     per-thread persistent connections; queued decrefs; fire-and-forget posts
     proxy.py      Token, BaseProxy, AutoProxy, MakeProxyType (no exec)
     proxytypes.py the stdlib's proxy types (list, dict, Namespace, Value, locks, Pool ...)
     registry.py   BaseManager: register(), start(), connect(), shutdown()
     sync.py       SyncManager: the types ``polyproc.Manager()`` offers
+
+The public face is ``polyproc.managers``; docs/managers.md has the design and threat model.
 """
