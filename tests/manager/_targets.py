@@ -102,7 +102,8 @@ ctx = None
 if len(sys.argv) > 2:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-m = QueueManager(address=("127.0.0.1", 0), authkey=sys.argv[1].encode(), ssl_context=ctx)
+m = QueueManager(address=("127.0.0.1", 0), authkey=sys.argv[1].encode(), ssl_context=ctx,
+                 handshake_timeout=2.0)
 s = m.get_server()
 print(s.address[1], flush=True)
 s.serve_forever()
@@ -156,3 +157,12 @@ class Picky(dict):  # type: ignore[type-arg]
 def touch(path: str) -> None:
     with open(path, "w") as f:
         f.write(str(os.getpid()))
+
+
+def drop_then_call(holder: list[Any], other: Any, conn: Any) -> None:
+    import gc
+
+    holder.clear()  # the child's copy of the proxy goes away ...
+    gc.collect()
+    other.append("x")  # ... and any queued DECREF would ride in front of this call
+    conn.send("ok")

@@ -271,3 +271,15 @@ def test_managed_pool(m: Any) -> None:
     assert list(pool.imap(abs, [-1, -2])) == [1, 2]
     pool.close()
     pool.join()
+
+
+def test_a_child_dropping_its_copy_does_not_free_the_parents_object(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        precious, other = manager.list([1]), manager.list()
+        r, w = ctx.Pipe()
+        p = ctx.Process(target=_targets.drop_then_call, args=([precious], other, w))
+        p.start()
+        assert r.poll(30) and r.recv() == "ok"
+        p.join(30)
+        precious.append(2)  # would be RemoteError("no object ...") if the child had decref'd it
+        assert precious[:] == [1, 2] and other[:] == ["x"]

@@ -93,9 +93,8 @@ def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
         pids = [ex.submit(h.pid_of).result() for _ in range(5)]
         assert len(set(pids)) >= 2
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.bad_initializer) as ex:
-        f = ex.submit(h.inc, 1)
         with pytest.raises(BrokenProcessPool):
-            f.result(10)
+            ex.submit(h.inc, 1).result(10)
         with pytest.raises(BrokenProcessPool):
             ex.submit(h.inc, 1)
     with pytest.raises(ValueError):

@@ -42,12 +42,24 @@ CONNECT_TIMEOUT = 20.0
 
 
 class Ref:
-    """Whether a proxy holds a server reference it must give back (shared with its finalizer)."""
+    """Whether a proxy holds a server reference it must give back (shared with its finalizer).
 
-    __slots__ = ("owned",)
+    ``owner`` is the fork generation that took the reference (-1: none). A proxy copied
+    into a forked child still says "owned" there, but the reference is the parent's: the
+    child must take its own (``CALL_INCREF``) and must never give back the parent's.
+    """
+
+    __slots__ = ("owner",)
 
     def __init__(self, owned: bool) -> None:
-        self.owned = owned
+        self.owner = _state.generation if owned else -1
+
+    @property
+    def owned(self) -> bool:
+        return self.owner == _state.generation
+
+    def take(self) -> None:
+        self.owner = _state.generation
 
 
 class _AuthChannel:
@@ -112,6 +124,8 @@ class _State:
         self.decrefs: dict[Address, list[int]] = {}
         #: the manager Server running in this process, if any (see proxy rebuilding)
         self.server: Any = None
+        #: bumped in every forked child: tells references taken here from inherited ones
+        self.generation = 0
 
     def after_fork(self) -> None:
         channels: dict[Address, Channel] = getattr(self.local, "channels", {})
@@ -121,6 +135,7 @@ class _State:
         self.local = threading.local()
         self.decrefs = {}
         self.server = None
+        self.generation += 1
 
 
 _state = _State()
@@ -218,8 +233,8 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
 def release(address: Address, ident: int, ref: Ref) -> None:
     """A proxy's finalizer: queue its DECREF (no I/O here, see the module docstring)."""
     if not ref.owned:
-        return
-    ref.owned = False
+        return  # never took one, or inherited it through fork: not ours to give back
+    ref.owner = -1
     server = _state.server
     if server is not None and server.address == address:
         server.decref(ident)

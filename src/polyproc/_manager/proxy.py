@@ -92,7 +92,7 @@ class BaseProxy:
             self._local_server = server
             if incref:
                 server.incref(token.id)
-                self._ref.owned = True
+                self._ref.take()
         weakref.finalize(self, client.release, token.address, token.id, self._ref)
 
     # -- calling --------------------------------------------------------------
@@ -114,7 +114,7 @@ class BaseProxy:
                                    dumps((self._id, methodname, args, kwds or None)))
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
-                ref.owned = True
+                ref.take()
             return loads(body)
         return self._unusual_reply(op, rop, body)
 
@@ -133,7 +133,7 @@ class BaseProxy:
         if rop == Op.FAULT:
             raise RemoteError(loads(body))
         if op == Op.CALL_INCREF:
-            self._ref.owned = True
+            self._ref.take()
         if rop == Op.ERROR:
             raise loads(body)
         if rop == Op.PROXY:

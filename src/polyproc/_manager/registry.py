@@ -58,7 +58,8 @@ class BaseManager:
 
     def __init__(self, address: Address | None = None, authkey: bytes | None = None,
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 handshake_timeout: float = 10.0) -> None:
         if serializer != "pickle":
             raise ValueError("polyproc managers only speak pickle (serializer='pickle')")
         if authkey is None:
@@ -69,6 +70,7 @@ class BaseManager:
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout  # server side: see gate.py
         self._state = State.INITIAL
         self._process: Any = None
         self._control: Any = None
@@ -123,7 +125,8 @@ class BaseManager:
         self._move("get_server")
         if self._address is None:
             self._address = default_address()
-        return Server(self._registry, self._address, self._authkey, ssl_context=self._ssl)
+        return Server(self._registry, self._address, self._authkey, ssl_context=self._ssl,
+                      handshake_timeout=self._handshake_timeout)
 
     def start(self, initializer: Callable[..., Any] | None = None,
               initargs: tuple[Any, ...] = ()) -> None:
@@ -146,6 +149,7 @@ class BaseManager:
             target=serve_in_child, name=f"{type(self).__name__}-server",
             args=(self._registry, address, self._authkey, ssl_context, initializer,
                   tuple(initargs), reader),
+            kwargs={"handshake_timeout": self._handshake_timeout},
         )
         process.daemon = True
         try:

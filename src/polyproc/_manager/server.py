@@ -303,7 +303,8 @@ def _public(obj: Any) -> list[str]:
 
 def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: bytes,
                    ssl_context: ssl.SSLContext | None, initializer: Callable[..., Any] | None,
-                   initargs: tuple[Any, ...], control: Any) -> None:
+                   initargs: tuple[Any, ...], control: Any, *,
+                   handshake_timeout: float = 10.0) -> None:
     """The manager process's target: serve until the owner says stop, or goes away.
 
     ``control`` is one end of a Pipe: we send our address on it, then any message
@@ -314,7 +315,8 @@ def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: 
     if initializer is not None:
         initializer(*initargs)
     try:
-        server = Server(registry, address, authkey, ssl_context=ssl_context)
+        server = Server(registry, address, authkey, ssl_context=ssl_context,
+                        handshake_timeout=handshake_timeout)
     except BaseException as exc:
         control.send(("error", f"{type(exc).__name__}: {exc}"))
         raise

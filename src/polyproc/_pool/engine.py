@@ -17,8 +17,11 @@
                                       Scheduler (pure) ──► actions: Spawn, Send, Stop,
                                         Kill, Deliver ──► Future.set_result / sinks
 
-Only this thread touches the scheduler and the worker channels, so pool state
-needs no lock. Sends never block: the engine writes with ``MSG_DONTWAIT`` and
+The scheduler and the channels are touched under one lock, which the engine
+thread holds except while it waits in select. Then, and only when a worker is
+idle, a caller's ``add_job`` takes the lock and sends its job itself (saving the
+thread hop into the engine); everything else (results, deaths, timers) is the
+engine thread's. Sends never block: the engine writes with ``MSG_DONTWAIT`` and
 keeps what did not fit until the channel is writable, so a worker writing a large
 result while we write it a large batch cannot deadlock the two of us. Reads are
 frame by frame with ``Connection.recv`` (a worker only ever waits on us to read,
@@ -43,9 +46,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from .._protocol.framing import Kind, encode_header
 from .._serialize import fd_handle
 from ..errors import BrokenProcessPool, PoolClosedError
+from .channel import Handle, pickle_buffer
+from .channel import packed as pack_single
 from .messages import INIT_FAILED, READY, RESULTS, STOP, TASKS, TaskError
 from .scheduler import (
     Broken,
@@ -54,10 +58,12 @@ from .scheduler import (
     Done,
     Job,
     Kill,
+    PoolState,
     Scheduler,
     Send,
     Spawn,
     Stop,
+    WorkerState,
 )
 from .worker import ThreadWorker, current_rss, worker_main
 
@@ -65,29 +71,7 @@ __all__ = ["Engine", "WORKER_PREFIX"]
 
 WORKER_PREFIX = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
                  "forkserver": "ForkServerPoolWorker"}
-_IOV_MAX = 1024
 _RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS on death)
-_COALESCE = 1 << 14
-
-
-class _Handle:
-    """One worker as the engine sees it: its process (or thread) and its channel."""
-
-    __slots__ = ("wid", "proc", "conn", "sock", "out", "fids", "name", "pid", "peak",
-                 "writing", "thread")
-
-    def __init__(self, wid: int) -> None:
-        self.wid = wid
-        self.proc: Any = None
-        self.conn: Any = None                       # Connection: engine reads here
-        self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
-        self.out: deque[tuple[memoryview, list[int]]] = deque()
-        self.fids: set[int] = set()                 # functions this worker has cached
-        self.name = f"worker {wid}"
-        self.pid: int | None = None
-        self.peak: int | None = None
-        self.writing = False
-        self.thread: ThreadWorker | None = None
 
 
 class Engine:
@@ -106,11 +90,15 @@ class Engine:
             ctx.start_method, "PoolWorker")
         self.broken: BaseException | None = None
         self.inbox: deque[Any] = deque()  # Job, or (fn, arg) to call
+        # Held by whoever runs the scheduler: the engine thread, except while it waits in
+        # select, when a caller may take it to send its own job (``add_job``).
+        self._lock = threading.Lock()
+        self._direct = False   # the engine sleeps and a worker is idle
         self._asleep = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.handles: dict[int, _Handle] = {}
+        self.handles: dict[int, Handle] = {}
         self.sel = selectors.DefaultSelector()
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         self.finished = threading.Event()
@@ -130,22 +118,52 @@ class Engine:
         """Run ``fn(arg)`` in the engine thread soon. Safe from any thread."""
         self.inbox.append((fn, arg))
         if self._asleep:
+            self._wake()
+
+    def add_job(self, job: Job) -> None:
+        if self.finished.is_set():
+            raise self._closed_error()
+        self.inbox.append(job)  # a bare Job: one tuple fewer per submit
+        if self.finished.is_set():
+            self._fail_leftovers()  # it ended between our check and our append
+            return
+        if not self._asleep:
+            return  # the engine is awake and will see it
+        if self._direct and self._lock.acquire(False):
+            # The engine sleeps and a worker is idle: send from this thread, saving the
+            # thread hop to the engine and back (a quarter of a round trip).
+            try:
+                if self._asleep and self._direct:
+                    self._run_direct()
+                    return
+            finally:
+                self._lock.release()
+        self._wake()
+
+    def _run_direct(self) -> None:
+        """In a caller's thread, holding the engine lock while the engine is in select."""
+        sched = self.sched
+        deadlines = len(sched._deadlines)
+        self._drain_inbox()
+        if sched.actions:
+            self._act()
+        self._direct = self._idle_worker()
+        if len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING:
+            self._wake()  # its select timeout must change: let it recompute
+
+    def _wake(self) -> None:
+        if self._asleep:
             self._asleep = False
             try:
                 os.write(self._wake_w, b"x")
             except (BlockingIOError, OSError):
                 pass  # full: it will wake anyway; closed: the engine is gone
 
-    def add_job(self, job: Job) -> None:
-        if self.finished.is_set():
-            raise self._closed_error()
-        self.inbox.append(job)  # a bare Job: one tuple fewer per submit
-        if self._asleep:
-            self._asleep = False
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass
+    def _idle_worker(self) -> bool:
+        for slot in self.sched.workers.values():
+            if slot.state is WorkerState.READY and not slot.window and not slot.exclusive:
+                return True
+        return False
 
     def _closed_error(self) -> BaseException:
         if self.broken is not None:
@@ -179,36 +197,51 @@ class Engine:
         sched = self.sched
         inbox = self.inbox
         select = self.sel.select
-        while True:
-            if inbox:
-                self._drain_inbox()
-            if sched.actions:
-                self._act()
-            if sched.finished() and not inbox:
-                return
-            timeout = self._timeout()
-            self._asleep = True
-            if inbox:
+        lock = self._lock
+        lock.acquire()
+        try:
+            while True:
+                if inbox:
+                    self._drain_inbox()
+                if sched.actions:
+                    self._act()
+                if sched.finished() and not inbox:
+                    self._direct = False
+                    return
+                timeout = self._timeout()
+                self._direct = self._idle_worker()
+                self._asleep = True
+                if inbox:
+                    self._asleep = False
+                    continue
+                lock.release()
+                try:
+                    events = select(timeout)
+                finally:
+                    lock.acquire()
                 self._asleep = False
-                continue
-            events = select(timeout)
-            self._asleep = False
-            for key, mask in events:
-                data = key.data
-                if data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                elif data[0] == 0:
-                    if mask & selectors.EVENT_READ:
-                        self._on_readable(data[1])
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush(data[1])
-                else:
-                    self._on_death(data[1])
-            if sched._deadlines:
-                sched.tick(time.monotonic())
+                self._direct = False
+                self._on_events(events)
+                if sched._deadlines:
+                    sched.tick(time.monotonic())
+        finally:
+            lock.release()
+
+    def _on_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in events:
+            data = key.data
+            if data is None:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif data[0] == 0:
+                if mask & selectors.EVENT_READ:
+                    self._on_readable(data[1])
+                if mask & selectors.EVENT_WRITE:
+                    data[1].flush(self.sel)
+            else:
+                self._on_death(data[1])
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
@@ -279,7 +312,7 @@ class Engine:
 
     # -- workers: start, stop, kill, death ------------------------------------------------
     def _spawn(self, wid: int) -> None:
-        h = _Handle(wid)
+        h = Handle(wid)
         self.handles[wid] = h
         if self.threads:
             h.name = f"{self.prefix}-{wid}"
@@ -341,7 +374,7 @@ class Engine:
         except (OSError, ValueError):
             pass
 
-    def _on_death(self, h: _Handle) -> None:
+    def _on_death(self, h: Handle) -> None:
         """The sentinel fired: take what the worker sent before dying, then tell the scheduler."""
         self.sel.unregister(h.proc.sentinel)
         if h.conn is not None and not h.conn.closed:
@@ -362,7 +395,7 @@ class Engine:
         if h.wid in self.sched.workers:
             self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name)
 
-    def _close_channel(self, h: _Handle) -> None:
+    def _close_channel(self, h: Handle) -> None:
         if h.conn is not None and not h.conn.closed:
             try:
                 self.sel.unregister(h.conn.fileno())
@@ -375,7 +408,7 @@ class Engine:
         h.out.clear()
 
     # -- reading -------------------------------------------------------------------------
-    def _on_readable(self, h: _Handle) -> None:
+    def _on_readable(self, h: Handle) -> None:
         conn = h.conn
         while True:
             try:
@@ -397,7 +430,7 @@ class Engine:
             if conn.closed or not conn._has_buffered():
                 return
 
-    def _channel_gone(self, h: _Handle) -> None:
+    def _channel_gone(self, h: Handle) -> None:
         if h.conn is not None and not h.conn.closed:
             try:
                 self.sel.unregister(h.conn.fileno())
@@ -405,7 +438,7 @@ class Engine:
                 pass
             h.conn.close()
 
-    def _on_message(self, h: _Handle, msg: Any) -> None:
+    def _on_message(self, h: Handle, msg: Any) -> None:
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
@@ -418,7 +451,7 @@ class Engine:
         elif kind == INIT_FAILED:
             self.sched.worker_failed_init(h.wid, msg[1].exception())
 
-    def _unreadable_results(self, h: _Handle, exc: BaseException) -> None:
+    def _unreadable_results(self, h: Handle, exc: BaseException) -> None:
         from ..errors import SerializationError
 
         slot = self.sched.workers.get(h.wid)
@@ -461,7 +494,7 @@ class Engine:
         h.fids.add(fn.fid)
         blob = fn.blob if first else None
         if batch.owners is not None:
-            args: list[Any] = [_packed(j.blob) for j in batch.owners]
+            args: list[Any] = [pack_single(j.blob) for j in batch.owners]
             packed = True
         else:
             args, packed = batch.args, False
@@ -484,73 +517,17 @@ class Engine:
                 continue
             try:
                 p = self.serializer.dumps(a, what="a task argument")
-                out.append((p.body, [_pb(b) for b in p.buffers], [fd_handle(f) for f in p.fds]))
+                out.append((p.body, [pickle_buffer(b) for b in p.buffers], [fd_handle(f) for f in p.fds]))
             except Exception as err:  # noqa: BLE001
                 out.append(TaskError.local(err))
         return out
 
-    def _queue(self, h: _Handle, msg: tuple[Any, ...]) -> int:
-        """Queue one message for a worker and write what fits now; its size in bytes."""
-        if h.sock is None:
-            return 0
-        assert self.serializer is not None
-        p = self.serializer.dumps(msg, what="task arguments")
-        head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
-                             nfds=len(p.fds))
-        if len(p.body) < _COALESCE:
-            h.out.append((memoryview(head + p.body), list(p.fds)))
-        else:
-            h.out.append((memoryview(head), list(p.fds)))
-            h.out.append((memoryview(p.body), []))
-        for b in p.buffers:
-            h.out.append((b.cast("B") if b.format != "B" else b, []))
-        if not h.writing:
-            self._flush(h)
-        return int(p.nbytes)
-
-    def _flush(self, h: _Handle) -> None:
-        sock, out = h.sock, h.out
-        if sock is None:
-            return
-        try:
-            while out:
-                view, fds = out[0]
-                if fds:
-                    n = sock.sendmsg([view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                   _intarray(fds))], socket.MSG_DONTWAIT)
-                    out[0] = (view[n:], [])
-                    if not out[0][0].nbytes:
-                        out.popleft()
-                    continue
-                parts = [view]
-                for i in range(1, min(len(out), _IOV_MAX)):
-                    if out[i][1]:
-                        break  # fds ride on the first byte of their own sendmsg
-                    parts.append(out[i][0])
-                n = sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
-                while n and out:
-                    v = out[0][0]
-                    if n >= v.nbytes:
-                        n -= v.nbytes
-                        out.popleft()
-                    else:
-                        out[0] = (v[n:], [])
-                        n = 0
-        except BlockingIOError:
-            if not h.writing:
-                h.writing = True
-                self.sel.modify(h.conn.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                (0, h))
-            return
-        except OSError:
-            out.clear()  # the worker is gone; its sentinel tells the rest
-        if h.writing:
-            h.writing = False
-            if h.conn is not None and not h.conn.closed:
-                self.sel.modify(h.conn.fileno(), selectors.EVENT_READ, (0, h))
+    def _queue(self, h: Handle, msg: tuple[Any, ...]) -> int:
+        return h.queue(msg, self.serializer, self.sel)
 
     # -- the end -------------------------------------------------------------------------
     def _crash(self, exc: BaseException) -> None:
+        self._direct = False
         err = BrokenProcessPool(f"the pool's engine failed: {exc!r}")
         err.__cause__ = exc
         self.broken = err
@@ -590,6 +567,22 @@ class Engine:
         os.close(self._wake_w)
         self._wake_w = -1
         atexit.unregister(self._atexit)
+        self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Jobs that reached the inbox as the engine ended: fail them, never leave them."""
+        err = self._closed_error()
+        while True:
+            try:
+                item = self.inbox.popleft()
+            except IndexError:
+                return
+            if type(item) is Job:
+                if item.single:
+                    _resolve(item.sink, TaskError.local(err))
+                else:
+                    _guard(item.sink._deliver, 0, [TaskError.local(err)])
+                    _guard(item.sink._done)
 
 
 def _call(fn: Callable[[], Any]) -> None:
@@ -620,23 +613,3 @@ def _guard(fn: Callable[..., Any], *args: Any) -> None:
         import traceback
 
         traceback.print_exc()
-
-
-def _pb(view: memoryview) -> Any:
-    import pickle
-
-    return pickle.PickleBuffer(view)
-
-
-def _packed(blob: Any) -> Any:
-    """A single task's pre-pickled payload, ready to nest in a TASKS message."""
-    if type(blob) is bytes:
-        return blob
-    body, buffers, fds = blob
-    return (body, [_pb(b) for b in buffers], [fd_handle(f) for f in fds])
-
-
-def _intarray(fds: list[int]) -> Any:
-    import array
-
-    return array.array("i", fds)

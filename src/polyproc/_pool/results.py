@@ -126,6 +126,9 @@ class MapResult(ApplyResult):
             self._future.set_result(self._values)
 
 
+_EMPTY = object()
+
+
 class _Stream:
     """Where the engine puts an iterator's results. The job holds this, not the iterator,
     so a consumer that drops its iterator lets it be collected (and the job cancelled)."""
@@ -194,6 +197,8 @@ class IMapIterator:
         try:
             value = self._items.popleft()  # fast path: atomic, no lock, no clock
         except IndexError:
+            value = _EMPTY
+        if value is _EMPTY:  # waited outside the except: a Ctrl+C shows one traceback
             value = self._wait_next(timeout)
         self._taken += 1
         job = self.job

@@ -1,0 +1,128 @@
+"""One worker as the engine sees it, and the non-blocking write half of its channel.
+
+::
+
+    engine ── queue(msg) ──► out: deque of (memoryview, fds) ── flush() ──► socket
+                              (pickled once: header + body + out-of-band buffers)
+                 EAGAIN ──► register EVENT_WRITE; the engine calls flush() when writable
+
+Writes use ``sendmsg(..., MSG_DONTWAIT)`` on a dup of the channel's socket, so the
+engine never blocks on a worker (and never deadlocks with one writing a large
+result); reads stay with the ``Connection`` (blocking, frame by frame). Frames are
+the foundation's (``_protocol.framing``), so the worker reads them with
+``Connection.recv``. fds (SCM_RIGHTS) ride on the first byte of their frame.
+"""
+
+from __future__ import annotations
+
+import array
+import pickle
+import selectors
+import socket
+from collections import deque
+from typing import Any
+
+from .._protocol.framing import Kind, encode_header
+from .._serialize import fd_handle
+from .worker import ThreadWorker
+
+__all__ = ["Handle", "packed", "pickle_buffer"]
+
+_IOV_MAX = 1024
+_COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall part
+
+
+class Handle:
+    """One worker as the engine sees it: its process (or thread) and its channel."""
+
+    __slots__ = ("wid", "proc", "conn", "sock", "out", "fids", "name", "pid", "peak",
+                 "writing", "thread")
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.proc: Any = None
+        self.conn: Any = None                       # Connection: engine reads here
+        self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
+        self.out: deque[tuple[memoryview, list[int]]] = deque()
+        self.fids: set[int] = set()                 # functions this worker has cached
+        self.name = f"worker {wid}"
+        self.pid: int | None = None
+        self.peak: int | None = None
+        self.writing = False
+        self.thread: ThreadWorker | None = None
+
+    def queue(self, msg: tuple[Any, ...], serializer: Any, sel: selectors.BaseSelector) -> int:
+        """Queue one message for a worker and write what fits now; its size in bytes."""
+        if self.sock is None:
+            return 0
+        p = serializer.dumps(msg, what="task arguments")
+        head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
+                             nfds=len(p.fds))
+        if len(p.body) < _COALESCE:
+            self.out.append((memoryview(head + p.body), list(p.fds)))
+        else:
+            self.out.append((memoryview(head), list(p.fds)))
+            self.out.append((memoryview(p.body), []))
+        for b in p.buffers:
+            self.out.append((b.cast("B") if b.format != "B" else b, []))
+        if not self.writing:
+            self.flush(sel)
+        return int(p.nbytes)
+
+    def flush(self, sel: selectors.BaseSelector) -> None:
+        sock, out = self.sock, self.out
+        if sock is None:
+            return
+        try:
+            while out:
+                view, fds = out[0]
+                if fds:
+                    n = sock.sendmsg([view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                   _intarray(fds))], socket.MSG_DONTWAIT)
+                    out[0] = (view[n:], [])
+                    if not out[0][0].nbytes:
+                        out.popleft()
+                    continue
+                parts = [view]
+                for i in range(1, min(len(out), _IOV_MAX)):
+                    if out[i][1]:
+                        break  # fds ride on the first byte of their own sendmsg
+                    parts.append(out[i][0])
+                n = sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
+                while n and out:
+                    v = out[0][0]
+                    if n >= v.nbytes:
+                        n -= v.nbytes
+                        out.popleft()
+                    else:
+                        out[0] = (v[n:], [])
+                        n = 0
+        except BlockingIOError:
+            if not self.writing:
+                self.writing = True
+                sel.modify(self.conn.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE,
+                           (0, self))
+            return
+        except OSError:
+            out.clear()  # the worker is gone; its sentinel tells the rest
+        if self.writing:
+            self.writing = False
+            if self.conn is not None and not self.conn.closed:
+                sel.modify(self.conn.fileno(), selectors.EVENT_READ, (0, self))
+
+
+def pickle_buffer(view: memoryview) -> Any:
+    """A buffer that pickles out of band (protocol 5) when nested in a message."""
+    return pickle.PickleBuffer(view)
+
+
+def packed(blob: Any) -> Any:
+    """A single task's pre-pickled payload, ready to nest in a TASKS message."""
+    if type(blob) is bytes:
+        return blob
+    body, buffers, fds = blob
+    return (body, [pickle_buffer(b) for b in buffers], [fd_handle(f) for f in fds])
+
+
+def _intarray(fds: list[int]) -> Any:
+    return array.array("i", fds)
