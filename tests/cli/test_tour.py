@@ -66,11 +66,7 @@ def test_unknown_section_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
 
 #: Sections that fail today because of a known bug elsewhere, with the reason. Remove an
 #: entry when its bug is fixed (strict=False: the test then simply passes).
-KNOWN_BROKEN = {
-    "basemanager": "manager client reuses this thread's cached channel to an address whatever "
-                   "the authkey, so connect() with a wrong key succeeds (_manager/client.py "
-                   "_channel); reported to the lead",
-}
+KNOWN_BROKEN: dict[str, str] = {}  # section name -> reason, while a section is known broken
 
 
 def _sections() -> list[object]:

@@ -78,12 +78,7 @@ def _run(tmp_path: Path, method: str, call: str) -> tuple[float, str, int, list[
     return elapsed, err, proc.returncode, left
 
 
-@pytest.mark.parametrize("method", [
-    "fork",
-    pytest.param("spawn", marks=pytest.mark.xfail(
-        reason="lead-owned _launch/spawn.py keeps a spare interpreter that does not ignore "
-               "SIGINT while it waits, so Ctrl+C prints its traceback", strict=False)),
-    "forkserver"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_during_map(tmp_path: Path, method: str) -> None:
     elapsed, err, rc, left = _run(tmp_path, method, "map")
     assert "KeyboardInterrupt" in err and err.count("Traceback") == 1, err

@@ -16,6 +16,7 @@ instead of a Process.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -166,6 +167,9 @@ def child_main(fd: int) -> None:
     from .._process import BaseProcess, run_in_child
     from .._transport import UnixStream
 
+    # Ctrl+C reaches the whole process group: an idle spare, or a child still being
+    # prepared, is the parent's business and must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(UnixStream(fd))
     try:
         die_with_parent(int(sys.argv[2]))
@@ -190,6 +194,7 @@ def child_main(fd: int) -> None:
         os._exit(1)
     if isinstance(obj, BaseProcess):
         conn.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         code = run_in_child(obj)
     else:
         role: Callable[[Connection], int] = obj

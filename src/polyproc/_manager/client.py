@@ -81,11 +81,12 @@ class _AuthChannel:
 class Channel:
     """One authenticated connection to a manager server."""
 
-    __slots__ = ("address", "fs")
+    __slots__ = ("address", "authkey", "fs")
 
     def __init__(self, address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None,
                  timeout: float = CONNECT_TIMEOUT) -> None:
         self.address = address
+        self.authkey = authkey
         sock = connect_socket(address, timeout)
         try:
             if ssl_context is not None:
@@ -167,6 +168,11 @@ def _channel(address: Address, authkey: bytes | None) -> Channel:
     except AttributeError:
         channels = local.channels = {}
     ch = channels.get(address)
+    if ch is not None and authkey is not None and authkey != ch.authkey:
+        # A caller naming a different key must prove it: a cached, authenticated
+        # connection must never stand in for a handshake with another key.
+        channels.pop(address).close()
+        ch = None
     if ch is None:
         key, ssl_context = credentials_for(address)
         if authkey is None:
