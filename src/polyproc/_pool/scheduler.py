@@ -67,6 +67,7 @@ from .tasks import (
     _single,
     _slice,
     _split,
+    call_repr,
     describe_exit,
     short_repr,
 )
@@ -589,7 +590,7 @@ class Scheduler:
         self.stats["timed_out"] += 1
         job, index = batch.job_of(0)
         err = TimeoutError(
-            f"task {job.fn.name}({short_repr(batch.arg_of(0))}) (index {index}) ran past its "
+            f"task {call_repr(job.fn.name, job.mode, batch.arg_of(0))} (index {index}) ran past its "
             f"timeout of {job.timeout} s; {who} was killed and replaced")
         self._deliver_one(batch, 0, TaskError.local(err))
 
@@ -628,8 +629,9 @@ class Scheduler:
             self.stats["lost"] += 1
             rss = f"{peak_rss / 2**20:.1f} MiB" if peak_rss else "unknown"
             err = WorkerLostError(
-                f"{who} died ({describe_exit(exitcode)}) while running {job.fn.name}"
-                f"({short_repr(batch.arg_of(pos))}) (task index {index}); peak RSS {rss}"
+                f"{who} died ({describe_exit(exitcode)}) while running "
+                f"{call_repr(job.fn.name, job.mode, batch.arg_of(pos))} (task index {index}); "
+                f"peak RSS {rss}"
                 + (f"; tried {times} times" if times > 1 else ""),
                 function=job.fn.name, index=index, argument=short_repr(batch.arg_of(pos)),
                 exitcode=exitcode, peak_rss=peak_rss)

@@ -271,6 +271,23 @@ def short_repr(obj: Any) -> str:
         return f"<{type(obj).__name__} object>"
 
 
+def call_repr(name: str, mode: Mode, arg: Any) -> str:
+    """``f(1, k=2)``: one task's call as the user wrote it, whatever ``mode`` packed."""
+    try:
+        if mode is Mode.STAR:
+            parts = [short_repr(a) for a in arg]
+        elif mode is Mode.KW:
+            args, kwargs = arg
+            parts = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
+        else:
+            parts = [short_repr(arg)]
+    except (TypeError, ValueError):
+        parts = [short_repr(arg)]
+    if len(parts) > 6:
+        parts = [*parts[:6], "..."]
+    return f"{name}({', '.join(parts)})"
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "unknown status"

@@ -23,6 +23,9 @@ from threading import RLock as RLock
 from threading import Semaphore as Semaphore
 from typing import Any
 
+from .._manager.proxytypes import Namespace as Namespace
+from .._manager.proxytypes import Value as Value
+from .._manager.proxytypes import make_array
 from .._pool.pool import ThreadPool
 from .connection import Pipe as Pipe
 
@@ -88,34 +91,9 @@ def freeze_support() -> None:
     """Nothing to do."""
 
 
-class Namespace:
-    def __init__(self, /, **kwds: Any) -> None:
-        self.__dict__.update(kwds)
-
-    def __repr__(self) -> str:
-        items = [f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_")]
-        return f"{type(self).__name__}({', '.join(sorted(items))})"
-
-
-class Value:
-    def __init__(self, typecode: str, value: Any, lock: bool = True) -> None:
-        self._typecode = typecode
-        self._value = value
-
-    @property
-    def value(self) -> Any:
-        return self._value
-
-    @value.setter
-    def value(self, value: Any) -> None:
-        self._value = value
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}({self._typecode!r}, {self._value!r})>"
-
-
 def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]:  # noqa: N802
-    return array.array(typecode, sequence)
+    """An ``array.array`` (threads share memory: nothing to manage)."""
+    return make_array(typecode, sequence, lock)
 
 
 def Manager() -> Any:  # noqa: N802
