@@ -109,6 +109,74 @@ def _rebuild_memoryview(buf: Any) -> memoryview:
     return memoryview(buf)
 
 
+def _rebuild_bytes(buf: Any) -> bytes:
+    return bytes(buf)  # the receiver's one copy: bytes are immutable, the buffer is not
+
+
+def _rebuild_bytearray(buf: Any) -> bytearray:
+    return buf if type(buf) is bytearray else bytearray(buf)
+
+
+class _OutOfBand:
+    """Stands in for a big bytes/bytearray so pickle hands its memory out of band.
+
+    The C pickler writes bytes and bytearray into the stream itself (they are
+    atoms to it: no reducer is ever asked), so ``_lift_big_bytes`` swaps them for
+    this before pickling, and the sender copies nothing.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = _rebuild_bytes if type(self.value) is bytes else _rebuild_bytearray
+        return (rebuild, (pickle.PickleBuffer(self.value),))
+
+
+_SCAN_WIDTH = 256  # containers wider than this are not searched (the scan must stay cheap)
+
+
+def _has_big_bytes(obj: Any, threshold: int, depth: int) -> bool:
+    """Does a tuple/list/dict hold a big bytes/bytearray within ``depth`` levels? (hot path)"""
+    if len(obj) > _SCAN_WIDTH:
+        return False
+    for x in (obj.values() if type(obj) is dict else obj):
+        t = type(x)
+        if t is bytes or t is bytearray:
+            if len(x) >= threshold:
+                return True
+        elif (t is tuple or t is list or t is dict) and depth > 1 and _has_big_bytes(x, threshold, depth - 1):
+            return True
+    return False
+
+
+def _lift_big_bytes(obj: Any, threshold: int, depth: int = 3) -> Any:
+    """``obj`` with big bytes/bytearray (to ``depth`` levels of tuple/list/dict) swapped
+    for ``_OutOfBand``; the very same object when there are none (the common case)."""
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return _OutOfBand(obj) if len(obj) >= threshold else obj
+    if depth == 0:
+        return obj
+    if kind is tuple or kind is list:
+        if len(obj) > _SCAN_WIDTH:
+            return obj
+        items = [_lift_big_bytes(x, threshold, depth - 1) for x in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        return tuple(items) if kind is tuple else items
+    if kind is dict:
+        if len(obj) > _SCAN_WIDTH:
+            return obj
+        values = {k: _lift_big_bytes(v, threshold, depth - 1) for k, v in obj.items()}
+        if all(values[k] is v for k, v in obj.items()):
+            return obj
+        return values
+    return obj
+
+
 class _MainCheck:
     """The last answer of ``_main_is_importable``, kept per main module object (hot path)."""
 
@@ -203,6 +271,11 @@ class Serializer:
             buffers.append(view)
             return False
 
+        kind = type(obj)
+        if kind is bytes or kind is bytearray:
+            obj = _lift_big_bytes(obj, threshold)
+        elif (kind is tuple or kind is list or kind is dict) and _has_big_bytes(obj, threshold, 3):
+            obj = _lift_big_bytes(obj, threshold)
         outer = _fd_table.collecting
         fds: list[int] = []
         _fd_table.collecting = fds

@@ -577,15 +577,7 @@ def test_struct_layout_is_sixteen_bytes() -> None:
 # -- out of band: the sender makes no copy -------------------------------------------------------------
 
 
-_NESTED_COPY = pytest.mark.xfail(strict=False, reason=(
-    "a bytes/bytearray nested in a message is written into the pickle stream (a copy): "
-    "plain pickle keeps them in band and _serialize._Pickler.reducer_override only sends "
-    "memoryviews out of band; issue #2 item 8 lists bytes and bytearray too (top-level "
-    "send(bytes)/send(bytearray) do travel uncopied, as RAW frames)"))
-
-
-@pytest.mark.parametrize("kind", ["numpy", "memoryview", pytest.param("bytearray", marks=_NESTED_COPY),
-                                  pytest.param("bytes", marks=_NESTED_COPY)])
+@pytest.mark.parametrize("kind", ["numpy", "memoryview", "bytearray", "bytes"])
 def test_large_buffers_leave_the_pickle_stream_uncopied(kind: str) -> None:
     """Inside a message, a 1 MiB buffer goes out of band, as a view of the original memory."""
     np = pytest.importorskip("numpy")
