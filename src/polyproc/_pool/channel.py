@@ -16,6 +16,7 @@ the foundation's (``_protocol.framing``), so the worker reads them with
 from __future__ import annotations
 
 import array
+import os
 import pickle
 import selectors
 import socket
@@ -24,6 +25,7 @@ from typing import Any
 
 from .._protocol.framing import Kind, encode_header
 from .._serialize import fd_handle
+from .._shm import bulk
 from .worker import ThreadWorker
 
 __all__ = ["Handle", "packed", "pickle_buffer"]
@@ -43,7 +45,7 @@ class Handle:
         self.proc: Any = None
         self.conn: Any = None                       # Connection: engine reads here
         self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
-        self.out: deque[tuple[memoryview, list[int]]] = deque()
+        self.out: deque[tuple[memoryview, list[int], list[int]]] = deque()  # view, fds, close
         self.fids: set[int] = set()                 # functions this worker has cached
         self.name = f"worker {wid}"
         self.pid: int | None = None
@@ -56,18 +58,33 @@ class Handle:
         if self.sock is None:
             return 0
         p = serializer.dumps(msg, what="task arguments")
-        head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
-                             nfds=len(p.fds))
-        if len(p.body) < _COALESCE:
-            self.out.append((memoryview(head + p.body), list(p.fds)))
+        if any(b.nbytes >= bulk.THRESHOLD for b in p.buffers):
+            # Big arguments cross as memfds the worker maps (one memcpy, as Connection.send).
+            parts, fds, to_close = bulk.encode_frame(p.body, p.buffers, p.fds, encode_header,
+                                                     Kind.PICKLE)
+            self.out.append((memoryview(parts[0]), fds, to_close))
+            for part in parts[1:]:
+                view = memoryview(part)
+                self.out.append((view.cast("B") if view.format != "B" else view, [], []))
         else:
-            self.out.append((memoryview(head), list(p.fds)))
-            self.out.append((memoryview(p.body), []))
-        for b in p.buffers:
-            self.out.append((b.cast("B") if b.format != "B" else b, []))
+            head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
+                                 nfds=len(p.fds))
+            if len(p.body) < _COALESCE:
+                self.out.append((memoryview(head + p.body), list(p.fds), []))
+            else:
+                self.out.append((memoryview(head), list(p.fds), []))
+                self.out.append((memoryview(p.body), [], []))
+            for b in p.buffers:
+                self.out.append((b.cast("B") if b.format != "B" else b, [], []))
         if not self.writing:
             self.flush(sel)
         return int(p.nbytes)
+
+    def drop_output(self) -> None:
+        """Forget what was queued for a worker that is gone (closing memfds it held)."""
+        for _, _, to_close in self.out:
+            _close_all(to_close)
+        self.out.clear()
 
     def flush(self, sel: selectors.BaseSelector) -> None:
         sock, out = self.sock, self.out
@@ -75,11 +92,12 @@ class Handle:
             return
         try:
             while out:
-                view, fds = out[0]
+                view, fds, to_close = out[0]
                 if fds:
                     n = sock.sendmsg([view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                    _intarray(fds))], socket.MSG_DONTWAIT)
-                    out[0] = (view[n:], [])
+                    _close_all(to_close)  # the kernel holds its own references now
+                    out[0] = (view[n:], [], [])
                     if not out[0][0].nbytes:
                         out.popleft()
                     continue
@@ -95,7 +113,7 @@ class Handle:
                         n -= v.nbytes
                         out.popleft()
                     else:
-                        out[0] = (v[n:], [])
+                        out[0] = (v[n:], [], [])
                         n = 0
         except BlockingIOError:
             if not self.writing:
@@ -104,6 +122,8 @@ class Handle:
                            (0, self))
             return
         except OSError:
+            for _, _, to_close in out:
+                _close_all(to_close)
             out.clear()  # the worker is gone; its sentinel tells the rest
         if self.writing:
             self.writing = False
@@ -122,6 +142,14 @@ def packed(blob: Any) -> Any:
         return blob
     body, buffers, fds = blob
     return (body, [pickle_buffer(b) for b in buffers], [fd_handle(f) for f in fds])
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _intarray(fds: list[int]) -> Any:

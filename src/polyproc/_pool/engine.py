@@ -405,7 +405,7 @@ class Engine:
         if h.sock is not None:
             h.sock.close()
             h.sock = None
-        h.out.clear()
+        h.drop_output()
 
     # -- reading -------------------------------------------------------------------------
     def _on_readable(self, h: Handle) -> None:
