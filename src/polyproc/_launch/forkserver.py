@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pickle
 import selectors
 import signal
 import socket
@@ -62,6 +63,7 @@ class _Client:
         self.conn: Connection | None = None
         self.boot: Connection | None = None  # held only by the process that started the server
         self.pidfd: int | None = None
+        self.preloaded: set[str] = set()  # polyproc modules the server was told to import
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -69,6 +71,7 @@ class _Client:
             if conn is not None:
                 conn.close()
         self.conn = self.boot = None
+        self.preloaded = set()
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -140,6 +143,7 @@ def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
                 conn = _CLIENT.connection()
                 fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
                 try:
+                    _send_preload(conn)
                     conn.send_payload(Payload(payload.body, payload.buffers, fds))
                     reply = conn.recv_bytes()
                 except (OSError, EOFError) as exc:
@@ -159,6 +163,16 @@ def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
         os.close(r)
         raise StartError(f"the forkserver could not fork: {os.strerror(-pid)}")
     return StatusPipeHandle(pid, r)
+
+
+def _send_preload(conn: Connection) -> None:
+    """Tell the server which polyproc modules we use, so it imports them once, before
+    forking, instead of in every child (a pool worker would import the pool's modules)."""
+    loaded = {name for name in sys.modules if name.startswith("polyproc.")}
+    new = loaded - _CLIENT.preloaded
+    if new:
+        conn.send_payload(Payload(pickle.dumps(sorted(new))))  # a frame with no fds
+        _CLIENT.preloaded |= new
 
 
 # -- the server ------------------------------------------------------------------
@@ -236,6 +250,9 @@ class _Server:
         except (EOFError, OSError):
             self._drop(fd)
             return
+        if not payload.fds:  # a preload list (see _send_preload)
+            self._preload(payload.body)
+            return
         if len(payload.fds) < _CONTROL_FDS:
             for extra in payload.fds:
                 os.close(extra)
@@ -267,6 +284,21 @@ class _Server:
             conn.send_bytes(_PID.pack(pid))
         except OSError:
             self._drop(fd)
+
+    @staticmethod
+    def _preload(body: bytes | memoryview) -> None:
+        import importlib
+
+        try:
+            names = pickle.loads(body)
+        except Exception:
+            return
+        for name in names if isinstance(names, list) else ():
+            if isinstance(name, str) and name.startswith("polyproc.") and name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # a module that cannot load here is simply left to the child
+                    pass
 
     def _become_child(self, payload: Payload, status_w: int, stdio: list[int], own: list[int]) -> None:
         code = 1
