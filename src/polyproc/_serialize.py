@@ -308,6 +308,11 @@ class Serializer:
 
     def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
         """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
+        if _main_is_importable():
+            try:  # plain pickle first: fast, and cloudpickle need not even be imported
+                return pickle.dumps(obj, self.protocol)
+            except Exception:
+                pass
         try:
             out = io.BytesIO()
             _pickler_class()(out, protocol=self.protocol).dump(obj)
