@@ -73,20 +73,25 @@ class Connection:
     # -- state ------------------------------------------------------------------
     @property
     def closed(self) -> bool:
+        """True once ``close()`` has been called on this end."""
         return self._stream is None
 
     @property
     def readable(self) -> bool:
+        """Whether this end can ``recv`` (False for the writer of a simplex Pipe)."""
         return self._readable
 
     @property
     def writable(self) -> bool:
+        """Whether this end can ``send`` (False for the reader of a simplex Pipe)."""
         return self._writable
 
     def fileno(self) -> int:
+        """The underlying fd, for ``select``/``wait``; ``ClosedResourceError`` once closed."""
         return self._live().fd
 
     def close(self) -> None:
+        """Close this end; idempotent. The peer then sees EOF."""
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()

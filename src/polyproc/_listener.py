@@ -181,6 +181,7 @@ class Listener:
         return _handshake(sock, self._authkey, self._timeout, True, self._ssl, None)
 
     def close(self) -> None:
+        """Stop listening and remove its Unix socket file (if it has one); idempotent."""
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -195,13 +196,19 @@ class Listener:
 
     @property
     def address(self) -> Address:
+        """Where clients connect: a path for AF_UNIX, ``(host, port)`` for AF_INET.
+
+        With port 0 this is the port actually bound.
+        """
         return self._address
 
     @property
     def last_accepted(self) -> Address:
+        """The peer address of the last accepted connection (None before any)."""
         return self._last_accepted
 
     def fileno(self) -> int:
+        """The listening socket's fd (for ``select``/``wait``); ``OSError`` once closed."""
         if self._sock is None:
             raise OSError("listener is closed")
         return self._sock.fileno()

@@ -149,6 +149,7 @@ class BaseProcess:
             _STATE.children.discard(self)
 
     def is_alive(self) -> bool:
+        """True from ``start()`` until the child ends; False when asked from another process."""
         self._check_closed()
         if self is _STATE.current:
             return True
@@ -190,6 +191,7 @@ class BaseProcess:
 
     @property
     def name(self) -> str:
+        """A label for logs and ``repr``; it has no meaning to the OS."""
         return self._name
 
     @name.setter
@@ -211,6 +213,7 @@ class BaseProcess:
 
     @property
     def authkey(self) -> bytes:
+        """The key for Listener/Client and managers; children inherit their parent's."""
         return bytes(self._config["authkey"])
 
     @authkey.setter
@@ -227,6 +230,10 @@ class BaseProcess:
 
     @property
     def ident(self) -> int | None:
+        """The pid (the child's once started, else None; our own for ``current_process()``).
+
+        ``pid`` is the same property.
+        """
         self._check_closed()
         if self is _STATE.current:
             return os.getpid()
@@ -294,14 +301,23 @@ class Process(BaseProcess):
 
 
 class ForkProcess(Process):
+    """A Process made by ``os.fork()`` of this process: fast, but may deadlock if it has threads."""
+
     _start_method = "fork"
 
 
 class SpawnProcess(Process):
+    """A Process started as a fresh interpreter (slow; inherits nothing by accident)."""
+
     _start_method = "spawn"
 
 
 class ForkServerProcess(Process):
+    """A Process forked from the forkserver, a clean single-threaded process.
+
+    The default start method: fork's speed without forking a threaded parent.
+    """
+
     _start_method = "forkserver"
 
 
@@ -320,16 +336,19 @@ class ParentProcess:
 
     @property
     def sentinel(self) -> int:
+        """A pidfd that becomes readable when the parent exits (for ``wait``)."""
         if self._pidfd is None:
             raise ValueError("parent is gone")
         return self._pidfd
 
     def is_alive(self) -> bool:
+        """Whether the parent still runs (polled through its pidfd, no signals)."""
         from ._launch.handle import wait_fd
 
         return self._pidfd is not None and not wait_fd(self._pidfd, 0)
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) for the parent to exit."""
         from ._launch.handle import wait_fd
 
         if self._pidfd is not None:
@@ -337,6 +356,7 @@ class ParentProcess:
 
     @property
     def exitcode(self) -> int | None:
+        """Always None: a child cannot learn its parent's exit status."""
         return None
 
     def __repr__(self) -> str:

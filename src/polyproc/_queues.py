@@ -143,12 +143,18 @@ class Queue:
 
     # -- producing ----------------------------------------------------------------
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Enqueue ``obj``; ``queue.Full`` if bounded and no slot frees in time.
+
+        The item is pickled here, in the caller, so an unpicklable item fails at once
+        (the stdlib fails later, in its feeder thread).
+        """
         self._check_open()
         if self._slots is not None and not self._slots.acquire(block, timeout):
             raise queue.Full
         self._send(*self._encode(obj))
 
     def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``."""
         self.put(obj, False)
 
     def _encode(self, obj: Any) -> tuple[bytes, list[int], list[int]]:
@@ -254,6 +260,7 @@ class Queue:
 
     # -- consuming ----------------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Dequeue the oldest item; ``queue.Empty`` if none comes in time."""
         if self._closed:
             self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -273,6 +280,7 @@ class Queue:
         return self._ser.loads(body, buffers, fds)
 
     def get_nowait(self) -> Any:
+        """``get(block=False)``."""
         return self.get(False)
 
     def _read_frame(self) -> tuple[bytes, list[Any], list[int]]:
@@ -297,12 +305,15 @@ class Queue:
 
     # -- state ----------------------------------------------------------------------
     def qsize(self) -> int:
+        """Items in the pipe and not yet taken (a shared count; backlogged puts join it later)."""
         return int(self._items.get_value())
 
     def empty(self) -> bool:
+        """Whether ``qsize()`` is 0 (a snapshot: another process may change it)."""
         return self.qsize() == 0
 
     def full(self) -> bool:
+        """Whether a bounded queue has no free slot (always False when unbounded)."""
         return self._slots is not None and self._slots.get_value() == 0
 
     def close(self) -> None:
@@ -409,6 +420,7 @@ class JoinableQueue(Queue):
         self._unfinished, self._cond = extra
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Enqueue ``obj`` and count it as an unfinished task (see ``task_done``)."""
         self._check_open()
         if self._slots is not None and not self._slots.acquire(block, timeout):
             raise queue.Full
@@ -418,6 +430,7 @@ class JoinableQueue(Queue):
         self._send(*frame)
 
     def task_done(self) -> None:
+        """Mark one item taken with ``get`` as processed; ``ValueError`` if too many."""
         with self._cond:
             if not self._unfinished.acquire(False):
                 raise ValueError("task_done() called too many times")
@@ -425,6 +438,7 @@ class JoinableQueue(Queue):
                 self._cond.notify_all()
 
     def join(self) -> None:
+        """Block until every item put has been marked ``task_done``."""
         with self._cond:
             if self._unfinished.get_value():
                 self._cond.wait_for(lambda: self._unfinished.get_value() == 0)
@@ -437,4 +451,5 @@ class SimpleQueue(Queue):
         super().__init__(0, ctx=ctx)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Dequeue the oldest item, blocking (``block``/``timeout`` are our extras)."""
         return super().get(block, timeout)

@@ -93,16 +93,19 @@ class SharedMemory:
 
     @property
     def buf(self) -> memoryview:
+        """A memoryview of the whole block; ``ValueError`` once closed."""
         if self._buf is None:
             raise ValueError("the shared memory block is closed")
         return self._buf
 
     @property
     def name(self) -> str:
+        """The segment's name (no leading slash), to attach from another process."""
         return self._name
 
     @property
     def size(self) -> int:
+        """The size in bytes: as asked when created, the segment's size when attached."""
         return self._size
 
     def close(self) -> None:
@@ -237,12 +240,15 @@ class ShareableList:
 
     @property
     def format(self) -> str:
+        """The ``struct`` format of every item, concatenated (stdlib parity)."""
         return "".join(self._meta(i)[1] for i in range(len(self)))
 
     def count(self, value: Any) -> int:
+        """How many items equal ``value``."""
         return sum(1 for x in self if x == value)
 
     def index(self, value: Any) -> int:
+        """The position of the first item equal to ``value``; ``ValueError`` if none."""
         for i, x in enumerate(self):
             if x == value:
                 return i

@@ -201,9 +201,11 @@ class SynchronizedBase:
         return (synchronized, (self._obj, self._lock))
 
     def get_obj(self) -> Any:
+        """The raw shared ctypes object; using it bypasses the lock."""
         return self._obj
 
     def get_lock(self) -> Any:
+        """The lock that guards the object (also used by ``with obj:``)."""
         return self._lock
 
     def __repr__(self) -> str:

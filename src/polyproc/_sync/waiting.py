@@ -67,6 +67,10 @@ class Condition:
             raise AssertionError(f"must acquire() condition before using {what}()")
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, sleep until notified or ``timeout``, re-acquire.
+
+        Returns False on timeout. The lock must be held (at any recursion depth).
+        """
         self._check_owned("wait")
         self._sleeping.release()
         depth = self._lock._release_all()
@@ -77,6 +81,7 @@ class Condition:
             self._lock._acquire_restore(depth)
 
     def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters in any process; returns once they have woken."""
         self._check_owned("notify")
         # Waiters that timed out since the last notify left a "woken" each while
         # still counted as sleeping: pair them off first.
@@ -93,9 +98,11 @@ class Condition:
                 pass
 
     def notify_all(self) -> None:
+        """Wake every waiter."""
         self.notify(2**31 - 1)
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """Wait until ``predicate()`` is true or ``timeout`` passes; return its last value."""
         result = predicate()
         if result:
             return result
@@ -131,19 +138,23 @@ class Event:
         return (_rebuild_event, (self._cond, self._flag))
 
     def is_set(self) -> bool:
+        """Whether the flag is set (read without taking the lock)."""
         return self._flag.get_value() > 0
 
     def set(self) -> None:
+        """Set the flag and wake every waiter in every process."""
         with self._cond:
             self._flag.acquire(False)
             self._flag.release()
             self._cond.notify_all()
 
     def clear(self) -> None:
+        """Reset the flag; later ``wait`` calls block again."""
         with self._cond:
             self._flag.acquire(False)
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Block until the flag is set or ``timeout`` passes; return the flag."""
         if self._flag.get_value():
             return True
         with self._cond:
@@ -190,6 +201,10 @@ class Barrier:
                                    self._block))
 
     def wait(self, timeout: float | None = None) -> int:
+        """Wait for all ``parties``; return this caller's arrival index (0..parties-1).
+
+        ``BrokenBarrierError`` if the barrier breaks, is reset, or ``timeout`` passes.
+        """
         if timeout is None:
             timeout = self._timeout
         w = self._w
@@ -245,6 +260,7 @@ class Barrier:
         self._cond.notify_all()
 
     def reset(self) -> None:
+        """Return to the empty state; current waiters get ``BrokenBarrierError``."""
         w = self._w
         with self._cond:
             if w.count > 0:
@@ -255,19 +271,23 @@ class Barrier:
             self._cond.notify_all()
 
     def abort(self) -> None:
+        """Break the barrier: current and future ``wait`` calls raise ``BrokenBarrierError``."""
         with self._cond:
             self._break()
 
     @property
     def parties(self) -> int:
+        """How many processes must call ``wait`` for the barrier to open."""
         return self._parties
 
     @property
     def n_waiting(self) -> int:
+        """How many are waiting now (0 while the barrier drains or is broken)."""
         return int(self._w.count) if self._w.state == _FILLING else 0
 
     @property
     def broken(self) -> bool:
+        """Whether the barrier is broken (``abort``, a timeout or a failed action)."""
         return bool(self._w.state == _BROKEN)
 
     def __repr__(self) -> str:

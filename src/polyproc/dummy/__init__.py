@@ -63,11 +63,13 @@ class DummyProcess(threading.Thread):
 
     @property
     def exitcode(self) -> int | None:
+        """None before ``start`` and while running, then 0 (a thread has no status)."""
         if self._start_called and not self.is_alive():
             return 0
         return None
 
     def start(self) -> None:
+        """Start the thread and count it among ``active_children()``."""
         self._start_called = True
         _children.live[self] = None
         threading.Thread.start(self)
@@ -77,10 +79,12 @@ Process = DummyProcess
 
 
 def current_process() -> threading.Thread:
+    """The calling thread (it stands for the process here)."""
     return threading.current_thread()
 
 
 def active_children() -> list[DummyProcess]:
+    """The DummyProcess threads started here that are still running."""
     kids = [p for p in _children.live if p.is_alive()]
     for p in [p for p in _children.live if not p.is_alive()]:
         _children.live.pop(p, None)
@@ -97,6 +101,7 @@ def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]: 
 
 
 def Manager() -> Any:  # noqa: N802
+    """This module itself: with one process, shared objects are plain objects."""
     return sys.modules[__name__]
 
 
@@ -106,4 +111,5 @@ def shutdown() -> None:
 
 def Pool(processes: int | None = None, initializer: Callable[..., Any] | None = None,  # noqa: N802
          initargs: Iterable[Any] = ()) -> ThreadPool:
+    """A ThreadPool: the process Pool's engine with threads as workers."""
     return ThreadPool(processes, initializer, initargs)
