@@ -23,6 +23,7 @@ from polyproc._manager.sync import SyncManager
 from polyproc._manager.wire import (
     HEADER,
     FrameDecoder,
+    FrameSocket,
     Op,
     default_address,
     dumps,
@@ -158,6 +159,31 @@ def test_authenticated_garbage(server: Server) -> None:
     _works(server)
 
 
+def test_request_pipelined_with_the_handshake_is_served(server: Server) -> None:
+    """A request written together with the last handshake frame reaches the loop as leftover."""
+    s = _raw(server)
+    fs = FrameSocket(s)
+    held: list[bytes] = []
+
+    class Holding:  # delays each handshake frame until we next read, so the last one waits
+        def send_bytes(self, buf: bytes) -> None:
+            held.append(encode(Op.AUTH, bytes(buf)))
+
+        def recv_bytes(self, maxlength: int | None = None) -> bytes:
+            s.sendall(b"".join(held))
+            held.clear()
+            op, body = fs.recv(auth.MAX_AUTH_FRAME)
+            assert op == Op.AUTH
+            return bytes(body)
+
+    auth.client_handshake(Holding(), KEY)
+    assert held  # the verdict: it goes out in one write with the first request
+    s.sendall(b"".join(held) + encode(Op.CREATE, dumps(("list", ([1, 2],), None))))
+    op, body = fs.recv()
+    assert op == Op.PROXY
+    s.close()
+
+
 # -- sans-IO, property based -------------------------------------------------------
 frames = st.lists(st.tuples(st.sampled_from(list(Op)), st.binary(max_size=300)), max_size=8)
 
@@ -174,6 +200,20 @@ def test_decoder_reassembles_any_chunking(msgs: list[tuple[Op, bytes]], cuts: li
         pos, i = pos + step, i + 1
         while (frame := dec.next_frame()) is not None:
             out.append(frame)
+    assert out == [(int(op), body) for op, body in msgs]
+    assert dec.buffered() == 0
+
+
+@given(frames, st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
+def test_feed_frames_matches_feed_then_frames(msgs: list[tuple[Op, bytes]], cuts: list[int]) -> None:
+    data = b"".join(encode(op, body) for op, body in msgs)
+    dec = FrameDecoder(max_size=300)
+    out: list[tuple[int, bytes]] = []
+    pos, i = 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        out += dec.feed_frames(memoryview(data)[pos:pos + step])
+        pos, i = pos + step, i + 1
     assert out == [(int(op), body) for op, body in msgs]
     assert dec.buffered() == 0
 

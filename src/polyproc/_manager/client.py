@@ -23,19 +23,30 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .._protocol import auth
 from ..errors import AuthenticationError, ProtocolError
-from .wire import Address, FrameSocket, Op, broken, connect_socket, dumps, encode, loads
+from .wire import (
+    CLIENT_SPIN,
+    Address,
+    FrameSocket,
+    Op,
+    Spin,
+    broken,
+    connect_socket,
+    dumps,
+    encode,
+    loads,
+)
 
 if TYPE_CHECKING:
     import ssl
 
 __all__ = ["Channel", "request", "post", "Ref", "release", "remember", "credentials_for",
-           "current_authkey"]
+           "current_authkey", "adopt"]
 
 #: Seconds a connect plus handshake may take before the server is declared unreachable.
 CONNECT_TIMEOUT = 20.0
@@ -65,14 +76,15 @@ class Ref:
 class _AuthChannel:
     """``send_bytes``/``recv_bytes`` over AUTH frames, for ``auth.client_handshake``."""
 
-    def __init__(self, fs: FrameSocket) -> None:
+    def __init__(self, fs: FrameSocket, max_frame: int) -> None:
         self.fs = fs
+        self.max_frame = max_frame
 
     def send_bytes(self, buf: bytes) -> None:
         self.fs.send(Op.AUTH, bytes(buf))
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
-        op, body = self.fs.recv(auth.MAX_AUTH_FRAME if maxlength is None else maxlength)
+        op, body = self.fs.recv(self.max_frame if maxlength is None else maxlength)
         if op != Op.AUTH:
             raise ProtocolError(f"{Op(op).name} frame during the handshake")
         return bytes(body)
@@ -85,6 +97,8 @@ class Channel:
 
     def __init__(self, address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None,
                  timeout: float = CONNECT_TIMEOUT) -> None:
+        from .._protocol import auth  # here, not at import: hmac costs 3 ms, start needs none
+
         self.address = address
         self.authkey = authkey
         sock = connect_socket(address, timeout)
@@ -95,7 +109,7 @@ class Channel:
                     sock, server_hostname=host if ssl_context.check_hostname else None)
             fs = FrameSocket(sock)
             try:
-                auth.client_handshake(_AuthChannel(fs), authkey)
+                auth.client_handshake(_AuthChannel(fs, auth.MAX_AUTH_FRAME), authkey)
             except EOFError as exc:
                 raise AuthenticationError(
                     f"the manager at {address!r} closed the connection during the handshake "
@@ -104,10 +118,20 @@ class Channel:
                 raise AuthenticationError(f"the manager at {address!r} did not complete the "
                                           "handshake in time") from exc
             sock.settimeout(None)
+            if ssl_context is None:
+                fs.spin = Spin(CLIENT_SPIN) if CLIENT_SPIN else None
         except BaseException:
             sock.close()
             raise
         self.fs = fs
+
+    @classmethod
+    def adopt(cls, address: Address, authkey: bytes, sock: socket.socket) -> Channel:
+        """A channel over a socket the server already trusts (``BaseManager.start``)."""
+        ch = cls.__new__(cls)
+        ch.address, ch.authkey = address, authkey
+        ch.fs = FrameSocket(sock, spin=Spin(CLIENT_SPIN) if CLIENT_SPIN else None)
+        return ch
 
     def close(self) -> None:
         self.fs.close()
@@ -181,6 +205,19 @@ def _channel(address: Address, authkey: bytes | None) -> Channel:
     return ch
 
 
+def adopt(address: Address, authkey: bytes, sock: socket.socket) -> None:
+    """Make ``sock`` (already trusted by the server at ``address``) this thread's channel."""
+    local = _state.local
+    try:
+        channels: dict[Address, Channel] = local.channels
+    except AttributeError:
+        channels = local.channels = {}
+    old = channels.pop(address, None)
+    if old is not None:
+        old.close()
+    channels[address] = Channel.adopt(address, authkey, sock)
+
+
 def drop_channel(address: Address) -> None:
     channels: dict[Address, Channel] | None = getattr(_state.local, "channels", None)
     if channels:
@@ -247,6 +284,13 @@ def release(address: Address, ident: int, ref: Ref) -> None:
         return
     with _state.lock:
         _state.decrefs.setdefault(address, []).append(ident)
+
+
+def forget(address: Address) -> None:
+    """The server at ``address`` is gone for good (we shut it down): drop what we hold for it."""
+    drop_channel(address)
+    with _state.lock:
+        _state.decrefs.pop(address, None)
 
 
 def flush(address: Address, timeout: float = 1.0) -> None:

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .._protocol import auth
 from ..errors import AuthenticationError, ProtocolError
 from .wire import FrameDecoder, Op, encode, tls_pending, want_errors
 
 if TYPE_CHECKING:
     import ssl
+
+    from .._protocol import auth
 
 __all__ = ["Gate"]
 
@@ -50,7 +51,7 @@ class _Pending:
     deadline: float
     hs: auth.ServerHandshake
     tls_pending: bool
-    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(auth.MAX_AUTH_FRAME))
+    decoder: FrameDecoder
     out: bytearray = field(default_factory=bytearray)
 
 
@@ -132,6 +133,8 @@ class Gate:
                 return
             except OSError:
                 return  # EMFILE and friends: try again on the next readiness event
+            from .._protocol import auth  # first use only: hmac costs 3 ms to import
+
             if len(self._pending) >= self._max_pending:
                 self._drop(next(iter(self._pending.values())))  # oldest makes room
             try:
@@ -141,7 +144,8 @@ class Gate:
                 tls = self._ssl is not None
                 if self._ssl is not None:
                     sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                p = _Pending(sock, time.monotonic() + self._timeout, auth.ServerHandshake(self._key), tls)
+                p = _Pending(sock, time.monotonic() + self._timeout, auth.ServerHandshake(self._key), tls,
+                             FrameDecoder(auth.MAX_AUTH_FRAME))
                 if not tls:
                     p.out += encode(Op.AUTH, p.hs.first)
                 self._pending[sock] = p
@@ -170,6 +174,8 @@ class Gate:
 
     # -- one handshake, one readiness event ----------------------------------------
     def _drive(self, p: _Pending, mask: int) -> None:
+        from .._protocol import auth
+
         try:
             if p.tls_pending and not self._tls_step(p):
                 return
@@ -222,6 +228,8 @@ class Gate:
 
     def _read(self, p: _Pending) -> bool:
         """Read what is there and run the handshake on it; False when the peer is gone."""
+        from .._protocol import auth
+
         while True:
             try:
                 data = p.sock.recv(_READ_SIZE)

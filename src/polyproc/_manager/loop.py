@@ -38,11 +38,12 @@ import queue
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .wire import MAX_FRAME, FrameDecoder, Op, is_tls, want_errors
+from .wire import MAX_FRAME, SERVER_SPIN, FrameDecoder, Op, Spin, is_tls, want_errors
 
 __all__ = ["ServeLoop", "Conn"]
 
@@ -115,6 +116,8 @@ class ServeLoop:
         self._buf = bytearray(_CHUNK)
         self._view = memoryview(self._buf)
         self._thread = threading.Thread(target=self._run, name="polyproc-manager-loop", daemon=True)
+        #: set once the loop has answered its first requests (see serve_in_child)
+        self.served = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -141,9 +144,28 @@ class ServeLoop:
     def _run(self) -> None:
         by_fd, wake_fd = self._by_fd, self._wake_r
         try:
+            poll, clock, served, yield_cpu = self._ep.poll, time.perf_counter, self.served, os.sched_yield
+            spin = Spin(SERVER_SPIN)
             while not self._stopping:
                 ready: list[Conn] = []
-                for fd, mask in self._ep.poll():
+                # Busy-poll a little before sleeping (see wire.SERVER_SPIN and Spin):
+                # the next request usually comes within microseconds of the last reply.
+                events = poll(0)
+                if not events and spin.budget:
+                    deadline = clock() + spin.budget
+                    while not events and clock() < deadline:
+                        yield_cpu()  # a client we wait for may need this very CPU
+                        events = poll(0)
+                    if events:
+                        spin.budget = spin.full
+                    else:
+                        spin.miss()
+                if not events:
+                    start = clock()
+                    events = poll()
+                    if spin.full:
+                        spin.slept(clock() - start)
+                for fd, mask in events:
                     if fd == wake_fd:
                         self._on_wake(ready)
                         continue
@@ -162,6 +184,8 @@ class ServeLoop:
                     self._process(conn, async_only=False)
                     if conn.out and not conn.closed:
                         self._flush(conn)
+                        if not served.is_set():
+                            served.set()
         finally:
             for conn in list(self.conns):
                 self._close(conn)
@@ -184,7 +208,12 @@ class ServeLoop:
             fd = conn.sock.fileno()
             self._by_fd[fd] = conn
             self._ep.register(fd, select.EPOLLIN)
-            self._read(conn)  # the leftover may already hold a request
+            try:  # the gate may have read a pipelined first request with the handshake
+                conn.frames.extend(conn.decoder.frames())
+            except OSError:  # ProtocolError
+                self._close(conn)
+                continue
+            self._read(conn)
             ready.append(conn)
         while self._resume:
             conn = self._resume.popleft()
@@ -192,24 +221,19 @@ class ServeLoop:
                 ready.append(conn)
 
     def _read(self, conn: Conn) -> None:
-        view = self._view
+        view, decoder, frames = self._view, conn.decoder, conn.frames
         try:
             for _ in range(_READS_PER_WAKE):
                 n = conn.sock.recv_into(view)
                 if not n:
                     self._close(conn)
                     return
-                conn.decoder.feed(view[:n])
+                frames.extend(decoder.feed_frames(view[:n]))
                 if n < _CHUNK and not (conn.tls and conn.sock.pending()):  # type: ignore[attr-defined]
                     break
         except want_errors():
             pass
-        except OSError:
-            self._close(conn)
-            return
-        try:
-            conn.frames.extend(conn.decoder.frames())
-        except OSError:  # ProtocolError: garbage from an authenticated peer ends its connection
+        except OSError:  # ProtocolError too: garbage from an authenticated peer ends its connection
             self._close(conn)
 
     def _process(self, conn: Conn, async_only: bool) -> None:

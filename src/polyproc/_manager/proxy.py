@@ -206,6 +206,7 @@ def _method(name: str) -> Callable[..., Any]:
         return self._callmethod(name, args, kwds)
 
     method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Call ``{name}`` on the managed object and return its result."
     return method
 
 
@@ -220,6 +221,8 @@ def MakeProxyType(name: str, exposed: Iterable[str],  # noqa: N802 - stdlib name
         return _cache[key]
     namespace: dict[str, Any] = {name_: _method(name_) for name_ in exposed}
     namespace["_exposed_"] = exposed
+    namespace["__doc__"] = (f"Proxy whose methods ({', '.join(exposed) or 'none'}) "
+                            "call their namesakes on the managed object.")
     # Pickled by reference: name the module that binds the class (the caller's).
     namespace["__module__"] = module or sys._getframe(1).f_globals.get("__name__", __name__)
     cls = type(name, bases, namespace)

@@ -59,9 +59,11 @@ class Value:
         self._value = value
 
     def get(self) -> Any:
+        """The current value (the typecode is kept for ``repr`` only, never enforced)."""
         return self._value
 
     def set(self, value: Any) -> None:
+        """Replace the value."""
         self._value = value
 
     def __repr__(self) -> str:
@@ -87,6 +89,12 @@ BaseListProxy = MakeProxyType("BaseListProxy", (
 
 
 class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
+    """A managed ``list``; iterating fetches one snapshot (the stdlib: a round trip per item).
+
+    ``append`` and ``insert`` are sent without waiting for a reply, and ``+=`` sends
+    one ``extend``.
+    """
+
     _async_methods_ = frozenset({"append", "insert"})
 
     def __iadd__(self, value: Any) -> ListProxy:
@@ -108,6 +116,12 @@ class DictProxy(MakeProxyType("DictProxy", (  # type: ignore[misc]
     "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
     "__or__", "__ror__", "__ior__", *_COMPARE,
 ))):
+    """A managed ``dict``; iterating fetches the keys in one round trip.
+
+    ``d[k] = v`` does not wait for the server's reply (an unhashable key still raises
+    here, at once).
+    """
+
     _async_methods_ = frozenset({"__setitem__"})
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -128,6 +142,8 @@ ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__
 
 
 class NamespaceProxy(BaseProxy):
+    """Attributes of a managed ``Namespace``; names starting with ``_`` stay on the proxy."""
+
     _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
     _async_methods_ = frozenset({"__setattr__"})
 
@@ -150,19 +166,25 @@ class NamespaceProxy(BaseProxy):
 
 
 class ValueProxy(BaseProxy):
+    """A managed value: ``get``/``set`` or the ``value`` property (no lock; ``set`` is async)."""
+
     _exposed_ = ("get", "set")
     _async_methods_ = frozenset({"set"})
 
     def get(self) -> Any:
+        """The referent's current value (one round trip)."""
         return self._callmethod("get")
 
     def set(self, value: Any) -> None:
+        """Replace the referent's value; does not wait for the server's reply."""
         self._callmethod("set", (value,))
 
     value = property(get, set)
 
 
 class IteratorProxy(BaseProxy):
+    """An iterator or generator living on the server (what ``imap`` on a managed pool returns)."""
+
     _exposed_ = ("__next__", "send", "throw", "close")
 
     def __iter__(self) -> IteratorProxy:
@@ -172,23 +194,30 @@ class IteratorProxy(BaseProxy):
         return self._callmethod("__next__", args)
 
     def send(self, *args: Any) -> Any:
+        """``generator.send`` on the referent."""
         return self._callmethod("send", args)
 
     def throw(self, *args: Any) -> Any:
+        """``generator.throw`` on the referent."""
         return self._callmethod("throw", args)
 
     def close(self, *args: Any) -> Any:
+        """``generator.close`` on the referent."""
         return self._callmethod("close", args)
 
 
 class AcquirerProxy(BaseProxy):
+    """A managed ``Lock``/``RLock``/``Semaphore``; usable in ``with``."""
+
     _exposed_: tuple[str, ...] = ("acquire", "release")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire on the server, as ``threading.Lock.acquire(blocking, timeout)``."""
         args = (blocking,) if timeout is None else (blocking, timeout)
         return bool(self._callmethod("acquire", args))
 
     def release(self) -> None:
+        """Release on the server, as ``threading.Lock.release``."""
         self._callmethod("release")
 
     def __enter__(self) -> bool:
@@ -199,19 +228,24 @@ class AcquirerProxy(BaseProxy):
 
 
 class ConditionProxy(AcquirerProxy):
+    """A managed ``threading.Condition``."""
+
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout: float | None = None) -> bool:
+        """``Condition.wait`` on the server; False when ``timeout`` passed."""
         return bool(self._callmethod("wait", (timeout,)))
 
     def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters."""
         self._callmethod("notify", (n,))
 
     def notify_all(self) -> None:
+        """Wake every waiter."""
         self._callmethod("notify_all")
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
-        # The predicate runs here, not on the server (as in the stdlib).
+        """Wait until ``predicate()`` is true; it runs here, not on the server (as the stdlib)."""
         result = predicate()
         if result:
             return result
@@ -228,43 +262,57 @@ class ConditionProxy(AcquirerProxy):
 
 
 class EventProxy(BaseProxy):
+    """A managed ``threading.Event``."""
+
     _exposed_ = ("is_set", "set", "clear", "wait")
 
     def is_set(self) -> bool:
+        """Whether the flag is set."""
         return bool(self._callmethod("is_set"))
 
     def set(self) -> None:
+        """Set the flag, waking every waiter."""
         self._callmethod("set")
 
     def clear(self) -> None:
+        """Reset the flag."""
         self._callmethod("clear")
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Block until the flag is set; False when ``timeout`` passed."""
         return bool(self._callmethod("wait", (timeout,)))
 
 
 class BarrierProxy(BaseProxy):
+    """A managed ``threading.Barrier``; each attribute read is one round trip."""
+
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
     def wait(self, timeout: float | None = None) -> int:
+        """``Barrier.wait``: this party's index; ``BrokenBarrierError`` if broken or timed out."""
         return int(self._callmethod("wait", (timeout,)))
 
     def abort(self) -> None:
+        """Break the barrier: current and future waiters get ``BrokenBarrierError``."""
         self._callmethod("abort")
 
     def reset(self) -> None:
+        """Return the barrier to its empty state (current waiters get ``BrokenBarrierError``)."""
         self._callmethod("reset")
 
     @property
     def parties(self) -> int:
+        """How many parties must call ``wait``."""
         return int(self._callmethod("__getattribute__", ("parties",)))
 
     @property
     def n_waiting(self) -> int:
+        """How many parties are waiting now."""
         return int(self._callmethod("__getattribute__", ("n_waiting",)))
 
     @property
     def broken(self) -> bool:
+        """Whether the barrier is broken."""
         return bool(self._callmethod("__getattribute__", ("broken",)))
 
 
@@ -279,6 +327,11 @@ _PoolBase = MakeProxyType("PoolProxy", (
 
 
 class PoolProxy(_PoolBase):  # type: ignore[misc,valid-type]
+    """A pool owned by the manager: ``*_async`` return result proxies, ``imap`` an iterator proxy.
+
+    Leaving a ``with`` block terminates the pool, as in the stdlib.
+    """
+
     _method_to_typeid_ = {
         "apply_async": "AsyncResult",
         "map_async": "AsyncResult",

@@ -18,6 +18,7 @@ STARTED | CONNECTED -> SHUTDOWN, and anything else raises.
 from __future__ import annotations
 
 import enum
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
-from .server import Server, TypeSpec, serve_in_child
-from .wire import Address, Op, default_address, dumps, loads
+from .server import Server, TypeSpec, read_status, serve_in_child
+from .wire import Address, Op, SocketCarrier, default_address, dumps, loads
 
 if TYPE_CHECKING:
     import ssl
@@ -73,7 +74,7 @@ class BaseManager:
         self._handshake_timeout = handshake_timeout  # server side: see gate.py
         self._state = State.INITIAL
         self._process: Any = None
-        self._control: Any = None
+        self._control: socket.socket | None = None
 
     def _move(self, action: str) -> None:
         new = _TRANSITIONS.get((self._state, action))
@@ -110,6 +111,7 @@ class BaseManager:
                 return self._create_proxy(typeid, args, kwds)
 
             create.__name__ = create.__qualname__ = typeid
+            create.__doc__ = f"Create a {typeid} on the manager server; return its proxy."
             setattr(cls, typeid, create)
 
     # -- starting -----------------------------------------------------------------------
@@ -142,41 +144,56 @@ class BaseManager:
             # there is no such lock, and fork starts the server ~10x sooner than
             # spawning the template first (the stdlib's default before 3.14 is fork).
             ctx = ctx.get_context("fork")
-        reader, writer = ctx.Pipe(duplex=True)
+        # Two socketpairs: ``control`` (our "ok"/"stop" line, EOF = we are gone) and
+        # ``owner``, this thread's first connection, authenticated by construction
+        # (only we and the server hold it), so starting costs no connect, no handshake,
+        # and not even importing hmac.
+        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        owner, owner_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         address = self._address if self._address is not None else default_address()
-        ssl_context = self._ssl if ctx.start_method == "fork" else None
+        fork = ctx.start_method == "fork"
+        ssl_context = self._ssl if fork else None
         process = ctx.Process(
             target=serve_in_child, name=f"{type(self).__name__}-server",
             args=(self._registry, address, self._authkey, ssl_context, initializer,
-                  tuple(initargs), reader),
-            kwargs={"handshake_timeout": self._handshake_timeout},
+                  tuple(initargs), SocketCarrier(control_child)),
+            kwargs={"handshake_timeout": self._handshake_timeout,
+                    "owner": SocketCarrier(owner_child),
+                    # a forked child inherits our ends too: it must close them
+                    "inherited": SocketCarrier(control, owner) if fork else None},
         )
         process.daemon = True
         try:
-            process.start()
-            reader.close()
-            if not writer.poll(60.0):
-                raise StartError("the manager process did not report its address within 60 s")
-            status, value = writer.recv()
-        except (EOFError, OSError) as exc:
-            self._abandon(process, writer)
-            raise StartError(f"the manager process died while starting: {exc}") from exc
-        except BaseException:
-            self._abandon(process, writer)
+            try:
+                process.start()
+            finally:
+                control_child.close()
+                owner_child.close()
+            status, value = read_status(control, 60.0)
+        except BaseException as exc:
+            owner.close()
+            self._abandon(process, control)
+            if isinstance(exc, (EOFError, OSError)):
+                why = "did not report its address within 60 s" if isinstance(exc, TimeoutError) \
+                    else f"died while starting: {exc}"
+                raise StartError(f"the manager process {why}") from exc
             raise
         if status != "ok":
-            self._abandon(process, writer)
+            owner.close()
+            self._abandon(process, control)
             raise StartError(f"the manager process could not serve at {address!r}: {value}")
         self._address = value
-        self._process, self._control = process, writer
+        self._process, self._control = process, control
         client.remember(value, self._authkey, self._ssl)
+        client.adopt(value, self._authkey, owner)
 
-    def _abandon(self, process: Any, control: Any) -> None:
+    def _abandon(self, process: Any, control: socket.socket) -> None:
         self._state = State.SHUTDOWN
         control.close()
-        if process.is_alive():
-            process.kill()
-        process.join(5.0)
+        if process.pid is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(5.0)
 
     def connect(self) -> None:
         """Connect to a server already running at ``address`` (started elsewhere)."""
@@ -197,10 +214,10 @@ class BaseManager:
         self._move("shutdown")
         process, control = self._process, self._control
         self._process = self._control = None
-        if process is None:
+        if process is None or control is None:
             return
         try:
-            control.send_bytes(b"stop")
+            control.send(b"stop")
         except OSError:
             pass
         process.join(self._shutdown_timeout)
@@ -212,11 +229,12 @@ class BaseManager:
                 process.join()
         control.close()
         if self._address is not None:
-            client.drop_channel(self._address)
+            client.forget(self._address)  # no DECREFs to send to a server that is gone
 
     # -- using --------------------------------------------------------------------------
     @property
     def address(self) -> Address | None:
+        """Where the server listens; None until ``start``/``get_server`` picks one, if none was given."""
         return self._address
 
     def _request(self, op: int, payload: Any) -> Any:
@@ -254,6 +272,7 @@ class BaseManager:
         return int(self.statistics()["objects"])
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the server process to exit (after ``shutdown``)."""
         if self._process is not None:
             self._process.join(timeout)
 

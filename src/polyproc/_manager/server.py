@@ -3,6 +3,7 @@
 ::
 
     Gate (selector thread): accept -> [TLS] -> mutual HMAC -> ServeLoop.add(sock)
+    adopt(sock): the owner's first connection (a socketpair made before the fork) -> ServeLoop.add
     ServeLoop (one thread, see loop.py): frames -> decode() -> run() -> reply frames
                                          calls that may block -> a worker per connection
     objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick)}
@@ -37,13 +38,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ProtocolError
 from . import client
-from .gate import Gate
 from .loop import ServeLoop
 from .proxytypes import Namespace, Value, make_array
-from .wire import Address, Op, dumps, encode, listen_socket, loads
+from .wire import Address, FrameSocket, Op, SocketCarrier, dumps, encode, listen_socket, loads
 
 if TYPE_CHECKING:
     import ssl
+
+    from .gate import Gate
 
 __all__ = ["TypeSpec", "Server", "serve_in_child"]
 
@@ -96,20 +98,45 @@ class Server:
         self._ids = itertools.count(1)
         self._loop = ServeLoop(self.decode, self.run)
         self.stop_event = threading.Event()
-        self._gate = Gate(self._listener, authkey, self._on_ready, ssl_context=ssl_context,
-                          timeout=handshake_timeout, max_pending=max_pending)
+        self._gate_args = (ssl_context, handshake_timeout, max_pending)
+        self._gate: Gate | None = None
         self._started = False
 
     # -- life -------------------------------------------------------------------
-    def start(self) -> None:
-        """Serve in background threads (returns at once)."""
+    def start(self, *, gate: bool = True) -> None:
+        """Serve in background threads (returns at once).
+
+        ``gate=False`` serves only sockets handed to ``adopt``; ``start_gate()``
+        then opens the door to everyone else (the listening socket already queues
+        them). ``serve_in_child`` reports ready in between.
+        """
         if self._started:
             return
         self._started = True
         client._state.server = self
         client.remember(self.address, self.authkey, None)
         self._loop.start()
+        if gate:
+            self.start_gate()
+
+    def start_gate(self) -> None:
+        """Accept and authenticate connections on the listening socket."""
+        if self._gate is not None or self.stop_event.is_set():
+            return
+        from .gate import Gate  # after the owner knows we are up (see serve_in_child)
+
+        ssl_context, timeout, max_pending = self._gate_args
+        self._gate = Gate(self._listener, self.authkey, self._on_ready, ssl_context=ssl_context,
+                          timeout=timeout, max_pending=max_pending)
         self._gate.start()
+
+    def wait_served(self, timeout: float) -> bool:
+        """Wait until the loop has answered a first request (True), at most ``timeout`` s."""
+        return self._loop.served.wait(timeout)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
+        self._loop.add(sock, b"")
 
     def serve_forever(self) -> None:
         """Serve until a client sends SHUTDOWN (``manager.shutdown()``) or Ctrl+C."""
@@ -123,8 +150,10 @@ class Server:
             self.stop()
 
     def stop(self) -> None:
+        """Stop accepting and serving; ``serve_forever`` then returns."""
         self.stop_event.set()
-        self._gate.stop()
+        if self._gate is not None:
+            self._gate.stop()
         try:
             self._listener.close()
         except OSError:
@@ -135,8 +164,9 @@ class Server:
 
     def statistics(self) -> dict[str, int]:
         """Objects held, connections served, handshakes refused (and pending)."""
+        gate = self._gate
         return {"objects": len(self._objects), "connections": len(self._loop.conns),
-                "rejected": self._gate.rejected, "pending": self._gate.pending}
+                "rejected": gate.rejected if gate else 0, "pending": gate.pending if gate else 0}
 
     # -- the table ---------------------------------------------------------------
     def _exposed(self, spec: TypeSpec, obj: Any) -> tuple[str, ...]:
@@ -146,6 +176,7 @@ class Server:
         return tuple(exposed) if exposed is not None else tuple(_public(obj))
 
     def register_object(self, obj: Any, typeid: str) -> tuple[int, str, tuple[str, ...]]:
+        """Hold ``obj`` with one reference; ``(id, typeid, exposed methods)`` for its proxy."""
         spec = self.registry.get(typeid) or TypeSpec(None, None, None, None)
         exposed = self._exposed(spec, obj)
         m2t = spec.method_to_typeid
@@ -158,12 +189,14 @@ class Server:
         return ident, typeid, exposed
 
     def incref(self, ident: int) -> None:
+        """One more proxy refers to object ``ident`` (unknown ids are ignored)."""
         with self._lock:
             entry = self._objects.get(ident)
             if entry is not None:
                 entry.refs += 1
 
     def decref(self, ident: int) -> None:
+        """One proxy fewer; the object is dropped when none is left."""
         dropped = None
         with self._lock:
             entry = self._objects.get(ident)
@@ -248,6 +281,7 @@ class Server:
 
     @staticmethod
     def invoke(entry: Entry, method: str, args: Any, kwargs: Any) -> Any:
+        """Call an exposed ``method`` on a held object; AttributeError for any other name."""
         obj = entry.obj
         if method in entry.exposed:
             return getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
@@ -303,34 +337,64 @@ def _public(obj: Any) -> list[str]:
 
 def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: bytes,
                    ssl_context: ssl.SSLContext | None, initializer: Callable[..., Any] | None,
-                   initargs: tuple[Any, ...], control: Any, *,
-                   handshake_timeout: float = 10.0) -> None:
+                   initargs: tuple[Any, ...], control: SocketCarrier, *,
+                   handshake_timeout: float = 10.0, owner: SocketCarrier | None = None,
+                   inherited: SocketCarrier | None = None) -> None:
     """The manager process's target: serve until the owner says stop, or goes away.
 
-    ``control`` is one end of a Pipe: we send our address on it, then any message
-    or EOF from the owner means stop.
+    ``control`` carries one socket: we send ``("ok", address)`` (or ``("error",
+    text)``) on it, then any byte or EOF from the owner means stop. ``owner`` is
+    the owner's first connection, served without a handshake (see
+    ``BaseManager.start``); ``inherited`` are the owner's own ends, which a forked
+    child must close (or our EOF on them would never come).
     """
     # Ctrl+C in a terminal reaches the whole process group; the owner decides (bpo-36368).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sock in inherited.socks if inherited is not None else ():
+        sock.close()
+    ctl = control.socks[0]
     if initializer is not None:
         initializer(*initargs)
     try:
         server = Server(registry, address, authkey, ssl_context=ssl_context,
                         handshake_timeout=handshake_timeout)
     except BaseException as exc:
-        control.send(("error", f"{type(exc).__name__}: {exc}"))
+        _send_status(ctl, ("error", f"{type(exc).__name__}: {exc}"))
         raise
-    server.start()
-    control.send(("ok", server.address))
-    watcher = threading.Thread(target=_watch_owner, args=(control, server), daemon=True)
+    if owner is not None:
+        server.adopt(owner.socks[0])
+    server.start(gate=False)
+    _send_status(ctl, ("ok", server.address))
+    # The owner can work now, through ``owner``. Importing and starting the gate
+    # would compete with its first request for the GIL, so it waits for that
+    # request (or 50 ms); anyone else who connects meanwhile waits in the backlog.
+    if owner is not None:
+        server.wait_served(0.05)
+    server.start_gate()
+    watcher = threading.Thread(target=_watch_owner, args=(ctl, server), daemon=True)
     watcher.start()
     server.stop_event.wait()
     server.stop()
 
 
-def _watch_owner(control: Any, server: Server) -> None:
+def _send_status(sock: socket.socket, status: tuple[str, Any]) -> None:
+    sock.sendall(encode(Op.RESULT, dumps(status)))
+
+
+def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
+    """The owner's side of ``_send_status``: TimeoutError, or EOFError if the child died."""
+    sock.settimeout(timeout)
     try:
-        control.recv_bytes()
+        _op, body = FrameSocket(sock).recv(1 << 16)
+    finally:
+        sock.settimeout(None)
+    status, value = loads(body)
+    return str(status), value
+
+
+def _watch_owner(control: socket.socket, server: Server) -> None:
+    try:
+        control.recv(16)
     except BaseException:
         pass
     server.stop_event.set()

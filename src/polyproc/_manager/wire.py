@@ -31,6 +31,7 @@ import pickle
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 from .._serialize import DEFAULT_SERIALIZER
@@ -40,9 +41,13 @@ __all__ = [
     "Op",
     "HEADER",
     "MAX_FRAME",
+    "CLIENT_SPIN",
+    "SERVER_SPIN",
+    "Spin",
     "Address",
     "FrameDecoder",
     "FrameSocket",
+    "SocketCarrier",
     "dumps",
     "loads",
     "family_of",
@@ -60,6 +65,49 @@ _HDR = HEADER.size
 MAX_FRAME = (1 << 32) - 1
 _CHUNK = 1 << 16
 _COALESCE = 1 << 14
+_DONTWAIT = socket.MSG_DONTWAIT
+_clock = time.perf_counter
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+#: Seconds a client busy-polls for a reply, and the server for the next request,
+#: before sleeping. A sleep and its wake-up cost ~20 us each way (more on a VM),
+#: several times a manager call, so on an otherwise idle machine a short poll
+#: saves both. On a busy one it only burns CPU the peer needs: see ``Spin``.
+#: 0 with one CPU, where a spinning process only delays the one it waits for.
+CLIENT_SPIN = float(os.environ.get("PP_SPIN", 30)) * 1e-6 if _cpus() > 1 else 0.0
+SERVER_SPIN = float(os.environ.get("PP_SSPIN", 50)) * 1e-6 if _cpus() > 1 else 0.0
+#: A sleep shorter than this would have been saved by spinning: spin again.
+REARM = float(os.environ.get("PP_REARM", 100)) * 1e-6
+_MIN_SPIN = 5e-6
+
+
+class Spin:
+    """An adaptive busy-poll budget: full after a poll that found something (or a short
+    sleep), halved after each poll that found nothing, off below 5 us.
+
+    Polls fail in a row when the peer cannot run (other processes hold the CPUs);
+    then we stop spinning, until a sleep turns out short again.
+    """
+
+    __slots__ = ("budget", "full")
+
+    def __init__(self, full: float) -> None:
+        self.budget = self.full = full
+
+    def miss(self) -> None:
+        half = self.budget / 2
+        self.budget = half if half >= _MIN_SPIN else 0.0
+
+    def slept(self, seconds: float) -> None:
+        if seconds < REARM:
+            self.budget = self.full
 
 Address = str | tuple[str, int]
 
@@ -146,6 +194,28 @@ class FrameDecoder:
             _check(length, op, self.max_size)
         return out
 
+    def feed_frames(self, data: memoryview) -> list[tuple[int, bytes]]:
+        """``feed(data)`` then ``frames()``, copying each body once when nothing was buffered."""
+        if self._buf:
+            self._buf += data
+            return self.frames()
+        out: list[tuple[int, bytes]] = []
+        pos, end = 0, len(data)
+        while end - pos >= _HDR:
+            length, op = HEADER.unpack_from(data, pos)
+            _check(length, op, self.max_size)
+            stop = pos + _HDR + length
+            if stop > end:
+                break
+            out.append((op, bytes(data[pos + _HDR:stop])))
+            pos = stop
+        if pos < end:
+            self._buf += data[pos:]
+            if end - pos >= _HDR:  # an incomplete frame: check its header now
+                length, op = HEADER.unpack_from(data, pos)
+                _check(length, op, self.max_size)
+        return out
+
     def leftover(self) -> bytes:
         """Bytes after the last whole frame (a pipelined first request)."""
         return bytes(self._buf)
@@ -158,11 +228,13 @@ def encode(op: int, body: bytes) -> bytes:
 class FrameSocket:
     """Blocking frames over a connected socket (plain, AF_UNIX or TLS). One reader, one writer."""
 
-    __slots__ = ("sock", "_pending")
+    __slots__ = ("sock", "_pending", "spin")
 
-    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, pending: bytes = b"", spin: Spin | None = None) -> None:
         self.sock = sock
         self._pending = bytearray(pending)
+        #: busy-poll for replies before sleeping in recv (None: never; never on TLS)
+        self.spin = spin
 
     def send(self, op: int, body: bytes) -> None:
         n = len(body)
@@ -179,7 +251,7 @@ class FrameSocket:
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | memoryview]:
         """One frame; ``EOFError`` at a clean end, ``ProtocolError`` on garbage or truncation."""
         if not self._pending:
-            data = self.sock.recv(_CHUNK)
+            data = self.sock.recv(_CHUNK) if self.spin is None else self._spin_recv(self.spin)
             if not data:
                 raise EOFError
             if len(data) >= _HDR:
@@ -189,6 +261,32 @@ class FrameSocket:
                     return op, memoryview(data)[_HDR:]
             self._pending += data
         return self._recv_slow(max_size)
+
+    def _spin_recv(self, spin: Spin) -> bytes:
+        """``recv``, polling without sleeping first for up to ``spin.budget`` seconds.
+
+        See ``CLIENT_SPIN``: a manager answers in a few microseconds, so on an idle
+        machine polling a little first finds the reply there without sleeping for it.
+        """
+        recv = self.sock.recv
+        if spin.budget:
+            deadline = _clock() + spin.budget
+            while True:
+                try:
+                    data = recv(_CHUNK, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    if _clock() > deadline:
+                        break
+                    # On a busy machine the server may be waiting for this very CPU.
+                    os.sched_yield()
+                else:
+                    spin.budget = spin.full
+                    return data
+            spin.miss()
+        start = _clock()
+        data = recv(_CHUNK)
+        spin.slept(_clock() - start)
+        return data
 
     def _fill(self) -> None:
         data = self.sock.recv(_CHUNK)
@@ -226,6 +324,29 @@ class FrameSocket:
             self.sock.close()
         except OSError:
             pass
+
+
+class SocketCarrier:
+    """Sockets handed to a manager process as it starts.
+
+    Under fork the child simply inherits the object; under spawn and forkserver it
+    pickles its fds with ``fd_handle`` (they cross as SCM_RIGHTS) and the child
+    rebuilds sockets around its own copies.
+    """
+
+    __slots__ = ("socks",)
+
+    def __init__(self, *socks: socket.socket) -> None:
+        self.socks = socks
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from .._serialize import fd_handle
+
+        return (_rebuild_carrier, tuple(fd_handle(s.fileno()) for s in self.socks))
+
+
+def _rebuild_carrier(*fds: int) -> SocketCarrier:
+    return SocketCarrier(*(socket.socket(fileno=fd) for fd in fds))
 
 
 # -- TLS, without importing ssl (8 ms) unless the user did --------------------------

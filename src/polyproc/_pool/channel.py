@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import os
 import pickle
+import select
 import selectors
 import socket
 from collections import deque
@@ -38,7 +39,8 @@ class Handle:
     """One worker as the engine sees it: its process (or thread) and its channel."""
 
     __slots__ = ("wid", "proc", "conn", "sock", "out", "fids", "name", "pid", "peak",
-                 "writing", "thread")
+                 "writing", "thread", "led", "watched",
+                 "_poll")
 
     def __init__(self, wid: int) -> None:
         self.wid = wid
@@ -52,6 +54,31 @@ class Handle:
         self.peak: int | None = None
         self.writing = False
         self.thread: ThreadWorker | None = None
+        self.led = False     # a waiting caller reads this channel (``lead``), not the engine
+        self.watched = 0     # the events the engine's selector has for the channel
+        self._poll: Any = None
+
+    def readable(self) -> bool:
+        """Bytes (or end-of-file) waiting on the channel right now? One ``poll``, no wait."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.conn.fileno(), select.POLLIN)
+        return bool(self._poll.poll(0))
+
+    def watch(self, sel: selectors.BaseSelector) -> None:
+        """Bring the selector's registration of the channel in line with our state."""
+        want = (0 if self.led else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if self.writing else 0)
+        if want == self.watched:
+            return
+        fd = self.conn.fileno()
+        if not want:
+            sel.unregister(fd)
+        elif self.watched:
+            sel.modify(fd, want, (0, self))
+        else:
+            sel.register(fd, want, (0, self))
+        self.watched = want
 
     def queue(self, msg: tuple[Any, ...], serializer: Any, sel: selectors.BaseSelector) -> int:
         """Queue one message for a worker and write what fits now; its size in bytes."""
@@ -79,6 +106,15 @@ class Handle:
         if not self.writing:
             self.flush(sel)
         return int(p.nbytes)
+
+    def queue_plain(self, body: bytes, sel: selectors.BaseSelector) -> int:
+        """Queue a message already pickled (small, no buffers, no fds) and write it now."""
+        if self.sock is None:
+            return 0
+        self.out.append((memoryview(encode_header(Kind.PICKLE, len(body)) + body), [], []))
+        if not self.writing:
+            self.flush(sel)
+        return len(body)
 
     def drop_output(self) -> None:
         """Forget what was queued for a worker that is gone (closing memfds it held)."""
@@ -118,8 +154,7 @@ class Handle:
         except BlockingIOError:
             if not self.writing:
                 self.writing = True
-                sel.modify(self.conn.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE,
-                           (0, self))
+                self.watch(sel)
             return
         except OSError:
             for _, _, to_close in out:
@@ -128,7 +163,7 @@ class Handle:
         if self.writing:
             self.writing = False
             if self.conn is not None and not self.conn.closed:
-                sel.modify(self.conn.fileno(), selectors.EVENT_READ, (0, self))
+                self.watch(sel)
 
 
 def pickle_buffer(view: memoryview) -> Any:

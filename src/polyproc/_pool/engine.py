@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 import selectors
 import socket
 import threading
@@ -46,10 +47,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from .._connection import Pipe  # here, not at the first start: pool start is timed
 from .._serialize import fd_handle
 from ..errors import BrokenProcessPool, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
+from .lead import PoolFuture
 from .messages import INIT_FAILED, READY, RESULTS, STOP, TASKS, TaskError
 from .scheduler import (
     Broken,
@@ -67,10 +70,13 @@ from .scheduler import (
 )
 from .worker import ThreadWorker, current_rss, worker_main
 
+_dumps = pickle.dumps
+
 __all__ = ["Engine", "WORKER_PREFIX"]
 
 WORKER_PREFIX = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
                  "forkserver": "ForkServerPoolWorker"}
+_SMALL = 1 << 14     # a single task's message smaller than this skips the serializer
 _RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS on death)
 
 
@@ -84,6 +90,10 @@ class Engine:
         self.ctx = ctx
         self.threads = threads
         self.serializer = ctx.serializer if ctx is not None else None
+        from .._serialize import Serializer
+
+        # The default serializer pickles plain data exactly as ``pickle.dumps``.
+        self._plain = type(self.serializer) is Serializer and self.serializer.protocol == 5
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self.prefix = "ThreadPoolWorker" if threads else WORKER_PREFIX.get(
@@ -94,6 +104,11 @@ class Engine:
         # select, when a caller may take it to send its own job (``add_job``).
         self._lock = threading.Lock()
         self._direct = False   # the engine sleeps and a worker is idle
+        # The Future a caller's thread just sent itself, and its worker: that caller may
+        # read the answer itself when it waits (``lead``), saving a wake-up.
+        self._led: Any = None
+        self._led_wid = 0
+        self._last_send: Send | None = None
         self._asleep = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -134,22 +149,40 @@ class Engine:
             # thread hop to the engine and back (a quarter of a round trip).
             try:
                 if self._asleep and self._direct:
-                    self._run_direct()
+                    self._run_direct(job)
                     return
             finally:
                 self._lock.release()
         self._wake()
 
-    def _run_direct(self) -> None:
+    def _run_direct(self, job: Job) -> None:
         """In a caller's thread, holding the engine lock while the engine is in select."""
         sched = self.sched
         deadlines = len(sched._deadlines)
+        self._last_send = None
         self._drain_inbox()
         if sched.actions:
-            self._act()
+            self._act(True)
+        sent = self._last_send
+        if (sent is not None and type(job.sink) is PoolFuture and sent.batch.owners
+                and sent.batch.owners[-1] is job):
+            self._led, self._led_wid = job.sink, sent.wid
         self._direct = self._idle_worker()
-        if len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING:
-            self._wake()  # its select timeout must change: let it recompute
+        if (len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING
+                or sched.actions):
+            self._wake()  # its select timeout must change, or it has work: let it run
+
+    def _read_led(self, h: Handle) -> None:
+        """In a leading caller's thread (``lead``), holding the lock: read what came."""
+        sched = self.sched
+        deadlines = len(sched._deadlines)
+        self._on_readable(h, False)
+        if sched.actions:
+            self._act(True)
+        self._direct = self._asleep and self._idle_worker()
+        if (len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING
+                or sched.actions):
+            self._wake()
 
     def _wake(self) -> None:
         if self._asleep:
@@ -236,7 +269,7 @@ class Engine:
                 except BlockingIOError:
                     pass
             elif data[0] == 0:
-                if mask & selectors.EVENT_READ:
+                if mask & selectors.EVENT_READ and not data[1].led:
                     self._on_readable(data[1])
                 if mask & selectors.EVENT_WRITE:
                     data[1].flush(self.sel)
@@ -280,8 +313,10 @@ class Engine:
         if jobs:
             self.sched.add_jobs(jobs)
 
-    def _act(self) -> None:
+    def _act(self, caller: bool = False) -> None:
+        """Carry out the scheduler's actions; in a caller's thread, leave starts to the engine."""
         sched = self.sched
+        later: list[Any] = []
         while sched.actions:
             acts, sched.actions = sched.actions, []
             for a in acts:
@@ -302,13 +337,18 @@ class Engine:
                     if not job.single:
                         _guard(job.sink._done)
                 elif t is Spawn:
-                    self._spawn(a.wid)  # type: ignore[union-attr]
+                    if caller:
+                        later.append(a)
+                    else:
+                        self._spawn(a.wid)  # type: ignore[union-attr]
                 elif t is Stop:
                     self._stop(a.wid)  # type: ignore[union-attr]
                 elif t is Kill:
                     self._kill(a.wid)  # type: ignore[union-attr]
                 elif t is Broken:
                     self.broken = a.error  # type: ignore[union-attr]
+        if later:
+            sched.actions.extend(later)
 
     # -- workers: start, stop, kill, death ------------------------------------------------
     def _spawn(self, wid: int) -> None:
@@ -320,8 +360,6 @@ class Engine:
                                     self.initargs)
             h.thread.start()
             return
-        from .._connection import Pipe
-
         ours, theirs = Pipe()
         try:
             proc = self.ctx.Process(target=worker_main, daemon=True,
@@ -347,6 +385,7 @@ class Engine:
         h.proc, h.conn, h.pid = proc, ours, proc.pid
         h.sock = socket.socket(fileno=os.dup(ours.fileno()))
         self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
+        h.watched = selectors.EVENT_READ
         self.sel.register(proc.sentinel, selectors.EVENT_READ, (1, h))
 
     def _stop(self, wid: int) -> None:
@@ -401,6 +440,7 @@ class Engine:
                 self.sel.unregister(h.conn.fileno())
             except (KeyError, ValueError):
                 pass
+            h.watched = 0
             h.conn.close()
         if h.sock is not None:
             h.sock.close()
@@ -408,8 +448,10 @@ class Engine:
         h.drop_output()
 
     # -- reading -------------------------------------------------------------------------
-    def _on_readable(self, h: Handle) -> None:
+    def _on_readable(self, h: Handle, look: bool = True) -> None:
         conn = h.conn
+        if look and not conn._has_buffered() and not h.readable():
+            return  # a leading caller (``lead``) read it since select said readable
         while True:
             try:
                 msg = conn.recv()
@@ -436,6 +478,7 @@ class Engine:
                 self.sel.unregister(h.conn.fileno())
             except (KeyError, ValueError):
                 pass
+            h.watched = 0
             h.conn.close()
 
     def _on_message(self, h: Handle, msg: Any) -> None:
@@ -486,6 +529,7 @@ class Engine:
             return
         batch = a.batch
         fn = batch.fn
+        self._last_send = a
         if h.thread is not None:
             direct = batch.args if batch.owners is None else [j.blob for j in batch.owners]
             h.thread.inbox.put((batch.bid, fn.fn, int(batch.mode), direct))
@@ -496,6 +540,13 @@ class Engine:
         if batch.owners is not None:
             args: list[Any] = [pack_single(j.blob) for j in batch.owners]
             packed = True
+            if self._plain and len(args) == 1 and type(args[0]) is bytes and (
+                    len(args[0]) + len(fn.blob if first else b"") < _SMALL):
+                # The round trip's case: one small pre-pickled task. Plain pickle, no scan
+                # for big buffers or fds (there can be none), one write.
+                h.queue_plain(_dumps((TASKS, batch.bid, fn.fid, blob, int(batch.mode), True,
+                                      args), 5), self.sel)
+                return
         else:
             args, packed = batch.args, False
         msg = (TASKS, batch.bid, fn.fid, blob, int(batch.mode), packed, args)
@@ -546,6 +597,16 @@ class Engine:
             pass
 
     def _shutdown(self) -> None:
+        with self._lock:   # a leading caller may be reading a channel
+            self._close_all()
+        self.finished.set()
+        # Late posts from user threads find the write end closed, not another file.
+        os.close(self._wake_w)
+        self._wake_w = -1
+        atexit.unregister(self._atexit)
+        self._fail_leftovers()
+
+    def _close_all(self) -> None:
         for h in list(self.handles.values()):
             if h.proc is not None:
                 try:
@@ -562,12 +623,6 @@ class Engine:
         self.handles.clear()
         self.sel.close()
         os.close(self._wake_r)
-        self.finished.set()
-        # Late posts from user threads find the write end closed, not another file.
-        os.close(self._wake_w)
-        self._wake_w = -1
-        atexit.unregister(self._atexit)
-        self._fail_leftovers()
 
     def _fail_leftovers(self) -> None:
         """Jobs that reached the inbox as the engine ended: fail them, never leave them."""

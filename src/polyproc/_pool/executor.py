@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..errors import BrokenProcessPool
 from .engine import Engine
+from .lead import PoolFuture
 from .results import IMapIterator, Submitter, make_progress
 from .scheduler import Job
 
@@ -86,7 +87,8 @@ class ProcessPoolExecutor(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
         self._check()
-        fut: Future[T] = Future()
+        fut: Future[T] = PoolFuture()
+        fut._engine = self._engine  # type: ignore[attr-defined]
         job = self._sub.single(fn, args, kwargs, fut, timeout=self._task_timeout,
                                retries=self._retries, claim=True)
         self._engine.add_job(job)
@@ -128,6 +130,7 @@ class ProcessPoolExecutor(Executor):
             engine.join()
 
     def statistics(self) -> dict[str, Any]:
+        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS."""
         sched = self._engine.sched
         stats: dict[str, Any] = dict(sched.stats)
         stats["workers"] = [

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import PoolClosedError
 from .engine import Engine
+from .lead import PoolFuture
 from .results import (
     ApplyResult,
     AsyncResult,
@@ -136,7 +137,8 @@ class Pool:
                     timeout: float | None = None, retries: int | None = None) -> ApplyResult:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
         self._check_running()
-        fut: Future[Any] = Future()
+        fut: Future[Any] = PoolFuture()
+        fut._engine = self._engine  # type: ignore[attr-defined]
         job = self._sub.single(func, tuple(args), dict(kwds or {}), fut,
                                timeout=self._timeout if timeout is None else timeout,
                                retries=self._retries if retries is None else retries,
@@ -174,6 +176,7 @@ class Pool:
                   error_callback: Callable[[BaseException], Any] | None = None, *,
                   timeout: float | None = None, retries: int | None = None,
                   progress: Any = None) -> MapResult:
+        """Start ``map``; the result's ``get()`` is the whole list, or the first error."""
         return self._map_async(func, iterable, False, chunksize, callback, error_callback,
                                timeout, retries, progress)
 
@@ -190,6 +193,7 @@ class Pool:
                       error_callback: Callable[[BaseException], Any] | None = None, *,
                       timeout: float | None = None, retries: int | None = None,
                       progress: Any = None) -> MapResult:
+        """Start ``starmap``; the result's ``get()`` is the whole list, or the first error."""
         return self._map_async(func, iterable, True, chunksize, callback, error_callback,
                                timeout, retries, progress)
 

@@ -47,20 +47,24 @@ class ApplyResult:
             self._future.add_done_callback(_callbacks(callback, error_callback))
 
     def ready(self) -> bool:
+        """Whether the task has finished (either way)."""
         return self._future.done()
 
     def successful(self) -> bool:
+        """Whether it finished without raising; ValueError while not ready (as the stdlib)."""
         if not self._future.done():
             raise ValueError(f"{self!r} not ready")
         return self._future.exception() is None
 
     def wait(self, timeout: float | None = None) -> None:
+        """Block until ready or ``timeout`` passes; never raises the task's error."""
         try:
             self._future.exception(timeout)
         except BaseException:  # noqa: BLE001 - wait never raises the task's error
             pass
 
     def get(self, timeout: float | None = None) -> Any:
+        """The result, or the task's exception raised here; TimeoutError if not ready in time."""
         try:
             return self._future.result(timeout)
         except builtins.TimeoutError:
@@ -194,6 +198,7 @@ class IMapIterator:
             self._post_consumed(job, self._taken)
 
     def next(self, timeout: float | None = None) -> Any:
+        """The next result (a failed task raises here); TimeoutError if none comes in time."""
         try:
             value = self._items.popleft()  # fast path: atomic, no lock, no clock
         except IndexError:

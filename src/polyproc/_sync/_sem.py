@@ -168,6 +168,7 @@ class PySemLock:
         self._sem_count = ctypes.c_uint32.from_address(sem_addr) if DIRECT_VALUE else None
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the semaphore (a recursive lock: once more if this thread owns it)."""
         owner = self._sem_owner
         if owner is None:
             return _sem_trywait(self._sem_addr) == 0 or _wait(self._sem_addr, block, timeout)
@@ -187,6 +188,7 @@ class PySemLock:
         return self.acquire()
 
     def release(self) -> None:
+        """Give it back; ValueError past ``maxvalue``, AssertionError for another's RLock."""
         owner = self._sem_owner
         if owner is not None:
             if owner[0] != _get_tid():
@@ -208,6 +210,7 @@ class PySemLock:
         self.release()
 
     def get_value(self) -> int:
+        """The semaphore's current count."""
         count = self._sem_count
         return int(count.value) if count is not None else value(self._sem_addr)
 
@@ -221,7 +224,7 @@ def _locked_property(name: str) -> property:
         with self._lock:
             setattr(self._obj, name, v)
 
-    return property(get, set_)
+    return property(get, set_, doc=f"``{name}`` of the wrapped object, under the lock.")
 
 
 def _load() -> Any:

@@ -17,6 +17,7 @@ import array
 import errno
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -209,8 +210,8 @@ class SocketStream(Stream):
 
 def stream_for_socket(sock: socket.socket) -> Stream:
     """Pick the stream for a connected socket: AF_UNIX (fds), else plain/TLS socket."""
-    import ssl
-
-    if sock.family == socket.AF_UNIX and not isinstance(sock, ssl.SSLSocket):
+    # Without ssl imported no TLS socket can exist: never import it (4 ms) just to check.
+    ssl = sys.modules.get("ssl")
+    if sock.family == socket.AF_UNIX and (ssl is None or not isinstance(sock, ssl.SSLSocket)):
         return UnixStream(sock.detach())
     return SocketStream(sock)
