@@ -150,8 +150,11 @@ def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
     argv = [sys.executable, "-c", _BOOT.format(path=_PACKAGE_PARENT), tag, str(os.getpid())]
     try:
         pid = on_launcher_thread(
+            # SIGINT blocked from the first instruction: a Ctrl+C that lands while the
+            # interpreter boots must not print a traceback (child_main unblocks it).
             lambda: os.posix_spawn(sys.executable, argv, os.environ,
-                                   file_actions=[(os.POSIX_SPAWN_DUP2, fd, 3)])
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, fd, 3)],
+                                   setsigmask=[signal.SIGINT])
         )
     finally:
         theirs.close()
@@ -170,6 +173,7 @@ def child_main(fd: int) -> None:
     # Ctrl+C reaches the whole process group: an idle spare, or a child still being
     # prepared, is the parent's business and must not print a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # a pending one is dropped
     conn = Connection(UnixStream(fd))
     try:
         die_with_parent(int(sys.argv[2]))
