@@ -30,11 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, ProtocolError
 from .wire import (
-    CLIENT_SPIN,
     Address,
     FrameSocket,
     Op,
-    Spin,
     broken,
     connect_socket,
     dumps,
@@ -118,8 +116,6 @@ class Channel:
                 raise AuthenticationError(f"the manager at {address!r} did not complete the "
                                           "handshake in time") from exc
             sock.settimeout(None)
-            if ssl_context is None:
-                fs.spin = Spin(CLIENT_SPIN) if CLIENT_SPIN else None
         except BaseException:
             sock.close()
             raise
@@ -130,7 +126,7 @@ class Channel:
         """A channel over a socket the server already trusts (``BaseManager.start``)."""
         ch = cls.__new__(cls)
         ch.address, ch.authkey = address, authkey
-        ch.fs = FrameSocket(sock, spin=Spin(CLIENT_SPIN) if CLIENT_SPIN else None)
+        ch.fs = FrameSocket(sock)
         return ch
 
     def close(self) -> None:

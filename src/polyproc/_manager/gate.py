@@ -30,13 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .._protocol import auth
 from ..errors import AuthenticationError, ProtocolError
 from .wire import FrameDecoder, Op, encode, tls_pending, want_errors
 
 if TYPE_CHECKING:
     import ssl
-
-    from .._protocol import auth
 
 __all__ = ["Gate"]
 
@@ -133,8 +132,6 @@ class Gate:
                 return
             except OSError:
                 return  # EMFILE and friends: try again on the next readiness event
-            from .._protocol import auth  # first use only: hmac costs 3 ms to import
-
             if len(self._pending) >= self._max_pending:
                 self._drop(next(iter(self._pending.values())))  # oldest makes room
             try:
@@ -174,8 +171,6 @@ class Gate:
 
     # -- one handshake, one readiness event ----------------------------------------
     def _drive(self, p: _Pending, mask: int) -> None:
-        from .._protocol import auth
-
         try:
             if p.tls_pending and not self._tls_step(p):
                 return
@@ -228,8 +223,6 @@ class Gate:
 
     def _read(self, p: _Pending) -> bool:
         """Read what is there and run the handshake on it; False when the peer is gone."""
-        from .._protocol import auth
-
         while True:
             try:
                 data = p.sock.recv(_READ_SIZE)

@@ -26,6 +26,10 @@ be visible. It is: the append's bytes were in our socket buffer before the
 reader's request was even sent, so the same wake-up that sees the request also
 sees them, and phase 1 runs them before phase 2 answers anyone.
 
+Why it busy-polls a little before sleeping: see ``wire.SERVER_SPIN`` and
+``wire.Spin`` (adaptive, and never while another thread of the server has work,
+since the spinning thread holds the GIL that thread needs).
+
 Why a worker per connection (not a pool): ``RLock`` and ``Condition`` must be
 released by the thread that acquired them, exactly as with the stdlib's thread
 per connection.
@@ -104,6 +108,8 @@ class ServeLoop:
         # decode(op, body) -> (quick, request); runner(op, request) -> reply frame or None
         self.decode = decode
         self.runner = runner
+        #: whether another thread of the server (the gate) has work: then we do not spin
+        self.others_busy: Callable[[], bool] | None = None
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -116,8 +122,6 @@ class ServeLoop:
         self._buf = bytearray(_CHUNK)
         self._view = memoryview(self._buf)
         self._thread = threading.Thread(target=self._run, name="polyproc-manager-loop", daemon=True)
-        #: set once the loop has answered its first requests (see serve_in_child)
-        self.served = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -144,14 +148,14 @@ class ServeLoop:
     def _run(self) -> None:
         by_fd, wake_fd = self._by_fd, self._wake_r
         try:
-            poll, clock, served, yield_cpu = self._ep.poll, time.perf_counter, self.served, os.sched_yield
+            poll, clock, yield_cpu = self._ep.poll, time.perf_counter, os.sched_yield
             spin = Spin(SERVER_SPIN)
             while not self._stopping:
                 ready: list[Conn] = []
                 # Busy-poll a little before sleeping (see wire.SERVER_SPIN and Spin):
                 # the next request usually comes within microseconds of the last reply.
                 events = poll(0)
-                if not events and spin.budget:
+                if not events and spin.budget and self._alone():
                     deadline = clock() + spin.budget
                     while not events and clock() < deadline:
                         yield_cpu()  # a client we wait for may need this very CPU
@@ -184,8 +188,6 @@ class ServeLoop:
                     self._process(conn, async_only=False)
                     if conn.out and not conn.closed:
                         self._flush(conn)
-                        if not served.is_set():
-                            served.set()
         finally:
             for conn in list(self.conns):
                 self._close(conn)
@@ -195,6 +197,12 @@ class ServeLoop:
                     os.close(fd)
                 except OSError:
                     pass
+
+    def _alone(self) -> bool:
+        """No other thread of ours has work: spinning holds the GIL they would need."""
+        if self.others_busy is not None and self.others_busy():
+            return False
+        return not any(conn.busy for conn in self.conns)
 
     def _on_wake(self, ready: list[Conn]) -> None:
         try:

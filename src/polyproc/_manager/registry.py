@@ -5,11 +5,12 @@
     owner process                                   manager process (a polyproc Process)
     -------------                                   ------------------------------------
     BaseManager.start() ── Process(serve_in_child) ──► Server(registry, address, authkey)
-        control Pipe  ◄──────────── ("ok", address) ──  gate + serving threads
-        m.list() ── CREATE ──────────────────────────►  objects[id] = list()
+        control socket ◄─────────── ("ok", address) ──  gate + serving threads
+        owner socketpair (this thread's connection,
+          no handshake) ── m.list(): CREATE ─────────►  objects[id] = list()
                  ◄─ PROXY (id, typeid, exposed) ─────
-        shutdown(): a byte on the control pipe ──────►  stop; join (then terminate)
-        owner dies: PR_SET_PDEATHSIG, and EOF on the control pipe ─► stop
+        shutdown(): a byte on the control socket ────►  stop; join (then terminate)
+        owner dies: PR_SET_PDEATHSIG, and EOF on the control socket ─► stop
 
 The life of a manager is a transition table (``_TRANSITIONS``): INITIAL ->
 STARTED | CONNECTED -> SHUTDOWN, and anything else raises.

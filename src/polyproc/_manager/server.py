@@ -38,14 +38,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ProtocolError
 from . import client
+from .gate import Gate
 from .loop import ServeLoop
 from .proxytypes import Namespace, Value, make_array
 from .wire import Address, FrameSocket, Op, SocketCarrier, dumps, encode, listen_socket, loads
 
 if TYPE_CHECKING:
     import ssl
-
-    from .gate import Gate
 
 __all__ = ["TypeSpec", "Server", "serve_in_child"]
 
@@ -98,41 +97,21 @@ class Server:
         self._ids = itertools.count(1)
         self._loop = ServeLoop(self.decode, self.run)
         self.stop_event = threading.Event()
-        self._gate_args = (ssl_context, handshake_timeout, max_pending)
-        self._gate: Gate | None = None
+        self._gate = Gate(self._listener, authkey, self._on_ready, ssl_context=ssl_context,
+                          timeout=handshake_timeout, max_pending=max_pending)
+        self._loop.others_busy = lambda: self._gate.pending > 0
         self._started = False
 
     # -- life -------------------------------------------------------------------
-    def start(self, *, gate: bool = True) -> None:
-        """Serve in background threads (returns at once).
-
-        ``gate=False`` serves only sockets handed to ``adopt``; ``start_gate()``
-        then opens the door to everyone else (the listening socket already queues
-        them). ``serve_in_child`` reports ready in between.
-        """
+    def start(self) -> None:
+        """Serve in background threads (returns at once)."""
         if self._started:
             return
         self._started = True
         client._state.server = self
         client.remember(self.address, self.authkey, None)
         self._loop.start()
-        if gate:
-            self.start_gate()
-
-    def start_gate(self) -> None:
-        """Accept and authenticate connections on the listening socket."""
-        if self._gate is not None or self.stop_event.is_set():
-            return
-        from .gate import Gate  # after the owner knows we are up (see serve_in_child)
-
-        ssl_context, timeout, max_pending = self._gate_args
-        self._gate = Gate(self._listener, self.authkey, self._on_ready, ssl_context=ssl_context,
-                          timeout=timeout, max_pending=max_pending)
         self._gate.start()
-
-    def wait_served(self, timeout: float) -> bool:
-        """Wait until the loop has answered a first request (True), at most ``timeout`` s."""
-        return self._loop.served.wait(timeout)
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
@@ -152,8 +131,7 @@ class Server:
     def stop(self) -> None:
         """Stop accepting and serving; ``serve_forever`` then returns."""
         self.stop_event.set()
-        if self._gate is not None:
-            self._gate.stop()
+        self._gate.stop()
         try:
             self._listener.close()
         except OSError:
@@ -164,9 +142,8 @@ class Server:
 
     def statistics(self) -> dict[str, int]:
         """Objects held, connections served, handshakes refused (and pending)."""
-        gate = self._gate
         return {"objects": len(self._objects), "connections": len(self._loop.conns),
-                "rejected": gate.rejected if gate else 0, "pending": gate.pending if gate else 0}
+                "rejected": self._gate.rejected, "pending": self._gate.pending}
 
     # -- the table ---------------------------------------------------------------
     def _exposed(self, spec: TypeSpec, obj: Any) -> tuple[str, ...]:
@@ -363,14 +340,11 @@ def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: 
         raise
     if owner is not None:
         server.adopt(owner.socks[0])
-    server.start(gate=False)
+    # The gate starts before we report ready: processes the owner starts right
+    # away (the tutorial's two workers) must find it up, or they queue in the
+    # backlog, get in together and race each other in lockstep.
+    server.start()
     _send_status(ctl, ("ok", server.address))
-    # The owner can work now, through ``owner``. Importing and starting the gate
-    # would compete with its first request for the GIL, so it waits for that
-    # request (or 50 ms); anyone else who connects meanwhile waits in the backlog.
-    if owner is not None:
-        server.wait_served(0.05)
-    server.start_gate()
     watcher = threading.Thread(target=_watch_owner, args=(ctl, server), daemon=True)
     watcher.start()
     server.stop_event.wait()

@@ -31,7 +31,6 @@ import pickle
 import socket
 import struct
 import sys
-import time
 from typing import Any
 
 from .._serialize import DEFAULT_SERIALIZER
@@ -41,7 +40,6 @@ __all__ = [
     "Op",
     "HEADER",
     "MAX_FRAME",
-    "CLIENT_SPIN",
     "SERVER_SPIN",
     "Spin",
     "Address",
@@ -65,8 +63,6 @@ _HDR = HEADER.size
 MAX_FRAME = (1 << 32) - 1
 _CHUNK = 1 << 16
 _COALESCE = 1 << 14
-_DONTWAIT = socket.MSG_DONTWAIT
-_clock = time.perf_counter
 
 
 def _cpus() -> int:
@@ -76,15 +72,16 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-#: Seconds a client busy-polls for a reply, and the server for the next request,
-#: before sleeping. A sleep and its wake-up cost ~20 us each way (more on a VM),
-#: several times a manager call, so on an otherwise idle machine a short poll
-#: saves both. On a busy one it only burns CPU the peer needs: see ``Spin``.
+#: Seconds the server busy-polls for the next request before sleeping. A sleep
+#: and its wake-up cost ~20 us each way (more on a VM), several times a manager
+#: call, and a client's next request usually comes within microseconds of its
+#: reply; on a busy machine spinning only burns CPU the clients need: see ``Spin``.
 #: 0 with one CPU, where a spinning process only delays the one it waits for.
-CLIENT_SPIN = float(os.environ.get("PP_SPIN", 30)) * 1e-6 if _cpus() > 1 else 0.0
-SERVER_SPIN = float(os.environ.get("PP_SSPIN", 50)) * 1e-6 if _cpus() > 1 else 0.0
+#: (Clients do not spin: measured, it made concurrent clients' calls interleave
+#: in lockstep, and a spinning thread holds the GIL its process's others need.)
+SERVER_SPIN = 50e-6 if _cpus() > 1 else 0.0
 #: A sleep shorter than this would have been saved by spinning: spin again.
-REARM = float(os.environ.get("PP_REARM", 100)) * 1e-6
+REARM = 100e-6
 _MIN_SPIN = 5e-6
 
 
@@ -228,13 +225,11 @@ def encode(op: int, body: bytes) -> bytes:
 class FrameSocket:
     """Blocking frames over a connected socket (plain, AF_UNIX or TLS). One reader, one writer."""
 
-    __slots__ = ("sock", "_pending", "spin")
+    __slots__ = ("sock", "_pending")
 
-    def __init__(self, sock: socket.socket, pending: bytes = b"", spin: Spin | None = None) -> None:
+    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
         self._pending = bytearray(pending)
-        #: busy-poll for replies before sleeping in recv (None: never; never on TLS)
-        self.spin = spin
 
     def send(self, op: int, body: bytes) -> None:
         n = len(body)
@@ -251,7 +246,7 @@ class FrameSocket:
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | memoryview]:
         """One frame; ``EOFError`` at a clean end, ``ProtocolError`` on garbage or truncation."""
         if not self._pending:
-            data = self.sock.recv(_CHUNK) if self.spin is None else self._spin_recv(self.spin)
+            data = self.sock.recv(_CHUNK)
             if not data:
                 raise EOFError
             if len(data) >= _HDR:
@@ -261,32 +256,6 @@ class FrameSocket:
                     return op, memoryview(data)[_HDR:]
             self._pending += data
         return self._recv_slow(max_size)
-
-    def _spin_recv(self, spin: Spin) -> bytes:
-        """``recv``, polling without sleeping first for up to ``spin.budget`` seconds.
-
-        See ``CLIENT_SPIN``: a manager answers in a few microseconds, so on an idle
-        machine polling a little first finds the reply there without sleeping for it.
-        """
-        recv = self.sock.recv
-        if spin.budget:
-            deadline = _clock() + spin.budget
-            while True:
-                try:
-                    data = recv(_CHUNK, _DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    if _clock() > deadline:
-                        break
-                    # On a busy machine the server may be waiting for this very CPU.
-                    os.sched_yield()
-                else:
-                    spin.budget = spin.full
-                    return data
-            spin.miss()
-        start = _clock()
-        data = recv(_CHUNK)
-        spin.slept(_clock() - start)
-        return data
 
     def _fill(self) -> None:
         data = self.sock.recv(_CHUNK)
