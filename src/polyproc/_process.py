@@ -27,8 +27,6 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import ProcessError
-
 if TYPE_CHECKING:
     from ._context import Context
     from ._launch.handle import ChildHandle
@@ -479,11 +477,6 @@ def log_to_stderr(level: int | None = None) -> Any:
     if level:
         logger.setLevel(level)
     return logger
-
-
-def check_not_started(p: BaseProcess) -> None:
-    if p._handle is not None:
-        raise ProcessError("process has already started")
 
 
 _STATE = _State()

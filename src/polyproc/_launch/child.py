@@ -18,7 +18,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "spawn_main"]
+__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio", "spawn_main"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -51,6 +51,23 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # it died between our birth and the prctl
         os._exit(70)
+
+
+def open_stdio() -> list[int | None]:
+    """Our fds 0-2 as a new child should inherit them now (None for one that is closed).
+
+    Both spawn (a spare booted earlier) and forkserver (a template started earlier)
+    hand the child these, so it writes where we write *now*, after any redirect.
+    """
+    out: list[int | None] = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            out.append(None)
+        else:
+            out.append(fd)
+    return out
 
 
 def preparation_data() -> dict[str, Any]:

@@ -26,7 +26,6 @@ Descendants (fork or forkserver children) reuse their ancestor's server.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import pickle
 import selectors
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from .._serialize import Payload
 from ..errors import StartError
-from .child import die_with_parent, preparation_data, set_comm
+from .child import die_with_parent, open_stdio, preparation_data, set_comm
 from .handle import StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
@@ -121,14 +120,7 @@ os.register_at_fork(after_in_child=_CLIENT.after_fork_in_child)
 
 def _stdio_fds() -> list[int]:
     """Our fds 0-2 for the child; /dev/null stands in for a closed one."""
-    out = []
-    for fd in (0, 1, 2):
-        try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
-            out.append(fd)
-        except OSError:
-            out.append(os.open(os.devnull, os.O_RDWR))
-    return out
+    return [os.open(os.devnull, os.O_RDWR) if fd is None else fd for fd in open_stdio()]
 
 
 def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:

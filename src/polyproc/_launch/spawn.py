@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .child import die_with_parent, preparation_data, prepare, set_comm
+from .child import die_with_parent, open_stdio, preparation_data, prepare, set_comm
 from .handle import PidfdHandle, launch_errors
 
 if TYPE_CHECKING:
@@ -58,14 +58,7 @@ def _with_stdio(head: dict[str, Any]) -> dict[str, Any]:
     """Carry our *current* fds 0-2, so a child started after a redirect writes where we do."""
     from .._serialize import fd_handle
 
-    stdio: list[Any] = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            stdio.append(None)
-        else:
-            stdio.append(fd_handle(fd))
+    stdio = [None if fd is None else fd_handle(fd) for fd in open_stdio()]
     head["stdio"] = stdio
     return head
 

@@ -435,13 +435,7 @@ class Engine:
             self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name)
 
     def _close_channel(self, h: Handle) -> None:
-        if h.conn is not None and not h.conn.closed:
-            try:
-                self.sel.unregister(h.conn.fileno())
-            except (KeyError, ValueError):
-                pass
-            h.watched = 0
-            h.conn.close()
+        self._channel_gone(h)
         if h.sock is not None:
             h.sock.close()
             h.sock = None
