@@ -35,9 +35,7 @@ from ._api import cpu_count as cpu_count
 from ._api import freeze_support as freeze_support
 from ._api import set_executable as set_executable
 from ._api import set_forkserver_preload as set_forkserver_preload
-from ._context import Context as Context
 from ._context import get_all_start_methods as get_all_start_methods
-from ._context import get_context as get_context
 from ._context import get_start_method as get_start_method
 from ._context import set_start_method as set_start_method
 from ._process import Process as Process
@@ -46,6 +44,8 @@ from ._process import current_process as current_process
 from ._process import get_logger as get_logger
 from ._process import log_to_stderr as log_to_stderr
 from ._process import parent_process as parent_process
+from .context import Context as Context
+from .context import get_context as get_context
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import BufferTooShort as BufferTooShort

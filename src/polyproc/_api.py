@@ -1,17 +1,37 @@
 """The stdlib's module-level functions (``multiprocessing.Lock()`` ...) on the default context.
 
-Each is a plain function that asks ``default_context()`` at call time, so
-``set_start_method`` takes effect for objects made afterwards and nothing is
-bound at import. (The stdlib copies the bound methods of one context object
-into its module globals at import time.)
+Each is a plain function with the real signature and return type that asks
+``default_context()`` at call time, so ``set_start_method`` takes effect for
+objects made afterwards and nothing is bound at import. (The stdlib copies the
+bound methods of one context object into its module globals at import time.)
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from ._context import default_context
+from .context import default_context
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from ._connection import Connection
+    from ._manager.sync import SyncManager
+    from ._pool.pool import Pool as _Pool
+    from ._queues import JoinableQueue as _JoinableQueue
+    from ._queues import Queue as _Queue
+    from ._queues import SimpleQueue as _SimpleQueue
+    from ._sync import Barrier as _Barrier
+    from ._sync import BoundedSemaphore as _BoundedSemaphore
+    from ._sync import Condition as _Condition
+    from ._sync import Event as _Event
+    from ._sync import Lock as _Lock
+    from ._sync import RLock as _RLock
+    from ._sync import Semaphore as _Semaphore
+
+    _LockLike: TypeAlias = _Lock | _RLock
 
 __all__ = [
     "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
@@ -21,93 +41,114 @@ __all__ = [
 ]
 
 
-def Pipe(duplex: bool = True) -> Any:  # noqa: N802 - stdlib names
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib names
     """Two connected Connections (see ``polyproc.connection``)."""
     return default_context().Pipe(duplex)
 
 
-def Lock() -> Any:  # noqa: N802
+def Lock() -> _Lock:  # noqa: N802
     """A non-recursive lock shared between processes."""
     return default_context().Lock()
 
 
-def RLock() -> Any:  # noqa: N802
+def RLock() -> _RLock:  # noqa: N802
     """A recursive lock shared between processes."""
     return default_context().RLock()
 
 
-def Condition(lock: Any = None) -> Any:  # noqa: N802
-    """A condition variable shared between processes."""
+def Condition(lock: _LockLike | None = None) -> _Condition:  # noqa: N802
+    """A condition variable shared between processes (over a new RLock when ``lock`` is None)."""
     return default_context().Condition(lock)
 
 
-def Semaphore(value: int = 1) -> Any:  # noqa: N802
+def Semaphore(value: int = 1) -> _Semaphore:  # noqa: N802
     """A semaphore shared between processes."""
     return default_context().Semaphore(value)
 
 
-def BoundedSemaphore(value: int = 1) -> Any:  # noqa: N802
+def BoundedSemaphore(value: int = 1) -> _BoundedSemaphore:  # noqa: N802
     """A bounded semaphore shared between processes."""
     return default_context().BoundedSemaphore(value)
 
 
-def Event() -> Any:  # noqa: N802
+def Event() -> _Event:  # noqa: N802
     """An event shared between processes."""
     return default_context().Event()
 
 
-def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:  # noqa: N802
-    """A barrier shared between processes."""
+def Barrier(parties: int, action: Callable[[], object] | None = None,  # noqa: N802
+            timeout: float | None = None) -> _Barrier:
+    """A barrier shared between processes; ``action`` runs in the last to arrive."""
     return default_context().Barrier(parties, action, timeout)
 
 
-def Queue(maxsize: int = 0) -> Any:  # noqa: N802
-    """A multi-producer, multi-consumer queue between processes."""
+def Queue(maxsize: int = 0) -> _Queue:  # noqa: N802
+    """A multi-producer, multi-consumer queue between processes (``maxsize`` 0: unbounded)."""
     return default_context().Queue(maxsize)
 
 
-def JoinableQueue(maxsize: int = 0) -> Any:  # noqa: N802
+def JoinableQueue(maxsize: int = 0) -> _JoinableQueue:  # noqa: N802
     """A Queue with ``task_done`` and ``join``."""
     return default_context().JoinableQueue(maxsize)
 
 
-def SimpleQueue() -> Any:  # noqa: N802
+def SimpleQueue() -> _SimpleQueue:  # noqa: N802
     """An unbounded queue with get/put/empty/close."""
     return default_context().SimpleQueue()
 
 
-def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:  # noqa: N802
-    """A ctypes value in shared memory, optionally behind a lock."""
+def Value(typecode_or_type: str | type[Any], *args: Any,  # noqa: N802
+          lock: bool | _LockLike = True) -> Any:
+    """A ctypes value in shared memory, behind a lock unless ``lock=False``."""
     return default_context().Value(typecode_or_type, *args, lock=lock)
 
 
-def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:  # noqa: N802
-    """A ctypes array in shared memory, optionally behind a lock."""
+def Array(typecode_or_type: str | type[Any], size_or_initializer: int | Iterable[Any],  # noqa: N802
+          *, lock: bool | _LockLike = True) -> Any:
+    """A ctypes array in shared memory, behind a lock unless ``lock=False``."""
     return default_context().Array(typecode_or_type, size_or_initializer, lock=lock)
 
 
-def RawValue(typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
+def RawValue(typecode_or_type: str | type[Any], *args: Any) -> Any:  # noqa: N802
     """A ctypes value in shared memory, no lock."""
     return default_context().RawValue(typecode_or_type, *args)
 
 
-def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:  # noqa: N802
+def RawArray(typecode_or_type: str | type[Any],  # noqa: N802
+             size_or_initializer: int | Iterable[Any]) -> Any:
     """A ctypes array in shared memory, no lock."""
     return default_context().RawArray(typecode_or_type, size_or_initializer)
 
 
 def Pool(  # noqa: N802
     processes: int | None = None,
-    initializer: Any = None,
-    initargs: tuple[Any, ...] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
     maxtasksperchild: int | None = None,
-    **options: Any,
-) -> Any:
-    """A process pool (see ``polyproc.pool.Pool`` for the options polyproc adds)."""
-    return default_context().Pool(processes, initializer, initargs, maxtasksperchild, **options)
+    *,
+    max_memory_per_child: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    progress: Any = None,
+    window: int = 3,
+    target_batch_s: float = 0.004,
+) -> _Pool:
+    """A process pool that never hangs on a dead worker (``multiprocessing.Pool``).
+
+    ``processes`` workers (default: the CPU count), each running ``initializer(*initargs)``
+    first and replaced after ``maxtasksperchild`` tasks. polyproc's keyword-only extras:
+    ``max_memory_per_child`` (bytes), and defaults for each task's ``timeout`` (seconds;
+    the late task's worker is killed and replaced), ``retries`` (re-runs of a task whose
+    worker died) and ``progress`` (a tqdm bar); ``window``/``target_batch_s`` tune
+    adaptive batching. See ``polyproc.pool.Pool`` and docs/pool.md.
+    """
+    return default_context().Pool(
+        processes, initializer, initargs, maxtasksperchild,
+        max_memory_per_child=max_memory_per_child, timeout=timeout, retries=retries,
+        progress=progress, window=window, target_batch_s=target_batch_s)
 
 
-def Manager() -> Any:  # noqa: N802
+def Manager() -> SyncManager:  # noqa: N802
     """A started SyncManager (see ``polyproc.managers``)."""
     return default_context().Manager()
 

@@ -2,10 +2,15 @@
 
 ::
 
-    Process.start() ──► LAUNCHERS[start_method].start(process) ──► ChildHandle(pid, sentinel)
+    Process.start() ──► LaunchSpec(entry=_Entry(process), settings)
+                    ──► LAUNCHERS[start_method].start(spec) ──► ChildHandle(pid, sentinel)
                                                                      │
-    child: _launch.child / fork / forkserver ──► run_in_child(process) ──► exit code
+    child: _launch.child / fork / forkserver ──► spec.entry() = run_in_child(process) ──► exit code
     join()/is_alive()/exitcode ◄── ChildHandle.wait/poll (pidfd or status pipe)
+
+``_launch`` never imports this module: it is handed a ``LaunchSpec`` whose entry
+point is ``run_in_child`` bound to the Process (pickled by reference, so a spawned
+child imports us when it unpickles the entry), which keeps the import graph a tree.
 
 Per-process state (who am I, who is my parent, my children, the counter that
 numbers them, the authkey) lives in one holder, ``_STATE``, reset in each child.
@@ -19,6 +24,7 @@ fills it from ``current_process()``, so ``%(processName)s`` just works.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import signal
@@ -27,8 +33,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._context import Settings, default_context, get_context
+from ._launch import LaunchSpec, launcher_for
+from ._launch.child import set_comm
+from ._serialize import DEFAULT_SERIALIZER
+
 if TYPE_CHECKING:
-    from ._context import Context
+    import logging
+
     from ._launch.handle import ChildHandle
 
 __all__ = [
@@ -42,6 +54,8 @@ __all__ = [
     "active_children",
     "log_to_stderr",
     "get_logger",
+    "process_class",
+    "run_in_child",
 ]
 
 
@@ -69,7 +83,7 @@ class BaseProcess:
     """The stdlib Process API. Subclass and override ``run``, or pass ``target``."""
 
     _start_method: str | None = None  # None: the default context at start()
-    _ctx: Context | None = None
+    _ctx: Settings | None = None
 
     def __init__(
         self,
@@ -113,11 +127,11 @@ class BaseProcess:
             raise AssertionError("cannot start a process twice")
         if self._parent_pid != os.getpid():
             raise AssertionError("can only start a process object created by current process")
-        from ._launch import launcher_for
-
         ctx = self._context()
         _cleanup()
-        self._handle = launcher_for(ctx.start_method).start(self, ctx)
+        spec = LaunchSpec(_Entry(self), f"the Process {self.name!r} (its target, args and kwargs)",
+                          ctx)
+        self._handle = launcher_for(ctx.start_method).start(spec)
         self._popen_pid = self._handle.pid
         # The child has its own copy; drop ours so big arguments are freed (as the stdlib does).
         self._target = None
@@ -129,11 +143,9 @@ class BaseProcess:
                 _STATE.atexit_registered = True
                 atexit.register(_exit_function)
 
-    def _context(self) -> Context:
+    def _context(self) -> Settings:
         if self._ctx is not None:
             return self._ctx
-        from ._context import default_context, get_context
-
         return get_context(self._start_method) if self._start_method else default_context()
 
     def join(self, timeout: float | None = None) -> None:
@@ -319,6 +331,23 @@ class ForkServerProcess(Process):
     _start_method = "forkserver"
 
 
+_BY_METHOD: dict[str, type[Process]] = {
+    "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
+
+
+@functools.cache
+def process_class(settings: Settings) -> type[Process]:
+    """ForkProcess / SpawnProcess / ForkServerProcess for ``settings`` (``ctx.Process``).
+
+    Module-level classes, so they pickle; settings with a non-default serializer get
+    a subclass carrying them.
+    """
+    base = _BY_METHOD[settings.start_method]
+    if settings.serializer == DEFAULT_SERIALIZER:
+        return base
+    return type(base.__name__, (base,), {"_ctx": settings})
+
+
 class ParentProcess:
     """The parent as its child sees it: name, pid, and whether it still lives."""
 
@@ -361,6 +390,20 @@ class ParentProcess:
         return f"<ParentProcess name={self.name!r} pid={self.pid}>"
 
 
+class _Entry:
+    """``LaunchSpec.entry`` for a Process: ``run_in_child(process)``, pickled by reference.
+
+    A small class rather than ``functools.partial``, so a pickling error can be traced
+    into the Process's arguments (``describe_unpicklable`` walks ``vars()``).
+    """
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process = process
+
+    def __call__(self) -> int:
+        return run_in_child(self.process)
+
+
 def run_in_child(process: BaseProcess) -> int:
     """Become ``process`` in a new child and run it; return the exit code.
 
@@ -369,8 +412,6 @@ def run_in_child(process: BaseProcess) -> int:
     """
     parent = ParentProcess(process._parent_name, process._parent_pid)
     _STATE.become_child(process, parent)
-    from ._launch.child import set_comm
-
     set_comm(process.name)
     _install_log_record_factory()
     try:
@@ -459,14 +500,14 @@ def active_children() -> list[BaseProcess]:
     return list(_STATE.children)
 
 
-def get_logger() -> Any:
+def get_logger() -> logging.Logger:
     """The ``polyproc`` logger (the stdlib's is named ``multiprocessing``)."""
     import logging
 
     return logging.getLogger("polyproc")
 
 
-def log_to_stderr(level: int | None = None) -> Any:
+def log_to_stderr(level: int | None = None) -> logging.Logger:
     """Send the ``polyproc`` logger to stderr with the stdlib's format."""
     import logging
 

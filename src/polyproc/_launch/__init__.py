@@ -1,12 +1,17 @@
-"""Start methods as a strategy table: ``LAUNCHERS[name].start(process, ctx) -> ChildHandle``.
+"""Start methods as a strategy table: ``LAUNCHERS[name].start(spec) -> ChildHandle``.
+
+A launcher starts a ``LaunchSpec``: an entry point that runs in the child and
+returns its exit code, a description for errors, and the ``Settings`` (whose
+serializer carries the entry to spawn and forkserver children). It never sees a
+``Process``: ``_process`` builds the spec, so this package never imports it back.
 
 ::
 
-    fork.py        os.fork(); the child runs the Process object it inherited
+    fork.py        os.fork(); the child calls the entry it inherited
     spawn.py       posix_spawn a fresh interpreter; send it preparation data and the
-                   pickled Process (with fds) over a socketpair dup'ed to its fd 3
+                   pickled entry (with fds) over a socketpair dup'ed to its fd 3
     forkserver.py  a long-lived spawned template that has imported __main__ forks a
-                   child per request; the request carries the pickled Process and fds
+                   child per request; the request carries the pickled entry and fds
     child.py       the child's side: prepare, die with the parent, run
     handle.py      ChildHandle: pid, sentinel fd, exit status
 
@@ -22,20 +27,31 @@ import importlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
-    from .._context import Context
-    from .._process import BaseProcess
+    from .._context import Settings
     from .handle import ChildHandle
 
-__all__ = ["Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
+__all__ = ["LaunchSpec", "Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
 
 T = TypeVar("T")
 
 
+class LaunchSpec(NamedTuple):
+    """What to start: everything a launcher needs, and nothing it would have to import."""
+
+    #: Runs in the child; its return value is the exit code. Pickled (by
+    #: ``settings.serializer``) for spawn and forkserver, so it must pickle by reference.
+    entry: Callable[[], int]
+    #: Names the entry in a SerializationError: "the Process 'x' (its target, args ...)".
+    what: str
+    #: The start method and serializer.
+    settings: Settings
+
+
 class Launcher(Protocol):
-    def start(self, process: BaseProcess, ctx: Context) -> ChildHandle: ...
+    def start(self, spec: LaunchSpec) -> ChildHandle: ...
 
 
 #: name -> module implementing ``start(process, ctx)``; imported on first use.
@@ -48,10 +64,10 @@ LAUNCHERS: dict[str, str] = {
 
 def launcher_for(method: str) -> Launcher:
     try:
-        module: Any = importlib.import_module(LAUNCHERS[method])
+        module = importlib.import_module(LAUNCHERS[method])
     except KeyError:
         raise ValueError(f"unknown start method {method!r}") from None
-    return module  # type: ignore[no-any-return]
+    return cast("Launcher", module)
 
 
 class _LauncherThread:
@@ -76,7 +92,7 @@ class _LauncherThread:
         jobs.put((fn, reply))
         ok, value = reply.get()
         if ok:
-            return value  # type: ignore[no-any-return]
+            return cast("T", value)
         raise value
 
     @staticmethod

@@ -3,7 +3,7 @@
 Every start method ends here. ``prepare`` makes a fresh interpreter look like its
 parent (sys.path, cwd, argv, the parent's main module imported as
 ``__mp_main__``); ``die_with_parent`` ties the child's life to its parent's;
-``run_process`` runs the Process object and turns its end into an exit code.
+the entry the parent sent (``LaunchSpec.entry``) runs the work and returns the exit code.
 
 Kept light: a spawned child imports this before anything else, and every
 millisecond here is a millisecond of every ``spawn`` start.
@@ -18,7 +18,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio", "spawn_main"]
+__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -133,10 +133,3 @@ def _import_main(name: str | None, path: str | None) -> None:
     except BaseException:
         sys.modules["__main__"] = current
         raise
-
-
-def spawn_main() -> None:
-    """Entry point of a spawned interpreter: the bootstrap socket is fd 3."""
-    from .spawn import child_main
-
-    child_main(3)

@@ -1,4 +1,4 @@
-"""The fork start method: the child is a copy of the parent and runs the inherited Process.
+"""The fork start method: the child is a copy of the parent and calls the inherited entry.
 
 Fast (about a millisecond) and needs no pickling, but forking a process that
 has threads can deadlock the child on a lock some other thread held; that is
@@ -15,22 +15,22 @@ from .child import die_with_parent
 from .handle import PidfdHandle
 
 if TYPE_CHECKING:
-    from .._context import Context
-    from .._process import BaseProcess
+    from collections.abc import Callable
+
+    from . import LaunchSpec
 
 __all__ = ["start"]
 
 
-def start(process: BaseProcess, ctx: Context) -> PidfdHandle:
+def start(spec: LaunchSpec) -> PidfdHandle:
     from . import on_launcher_thread
 
-    return on_launcher_thread(lambda: _fork(process))
+    return on_launcher_thread(lambda: _fork(spec.entry))
 
 
-def _fork(process: BaseProcess) -> PidfdHandle:
+def _fork(entry: Callable[[], int]) -> PidfdHandle:
     import logging  # noqa: F401 - imported once here, not in every child
 
-    from .._process import run_in_child
     from .child import _libc
 
     _libc()
@@ -46,7 +46,7 @@ def _fork(process: BaseProcess) -> PidfdHandle:
         code = 1
         try:
             die_with_parent(parent_pid)
-            code = run_in_child(process)
+            code = entry()
         finally:
             os._exit(code)
     return PidfdHandle(pid, os.pidfd_open(pid))

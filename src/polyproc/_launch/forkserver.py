@@ -6,12 +6,12 @@ child costs a fork, not an interpreter start::
 
     client process                         forkserver (comm "polyproc-fsrv")          child
     ──────────────                         ─────────────────────────────────          ─────
-    dumps(process)   (fails here)
+    dumps(entry)     (fails here)
     status pipe r/w
-    send_payload(process, fds=[...payload,   selectors loop:
+    send_payload(entry, fds=[...payload,     selectors loop:
        status_w, my pidfd, stdin/out/err]) ─► recv request ── fork ─────────────────► dup2 stdio,
     recv pid ◄──────────────────────────────  reply pid                                die with server,
-                                             SIGCHLD ─► waitpid ─► status_w            run Process
+                                             SIGCHLD ─► waitpid ─► status_w            entry()
     sentinel = status r (readable at exit) ◄─ write wait status, close
                                              client pidfd readable ─► SIGKILL its children
 
@@ -43,9 +43,10 @@ from .child import die_with_parent, open_stdio, preparation_data, set_comm
 from .handle import StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._connection import Connection
-    from .._context import Context
-    from .._process import BaseProcess
+    from . import LaunchSpec
 
 __all__ = ["start", "serve"]
 
@@ -96,12 +97,12 @@ class _Client:
         return self.connection()
 
     def _start_server(self) -> None:
-        from .spawn import spawn_interpreter
+        from .spawn import Role, spawn_interpreter
 
         boot, handle = spawn_interpreter("polyproc-forkserver")
         with launch_errors(handle):
             boot.send({"parent_pid": os.getpid(), "prep": preparation_data()})
-            boot.send(serve)
+            boot.send(Role(serve))
             self.address = boot.recv()
         self.boot = boot
         # The server is reaped by nobody but us; it exits when we do. Keep the handle
@@ -123,10 +124,8 @@ def _stdio_fds() -> list[int]:
     return [os.open(os.devnull, os.O_RDWR) if fd is None else fd for fd in open_stdio()]
 
 
-def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
-    payload = ctx.serializer.dumps(
-        process, what=f"the Process {process.name!r} (its target, args and kwargs)"
-    )
+def start(spec: LaunchSpec) -> StatusPipeHandle:
+    payload = spec.settings.serializer.dumps(spec.entry, what=spec.what)
     r, w = os.pipe()
     try:
         with _CLIENT.lock:
@@ -307,11 +306,10 @@ class _Server:
             die_with_parent(server_pid)
             _CLIENT.address = self.listener.getsockname()
             self.listener.close()
-            from .._process import run_in_child
             from .._serialize import DEFAULT_SERIALIZER
 
-            process: BaseProcess = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
-            code = run_in_child(process)
+            entry: Callable[[], int] = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            code = entry()
         except BaseException:
             try:
                 traceback.print_exc()

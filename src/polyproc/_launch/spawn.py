@@ -3,14 +3,14 @@
 ::
 
     parent                                       child (python -c <boot>, fd 3 = socket)
-    dumps(process)  (fails here, nothing started)
-    posix_spawn ─────────────────────────────────► import polyproc._launch.child
+    dumps(spec.entry)  (fails here, nothing started)
+    posix_spawn ─────────────────────────────────► import polyproc._launch.spawn
     send {parent_pid, prep} ─────────────────────► die_with_parent; prepare (import __main__
                                                    as __mp_main__)
-    send_payload(process + fds) ─────────────────► recv -> Process; run_in_child; exit
+    send_payload(entry + fds) ───────────────────► recv -> entry; exit(entry())
 
-The same channel starts the forkserver: its second message is a callable role
-instead of a Process.
+The same channel starts the forkserver: its second message is a ``Role`` (a
+callable that takes the channel) instead of an entry.
 """
 
 from __future__ import annotations
@@ -23,29 +23,32 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .child import die_with_parent, open_stdio, preparation_data, prepare, set_comm
 from .handle import PidfdHandle, launch_errors
 
 if TYPE_CHECKING:
     from .._connection import Connection
-    from .._context import Context
-    from .._process import BaseProcess
+    from . import LaunchSpec
 
-__all__ = ["start", "spawn_interpreter", "child_main"]
+__all__ = ["start", "spawn_interpreter", "child_main", "Role"]
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _BOOT = (
     "import sys; sys.path.insert(0, {path!r}); "
-    "from polyproc._launch.child import spawn_main; spawn_main()"
+    "from polyproc._launch.spawn import child_main; child_main(3)"
 )
 
 
-def start(process: BaseProcess, ctx: Context) -> PidfdHandle:
-    payload = ctx.serializer.dumps(
-        process, what=f"the Process {process.name!r} (its target, args and kwargs)"
-    )
+class Role(NamedTuple):
+    """A long-lived job for a spawned interpreter (the forkserver): ``main(channel)``."""
+
+    main: Callable[[Connection], int]
+
+
+def start(spec: LaunchSpec) -> PidfdHandle:
+    payload = spec.settings.serializer.dumps(spec.entry, what=spec.what)
     conn, handle = _SPARES.take()
     with launch_errors(handle), conn:
         head = {"parent_pid": os.getpid(), "prep": preparation_data(), "env": dict(os.environ)}
@@ -158,9 +161,11 @@ def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
 
 
 def child_main(fd: int) -> None:
-    """The spawned interpreter's main: prepare, receive the Process (or a role), run it."""
+    """The spawned interpreter's main (``_BOOT``; ``fd`` is the socket to the parent).
+
+    Prepare, receive the entry (or a Role), run it.
+    """
     from .._connection import Connection
-    from .._process import BaseProcess, run_in_child
     from .._transport import UnixStream
 
     # Ctrl+C reaches the whole process group: an idle spare, or a child still being
@@ -189,11 +194,11 @@ def child_main(fd: int) -> None:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
-    if isinstance(obj, BaseProcess):
+    if isinstance(obj, Role):
+        code = obj.main(conn)
+    else:
+        entry: Callable[[], int] = obj
         conn.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        code = run_in_child(obj)
-    else:
-        role: Callable[[Connection], int] = obj
-        code = role(conn)
+        code = entry()
     sys.exit(code)

@@ -22,8 +22,10 @@ import enum
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from .._context import Settings, default_context, get_context
+from .._process import process_class
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
@@ -116,12 +118,11 @@ class BaseManager:
             setattr(cls, typeid, create)
 
     # -- starting -----------------------------------------------------------------------
-    def _context(self) -> Any:
+    def _context(self) -> Settings:
         if self._ctx is None:
-            from .._context import default_context
-
             self._ctx = default_context()
-        return self._ctx
+        ctx: Settings = self._ctx
+        return ctx
 
     def get_server(self) -> Server:
         """A Server for ``address`` in *this* process; call ``serve_forever()`` on it."""
@@ -144,7 +145,7 @@ class BaseManager:
             # deadlock the child on a lock another thread held. With no other thread
             # there is no such lock, and fork starts the server ~10x sooner than
             # spawning the template first (the stdlib's default before 3.14 is fork).
-            ctx = ctx.get_context("fork")
+            ctx = get_context("fork")
         # Two socketpairs: ``control`` (our "ok"/"stop" line, EOF = we are gone) and
         # ``owner``, this thread's first connection, authenticated by construction
         # (only we and the server hold it), so starting costs no connect, no handshake,
@@ -154,7 +155,7 @@ class BaseManager:
         address = self._address if self._address is not None else default_address()
         fork = ctx.start_method == "fork"
         ssl_context = self._ssl if fork else None
-        process = ctx.Process(
+        process = process_class(ctx)(
             target=serve_in_child, name=f"{type(self).__name__}-server",
             args=(self._registry, address, self._authkey, ssl_context, initializer,
                   tuple(initargs), SocketCarrier(control_child)),
@@ -277,7 +278,7 @@ class BaseManager:
         if self._process is not None:
             self._process.join(timeout)
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self) -> Self:
         if self._state is State.INITIAL:
             self.start()
         elif self._state is not State.STARTED and self._state is not State.CONNECTED:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .proxytypes import (
     AcquirerProxy,
@@ -40,7 +41,31 @@ def _pool(*args: Any, **kwds: Any) -> Any:
 
 
 class SyncManager(BaseManager):
-    """A manager with the stdlib's shared types: ``list``, ``dict``, ``Queue``, ``Lock`` ..."""
+    """A manager with the stdlib's shared types: ``list``, ``dict``, ``Queue``, ``Lock`` ...
+
+    The methods are made by ``register`` below, at import; the declarations here are
+    for type checkers only (as typeshed declares the stdlib's).
+    """
+
+    if TYPE_CHECKING:
+        def Queue(self, maxsize: int = 0) -> Any: ...  # noqa: N802 - stdlib names
+        def JoinableQueue(self, maxsize: int = 0) -> Any: ...  # noqa: N802
+        def Event(self) -> EventProxy: ...  # noqa: N802
+        def Lock(self) -> AcquirerProxy: ...  # noqa: N802
+        def RLock(self) -> AcquirerProxy: ...  # noqa: N802
+        def Semaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def BoundedSemaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def Condition(self, lock: Any = None) -> ConditionProxy: ...  # noqa: N802
+        def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
+                    timeout: float | None = None) -> BarrierProxy: ...
+        def Pool(self, processes: int | None = None, *args: Any,  # noqa: N802
+                 **kwds: Any) -> PoolProxy: ...
+        def list(self, sequence: Iterable[Any] = ..., /) -> ListProxy: ...
+        def dict(self, mapping: Mapping[Any, Any] = ..., /, **kwargs: Any) -> DictProxy: ...
+        def Value(self, typecode: Any, value: Any, lock: bool = True) -> ValueProxy: ...  # noqa: N802
+        def Array(self, typecode: str, sequence: Iterable[Any],  # noqa: N802
+                  lock: bool = True) -> Any: ...
+        def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
 
 
 SyncManager.register("Queue", queue.Queue, QueueProxy)

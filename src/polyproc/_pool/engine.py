@@ -362,8 +362,11 @@ class Engine:
             return
         ours, theirs = Pipe()
         try:
-            proc = self.ctx.Process(target=worker_main, daemon=True,
-                                    args=(theirs, self.initializer, self.initargs, self.serializer))
+            from .._process import process_class  # ctx is Settings: data, no factories
+
+            proc = process_class(self.ctx)(target=worker_main, daemon=True,
+                                           args=(theirs, self.initializer, self.initargs,
+                                                 self.serializer))
             proc.name = proc.name.replace("Process", self.prefix)
             h.name = proc.name
             proc.start()
