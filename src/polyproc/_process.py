@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._context import Settings, default_context, get_context
-from ._launch import LaunchSpec, launcher_for
-from ._launch.child import set_comm
 from ._serialize import DEFAULT_SERIALIZER
 
 if TYPE_CHECKING:
@@ -127,6 +125,10 @@ class BaseProcess:
             raise AssertionError("cannot start a process twice")
         if self._parent_pid != os.getpid():
             raise AssertionError("can only start a process object created by current process")
+        # Imported here, not at the top: the launchers' package brings the launcher
+        # thread's queue, and ``import polyproc`` is on the path of every spawned child.
+        from ._launch import LaunchSpec, launcher_for
+
         ctx = self._context()
         _cleanup()
         spec = LaunchSpec(_Entry(self), f"the Process {self.name!r} (its target, args and kwargs)",
@@ -412,6 +414,8 @@ def run_in_child(process: BaseProcess) -> int:
     """
     parent = ParentProcess(process._parent_name, process._parent_pid)
     _STATE.become_child(process, parent)
+    from ._launch.child import set_comm
+
     set_comm(process.name)
     _install_log_record_factory()
     try:

@@ -25,15 +25,14 @@ from ._context import Settings
 from ._process import BaseProcess as BaseProcess
 from ._process import ForkProcess as ForkProcess
 from ._process import ForkServerProcess as ForkServerProcess
-from ._process import ParentProcess
+from ._process import ParentProcess, process_class
 from ._process import Process as Process
+from ._process import SpawnProcess as SpawnProcess
 from ._process import active_children as _active_children
 from ._process import current_process as _current_process
 from ._process import get_logger as _get_logger
 from ._process import log_to_stderr as _log_to_stderr
 from ._process import parent_process as _parent_process
-from ._process import process_class
-from ._process import SpawnProcess as SpawnProcess
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BufferTooShort as BufferTooShort
 from .errors import ProcessError as ProcessError

@@ -109,7 +109,7 @@ class ProcessPoolExecutor(Executor):
                             getattr(fn, "__name__", "map"))
         engine = self._engine
         sched = engine.sched
-        it = IMapIterator(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar,
+        it: IMapIterator[Any] = IMapIterator(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar,
                           deadline)
         job = self._sub.many(fn, _Zipped(iterables, total), it.sink, star=True, ordered=True,
                              credit=True, chunksize=chunksize,
@@ -156,7 +156,7 @@ class _Zipped:
         return self._total
 
 
-def _results(it: IMapIterator, engine: Engine, job: Job) -> Iterator[Any]:
+def _results(it: IMapIterator[Any], engine: Engine, job: Job) -> Iterator[Any]:
     try:
         yield from it
     finally:

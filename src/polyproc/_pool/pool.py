@@ -22,7 +22,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from ..errors import PoolClosedError
 from .engine import Engine
@@ -36,6 +36,9 @@ from .results import (
     Submitter,
     make_progress,
 )
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
            "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS"]
@@ -124,20 +127,21 @@ class Pool:
             "pool objects cannot be passed between processes or pickled")
 
     # -- single tasks --------------------------------------------------------------------
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] | None = None, *, timeout: float | None = None,
-              retries: int | None = None) -> Any:
+              retries: int | None = None) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
         return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
 
-    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+    def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] | None = None,
-                    callback: Callable[[Any], Any] | None = None,
-                    error_callback: Callable[[BaseException], Any] | None = None, *,
-                    timeout: float | None = None, retries: int | None = None) -> ApplyResult:
+                    callback: Callable[[T], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None, *,
+                    timeout: float | None = None, retries: int | None = None,
+                    ) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
         self._check_running()
-        fut: Future[Any] = PoolFuture()
+        fut: Future[T] = PoolFuture()
         fut._engine = self._engine  # type: ignore[attr-defined]
         job = self._sub.single(func, tuple(args), dict(kwds or {}), fut,
                                timeout=self._timeout if timeout is None else timeout,
@@ -150,12 +154,12 @@ class Pool:
     # -- maps ----------------------------------------------------------------------------
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
                    chunksize: int | None, callback: Any, error_callback: Any,
-                   timeout: float | None, retries: int | None, progress: Any) -> MapResult:
+                   timeout: float | None, retries: int | None, progress: Any) -> MapResult[Any]:
         self._check_running()
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         bar = make_progress(self._progress if progress is None else progress, total,
                             getattr(func, "__name__", "map"))
-        result = MapResult(callback, error_callback, bar)
+        result: MapResult[Any] = MapResult(callback, error_callback, bar)
         job = self._sub.many(func, iterable, result, star=star, ordered=False, credit=False,
                              chunksize=chunksize,
                              timeout=self._timeout if timeout is None else timeout,
@@ -163,43 +167,46 @@ class Pool:
         self._engine.add_job(job)
         return result
 
-    def map(self, func: Callable[..., Any], iterable: Iterable[Any],
+    def map(self, func: Callable[[S], T], iterable: Iterable[S],
             chunksize: int | None = None, *, timeout: float | None = None,
-            retries: int | None = None, progress: Any = None) -> list[Any]:
+            retries: int | None = None, progress: Any = None) -> list[T]:
         """``list(map(func, iterable))`` in the workers, in order."""
-        out: list[Any] = self._map_async(func, iterable, False, chunksize, None, None, timeout,
+        out: list[T] = self._map_async(func, iterable, False, chunksize, None, None, timeout,
                                          retries, progress).get()
         return out
 
-    def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
-                  chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
-                  error_callback: Callable[[BaseException], Any] | None = None, *,
+    def map_async(self, func: Callable[[S], T], iterable: Iterable[S],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[T]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None, *,
                   timeout: float | None = None, retries: int | None = None,
-                  progress: Any = None) -> MapResult:
+                  progress: Any = None) -> MapResult[T]:
         """Start ``map``; the result's ``get()`` is the whole list, or the first error."""
         return self._map_async(func, iterable, False, chunksize, callback, error_callback,
                                timeout, retries, progress)
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, timeout: float | None = None,
-                retries: int | None = None, progress: Any = None) -> list[Any]:
+                retries: int | None = None, progress: Any = None) -> list[T]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
-        out: list[Any] = self._map_async(func, iterable, True, chunksize, None, None, timeout,
+        out: list[T] = self._map_async(func, iterable, True, chunksize, None, None, timeout,
                                          retries, progress).get()
         return out
 
-    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                      chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
-                      error_callback: Callable[[BaseException], Any] | None = None, *,
+    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[T]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None, *,
                       timeout: float | None = None, retries: int | None = None,
-                      progress: Any = None) -> MapResult:
+                      progress: Any = None) -> MapResult[T]:
         """Start ``starmap``; the result's ``get()`` is the whole list, or the first error."""
         return self._map_async(func, iterable, True, chunksize, callback, error_callback,
                                timeout, retries, progress)
 
-    def _imap(self, cls: type[IMapIterator], func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: int | None, timeout: float | None, retries: int | None,
-              progress: Any, star: bool = False, deadline: float | None = None) -> IMapIterator:
+    def _imap(self, cls: type[IMapIterator[Any]], func: Callable[..., Any],
+              iterable: Iterable[Any], chunksize: int | None, timeout: float | None,
+              retries: int | None, progress: Any, star: bool = False,
+              deadline: float | None = None) -> IMapIterator[Any]:
         self._check_running()
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         bar = make_progress(self._progress if progress is None else progress, total,
@@ -216,15 +223,15 @@ class Pool:
         engine.add_job(job)
         return it
 
-    def imap(self, func: Callable[..., Any], iterable: Iterable[Any],
+    def imap(self, func: Callable[[S], T], iterable: Iterable[S],
              chunksize: int | None = None, *, timeout: float | None = None,
-             retries: int | None = None, progress: Any = None) -> IMapIterator:
+             retries: int | None = None, progress: Any = None) -> IMapIterator[T]:
         """Results in order, lazily: input is pulled only as workers free up."""
         return self._imap(IMapIterator, func, iterable, chunksize, timeout, retries, progress)
 
-    def imap_unordered(self, func: Callable[..., Any], iterable: Iterable[Any],
+    def imap_unordered(self, func: Callable[[S], T], iterable: Iterable[S],
                        chunksize: int | None = None, *, timeout: float | None = None,
-                       retries: int | None = None, progress: Any = None) -> IMapIterator:
+                       retries: int | None = None, progress: Any = None) -> IMapIterator[T]:
         """Results as they complete, lazily."""
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, timeout, retries,
                           progress)
@@ -248,7 +255,7 @@ class Pool:
             raise ValueError("Pool is still running")
         self._engine.join()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         self._check_running()
         return self
 

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..errors import TimeoutError
 from .messages import TaskError
@@ -32,17 +32,19 @@ from .scheduler import FnInfo, Job, Mode
 
 _dumps = pickle.dumps
 
+T = TypeVar("T")
+
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
            "Submitter", "make_progress"]
 
 
-class ApplyResult:
+class ApplyResult(Generic[T]):
     """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``; awaitable."""
 
-    def __init__(self, future: Future[Any] | None = None,
-                 callback: Callable[[Any], Any] | None = None,
-                 error_callback: Callable[[BaseException], Any] | None = None) -> None:
-        self._future: Future[Any] = future if future is not None else Future()
+    def __init__(self, future: Future[T] | None = None,
+                 callback: Callable[[T], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
+        self._future: Future[T] = future if future is not None else Future()
         if callback is not None or error_callback is not None:
             self._future.add_done_callback(_callbacks(callback, error_callback))
 
@@ -63,7 +65,7 @@ class ApplyResult:
         except BaseException:  # noqa: BLE001 - wait never raises the task's error
             pass
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> T:
         """The result, or the task's exception raised here; TimeoutError if not ready in time."""
         try:
             return self._future.result(timeout)
@@ -72,7 +74,7 @@ class ApplyResult:
                 raise  # the task itself raised (or timed out in its worker)
             raise TimeoutError(f"no result within {timeout} s") from None
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self._future).__await__()
 
     def __repr__(self) -> str:
@@ -83,9 +85,10 @@ class ApplyResult:
 AsyncResult = ApplyResult
 
 
-def _callbacks(callback: Callable[[Any], Any] | None,
-               error_callback: Callable[[BaseException], Any] | None) -> Callable[[Future[Any]], None]:
-    def run(fut: Future[Any]) -> None:
+def _callbacks(callback: Callable[[T], object] | None,
+               error_callback: Callable[[BaseException], object] | None,
+               ) -> Callable[[Future[T]], None]:
+    def run(fut: Future[T]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -97,11 +100,11 @@ def _callbacks(callback: Callable[[Any], Any] | None,
     return run
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult[list[T]]):
     """``map_async``/``starmap_async``: one list, complete or failed with the first error."""
 
-    def __init__(self, callback: Callable[[Any], Any] | None = None,
-                 error_callback: Callable[[BaseException], Any] | None = None,
+    def __init__(self, callback: Callable[[list[T]], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None,
                  progress: Any = None) -> None:
         super().__init__(None, callback, error_callback)
         self._values: list[Any] = []
@@ -160,7 +163,7 @@ class _Stream:
             self.progress.close()
 
 
-class IMapIterator:
+class IMapIterator(Generic[T]):
     """``imap``: results in input order as they come (the scheduler reorders). Lazy input.
 
     A task that failed raises at its position; iteration can go on after it, as in
@@ -186,7 +189,7 @@ class IMapIterator:
     def _finished(self) -> bool:
         return self.sink.finished and not self._items
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> IMapIterator[T]:
         return self
 
     def _report(self, force: bool) -> None:
@@ -197,7 +200,7 @@ class IMapIterator:
             self._reported = self._taken
             self._post_consumed(job, self._taken)
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> T:
         """The next result (a failed task raises here); TimeoutError if none comes in time."""
         try:
             value = self._items.popleft()  # fast path: atomic, no lock, no clock
@@ -211,7 +214,8 @@ class IMapIterator:
             self._report(False)
         if type(value) is TaskError:
             raise value.exception()
-        return value
+        result: T = value
+        return result
 
     def _wait_next(self, timeout: float | None) -> Any:
         if self._deadline is not None:
@@ -240,7 +244,7 @@ class IMapIterator:
                 pass
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator[T]):
     """``imap_unordered``: results in completion order."""
 
 
