@@ -53,6 +53,8 @@ class _HasFileno(Protocol):
 class Connection:
     """One end of a message stream (``Pipe()``, ``Listener.accept()``, ``Client()``)."""
 
+    __module__ = "polyproc.connection"  # its public home: repr, pickle
+
     def __init__(self, handle: int | Stream, readable: bool = True, writable: bool = True,
                  *, serializer: Serializer | None = None) -> None:
         if not readable and not writable:

@@ -138,6 +138,8 @@ def _handshake(sock: socket.socket, authkey: bytes | None, timeout: float | None
 class Listener:
     """Accepts Connections at ``address`` (the stdlib signature, plus TLS and a deadline)."""
 
+    __module__ = "polyproc.connection"  # its public home: repr, pickle
+
     def __init__(self, address: Address = None, family: str | None = None, backlog: int = 1,
                  authkey: bytes | None = None, *, ssl_context: ssl.SSLContext | None = None,
                  handshake_timeout: float | None = 30.0) -> None:

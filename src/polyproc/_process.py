@@ -80,6 +80,8 @@ class _State:
 class BaseProcess:
     """The stdlib Process API. Subclass and override ``run``, or pass ``target``."""
 
+    __module__ = "polyproc.process"  # its public home: repr, pickle
+
     _start_method: str | None = None  # None: the default context at start()
     _ctx: Settings | None = None
 
@@ -106,7 +108,8 @@ class BaseProcess:
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})
         # "Process-N" for ours (whatever the start method), "<Subclass>-N" for a user's.
-        kind = "Process" if type(self).__module__ == __name__ else type(self).__name__
+        kind = ("Process" if type(self) in _OURS or type(self).__module__ == __name__
+                else type(self).__name__)
         self._name = name or f"{kind}-" + ":".join(str(i) for i in self._identity)
         self._handle: ChildHandle | None = None
         self._closed = False
@@ -311,15 +314,21 @@ class _MainProcess(BaseProcess):
 class Process(BaseProcess):
     """A process started with the default start method (see ``set_start_method``)."""
 
+    __module__ = "polyproc"  # its public home: repr, pickle
+
 
 class ForkProcess(Process):
     """A Process made by ``os.fork()`` of this process: fast, but may deadlock if it has threads."""
+
+    __module__ = "polyproc.context"  # its public home: repr, pickle
 
     _start_method = "fork"
 
 
 class SpawnProcess(Process):
     """A Process started as a fresh interpreter (slow; inherits nothing by accident)."""
+
+    __module__ = "polyproc.context"  # its public home: repr, pickle
 
     _start_method = "spawn"
 
@@ -330,8 +339,14 @@ class ForkServerProcess(Process):
     The default start method: fork's speed without forking a threaded parent.
     """
 
+    __module__ = "polyproc.context"  # its public home: repr, pickle
+
     _start_method = "forkserver"
 
+
+#: Our own Process classes: their children are named "Process-N", a user's "<Subclass>-N".
+_OURS: frozenset[type[BaseProcess]] = frozenset({BaseProcess, Process, ForkProcess, SpawnProcess,
+                                                 ForkServerProcess})
 
 _BY_METHOD: dict[str, type[Process]] = {
     "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
@@ -352,6 +367,8 @@ def process_class(settings: Settings) -> type[Process]:
 
 class ParentProcess:
     """The parent as its child sees it: name, pid, and whether it still lives."""
+
+    __module__ = "polyproc.process"  # its public home: repr, pickle
 
     def __init__(self, name: str, pid: int) -> None:
         self.name = name

@@ -94,6 +94,8 @@ atexit.register(flush_all)
 class Queue:
     """``multiprocessing.Queue``: FIFO between processes; ``queue.Empty``/``queue.Full``."""
 
+    __module__ = "polyproc.queues"  # its public home: repr, pickle
+
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         if maxsize < 0:
             maxsize = 0
@@ -408,6 +410,8 @@ def _recv_fds(sock: socket.socket, count: int) -> list[int]:
 class JoinableQueue(Queue):
     """A Queue with ``task_done()`` and ``join()``."""
 
+    __module__ = "polyproc.queues"  # its public home: repr, pickle
+
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         super().__init__(maxsize, ctx=ctx)
         self._unfinished = Semaphore(0)
@@ -446,6 +450,8 @@ class JoinableQueue(Queue):
 
 class SimpleQueue(Queue):
     """``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``."""
+
+    __module__ = "polyproc.queues"  # its public home: repr, pickle
 
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__(0, ctx=ctx)

@@ -184,3 +184,15 @@ def start_sleeper_and_report(conn: Any, method: str) -> None:
 def serializer_threshold(conn: Any) -> None:
     conn.send(polyproc.current_process()._context().serializer.oob_threshold)
     conn.close()
+
+
+def use_and_describe(conn: Any, lock: Any, queue: Any, classes: list[type]) -> None:
+    """Use a Lock and a Queue that came by pickle; send back what the child saw."""
+    with lock:
+        queue.put("from the child")
+    conn.send({"lock": f"{type(lock).__module__}.{type(lock).__qualname__}",
+               "queue": f"{type(queue).__module__}.{type(queue).__qualname__}",
+               "classes": classes,  # pickled back by reference, resolved in the parent
+               "me": f"{type(polyproc.current_process()).__module__}."
+                     f"{type(polyproc.current_process()).__qualname__}"})
+    conn.close()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,11 +207,10 @@ _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 
 #: Upward imports allowed *inside functions* (resolved at call time, never at import), and why.
 #: Keyed by (importing top-level module, imported top-level module).
+#: (The factories live in the public layer, ``polyproc.context``, and launchers take a
+#: ``LaunchSpec``, so neither ``_context`` nor ``_launch`` reaches up for them; and
+#: tests/foundation/test_import_graph.py checks that no import, lazy or not, makes a circle.)
 LAZY_UPWARD: dict[tuple[str, str], str] = {
-    **{("_context", target): "a Context is the stdlib's factory object: ctx.Lock(), ctx.Pool() ..."
-       for target in ("_process", "_connection", "_listener", "_shm", "_sync", "_queues",
-                      "_pool", "_manager")},
-    ("_launch", "_process"): "the launcher runs the Process object in the child (run_in_child)",
     ("_launch", "_connection"): "spawn and forkserver talk to the new interpreter over a Connection",
 }
 
@@ -299,3 +299,86 @@ def test_import_polyproc_stays_light() -> None:
 def test_lazy_names_resolve_to_existing_modules() -> None:
     for module, _attr in polyproc._LAZY.values():  # type: ignore[attr-defined]
         assert importlib.util.find_spec(module) is not None, module
+
+
+# -- public module names ---------------------------------------------------------------------------
+
+_FACES = ("polyproc", "polyproc.process", "polyproc.context", "polyproc.pool", "polyproc.managers",
+          "polyproc.queues", "polyproc.synchronize", "polyproc.connection",
+          "polyproc.sharedctypes", "polyproc.shared_memory", "polyproc.futures")
+
+
+def test_public_classes_name_their_public_module() -> None:
+    """As the stdlib shows ``multiprocessing.pool.Pool``, we show ``polyproc.pool.Pool``."""
+    import polyproc.connection
+    import polyproc.managers
+    import polyproc.pool
+    import polyproc.queues
+    import polyproc.shared_memory
+    import polyproc.synchronize
+
+    assert repr(polyproc.Process) == "<class 'polyproc.Process'>"
+    assert repr(polyproc.pool.Pool) == "<class 'polyproc.pool.Pool'>"
+    assert repr(polyproc.managers.BaseManager) == "<class 'polyproc.managers.BaseManager'>"
+    assert polyproc.managers.SyncManager.__module__ == "polyproc.managers"
+    assert polyproc.synchronize.Lock.__module__ == "polyproc.synchronize"
+    assert polyproc.queues.Queue.__module__ == "polyproc.queues"
+    assert polyproc.connection.Connection.__module__ == "polyproc.connection"
+    assert polyproc.shared_memory.SharedMemory.__module__ == "polyproc.shared_memory"
+    assert polyproc.context.SpawnProcess.__module__ == "polyproc.context"
+    assert polyproc.Context.__module__ == "polyproc.context"
+
+
+@pytest.mark.parametrize("face", _FACES)
+def test_every_public_class_pickles_by_its_public_name(face: str) -> None:
+    """pickle finds a class by ``__module__`` + ``__qualname__``: that must be the class."""
+    import pickle
+
+    module = importlib.import_module(face)
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if not isinstance(obj, type) or not obj.__module__.startswith("polyproc"):
+            continue
+        home = importlib.import_module(obj.__module__)
+        assert getattr(home, obj.__qualname__, None) is obj, f"{face}.{name}: {obj.__module__}"
+        assert pickle.loads(pickle.dumps(obj)) is obj
+
+
+def test_public_objects_pickle_across_processes(ctx: Any) -> None:
+    """A Lock, a Queue and public classes reach a child and come back under their public names."""
+    import polyproc.managers
+    import polyproc.pool
+
+    from . import _targets
+
+    lock, queue = ctx.Lock(), ctx.Queue()
+    classes = [polyproc.Process, polyproc.pool.Pool, polyproc.managers.BaseManager,
+               polyproc.context.SpawnProcess]
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_targets.use_and_describe, args=(w, lock, queue, classes))
+    p.start()
+    w.close()
+    seen = r.recv()
+    assert queue.get(timeout=10) == "from the child"
+    p.join(10)
+    r.close()
+    queue.close()
+    assert p.exitcode == 0
+    assert seen["lock"] == "polyproc.synchronize.Lock"
+    assert seen["queue"] == "polyproc.queues.Queue"
+    assert seen["classes"] == classes
+    assert seen["me"] == f"polyproc.context.{type(p).__name__}"
+
+
+def test_a_process_subclass_pickles_across(ctx: Any) -> None:
+    from . import _targets
+
+    cls = _targets.GREETERS[ctx.start_method]
+    r, w = ctx.Pipe(duplex=False)
+    p = cls(w, "you")
+    p.start()
+    w.close()
+    assert r.recv().startswith(f"hello you from {cls.__name__}-")  # a user's class: its name
+    p.join(10)
+    r.close()
+    assert p.exitcode == 0

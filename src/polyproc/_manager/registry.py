@@ -58,6 +58,8 @@ _TRANSITIONS: dict[tuple[State, str], State] = {
 class BaseManager:
     """Shares objects living in a server process (``start``) or another host (``connect``)."""
 
+    __module__ = "polyproc.managers"  # its public home: repr, pickle
+
     _registry: ClassVar[dict[str, TypeSpec]] = {}
 
     def __init__(self, address: Address | None = None, authkey: bytes | None = None,

@@ -47,6 +47,8 @@ class SyncManager(BaseManager):
     for type checkers only (as typeshed declares the stdlib's).
     """
 
+    __module__ = "polyproc.managers"  # its public home: repr, pickle
+
     if TYPE_CHECKING:
         def Queue(self, maxsize: int = 0) -> Any: ...  # noqa: N802 - stdlib names
         def JoinableQueue(self, maxsize: int = 0) -> Any: ...  # noqa: N802

@@ -39,6 +39,8 @@ T = TypeVar("T")
 class ProcessPoolExecutor(Executor):
     """A process pool executor whose futures survive dead workers."""
 
+    __module__ = "polyproc.futures"  # its public home: repr, pickle
+
     def __init__(
         self,
         max_workers: int | None = None,

@@ -61,6 +61,8 @@ POOL_FACE_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
 class Pool:
     """A pool of worker processes (``multiprocessing.Pool``) that never hangs on a dead worker."""
 
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
+
     _threads = False
 
     def __init__(
@@ -287,6 +289,8 @@ class ThreadPool(Pool):
     A timed-out task cannot be killed in a thread: it fails with ``TimeoutError`` and
     its thread is abandoned (replaced; its late result is dropped).
     """
+
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
 
     _threads = True
 

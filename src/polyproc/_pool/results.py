@@ -41,6 +41,8 @@ __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnord
 class ApplyResult(Generic[T]):
     """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``; awaitable."""
 
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
+
     def __init__(self, future: Future[T] | None = None,
                  callback: Callable[[T], object] | None = None,
                  error_callback: Callable[[BaseException], object] | None = None) -> None:
@@ -102,6 +104,8 @@ def _callbacks(callback: Callable[[T], object] | None,
 
 class MapResult(ApplyResult[list[T]]):
     """``map_async``/``starmap_async``: one list, complete or failed with the first error."""
+
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
 
     def __init__(self, callback: Callable[[list[T]], object] | None = None,
                  error_callback: Callable[[BaseException], object] | None = None,
@@ -170,6 +174,8 @@ class IMapIterator(Generic[T]):
     the stdlib. ``next(timeout)`` raises ``TimeoutError`` when nothing came in time.
     Dropping the iterator cancels the job: no more input is pulled for it.
     """
+
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
 
     _REPORT_EVERY = 64
 
@@ -246,6 +252,8 @@ class IMapIterator(Generic[T]):
 
 class IMapUnorderedIterator(IMapIterator[T]):
     """``imap_unordered``: results in completion order."""
+
+    __module__ = "polyproc.pool"  # its public home: repr, pickle
 
 
 def make_progress(progress: Any, total: int | None, desc: str) -> Any:

@@ -30,6 +30,8 @@ _PREFIX = "psm_"
 class SharedMemory:
     """A named shared memory block: ``name``, ``size``, ``buf``, ``close()``, ``unlink()``."""
 
+    __module__ = "polyproc.shared_memory"  # its public home: repr, pickle
+
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0,
                  *, track: bool = True) -> None:
         if size < 0:
@@ -163,6 +165,8 @@ def _fmt_for(item: Any) -> str:
 
 class ShareableList:
     """A fixed-length list of int, float, bool, None, str, bytes in a SharedMemory."""
+
+    __module__ = "polyproc.shared_memory"  # its public home: repr, pickle
 
     def __init__(self, sequence: Any = None, *, name: str | None = None) -> None:
         if name is None or sequence is not None:

@@ -110,12 +110,16 @@ def _rebuild(cls: type[SemBase], block: Block, maxvalue: int | None) -> SemBase:
 class Semaphore(SemBase):
     """``multiprocessing.Semaphore``: a counter shared by processes."""
 
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
+
     def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         super().__init__(value, ctx=ctx)
 
 
 class BoundedSemaphore(Semaphore):
     """A Semaphore whose ``release`` refuses to go above its initial value."""
+
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
 
     _kind = "BoundedSemaphore"
 
@@ -129,6 +133,8 @@ class BoundedSemaphore(Semaphore):
 class Lock(SemBase):
     """``multiprocessing.Lock``: a binary semaphore; any process may release it, as in the stdlib."""
 
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
+
     _kind = "Lock"
 
     def __init__(self, *, ctx: Any = None) -> None:
@@ -140,6 +146,8 @@ class Lock(SemBase):
 
 class RLock(SemBase):
     """``multiprocessing.RLock``: re-entrant; only the owning thread (of any process) releases."""
+
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
 
     _kind = "RLock"
     _recursive = True

@@ -39,6 +39,8 @@ T = TypeVar("T")
 class Condition:
     """``multiprocessing.Condition``: wait/notify across processes."""
 
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
+
     def __init__(self, lock: Any = None, *, ctx: Any = None) -> None:
         self._lock: SemBase = lock if lock is not None else RLock(ctx=ctx)
         self._sleeping = Semaphore(0)
@@ -130,6 +132,8 @@ def _rebuild_condition(lock: SemBase, sleeping: Semaphore, woken: Semaphore,
 class Event:
     """``multiprocessing.Event``."""
 
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
+
     def __init__(self, *, ctx: Any = None) -> None:
         self._cond = Condition(Lock(ctx=ctx))
         self._flag = Semaphore(0)
@@ -182,6 +186,8 @@ class _BarrierWords(ctypes.Structure):
 
 class Barrier:
     """``multiprocessing.Barrier``: ``parties`` processes meet; ``action`` runs in the last one."""
+
+    __module__ = "polyproc.synchronize"  # its public home: repr, pickle
 
     def __init__(self, parties: int, action: Callable[[], object] | None = None,
                  timeout: float | None = None, *, ctx: Any = None) -> None:
