@@ -473,17 +473,24 @@ def _install_log_record_factory() -> None:
     import logging
 
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "_polyproc", False):
+    if isinstance(previous, _RecordFactory):
         return
+    logging.setLogRecordFactory(_RecordFactory(previous))
 
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+
+class _RecordFactory:
+    """The log record factory in force before ours, with ``processName`` filled from us."""
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        import logging
+
+        record = self.previous(*args, **kwargs)
         if logging.logMultiprocessing:
             record.processName = _STATE.current.name
         return record
-
-    factory._polyproc = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
 
 
 def _cleanup() -> None:

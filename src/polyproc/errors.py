@@ -29,8 +29,11 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
 ``RemoteTraceback`` is not raised: it is attached as ``__cause__`` of an exception
 re-raised from a worker, so the worker's traceback prints under the parent's.
 
-OS errors become these only at the edges (transport, launch); nothing in between
-catches ``OSError``.
+OS errors become these at the edges where bytes meet the kernel: the streams in
+``_transport`` (for ``Connection``/``Listener``) and the launchers. Not yet only
+there: the pool's channel and worker, the manager's wire, loop and gate, ``Queue``
+and shared memory do some of their own I/O and catch ``OSError`` beside it (issue
+10 gathers that into ``_transport``).
 """
 
 from __future__ import annotations

@@ -116,9 +116,10 @@ def _import_main(name: str | None, path: str | None) -> None:
             import importlib.util
 
             spec = importlib.util.find_spec(name)
-            if spec is None or spec.loader is None:
+            get_code = getattr(spec.loader, "get_code", None) if spec is not None else None
+            if spec is None or get_code is None:
                 raise ImportError(f"cannot find the main module {name!r}")
-            code = spec.loader.get_code(name)  # type: ignore[attr-defined]
+            code = get_code(name)
             module.__spec__ = spec
             module.__file__ = spec.origin
             module.__package__ = spec.parent

@@ -1,4 +1,9 @@
-"""Byte streams over file descriptors and sockets: the only place that does raw I/O.
+"""Byte streams over file descriptors and sockets: the raw I/O under Connection and Listener.
+
+Not yet the only module that does raw I/O: the pool (``_pool/channel.py``,
+``worker.py``, ``engine.py``), the manager (``_manager/wire.py``, ``loop.py``,
+``gate.py``, ``client.py``, ``server.py``), ``_queues.py`` and ``_shm/bulk.py``
+still read, write or pass fds themselves (issue 10: one wire stack).
 
 Three streams share one small interface (``read_into``, ``write_all``,
 ``take_fds``, ``close``) so the layers above never care what is underneath:
@@ -8,7 +13,7 @@ Three streams share one small interface (``read_into``, ``write_all``,
 * ``SocketStream``: TCP or TLS (``ssl.SSLSocket``); no fds.
 
 ``OSError`` from the kernel becomes ``BrokenResourceError`` here (the peer went
-away) and nowhere else.
+away), for every stream above.
 """
 
 from __future__ import annotations
