@@ -89,8 +89,8 @@ class ProcessPoolExecutor(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
         self._check()
-        fut: Future[T] = PoolFuture()
-        fut._engine = self._engine  # type: ignore[attr-defined]
+        fut = PoolFuture()
+        fut._engine = self._engine
         job = self._sub.single(fn, args, kwargs, fut, timeout=self._task_timeout,
                                retries=self._retries, claim=True)
         self._engine.add_job(job)
@@ -111,8 +111,8 @@ class ProcessPoolExecutor(Executor):
                             getattr(fn, "__name__", "map"))
         engine = self._engine
         sched = engine.sched
-        it: IMapIterator[Any] = IMapIterator(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar,
-                          deadline)
+        it: IMapIterator[Any] = IMapIterator(
+            lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline)
         job = self._sub.many(fn, _Zipped(iterables, total), it.sink, star=True, ordered=True,
                              credit=True, chunksize=chunksize,
                              timeout=self._task_timeout if task_timeout is None else task_timeout,

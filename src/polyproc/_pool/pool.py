@@ -21,7 +21,6 @@ import enum
 import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
 from typing import Any, Self, TypeVar
 
 from ..errors import PoolClosedError
@@ -143,8 +142,8 @@ class Pool:
                     ) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
         self._check_running()
-        fut: Future[T] = PoolFuture()
-        fut._engine = self._engine  # type: ignore[attr-defined]
+        fut = PoolFuture()
+        fut._engine = self._engine
         job = self._sub.single(func, tuple(args), dict(kwds or {}), fut,
                                timeout=self._timeout if timeout is None else timeout,
                                retries=self._retries if retries is None else retries,
