@@ -81,7 +81,7 @@ _RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS o
 
 
 class Engine:
-    """Runs one pool. Faces call ``post``/``add_jobs``/``close``/``terminate``/``join``."""
+    """Runs one pool. Faces call ``post``/``add_job``/``close``/``terminate``/``join``."""
 
     def __init__(self, processes: int, *, ctx: Any, threads: bool = False,
                  initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (),
