@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import os
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Self, TypeVar
 
 from ..errors import PoolClosedError
@@ -157,7 +157,7 @@ class Pool:
                    chunksize: int | None, callback: Any, error_callback: Any,
                    timeout: float | None, retries: int | None, progress: Any) -> MapResult[Any]:
         self._check_running()
-        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        total = len(iterable) if isinstance(iterable, Sized) else None
         bar = make_progress(self._progress if progress is None else progress, total,
                             getattr(func, "__name__", "map"))
         result: MapResult[Any] = MapResult(callback, error_callback, bar)
@@ -209,7 +209,7 @@ class Pool:
               retries: int | None, progress: Any, star: bool = False,
               deadline: float | None = None) -> IMapIterator[Any]:
         self._check_running()
-        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        total = len(iterable) if isinstance(iterable, Sized) else None
         bar = make_progress(self._progress if progress is None else progress, total,
                             getattr(func, "__name__", "imap"))
         engine = self._engine
