@@ -215,6 +215,8 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
         proc.wait()
     finally:
         timer.cancel()
+    if "_sigint_at" in case:
+        row.extra = f"exited {time.monotonic() - case.pop('_sigint_at'):.1f} s after Ctrl+C"
     drain.join(10)
     row.seconds = time.monotonic() - t0
     row.survivors = _survivors(tag, 5.0)
@@ -237,6 +239,7 @@ def _on_stage(case: dict[str, Any], stage: str, proc: subprocess.Popen[str]) -> 
     if case["scenario"] == "parent-kill" and stage == case["point"]:
         proc.kill()  # kill -9 the parent: everything it started must die with it
     elif case["scenario"] == "sigint" and stage == "running":
+        case["_sigint_at"] = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
 
 

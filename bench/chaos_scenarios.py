@@ -425,9 +425,9 @@ def child_hostile(case: dict[str, Any]) -> dict[str, Any]:
     attacks = 0
     for i in range(case["connections"]):
         s = socket.socket(family)
-        s.settimeout(5)
         try:
-            s.connect(address)
+            s.connect(address)  # blocking: a full backlog waits for the server to accept
+            s.settimeout(5)
             kind = i % 4
             if kind == 0:
                 s.sendall(rng.randbytes(rng.randrange(1, 4096)))  # random garbage

@@ -92,3 +92,16 @@ def test_polyproc_chaos_runs_the_checkouts_suite(capsys: pytest.CaptureFixture[s
 
     assert main(["chaos", "--list", "--quick", "--scenario", "sigint", "--start-method", "fork"]) == 0
     assert capsys.readouterr().out.split() == ["fork", "sigint", "pool"]
+
+
+def test_survivors_are_found_by_their_tag_and_killed() -> None:
+    tag = "test-" + os.urandom(6).hex()
+    env = dict(os.environ, **{chaos.TAG_ENV: tag})
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    try:
+        assert chaos._survivors(tag, 0.2) == 1
+        assert orphan.wait(10) == -9  # the suite killed it
+        assert chaos._survivors(tag, 0.2) == 0
+    finally:
+        orphan.kill()
+        orphan.wait()
