@@ -62,7 +62,7 @@ def plan(quick: bool, scenarios: Sequence[str]) -> list[dict[str, Any]]:
         if name == "killer":
             if quick:  # each API once, the size that tears frames, retries once
                 cases += [{"scenario": name, "api": "pool", "size": "small", "retries": 0,
-                           "tasks": 100},
+                           "tasks": 300},
                           {"scenario": name, "api": "pool", "size": "1MiB", "retries": 0,
                            "tasks": 30},
                           {"scenario": name, "api": "executor", "size": "1MiB", "retries": 3,
