@@ -58,6 +58,8 @@ __all__ = [
 
 #: The child prints exactly one line starting with this; anything else it prints is noise.
 RESULT_MARKER = "POLYPROC_BENCH_RESULT "
+#: How a child says "the workload needs a package that is not installed" (not a failure).
+MISSING_PREFIX = "missing: "
 #: Implementations that need nothing beyond polyproc and Python itself.
 BUILTIN_IMPLS = ("polyproc", "stdlib")
 
@@ -173,6 +175,8 @@ class CaseResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: why the case did not run at all (a module it needs is not installed), or None
+    missing: str | None = None
 
     def median(self, impl: str) -> float | None:
         s = self.samples.get(impl)
@@ -259,6 +263,14 @@ def run_case(bench_dir: Path, d: Discovered, *, repeat: int | None = None,
             if impl in res.errors:
                 continue  # it failed once: the rest of its runs would fail the same way
             value, error = run_one(bench_dir, d.module, d.case.name, impl, timeout=timeout)
+            if error is not None and error.startswith(MISSING_PREFIX):
+                # The workload needs an optional package (NumPy) that is not installed: the
+                # case is skipped with a note, as the tour skips it, not counted as an error.
+                res.missing = error.removeprefix(MISSING_PREFIX)
+                res.skipped = list(d.case.impls)
+                res.samples.clear()
+                res.errors.clear()
+                return res
             if error is not None:
                 res.errors[impl] = error
             elif value is not None:
@@ -273,6 +285,12 @@ def run_in_child(module: str, case_name: str, impl: str) -> int:
         cases = {c.name: c for c in _import_bench(module, bench_dir).CASES}
         value = float(cases[case_name].impls[impl]())
         reply: dict[str, Any] = {"value": value}
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top in ("polyproc", module) or not top:  # our own code is broken: an error
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            reply = {"error": f"{MISSING_PREFIX}{top} is not installed"}
     except Exception as exc:
         reply = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.flush()
@@ -322,7 +340,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
             if i in r.errors:
                 cells.append("error")
             elif i in r.skipped:
-                cells.append("n/a")
+                cells.append("skipped" if r.missing else "n/a")
             else:
                 cells.append(_fmt(r.median(i)))
         ratio = r.ratio
@@ -340,6 +358,9 @@ def format_table(results: Sequence[CaseResult]) -> str:
     errors = [f"  {r.module}:{r.case.name} [{i}]: {e}" for r in results for i, e in r.errors.items()]
     if errors:
         lines += ["", "errors:", *errors]
+    skips = [f"  {r.module}:{r.case.name}: {r.missing}" for r in results if r.missing]
+    if skips:
+        lines += ["", "skipped (an optional package is missing):", *skips]
     return "\n".join(lines)
 
 
@@ -395,6 +416,7 @@ def results_json(results: Sequence[CaseResult]) -> dict[str, Any]:
             "target": r.case.target, "absolute": r.absolute, "note": r.case.note,
             "samples": r.samples, "medians": {i: r.median(i) for i in r.samples},
             "ratio": r.ratio, "met": r.met, "errors": r.errors, "skipped": r.skipped,
+            "missing": r.missing,
         })
     return {"machine": machine_info(), "cases": cases}
 
@@ -451,6 +473,8 @@ def _line(r: CaseResult) -> str:
     ratio = r.ratio
     rtext = "" if ratio is None or math.isnan(ratio) else f" -> {ratio:.2f}x"
     err = f" [errors: {', '.join(r.errors)}]" if r.errors else ""
+    if r.missing:
+        return f"{r.case.name}: skipped, {r.missing}"
     return f"{r.case.name}: {figures} {r.case.unit}{rtext} {verdict}{err}".rstrip()
 
 
@@ -473,6 +497,11 @@ def bench_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 0
     if not chosen:
         print("polyproc bench: no case matches", file=sys.stderr)
+        return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        # Checked before the run, not after minutes of benchmarks that could not be plotted.
+        print("polyproc bench: --plot needs matplotlib: pip install 'polyproc[plot]'",
+              file=sys.stderr)
         return 2
     print(f"running {len(chosen)} cases from {bench_dir} (each run in a fresh interpreter)",
           file=out, flush=True)

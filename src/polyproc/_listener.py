@@ -242,6 +242,10 @@ def Client(address: Address, family: str | None = None, authkey: bytes | None = 
         raise TypeError("authkey should be a byte string")
     sock = socket.socket(_FAMILY[family], socket.SOCK_STREAM)
     try:
+        # Blocking, whatever socket.setdefaulttimeout() says: with a timeout the socket is
+        # non-blocking underneath and a Unix connect to a full backlog fails with EAGAIN
+        # at once instead of waiting for the listener to accept.
+        sock.setblocking(True)
         sock.connect(address)
     except OSError:
         sock.close()

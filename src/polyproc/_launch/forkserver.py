@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from .._serialize import Payload
 from ..errors import StartError
 from .child import die_with_parent, open_stdio, preparation_data, set_comm
-from .handle import StatusPipeHandle, launch_errors
+from .handle import ChildHandle, StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,9 +64,13 @@ class _Client:
         self.boot: Connection | None = None  # held only by the process that started the server
         self.pidfd: int | None = None
         self.preloaded: set[str] = set()  # polyproc modules the server was told to import
+        self.server: ChildHandle | None = None  # the server we started (we must reap it)
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
+        if self.server is not None:  # our parent's child, not ours: drop our copy of its pidfd
+            self.server.close()
+            self.server = None
         for conn in (self.conn, self.boot):
             if conn is not None:
                 conn.close()
@@ -81,6 +85,7 @@ class _Client:
         from .._connection import Connection
         from .._transport import UnixStream
 
+        self.forget_dead_server(0)
         if self.conn is not None and not self.conn.closed:
             return self.conn
         if self.address is not None:
@@ -105,9 +110,25 @@ class _Client:
             boot.send(Role(serve))
             self.address = boot.recv()
         self.boot = boot
-        # The server is reaped by nobody but us; it exits when we do. Keep the handle
-        # alive only so its pidfd is not reused while the server runs.
-        self._server_handle = handle
+        # The server is reaped by nobody but us (forget_dead_server); it exits when we do.
+        self.server = handle
+
+    def forget_dead_server(self, timeout: float) -> bool:
+        """If the server we started has died (kill -9), reap it and forget it; True if so.
+
+        Without this a killed server stays a zombie until we exit, and every later
+        start fails on its dead connection instead of starting a new server.
+        """
+        handle = self.server
+        if handle is None or handle.wait(timeout) is None:
+            return False
+        handle.close()
+        for conn in (self.conn, self.boot):
+            if conn is not None:
+                conn.close()
+        self.conn = self.boot = self.server = self.address = None
+        self.preloaded = set()
+        return True
 
     def my_pidfd(self) -> int:
         if self.pidfd is None:
@@ -131,15 +152,20 @@ def start(spec: LaunchSpec) -> StatusPipeHandle:
         with _CLIENT.lock:
             stdio = _stdio_fds()
             try:
-                conn = _CLIENT.connection()
-                fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
-                try:
-                    _send_preload(conn)
-                    conn.send_payload(Payload(payload.body, payload.buffers, fds))
-                    reply = conn.recv_bytes()
-                except (OSError, EOFError) as exc:
-                    conn.close()
-                    raise StartError(f"the forkserver is gone: {exc}") from exc
+                for attempt in (1, 2):
+                    conn = _CLIENT.connection()
+                    fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
+                    try:
+                        _send_preload(conn)
+                        conn.send_payload(Payload(payload.body, payload.buffers, fds))
+                        reply = conn.recv_bytes()
+                        break
+                    except (OSError, EOFError) as exc:
+                        conn.close()
+                        # our server was killed: reap it and try once with a new one
+                        if attempt == 1 and _CLIENT.forget_dead_server(2.0):
+                            continue
+                        raise StartError(f"the forkserver is gone: {exc}") from exc
             finally:
                 for fd, std in zip(stdio, (0, 1, 2), strict=True):
                     if fd != std:

@@ -20,7 +20,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import StartError
@@ -52,6 +52,7 @@ class ChildHandle:
         self.sentinel = sentinel
         self.returncode: int | None = None
         self._lock = threading.Lock()
+        self._owner = os.getpid()
 
     def poll(self) -> int | None:
         """The exit code if the child has exited (negative: killed by that signal), else None."""
@@ -77,6 +78,19 @@ class ChildHandle:
             if self.sentinel >= 0:
                 os.close(self.sentinel)
                 self.sentinel = -1
+
+    def __del__(self, _getpid: Callable[[], int] = os.getpid,
+                _close: Callable[[int], None] = os.close) -> None:
+        # A Process started, joined and dropped without close() must not leak its
+        # sentinel (the stdlib's Popen frees it with a finalizer). Only in the process
+        # that opened it: a fork child's copy may have been closed and its number reused.
+        fd = getattr(self, "sentinel", -1)
+        if fd >= 0 and getattr(self, "_owner", None) == _getpid():
+            self.sentinel = -1
+            try:
+                _close(fd)
+            except OSError:
+                pass
 
 
 class PidfdHandle(ChildHandle):

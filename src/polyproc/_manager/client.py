@@ -107,8 +107,10 @@ class Channel:
                     sock, server_hostname=host if ssl_context.check_hostname else None)
             fs = FrameSocket(sock)
             try:
+                if ssl_context is None:
+                    fs.send(Op.HELLO, b"")  # a TLS server hangs up on this at once (Op.HELLO)
                 auth.client_handshake(_AuthChannel(fs, auth.MAX_AUTH_FRAME), authkey)
-            except EOFError as exc:
+            except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
                 raise AuthenticationError(
                     f"the manager at {address!r} closed the connection during the handshake "
                     "(wrong authkey, or TLS expected?)") from exc

@@ -237,6 +237,8 @@ class Gate:
                 if frame is None:
                     break
                 op, body = frame
+                if op == Op.HELLO and p.hs.state is auth.Step.AWAIT_RESPONSE:
+                    continue  # see Op.HELLO
                 if op != Op.AUTH:
                     raise ProtocolError(f"{Op(op).name} frame before authentication")
                 reply = p.hs.receive(body)

@@ -231,6 +231,7 @@ class BaseManager:
             if process.is_alive():
                 process.kill()
                 process.join()
+        process.close()  # its sentinel now, not when the object happens to be collected
         control.close()
         if self._address is not None:
             client.forget(self._address)  # no DECREFs to send to a server that is gone

@@ -121,6 +121,10 @@ class Op(enum.IntEnum):
     SHUTDOWN = 7  #: () -> RESULT None, then the server stops
     STATS = 8  #: () -> RESULT {"objects": n, "connections": n, "rejected": n}
     CALL_ASYNC = 9  #: CALL whose result nobody waits for (list.append, d[k] = v): no reply
+    #: A plain client's first frame, ignored by a plain server. A TLS server takes it for a
+    #: bad TLS record and hangs up at once, so a client that forgot ``ssl_context`` learns
+    #: it now, not when the server's handshake deadline passes (both would wait to be spoken to).
+    HELLO = 10
     RESULT = 16  #: the value
     ERROR = 17  #: an exception raised by the method: re-raised as is
     PROXY = 18  #: (ident, typeid, exposed): the result lives on the server
@@ -366,8 +370,12 @@ def connect_socket(address: Address, timeout: float | None) -> socket.socket:
     family = family_of(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if family == socket.AF_UNIX:
+            _connect_unix(sock, address, timeout)
+        else:
+            sock.settimeout(timeout)
+            sock.connect(address)
         sock.settimeout(timeout)
-        sock.connect(address)
         _tune(sock)
     except (ConnectionRefusedError, FileNotFoundError) as exc:
         sock.close()
@@ -378,6 +386,33 @@ def connect_socket(address: Address, timeout: float | None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _connect_unix(sock: socket.socket, address: Address, timeout: float | None) -> None:
+    """Connect in blocking mode, waiting at most ``timeout`` for room in a full backlog.
+
+    With a Python timeout set, the socket is non-blocking underneath, and a
+    Unix-socket connect to a server whose backlog is full fails at once with
+    EAGAIN (``BlockingIOError``) instead of waiting (a TCP connect would wait).
+    A blocking connect waits in the kernel, woken the moment the server accepts;
+    ``SO_SNDTIMEO`` is the kernel's deadline for that wait (EAGAIN once it passes).
+    """
+    sock.setblocking(True)
+    if timeout is not None:
+        whole, frac = divmod(max(timeout, 0.0), 1.0)
+        usec = int(frac * 1e6) or (0 if whole else 1)  # (0, 0) would mean "wait forever"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(int(whole), usec))
+    try:
+        sock.connect(address)
+    except BlockingIOError as exc:
+        raise TimeoutError(errno.ETIMEDOUT, f"the manager at {address!r} did not accept a "
+                           f"connection within {timeout} s (its backlog stayed full)") from exc
+    finally:
+        if timeout is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(0, 0))
 
 
 def listen_socket(address: Address, backlog: int = 128) -> tuple[socket.socket, Address]:

@@ -21,6 +21,7 @@ skipped (an optional dependency such as NumPy is missing).
 
 from __future__ import annotations
 
+import ast
 import faulthandler
 import importlib
 import inspect
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-__all__ = ["Section", "SECTIONS", "tour_main", "tour_logger", "run_section"]
+__all__ = ["Section", "SECTIONS", "tour_main", "tour_logger", "run_section", "listing"]
 
 _RULE = "─" * 78
 
@@ -138,28 +139,68 @@ def _source(obj: object) -> str:
         return f"# (source of {getattr(obj, '__name__', obj)!r} not available)\n"
 
 
-def _preamble(mod: object) -> list[str]:
-    """The module's own imports (what the shown code relies on), minus tour plumbing."""
+#: What a copied listing does instead of ``log = tour_logger()``: the same lines on stdout.
+_LOGGING = (
+    "logging.basicConfig(stream=sys.stdout, level=logging.INFO,",
+    "                    format='%(processName)s: %(message)s')  # '<processName>: message'",
+    "log = logging.getLogger('polyproc.tour')",
+)
+
+
+def listing(section: Section) -> str:
+    """The section's code as a whole script: what the tour shows, runnable as shown.
+
+    From the section's module, in its order: the imports, the module-level
+    statements that set up what is shown (constants it uses, ``register`` calls on
+    its classes), the shown helpers and the demo; then a main guard that runs the
+    demo. The tour's logger becomes ``logging.basicConfig`` on stdout, so a copy
+    prints the same lines the tour does.
+    """
+    mod = importlib.import_module(f"{__name__}.{section.module}")
     try:
-        lines = inspect.getsource(mod).splitlines()  # type: ignore[arg-type]
+        source = inspect.getsource(mod)
     except (OSError, TypeError):
-        return ["import polyproc as mp"]
-    keep = [ln for ln in lines if ln.startswith(("import ", "from "))
-            and not ln.startswith(("from __future__", "from . ", "from collections.abc",
-                                   "from typing"))]
-    if "import logging" not in keep:
-        keep.insert(0, "import logging")
-    return [*keep, "log = logging.getLogger('polyproc.tour')  # prints '<processName>: message'"]
+        lines = [_source(getattr(mod, n)).rstrip() for n in (*section.shown, section.demo)]
+        return "import polyproc as mp\n\n" + "\n\n".join(lines) + "\n"
+    tree = ast.parse(source)
+    src_lines = source.splitlines()
+    shown = {*section.shown, section.demo}
+    used = {n.id for node in tree.body if getattr(node, "name", None) in shown
+            for n in ast.walk(node) if isinstance(n, ast.Name)}
+    head: list[str] = ["import logging", "import sys"]
+    body: list[str] = []
+    for node in tree.body:
+        text = "\n".join(src_lines[node.lineno - 1:node.end_lineno])  # with its comments
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, ast.ImportFrom) and node.level:  # tour plumbing
+                continue
+            if text not in head:
+                head.append(text)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if node.name in shown:
+                body.append(_source(getattr(mod, node.name)).rstrip())
+        elif isinstance(node, ast.Assign):
+            targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if targets == {"log"}:
+                body.append("\n".join(_LOGGING))
+            elif targets & used:
+                body.append(text)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            base = node.value.func
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in shown:  # Manager.register(...)
+                body.append(text)
+    if head[2:3] == ["from __future__ import annotations"]:
+        head.insert(0, head.pop(2))  # it must come first
+    guard = f'if __name__ == "__main__":\n    {section.demo}()'
+    return "\n".join(head) + "\n\n" + "\n\n".join([*body, guard]) + "\n"
 
 
-def _print_code(section: Section, mod: object, out: TextIO) -> None:
-    for line in _preamble(mod):
-        print(f"  │ {line}", file=out)
+def _print_code(section: Section, out: TextIO) -> None:
+    for line in listing(section).rstrip().splitlines():
+        print(f"  │ {line}" if line else "  │", file=out)
     print("  │", file=out)
-    for name in (*section.shown, section.demo):
-        for line in _source(getattr(mod, name)).rstrip().splitlines():
-            print(f"  │ {line}" if line else "  │", file=out)
-        print("  │", file=out)
 
 
 def run_section(section: Section, *, out: TextIO | None = None, timeout: float = 60.0,
@@ -171,7 +212,7 @@ def run_section(section: Section, *, out: TextIO | None = None, timeout: float =
     try:
         mod = importlib.import_module(f"{__name__}.{section.module}")
         demo: Callable[[], str | None] = getattr(mod, section.demo)
-        _print_code(section, mod, out)
+        _print_code(section, out)
     except Exception:
         print("FAILED to load the section:", file=out)
         traceback.print_exc(file=out)
