@@ -34,6 +34,10 @@ __all__ = [
     "get_start_method",
     "get_all_start_methods",
     "default_context",
+    "set_forkserver_preload",
+    "ForkContext",
+    "SpawnContext",
+    "ForkServerContext",
 ]
 
 #: The start methods, in the order ``get_all_start_methods`` lists them (default first).
@@ -64,7 +68,9 @@ class Context:
         return self.start_method
 
     def get_context(self, method: str | None = None) -> Context:
-        """A Context for ``method``; stdlib parity, the same as ``polyproc.get_context``."""
+        """This context (``method`` None), else the Context for ``method`` (stdlib parity)."""
+        if method is None:
+            return self
         return get_context(method)
 
     def get_all_start_methods(self) -> list[str]:
@@ -72,8 +78,12 @@ class Context:
         return get_all_start_methods()
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
-        """Set the process-wide *default* start method; this Context is unchanged."""
-        set_start_method(method, force)
+        """Refused, as by the stdlib: a Context *is* a start method (use ``polyproc.set_start_method``)."""
+        raise ValueError("cannot set start method of concrete context")
+
+    def set_forkserver_preload(self, module_names: list[str]) -> None:
+        """Modules for the forkserver to import (checked, as by the stdlib; see ``polyproc``)."""
+        set_forkserver_preload(module_names)
 
     def cpu_count(self) -> int:
         """The number of CPUs in the system (``os.cpu_count()``, at least 1)."""
@@ -285,6 +295,7 @@ class _Defaults:
         self._lock = threading.Lock()
         self._method: str | None = None
         self._fixed = False  # becomes True once a child has been started with it
+        self.preload: list[str] = []  # set_forkserver_preload's list (checked, kept)
 
     def get(self) -> str:
         env = os.environ.get("POLYPROC_START_METHOD")
@@ -307,9 +318,41 @@ def default_context() -> Context:
     return get_context(None)
 
 
+class ForkContext(Context):
+    """The ``fork`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+class SpawnContext(Context):
+    """The ``spawn`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+class ForkServerContext(Context):
+    """The ``forkserver`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+_CONTEXT_CLASSES: dict[str, type[Context]] = {
+    "fork": ForkContext, "spawn": SpawnContext, "forkserver": ForkServerContext}
+
+
 @functools.cache
 def _context_for(method: str) -> Context:
-    return Context(method)
+    if method not in _CONTEXT_CLASSES:
+        raise ValueError(f"cannot find context for {method!r}")
+    return _CONTEXT_CLASSES[method](method)
+
+
+def set_forkserver_preload(module_names: list[str]) -> None:
+    """Check ``module_names`` as the stdlib does; polyproc's forkserver imports ``__main__``
+    (and so what it imports) already, which is what a preload list is usually for."""
+    if not isinstance(module_names, list) or not all(isinstance(m, str) for m in module_names):
+        raise TypeError("module_names must be a list of strings")
+    _defaults.preload = list(module_names)
 
 
 def get_context(method: str | None = None) -> Context:
@@ -336,5 +379,5 @@ def get_all_start_methods() -> list[str]:
     """The start methods available on this platform, the current default first."""
     if sys.platform != "linux":  # pragma: no cover - Linux is the supported platform
         return ["spawn"]
-    default = _defaults.get()
-    return [default] + [m for m in START_METHODS if m != default]
+    default = _defaults.get()  # first, then the stdlib's order (as Python 3.14 lists them)
+    return [default] + [m for m in ("fork", "spawn", "forkserver") if m != default]

@@ -48,6 +48,7 @@ from typing import Any
 from ._serialize import DEFAULT_SERIALIZER, Serializer, fd_handle
 from ._shm import bulk
 from ._sync import Condition, Lock, Semaphore
+from ._transport import socketpair, wrap_fd
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "flush_all"]
 
@@ -105,7 +106,7 @@ class Queue:
         except OSError:
             pass
         os.set_blocking(w, False)
-        side_w, side_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        side_w, side_r = socketpair()
         state = (maxsize, r, w, side_r.detach(), side_w.detach(), Semaphore(0),
                  Semaphore(maxsize) if maxsize else None, Lock(), Lock())
         self._setup(state, ctx)
@@ -118,8 +119,8 @@ class Queue:
         self._closed = False
         self._backlog = _Backlog()
         self._pid = os.getpid()
-        self._side_rs = socket.socket(fileno=os.dup(self._side_r))
-        self._side_ws = socket.socket(fileno=os.dup(self._side_w))
+        self._side_rs = wrap_fd(os.dup(self._side_r))
+        self._side_ws = wrap_fd(os.dup(self._side_w))
         self._finalizer = weakref.finalize(self, _close_fds, self._all_fds())
 
     def _all_fds(self) -> list[int]:

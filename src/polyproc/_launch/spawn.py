@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import traceback
@@ -131,10 +130,10 @@ os.register_at_fork(after_in_child=_SPARES.after_fork_in_child)
 def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
     """Start ``python -c <boot>`` with one end of a socketpair as its fd 3."""
     from .._connection import Connection
-    from .._transport import UnixStream
+    from .._transport import UnixStream, socketpair
     from . import on_launcher_thread
 
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = socketpair()
     fd = theirs.fileno()
     spare = None
     if fd == 3:  # dup2(3, 3) would leave close-on-exec set and the child would lose it

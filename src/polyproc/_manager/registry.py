@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._transport import socketpair
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
@@ -149,8 +150,8 @@ class BaseManager:
         # ``owner``, this thread's first connection, authenticated by construction
         # (only we and the server hold it), so starting costs no connect, no handshake,
         # and not even importing hmac.
-        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        owner, owner_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control, control_child = socketpair()
+        owner, owner_child = socketpair()
         address = self._address if self._address is not None else default_address()
         fork = ctx.start_method == "fork"
         ssl_context = self._ssl if fork else None

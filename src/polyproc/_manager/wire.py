@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from .._serialize import DEFAULT_SERIALIZER
+from .._transport import new_socket, wrap_fd
 from ..errors import BrokenResourceError, ManagerUnavailableError, ProtocolError
 
 __all__ = [
@@ -315,7 +316,7 @@ class SocketCarrier:
 
 
 def _rebuild_carrier(*fds: int) -> SocketCarrier:
-    return SocketCarrier(*(socket.socket(fileno=fd) for fd in fds))
+    return SocketCarrier(*(wrap_fd(fd) for fd in fds))
 
 
 # -- TLS, without importing ssl (8 ms) unless the user did --------------------------
@@ -383,7 +384,7 @@ def connect_socket(address: Address, timeout: float | None) -> socket.socket:
 def listen_socket(address: Address, backlog: int = 128) -> tuple[socket.socket, Address]:
     """A listening socket bound to ``address``; returns the address actually bound (port 0)."""
     family = family_of(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = new_socket(family)
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

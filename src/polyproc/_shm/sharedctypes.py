@@ -178,7 +178,9 @@ def copy(obj: Any) -> Any:
     """A new shared object with the same type and contents as ``obj``."""
     base = _plain_type(type(obj))
     new = _new(base)
-    ctypes.pointer(new)[0] = obj
+    # A byte copy: ``pointer(new)[0] = obj`` refuses a plain ``base`` instance (the
+    # shared object is of a subclass of it), and ``copy`` accepts plain ctypes objects.
+    ctypes.memmove(ctypes.addressof(new), ctypes.addressof(obj), ctypes.sizeof(base))
     return new
 
 
