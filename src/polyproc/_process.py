@@ -116,6 +116,7 @@ class BaseProcess:
         from ._launch import launcher_for
 
         ctx = self._context()
+        self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()
         self._handle = launcher_for(ctx.start_method).start(self, ctx)
         self._popen_pid = self._handle.pid
@@ -375,7 +376,7 @@ def run_in_child(process: BaseProcess) -> int:
     _install_log_record_factory()
     try:
         try:
-            child.begin(process._context().start_method)
+            child.begin(process._config.get("start_method") or process._context().start_method)
             process.run()
             code = 0
         finally:

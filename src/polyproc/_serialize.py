@@ -219,6 +219,14 @@ _MAIN_NAMES = ("__main__", "__mp_main__")
 
 
 @functools.cache
+def _have_cloudpickle() -> bool:
+    """False under ``python -S`` or a trimmed install: plain pickle is then all we have."""
+    import importlib.util
+
+    return importlib.util.find_spec("cloudpickle") is not None
+
+
+@functools.cache
 def _pickler_class() -> type:
     """The cloudpickle-based pickler, built on first need: children that only receive
     plain pickles (the common case) never import cloudpickle, which keeps spawn fast."""
@@ -281,7 +289,7 @@ class Serializer:
         _fd_table.collecting = fds
         try:
             try:
-                if _main_is_importable():
+                if _main_is_importable() or not _have_cloudpickle():
                     body = pickle.dumps(obj, self.protocol, buffer_callback=keep_in_band)
                 else:
                     raise pickle.PicklingError("main is not importable: use cloudpickle")

@@ -159,6 +159,14 @@ class BaseProxy:
         if key is None and not in_server:
             key = client.credentials_for(self._address)[0]
         cls: Any = AutoProxy if self._isauto else type(self)
+        if in_server:
+            # A proxy the server sends out (``d['inner']`` where d holds a managed list):
+            # the reference travels with it, taken now and adopted by the receiver, or
+            # the server's own copy could be dropped (``d.clear()``) before the
+            # receiver's first call takes one, and the object would be gone.
+            server.incref(self._id)
+            return (RebuildProxy, (cls, self._token, self._serializer, kwds, key,
+                                   self._manager_cls, True))
         return (RebuildProxy, (cls, self._token, self._serializer, kwds, key, self._manager_cls))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
@@ -177,11 +185,12 @@ class BaseProxy:
 
 def RebuildProxy(func: Callable[..., BaseProxy], token: Token, serializer: str,  # noqa: N802
                  kwds: dict[str, Any], authkey: bytes | None = None,
-                 manager_cls: type | None = None) -> BaseProxy:
-    """Unpickle a proxy: it takes its own reference on first use (or at once, in the server)."""
+                 manager_cls: type | None = None, adopt: bool = False) -> BaseProxy:
+    """Unpickle a proxy: it takes its own reference on first use (or at once, in the server);
+    ``adopt``: the sender (the server) took one for it already."""
     if authkey is not None and client.credentials_for(token.address)[0] is None:
         client.remember(token.address, authkey, None)
-    proxy = func(token, serializer, authkey=authkey, incref=True, **kwds)
+    proxy = func(token, serializer, authkey=authkey, incref=not adopt, **kwds)
     proxy._manager_cls = manager_cls
     return proxy
 
