@@ -99,6 +99,12 @@ class BaseProxy:
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (),
                     kwds: Mapping[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the referent and return its result (or raise its error)."""
+        if self._serializer != "pickle":
+            return _xmlrpc_call(self, methodname, args, kwds)
+        return self._call(methodname, args, kwds)
+
+    def _call(self, methodname: str, args: tuple[Any, ...],
+              kwds: Mapping[str, Any] | None) -> Any:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
@@ -204,10 +210,32 @@ def make_proxy(token: Token, manager_cls: type | None, manager: Any, authkey: by
         proxytype = spec.proxytype if spec is not None else None
     if proxytype is None:
         proxytype = AutoProxy
-    proxy: BaseProxy = proxytype(token, "pickle", manager=manager, authkey=authkey,
+    serializer = getattr(manager, "_serializer", "pickle")
+    proxy: BaseProxy = proxytype(token, serializer, manager=manager, authkey=authkey,
                                  exposed=exposed, incref=False)
     proxy._manager_cls = manager_cls
     return proxy
+
+
+def _xmlrpc_call(proxy: BaseProxy, methodname: str, args: tuple[Any, ...],
+                 kwds: Mapping[str, Any] | None) -> Any:
+    """A call under ``serializer='xmlrpclib'``: values limited to XML-RPC's types, as the stdlib.
+
+    Arguments and results go through ``xmlrpc.client``'s marshalling (tuples arrive
+    as lists; a function, a set or any other object raises ``TypeError`` here); the
+    frames themselves stay polyproc's (pickle, after the HMAC handshake).
+    """
+    args = tuple(_xmlrpc_filter(list(args)))
+    kwds = _xmlrpc_filter(dict(kwds)) if kwds else None
+    result = proxy._call(methodname, args, kwds)
+    return result if isinstance(result, BaseProxy) else _xmlrpc_filter(result)
+
+
+def _xmlrpc_filter(value: Any) -> Any:
+    import xmlrpc.client
+
+    data = xmlrpc.client.dumps((value,), allow_none=True)
+    return xmlrpc.client.loads(data, use_builtin_types=True)[0][0]
 
 
 def _method(name: str) -> Callable[..., Any]:

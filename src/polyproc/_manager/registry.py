@@ -63,8 +63,8 @@ class BaseManager:
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
                  ssl_context: ssl.SSLContext | None = None,
                  handshake_timeout: float = 10.0) -> None:
-        if serializer != "pickle":
-            raise ValueError("polyproc managers only speak pickle (serializer='pickle')")
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}: 'pickle' or 'xmlrpclib'")
         if authkey is None:
             authkey = client.current_authkey()
         self._address = address
