@@ -237,7 +237,7 @@ def _run_finalizers(minpriority: int | None = None) -> None:
             return key[0] is not None
     else:
         def wanted(key: tuple[Any, int]) -> bool:
-            return key[0] is not None and key[0] >= minpriority  # type: ignore[operator]
+            return key[0] is not None and key[0] >= minpriority
     keys = sorted((k for k in list(_state.finalizers) if wanted(k)), reverse=True)
     for key in keys:
         finalizer = _state.finalizers.get(key)
@@ -298,7 +298,7 @@ class ForkAwareThreadLock:
     def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *args: object) -> None:
+    def __exit__(self, *args: Any) -> None:
         self._lock.__exit__(*args)
 
 

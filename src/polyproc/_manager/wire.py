@@ -33,7 +33,7 @@ import struct
 import sys
 from typing import Any
 
-from .._serialize import DEFAULT_SERIALIZER
+from .._serialize import DEFAULT_SERIALIZER, _plain_dumps
 from .._transport import new_socket, wrap_fd
 from ..errors import BrokenResourceError, ManagerUnavailableError, ProtocolError
 
@@ -135,7 +135,7 @@ _OPS = frozenset(int(o) for o in Op)
 def dumps(obj: Any) -> bytes:
     """Pickle 5 for a small message; cloudpickle when plain pickle cannot (lambdas)."""
     try:
-        return pickle.dumps(obj, 5)
+        return _plain_dumps(obj, 5, None)
     except Exception:
         return DEFAULT_SERIALIZER.dumps_bytes(obj, what="manager message")
 
