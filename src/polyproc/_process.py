@@ -114,7 +114,9 @@ class BaseProcess:
         if self._parent_pid != os.getpid():
             raise AssertionError("can only start a process object created by current process")
         from ._launch import launcher_for
+        from ._launch.child import check_not_bootstrapping
 
+        check_not_bootstrapping()
         ctx = self._context()
         self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()

@@ -121,7 +121,11 @@ class Queue:
         self._pid = os.getpid()
         self._side_rs = wrap_fd(os.dup(self._side_r))
         self._side_ws = wrap_fd(os.dup(self._side_w))
-        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds())
+        # The two socket objects own their (dup'ed) fds: they are closed through the
+        # objects, never by number, or their own close at GC would close whatever fd
+        # has reused that number by then (a spare interpreter's socket, say).
+        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds()[:4],
+                                           (self._side_rs, self._side_ws))
 
     def _all_fds(self) -> list[int]:
         return [self._r, self._w, self._side_r, self._side_w,
@@ -350,12 +354,14 @@ def _rebuild_queue(cls: type[Queue], maxsize: int, r: int, w: int, side_r: int, 
     return q
 
 
-def _close_fds(fds: list[int]) -> None:
+def _close_fds(fds: list[int], socks: tuple[socket.socket, ...] = ()) -> None:
     for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
+    for sock in socks:
+        sock.close()
 
 
 def _read_exact(fd: int, n: int) -> bytes:

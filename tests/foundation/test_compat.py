@@ -365,3 +365,47 @@ def test_send_handle_and_dupfd_pass_file_descriptors() -> None:
         os.close(w)
         a.close()
         b.close()
+
+
+# -- fds and bootstrapping ----------------------------------------------------------------------------
+
+def test_closed_queue_never_closes_a_reused_fd_number() -> None:
+    q = polyproc.Queue()
+    q.put(1)
+    assert q.get(timeout=30) == 1
+    numbers = {q._side_rs.fileno(), q._side_ws.fileno()}  # type: ignore[attr-defined]
+    q.close()
+    q.join_thread()
+    reused = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]
+    try:
+        assert numbers & set(reused)  # the kernel hands the freed numbers out again
+        del q
+        gc.collect()
+        for fd in reused:
+            os.fstat(fd)  # still open: the queue's sockets did not close them by number
+    finally:
+        for fd in reused:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"], indirect=True)
+def test_unguarded_main_module_raises_instead_of_fork_bombing(start_method: str,
+                                                             tmp_path: Path) -> None:
+    script = tmp_path / "bomb.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(SRC)!r})
+        import polyproc
+        def foo():
+            print("123")
+        polyproc.set_start_method({start_method!r}, force=True)
+        p = polyproc.Process(target=foo)
+        p.start()
+        p.join()
+        sys.exit(p.exitcode)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stdout == ""
+    assert "RuntimeError" in out.stderr and "bootstrapping phase" in out.stderr

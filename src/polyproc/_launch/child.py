@@ -102,6 +102,29 @@ def prepare(data: dict[str, Any]) -> None:
         _import_main(None, data["main_path"])
 
 
+class _Bootstrap:
+    """Whether this process is still importing its parent's main module (one flag)."""
+
+    importing_main = False
+
+
+_bootstrap = _Bootstrap()
+
+
+def check_not_bootstrapping() -> None:
+    """Refuse to start a process while the parent's main module is being imported.
+
+    A main module without ``if __name__ == '__main__':`` would otherwise start a
+    child from every child: a fork bomb. The stdlib raises the same RuntimeError.
+    """
+    if _bootstrap.importing_main:
+        raise RuntimeError(
+            "An attempt has been made to start a new process before the current process "
+            "has finished its bootstrapping phase: the main module started a process at "
+            "import time. Guard it with `if __name__ == '__main__':` (see the "
+            "multiprocessing docs, 'Safe importing of main module').")
+
+
 def _import_main(name: str | None, path: str | None) -> None:
     """Run the parent's main module as ``__mp_main__`` and alias it as ``__main__``.
 
@@ -130,7 +153,11 @@ def _import_main(name: str | None, path: str | None) -> None:
             module.__file__ = path
         # Executed in the module's own namespace, so functions defined there see
         # the module as their globals and pickle by reference as __main__.<name>.
-        exec(code, module.__dict__)
+        _bootstrap.importing_main = True
+        try:
+            exec(code, module.__dict__)
+        finally:
+            _bootstrap.importing_main = False
     except BaseException:
         sys.modules["__main__"] = current
         raise
