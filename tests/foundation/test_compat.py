@@ -26,8 +26,8 @@ import polyproc.connection
 import polyproc.heap
 import polyproc.managers
 import polyproc.reduction
-import polyproc.sharedctypes
 import polyproc.shared_memory
+import polyproc.sharedctypes
 import polyproc.util
 
 from . import _compat_targets as targets
