@@ -58,6 +58,13 @@ class Context:
     start_method: str = DEFAULT_START_METHOD
     serializer: Serializer = field(default=DEFAULT_SERIALIZER)
 
+    def __new__(cls, start_method: str = DEFAULT_START_METHOD, *args: Any, **kwargs: Any) -> Context:
+        # ``Context("fork")`` is a ForkContext (the stdlib's class names), and so equal
+        # to ``get_context("fork")``; an unknown method is refused by __post_init__.
+        if cls is Context:
+            cls = _CONTEXT_CLASSES.get(start_method, Context)
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
         if self.start_method not in START_METHODS:
             raise ValueError(f"cannot find context for {self.start_method!r}")
