@@ -409,3 +409,59 @@ def test_unguarded_main_module_raises_instead_of_fork_bombing(start_method: str,
     assert out.returncode != 0
     assert out.stdout == ""
     assert "RuntimeError" in out.stderr and "bootstrapping phase" in out.stderr
+
+
+# -- shared memory ------------------------------------------------------------------------------------
+
+def test_shareable_list_behaves_and_pickles_as_the_stdlibs() -> None:
+    import pickle
+
+    sl = polyproc.shared_memory.ShareableList(["howdy", b"HoWdY", -273.154, 100, None, True, 42])
+    try:
+        assert sl.format == "8s8sdqxxxxxx?xxxxxxxx?q"
+        sl[4] = "some"  # a slot may change type
+        assert sl.format == "8s8sdq8sxxxxxxx?q" and sl[4] == "some"
+        with pytest.raises(ValueError, match="exceeds available storage"):
+            sl[4] = "far too many"
+        sl[0] = "encodés"  # exactly 8 bytes of UTF-8
+        assert (sl[0], sl[1]) == ("encodés", b"HoWdY")
+        with pytest.raises(IndexError):
+            sl[7]
+        other = pickle.loads(pickle.dumps(sl))
+        other[3] = "changed"
+        assert sl[3] == "changed"
+        other.shm.close()
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
+def test_shareable_list_is_interoperable_with_the_stdlibs() -> None:
+    ours = polyproc.shared_memory.ShareableList([1, "two", None, 4.5, b"five"])
+    program = textwrap.dedent(f"""
+        from multiprocessing import resource_tracker, shared_memory
+        theirs = shared_memory.ShareableList(name={ours.shm.name!r})
+        resource_tracker.unregister(theirs.shm._name, "shared_memory")  # not theirs to unlink
+        print(list(theirs))
+        theirs[1] = "deux"
+        theirs.shm.close()
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout.strip() == "[1, 'two', None, 4.5, b'five']", out.stderr
+        assert ours[1] == "deux"
+    finally:
+        ours.shm.close()
+        ours.shm.unlink()
+
+
+def test_patched_make_filename_names_new_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"/psm_polyproc_test_{os.getpid()}"
+    monkeypatch.setattr(polyproc.shared_memory, "_make_filename", lambda: name)
+    shm = polyproc.shared_memory.SharedMemory(create=True, size=8)
+    try:
+        assert shm._name == name and shm.name == name[1:]
+    finally:
+        shm.close()
+        shm.unlink()

@@ -38,8 +38,13 @@ _AS_IS, _STR, _BYTES, _NONE = 0, 1, 2, 3
 
 def _format_of(item: Any) -> str:
     if isinstance(item, (str, bytes)):
-        size = len(item.encode(_ENCODING) if isinstance(item, str) else item)
-        return f"{_ALIGN * (size // _ALIGN + 1)}s"
+        # The stdlib sizes a str's slot by its length in characters; one whose UTF-8
+        # is longer than that slot gets a bigger one here (the stdlib truncates it).
+        slot = _ALIGN * (len(item) // _ALIGN + 1)
+        encoded = len(item.encode(_ENCODING)) if isinstance(item, str) else len(item)
+        if encoded > slot:
+            slot = _ALIGN * (encoded // _ALIGN + 1)
+        return f"{slot}s"
     try:
         return _SCALAR_FORMATS[type(item)]
     except KeyError:

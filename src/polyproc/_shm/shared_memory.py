@@ -16,6 +16,7 @@ import errno
 import mmap
 import os
 import secrets
+import sys
 from typing import Any
 
 from . import tracker
@@ -28,6 +29,9 @@ _PREFIX = "psm_"
 
 class SharedMemory:
     """A named shared memory block: ``name``, ``size``, ``buf``, ``close()``, ``unlink()``."""
+
+    #: Flags to attach with (the stdlib's attribute: a subclass may add ``O_CREAT``).
+    _flags = os.O_RDWR
 
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0,
                  *, track: bool = True) -> None:
@@ -43,7 +47,7 @@ class SharedMemory:
         self._buf: memoryview | None = None
         if create:
             while True:
-                n = name if name is not None else _PREFIX + secrets.token_hex(8)
+                n = name.lstrip("/") if name is not None else _new_name()
                 try:
                     self._fd = os.open(_path(n), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                        0o600)
@@ -51,7 +55,7 @@ class SharedMemory:
                 except FileExistsError:
                     if name is not None:
                         raise
-            self._name = n
+            self._name = "/" + n  # the stdlib's form; ``name`` has no slash
             try:
                 os.ftruncate(self._fd, size)
             except OSError:
@@ -61,17 +65,17 @@ class SharedMemory:
                 tracker.register(n)
         else:
             assert name is not None
-            self._name = name.lstrip("/")
+            self._name = "/" + name.lstrip("/")
             try:
-                self._fd = os.open(_path(self._name), os.O_RDWR | os.O_CLOEXEC)
+                self._fd = os.open(_path(self.name), self._flags | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 raise FileNotFoundError(errno.ENOENT,
-                                        f"no shared memory segment named {self._name!r}",
-                                        _path(self._name)) from None
+                                        f"no shared memory segment named {self.name!r}",
+                                        _path(self.name)) from None
             size = os.fstat(self._fd).st_size
             if size == 0:
                 os.close(self._fd)
-                raise ValueError(f"shared memory segment {self._name!r} is empty")
+                raise ValueError(f"shared memory segment {self.name!r} is empty")
         self._size = size
         self._mmap = mmap.mmap(self._fd, size)
         self._buf = memoryview(self._mmap)
@@ -80,7 +84,7 @@ class SharedMemory:
         os.close(self._fd)
         self._fd = -1
         try:
-            os.unlink(_path(self._name))
+            os.unlink(_path(self.name))
         except OSError:
             pass
 
@@ -100,7 +104,7 @@ class SharedMemory:
     @property
     def name(self) -> str:
         """The segment's name (no leading slash), to attach from another process."""
-        return self._name
+        return self._name[1:]
 
     @property
     def size(self) -> int:
@@ -122,16 +126,29 @@ class SharedMemory:
     def unlink(self) -> None:
         """Remove the name; the memory goes when the last mapping goes."""
         try:
-            os.unlink(_path(self._name))
+            os.unlink(_path(self.name))
         finally:
             if self._track:
-                tracker.unregister(self._name)
+                tracker.unregister(self.name)
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+
+def _make_filename() -> str:
+    """A fresh segment name, with the stdlib's ``/psm_`` prefix."""
+    return "/" + _PREFIX + secrets.token_hex(8)
+
+
+def _new_name() -> str:
+    # Through the public module when it is loaded, so a patched
+    # ``polyproc.shared_memory._make_filename`` is honoured (CPython's tests patch it).
+    face = sys.modules.get("polyproc.shared_memory")
+    make = getattr(face, "_make_filename", _make_filename)
+    return str(make()).lstrip("/")
 
 
 def _path(name: str) -> str:
