@@ -234,6 +234,10 @@ def test_sharedctypes_copy_of_a_plain_struct() -> None:
     foo.x = 0
     assert (bar.x, bar.y) == (2, 5.0)
     assert copy.copy(polyproc.RawValue("i", 7)).value == 7
+    shared = polyproc.RawValue(Foo, 3, 1.5)
+    for dup in (copy.copy(shared), copy.deepcopy(shared)):
+        dup.x = 9  # a distinct object with the same contents, not an alias
+        assert (shared.x, dup.x, dup.y) == (3, 9, 1.5)
 
 
 def test_start_method_api_is_the_stdlibs() -> None:

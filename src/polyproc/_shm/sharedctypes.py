@@ -77,6 +77,10 @@ def _shared_type(base: type[Any]) -> type[Any]:
     """``base`` plus ``__reduce__``: made once per ctypes type."""
     return type(base.__name__, (base,), {
         "__reduce__": _reduce_shared,
+        # copy.copy/deepcopy: a distinct object with the same contents, as the stdlib
+        # (pickling by reference would alias the same shared memory instead).
+        "__copy__": copy,
+        "__deepcopy__": lambda self, memo: copy(self),
         "__repr__": _base_repr,
         "_polyproc_base": base,
         "__module__": "polyproc.sharedctypes",
