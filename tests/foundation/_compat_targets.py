@@ -81,3 +81,7 @@ def reduce_point(p: Point) -> Any:
 
 def point_x(p: Point) -> int:
     return p.x
+
+
+def set_event(e: Any) -> None:
+    e.set()

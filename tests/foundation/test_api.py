@@ -200,7 +200,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     5: ("_pool", "_manager"),
     6: ("__init__", "_api", "pool", "managers", "connection", "queues", "synchronize",
         "sharedctypes", "shared_memory", "process", "context", "futures", "dummy", "heap",
-        "reduction"),
+        "reduction", "forkserver"),
     7: ("cli", "_tour", "backends", "_bench", "__main__"),
 }
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

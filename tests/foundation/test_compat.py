@@ -11,6 +11,7 @@ import ctypes
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import polyproc
@@ -469,3 +471,21 @@ def test_patched_make_filename_names_new_segments(monkeypatch: pytest.MonkeyPatc
     finally:
         shm.close()
         shm.unlink()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_a_dead_forkserver_is_started_again(signum: int) -> None:
+    import polyproc.forkserver
+
+    ctx = polyproc.get_context("forkserver")
+    polyproc.forkserver.ensure_running()
+    pid = polyproc.forkserver._forkserver._forkserver_pid
+    assert pid is not None
+    os.kill(pid, signum)
+    if signum == signal.SIGKILL:
+        psutil.Process(pid).wait(30)  # gone (SIGINT is ignored: the server lives on)
+    done = ctx.Event()
+    p = ctx.Process(target=targets.set_event, args=(done,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and done.is_set()

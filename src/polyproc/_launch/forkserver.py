@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from .._serialize import Payload
 from ..errors import StartError
 from .child import die_with_parent, open_stdio, preparation_data, set_comm
-from .handle import StatusPipeHandle, launch_errors
+from .handle import ChildHandle, StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -63,6 +63,7 @@ class _Client:
         self.boot: Connection | None = None  # held only by the process that started the server
         self.pidfd: int | None = None
         self.preloaded: set[str] = set()  # polyproc modules the server was told to import
+        self._server_handle: ChildHandle | None = None  # the server we started, if any
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -71,6 +72,7 @@ class _Client:
                 conn.close()
         self.conn = self.boot = None
         self.preloaded = set()
+        self._server_handle = None  # our parent's server: not ours to reap or watch
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -81,7 +83,9 @@ class _Client:
         from .._transport import UnixStream
 
         if self.conn is not None and not self.conn.closed:
-            return self.conn
+            if self.server_alive():
+                return self.conn
+            self.forget_server()  # it died (killed?): start a new one, as the stdlib does
         if self.address is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(None)  # not socket.setdefaulttimeout()'s
@@ -108,6 +112,27 @@ class _Client:
         # The server is reaped by nobody but us; it exits when we do. Keep the handle
         # alive only so its pidfd is not reused while the server runs.
         self._server_handle = handle
+
+    def server_alive(self) -> bool:
+        """False once the server we started has exited (checked before each request,
+        so nothing is ever sent to a dead one, and no child can be started twice)."""
+        handle = self._server_handle
+        return handle is None or handle.poll() is None
+
+    def forget_server(self) -> None:
+        for conn in (self.conn, self.boot):
+            if conn is not None:
+                conn.close()
+        self.conn = self.boot = None
+        self.address = None
+        self.preloaded = set()
+        self._server_handle = None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the server this process started (None before the first start)."""
+        handle = self._server_handle
+        return handle.pid if handle is not None else None
 
     def my_pidfd(self) -> int:
         if self.pidfd is None:
