@@ -74,6 +74,7 @@ __all__ = [
 _LAZY = {
     "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
     "shared_array": ("polyproc._shm.ndarray", "shared_array"),
+    "reducer": ("polyproc.reduction", "_module"),  # the stdlib's multiprocessing.reducer
 }
 
 

@@ -170,7 +170,10 @@ def set_executable(executable: str) -> None:
 
 
 def set_forkserver_preload(module_names: list[str]) -> None:
-    """Accepted for compatibility; the forkserver already imports ``__main__``."""
+    """Checked as by the stdlib; the forkserver already imports ``__main__`` (and its imports)."""
+    from ._context import set_forkserver_preload
+
+    set_forkserver_preload(module_names)
 
 
 def allow_connection_pickling() -> None:

@@ -21,7 +21,6 @@ import fcntl
 import os
 import pickle
 import select
-import socket
 import stat
 import time
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from typing import Any, Protocol
 
 from ._protocol.framing import HEADER, MAGIC, Kind, decode_header, decode_lengths, encode_header
 from ._serialize import DEFAULT_SERIALIZER, Payload, Serializer, fd_handle
-from ._transport import FdStream, Stream, UnixStream, stream_for_socket
+from ._transport import FdStream, Stream, UnixStream, socketpair, stream_for_socket
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
@@ -396,7 +395,7 @@ def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
     """Two connected Connections. Duplex: a socketpair (can carry fds); else a pipe, reader first."""
     if duplex:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        a, b = socketpair()
         return Connection(stream_for_socket(a)), Connection(stream_for_socket(b))
     r, w = os.pipe()
     try:

@@ -33,6 +33,7 @@ __all__ = [
     "get_start_method",
     "get_all_start_methods",
     "default_context",
+    "set_forkserver_preload",
 ]
 
 #: The start methods, in the order ``get_all_start_methods`` lists them (default first).
@@ -102,6 +103,7 @@ class _Defaults:
         self._lock = threading.Lock()
         self._method: str | None = None
         self._fixed = False  # becomes True once a child has been started with it
+        self.preload: list[str] = []  # set_forkserver_preload's list (checked, kept)
 
     def get(self) -> str:
         env = os.environ.get("POLYPROC_START_METHOD")
@@ -129,6 +131,14 @@ def _context_for(method: str) -> Settings:
     return Settings(method)
 
 
+def set_forkserver_preload(module_names: list[str]) -> None:
+    """Check ``module_names`` as the stdlib does; polyproc's forkserver imports ``__main__``
+    (and so what it imports) already, which is what a preload list is usually for."""
+    if not isinstance(module_names, list) or not all(isinstance(m, str) for m in module_names):
+        raise TypeError("module_names must be a list of strings")
+    _defaults.preload = list(module_names)
+
+
 def get_context(method: str | None = None) -> Settings:
     """The Settings for ``method`` (the default when None). Changes no global state."""
     return _context_for(method or _defaults.get())
@@ -153,5 +163,5 @@ def get_all_start_methods() -> list[str]:
     """The start methods available on this platform, the current default first."""
     if sys.platform != "linux":  # pragma: no cover - Linux is the supported platform
         return ["spawn"]
-    default = _defaults.get()
-    return [default] + [m for m in START_METHODS if m != default]
+    default = _defaults.get()  # first, then the stdlib's order (as Python 3.14 lists them)
+    return [default] + [m for m in ("fork", "spawn", "forkserver") if m != default]

@@ -31,13 +31,23 @@ import tempfile
 from typing import Any
 
 from ._connection import Connection
-from ._protocol.auth import client_handshake, server_handshake
-from ._transport import stream_for_socket
-from .errors import AuthenticationError
+from ._protocol import auth
+from ._protocol.auth import FAILURE as _FAILURE
+from ._protocol.auth import MAGIC, client_handshake, server_handshake
+from ._protocol.auth import WELCOME as _WELCOME
+from ._transport import new_socket, stream_for_socket, wrap_fd
+from .errors import AuthenticationError, ProtocolError
 
-__all__ = ["Listener", "Client", "address_type", "arbitrary_address", "FAMILIES"]
+__all__ = ["Listener", "Client", "address_type", "arbitrary_address", "FAMILIES", "families",
+           "deliver_challenge", "answer_challenge", "CHALLENGE", "WELCOME", "FAILURE"]
 
 FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6")
+#: The stdlib's ``multiprocessing.connection.families`` on Linux (AF_INET6 works here too).
+families = ["AF_INET", "AF_UNIX"]
+#: The first bytes of each handshake frame (the stdlib's constants, with our frames).
+CHALLENGE = MAGIC + b"C"
+WELCOME = _WELCOME
+FAILURE = _FAILURE
 _FAMILY = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}
 Address = Any  # str (a path, or "\0name" for the abstract namespace) or (host, port)
 
@@ -46,9 +56,36 @@ def address_type(address: Address) -> str:
     """The family an address belongs to (as the stdlib's ``address_type``)."""
     if isinstance(address, tuple):
         return "AF_INET6" if ":" in str(address[0]) else "AF_INET"
+    if isinstance(address, str) and address.startswith("\\\\"):
+        return "AF_PIPE"  # a Windows named pipe: refused by _check_family, as the stdlib does
     if isinstance(address, (str, bytes)):
         return "AF_UNIX"
     raise ValueError(f"address type of {address!r} unrecognized")
+
+
+def _check_family(family: str) -> None:
+    if family not in _FAMILY:
+        raise ValueError(f"Family {family} is not recognized.")
+
+
+def deliver_challenge(connection: auth.ByteChannel, authkey: bytes) -> None:
+    """Make the peer prove it knows ``authkey``; ``AuthenticationError`` if it does not.
+
+    The stdlib's function. A reply that is not a response frame at all is an
+    authentication failure too (``ProtocolError`` underneath, as its cause).
+    """
+    try:
+        auth.deliver_challenge(connection, authkey)
+    except ProtocolError as exc:
+        raise AuthenticationError(f"authentication failed: {exc}") from exc
+
+
+def answer_challenge(connection: auth.ByteChannel, authkey: bytes) -> None:
+    """Prove to the peer that we know ``authkey``; ``AuthenticationError`` if it refuses."""
+    try:
+        auth.answer_challenge(connection, authkey)
+    except ProtocolError as exc:
+        raise AuthenticationError(f"authentication failed: {exc}") from exc
 
 
 def arbitrary_address(family: str) -> Address:
@@ -85,7 +122,7 @@ def _clear_deadline(sock: socket.socket, conn: Connection) -> None:
     if isinstance(sock, ssl.SSLSocket):
         sock.settimeout(None)
         return
-    probe = socket.socket(fileno=conn.fileno())  # the same socket, briefly; detached below
+    probe = wrap_fd(conn.fileno())  # the same socket, briefly; detached below
     try:
         for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
             probe.setsockopt(socket.SOL_SOCKET, opt, _timeval(0.0))
@@ -144,14 +181,13 @@ class Listener:
                  authkey: bytes | None = None, *, ssl_context: ssl.SSLContext | None = None,
                  handshake_timeout: float | None = 30.0) -> None:
         family = family or (address_type(address) if address is not None else "AF_UNIX")
-        if family not in _FAMILY:
-            raise ValueError(f"unrecognized family {family!r}")
+        _check_family(family)
         if address is None:
             address = arbitrary_address(family)
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")
         self._family = family
-        sock = socket.socket(_FAMILY[family], socket.SOCK_STREAM)
+        sock = new_socket(_FAMILY[family])
         try:
             if family != "AF_UNIX":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -178,6 +214,7 @@ class Listener:
         if self._sock is None:
             raise OSError("listener is closed")
         sock, addr = self._sock.accept()
+        sock.settimeout(None)  # not socket.setdefaulttimeout()'s
         self._last_accepted = addr
         _tune(sock)
         return _handshake(sock, self._authkey, self._timeout, True, self._ssl, None)
@@ -236,11 +273,10 @@ def Client(address: Address, family: str | None = None, authkey: bytes | None = 
            handshake_timeout: float | None = 30.0) -> Connection:
     """A Connection to a Listener at ``address`` (the stdlib signature, plus TLS)."""
     family = family or address_type(address)
-    if family not in _FAMILY:
-        raise ValueError(f"unrecognized family {family!r}")
+    _check_family(family)
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
-    sock = socket.socket(_FAMILY[family], socket.SOCK_STREAM)
+    sock = new_socket(_FAMILY[family])
     try:
         # Blocking, whatever socket.setdefaulttimeout() says: with a timeout the socket is
         # non-blocking underneath and a Unix connect to a full backlog fails with EAGAIN

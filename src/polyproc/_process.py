@@ -131,8 +131,11 @@ class BaseProcess:
         # Imported here, not at the top: the launchers' package brings the launcher
         # thread's queue, and ``import polyproc`` is on the path of every spawned child.
         from ._launch import LaunchSpec, launcher_for
+        from ._launch.child import check_not_bootstrapping
 
+        check_not_bootstrapping()
         ctx = self._context()
+        self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()
         spec = LaunchSpec(_Entry(self), f"the Process {self.name!r} (its target, args and kwargs)",
                           ctx)
@@ -431,15 +434,17 @@ def run_in_child(process: BaseProcess) -> int:
     """
     parent = ParentProcess(process._parent_name, process._parent_pid)
     _STATE.become_child(process, parent)
-    from ._launch.child import set_comm
+    from ._launch import child
 
-    set_comm(process.name)
+    child.set_comm(process.name)
     _install_log_record_factory()
     try:
         try:
+            child.begin(process._config.get("start_method") or process._context().start_method)
             process.run()
             code = 0
         finally:
+            child.before_exit()
             _exit_function()
             queues = sys.modules.get("polyproc._queues")
             if queues is not None:  # fork children leave by os._exit: write queue backlogs now
@@ -459,6 +464,10 @@ def run_in_child(process: BaseProcess) -> int:
         sys.stderr.write(f"Process {process.name}:\n")
         traceback.print_exc()
     finally:
+        child.finish()  # joins non-daemon threads: they may still put on queues
+        queues = sys.modules.get("polyproc._queues")
+        if queues is not None:
+            queues.flush_all()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:
@@ -529,23 +538,17 @@ def active_children() -> list[BaseProcess]:
 
 
 def get_logger() -> logging.Logger:
-    """The ``polyproc`` logger (the stdlib's is named ``multiprocessing``)."""
-    import logging
+    """The ``multiprocessing`` logger, as the stdlib names it (see ``polyproc.util``)."""
+    from .util import get_logger
 
-    return logging.getLogger("polyproc")
+    return get_logger()
 
 
 def log_to_stderr(level: int | None = None) -> logging.Logger:
-    """Send the ``polyproc`` logger to stderr with the stdlib's format."""
-    import logging
+    """Send ``get_logger()`` to stderr with the stdlib's format (see ``polyproc.util``)."""
+    from .util import log_to_stderr
 
-    logger = get_logger()
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[%(levelname)s/%(processName)s] %(message)s"))
-    logger.addHandler(handler)
-    if level:
-        logger.setLevel(level)
-    return logger
+    return log_to_stderr(level)
 
 
 _STATE = _State()

@@ -48,6 +48,7 @@ from typing import Any
 from ._serialize import DEFAULT_SERIALIZER, Serializer, fd_handle
 from ._shm import bulk
 from ._sync import Condition, Lock, Semaphore
+from ._transport import socketpair, wrap_fd
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "flush_all"]
 
@@ -107,7 +108,7 @@ class Queue:
         except OSError:
             pass
         os.set_blocking(w, False)
-        side_w, side_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        side_w, side_r = socketpair()
         state = (maxsize, r, w, side_r.detach(), side_w.detach(), Semaphore(0),
                  Semaphore(maxsize) if maxsize else None, Lock(), Lock())
         self._setup(state, ctx)
@@ -120,9 +121,13 @@ class Queue:
         self._closed = False
         self._backlog = _Backlog()
         self._pid = os.getpid()
-        self._side_rs = socket.socket(fileno=os.dup(self._side_r))
-        self._side_ws = socket.socket(fileno=os.dup(self._side_w))
-        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds())
+        self._side_rs = wrap_fd(os.dup(self._side_r))
+        self._side_ws = wrap_fd(os.dup(self._side_w))
+        # The two socket objects own their (dup'ed) fds: they are closed through the
+        # objects, never by number, or their own close at GC would close whatever fd
+        # has reused that number by then (a spare interpreter's socket, say).
+        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds()[:4],
+                                           (self._side_rs, self._side_ws))
 
     def _all_fds(self) -> list[int]:
         return [self._r, self._w, self._side_r, self._side_w,
@@ -351,12 +356,14 @@ def _rebuild_queue(cls: type[Queue], maxsize: int, r: int, w: int, side_r: int, 
     return q
 
 
-def _close_fds(fds: list[int]) -> None:
+def _close_fds(fds: list[int], socks: tuple[socket.socket, ...] = ()) -> None:
     for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
+    for sock in socks:
+        sock.close()
 
 
 def _read_exact(fd: int, n: int) -> bytes:

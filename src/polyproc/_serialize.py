@@ -39,7 +39,8 @@ from typing import Any
 
 from .errors import SerializationError
 
-__all__ = ["Payload", "Serializer", "fd_handle", "describe_unpicklable", "DEFAULT_SERIALIZER"]
+__all__ = ["Payload", "Serializer", "fd_handle", "describe_unpicklable", "DEFAULT_SERIALIZER",
+           "register_reducer", "reducers"]
 
 
 @dataclass(slots=True)
@@ -53,6 +54,45 @@ class Payload:
     @property
     def nbytes(self) -> int:
         return len(self.body) + sum(b.nbytes for b in self.buffers)
+
+
+class _Reducers:
+    """Reducers registered for types (``reduction.ForkingPickler.register``): process-wide.
+
+    The one mutable registry of this module. Empty (the common case) costs nothing:
+    plain ``pickle.dumps`` runs. Non-empty, every pickler polyproc uses (Pipe, Queue,
+    pool, manager, the Process itself) gets them in its ``dispatch_table``.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[type, Callable[[Any], Any]] = {}
+        self.chain: Any = None
+
+    def register(self, kind: type, reducer: Callable[[Any], Any]) -> None:
+        import collections
+        import copyreg
+
+        self.table[kind] = reducer
+        self.chain = collections.ChainMap(self.table, copyreg.dispatch_table)
+
+
+reducers = _Reducers()
+
+
+def register_reducer(kind: type, reducer: Callable[[Any], Any]) -> None:
+    """Pickle instances of ``kind`` as ``reducer(obj)`` says, in every polyproc transport."""
+    reducers.register(kind, reducer)
+
+
+def _plain_dumps(obj: Any, protocol: int, cb: Callable[[pickle.PickleBuffer], bool] | None) -> bytes:
+    """``pickle.dumps``, with the registered reducers when there are any."""
+    if not reducers.table:
+        return pickle.dumps(obj, protocol, buffer_callback=cb)
+    out = io.BytesIO()
+    p = pickle.Pickler(out, protocol, buffer_callback=cb)
+    p.dispatch_table = reducers.chain
+    p.dump(obj)
+    return out.getvalue()
 
 
 class _FdTable(threading.local):
@@ -219,6 +259,14 @@ _MAIN_NAMES = ("__main__", "__mp_main__")
 
 
 @functools.cache
+def _have_cloudpickle() -> bool:
+    """False under ``python -S`` or a trimmed install: plain pickle is then all we have."""
+    import importlib.util
+
+    return importlib.util.find_spec("cloudpickle") is not None
+
+
+@functools.cache
 def _pickler_class() -> type:
     """The cloudpickle-based pickler, built on first need: children that only receive
     plain pickles (the common case) never import cloudpickle, which keeps spawn fast."""
@@ -281,8 +329,8 @@ class Serializer:
         _fd_table.collecting = fds
         try:
             try:
-                if _main_is_importable():
-                    body = pickle.dumps(obj, self.protocol, buffer_callback=keep_in_band)
+                if _main_is_importable() or not _have_cloudpickle():
+                    body = _plain_dumps(obj, self.protocol, keep_in_band)
                 else:
                     raise pickle.PicklingError("main is not importable: use cloudpickle")
             except SerializationError:
@@ -301,22 +349,25 @@ class Serializer:
             _fd_table.collecting = outer
         return Payload(body, buffers, fds)
 
-    def _dumps_cloud(self, obj: Any, cb: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+    def _dumps_cloud(self, obj: Any, cb: Callable[[pickle.PickleBuffer], bool] | None) -> bytes:
         out = io.BytesIO()
-        _pickler_class()(out, protocol=self.protocol, buffer_callback=cb).dump(obj)
+        p = _pickler_class()(out, protocol=self.protocol, buffer_callback=cb)
+        if reducers.table:
+            import collections
+
+            p.dispatch_table = collections.ChainMap(reducers.table, p.dispatch_table)
+        p.dump(obj)
         return out.getbuffer().tobytes()
 
     def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
         """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
         if _main_is_importable():
             try:  # plain pickle first: fast, and cloudpickle need not even be imported
-                return pickle.dumps(obj, self.protocol)
+                return _plain_dumps(obj, self.protocol, None)
             except Exception:
                 pass
         try:
-            out = io.BytesIO()
-            _pickler_class()(out, protocol=self.protocol).dump(obj)
-            return out.getvalue()
+            return self._dumps_cloud(obj, None)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle {what}: {describe_unpicklable(obj, what, self)}: {exc}"

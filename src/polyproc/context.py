@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AuthenticationError", "BaseContext", "BufferTooShort", "Context", "ForkProcess",
            "ForkServerProcess", "Process", "ProcessError", "SpawnProcess", "TimeoutError",
+           "ForkContext", "SpawnContext", "ForkServerContext",
            "default_context", "get_context"]
 
 
@@ -73,7 +74,9 @@ class Context(Settings):
         return self.start_method
 
     def get_context(self, method: str | None = None) -> Context:
-        """A Context for ``method``; stdlib parity, the same as ``polyproc.get_context``."""
+        """This context (``method`` None), else the Context for ``method`` (stdlib parity)."""
+        if method is None:
+            return self
         return get_context(method)
 
     def get_all_start_methods(self) -> list[str]:
@@ -81,8 +84,12 @@ class Context(Settings):
         return _context.get_all_start_methods()
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
-        """Set the process-wide *default* start method; this Context is unchanged."""
-        _context.set_start_method(method, force)
+        """Refused, as by the stdlib: a Context *is* a start method (use ``polyproc.set_start_method``)."""
+        raise ValueError("cannot set start method of concrete context")
+
+    def set_forkserver_preload(self, module_names: list[str]) -> None:
+        """Modules for the forkserver to import (checked, as by the stdlib; see ``polyproc``)."""
+        _context.set_forkserver_preload(module_names)
 
     def cpu_count(self) -> int:
         """The number of CPUs in the system (``os.cpu_count()``, at least 1)."""
@@ -293,9 +300,32 @@ class Context(Settings):
 BaseContext = Context
 
 
+class ForkContext(Context):
+    """The ``fork`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+class SpawnContext(Context):
+    """The ``spawn`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+class ForkServerContext(Context):
+    """The ``forkserver`` Context (the stdlib's class name)."""
+
+    __slots__ = ()
+
+
+_CONTEXT_CLASSES: dict[str, type[Context]] = {
+    "fork": ForkContext, "spawn": SpawnContext, "forkserver": ForkServerContext}
+
+
 @functools.cache
 def _public(settings: Settings) -> Context:
-    return Context(settings.start_method, settings.serializer)
+    cls = _CONTEXT_CLASSES.get(settings.start_method, Context)
+    return cls(settings.start_method, settings.serializer)
 
 
 def get_context(method: str | None = None) -> Context:

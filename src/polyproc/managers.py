@@ -25,6 +25,7 @@ from ._manager.proxytypes import Value as Value
 from ._manager.proxytypes import ValueProxy as ValueProxy
 from ._manager.registry import BaseManager as BaseManager
 from ._manager.server import Server as Server
+from ._manager.shm import SharedMemoryManager as SharedMemoryManager
 from ._manager.sync import SyncManager as SyncManager
 from .errors import RemoteError as RemoteError
 
@@ -32,5 +33,5 @@ __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseListProxy", "BaseManager",
     "BaseProxy", "ConditionProxy", "DictProxy", "EventProxy", "IteratorProxy", "ListProxy",
     "MakeProxyType", "Namespace", "NamespaceProxy", "PoolProxy", "RebuildProxy", "RemoteError",
-    "Server", "SyncManager", "Token", "Value", "ValueProxy", "public_methods",
+    "Server", "SharedMemoryManager", "SyncManager", "Token", "Value", "ValueProxy", "public_methods",
 ]

@@ -193,14 +193,15 @@ def _env() -> dict[str, str]:
 
 #: docs/architecture.md, lowest first. A module not listed here fails the test: place it there.
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("errors", "_serialize", "_context"),
+    0: ("errors", "_serialize", "_context", "util"),
     1: ("_transport",),
     2: ("_protocol",),
     3: ("_launch",),
     4: ("_process", "_connection", "_listener", "_shm", "_sync", "_queues"),
     5: ("_pool", "_manager"),
     6: ("__init__", "_api", "pool", "managers", "connection", "queues", "synchronize",
-        "sharedctypes", "shared_memory", "process", "context", "futures", "dummy"),
+        "sharedctypes", "shared_memory", "process", "context", "futures", "dummy", "heap",
+        "reduction", "forkserver"),
     7: ("cli", "_tour", "backends", "_bench", "__main__"),
 }
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

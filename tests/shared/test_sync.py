@@ -144,7 +144,7 @@ def test_condition_across_processes(ctx) -> None:  # type: ignore[no-untyped-def
     p = ctx.Process(target=_cond_waiter, args=(cond, flag, done))
     p.start()
     deadline = time.monotonic() + 20
-    while cond._sleeping.get_value() == 0 and time.monotonic() < deadline:
+    while cond._sleeping_count.get_value() == 0 and time.monotonic() < deadline:
         time.sleep(0.005)  # polling a state with a deadline, not sleeping to synchronise
     with cond:
         flag.value = 1

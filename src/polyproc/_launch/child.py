@@ -18,7 +18,8 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio"]
+__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio",
+           "begin", "before_exit", "finish"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -101,6 +102,29 @@ def prepare(data: dict[str, Any]) -> None:
         _import_main(None, data["main_path"])
 
 
+class _Bootstrap:
+    """Whether this process is still importing its parent's main module (one flag)."""
+
+    importing_main = False
+
+
+_bootstrap = _Bootstrap()
+
+
+def check_not_bootstrapping() -> None:
+    """Refuse to start a process while the parent's main module is being imported.
+
+    A main module without ``if __name__ == '__main__':`` would otherwise start a
+    child from every child: a fork bomb. The stdlib raises the same RuntimeError.
+    """
+    if _bootstrap.importing_main:
+        raise RuntimeError(
+            "An attempt has been made to start a new process before the current process "
+            "has finished its bootstrapping phase: the main module started a process at "
+            "import time. Guard it with `if __name__ == '__main__':` (see the "
+            "multiprocessing docs, 'Safe importing of main module').")
+
+
 def _import_main(name: str | None, path: str | None) -> None:
     """Run the parent's main module as ``__mp_main__`` and alias it as ``__main__``.
 
@@ -130,7 +154,52 @@ def _import_main(name: str | None, path: str | None) -> None:
             module.__file__ = path
         # Executed in the module's own namespace, so functions defined there see
         # the module as their globals and pickle by reference as __main__.<name>.
-        exec(code, module.__dict__)
+        _bootstrap.importing_main = True
+        try:
+            exec(code, module.__dict__)
+        finally:
+            _bootstrap.importing_main = False
     except BaseException:
         sys.modules["__main__"] = current
         raise
+
+
+def begin(start_method: str) -> None:
+    """A child's first steps as its Process, before ``run()`` (the stdlib's ``_bootstrap``).
+
+    The child's default start method becomes the one it was started with (so
+    ``get_start_method()`` there answers it, and its own children use it);
+    ``threading.main_thread().native_id`` is refreshed (after ``fork`` it still holds
+    the parent's thread id), and the ``util.register_after_fork`` hooks run.
+    """
+    import threading
+
+    from .._context import set_start_method
+
+    set_start_method(start_method, force=True)
+
+    main = threading.main_thread()
+    main._set_native_id()  # type: ignore[attr-defined]
+    util = sys.modules.get("polyproc.util")
+    if util is not None:
+        util._run_after_forkers()
+
+
+def before_exit() -> None:
+    """After ``run()``: ``util.Finalize`` callbacks with an exit priority run, as at exit."""
+    util = sys.modules.get("polyproc.util")
+    if util is not None:
+        util._exit_function()
+
+
+def finish() -> None:
+    """The last step of a child: wait for its non-daemon threads, as the stdlib does.
+
+    ``fork`` and forkserver children leave by ``os._exit``, which would cut those
+    threads off mid-work; a thread the user started and did not mark daemon is
+    joined first (``threading._shutdown``, what the interpreter itself runs at exit).
+    """
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+

@@ -90,6 +90,7 @@ class _Client:
             return self.conn
         if self.address is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(None)  # not socket.setdefaulttimeout()'s
             try:
                 sock.connect(self.address)
             except OSError:  # our ancestor's server is gone: start our own
@@ -129,6 +130,12 @@ class _Client:
         self.conn = self.boot = self.server = self.address = None
         self.preloaded = set()
         return True
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the server this process started (None before the first start)."""
+        handle = self.server
+        return handle.pid if handle is not None else None
 
     def my_pidfd(self) -> int:
         if self.pidfd is None:
@@ -202,6 +209,7 @@ class _Server:
         self.boot = boot
         self.sel = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.settimeout(None)  # not socket.setdefaulttimeout()'s
         self.listener.bind(b"\0polyproc-forkserver-" + os.urandom(12).hex().encode())
         self.listener.listen(64)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -243,6 +251,7 @@ class _Server:
             sock, _ = self.listener.accept()
         except OSError:
             return
+        sock.settimeout(None)
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.getuid():

@@ -15,9 +15,9 @@ callable that takes the channel) instead of an entry.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-import socket
 import sys
 import threading
 import traceback
@@ -131,19 +131,28 @@ _SPARES = _Spares()
 os.register_at_fork(after_in_child=_SPARES.after_fork_in_child)
 
 
+@functools.cache
+def _interpreter_flags() -> tuple[str, ...]:
+    """This interpreter's flags (``-E -S -O -X ...``), for the child: the stdlib passes them too."""
+    import subprocess
+
+    return tuple(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+
+
 def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
     """Start ``python -c <boot>`` with one end of a socketpair as its fd 3."""
     from .._connection import Connection
-    from .._transport import UnixStream
+    from .._transport import UnixStream, socketpair
     from . import on_launcher_thread
 
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = socketpair()
     fd = theirs.fileno()
     spare = None
     if fd == 3:  # dup2(3, 3) would leave close-on-exec set and the child would lose it
         spare = os.dup(fd)
         fd = spare
-    argv = [sys.executable, "-c", _BOOT.format(path=_PACKAGE_PARENT), tag, str(os.getpid())]
+    argv = [sys.executable, *_interpreter_flags(), "-c", _BOOT.format(path=_PACKAGE_PARENT), tag,
+            str(os.getpid())]
     try:
         pid = on_launcher_thread(
             # SIGINT blocked from the first instruction: a Ctrl+C that lands while the

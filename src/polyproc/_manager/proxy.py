@@ -99,6 +99,12 @@ class BaseProxy:
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (),
                     kwds: Mapping[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the referent and return its result (or raise its error)."""
+        if self._serializer != "pickle":
+            return _xmlrpc_call(self, methodname, args, kwds)
+        return self._call(methodname, args, kwds)
+
+    def _call(self, methodname: str, args: tuple[Any, ...],
+              kwds: Mapping[str, Any] | None) -> Any:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
@@ -159,6 +165,14 @@ class BaseProxy:
         if key is None and not in_server:
             key = client.credentials_for(self._address)[0]
         cls: Any = AutoProxy if self._isauto else type(self)
+        if in_server:
+            # A proxy the server sends out (``d['inner']`` where d holds a managed list):
+            # the reference travels with it, taken now and adopted by the receiver, or
+            # the server's own copy could be dropped (``d.clear()``) before the
+            # receiver's first call takes one, and the object would be gone.
+            server.incref(self._id)
+            return (RebuildProxy, (cls, self._token, self._serializer, kwds, key,
+                                   self._manager_cls, True))
         return (RebuildProxy, (cls, self._token, self._serializer, kwds, key, self._manager_cls))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
@@ -177,11 +191,12 @@ class BaseProxy:
 
 def RebuildProxy(func: Callable[..., BaseProxy], token: Token, serializer: str,  # noqa: N802
                  kwds: dict[str, Any], authkey: bytes | None = None,
-                 manager_cls: type | None = None) -> BaseProxy:
-    """Unpickle a proxy: it takes its own reference on first use (or at once, in the server)."""
+                 manager_cls: type | None = None, adopt: bool = False) -> BaseProxy:
+    """Unpickle a proxy: it takes its own reference on first use (or at once, in the server);
+    ``adopt``: the sender (the server) took one for it already."""
     if authkey is not None and client.credentials_for(token.address)[0] is None:
         client.remember(token.address, authkey, None)
-    proxy = func(token, serializer, authkey=authkey, incref=True, **kwds)
+    proxy = func(token, serializer, authkey=authkey, incref=not adopt, **kwds)
     proxy._manager_cls = manager_cls
     return proxy
 
@@ -195,10 +210,32 @@ def make_proxy(token: Token, manager_cls: type | None, manager: Any, authkey: by
         proxytype = spec.proxytype if spec is not None else None
     if proxytype is None:
         proxytype = AutoProxy
-    proxy: BaseProxy = proxytype(token, "pickle", manager=manager, authkey=authkey,
+    serializer = getattr(manager, "_serializer", "pickle")
+    proxy: BaseProxy = proxytype(token, serializer, manager=manager, authkey=authkey,
                                  exposed=exposed, incref=False)
     proxy._manager_cls = manager_cls
     return proxy
+
+
+def _xmlrpc_call(proxy: BaseProxy, methodname: str, args: tuple[Any, ...],
+                 kwds: Mapping[str, Any] | None) -> Any:
+    """A call under ``serializer='xmlrpclib'``: values limited to XML-RPC's types, as the stdlib.
+
+    Arguments and results go through ``xmlrpc.client``'s marshalling (tuples arrive
+    as lists; a function, a set or any other object raises ``TypeError`` here); the
+    frames themselves stay polyproc's (pickle, after the HMAC handshake).
+    """
+    args = tuple(_xmlrpc_filter(list(args)))
+    kwds = _xmlrpc_filter(dict(kwds)) if kwds else None
+    result = proxy._call(methodname, args, kwds)
+    return result if isinstance(result, BaseProxy) else _xmlrpc_filter(result)
+
+
+def _xmlrpc_filter(value: Any) -> Any:
+    import xmlrpc.client
+
+    data = xmlrpc.client.dumps((value,), allow_none=True)
+    return xmlrpc.client.loads(data, use_builtin_types=True)[0][0]
 
 
 def _method(name: str) -> Callable[..., Any]:

@@ -89,7 +89,8 @@ BaseListProxy = MakeProxyType("BaseListProxy", (
 
 
 class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
-    """A managed ``list``; iterating fetches one snapshot (the stdlib: a round trip per item).
+    """A managed ``list``; iterating costs a round trip per item, as in the stdlib
+    (``proxy[:]`` fetches a snapshot in one).
 
     ``append`` and ``insert`` are sent without waiting for a reply, and ``+=`` sends
     one ``extend``.
@@ -106,7 +107,17 @@ class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
         return self
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._callmethod("#GETVALUE"))
+        # By index, one round trip per item, as the stdlib (which has no ``__iter__``
+        # and lets Python fall back to ``__getitem__``): changes made while iterating
+        # are seen (``a[0] = 100`` after ``iter(a)``), under any manager class.
+        i = 0
+        while True:
+            try:
+                item = self._callmethod("__getitem__", (i,))
+            except IndexError:
+                return
+            yield item
+            i += 1
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -114,22 +125,24 @@ class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
 class DictProxy(MakeProxyType("DictProxy", (  # type: ignore[misc]
     "__contains__", "__delitem__", "__getitem__", "__len__", "__setitem__", "__reversed__",
     "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
-    "__or__", "__ror__", "__ior__", *_COMPARE,
+    "__or__", "__ror__", "__ior__", "__iter__", *_COMPARE,
 ))):
-    """A managed ``dict``; iterating fetches the keys in one round trip.
+    """A managed ``dict``; iterating is a server-side iterator (``keys()`` fetches all in one).
 
     ``d[k] = v`` does not wait for the server's reply (an unhashable key still raises
     here, at once).
     """
 
     _async_methods_ = frozenset({"__setitem__"})
+    _method_to_typeid_ = {"__iter__": "Iterator"}
 
     def __setitem__(self, key: Any, value: Any) -> None:
         hash(key)  # the one way dict.__setitem__ fails: raise it here, before going async
         self._callmethod("__setitem__", (key, value))
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._callmethod("keys"))
+        # On the server, as the stdlib: a dict changed in size meanwhile raises RuntimeError.
+        return self._callmethod("__iter__")  # type: ignore[no-any-return]
 
     def __ior__(self, other: Any) -> DictProxy:
         self._callmethod("update", (other,))

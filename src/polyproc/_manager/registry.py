@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .._context import Settings, default_context, get_context
 from .._process import process_class
+from .._transport import socketpair
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
@@ -66,8 +67,8 @@ class BaseManager:
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
                  ssl_context: ssl.SSLContext | None = None,
                  handshake_timeout: float = 10.0) -> None:
-        if serializer != "pickle":
-            raise ValueError("polyproc managers only speak pickle (serializer='pickle')")
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}: 'pickle' or 'xmlrpclib'")
         if authkey is None:
             authkey = client.current_authkey()
         self._address = address
@@ -152,8 +153,8 @@ class BaseManager:
         # ``owner``, this thread's first connection, authenticated by construction
         # (only we and the server hold it), so starting costs no connect, no handshake,
         # and not even importing hmac.
-        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        owner, owner_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control, control_child = socketpair()
+        owner, owner_child = socketpair()
         address = self._address if self._address is not None else default_address()
         fork = ctx.start_method == "fork"
         ssl_context = self._ssl if fork else None

@@ -102,6 +102,11 @@ class Server:
         self._loop.others_busy = lambda: self._gate.pending > 0
         self._started = False
 
+    @property
+    def listener(self) -> socket.socket:
+        """The listening socket (the stdlib's attribute: ``close()`` frees the address)."""
+        return self._listener
+
     # -- life -------------------------------------------------------------------
     def start(self) -> None:
         """Serve in background threads (returns at once)."""

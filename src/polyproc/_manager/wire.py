@@ -33,7 +33,8 @@ import struct
 import sys
 from typing import Any
 
-from .._serialize import DEFAULT_SERIALIZER
+from .._serialize import DEFAULT_SERIALIZER, _plain_dumps
+from .._transport import new_socket, wrap_fd
 from ..errors import BrokenResourceError, ManagerUnavailableError, ProtocolError
 
 __all__ = [
@@ -138,7 +139,7 @@ _OPS = frozenset(int(o) for o in Op)
 def dumps(obj: Any) -> bytes:
     """Pickle 5 for a small message; cloudpickle when plain pickle cannot (lambdas)."""
     try:
-        return pickle.dumps(obj, 5)
+        return _plain_dumps(obj, 5, None)
     except Exception:
         return DEFAULT_SERIALIZER.dumps_bytes(obj, what="manager message")
 
@@ -319,7 +320,7 @@ class SocketCarrier:
 
 
 def _rebuild_carrier(*fds: int) -> SocketCarrier:
-    return SocketCarrier(*(socket.socket(fileno=fd) for fd in fds))
+    return SocketCarrier(*(wrap_fd(fd) for fd in fds))
 
 
 # -- TLS, without importing ssl (8 ms) unless the user did --------------------------
@@ -418,7 +419,7 @@ def _connect_unix(sock: socket.socket, address: Address, timeout: float | None) 
 def listen_socket(address: Address, backlog: int = 128) -> tuple[socket.socket, Address]:
     """A listening socket bound to ``address``; returns the address actually bound (port 0)."""
     family = family_of(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = new_socket(family)
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

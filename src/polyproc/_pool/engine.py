@@ -49,6 +49,7 @@ from typing import Any
 
 from .._connection import Pipe  # here, not at the first start: pool start is timed
 from .._serialize import fd_handle
+from .._transport import wrap_fd
 from ..errors import BrokenProcessPool, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
@@ -386,7 +387,7 @@ class Engine:
             self._atexit_registered = True
             atexit.register(self._atexit)
         h.proc, h.conn, h.pid = proc, ours, proc.pid
-        h.sock = socket.socket(fileno=os.dup(ours.fileno()))
+        h.sock = wrap_fd(os.dup(ours.fileno()))
         self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
         h.watched = selectors.EVENT_READ
         self.sel.register(proc.sentinel, selectors.EVENT_READ, (1, h))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
+from .._serialize import reducers
 from ..errors import TimeoutError
 from .messages import TaskError
 from .scheduler import FnInfo, Job, Mode
@@ -310,7 +311,7 @@ class Submitter:
         """A single task's argument pickled now, in the caller's thread."""
         if self.threads:
             return arg
-        if self._fast:
+        if self._fast and not reducers.table:
             # The common case in one C call: plain pickle, no buffers, no fds. Anything
             # else (a lambda, a NumPy array, an fd owner) takes the serializer's full path.
             big: list[Any] = []

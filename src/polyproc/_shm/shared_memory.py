@@ -1,4 +1,4 @@
-"""``SharedMemory`` and ``ShareableList``, compatible with ``multiprocessing.shared_memory``.
+"""``SharedMemory`` (and ``ShareableList``, from ``shareable_list``), compatible with ``multiprocessing.shared_memory``.
 
 A named segment is a file in /dev/shm (what ``shm_open`` does on Linux), made
 with ``O_CREAT | O_EXCL`` and mapped with ``mmap``. The creator registers the
@@ -16,12 +16,12 @@ import errno
 import mmap
 import os
 import secrets
-import struct
+import sys
 from typing import Any
 
 from . import tracker
 
-__all__ = ["SharedMemory", "ShareableList"]
+__all__ = ["SharedMemory"]
 
 _DIR = "/dev/shm"
 _PREFIX = "psm_"
@@ -31,6 +31,9 @@ class SharedMemory:
     """A named shared memory block: ``name``, ``size``, ``buf``, ``close()``, ``unlink()``."""
 
     __module__ = "polyproc.shared_memory"  # its public home: repr, pickle
+
+    #: Flags to attach with (the stdlib's attribute: a subclass may add ``O_CREAT``).
+    _flags = os.O_RDWR
 
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0,
                  *, track: bool = True) -> None:
@@ -46,7 +49,7 @@ class SharedMemory:
         self._buf: memoryview | None = None
         if create:
             while True:
-                n = name if name is not None else _PREFIX + secrets.token_hex(8)
+                n = name.lstrip("/") if name is not None else _new_name()
                 try:
                     self._fd = os.open(_path(n), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                        0o600)
@@ -54,7 +57,7 @@ class SharedMemory:
                 except FileExistsError:
                     if name is not None:
                         raise
-            self._name = n
+            self._name = "/" + n  # the stdlib's form; ``name`` has no slash
             try:
                 os.ftruncate(self._fd, size)
             except OSError:
@@ -64,17 +67,17 @@ class SharedMemory:
                 tracker.register(n)
         else:
             assert name is not None
-            self._name = name.lstrip("/")
+            self._name = "/" + name.lstrip("/")
             try:
-                self._fd = os.open(_path(self._name), os.O_RDWR | os.O_CLOEXEC)
+                self._fd = os.open(_path(self.name), self._flags | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 raise FileNotFoundError(errno.ENOENT,
-                                        f"no shared memory segment named {self._name!r}",
-                                        _path(self._name)) from None
+                                        f"no shared memory segment named {self.name!r}",
+                                        _path(self.name)) from None
             size = os.fstat(self._fd).st_size
             if size == 0:
                 os.close(self._fd)
-                raise ValueError(f"shared memory segment {self._name!r} is empty")
+                raise ValueError(f"shared memory segment {self.name!r} is empty")
         self._size = size
         self._mmap = mmap.mmap(self._fd, size)
         self._buf = memoryview(self._mmap)
@@ -83,7 +86,7 @@ class SharedMemory:
         os.close(self._fd)
         self._fd = -1
         try:
-            os.unlink(_path(self._name))
+            os.unlink(_path(self.name))
         except OSError:
             pass
 
@@ -103,7 +106,7 @@ class SharedMemory:
     @property
     def name(self) -> str:
         """The segment's name (no leading slash), to attach from another process."""
-        return self._name
+        return self._name[1:]
 
     @property
     def size(self) -> int:
@@ -125,10 +128,10 @@ class SharedMemory:
     def unlink(self) -> None:
         """Remove the name; the memory goes when the last mapping goes."""
         try:
-            os.unlink(_path(self._name))
+            os.unlink(_path(self.name))
         finally:
             if self._track:
-                tracker.unregister(self._name)
+                tracker.unregister(self.name)
 
     def __del__(self) -> None:
         try:
@@ -137,134 +140,21 @@ class SharedMemory:
             pass
 
 
+def _make_filename() -> str:
+    """A fresh segment name, with the stdlib's ``/psm_`` prefix."""
+    return "/" + _PREFIX + secrets.token_hex(8)
+
+
+def _new_name() -> str:
+    # Through the public module when it is loaded, so a patched
+    # ``polyproc.shared_memory._make_filename`` is honoured (CPython's tests patch it).
+    face = sys.modules.get("polyproc.shared_memory")
+    make = getattr(face, "_make_filename", _make_filename)
+    return str(make()).lstrip("/")
+
+
 def _path(name: str) -> str:
     if not name or "/" in name:
         raise ValueError(f"bad shared memory name {name!r}")
     return os.path.join(_DIR, name)
 
-
-# -- ShareableList -------------------------------------------------------------
-# Layout: int64 count; int64 offset of each item's data (count+1 entries); then
-# the packed format codes (8 bytes each); then the data. Items are int, float,
-# bool, None, str, bytes; str/bytes keep the size they were created with.
-
-_ALIGN = 8
-_TYPES = {int: "q", float: "d", bool: "?", type(None): "x"}
-
-
-def _fmt_for(item: Any) -> str:
-    if type(item) in _TYPES:
-        return _TYPES[type(item)]
-    if isinstance(item, str):
-        return f"{(len(item.encode()) // _ALIGN + 1) * _ALIGN}s"
-    if isinstance(item, bytes):
-        return f"{(len(item) // _ALIGN + 1) * _ALIGN}y"
-    raise TypeError(f"ShareableList items must be int, float, bool, None, str or bytes, not "
-                    f"{type(item).__name__}")
-
-
-class ShareableList:
-    """A fixed-length list of int, float, bool, None, str, bytes in a SharedMemory."""
-
-    __module__ = "polyproc.shared_memory"  # its public home: repr, pickle
-
-    def __init__(self, sequence: Any = None, *, name: str | None = None) -> None:
-        if name is None or sequence is not None:
-            items = list(sequence or ())
-            fmts = [_fmt_for(x) for x in items]
-            sizes = [_size(f) for f in fmts]
-            header = 8 + 8 * (len(items) + 1) + 8 * len(items)
-            self.shm = SharedMemory(name, create=True, size=max(header + sum(sizes), 1))
-            buf = self.shm.buf
-            struct.pack_into("q", buf, 0, len(items))
-            off = header
-            for i, f in enumerate(fmts):
-                struct.pack_into("q", buf, 8 + 8 * i, off)
-                struct.pack_into("8s", buf, 8 + 8 * (len(items) + 1) + 8 * i, f.encode())
-                off += sizes[i]
-            struct.pack_into("q", buf, 8 + 8 * len(items), off)
-            for i, x in enumerate(items):
-                self[i] = x
-        else:
-            self.shm = SharedMemory(name)
-
-    def _meta(self, i: int) -> tuple[int, str]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("index out of range")
-        buf = self.shm.buf
-        off = struct.unpack_from("q", buf, 8 + 8 * i)[0]
-        fmt = struct.unpack_from("8s", buf, 8 + 8 * (n + 1) + 8 * i)[0].rstrip(b"\0").decode()
-        return off, fmt
-
-    def __len__(self) -> int:
-        return int(struct.unpack_from("q", self.shm.buf, 0)[0])
-
-    def __getitem__(self, i: int) -> Any:
-        off, fmt = self._meta(i)
-        buf = self.shm.buf
-        kind = fmt[-1]
-        if kind == "x":
-            return None
-        if kind in "sy":
-            raw = bytes(buf[off:off + _size(fmt)])
-            n = struct.unpack_from("q", raw, 0)[0]
-            data = raw[8:8 + n]
-            return data.decode() if kind == "s" else data
-        return struct.unpack_from(fmt, buf, off)[0]
-
-    def __setitem__(self, i: int, value: Any) -> None:
-        off, fmt = self._meta(i)
-        kind = fmt[-1]
-        buf = self.shm.buf
-        if kind in "sy":
-            data = value.encode() if kind == "s" and isinstance(value, str) else value
-            if (kind == "s") != isinstance(value, str) or not isinstance(data, bytes):
-                raise TypeError(f"item {i} holds {'str' if kind == 's' else 'bytes'}")
-            if len(data) > _size(fmt) - 8:
-                raise ValueError(f"item {i} can hold at most {_size(fmt) - 8} bytes")
-            struct.pack_into("q", buf, off, len(data))
-            buf[off + 8:off + 8 + len(data)] = data
-        elif kind == "x":
-            if value is not None:
-                raise TypeError(f"item {i} holds None")
-        else:
-            struct.pack_into(fmt, buf, off, value)
-
-    def __iter__(self) -> Any:
-        return (self[i] for i in range(len(self)))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_list, (self.shm.name,))
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({list(self)!r}, name={self.shm.name!r})"
-
-    @property
-    def format(self) -> str:
-        """The ``struct`` format of every item, concatenated (stdlib parity)."""
-        return "".join(self._meta(i)[1] for i in range(len(self)))
-
-    def count(self, value: Any) -> int:
-        """How many items equal ``value``."""
-        return sum(1 for x in self if x == value)
-
-    def index(self, value: Any) -> int:
-        """The position of the first item equal to ``value``; ``ValueError`` if none."""
-        for i, x in enumerate(self):
-            if x == value:
-                return i
-        raise ValueError(f"{value!r} not in this container")
-
-
-def _size(fmt: str) -> int:
-    kind = fmt[-1]
-    if kind in "sy":
-        return 8 + int(fmt[:-1])
-    return 8
-
-
-def _attach_list(name: str) -> ShareableList:
-    return ShareableList(name=name)

@@ -77,6 +77,10 @@ def _shared_type(base: type[Any]) -> type[Any]:
     """``base`` plus ``__reduce__``: made once per ctypes type."""
     return type(base.__name__, (base,), {
         "__reduce__": _reduce_shared,
+        # copy.copy/deepcopy: a distinct object with the same contents, as the stdlib
+        # (pickling by reference would alias the same shared memory instead).
+        "__copy__": copy,
+        "__deepcopy__": lambda self, memo: copy(self),
         "__repr__": _base_repr,
         "_polyproc_base": base,
         "__module__": "polyproc.sharedctypes",
@@ -178,7 +182,9 @@ def copy(obj: Any) -> Any:
     """A new shared object with the same type and contents as ``obj``."""
     base = _plain_type(type(obj))
     new = _new(base)
-    ctypes.pointer(new)[0] = obj
+    # A byte copy: ``pointer(new)[0] = obj`` refuses a plain ``base`` instance (the
+    # shared object is of a subclass of it), and ``copy`` accepts plain ctypes objects.
+    ctypes.memmove(ctypes.addressof(new), ctypes.addressof(obj), ctypes.sizeof(base))
     return new
 
 

@@ -43,9 +43,9 @@ class Condition:
 
     def __init__(self, lock: Any = None, *, ctx: Any = None) -> None:
         self._lock: SemBase = lock if lock is not None else RLock(ctx=ctx)
-        self._sleeping = Semaphore(0)
-        self._woken = Semaphore(0)
-        self._wait_sem = Semaphore(0)
+        self._sleeping_count = Semaphore(0)
+        self._woken_count = Semaphore(0)
+        self._wait_semaphore = Semaphore(0)
         self._bind()
 
     def _bind(self) -> None:
@@ -53,7 +53,7 @@ class Condition:
         self.release = self._lock.release
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_condition, (self._lock, self._sleeping, self._woken, self._wait_sem))
+        return (_rebuild_condition, (self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore))
 
     def __enter__(self) -> bool:
         return self._lock.__enter__()
@@ -62,7 +62,7 @@ class Condition:
         self._lock.release()
 
     def __repr__(self) -> str:
-        return f"<Condition({self._lock!r}, sleepers={self._sleeping.get_value()})>"
+        return f"<Condition({self._lock!r}, sleepers={self._sleeping_count.get_value()})>"
 
     def _check_owned(self, what: str) -> None:
         if not self._lock._is_mine():
@@ -74,12 +74,12 @@ class Condition:
         Returns False on timeout. The lock must be held (at any recursion depth).
         """
         self._check_owned("wait")
-        self._sleeping.release()
+        self._sleeping_count.release()
         depth = self._lock._release_all()
         try:
-            return self._wait_sem.acquire(True, timeout)
+            return self._wait_semaphore.acquire(True, timeout)
         finally:
-            self._woken.release()
+            self._woken_count.release()
             self._lock._acquire_restore(depth)
 
     def notify(self, n: int = 1) -> None:
@@ -87,16 +87,16 @@ class Condition:
         self._check_owned("notify")
         # Waiters that timed out since the last notify left a "woken" each while
         # still counted as sleeping: pair them off first.
-        while self._woken.acquire(False):
-            self._sleeping.acquire(False)
+        while self._woken_count.acquire(False):
+            self._sleeping_count.acquire(False)
         sent = 0
-        while sent < n and self._sleeping.acquire(False):
-            self._wait_sem.release()
+        while sent < n and self._sleeping_count.acquire(False):
+            self._wait_semaphore.release()
             sent += 1
         if sent:
             for _ in range(sent):
-                self._woken.acquire()
-            while self._wait_sem.acquire(False):  # a post nobody took (a waiter timed out)
+                self._woken_count.acquire()
+            while self._wait_semaphore.acquire(False):  # a post nobody took (a waiter timed out)
                 pass
 
     def notify_all(self) -> None:
@@ -124,7 +124,7 @@ class Condition:
 def _rebuild_condition(lock: SemBase, sleeping: Semaphore, woken: Semaphore,
                        wait_sem: Semaphore) -> Condition:
     c = Condition.__new__(Condition)
-    c._lock, c._sleeping, c._woken, c._wait_sem = lock, sleeping, woken, wait_sem
+    c._lock, c._sleeping_count, c._woken_count, c._wait_semaphore = lock, sleeping, woken, wait_sem
     c._bind()
     return c
 
@@ -168,7 +168,7 @@ class Event:
             return self.is_set()
 
     def __repr__(self) -> str:
-        return f"<Event({'set' if self.is_set() else 'unset'})>"
+        return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
 def _rebuild_event(cond: Condition, flag: Semaphore) -> Event:

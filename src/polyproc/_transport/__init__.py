@@ -29,7 +29,8 @@ from typing import Any
 
 from ..errors import BrokenResourceError, ClosedResourceError
 
-__all__ = ["Stream", "FdStream", "UnixStream", "SocketStream", "stream_for_socket"]
+__all__ = ["Stream", "FdStream", "UnixStream", "SocketStream", "stream_for_socket", "new_socket",
+           "socketpair", "wrap_fd"]
 
 _BROKEN = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.ESHUTDOWN}
 #: SCM_MAX_FD in the kernel: the most fds one sendmsg may carry.
@@ -125,7 +126,7 @@ class UnixStream(Stream):
 
     def __init__(self, fd: int) -> None:
         super().__init__(fd)
-        self._sock = socket.socket(fileno=fd)
+        self._sock = wrap_fd(fd)
         self._fds: deque[int] = deque()
 
     def read_into(self, view: memoryview) -> int:
@@ -220,3 +221,35 @@ def stream_for_socket(sock: socket.socket) -> Stream:
     if sock.family == socket.AF_UNIX and (ssl is None or not isinstance(sock, ssl.SSLSocket)):
         return UnixStream(sock.detach())
     return SocketStream(sock)
+
+
+# -- sockets that ignore socket.setdefaulttimeout() ------------------------------------------------
+# A program that calls ``socket.setdefaulttimeout(0.1)`` (HTTP clients do) gives every
+# socket made afterwards a timeout, and with it O_NONBLOCK on the fd: polyproc's own
+# pipes and connections would then time out or fail with EAGAIN. Every socket polyproc
+# makes goes through one of these, which set the blocking mode explicitly.
+
+def new_socket(family: int = socket.AF_UNIX, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A new blocking socket, whatever ``socket.getdefaulttimeout()`` says."""
+    sock = socket.socket(family, kind)
+    sock.settimeout(None)
+    return sock
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """``socket.socketpair(AF_UNIX, SOCK_STREAM)``, both ends blocking."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.settimeout(None)
+    b.settimeout(None)
+    return a, b
+
+
+def wrap_fd(fd: int) -> socket.socket:
+    """A socket object for an existing socket fd, leaving the fd's blocking mode as it was."""
+    was_blocking = os.get_blocking(fd)
+    sock = socket.socket(fileno=fd)
+    if was_blocking:
+        sock.settimeout(None)
+    else:
+        sock.setblocking(False)
+    return sock
