@@ -15,23 +15,17 @@ from typing import TYPE_CHECKING, Any
 from .context import default_context
 
 if TYPE_CHECKING:
+    # Annotations name the public homes (``polyproc.synchronize.Lock``), which is what
+    # ``help(polyproc.Lock)`` then shows; the factories' own names hide the bare ones.
     from typing import TypeAlias
 
-    from ._connection import Connection
-    from ._manager.sync import SyncManager
-    from ._pool.pool import Pool as _Pool
-    from ._queues import JoinableQueue as _JoinableQueue
-    from ._queues import Queue as _Queue
-    from ._queues import SimpleQueue as _SimpleQueue
-    from ._sync import Barrier as _Barrier
-    from ._sync import BoundedSemaphore as _BoundedSemaphore
-    from ._sync import Condition as _Condition
-    from ._sync import Event as _Event
-    from ._sync import Lock as _Lock
-    from ._sync import RLock as _RLock
-    from ._sync import Semaphore as _Semaphore
+    import polyproc.connection
+    import polyproc.managers
+    import polyproc.pool
+    import polyproc.queues
+    import polyproc.synchronize
 
-    _LockLike: TypeAlias = _Lock | _RLock
+    _LockLike: TypeAlias = polyproc.synchronize.Lock | polyproc.synchronize.RLock
 
 __all__ = [
     "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
@@ -41,58 +35,59 @@ __all__ = [
 ]
 
 
-def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib names
+def Pipe(duplex: bool = True,  # noqa: N802 - stdlib names
+         ) -> tuple[polyproc.connection.Connection, polyproc.connection.Connection]:
     """Two connected Connections (see ``polyproc.connection``)."""
     return default_context().Pipe(duplex)
 
 
-def Lock() -> _Lock:  # noqa: N802
+def Lock() -> polyproc.synchronize.Lock:  # noqa: N802
     """A non-recursive lock shared between processes."""
     return default_context().Lock()
 
 
-def RLock() -> _RLock:  # noqa: N802
+def RLock() -> polyproc.synchronize.RLock:  # noqa: N802
     """A recursive lock shared between processes."""
     return default_context().RLock()
 
 
-def Condition(lock: _LockLike | None = None) -> _Condition:  # noqa: N802
+def Condition(lock: _LockLike | None = None) -> polyproc.synchronize.Condition:  # noqa: N802
     """A condition variable shared between processes (over a new RLock when ``lock`` is None)."""
     return default_context().Condition(lock)
 
 
-def Semaphore(value: int = 1) -> _Semaphore:  # noqa: N802
+def Semaphore(value: int = 1) -> polyproc.synchronize.Semaphore:  # noqa: N802
     """A semaphore shared between processes."""
     return default_context().Semaphore(value)
 
 
-def BoundedSemaphore(value: int = 1) -> _BoundedSemaphore:  # noqa: N802
+def BoundedSemaphore(value: int = 1) -> polyproc.synchronize.BoundedSemaphore:  # noqa: N802
     """A bounded semaphore shared between processes."""
     return default_context().BoundedSemaphore(value)
 
 
-def Event() -> _Event:  # noqa: N802
+def Event() -> polyproc.synchronize.Event:  # noqa: N802
     """An event shared between processes."""
     return default_context().Event()
 
 
 def Barrier(parties: int, action: Callable[[], object] | None = None,  # noqa: N802
-            timeout: float | None = None) -> _Barrier:
+            timeout: float | None = None) -> polyproc.synchronize.Barrier:
     """A barrier shared between processes; ``action`` runs in the last to arrive."""
     return default_context().Barrier(parties, action, timeout)
 
 
-def Queue(maxsize: int = 0) -> _Queue:  # noqa: N802
+def Queue(maxsize: int = 0) -> polyproc.queues.Queue:  # noqa: N802
     """A multi-producer, multi-consumer queue between processes (``maxsize`` 0: unbounded)."""
     return default_context().Queue(maxsize)
 
 
-def JoinableQueue(maxsize: int = 0) -> _JoinableQueue:  # noqa: N802
+def JoinableQueue(maxsize: int = 0) -> polyproc.queues.JoinableQueue:  # noqa: N802
     """A Queue with ``task_done`` and ``join``."""
     return default_context().JoinableQueue(maxsize)
 
 
-def SimpleQueue() -> _SimpleQueue:  # noqa: N802
+def SimpleQueue() -> polyproc.queues.SimpleQueue:  # noqa: N802
     """An unbounded queue with get/put/empty/close."""
     return default_context().SimpleQueue()
 
@@ -132,7 +127,7 @@ def Pool(  # noqa: N802
     progress: Any = None,
     window: int = 3,
     target_batch_s: float = 0.004,
-) -> _Pool:
+) -> polyproc.pool.Pool:
     """A process pool that never hangs on a dead worker (``multiprocessing.Pool``).
 
     ``processes`` workers (default: the CPU count), each running ``initializer(*initargs)``
@@ -148,7 +143,7 @@ def Pool(  # noqa: N802
         progress=progress, window=window, target_batch_s=target_batch_s)
 
 
-def Manager() -> SyncManager:  # noqa: N802
+def Manager() -> polyproc.managers.SyncManager:  # noqa: N802
     """A started SyncManager (see ``polyproc.managers``)."""
     return default_context().Manager()
 

@@ -12,7 +12,9 @@ itself, printing each circle it finds.
 An edge goes to the module named: ``from .x import y`` is an edge to ``x`` (its
 ``__init__`` when it is a package), or to ``x.y`` when ``y`` is a submodule. The
 implicit import of a parent package (``import a.b`` runs ``a/__init__``) is not an
-edge: every module would then "import" ``polyproc/__init__``.
+edge: every module would then "import" ``polyproc/__init__``. Imports by a computed
+name (``importlib.import_module(LAUNCHERS[method])``) are not seen; keep those pointing
+down (the launcher table does).
 """
 
 from __future__ import annotations
