@@ -69,7 +69,10 @@ class _Client:
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         if self.server is not None:  # our parent's child, not ours: drop our copy of its pidfd
-            self.server.close()
+            # (not through close(): its lock may have been held by a thread of the parent)
+            fd, self.server.sentinel = self.server.sentinel, -1
+            if fd >= 0:
+                os.close(fd)
             self.server = None
         for conn in (self.conn, self.boot):
             if conn is not None:
