@@ -17,7 +17,6 @@ import functools
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._serialize import DEFAULT_SERIALIZER, Serializer
@@ -37,26 +36,53 @@ __all__ = [
 ]
 
 #: The start methods, in the order ``get_all_start_methods`` lists them (default first).
-START_METHODS: tuple[str, ...] = ("forkserver", "fork", "spawn")
+START_METHODS: tuple[str, ...] = ("auto", "fork", "spawn", "forkserver")
 
-#: Why forkserver: fork from a process that has threads (our pool engine thread,
-#: logging handlers, user threads) can deadlock the child, and 3.12+ warns on it;
-#: Python 3.14 moved its Linux default to forkserver for that reason. Our
-#: forkserver has already imported the user's main module, so a child costs a
-#: fork (about 1-2 ms), not a fresh interpreter.
-DEFAULT_START_METHOD = "forkserver"
+#: "auto": fork's semantics where fork is safe, the forkserver's safety where it is
+#: not. A child is forked from the caller (a pool's workers from a template forked
+#: from the caller at pool creation) only while no thread but polyproc's own,
+#: parked, is alive; otherwise it comes from the forkserver. Why, and the figures:
+#: docs/architecture.md, "The default start method"; the code: _launch/template.py.
+DEFAULT_START_METHOD = "auto"
 
 
-@dataclass(frozen=True, slots=True)
 class Context:
-    """How child processes are made and how objects reach them."""
+    """How child processes are made and how objects reach them.
 
-    start_method: str = DEFAULT_START_METHOD
-    serializer: Serializer = field(default=DEFAULT_SERIALIZER)
+    A frozen value (hashable, compared by its fields), written by hand rather than as
+    a dataclass: ``dataclasses`` would cost every ``import polyproc`` ~9 ms.
+    """
 
-    def __post_init__(self) -> None:
-        if self.start_method not in START_METHODS:
-            raise ValueError(f"cannot find context for {self.start_method!r}")
+    __slots__ = ("start_method", "serializer")
+    start_method: str
+    serializer: Serializer
+
+    def __init__(self, start_method: str = DEFAULT_START_METHOD,
+                 serializer: Serializer = DEFAULT_SERIALIZER) -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(f"cannot find context for {start_method!r}")
+        object.__setattr__(self, "start_method", start_method)
+        object.__setattr__(self, "serializer", serializer)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a Context is frozen")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: a Context is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Context:
+            return NotImplemented
+        return (self.start_method, self.serializer) == (other.start_method, other.serializer)
+
+    def __hash__(self) -> int:
+        return hash((self.start_method, self.serializer))
+
+    def __repr__(self) -> str:
+        return f"Context(start_method={self.start_method!r}, serializer={self.serializer!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Context, (self.start_method, self.serializer))
 
     # -- the stdlib context API ------------------------------------------------
     def get_start_method(self, allow_none: bool = False) -> str:
@@ -269,10 +295,11 @@ def _process_class_for(ctx: Context) -> type[Process]:
 
     A context with a non-default serializer gets a subclass carrying it.
     """
-    from ._process import ForkProcess, ForkServerProcess, SpawnProcess
+    from ._process import AutoProcess, ForkProcess, ForkServerProcess, SpawnProcess
 
     base: type[Process] = {"fork": ForkProcess, "spawn": SpawnProcess,
-                           "forkserver": ForkServerProcess}[ctx.start_method]
+                           "forkserver": ForkServerProcess,
+                           "auto": AutoProcess}[ctx.start_method]
     if ctx.serializer == DEFAULT_SERIALIZER:
         return base
     return type(base.__name__, (base,), {"_ctx": ctx})

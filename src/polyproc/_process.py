@@ -36,6 +36,7 @@ __all__ = [
     "ForkProcess",
     "SpawnProcess",
     "ForkServerProcess",
+    "AutoProcess",
     "ParentProcess",
     "current_process",
     "parent_process",
@@ -311,12 +312,15 @@ class SpawnProcess(Process):
 
 
 class ForkServerProcess(Process):
-    """A Process forked from the forkserver, a clean single-threaded process.
-
-    The default start method: fork's speed without forking a threaded parent.
-    """
+    """A Process forked from the forkserver, a clean single-threaded process."""
 
     _start_method = "forkserver"
+
+
+class AutoProcess(Process):
+    """A Process started by ``auto``, the default: a fork where that is safe, else the forkserver."""
+
+    _start_method = "auto"
 
 
 class ParentProcess:

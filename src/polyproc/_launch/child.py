@@ -18,7 +18,44 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio", "spawn_main"]
+__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio", "spawn_main",
+           "check_not_bootstrapping", "BOOTSTRAP_ERROR"]
+
+#: The stdlib's words (multiprocessing/spawn.py), so searches for the message find the fix.
+BOOTSTRAP_ERROR = """
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        """
+
+
+class _Boot:
+    """Whether this process is importing its parent's main module right now (one flag)."""
+
+    importing_main = False
+
+
+def check_not_bootstrapping() -> None:
+    """Refuse to start a child while a spawned child imports its parent's main module.
+
+    A main module without ``if __name__ == "__main__":`` would otherwise start a pool
+    in every child, whose children start pools...: a process explosion.
+    """
+    if _Boot.importing_main:
+        raise RuntimeError(BOOTSTRAP_ERROR)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -95,10 +132,14 @@ def prepare(data: dict[str, Any]) -> None:
     except OSError:
         pass
     sys.argv[:] = data["argv"]
-    if "main_module" in data:
-        _import_main(data["main_module"], None)
-    elif "main_path" in data:
-        _import_main(None, data["main_path"])
+    _Boot.importing_main = True
+    try:
+        if "main_module" in data:
+            _import_main(data["main_module"], None)
+        elif "main_path" in data:
+            _import_main(None, data["main_path"])
+    finally:
+        _Boot.importing_main = False
 
 
 def _import_main(name: str | None, path: str | None) -> None:

@@ -1,8 +1,9 @@
 """The fork start method: the child is a copy of the parent and runs the inherited Process.
 
 Fast (about a millisecond) and needs no pickling, but forking a process that
-has threads can deadlock the child on a lock some other thread held; that is
-why forkserver is the default.
+has threads can deadlock the child on a lock some other thread held: the
+default (``auto``, template.py) forks only where no other thread can hold one.
+A pool's workers come from its template when one could be made (template.py).
 """
 
 from __future__ import annotations
@@ -17,23 +18,47 @@ from .handle import PidfdHandle
 if TYPE_CHECKING:
     from .._context import Context
     from .._process import BaseProcess
+    from .handle import ChildHandle
+    from .template import Template
 
 __all__ = ["start"]
 
 
-def start(process: BaseProcess, ctx: Context) -> PidfdHandle:
+def start(process: BaseProcess, ctx: Context) -> ChildHandle:
+    from ..errors import ProcessError
     from . import on_launcher_thread
 
+    template: Template | None = process.__dict__.pop("_polyproc_template", None)
+    if template is not None and template.usable():
+        try:  # a pool worker: forked from the pool's single-threaded template
+            return template.start(process, ctx)
+        except (OSError, ProcessError):  # it cannot be pickled, or the template is gone
+            pass
     return on_launcher_thread(lambda: _fork(process))
 
 
-def _fork(process: BaseProcess) -> PidfdHandle:
-    import logging  # noqa: F401 - imported once here, not in every child
+def prepare_to_fork() -> None:
+    """Import here, once, what every fork child would otherwise import for itself."""
+    import logging  # noqa: F401
 
-    from .._process import run_in_child
+    from .._process import run_in_child  # noqa: F401
     from .child import _libc
 
     _libc()
+
+
+def _fork(process: BaseProcess) -> PidfdHandle:
+    from .template import parked
+
+    prepare_to_fork()
+    with parked():  # our own threads parked (and no warning for them) where that is possible
+        return fork_child(process)
+
+
+def fork_child(process: BaseProcess) -> PidfdHandle:
+    """``os.fork()``; the child runs ``process`` and exits. Call ``prepare_to_fork`` first."""
+    from .._process import run_in_child
+
     parent_pid = os.getpid()
     for stream in (sys.stdout, sys.stderr):  # or the child prints the parent's buffer again
         try:

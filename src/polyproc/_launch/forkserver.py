@@ -35,6 +35,7 @@ import struct
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._serialize import Payload
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from .._context import Context
     from .._process import BaseProcess
 
-__all__ = ["start", "serve"]
+__all__ = ["start", "request", "serve", "Server"]
 
 _CONTROL_FDS = 5  # status_w, client pidfd, stdin, stdout, stderr: after the payload's own fds
 _PID = struct.Struct("<q")
@@ -124,18 +125,29 @@ def _stdio_fds() -> list[int]:
 
 
 def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
+    # The environment travels with each request: a child sees the client's os.environ
+    # as it is now, as a spawn child does (the server's is the one it booted with).
+    return request(_CLIENT.lock, _CLIENT.connection, _CLIENT.my_pidfd, process, ctx,
+                   env=dict(os.environ), preload=True)
+
+
+def request(lock: threading.Lock, connect: Callable[[], Connection], pidfd: Callable[[], int],
+            process: BaseProcess, ctx: Context, *, env: dict[str, str] | None,
+            preload: bool) -> StatusPipeHandle:
+    """Ask a server (the forkserver, or a pool's template) for one child running ``process``."""
     payload = ctx.serializer.dumps(
-        process, what=f"the Process {process.name!r} (its target, args and kwargs)"
+        (process, env), what=f"the Process {process.name!r} (its target, args and kwargs)"
     )
     r, w = os.pipe()
     try:
-        with _CLIENT.lock:
+        with lock:
             stdio = _stdio_fds()
             try:
-                conn = _CLIENT.connection()
-                fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
+                conn = connect()
+                fds = [*payload.fds, w, pidfd(), *stdio]
                 try:
-                    _send_preload(conn)
+                    if preload:
+                        _send_preload(conn)
                     conn.send_payload(Payload(payload.body, payload.buffers, fds))
                     reply = conn.recv_bytes()
                 except (OSError, EOFError) as exc:
@@ -170,11 +182,16 @@ def _send_preload(conn: Connection) -> None:
 # -- the server ------------------------------------------------------------------
 
 
-class _Server:
-    """The forkserver's state: its sockets, its clients, and which client owns which child."""
+class Server:
+    """A fork server's state: its sockets, its clients, and which client owns which child.
 
-    def __init__(self, boot: Connection) -> None:
+    The forkserver runs one (``shared``: its address is inherited by descendants); a
+    pool's template (``template.py``) runs another, private to that pool.
+    """
+
+    def __init__(self, boot: Connection, *, shared: bool = True) -> None:
         self.boot = boot
+        self.shared = shared
         self.sel = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(b"\0polyproc-forkserver-" + os.urandom(12).hex().encode())
@@ -305,12 +322,18 @@ class _Server:
                 os.close(fd)
             self._close_all()
             die_with_parent(server_pid)
-            _CLIENT.address = self.listener.getsockname()
+            if self.shared:  # descendants reuse the forkserver, not a pool's template
+                _CLIENT.address = self.listener.getsockname()
             self.listener.close()
             from .._process import run_in_child
             from .._serialize import DEFAULT_SERIALIZER
 
-            process: BaseProcess = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            process: BaseProcess
+            env: dict[str, str] | None
+            process, env = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            if env is not None:
+                os.environ.clear()
+                os.environ.update(env)
             code = run_in_child(process)
         except BaseException:
             try:
@@ -385,4 +408,4 @@ class _Server:
 def serve(boot: Connection) -> int:
     """The forkserver's main (a spawn role): serve until the owner goes away."""
     set_comm("polyproc-fsrv")
-    return _Server(boot).run()
+    return Server(boot).run()
