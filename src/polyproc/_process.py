@@ -377,6 +377,8 @@ def run_in_child(process: BaseProcess) -> int:
 
     set_comm(process.name)
     _install_log_record_factory()
+    _log_event("child process calling self.run()")
+    code = 1
     try:
         try:
             process.run()
@@ -401,6 +403,7 @@ def run_in_child(process: BaseProcess) -> int:
         sys.stderr.write(f"Process {process.name}:\n")
         traceback.print_exc()
     finally:
+        _log_event("process exiting with exitcode %d", code)
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:
@@ -408,6 +411,18 @@ def run_in_child(process: BaseProcess) -> int:
             except (AttributeError, ValueError, OSError):
                 pass
     return code
+
+
+def _log_event(msg: str, *args: object) -> None:
+    """A child's life events (the stdlib's words) on the ``polyproc`` logger, as
+    ``log_to_stderr()`` shows them: only when that logger has handlers of its own (set
+    here, inherited by fork, or forwarding to the parent's), so a ``basicConfig`` at
+    INFO does not fill with them."""
+    import logging
+
+    logger = logging.getLogger("polyproc")
+    if logger.handlers and logger.isEnabledFor(logging.INFO):
+        logger.info(msg, *args)
 
 
 def _install_log_record_factory() -> None:
@@ -478,6 +493,7 @@ def log_to_stderr(level: int | None = None) -> Any:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(levelname)s/%(processName)s] %(message)s"))
     logger.addHandler(handler)
+    logger.propagate = False  # as the stdlib's: its lines are not printed again by root's handlers
     if level:
         logger.setLevel(level)
     return logger

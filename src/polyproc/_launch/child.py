@@ -19,7 +19,7 @@ import types
 from typing import Any
 
 __all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio", "spawn_main",
-           "check_not_bootstrapping", "BOOTSTRAP_ERROR"]
+           "check_not_bootstrapping", "BOOTSTRAP_ERROR", "log_spec", "install_log_forwarding"]
 
 #: The stdlib's words (multiprocessing/spawn.py), so searches for the message find the fix.
 BOOTSTRAP_ERROR = """
@@ -105,6 +105,26 @@ def open_stdio() -> list[int | None]:
         else:
             out.append(fd)
     return out
+
+
+def log_spec() -> dict[str, Any] | None:
+    """What a spawn/forkserver child needs to send its log records to our handlers.
+
+    None (and ``logging`` left unimported) when this process has not imported logging.
+    """
+    if "logging" not in sys.modules:
+        return None
+    from .logforward import spec
+
+    return spec()
+
+
+def install_log_forwarding(spec: dict[str, Any] | None) -> None:
+    """Child side of ``log_spec`` (after the main module ran: its own config wins)."""
+    if spec is not None:
+        from .logforward import install
+
+        install(spec)
 
 
 def preparation_data() -> dict[str, Any]:

@@ -36,11 +36,19 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._serialize import Payload
 from ..errors import StartError
-from .child import die_with_parent, open_stdio, preparation_data, set_comm
+from .child import (
+    BOOTSTRAP_ERROR,
+    die_with_parent,
+    install_log_forwarding,
+    log_spec,
+    open_stdio,
+    preparation_data,
+    set_comm,
+)
 from .handle import StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
@@ -64,6 +72,7 @@ class _Client:
         self.boot: Connection | None = None  # held only by the process that started the server
         self.pidfd: int | None = None
         self.preloaded: set[str] = set()  # polyproc modules the server was told to import
+        self.refused = False  # our server refused to start: the main module has no guard
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -83,6 +92,8 @@ class _Client:
 
         if self.conn is not None and not self.conn.closed:
             return self.conn
+        if self.refused:
+            raise RuntimeError(BOOTSTRAP_ERROR)
         if self.address is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -102,8 +113,21 @@ class _Client:
         boot, handle = spawn_interpreter("polyproc-forkserver")
         with launch_errors(handle):
             boot.send({"parent_pid": os.getpid(), "prep": preparation_data()})
-            boot.send(serve)
-            self.address = boot.recv()
+            try:
+                boot.send(serve)
+            except OSError:
+                pass  # it died on the first message: its reply, if any, says why
+            try:
+                reply = boot.recv()
+            except EOFError as exc:
+                raise OSError("the forkserver exited while starting") from exc
+        if isinstance(reply, tuple) and reply[:1] == ("polyproc-refused",):
+            # Our main module starts processes when imported (no main guard): say so
+            # once, here, and start no more servers that would do the same.
+            handle.wait(5.0)
+            self.refused = True
+            raise RuntimeError(BOOTSTRAP_ERROR)
+        self.address = reply
         self.boot = boot
         # The server is reaped by nobody but us; it exits when we do. Keep the handle
         # alive only so its pidfd is not reused while the server runs.
@@ -128,15 +152,15 @@ def start(process: BaseProcess, ctx: Context) -> StatusPipeHandle:
     # The environment travels with each request: a child sees the client's os.environ
     # as it is now, as a spawn child does (the server's is the one it booted with).
     return request(_CLIENT.lock, _CLIENT.connection, _CLIENT.my_pidfd, process, ctx,
-                   env=dict(os.environ), preload=True)
+                   env=dict(os.environ), preload=True, log=log_spec())
 
 
 def request(lock: threading.Lock, connect: Callable[[], Connection], pidfd: Callable[[], int],
             process: BaseProcess, ctx: Context, *, env: dict[str, str] | None,
-            preload: bool) -> StatusPipeHandle:
+            preload: bool, log: dict[str, Any] | None = None) -> StatusPipeHandle:
     """Ask a server (the forkserver, or a pool's template) for one child running ``process``."""
     payload = ctx.serializer.dumps(
-        (process, env), what=f"the Process {process.name!r} (its target, args and kwargs)"
+        (process, env, log), what=f"the Process {process.name!r} (its target, args and kwargs)"
     )
     r, w = os.pipe()
     try:
@@ -330,10 +354,11 @@ class Server:
 
             process: BaseProcess
             env: dict[str, str] | None
-            process, env = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            process, env, log = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
             if env is not None:
                 os.environ.clear()
                 os.environ.update(env)
+            install_log_forwarding(log)
             code = run_in_child(process)
         except BaseException:
             try:
