@@ -184,3 +184,24 @@ def start_sleeper_and_report(conn: Any, method: str) -> None:
 def serializer_threshold(conn: Any) -> None:
     conn.send(polyproc.current_process()._context().serializer.oob_threshold)
     conn.close()
+
+
+def log_info(name: str, message: str, *args: Any) -> None:
+    import logging
+
+    logging.getLogger(name).info(message, *args)
+
+
+def get_item(mapping: Any, key: Any) -> Any:
+    return mapping[key]
+
+
+def send_env(conn: Any, name: str) -> None:
+    import os
+
+    conn.send(os.environ.get(name))
+    conn.close()
+
+
+def square(x: int) -> int:
+    return x * x

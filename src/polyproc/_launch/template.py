@@ -83,6 +83,25 @@ def _os_thread_count() -> int:
         return threading.active_count()
 
 
+def _only_known_threads(known: int) -> bool:
+    """True if the kernel sees no thread beyond the ``known`` ones ``threading`` lists.
+
+    A thread that ``join()`` has just seen end may still be leaving the kernel for a
+    few microseconds: wait up to 20 ms for it. One that stays is a C library's (a BLAS
+    pool, a driver): not ours to park, so forking is not safe.
+    """
+    import time
+
+    deadline = time.monotonic() + 0.02
+    while True:
+        n = _os_thread_count()
+        if n <= known:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)  # polling the kernel's thread list, not synchronising ours
+
+
 @contextmanager
 def parked() -> Iterator[bool]:
     """Yield True, with polyproc's threads parked, if forking this process is safe now.
@@ -99,7 +118,7 @@ def parked() -> Iterator[bool]:
         return
     others = [t for t in threading.enumerate() if t is not me and t.is_alive()]
     if not others:
-        yield _os_thread_count() == 1
+        yield _only_known_threads(1)
         return
     locks = []
     for t in others:
@@ -115,7 +134,7 @@ def parked() -> Iterator[bool]:
                 return
             stack.callback(lock.release)
         alive = [t for t in threading.enumerate() if t is not me]
-        if any(t not in _PARKING.locks for t in alive) or _os_thread_count() != len(alive) + 1:
+        if any(t not in _PARKING.locks for t in alive) or not _only_known_threads(len(alive) + 1):
             yield False  # a thread started while we parked the others
             return
         with warnings.catch_warnings():
