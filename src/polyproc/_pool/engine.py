@@ -370,7 +370,7 @@ class Engine:
             proc = self.ctx.Process(target=worker_main, daemon=True,
                                     args=(theirs, self.initializer, self.initargs, self.serializer))
             proc.name = proc.name.replace("Process", self.prefix)
-            proc._polyproc_template = self.template  # type: ignore[attr-defined]
+            proc._polyproc_template = self.template  # read (and removed) by the launcher
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
