@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .._process import BaseProcess
     from .handle import ChildHandle, PidfdHandle
 
-__all__ = ["start", "Template", "for_pool", "parkable", "parked", "fork_here"]
+__all__ = ["start", "Template", "for_pool", "parkable", "parked", "fork_here", "fork_is_safe"]
 
 _PARK_TIMEOUT = 1.0  # seconds to wait for one of our threads to park; else: not safe
 
@@ -141,6 +141,12 @@ def parked() -> Iterator[bool]:
             warnings.filterwarnings("ignore", category=DeprecationWarning,
                                     message=".*fork.*")
             yield True
+
+
+def fork_is_safe() -> bool:
+    """Whether ``parked()`` would allow a fork now (for callers that must choose ahead)."""
+    with parked() as safe:
+        return safe
 
 
 def _flush_stdio() -> None:
