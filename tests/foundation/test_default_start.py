@@ -354,3 +354,23 @@ def test_auto_pool_replaces_a_crashed_worker_from_its_template() -> None:
         with pytest.raises(polyproc.WorkerLostError):
             p.apply(os._exit, (3,))
         assert p.apply(_targets.square, (5,)) == 25
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_does_not_keep_a_pools_template_alive() -> None:
+    ctx = polyproc.get_context("fork")
+    r, w = polyproc.Pipe(duplex=False)
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_targets.square, (3,)) == 9
+        child = ctx.Process(target=_targets.wait_for_eof, args=(r,))
+        child.start()  # forked while the pool (and its template) live
+    me = psutil.Process()
+    deadline = time.monotonic() + 10
+    while any(p.name() == "polyproc-tmpl" for p in me.children()):
+        assert time.monotonic() < deadline, "the template outlived its pool"
+        time.sleep(0.01)  # polling the OS for the template's exit
+    w.send("go")  # not close: the fork child holds a copy of this end
+    child.join(10)
+    w.close()
+    r.close()
+    assert child.exitcode == 0

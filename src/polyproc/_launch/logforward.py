@@ -82,7 +82,16 @@ class _Receiver:
                 _handle(data)
 
 
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        for sock in (self.sock, self.send_end):
+            if sock is not None:
+                sock.close()
+        self.sock = self.send_end = None
+
+
 _RECEIVER = _Receiver()
+os.register_at_fork(after_in_child=_RECEIVER.after_fork_in_child)
 
 
 def _handle(data: bytes) -> None:

@@ -185,6 +185,21 @@ class Template:
         self._pidfd: int | None = None
         self._closed = False
         self._owner = os.getpid()
+        _LIVE.add(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: drop our copies of this template's sockets, or the template
+        would outlive its pool for as long as the child lives (it ends on EOF)."""
+        self._lock = threading.Lock()
+        if not self._closed:
+            self._closed = True
+            for conn in (self._conn, self._boot):
+                if conn is not None:
+                    conn.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._handle.close()
 
     @classmethod
     def fork(cls) -> Template | None:
@@ -265,6 +280,17 @@ class Template:
             self._handle.send_signal(9)
             self._handle.wait(5.0)
         self._handle.close()
+
+
+_LIVE: weakref.WeakSet[Template] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for template in list(_LIVE):
+        template._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _serve(boot: Connection, parent: int) -> None:
