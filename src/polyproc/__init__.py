@@ -47,15 +47,15 @@ from ._process import parent_process as parent_process
 from .context import Context as Context
 from .context import get_context as get_context
 from .errors import AuthenticationError as AuthenticationError
-from .errors import BrokenProcessPool as BrokenProcessPool
 from .errors import BufferTooShort as BufferTooShort
 from .errors import PolyprocError as PolyprocError
 from .errors import ProcessError as ProcessError
 from .errors import TimeoutError as TimeoutError  # noqa: A004 - the stdlib name, also the builtin
-from .errors import WorkerLostError as WorkerLostError
 
 if TYPE_CHECKING:
     from ._shm.ndarray import shared_array as shared_array
+    from .errors import BrokenProcessPool as BrokenProcessPool
+    from .errors import WorkerLostError as WorkerLostError
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
@@ -71,7 +71,9 @@ __all__ = [
     "set_forkserver_preload", "set_start_method", "shared_array",
 ]
 
-_LAZY = {
+_LAZY = {  # each of these imports concurrent.futures (and logging): ~8 ms
+    "BrokenProcessPool": ("polyproc.errors", "BrokenProcessPool"),
+    "WorkerLostError": ("polyproc.errors", "WorkerLostError"),
     "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
     "shared_array": ("polyproc._shm.ndarray", "shared_array"),
     "reducer": ("polyproc.reduction", "_module"),  # the stdlib's multiprocessing.reducer
@@ -79,7 +81,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Load the executor and shared arrays on first use: ``import polyproc`` stays light."""
+    """Load the executor, shared arrays and pool errors on first use: ``import polyproc``
+    stays light."""
     try:
         module, attr = _LAZY[name]
     except KeyError:

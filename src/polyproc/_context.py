@@ -37,14 +37,14 @@ __all__ = [
 ]
 
 #: The start methods, in the order ``get_all_start_methods`` lists them (default first).
-START_METHODS: tuple[str, ...] = ("forkserver", "fork", "spawn")
+START_METHODS: tuple[str, ...] = ("auto", "fork", "spawn", "forkserver")
 
-#: Why forkserver: fork from a process that has threads (our pool engine thread,
-#: logging handlers, user threads) can deadlock the child, and 3.12+ warns on it;
-#: Python 3.14 moved its Linux default to forkserver for that reason. Our
-#: forkserver has already imported the user's main module, so a child costs a
-#: fork (about 1-2 ms), not a fresh interpreter.
-DEFAULT_START_METHOD = "forkserver"
+#: "auto": fork's semantics where fork is safe, the forkserver's safety where it is
+#: not. A child is forked from the caller (a pool's workers from a template forked
+#: from the caller at pool creation) only while no thread but polyproc's own,
+#: parked, is alive; otherwise it comes from the forkserver. Why, and the figures:
+#: docs/architecture.md, "The default start method"; the code: _launch/template.py.
+DEFAULT_START_METHOD = "auto"
 
 
 class Settings:

@@ -46,6 +46,7 @@ __all__ = [
     "ForkProcess",
     "SpawnProcess",
     "ForkServerProcess",
+    "AutoProcess",
     "ParentProcess",
     "current_process",
     "parent_process",
@@ -131,14 +132,13 @@ class BaseProcess:
         # Imported here, not at the top: the launchers' package brings the launcher
         # thread's queue, and ``import polyproc`` is on the path of every spawned child.
         from ._launch import LaunchSpec, launcher_for
-        from ._launch.child import check_not_bootstrapping
-
-        check_not_bootstrapping()
         ctx = self._context()
         self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()
+        # A pool worker carries its pool's template (``_launch/template.py``), set by the engine.
+        template = self.__dict__.pop("_polyproc_template", None)
         spec = LaunchSpec(_Entry(self), f"the Process {self.name!r} (its target, args and kwargs)",
-                          ctx)
+                          ctx, template)
         self._handle = launcher_for(ctx.start_method).start(spec)
         self._popen_pid = self._handle.pid
         # The child has its own copy; drop ours so big arguments are freed (as the stdlib does).
@@ -337,27 +337,33 @@ class SpawnProcess(Process):
 
 
 class ForkServerProcess(Process):
-    """A Process forked from the forkserver, a clean single-threaded process.
-
-    The default start method: fork's speed without forking a threaded parent.
-    """
+    """A Process forked from the forkserver, a clean single-threaded process."""
 
     __module__ = "polyproc.context"  # its public home: repr, pickle
 
     _start_method = "forkserver"
 
 
+class AutoProcess(Process):
+    """A Process started by ``auto``, the default: a fork where that is safe, else the forkserver."""
+
+    __module__ = "polyproc.context"  # its public home: repr, pickle
+
+    _start_method = "auto"
+
+
 #: Our own Process classes: their children are named "Process-N", a user's "<Subclass>-N".
 _OURS: frozenset[type[BaseProcess]] = frozenset({BaseProcess, Process, ForkProcess, SpawnProcess,
-                                                 ForkServerProcess})
+                                                 ForkServerProcess, AutoProcess})
 
 _BY_METHOD: dict[str, type[Process]] = {
-    "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
+    "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess,
+    "auto": AutoProcess}
 
 
 @functools.cache
 def process_class(settings: Settings) -> type[Process]:
-    """ForkProcess / SpawnProcess / ForkServerProcess for ``settings`` (``ctx.Process``).
+    """ForkProcess / SpawnProcess / ForkServerProcess / AutoProcess for ``settings`` (``ctx.Process``).
 
     Module-level classes, so they pickle; settings with a non-default serializer get
     a subclass carrying them.
@@ -438,6 +444,8 @@ def run_in_child(process: BaseProcess) -> int:
 
     child.set_comm(process.name)
     _install_log_record_factory()
+    _log_event("child process calling self.run()")
+    code = 1
     try:
         try:
             child.begin(process._config.get("start_method") or process._context().start_method)
@@ -464,6 +472,7 @@ def run_in_child(process: BaseProcess) -> int:
         sys.stderr.write(f"Process {process.name}:\n")
         traceback.print_exc()
     finally:
+        _log_event("process exiting with exitcode %d", code)
         child.finish()  # joins non-daemon threads: they may still put on queues
         queues = sys.modules.get("polyproc._queues")
         if queues is not None:
@@ -475,6 +484,20 @@ def run_in_child(process: BaseProcess) -> int:
             except (AttributeError, ValueError, OSError):
                 pass
     return code
+
+
+def _log_event(msg: str, *args: object) -> None:
+    """A child's life events (the stdlib's words) on the ``multiprocessing`` logger, as
+    ``log_to_stderr()`` shows them: only when that logger has handlers of its own (set
+    here, inherited by fork, or forwarding to the parent's), so a ``basicConfig`` at
+    INFO does not fill with them."""
+    import logging
+
+    from .util import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.handlers and logger.isEnabledFor(logging.INFO):
+        logger.info(msg, *args)
 
 
 def _install_log_record_factory() -> None:

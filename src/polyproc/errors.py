@@ -41,7 +41,11 @@ from __future__ import annotations
 import builtins
 import pickle
 import threading
-from concurrent.futures import BrokenExecutor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._pool_errors import BrokenProcessPool as BrokenProcessPool
+    from ._pool_errors import WorkerLostError as WorkerLostError
 
 __all__ = [
     "PolyprocError",
@@ -124,51 +128,6 @@ class ManagerUnavailableError(BrokenResourceError, ConnectionRefusedError):
     """
 
 
-class BrokenProcessPool(PolyprocError, BrokenExecutor):
-    """A pool can no longer run work (the stdlib name, kept for ``except``)."""
-
-
-class WorkerLostError(BrokenProcessPool):
-    """A worker died while it held this task.
-
-    Only the tasks that worker held fail; the pool replaces the worker and goes on.
-    Attributes say what was lost: ``function``, ``index``, ``argument`` (a short
-    repr), ``exitcode`` (negative: the signal), ``peak_rss`` in bytes or ``None``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        function: str | None = None,
-        index: int | None = None,
-        argument: str | None = None,
-        exitcode: int | None = None,
-        peak_rss: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.function = function
-        self.index = index
-        self.argument = argument
-        self.exitcode = exitcode
-        self.peak_rss = peak_rss
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (
-            _rebuild_worker_lost,
-            (self.args[0] if self.args else "", self.function, self.index, self.argument,
-             self.exitcode, self.peak_rss),
-        )
-
-
-def _rebuild_worker_lost(
-    message: str, function: str | None, index: int | None, argument: str | None,
-    exitcode: int | None, peak_rss: int | None,
-) -> WorkerLostError:
-    return WorkerLostError(message, function=function, index=index, argument=argument,
-                           exitcode=exitcode, peak_rss=peak_rss)
-
-
 class PoolClosedError(PolyprocError, ValueError):
     """Work was submitted to a pool after ``close()``/``shutdown()``."""
 
@@ -193,3 +152,19 @@ class RemoteTraceback(Exception):
 
 class BrokenBarrierError(PolyprocError, threading.BrokenBarrierError):
     """A process ``Barrier`` was reset or aborted while parties waited on it."""
+
+
+def __getattr__(name: str) -> Any:
+    """``BrokenProcessPool`` and ``WorkerLostError`` load on first use (PEP 562).
+
+    They subclass ``concurrent.futures.BrokenExecutor``, and importing
+    ``concurrent.futures`` (with the ``logging`` it imports) would double the cost of
+    ``import polyproc`` for programs, and spawned children, that use no pool.
+    """
+    if name in ("BrokenProcessPool", "WorkerLostError", "_rebuild_worker_lost"):
+        from . import _pool_errors
+
+        value = getattr(_pool_errors, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'polyproc.errors' has no attribute {name!r}")

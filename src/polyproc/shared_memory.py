@@ -7,8 +7,8 @@ names, kept because tests written for the stdlib patch them (a patched
 
 from __future__ import annotations
 
-from ._shm.shared_memory import _PREFIX
 from ._shm.shareable_list import ShareableList as ShareableList
+from ._shm.shared_memory import _PREFIX
 from ._shm.shared_memory import SharedMemory as SharedMemory
 from ._shm.shared_memory import _make_filename as _make_filename
 

@@ -196,3 +196,24 @@ def use_and_describe(conn: Any, lock: Any, queue: Any, classes: list[type]) -> N
                "me": f"{type(polyproc.current_process()).__module__}."
                      f"{type(polyproc.current_process()).__qualname__}"})
     conn.close()
+
+
+def log_info(name: str, message: str, *args: Any) -> None:
+    import logging
+
+    logging.getLogger(name).info(message, *args)
+
+
+def get_item(mapping: Any, key: Any) -> Any:
+    return mapping[key]
+
+
+def send_env(conn: Any, name: str) -> None:
+    import os
+
+    conn.send(os.environ.get(name))
+    conn.close()
+
+
+def square(x: int) -> int:
+    return x * x

@@ -35,14 +35,15 @@ def restore_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_all_start_methods() -> None:
     methods = polyproc.get_all_start_methods()
-    assert sorted(methods) == ["fork", "forkserver", "spawn"]
+    assert sorted(methods) == ["auto", "fork", "forkserver", "spawn"]
     assert methods[0] == polyproc.get_start_method()  # the default comes first, as in the stdlib
 
 
-def test_default_is_forkserver(restore_default: None) -> None:
-    assert polyproc.get_start_method() == "forkserver" == _context.DEFAULT_START_METHOD
+def test_default_is_auto(restore_default: None) -> None:
+    """Issue 11: fork's semantics where fork is safe, the forkserver where it is not."""
+    assert polyproc.get_start_method() == "auto" == _context.DEFAULT_START_METHOD
     assert polyproc.get_start_method(allow_none=True) is None  # nothing set yet
-    assert polyproc.get_context().start_method == "forkserver"
+    assert polyproc.get_context().start_method == "auto"
 
 
 def test_set_start_method(restore_default: None) -> None:
@@ -92,7 +93,7 @@ def test_get_context_changes_no_global_state(restore_default: None, method: str)
     assert r.recv() == "hi"
     p.join()
     assert polyproc.get_start_method(allow_none=True) is None
-    assert polyproc.get_start_method() == "forkserver"
+    assert polyproc.get_start_method() == "auto"
     polyproc.set_start_method("spawn")  # and the default can still be set without force
     assert polyproc.get_start_method() == "spawn"
 

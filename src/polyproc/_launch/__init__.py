@@ -12,6 +12,9 @@ serializer carries the entry to spawn and forkserver children). It never sees a
                    pickled entry (with fds) over a socketpair dup'ed to its fd 3
     forkserver.py  a long-lived spawned template that has imported __main__ forks a
                    child per request; the request carries the pickled entry and fds
+    template.py    "auto", the default: fork here when no other thread can hold a
+                   lock, else the forkserver; a pool forks a private template of the
+                   caller at creation, and its workers are forked from that
     child.py       the child's side: prepare, die with the parent, run
     handle.py      ChildHandle: pid, sentinel fd, exit status
 
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 if TYPE_CHECKING:
     from .._context import Settings
     from .handle import ChildHandle
+    from .template import Template
 
 __all__ = ["LaunchSpec", "Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
 
@@ -48,21 +52,28 @@ class LaunchSpec(NamedTuple):
     what: str
     #: The start method and serializer.
     settings: Settings
+    #: A pool worker's template (``template.py``): fork it from there when it is usable.
+    template: Template | None = None
 
 
 class Launcher(Protocol):
     def start(self, spec: LaunchSpec) -> ChildHandle: ...
 
 
-#: name -> module implementing ``start(process, ctx)``; imported on first use.
+#: name -> module implementing ``start(spec)``; imported on first use.
 LAUNCHERS: dict[str, str] = {
     "fork": "polyproc._launch.fork",
     "spawn": "polyproc._launch.spawn",
     "forkserver": "polyproc._launch.forkserver",
+    "auto": "polyproc._launch.template",
 }
 
 
 def launcher_for(method: str) -> Launcher:
+    """The launcher module for ``method``; RuntimeError while a child imports its main module."""
+    from .child import check_not_bootstrapping
+
+    check_not_bootstrapping()
     try:
         module = importlib.import_module(LAUNCHERS[method])
     except KeyError:
@@ -77,16 +88,22 @@ class _LauncherThread:
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = None
         self._owner_pid = 0
+        self._busy = threading.Lock()  # held while a launch runs: see template.parkable
 
     def run(self, fn: Callable[[], T]) -> T:
         import os
 
         with self._lock:
             if self._jobs is None or self._owner_pid != os.getpid():
+                from .template import parkable
+
                 self._jobs = queue.SimpleQueue()
                 self._owner_pid = os.getpid()
-                threading.Thread(target=self._loop, args=(self._jobs,), name="polyproc-launcher",
-                                 daemon=True).start()
+                self._busy = threading.Lock()
+                thread = threading.Thread(target=self._loop, args=(self._jobs, self._busy),
+                                          name="polyproc-launcher", daemon=True)
+                parkable(thread, self._busy)
+                thread.start()
             jobs = self._jobs
         reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
         jobs.put((fn, reply))
@@ -96,13 +113,15 @@ class _LauncherThread:
         raise value
 
     @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]]) -> None:
+    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]],
+              busy: threading.Lock) -> None:
         while True:
             fn, reply = jobs.get()
-            try:
-                reply.put((True, fn()))
-            except BaseException as exc:  # handed back to the caller's thread
-                reply.put((False, exc))
+            with busy:
+                try:
+                    reply.put((True, fn()))
+                except BaseException as exc:  # handed back to the caller's thread
+                    reply.put((False, exc))
 
 
 _LAUNCHER_THREAD = _LauncherThread()

@@ -19,7 +19,44 @@ import types
 from typing import Any
 
 __all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio",
-           "begin", "before_exit", "finish"]
+           "begin", "before_exit", "finish",
+           "check_not_bootstrapping", "BOOTSTRAP_ERROR", "log_spec", "install_log_forwarding"]
+
+#: The stdlib's words (multiprocessing/spawn.py), so searches for the message find the fix.
+BOOTSTRAP_ERROR = """
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        """
+
+
+class _Boot:
+    """Whether this process is importing its parent's main module right now (one flag)."""
+
+    importing_main = False
+
+
+def check_not_bootstrapping() -> None:
+    """Refuse to start a child while a spawned child imports its parent's main module.
+
+    A main module without ``if __name__ == "__main__":`` would otherwise start a pool
+    in every child, whose children start pools...: a process explosion.
+    """
+    if _Boot.importing_main:
+        raise RuntimeError(BOOTSTRAP_ERROR)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -71,6 +108,26 @@ def open_stdio() -> list[int | None]:
     return out
 
 
+def log_spec() -> dict[str, Any] | None:
+    """What a spawn/forkserver child needs to send its log records to our handlers.
+
+    None (and ``logging`` left unimported) when this process has not imported logging.
+    """
+    if "logging" not in sys.modules:
+        return None
+    from .logforward import spec
+
+    return spec()
+
+
+def install_log_forwarding(spec: dict[str, Any] | None) -> None:
+    """Child side of ``log_spec`` (after the main module ran: its own config wins)."""
+    if spec is not None:
+        from .logforward import install
+
+        install(spec)
+
+
 def preparation_data() -> dict[str, Any]:
     """What a fresh interpreter needs to resemble this one (parent side)."""
     main = sys.modules.get("__main__")
@@ -96,33 +153,14 @@ def prepare(data: dict[str, Any]) -> None:
     except OSError:
         pass
     sys.argv[:] = data["argv"]
-    if "main_module" in data:
-        _import_main(data["main_module"], None)
-    elif "main_path" in data:
-        _import_main(None, data["main_path"])
-
-
-class _Bootstrap:
-    """Whether this process is still importing its parent's main module (one flag)."""
-
-    importing_main = False
-
-
-_bootstrap = _Bootstrap()
-
-
-def check_not_bootstrapping() -> None:
-    """Refuse to start a process while the parent's main module is being imported.
-
-    A main module without ``if __name__ == '__main__':`` would otherwise start a
-    child from every child: a fork bomb. The stdlib raises the same RuntimeError.
-    """
-    if _bootstrap.importing_main:
-        raise RuntimeError(
-            "An attempt has been made to start a new process before the current process "
-            "has finished its bootstrapping phase: the main module started a process at "
-            "import time. Guard it with `if __name__ == '__main__':` (see the "
-            "multiprocessing docs, 'Safe importing of main module').")
+    _Boot.importing_main = True
+    try:
+        if "main_module" in data:
+            _import_main(data["main_module"], None)
+        elif "main_path" in data:
+            _import_main(None, data["main_path"])
+    finally:
+        _Boot.importing_main = False
 
 
 def _import_main(name: str | None, path: str | None) -> None:
@@ -154,11 +192,7 @@ def _import_main(name: str | None, path: str | None) -> None:
             module.__file__ = path
         # Executed in the module's own namespace, so functions defined there see
         # the module as their globals and pickle by reference as __main__.<name>.
-        _bootstrap.importing_main = True
-        try:
-            exec(code, module.__dict__)
-        finally:
-            _bootstrap.importing_main = False
+        exec(code, module.__dict__)
     except BaseException:
         sys.modules["__main__"] = current
         raise

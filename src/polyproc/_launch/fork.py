@@ -1,8 +1,9 @@
 """The fork start method: the child is a copy of the parent and calls the inherited entry.
 
 Fast (about a millisecond) and needs no pickling, but forking a process that
-has threads can deadlock the child on a lock some other thread held; that is
-why forkserver is the default.
+has threads can deadlock the child on a lock some other thread held: the
+default (``auto``, template.py) forks only where no other thread can hold one.
+A pool's workers come from its template when one could be made (template.py).
 """
 
 from __future__ import annotations
@@ -18,22 +19,43 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from . import LaunchSpec
+    from .handle import ChildHandle
 
 __all__ = ["start"]
 
 
-def start(spec: LaunchSpec) -> PidfdHandle:
+def start(spec: LaunchSpec) -> ChildHandle:
+    from ..errors import ProcessError
     from . import on_launcher_thread
 
+    template = spec.template
+    if template is not None and template.usable():
+        try:  # a pool worker: forked from the pool's single-threaded template
+            return template.start(spec)
+        except (OSError, ProcessError):  # it cannot be pickled, or the template is gone
+            pass
     return on_launcher_thread(lambda: _fork(spec.entry))
 
 
-def _fork(entry: Callable[[], int]) -> PidfdHandle:
-    import logging  # noqa: F401 - imported once here, not in every child
+def prepare_to_fork() -> None:
+    """Import here, once, what every fork child would otherwise import for itself."""
+    import logging  # noqa: F401
 
     from .child import _libc
 
     _libc()
+
+
+def _fork(entry: Callable[[], int]) -> PidfdHandle:
+    from .template import parked
+
+    prepare_to_fork()
+    with parked():  # our own threads parked (and no warning for them) where that is possible
+        return fork_child(entry)
+
+
+def fork_child(entry: Callable[[], int]) -> PidfdHandle:
+    """``os.fork()``; the child calls ``entry`` and exits. Call ``prepare_to_fork`` first."""
     parent_pid = os.getpid()
     for stream in (sys.stdout, sys.stderr):  # or the child prints the parent's buffer again
         try:

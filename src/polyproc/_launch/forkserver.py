@@ -35,11 +35,20 @@ import struct
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .._serialize import Payload
 from ..errors import StartError
-from .child import die_with_parent, open_stdio, preparation_data, set_comm
+from .child import (
+    BOOTSTRAP_ERROR,
+    die_with_parent,
+    install_log_forwarding,
+    log_spec,
+    open_stdio,
+    preparation_data,
+    set_comm,
+)
 from .handle import ChildHandle, StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
     from .._connection import Connection
     from . import LaunchSpec
 
-__all__ = ["start", "serve"]
+__all__ = ["start", "request", "serve", "Server"]
 
 _CONTROL_FDS = 5  # status_w, client pidfd, stdin, stdout, stderr: after the payload's own fds
 _PID = struct.Struct("<q")
@@ -65,6 +74,7 @@ class _Client:
         self.pidfd: int | None = None
         self.preloaded: set[str] = set()  # polyproc modules the server was told to import
         self.server: ChildHandle | None = None  # the server we started (we must reap it)
+        self.refused = False  # our server refused to start: the main module has no guard
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -91,6 +101,8 @@ class _Client:
         self.forget_dead_server(0)
         if self.conn is not None and not self.conn.closed:
             return self.conn
+        if self.refused:
+            raise RuntimeError(BOOTSTRAP_ERROR)
         if self.address is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(None)  # not socket.setdefaulttimeout()'s
@@ -111,8 +123,21 @@ class _Client:
         boot, handle = spawn_interpreter("polyproc-forkserver")
         with launch_errors(handle):
             boot.send({"parent_pid": os.getpid(), "prep": preparation_data()})
-            boot.send(Role(serve))
-            self.address = boot.recv()
+            try:
+                boot.send(Role(serve))
+            except OSError:
+                pass  # it died on the first message: its reply, if any, says why
+            try:
+                reply = boot.recv()
+            except EOFError as exc:
+                raise OSError("the forkserver exited while starting") from exc
+        if isinstance(reply, tuple) and reply[:1] == ("polyproc-refused",):
+            # Our main module starts processes when imported (no main guard): say so
+            # once, here, and start no more servers that would do the same.
+            handle.wait(5.0)
+            self.refused = True
+            raise RuntimeError(BOOTSTRAP_ERROR)
+        self.address = reply
         self.boot = boot
         # The server is reaped by nobody but us (forget_dead_server); it exits when we do.
         self.server = handle
@@ -156,24 +181,41 @@ def _stdio_fds() -> list[int]:
 
 
 def start(spec: LaunchSpec) -> StatusPipeHandle:
-    payload = spec.settings.serializer.dumps(spec.entry, what=spec.what)
+    # The environment travels with each request: a child sees the client's os.environ
+    # as it is now, as a spawn child does (the server's is the one it booted with).
+    return request(_CLIENT.lock, _CLIENT.connection, _CLIENT.my_pidfd, spec,
+                   env=dict(os.environ), preload=True, log=log_spec(),
+                   retry=_CLIENT.forget_dead_server)
+
+
+def request(lock: threading.Lock, connect: Callable[[], Connection], pidfd: Callable[[], int],
+            spec: LaunchSpec, *, env: dict[str, str] | None, preload: bool,
+            log: dict[str, Any] | None = None,
+            retry: Callable[[float], bool] | None = None) -> StatusPipeHandle:
+    """Ask a server (the forkserver, or a pool's template) for one child running ``spec``.
+
+    ``retry(timeout)`` is asked, once, after a failed send: True if the server was
+    found dead and forgotten, so that ``connect()`` starts a new one.
+    """
+    payload = spec.settings.serializer.dumps((spec.entry, env, log), what=spec.what)
     r, w = os.pipe()
     try:
-        with _CLIENT.lock:
+        with lock:
             stdio = _stdio_fds()
             try:
                 for attempt in (1, 2):
-                    conn = _CLIENT.connection()
-                    fds = [*payload.fds, w, _CLIENT.my_pidfd(), *stdio]
+                    conn = connect()
+                    fds = [*payload.fds, w, pidfd(), *stdio]
                     try:
-                        _send_preload(conn)
+                        if preload:
+                            _send_preload(conn)
                         conn.send_payload(Payload(payload.body, payload.buffers, fds))
                         reply = conn.recv_bytes()
                         break
                     except (OSError, EOFError) as exc:
                         conn.close()
                         # our server was killed: reap it and try once with a new one
-                        if attempt == 1 and _CLIENT.forget_dead_server(2.0):
+                        if attempt == 1 and retry is not None and retry(2.0):
                             continue
                         raise StartError(f"the forkserver is gone: {exc}") from exc
             finally:
@@ -205,11 +247,16 @@ def _send_preload(conn: Connection) -> None:
 # -- the server ------------------------------------------------------------------
 
 
-class _Server:
-    """The forkserver's state: its sockets, its clients, and which client owns which child."""
+class Server:
+    """A fork server's state: its sockets, its clients, and which client owns which child.
 
-    def __init__(self, boot: Connection) -> None:
+    The forkserver runs one (``shared``: its address is inherited by descendants); a
+    pool's template (``template.py``) runs another, private to that pool.
+    """
+
+    def __init__(self, boot: Connection, *, shared: bool = True) -> None:
         self.boot = boot
+        self.shared = shared
         self.sel = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.settimeout(None)  # not socket.setdefaulttimeout()'s
@@ -342,11 +389,18 @@ class _Server:
                 os.close(fd)
             self._close_all()
             die_with_parent(server_pid)
-            _CLIENT.address = self.listener.getsockname()
+            if self.shared:  # descendants reuse the forkserver, not a pool's template
+                _CLIENT.address = self.listener.getsockname()
             self.listener.close()
             from .._serialize import DEFAULT_SERIALIZER
 
-            entry: Callable[[], int] = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            entry: Callable[[], int]
+            env: dict[str, str] | None
+            entry, env, log = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+            if env is not None:
+                os.environ.clear()
+                os.environ.update(env)
+            install_log_forwarding(log)
             code = entry()
         except BaseException:
             try:
@@ -421,4 +475,4 @@ class _Server:
 def serve(boot: Connection) -> int:
     """The forkserver's main (a spawn role): serve until the owner goes away."""
     set_comm("polyproc-fsrv")
-    return _Server(boot).run()
+    return Server(boot).run()

@@ -60,8 +60,12 @@ class ChildHandle:
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self.returncode is None and wait_fd(self.sentinel, timeout):
-            return self.poll_blocking()
-        return self.poll()
+            code = self.poll_blocking()
+        else:
+            code = self.poll()
+        if code is not None:
+            _drain_logs()
+        return code
 
     def poll_blocking(self) -> int | None:
         return self.poll()
@@ -149,6 +153,16 @@ class StatusPipeHandle(ChildHandle):
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _drain_logs() -> None:
+    """A child that has exited has sent every log record it will: handle them now, so they
+    are in the parent's handlers when ``join()`` returns (``logforward``)."""
+    import sys
+
+    forward = sys.modules.get("polyproc._launch.logforward")
+    if forward is not None:
+        forward.drain()
 
 
 @contextmanager

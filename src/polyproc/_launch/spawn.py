@@ -25,7 +25,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .child import die_with_parent, open_stdio, preparation_data, prepare, set_comm
+from .child import (
+    BOOTSTRAP_ERROR,
+    die_with_parent,
+    install_log_forwarding,
+    log_spec,
+    open_stdio,
+    preparation_data,
+    prepare,
+    set_comm,
+)
 from .handle import PidfdHandle, launch_errors
 
 if TYPE_CHECKING:
@@ -51,7 +60,8 @@ def start(spec: LaunchSpec) -> PidfdHandle:
     payload = spec.settings.serializer.dumps(spec.entry, what=spec.what)
     conn, handle = _SPARES.take()
     with launch_errors(handle), conn:
-        head = {"parent_pid": os.getpid(), "prep": preparation_data(), "env": dict(os.environ)}
+        head = {"parent_pid": os.getpid(), "prep": preparation_data(), "env": dict(os.environ),
+                "log": log_spec()}
         conn.send(_with_stdio(head))
         conn.send_payload(payload)
     return handle
@@ -195,13 +205,19 @@ def child_main(fd: int) -> None:
             os.environ.clear()
             os.environ.update(head["env"])
         prepare(head["prep"])
+        install_log_forwarding(head.get("log"))
         obj: Any = conn.recv()
     except EOFError:  # the parent gave up on us (it died, or the launch failed)
         os._exit(70)
-    except BaseException:
+    except BaseException as exc:
         sys.stderr.write("polyproc: a spawned child could not be prepared:\n")
         traceback.print_exc()
         sys.stderr.flush()
+        if isinstance(exc, RuntimeError) and exc.args == (BOOTSTRAP_ERROR,):
+            try:  # a forkserver being started waits for this: it raises it, once
+                conn.send(("polyproc-refused", BOOTSTRAP_ERROR))
+            except OSError:
+                pass
         os._exit(1)
     if isinstance(obj, Role):
         code = obj.main(conn)

@@ -142,6 +142,10 @@ class BaseManager:
             raise TypeError("initializer must be a callable")
         self._move("start")
         ctx = self._context()
+        if ctx.start_method == "auto":  # decide here: a forked server must close our ends
+            from .._launch.template import fork_is_safe
+
+            ctx = get_context("fork" if fork_is_safe() else "forkserver")
         if (ctx.start_method == "forkserver" and threading.active_count() == 1
                 and threading.current_thread() is threading.main_thread()):
             # The forkserver exists because forking a process that has threads can

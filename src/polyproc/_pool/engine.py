@@ -48,6 +48,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .._connection import Pipe  # here, not at the first start: pool start is timed
+from .._launch.template import for_pool, parkable
 from .._serialize import fd_handle
 from .._transport import wrap_fd
 from ..errors import BrokenProcessPool, PoolClosedError
@@ -76,7 +77,7 @@ _dumps = pickle.dumps
 __all__ = ["Engine", "WORKER_PREFIX"]
 
 WORKER_PREFIX = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
-                 "forkserver": "ForkServerPoolWorker"}
+                 "forkserver": "ForkServerPoolWorker", "auto": "ForkPoolWorker"}
 _SMALL = 1 << 14     # a single task's message smaller than this skips the serializer
 _RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS on death)
 
@@ -90,6 +91,9 @@ class Engine:
                  window: int = 3, target_batch_s: float = 0.004) -> None:
         self.ctx = ctx
         self.threads = threads
+        # First, while the caller may still be single-threaded: a copy of it to fork
+        # workers from (fork semantics without forking a threaded process; template.py).
+        self.template = None if threads else for_pool(ctx)
         self.serializer = ctx.serializer if ctx is not None else None
         from .._serialize import Serializer
 
@@ -127,6 +131,7 @@ class Engine:
         self._atexit_registered = False
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine",
                                        daemon=True)
+        parkable(self.thread, self._lock)  # it runs Python code only holding _lock
         self.thread.start()  # last: the thread reads everything above
 
     # -- user-thread side ----------------------------------------------------------------
@@ -369,6 +374,7 @@ class Engine:
                                            args=(theirs, self.initializer, self.initargs,
                                                  self.serializer))
             proc.name = proc.name.replace("Process", self.prefix)
+            proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
@@ -597,6 +603,8 @@ class Engine:
     def _shutdown(self) -> None:
         with self._lock:   # a leading caller may be reading a channel
             self._close_all()
+        if self.template is not None:
+            self.template.close()
         self.finished.set()
         # Late posts from user threads find the write end closed, not another file.
         os.close(self._wake_w)

@@ -15,7 +15,6 @@ the caller's thread (so an unpicklable argument fails at submit, not later).
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import itertools
 import pickle
@@ -78,6 +77,8 @@ class ApplyResult(Generic[T]):
             raise TimeoutError(f"no result within {timeout} s") from None
 
     def __await__(self) -> Generator[Any, None, T]:
+        import asyncio  # here: importing asyncio costs a short script more than its pool
+
         return asyncio.wrap_future(self._future).__await__()
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ProtocolError
 
@@ -49,8 +49,9 @@ class Kind(enum.IntEnum):
     RAW_BYTEARRAY = 4  #: ``send(bytearray(...))``: likewise, rebuilt as a bytearray
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """One decoded frame header (a NamedTuple: no ``dataclasses`` import on the pool path)."""
+
     kind: Kind
     nfds: int
     nbuffers: int

@@ -1,0 +1,341 @@
+"""The default start method ("auto"): fork's semantics where fork is safe, forkserver's where not.
+
+A child must see the parent as it is when the pool or process is made (logging
+configured in the main guard, globals set after import, a main module with no
+guard), and must never be forked from a process whose other threads may hold a
+lock. Both hold if we fork only while the caller is the sole thread, apart from
+polyproc's own threads *parked* where they hold no lock::
+
+    Process.start() (auto)                     Pool / Executor created (auto or fork)
+    ──────────────────────                     ───────────────────────────────────────
+    caller single-threaded?                    caller single-threaded?
+      yes: park ours, os.fork() here             yes: park ours, fork a TEMPLATE now
+      no:  the forkserver (fresh interpreter)    no:  no template (auto: forkserver)
+
+    pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
+    (workers, and replacements after a crash)       the caller at creation) ── fork ──► worker
+
+The template is a copy of the caller taken before the pool's engine thread exists,
+so it has one thread; it runs the forkserver's request loop (``forkserver.Server``)
+privately for its pool, and exits when the pool closes it or the caller dies.
+Workers forked from it cost a fork of a small process (no interpreter boot, no
+import of ``__main__``), cannot inherit an fd another thread of the caller opens
+later (a ``subprocess`` exec-status pipe: issue 11, case 4), and never make
+Python 3.12+ warn about forking with threads.
+
+*Parked* means: a polyproc thread that registered the one lock it holds whenever
+it runs Python code (the pool engine holds its lock except while in ``select``;
+the launcher thread holds its lock while it launches). Holding all those locks,
+we know each such thread is blocked in ``select``/``get`` or on that lock, holding
+nothing a child could inherit locked. Any other thread (a user's, a ThreadPool
+worker, a queue feeder) makes fork unsafe, and the forkserver is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
+
+from .child import die_with_parent, set_comm
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._connection import Connection
+    from .._context import Settings
+    from . import LaunchSpec
+    from .handle import ChildHandle, PidfdHandle
+
+__all__ = ["start", "Template", "for_pool", "parkable", "parked", "fork_here", "fork_is_safe"]
+
+_PARK_TIMEOUT = 1.0  # seconds to wait for one of our threads to park; else: not safe
+
+
+class _Parking:
+    """polyproc's own threads that can be parked: thread -> the lock it runs under."""
+
+    def __init__(self) -> None:
+        self.locks: weakref.WeakKeyDictionary[threading.Thread, threading.Lock] = (
+            weakref.WeakKeyDictionary())
+
+
+_PARKING = _Parking()
+
+
+def parkable(thread: threading.Thread, lock: threading.Lock) -> None:
+    """Declare that ``thread`` runs Python code only while holding ``lock``.
+
+    Then ``parked()`` may fork while ``thread`` is alive: holding ``lock``, it knows
+    the thread is blocked where it holds nothing.
+    """
+    _PARKING.locks[thread] = lock
+
+
+def _os_thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover - not Linux
+        return threading.active_count()
+
+
+def _only_known_threads(known: int) -> bool:
+    """True if the kernel sees no thread beyond the ``known`` ones ``threading`` lists.
+
+    A thread that ``join()`` has just seen end may still be leaving the kernel for a
+    few microseconds: wait up to 20 ms for it. One that stays is a C library's (a BLAS
+    pool, a driver): not ours to park, so forking is not safe.
+    """
+    import time
+
+    deadline = time.monotonic() + 0.02
+    while True:
+        n = _os_thread_count()
+        if n <= known:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)  # polling the kernel's thread list, not synchronising ours
+
+
+@contextmanager
+def parked() -> Iterator[bool]:
+    """Yield True, with polyproc's threads parked, if forking this process is safe now.
+
+    Safe: we are the main thread, and every other thread is one of ours that has
+    parked. A thread the ``threading`` module does not know of (a C extension's)
+    counts as unsafe. While True is yielded, Python's "fork with threads"
+    DeprecationWarning is silenced: it is about threads like ours in exactly the
+    state we checked they are not in.
+    """
+    me = threading.current_thread()
+    if me is not threading.main_thread():
+        yield False
+        return
+    others = [t for t in threading.enumerate() if t is not me and t.is_alive()]
+    if not others:
+        yield _only_known_threads(1)
+        return
+    locks = []
+    for t in others:
+        lock = _PARKING.locks.get(t)
+        if lock is None:
+            yield False
+            return
+        locks.append(lock)
+    with ExitStack() as stack:
+        for lock in locks:
+            if not lock.acquire(timeout=_PARK_TIMEOUT):
+                yield False
+                return
+            stack.callback(lock.release)
+        alive = [t for t in threading.enumerate() if t is not me]
+        if any(t not in _PARKING.locks for t in alive) or not _only_known_threads(len(alive) + 1):
+            yield False  # a thread started while we parked the others
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    message=".*fork.*")
+            yield True
+
+
+def fork_is_safe() -> bool:
+    """Whether ``parked()`` would allow a fork now (for callers that must choose ahead)."""
+    with parked() as safe:
+        return safe
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):  # or the child prints the parent's buffer again
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def fork_here(entry: Callable[[], int]) -> PidfdHandle | None:
+    """Fork a child running ``entry`` from this thread if that is safe now; None if not."""
+    from .fork import fork_child, prepare_to_fork
+
+    prepare_to_fork()
+    with parked() as safe:
+        if not safe:
+            return None
+        return fork_child(entry)
+
+
+class Template:
+    """A single-threaded copy of the caller, forked at pool creation, that forks workers.
+
+    The engine thread asks it for each worker (``start``); ``close`` ends it (its
+    workers, if any are left, die with it by PDEATHSIG).
+    """
+
+    def __init__(self, boot: Connection, handle: PidfdHandle) -> None:
+        self._boot = boot
+        self._handle = handle
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._address: bytes | None = None
+        self._pidfd: int | None = None
+        self._closed = False
+        self._owner = os.getpid()
+        _LIVE.add(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: drop our copies of this template's sockets, or the template
+        would outlive its pool for as long as the child lives (it ends on EOF)."""
+        self._lock = threading.Lock()
+        if not self._closed:
+            self._closed = True
+            for conn in (self._conn, self._boot):
+                if conn is not None:
+                    conn.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._handle.close()
+
+    @classmethod
+    def fork(cls) -> Template | None:
+        """Fork a template from this thread now, or None if that is not safe."""
+        from .._connection import Connection
+        from .._transport import UnixStream
+        from . import forkserver  # noqa: F401 - imported once, here, not in the template
+        from .fork import prepare_to_fork
+        from .handle import PidfdHandle
+
+        prepare_to_fork()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with parked() as safe:
+            if not safe:
+                ours.close()
+                theirs.close()
+                return None
+            _flush_stdio()
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ours.close()
+                    _serve(Connection(UnixStream(theirs.detach())), parent)
+                    code = 0
+                finally:
+                    os._exit(code)  # never the caller's atexit handlers: we are its copy
+        theirs.close()
+        return cls(Connection(UnixStream(ours.detach())), PidfdHandle(pid, os.pidfd_open(pid)))
+
+    def _connect(self) -> Connection:
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if self._closed:
+            raise OSError("the pool's template was closed")
+        if self._address is None:
+            self._address = self._boot.recv()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self._address)
+        except OSError:
+            sock.close()
+            raise
+        self._conn = Connection(UnixStream(sock.detach()))
+        return self._conn
+
+    def _my_pidfd(self) -> int:
+        if self._pidfd is None:
+            self._pidfd = os.pidfd_open(os.getpid())
+        return self._pidfd
+
+    def usable(self) -> bool:
+        return not self._closed and self._owner == os.getpid() and self._handle.poll() is None
+
+    def start(self, spec: LaunchSpec) -> ChildHandle:
+        from .forkserver import request
+
+        return request(self._lock, self._connect, self._my_pidfd, spec, env=None,
+                       preload=False)
+
+    def close(self) -> None:
+        """End the template and reap it (its request loop ends on EOF of the boot socket)."""
+        with self._lock:
+            if self._closed or self._owner != os.getpid():
+                return
+            self._closed = True
+            for conn in (self._conn, self._boot):
+                if conn is not None:
+                    conn.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        if self._handle.wait(5.0) is None:
+            self._handle.send_signal(9)
+            self._handle.wait(5.0)
+        self._handle.close()
+
+
+_LIVE: weakref.WeakSet[Template] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for template in list(_LIVE):
+        template._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serve(boot: Connection, parent: int) -> None:
+    """The template's main: a private fork server for one pool."""
+    import signal
+
+    from .forkserver import Server
+
+    die_with_parent(parent)
+    set_comm("polyproc-tmpl")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    Server(boot, shared=False).run()
+
+
+def for_pool(ctx: Settings) -> Template | None:
+    """A template for a new pool's workers, forked now, or None (then workers start as usual).
+
+    Called by the pool engine in the caller's thread, before the engine's own thread
+    exists. Only the fork-like methods use one: ``auto`` always, ``fork`` too (its
+    workers then see the caller as at pool creation, as the stdlib's initial workers
+    do, and no fd opened later by another thread leaks into them).
+    """
+    from .child import check_not_bootstrapping
+
+    check_not_bootstrapping()
+    if ctx.start_method not in ("auto", "fork"):
+        return None
+    return Template.fork()
+
+
+def start(spec: LaunchSpec) -> ChildHandle:
+    """The ``auto`` launcher: a pool's template, else a fork here if safe, else the forkserver."""
+    from ..errors import ProcessError
+
+    template = spec.template
+    if template is not None and template.usable():
+        try:
+            return template.start(spec)
+        except (OSError, ProcessError):  # the template is gone, or cannot take this one
+            pass
+    handle = fork_here(spec.entry)
+    if handle is not None:
+        return handle
+    from . import forkserver
+
+    return forkserver.start(spec)

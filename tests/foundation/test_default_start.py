@@ -1,0 +1,379 @@
+"""The default start method, "auto" (issue 11): fork's semantics where safe, forkserver's safety.
+
+Each of the issue's seven cases is a test here. Whole programs run as scripts in
+their own interpreter, under a hard timeout, so a hang or a process explosion
+fails one test and nothing else; their process trees are killed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import polyproc
+
+from . import _targets
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python")
+
+
+def _env(method: str | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [SRC, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
+    env.pop("POLYPROC_START_METHOD", None)
+    if method is not None:
+        env["POLYPROC_START_METHOD"] = method
+    return env
+
+
+def _kill_tree(proc: psutil.Process) -> None:
+    try:
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in family:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(family, timeout=5)
+
+
+def run_script(tmp_path: Path, source: str, method: str | None = None, *, timeout: float = 60,
+               python: str = sys.executable, args: tuple[str, ...] = ()
+               ) -> tuple[int, str, str, int]:
+    """Run ``source`` as a script; (returncode, stdout, stderr, most processes seen at once)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        popen = subprocess.Popen([python, *args, str(script)], stdout=o, stderr=e,
+                                 stdin=subprocess.DEVNULL, env=_env(method), cwd=tmp_path)
+    ps = psutil.Process(popen.pid)
+    most = 1
+    deadline = time.monotonic() + timeout
+    try:
+        while popen.poll() is None:
+            try:
+                most = max(most, 1 + len(ps.children(recursive=True)))
+            except psutil.Error:
+                pass
+            if time.monotonic() > deadline or most > 40:
+                break
+            try:
+                popen.wait(0.02)  # sampling the process count while it runs
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        _kill_tree(ps)
+        popen.wait()
+    if time.monotonic() > deadline:
+        pytest.fail(f"the script did not finish within {timeout} s: {err.read_text()[-2000:]}")
+    return popen.returncode, out.read_text(), err.read_text(), most
+
+
+GUARDLESS = """
+    import polyproc as mp
+    def f(x): return x * 2
+    with mp.Pool(2) as p: print(p.map(f, range(4)))
+"""
+
+
+# -- 1. a main module without a guard ----------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_guardless_script_runs_under_the_default(tmp_path: Path) -> None:
+    rc, out, err, most = run_script(tmp_path, GUARDLESS)
+    assert rc == 0, err
+    assert out.strip() == "[0, 2, 4, 6]"
+    assert most <= 5, most  # the script, a template, two workers
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_guardless_script_is_refused_under_spawn_and_forkserver(tmp_path: Path, method: str) -> None:
+    rc, out, err, most = run_script(tmp_path, GUARDLESS, method)
+    assert rc != 0
+    assert "[0, 2, 4, 6]" not in out
+    assert "bootstrapping phase" in err and "if __name__ == '__main__':" in err, err
+    assert most <= 8, most  # never an explosion
+    # forkserver: the one server that imported the script says so, and no other starts
+    assert err.count("bootstrapping phase") <= (1 if method == "forkserver" else 3), err
+
+
+# -- 2. worker logging -----------------------------------------------------------------------
+LOGGING = """
+    import logging, sys
+    import polyproc as mp
+
+    def work(x):
+        logging.getLogger("app").info("working on %s", x)
+        return x
+
+    def child():
+        logging.warning("warning from %s", mp.current_process().name)
+
+    if __name__ == "__main__":
+        logging.basicConfig(level=logging.INFO, format="%(processName)s: %(message)s")
+        if sys.argv[1:] == ["stderr"]:
+            mp.log_to_stderr(logging.INFO)
+        with mp.Pool(2) as p:
+            print(p.map(work, range(4)))
+        q = mp.Process(target=child, name="the-child")
+        q.start()
+        q.join()
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", [None, "spawn", "forkserver"])
+def test_worker_logging_reaches_the_parents_handlers(tmp_path: Path, method: str | None) -> None:
+    rc, out, err, _ = run_script(tmp_path, LOGGING, method)
+    assert rc == 0, err
+    prefix = {None: "ForkPoolWorker-", "spawn": "SpawnPoolWorker-",
+              "forkserver": "ForkServerPoolWorker-"}[method]
+    lines = err.splitlines()
+    for x in range(4):
+        mine = [ln for ln in lines if ln.endswith(f": working on {x}")]
+        assert len(mine) == 1, err  # formatted once: no duplicates
+        assert mine[0].startswith(prefix), err
+    assert lines.count("the-child: warning from the-child") == 1, err
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", [None, "spawn", "forkserver"])
+def test_log_to_stderr_shows_child_events(tmp_path: Path, method: str | None) -> None:
+    (tmp_path / "x").mkdir()
+    rc, out, err, _ = run_script(tmp_path / "x", LOGGING.replace("sys.argv[1:] == [\"stderr\"]",
+                                                              "True"), method)
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert lines.count("[INFO/the-child] child process calling self.run()") == 1, err
+    assert lines.count("[INFO/the-child] process exiting with exitcode 0") == 1, err
+    assert "the-child: child process calling self.run()" not in lines, err  # not twice
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_any_parent_handler_gets_child_records(method: str) -> None:
+    """Beyond the stdlib: a handler object of the parent's sees a spawn child's record."""
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("polyproc.tests.forwarded")
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        p = polyproc.get_context(method).Process(target=_targets.log_info,
+                                                 args=("polyproc.tests.forwarded", "hello %s", 7))
+        p.start()
+        p.join(10)
+        assert p.exitcode == 0
+    finally:
+        logger.removeHandler(handler)
+    mine = [r for r in seen if r.getMessage() == "hello 7"]
+    assert len(mine) == 1
+    assert mine[0].processName == p.name
+
+
+# -- 3. fast: the import path ----------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_import_polyproc_is_light() -> None:
+    heavy = ("dataclasses", "inspect", "concurrent.futures", "ctypes", "logging", "asyncio")
+    code = f"import sys, polyproc; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_env(None), timeout=20, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- 4. fds another thread opens do not leak into workers --------------------------------------
+SUBPROCESS_LOOP = """
+    import subprocess, sys
+    import polyproc as mp
+    from polyproc.futures import ProcessPoolExecutor
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        ctx = mp.get_context(sys.argv[1] if len(sys.argv) > 1 else None)
+        for _ in range(50):
+            with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                subprocess.run(["echo", "x"], capture_output=True, timeout=5)
+                assert ex.submit(square, 3).result(timeout=30) == 9
+        print("ok")
+"""
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("method", ["auto", "fork"])
+def test_subprocess_right_after_an_executor_never_hangs(tmp_path: Path, method: str) -> None:
+    rc, out, err, _ = run_script(tmp_path, SUBPROCESS_LOOP.replace(
+        "sys.argv[1] if len(sys.argv) > 1 else None", repr(method)), timeout=140)
+    assert rc == 0, err
+    assert out.strip() == "ok"
+
+
+# -- 5. a Manager made after the executor ------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["auto", "fork"])
+def test_manager_proxy_argument_after_the_executor(method: str) -> None:
+    ctx = polyproc.get_context(method)
+    from polyproc.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        with ctx.Manager() as m:
+            d = m.dict(a=41)
+            assert ex.submit(_targets.get_item, d, "a").result(timeout=30) == 41
+
+
+# -- 6. no fork-with-threads warning because of our threads (3.12+) ---------------------------
+WARNINGS = """
+    import polyproc as mp
+    from polyproc.futures import ProcessPoolExecutor
+
+    def square(x):
+        return x * x
+
+    def nothing():
+        pass
+
+    if __name__ == "__main__":
+        for method in ("fork", "auto"):
+            ctx = mp.get_context(method)
+            with ctx.Pool(2, maxtasksperchild=1) as p:   # replacements, forked later
+                assert p.map(square, range(6)) == [x * x for x in range(6)]
+                q = ctx.Process(target=nothing)          # while the pool's threads live
+                q.start()
+                q.join()
+                assert q.exitcode == 0
+            with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                assert ex.submit(square, 4).result() == 16
+            with ctx.Manager() as m:
+                assert m.list([1])[0] == 1
+        print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("python", [
+    sys.executable,
+    pytest.param(str(PY313), marks=pytest.mark.skipif(not PY313.exists(), reason="no 3.13")),
+])
+def test_no_fork_with_threads_warning_from_our_threads(tmp_path: Path, python: str) -> None:
+    if python != sys.executable:
+        probe = subprocess.run([python, "-c", "import cloudpickle"], capture_output=True)
+        if probe.returncode:
+            pytest.skip("3.13 lacks cloudpickle")
+    rc, out, err, _ = run_script(tmp_path, WARNINGS, None, timeout=110, python=python,
+                                 args=("-W", "error::DeprecationWarning"))
+    assert rc == 0, err
+    assert "DeprecationWarning" not in err, err
+    assert out.strip() == "ok"
+
+
+# -- 7. forkserver children see the client's current environment -----------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["forkserver", "auto", "spawn"])
+def test_children_see_the_current_environment(method: str, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    ctx = polyproc.get_context(method)
+    warm = ctx.Process(target=_targets.noop)  # the server exists before the change
+    warm.start()
+    warm.join(10)
+    monkeypatch.setenv("POLYPROC_TEST_ENV", f"now-{method}")
+    r, w = polyproc.Pipe(duplex=False)
+    p = ctx.Process(target=_targets.send_env, args=(w, "POLYPROC_TEST_ENV"))
+    p.start()
+    w.close()
+    assert r.recv() == f"now-{method}"
+    p.join(10)
+    r.close()
+
+
+# -- the default's choice ----------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_auto_sees_state_set_after_import(tmp_path: Path) -> None:
+    """Fork semantics: globals set in the main guard reach the workers (not the forkserver)."""
+    rc, out, err, _ = run_script(tmp_path, """
+        import polyproc as mp
+        SETTING = "import time"
+
+        def read(_):
+            return SETTING, mp.current_process().name.split("-")[0]
+
+        if __name__ == "__main__":
+            SETTING = "set in main"
+            with mp.Pool(2) as p:
+                print(p.map(read, range(2)))
+    """)
+    assert rc == 0, err
+    assert out.strip() == "[('set in main', 'ForkPoolWorker'), ('set in main', 'ForkPoolWorker')]"
+
+
+@pytest.mark.timeout(30)
+def test_auto_uses_the_forkserver_when_a_user_thread_runs() -> None:
+    import threading
+
+    from polyproc._launch.template import parked
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with parked() as safe:
+            assert not safe
+        r, w = polyproc.Pipe(duplex=False)
+        p = polyproc.get_context("auto").Process(target=_targets.send_value, args=(w, "hi"))
+        p.start()
+        w.close()
+        assert r.recv() == "hi"
+        p.join(10)
+        assert type(p._handle).__name__ == "StatusPipeHandle"  # a forkserver child
+        r.close()
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.timeout(60)
+def test_auto_pool_replaces_a_crashed_worker_from_its_template() -> None:
+    with polyproc.get_context("auto").Pool(1) as p:
+        with pytest.raises(polyproc.WorkerLostError):
+            p.apply(os._exit, (3,))
+        assert p.apply(_targets.square, (5,)) == 25
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_does_not_keep_a_pools_template_alive() -> None:
+    ctx = polyproc.get_context("fork")
+    r, w = polyproc.Pipe(duplex=False)
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_targets.square, (3,)) == 9
+        child = ctx.Process(target=_targets.wait_for_eof, args=(r,))
+        child.start()  # forked while the pool (and its template) live
+        t0 = time.monotonic()
+    # the template ends on EOF at once (not after the pool's 5 s grace and a SIGKILL)
+    assert time.monotonic() - t0 < 3.0
+    me = psutil.Process()
+    deadline = time.monotonic() + 3
+    while any(p.name() == "polyproc-tmpl" for p in me.children()):
+        assert time.monotonic() < deadline, "the template outlived its pool"
+        time.sleep(0.01)  # polling the OS for the template's exit
+    w.send("go")  # not close: the fork child holds a copy of this end
+    child.join(10)
+    w.close()
+    r.close()
+    assert child.exitcode == 0
