@@ -27,10 +27,10 @@ not take the child with it.
 from __future__ import annotations
 
 import importlib
-import queue
-import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
+
+from .thread import on_launcher_thread as on_launcher_thread
 
 if TYPE_CHECKING:
     from .._context import Settings
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from .template import Template
 
 __all__ = ["LaunchSpec", "Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
-
-T = TypeVar("T")
 
 
 class LaunchSpec(NamedTuple):
@@ -79,56 +77,3 @@ def launcher_for(method: str) -> Launcher:
     except KeyError:
         raise ValueError(f"unknown start method {method!r}") from None
     return cast("Launcher", module)
-
-
-class _LauncherThread:
-    """One daemon thread, started on first need, that runs launches for other threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = None
-        self._owner_pid = 0
-        self._busy = threading.Lock()  # held while a launch runs: see template.parkable
-
-    def run(self, fn: Callable[[], T]) -> T:
-        import os
-
-        with self._lock:
-            if self._jobs is None or self._owner_pid != os.getpid():
-                from .template import parkable
-
-                self._jobs = queue.SimpleQueue()
-                self._owner_pid = os.getpid()
-                self._busy = threading.Lock()
-                thread = threading.Thread(target=self._loop, args=(self._jobs, self._busy),
-                                          name="polyproc-launcher", daemon=True)
-                parkable(thread, self._busy)
-                thread.start()
-            jobs = self._jobs
-        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        jobs.put((fn, reply))
-        ok, value = reply.get()
-        if ok:
-            return cast("T", value)
-        raise value
-
-    @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]],
-              busy: threading.Lock) -> None:
-        while True:
-            fn, reply = jobs.get()
-            with busy:
-                try:
-                    reply.put((True, fn()))
-                except BaseException as exc:  # handed back to the caller's thread
-                    reply.put((False, exc))
-
-
-_LAUNCHER_THREAD = _LauncherThread()
-
-
-def on_launcher_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` (which creates a child) on a thread that lives as long as this process."""
-    if threading.current_thread() is threading.main_thread():
-        return fn()
-    return _LAUNCHER_THREAD.run(fn)

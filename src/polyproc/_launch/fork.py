@@ -26,7 +26,7 @@ __all__ = ["start"]
 
 def start(spec: LaunchSpec) -> ChildHandle:
     from ..errors import ProcessError
-    from . import on_launcher_thread
+    from .thread import on_launcher_thread
 
     template = spec.template
     if template is not None and template.usable():
@@ -47,7 +47,7 @@ def prepare_to_fork() -> None:
 
 
 def _fork(entry: Callable[[], int]) -> PidfdHandle:
-    from .template import parked
+    from .parking import parked
 
     prepare_to_fork()
     with parked():  # our own threads parked (and no warning for them) where that is possible

@@ -49,7 +49,7 @@ class _Receiver:
     def child_end(self) -> int:
         with self.lock:
             if self.sock is None or self.owner != os.getpid():
-                from .template import parkable
+                from .parking import parkable
 
                 self.sock, self.send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self.owner = os.getpid()

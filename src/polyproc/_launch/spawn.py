@@ -153,7 +153,7 @@ def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
     """Start ``python -c <boot>`` with one end of a socketpair as its fd 3."""
     from .._connection import Connection
     from .._transport import UnixStream, socketpair
-    from . import on_launcher_thread
+    from .thread import on_launcher_thread
 
     ours, theirs = socketpair()
     fd = theirs.fileno()
