@@ -17,7 +17,6 @@ per-task limit that kills a late task's worker.
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -51,10 +50,9 @@ class ProcessPoolExecutor(Executor):
         task_timeout: float | None = None,
         retries: int = 0,
         progress: Any = None,
+        backend: Any = None,
     ) -> None:
-        if max_workers is None:
-            max_workers = os.cpu_count() or 1
-        elif max_workers <= 0:
+        if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -65,14 +63,18 @@ class ProcessPoolExecutor(Executor):
             from .._context import default_context
 
             mp_context = default_context()
-        self._max_workers = max_workers
         self._task_timeout = task_timeout
         self._retries = retries
         self._progress = progress
         self._shutdown = False
-        self._engine = Engine(max_workers, ctx=mp_context, initializer=initializer,
-                              initargs=tuple(initargs), maxtasksperchild=max_tasks_per_child,
-                              max_memory_per_child=max_memory_per_child)
+        # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
+        from ..backends import make_engine
+
+        self._engine: Engine = make_engine(
+            backend, max_workers, ctx=mp_context, threads=False, initializer=initializer,
+            initargs=tuple(initargs), maxtasksperchild=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child)
+        self._max_workers = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         self._finalizer = weakref.finalize(self, self._engine.terminate)
 

@@ -18,7 +18,6 @@ As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
 from __future__ import annotations
 
 import enum
-import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -73,11 +72,10 @@ class Pool:
         retries: int = 0,
         progress: Any = None,
         window: int = 3,
-        target_batch_s: float = 0.004,
+        target_batch_s: float | None = None,
+        backend: Any = None,
     ) -> None:
-        if processes is None:
-            processes = os.cpu_count() or 1
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -88,16 +86,19 @@ class Pool:
             from .._context import default_context
 
             context = default_context()
-        self._processes = processes
         self._timeout = timeout
         self._retries = retries
         self._progress = progress
         self._state = PoolState.RUN
-        self._engine = Engine(processes, ctx=context, threads=self._threads,
-                              initializer=initializer, initargs=tuple(initargs),
-                              maxtasksperchild=maxtasksperchild,
-                              max_memory_per_child=max_memory_per_child, window=window,
-                              target_batch_s=target_batch_s)
+        # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
+        from ..backends import make_engine
+
+        self._engine: Engine = make_engine(
+            backend, processes, ctx=context, threads=self._threads, initializer=initializer,
+            initargs=tuple(initargs), maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child, window=window,
+            target_batch_s=target_batch_s)
+        self._processes = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         # A pool dropped without close/terminate must not leave workers behind.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
