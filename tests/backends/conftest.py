@@ -23,7 +23,7 @@ import pytest
 
 from conftest import _is_forkserver, _shm_entries
 
-_clients: list[Any] = []
+_clusters: list[Any] = []
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +35,9 @@ def dask_client() -> Iterator[Any]:
 
     cluster = local_cluster(2)
     client = Client(cluster, set_as_default=False)
-    _clients.append(client)
+    _clusters.append(cluster)
     yield client
-    _clients.remove(client)
+    _clusters.remove(cluster)
     client.close()
     cluster.close()
 
@@ -76,13 +76,14 @@ def kind(backend: Any) -> str:
 
 
 def _cluster_pids() -> set[int]:
+    """The fixture cluster's worker processes now (its nannies restart killed ones)."""
     pids: set[int] = set()
-    for client in _clients:
-        try:
-            client.wait_for_workers(2, timeout=30)
-            pids.update(client.run(os.getpid).values())
-        except Exception:  # noqa: BLE001
-            pass
+    for cluster in _clusters:
+        for nanny in list(cluster.workers.values()):
+            proc = getattr(nanny, "process", None)
+            pid = getattr(proc, "pid", None)
+            if pid is not None:
+                pids.add(pid)
     return pids
 
 

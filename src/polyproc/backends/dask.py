@@ -133,7 +133,10 @@ class DaskSlot(ClusterSlot):
         if self.abandoned:
             return
         try:
-            blob = fut.result()
+            try:
+                blob = fut.result()
+            finally:
+                fut.release()   # the scheduler forgets the task now, not at garbage collection
         except distributed.KilledWorker as exc:
             last = getattr(exc, "last_worker", None)
             where = getattr(last, "address", None) or "unknown"

@@ -1,23 +1,24 @@
-"""The Ray backend: each of a pool's slots is one Ray actor (one worker process).
+"""The Ray backend: a pool's slots run their batches as Ray tasks.
 
 ``connect`` takes ``"ray"`` (the running Ray if this process already called
 ``ray.init``, else ``ray.init()``: ``RAY_ADDRESS`` or a local instance, shut down
-with the pool) or ``"ray://host:10001"``. A slot's actor runs the initializer in
-its constructor (once per worker process) and its batches in send order, so a
-slot keeps up to ``window`` batches in flight, as a local worker does.
+with the pool) or ``"ray://host:10001"``. Each batch is one call of a remote
+function (``max_retries=0``: polyproc's ``retries=`` decide what runs again) on
+Ray's pooled worker processes, so a pool starts no processes of its own and
+starts in milliseconds; the initializer runs lazily, once per worker process.
 
-* A lost worker: the actor's calls fail with ``RayActorError`` (or
-  ``WorkerCrashedError``, ``ObjectLostError``); the slot is lost, its batch's task
-  fails with ``WorkerLostError`` naming the actor's process and node (or runs
-  again under ``retries=``), its later batches run on a new actor.
-* A timeout: at the deadline the actor is killed (``ray.kill``: the process,
-  by force), the task fails with ``TimeoutError`` and a new actor takes over.
-* Actors are created with ``max_restarts=0``: polyproc decides what runs again.
+* A lost worker: the task fails with ``WorkerCrashedError`` (or ``ObjectLostError``,
+  ``NodeDiedError``...); its batch's task fails with ``WorkerLostError`` (or runs
+  again under ``retries=``), the slot is replaced.
+* A timeout: at the deadline the task is cancelled with ``ray.cancel(force=True)``,
+  which kills the worker process running it; the task fails with ``TimeoutError``
+  and a new slot takes over.
+* A slot has one batch in flight (``window = 1``): Ray may run two of one slot's
+  tasks on different workers, and a lost worker must fail only its own batch.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -27,32 +28,24 @@ import ray.exceptions as rex
 
 from .._pool.messages import TaskError
 from ._engine import Cluster, ClusterSlot, _Entry
-from ._remote import init_once
 from ._remote import run as _run
 
 __all__ = ["connect", "RayCluster"]
 
-_LOST = tuple(getattr(rex, n) for n in ("RayActorError", "WorkerCrashedError", "ObjectLostError",
-                                        "NodeDiedError", "ActorDiedError", "LocalRayletDiedError")
+_LOST = tuple(getattr(rex, n) for n in ("WorkerCrashedError", "ObjectLostError", "NodeDiedError",
+                                        "LocalRayletDiedError", "OutOfMemoryError",
+                                        "RayActorError")
               if hasattr(rex, n))
 
 
-class _Worker:
-    """The actor: one worker process of one pool."""
-
-    def __init__(self, token: str, init_blob: bytes | None, *init_refs: Any) -> None:
-        self.token = token
-        self.err = init_once(token, init_blob, list(init_refs))
-
-    def ready(self) -> tuple[int, str, TaskError | None]:
-        return os.getpid(), ray.util.get_node_ip_address(), self.err
-
-    def run(self, fid: int, fn_blob: bytes, mode: int, blob: bytes, count: int,
-            *refs: Any) -> bytes:
-        return _run(self.token, None, [], fid, fn_blob, mode, blob, count, list(refs))
+def _batch(token: str, init_blob: bytes | None, n_init: int, fid: int, fn_blob: bytes,
+           mode: int, blob: bytes, count: int, *refs: Any) -> bytes:
+    """The remote function: Ray resolves the ``ObjectRef`` arguments in ``refs`` first."""
+    return _run(token, init_blob, list(refs[:n_init]), fid, fn_blob, mode, blob, count,
+                list(refs[n_init:]))
 
 
-_Actor = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+_task = ray.remote(max_retries=0, retry_exceptions=False)(_batch)
 
 
 def connect(spec: Any, processes: int | None) -> RayCluster:
@@ -71,13 +64,13 @@ class RayCluster(Cluster):
     """One pool on a Ray cluster."""
 
     kind = "ray"
-    window = 2
+    window = 1
     target_batch_s = 0.02
 
-    def __init__(self, processes: int, owned: bool, cpus_per_actor: float) -> None:
+    def __init__(self, processes: int, owned: bool, cpus_per_task: float) -> None:
         super().__init__(processes)
         self.owned = owned
-        self.cpus_per_actor = cpus_per_actor
+        self.task = _task.options(num_cpus=cpus_per_task)
 
     def slot(self, wid: int, post: Callable[..., None], init_blob: bytes | None,
              init_refs: list[Any]) -> ClusterSlot:
@@ -95,38 +88,26 @@ class RayCluster(Cluster):
 
 class RaySlot(ClusterSlot):
     cluster: RayCluster
-    actor: Any = None
-
-    def _start(self) -> None:
-        self.actor = _Actor.options(num_cpus=self.cluster.cpus_per_actor).remote(
-            self.cluster.token, self._init_blob, *self._init_refs)
-        self.actor.ready.remote().future().add_done_callback(self._on_ready)
-
-    def _on_ready(self, fut: Any) -> None:
-        try:
-            pid, ip, err = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - the actor never came up
-            self._lost(f"{self.name} (its Ray actor died while starting: {type(exc).__name__})")
-            return
-        if err is not None:
-            self._init_failed(err)
-            return
-        self.name = f"ray actor pid {pid} on {ip}"
-        self._ready(pid)
 
     def _submit(self, entry: _Entry, fid: int, fn_blob: bytes, mode: int, blob: bytes,
                 count: int, refs: list[Any]) -> None:
-        ref = self.actor.run.remote(fid, fn_blob, mode, blob, count, *refs)
+        cl = self.cluster
+        ref = cl.task.remote(cl.token, self._init_blob, len(self._init_refs), fid, fn_blob,
+                             mode, blob, count, *self._init_refs, *refs)
         entry.handle = ref
         ref.future().add_done_callback(lambda f: self._done(entry, f))
 
     def _done(self, entry: _Entry, fut: Any) -> None:
+        """Ray's callback thread: the answer, or what went wrong."""
         if self.abandoned:
             return
         try:
             blob = fut.result()
         except _LOST as exc:
-            self._answered(entry, ("lost", f"{self.name} ({type(exc).__name__})"))
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._answered(entry, ("lost", f"the ray worker running task "
+                                           f"{entry.handle.task_id().hex()[:16]} "
+                                           f"({type(exc).__name__}: {first[:200]})"))
             return
         except BaseException as exc:  # noqa: BLE001
             if self.abandoned:
@@ -135,7 +116,6 @@ class RaySlot(ClusterSlot):
             return
         self._answered(entry, pickle.loads(blob))
 
-    def _release(self) -> None:
-        actor, self.actor = self.actor, None
-        if actor is not None:
-            ray.kill(actor, no_restart=True)
+    def _cancel(self, entry: _Entry) -> None:
+        # Kills the worker process running it: a late task's worker is replaced.
+        ray.cancel(entry.handle, force=True)
