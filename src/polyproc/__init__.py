@@ -56,6 +56,7 @@ from .errors import WorkerLostError as WorkerLostError
 
 if TYPE_CHECKING:
     from ._shm.ndarray import shared_array as shared_array
+    from .backends import use_backend as use_backend
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
@@ -68,12 +69,13 @@ __all__ = [
     "WorkerLostError", "active_children", "allow_connection_pickling", "cpu_count",
     "current_process", "freeze_support", "get_all_start_methods", "get_context",
     "get_logger", "get_start_method", "log_to_stderr", "parent_process", "set_executable",
-    "set_forkserver_preload", "set_start_method", "shared_array",
+    "set_forkserver_preload", "set_start_method", "shared_array", "use_backend",
 ]
 
 _LAZY = {
     "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
     "shared_array": ("polyproc._shm.ndarray", "shared_array"),
+    "use_backend": ("polyproc.backends", "use_backend"),
 }
 
 

@@ -15,6 +15,8 @@ import polyproc
 from polyproc.futures import ProcessPoolExecutor
 from polyproc.pool import Pool
 
+pytestmark = pytest.mark.timeout(180)  # the first test waits for its cluster to start
+
 
 def square(x: int) -> int:
     return x * x

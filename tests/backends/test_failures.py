@@ -17,6 +17,8 @@ from polyproc.pool import Pool
 
 from .conftest import kind
 
+pytestmark = pytest.mark.timeout(180)  # the first test waits for its cluster to start
+
 
 def square(x: int) -> int:
     return x * x
@@ -57,7 +59,7 @@ def bad_init() -> None:
     raise RuntimeError("no database")
 
 
-@pytest.mark.timeout(90)
+
 def test_late_task_raises_timeout_and_the_pool_goes_on(backend: Any) -> None:
     with Pool(2, backend=backend) as p:
         t0 = time.monotonic()
@@ -68,7 +70,7 @@ def test_late_task_raises_timeout_and_the_pool_goes_on(backend: Any) -> None:
         assert p.statistics()["timed_out"] == 1
 
 
-@pytest.mark.timeout(90)
+
 def test_lost_cluster_worker_fails_only_its_task(backend: Any) -> None:
     with Pool(2, backend=backend) as p:
         out: list[Any] = []
@@ -87,7 +89,7 @@ def test_lost_cluster_worker_fails_only_its_task(backend: Any) -> None:
         assert p.map(square, range(5)) == [0, 1, 4, 9, 16]   # the pool goes on
 
 
-@pytest.mark.timeout(90)
+
 def test_retries_rerun_a_task_whose_worker_died(backend: Any, tmp_path: Path) -> None:
     with ProcessPoolExecutor(2, backend=backend, retries=1) as ex:
         assert ex.submit(die_once, str(tmp_path / "m")).result(timeout=60) == "second try"

@@ -212,6 +212,8 @@ LAZY_UPWARD: dict[tuple[str, str], str] = {
                       "_pool", "_manager")},
     ("_launch", "_process"): "the launcher runs the Process object in the child (run_in_child)",
     ("_launch", "_connection"): "spawn and forkserver talk to the new interpreter over a Connection",
+    ("_pool", "backends"): "a pool's backend= (use_backend, POLYPROC_BACKEND) picks its engine; "
+                           "a cluster plugin is loaded by name only when one is asked for",
 }
 
 
