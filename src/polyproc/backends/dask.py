@@ -50,7 +50,7 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
     """A ``LocalCluster`` of worker processes, one thread each, set up as polyproc expects."""
     kw: dict[str, Any] = {"n_workers": n_workers or os.cpu_count() or 1,
                           "threads_per_worker": 1, "processes": True,
-                          "dashboard_address": None, "silence_logs": logging.ERROR}
+                          "dashboard_address": ":0", "silence_logs": logging.ERROR}
     kw.update(options)
     with dask.config.set(CONFIG):
         return LocalCluster(**kw)
