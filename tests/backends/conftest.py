@@ -20,7 +20,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from conftest import _is_forkserver, _shm_entries
 
 _clusters: list[Any] = []
