@@ -121,7 +121,15 @@ def main() -> None:
 
     cluster = local_cluster(2)
     client = Client(cluster, set_as_default=False)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    for attempt in range(3):   # Ray gives its raylet 30 s; a loaded VM can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     rows: list[tuple[str, str]] = []
 
     def row(name: str, value: str) -> None:

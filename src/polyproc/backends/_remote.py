@@ -83,11 +83,13 @@ def init_once(token: str, init_blob: bytes | None, refs: list[Any]) -> TaskError
 def _function(token: str, fid: int, blob: bytes, refs: list[Any]) -> Callable[..., Any]:
     key = (token, fid)
     with _lock:
-        fn = _fns.get(key)
-        if fn is not None:
+        hit = _fns.get(key)
+        if hit is not None:
             _fns.move_to_end(key)
-            return fn
-    fn = loads_with(blob, refs)
+            return hit
+    fn: Callable[..., Any] = loads_with(blob, refs)
+    if not callable(fn):
+        raise TypeError(f"not callable: {type(fn).__name__}")
     with _lock:
         _fns[key] = fn
         if len(_fns) > _MAX_FNS:
