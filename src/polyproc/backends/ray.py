@@ -65,7 +65,7 @@ class RayCluster(Cluster):
 
     kind = "ray"
     window = 1
-    target_batch_s = 0.02
+    target_batch_s = 0.1   # one batch in flight per slot: 0.1 s of work hides ~2-5 ms per task
 
     def __init__(self, processes: int, owned: bool, cpus_per_task: float) -> None:
         super().__init__(processes)
