@@ -13,6 +13,7 @@ stdlib, a dead worker fails only its own task (``WorkerLostError``, a
 the initializer raises. ``map(timeout=)`` keeps the stdlib meaning (a deadline for
 the whole iteration); ``task_timeout=`` on the constructor or on ``map`` is the
 per-task limit that kills a late task's worker.
+``backend=`` runs it on a Dask or Ray cluster (``polyproc.backends``).
 """
 
 from __future__ import annotations

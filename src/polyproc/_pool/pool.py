@@ -10,7 +10,8 @@ Everything the stdlib Pool takes works the same; keyword-only extras are polypro
 ``timeout=`` (per task: the late task's worker is killed and replaced),
 ``retries=`` (re-run a task whose worker died), ``progress=`` (tqdm bar: ``True``
 or a dict of tqdm options), and on the constructor ``max_memory_per_child=``
-(bytes) plus defaults for those three. ``chunksize=None`` (the default everywhere,
+(bytes) plus defaults for those three, and ``backend=`` (run the same calls on a Dask
+or Ray cluster: ``polyproc.backends``, docs/scale-out.md). ``chunksize=None`` (the default everywhere,
 ``imap`` included) means adaptive batching; an explicit chunksize is honoured.
 As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
 """
