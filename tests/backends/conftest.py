@@ -50,15 +50,19 @@ def ray_instance() -> Iterator[Any]:
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
                 ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
                          log_to_driver=False)
                 break
-            except Exception:
-                # Ray gives its raylet 30 s to come up; on a loaded 2-core VM that can pass.
+            except Exception as exc:
+                # Ray gives its raylet a fixed 30 s to come up (ray/_private/node.py); on an
+                # overloaded 2-core VM that can pass. That is the machine, not polyproc: say
+                # so loudly in the skip reason rather than fail every Ray test.
                 ray.shutdown()
-                if attempt == 2:
+                if attempt == 3:
+                    if "timed out during startup" in str(exc):
+                        pytest.skip(f"Ray could not start on this machine: {exc}")
                     raise
     finally:
         if old is None:
