@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ._shm.ndarray import shared_array as shared_array
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import WorkerLostError as WorkerLostError
+    from .backends import use_backend as use_backend
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
@@ -68,7 +69,7 @@ __all__ = [
     "WorkerLostError", "active_children", "allow_connection_pickling", "cpu_count",
     "current_process", "freeze_support", "get_all_start_methods", "get_context",
     "get_logger", "get_start_method", "log_to_stderr", "parent_process", "set_executable",
-    "set_forkserver_preload", "set_start_method", "shared_array",
+    "set_forkserver_preload", "set_start_method", "shared_array", "use_backend",
 ]
 
 _LAZY = {  # each of these imports concurrent.futures (and logging): ~8 ms
@@ -77,6 +78,7 @@ _LAZY = {  # each of these imports concurrent.futures (and logging): ~8 ms
     "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
     "shared_array": ("polyproc._shm.ndarray", "shared_array"),
     "reducer": ("polyproc.reduction", "_module"),  # the stdlib's multiprocessing.reducer
+    "use_backend": ("polyproc.backends", "use_backend"),
 }
 
 

@@ -213,6 +213,8 @@ _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 #: tests/foundation/test_import_graph.py checks that no import, lazy or not, makes a circle.)
 LAZY_UPWARD: dict[tuple[str, str], str] = {
     ("_launch", "_connection"): "spawn and forkserver talk to the new interpreter over a Connection",
+    ("_pool", "backends"): "a pool's backend= (use_backend, POLYPROC_BACKEND) picks its engine; "
+                           "a cluster plugin is loaded by name only when one is asked for",
 }
 
 

@@ -13,11 +13,11 @@ stdlib, a dead worker fails only its own task (``WorkerLostError``, a
 the initializer raises. ``map(timeout=)`` keeps the stdlib meaning (a deadline for
 the whole iteration); ``task_timeout=`` on the constructor or on ``map`` is the
 per-task limit that kills a late task's worker.
+``backend=`` runs it on a Dask or Ray cluster (``polyproc.backends``).
 """
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -53,10 +53,9 @@ class ProcessPoolExecutor(Executor):
         task_timeout: float | None = None,
         retries: int = 0,
         progress: Any = None,
+        backend: Any = None,
     ) -> None:
-        if max_workers is None:
-            max_workers = os.cpu_count() or 1
-        elif max_workers <= 0:
+        if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -67,14 +66,18 @@ class ProcessPoolExecutor(Executor):
             from .._context import default_context
 
             mp_context = default_context()
-        self._max_workers = max_workers
         self._task_timeout = task_timeout
         self._retries = retries
         self._progress = progress
         self._shutdown = False
-        self._engine = Engine(max_workers, ctx=mp_context, initializer=initializer,
-                              initargs=tuple(initargs), maxtasksperchild=max_tasks_per_child,
-                              max_memory_per_child=max_memory_per_child)
+        # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
+        from ..backends import make_engine
+
+        self._engine: Engine = make_engine(
+            backend, max_workers, ctx=mp_context, threads=False, initializer=initializer,
+            initargs=tuple(initargs), maxtasksperchild=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child)
+        self._max_workers = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         self._finalizer = weakref.finalize(self, self._engine.terminate)
 

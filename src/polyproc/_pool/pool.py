@@ -10,7 +10,8 @@ Everything the stdlib Pool takes works the same; keyword-only extras are polypro
 ``timeout=`` (per task: the late task's worker is killed and replaced),
 ``retries=`` (re-run a task whose worker died), ``progress=`` (tqdm bar: ``True``
 or a dict of tqdm options), and on the constructor ``max_memory_per_child=``
-(bytes) plus defaults for those three. ``chunksize=None`` (the default everywhere,
+(bytes) plus defaults for those three, and ``backend=`` (run the same calls on a Dask
+or Ray cluster: ``polyproc.backends``, docs/scale-out.md). ``chunksize=None`` (the default everywhere,
 ``imap`` included) means adaptive batching; an explicit chunksize is honoured.
 As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
 """
@@ -18,7 +19,6 @@ As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
 from __future__ import annotations
 
 import enum
-import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Self, TypeVar
@@ -77,11 +77,10 @@ class Pool:
         retries: int = 0,
         progress: Any = None,
         window: int = 3,
-        target_batch_s: float = 0.004,
+        target_batch_s: float | None = None,
+        backend: Any = None,
     ) -> None:
-        if processes is None:
-            processes = os.cpu_count() or 1
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -92,16 +91,19 @@ class Pool:
             from .._context import default_context
 
             context = default_context()
-        self._processes = processes
         self._timeout = timeout
         self._retries = retries
         self._progress = progress
         self._state = PoolState.RUN
-        self._engine = Engine(processes, ctx=context, threads=self._threads,
-                              initializer=initializer, initargs=tuple(initargs),
-                              maxtasksperchild=maxtasksperchild,
-                              max_memory_per_child=max_memory_per_child, window=window,
-                              target_batch_s=target_batch_s)
+        # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
+        from ..backends import make_engine
+
+        self._engine: Engine = make_engine(
+            backend, processes, ctx=context, threads=self._threads, initializer=initializer,
+            initargs=tuple(initargs), maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child, window=window,
+            target_batch_s=target_batch_s)
+        self._processes = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         # A pool dropped without close/terminate must not leave workers behind.
         self._finalizer = weakref.finalize(self, self._engine.terminate)

@@ -112,6 +112,11 @@ SECTIONS: tuple[Section, ...] = (
         progress=True on map/imap shows a tqdm bar (on stderr) that advances as
         results arrive.""",
             "beyond", "demo_progress", ("slow_square",)),
+    Section("scale-out", "Beyond: the same imap on a Dask (or Ray) cluster", """
+        backend= moves a pool onto a cluster engine with the calls unchanged; with no
+        Dask client around, backend="dask" starts a LocalCluster for the pool and
+        closes it. Needs Dask (pip install 'polyproc[dask]'); skipped without it.""",
+            "scaleout", "demo_scale_out", ("square",)),
 )
 
 

@@ -1,0 +1,134 @@
+"""Fixtures for the cluster backends: one Dask LocalCluster and one local Ray for the session.
+
+``backend`` parametrises a test over both engines (a test is skipped where the
+engine is not installed). Each cluster starts once for the whole directory (Ray
+takes 15-20 s to start on a small VM), before any test's leak snapshot.
+
+The leak check is the parent's, adapted: processes the clusters own (Ray's
+workers under its raylet, Dask workers the nanny restarted after a test killed
+one) are the fixture's, not leaks; any other new child process still fails the
+test, so a LocalCluster or actor a pool started and did not stop is caught.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from conftest import _is_forkserver, _shm_entries
+
+_clusters: list[Any] = []
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from polyproc.backends.dask import local_cluster
+
+    cluster = local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    _clusters.append(cluster)
+    yield client
+    _clusters.remove(cluster)
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    # Ray's workers are started by its raylet, with our environment but not our sys.path:
+    # give them this worktree's polyproc and the test modules (Dask's spawned workers
+    # get sys.path from us).
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        for attempt in (1, 2, 3):
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                         log_to_driver=False)
+                break
+            except Exception as exc:
+                # Ray gives its raylet a fixed 30 s to come up (ray/_private/node.py); on an
+                # overloaded 2-core VM that can pass. That is the machine, not polyproc: say
+                # so loudly in the skip reason rather than fail every Ray test.
+                ray.shutdown()
+                if attempt == 3:
+                    if "timed out during startup" in str(exc):
+                        pytest.skip(f"Ray could not start on this machine: {exc}")
+                    raise
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session", params=["dask", "ray"])
+def backend(request: pytest.FixtureRequest) -> Any:
+    """What to pass as ``backend=``: the fixture's Dask client, or ``"ray"``."""
+    if request.param == "dask":
+        return request.getfixturevalue("dask_client")
+    request.getfixturevalue("ray_instance")
+    return "ray"
+
+
+def kind(backend: Any) -> str:
+    return "ray" if backend == "ray" else "dask"
+
+
+def _cluster_pids() -> set[int]:
+    """The fixture cluster's worker processes now (its nannies restart killed ones)."""
+    pids: set[int] = set()
+    for cluster in _clusters:
+        for nanny in list(cluster.workers.values()):
+            proc = getattr(nanny, "process", None)
+            pid = getattr(proc, "pid", None)
+            if pid is not None:
+                pids.add(pid)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    before_shm = _shm_entries()
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked: list[psutil.Process] = []
+    while True:
+        ours = _cluster_pids()
+        leaked = []
+        for p in me.children(recursive=True):
+            try:
+                if (p.pid in before or p.pid in ours or _is_forkserver(p)
+                        or p.status() == psutil.STATUS_ZOMBIE
+                        or any(a.pid in before for a in p.parents())):
+                    continue
+            except psutil.Error:
+                continue
+            leaked.append(p)
+        if not leaked or time.monotonic() > deadline:
+            break
+        psutil.wait_procs(leaked, timeout=0.2)
+    if leaked:
+        desc = [f"{p.pid} {p.name()}" for p in leaked]
+        for p in leaked:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pytest.fail(f"child processes outlived the test: {desc}")
+    new_shm = _shm_entries() - before_shm
+    if new_shm:
+        pytest.fail(f"/dev/shm entries leaked: {sorted(new_shm)}")
