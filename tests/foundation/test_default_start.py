@@ -377,3 +377,19 @@ def test_a_forked_child_does_not_keep_a_pools_template_alive() -> None:
     w.close()
     r.close()
     assert child.exitcode == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_outlives_its_template() -> None:
+    """If the template dies (OOM killer, kill -9), new workers come another way."""
+    import signal
+
+    with polyproc.get_context("auto").Pool(1) as p:
+        template = p._engine.template
+        if template is None:
+            pytest.skip("another thread runs in this test process: no template")
+        os.kill(template._handle.pid, signal.SIGKILL)
+        template._handle.wait(10)
+        # its worker dies with it (PDEATHSIG); a task sent meanwhile is re-run once
+        assert p.apply(_targets.square, (6,), retries=2) == 36
+        assert p.apply(_targets.square, (7,)) == 49

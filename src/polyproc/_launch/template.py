@@ -146,7 +146,10 @@ class Template:
         if self._closed:
             raise OSError("the pool's template was closed")
         if self._address is None:
-            self._address = self._boot.recv()
+            try:
+                self._address = self._boot.recv()
+            except EOFError as exc:  # it died before it could listen
+                raise OSError("the pool's template exited") from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self._address)
