@@ -126,7 +126,8 @@ def Pool(  # noqa: N802
     retries: int = 0,
     progress: Any = None,
     window: int = 3,
-    target_batch_s: float = 0.004,
+    target_batch_s: float | None = None,
+    backend: Any = None,
 ) -> polyproc.pool.Pool:
     """A process pool that never hangs on a dead worker (``multiprocessing.Pool``).
 
@@ -135,12 +136,13 @@ def Pool(  # noqa: N802
     ``max_memory_per_child`` (bytes), and defaults for each task's ``timeout`` (seconds;
     the late task's worker is killed and replaced), ``retries`` (re-runs of a task whose
     worker died) and ``progress`` (a tqdm bar); ``window``/``target_batch_s`` tune
-    adaptive batching. See ``polyproc.pool.Pool`` and docs/pool.md.
+    adaptive batching; ``backend`` runs the workers on a Dask or Ray cluster
+    (docs/scale-out.md). See ``polyproc.pool.Pool`` and docs/pool.md.
     """
     return default_context().Pool(
         processes, initializer, initargs, maxtasksperchild,
         max_memory_per_child=max_memory_per_child, timeout=timeout, retries=retries,
-        progress=progress, window=window, target_batch_s=target_batch_s)
+        progress=progress, window=window, target_batch_s=target_batch_s, backend=backend)
 
 
 def Manager() -> polyproc.managers.SyncManager:  # noqa: N802

@@ -226,7 +226,8 @@ class Context(Settings):
         retries: int = 0,
         progress: Any = None,
         window: int = 3,
-        target_batch_s: float = 0.004,
+        target_batch_s: float | None = None,
+        backend: Any = None,
     ) -> Pool:
         """A process Pool whose workers are started with this context's method.
 
@@ -235,14 +236,15 @@ class Context(Settings):
         task's ``timeout`` (seconds: the late task's worker is killed and replaced),
         ``retries`` (re-runs of a task whose worker died) and ``progress`` (a tqdm bar:
         True or a dict of tqdm options); ``window`` and ``target_batch_s`` tune
-        adaptive batching (see ``polyproc.pool.Pool``).
+        adaptive batching; ``backend`` runs the workers on a Dask or Ray cluster
+        (docs/scale-out.md; see ``polyproc.pool.Pool``).
         """
         from ._pool.pool import Pool
 
         return Pool(processes, initializer, initargs, maxtasksperchild, self,
                     max_memory_per_child=max_memory_per_child, timeout=timeout,
                     retries=retries, progress=progress, window=window,
-                    target_batch_s=target_batch_s)
+                    target_batch_s=target_batch_s, backend=backend)
 
     def Manager(self) -> SyncManager:  # noqa: N802
         """A started SyncManager whose server process uses this context's start method."""
