@@ -54,9 +54,9 @@ from .errors import TimeoutError as TimeoutError  # noqa: A004 - the stdlib name
 
 if TYPE_CHECKING:
     from ._shm.ndarray import shared_array as shared_array
+    from .backends import use_backend as use_backend
     from .errors import BrokenProcessPool as BrokenProcessPool
     from .errors import WorkerLostError as WorkerLostError
-    from .backends import use_backend as use_backend
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
