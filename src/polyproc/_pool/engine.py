@@ -384,7 +384,8 @@ class Engine:
             atexit.register(self._atexit)
         h.proc, h.conn, h.pid = proc, ours, proc.pid
         h.sock = socket.socket(fileno=os.dup(ours.fileno()))
-        self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
+        h.fd = h.sock.fileno()
+        self.sel.register(h.fd, selectors.EVENT_READ, (0, h))
         h.watched = selectors.EVENT_READ
         self.sel.register(proc.sentinel, selectors.EVENT_READ, (1, h))
 
@@ -467,12 +468,18 @@ class Engine:
                 return
 
     def _channel_gone(self, h: Handle) -> None:
-        if h.conn is not None and not h.conn.closed:
-            try:
-                self.sel.unregister(h.conn.fileno())
-            except (KeyError, ValueError):
-                pass
+        """Stop watching and close the read side; idempotent, whatever state the Connection is in
+        (it closes itself on a torn frame). The registered fd is the dup's, still open here, so
+        the epoll entry goes with it and the fd number is free for the next worker."""
+        if h.fd >= 0:
+            if h.watched:
+                try:
+                    self.sel.unregister(h.fd)
+                except (KeyError, ValueError):
+                    pass
             h.watched = 0
+            h.fd = -1
+        if h.conn is not None and not h.conn.closed:
             h.conn.close()
 
     def _on_message(self, h: Handle, msg: Any) -> None:
