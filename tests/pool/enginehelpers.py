@@ -70,3 +70,7 @@ def pid_of(_: Any = None) -> int:
 
 def die_while_sending_star(args: tuple[Any, ...]) -> Any:
     return die_while_sending(*args)
+
+
+def record_slowly_star(args: tuple[Any, ...]) -> Any:
+    return record_slowly(*args)

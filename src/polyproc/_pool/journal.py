@@ -1,0 +1,300 @@
+"""The commit journal: every finished task's result survives its worker's SIGKILL.
+
+Each process worker owns one memfd (``SIZE`` bytes, pages touched only as used),
+mapped by the worker read-write and by the parent read-only. The worker commits each
+task's result there *before it starts the next task*; the parent never reads the
+journal while the worker lives, only after its death, so there is no lock and no
+syscall per task (a commit is one or two stores into the mapping)::
+
+    worker                                       parent (engine thread)
+    ──────                                       ──────────────────────
+    READY + the journal's fd (SCM_RIGHTS)  ────►  map it read-only (MADV_DONTFORK), close fd
+    TASKS bid ◄──────────────────────────────────
+    begin(bid): zero the tags, BASE := 0, BID := bid
+    for each task i:  run it
+        commit: value into slot j (= i - BASE), then tags[j] := kind   ◄── the commit point
+        no room (slots, area) or no in-band pickle:
+            PARTIAL bid values[sent..i] ──────►  kept on the Handle (head batch)
+            rebase: zero the tags, BASE := i + 1
+    RESULTS bid values[sent..n-1] ─────────────►  batch_done(partial + values)
+                                                  ...
+                                  death ──────►  drain the channel to EOF, then read the
+                                                  journal: tasks [0, k) are finished (their
+                                                  values), task k was running (fails, or is
+                                                  retried), tasks after it never started
+
+Layout (native byte order; the two sides are one machine)::
+
+    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE
+    TAGS         SLOTS bytes: the kind of slot j's value, 0 = not committed
+    VALS         SLOTS int64 (or float64) words: the value, or for a blob the end offset
+    AREA         blobs: in-band pickles (``Serializer.dumps_bytes``), back to back from 0
+
+Kinds: INT and FLOAT hold the value in the slot itself (one store besides the tag);
+NONE/TRUE/FALSE only the tag; BLOB a pickle in the area ending at the slot's offset.
+
+Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
+
+* A tag is written after everything it describes, and a header word after the tags
+  it governs, so a worker killed between any two stores leaves a journal whose
+  committed prefix is exactly right (a killed process's earlier stores all land).
+* BID names the batch the journal speaks for, and is written last in ``begin``
+  (after the tags are zeroed): a journal naming batch B never shows stale tags.
+* The worker begins batch B+1 only after ``send(RESULTS B)`` returned, and rebases
+  only after ``send(PARTIAL)`` returned: those bytes are then in the kernel's socket
+  buffer, which outlives the worker, so the parent reads them on its drain. Hence
+  ``BASE <= len(partial results received)`` always, and if the journal names an
+  older batch than the head of the worker's window, the head never started.
+* At most one task per worker is ever "running": begun but not committed. Only it
+  is lost when the worker dies; a task is never run twice unless ``retries=`` says so.
+
+A result too big for the area (or one carrying fds, or that only pickles out of
+band) goes out at once in a PARTIAL message, with the uncommitted ones before it,
+before the next task starts: the same guarantee through the socket instead.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from .._serialize import fd_handle
+
+__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "journal_fd"]
+
+MAGIC = 0x706F6C796A726E31  # "polyjrn1"
+SLOTS = 4096                  # tasks per journal (a batch longer than this flushes)
+SIZE = 1 << 20
+_HEADER = 64
+TAGS = _HEADER
+VALS = TAGS + SLOTS
+AREA = VALS + 8 * SLOTS
+AREA_SIZE = SIZE - AREA
+
+EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB = 0, 1, 2, 3, 4, 5, 6
+_H_MAGIC, _H_BID, _H_BASE = 0, 1, 2
+_HEAD = struct.Struct("=3q")
+_ZEROS = bytes(SLOTS)
+
+ONE, STAR = 0, 1   # scheduler.Mode values, as plain ints (KW is anything else)
+
+
+def _rebuild_fd(fd: int) -> int:
+    return fd
+
+
+class _JournalFd:
+    """The journal's fd as it travels in READY: the parent receives its own copy (an int)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_fd, (fd_handle(self.fd),))
+
+
+def journal_fd(j: Journal) -> Any:
+    """What to put in the READY message so the parent gets the journal."""
+    return _JournalFd(j.fd)
+
+
+class Journal:
+    """The worker's side: runs batches, committing each result before the next task."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("polyproc-journal", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, SIZE)
+        self.mm = mmap.mmap(self.fd, SIZE)
+        view = memoryview(self.mm)
+        self._head = view[:_HEADER].cast("q")
+        self.tags = view[TAGS:VALS]
+        self.ivals = view[VALS:AREA].cast("q")
+        self.fvals = view[VALS:AREA].cast("d")
+        self.area = view[AREA:SIZE]
+        self._head[_H_MAGIC] = MAGIC
+
+    def begin(self, bid: int, base: int, n: int) -> None:
+        """Speak for tasks ``base..`` of batch ``bid`` (nothing of it committed yet)."""
+        # One tag past the tasks it will hold is zeroed too: the reader stops at it, not at
+        # a stale tag of a longer batch before.
+        k = min(n - base + 1, SLOTS)
+        if k > 0:
+            self.tags[:k] = _ZEROS[:k]
+        head = self._head
+        head[_H_BASE] = base
+        head[_H_BID] = bid   # last: the journal now names this batch
+
+    def run(self, fn: Callable[..., Any], mode: int, args: list[Any], bid: int,
+            flush: Callable[[int, list[Any]], bool], capture: Callable[[BaseException], Any],
+            dumps: Callable[[Any], bytes]) -> list[Any] | None:
+        """Run one batch; return the values not yet sent (``None``: the channel is gone).
+
+        ``flush(bid, values)`` sends a PARTIAL message and returns False if it could not.
+        """
+        n = len(args)
+        self.begin(bid, 0, n)
+        tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
+        out: list[Any] = []
+        append = out.append
+        j = 0          # slot of the current task
+        pos = 0        # end of the blobs in the area
+        i = 0          # index of the current task in the batch
+        for a in args:
+            try:
+                if mode == ONE:
+                    v = fn(a)
+                elif mode == STAR:
+                    v = fn(*a)
+                else:
+                    v = fn(*a[0], **a[1])
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the worker
+                v = capture(exc)
+            append(v)
+            t = type(v)
+            slow = False
+            # Commit: the value first, its tag last. The common kinds need no pickle.
+            if t is int:
+                try:
+                    ivals[j] = v
+                    tags[j] = INT
+                except (ValueError, OverflowError):
+                    slow = True
+            elif t is float:
+                fvals[j] = v
+                tags[j] = FLOAT
+            elif v is None:
+                tags[j] = NONE
+            elif t is bool:
+                tags[j] = TRUE if v else FALSE
+            else:
+                slow = True
+            if slow:
+                blob = _blob(dumps, v, AREA_SIZE - pos)
+                if blob is not None:
+                    end = pos + len(blob)
+                    area[pos:end] = blob
+                    pos = end
+                    ivals[j] = end
+                    tags[j] = BLOB
+                else:
+                    # Too big, or it needs fds: send it (and what is uncommitted before it)
+                    # now, then speak for the tasks after it.
+                    if not flush(bid, out):
+                        return None
+                    out = []
+                    append = out.append
+                    self.begin(bid, i + 1, n)
+                    j, pos = -1, 0
+            i += 1
+            j += 1
+            if j == SLOTS and i < n:
+                if not flush(bid, out):
+                    return None
+                out = []
+                append = out.append
+                self.begin(bid, i, n)
+                j, pos = 0, 0
+        return out
+
+    def close(self) -> None:
+        for v in (self._head, self.tags, self.ivals, self.fvals, self.area):
+            v.release()
+        self.mm.close()
+        os.close(self.fd)
+
+
+def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
+    """``v`` pickled in band if it fits in ``room`` bytes; None to send it on the channel."""
+    t = type(v)
+    if (t is bytes or t is bytearray) and len(v) >= room:
+        return None   # do not copy a big buffer only to find it does not fit
+    try:
+        blob = dumps(v)
+    except BaseException:  # noqa: BLE001 - fds, or not picklable: the channel says which
+        return None
+    return blob if len(blob) <= room else None
+
+
+class JournalReader:
+    """The parent's side: a read-only mapping of a worker's journal, read after its death."""
+
+    def __init__(self, fd: int) -> None:
+        try:
+            self.mm: mmap.mmap | None = mmap.mmap(fd, SIZE, prot=mmap.PROT_READ)
+            # Workers forked later must not inherit this mapping (nor the fd: closed below).
+            self.mm.madvise(mmap.MADV_DONTFORK)
+        except (OSError, ValueError, AttributeError):
+            self.mm = None
+        finally:
+            os.close(fd)
+
+    def recover(self, bid: int, known: int, n: int | None = None) -> list[Any] | None:
+        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed.
+
+        ``known`` results of the batch came in PARTIAL messages already. Returns None if
+        the journal does not speak for ``bid`` (the batch never started) or cannot be read.
+        """
+        mm = self.mm
+        if mm is None:
+            return None
+        magic, jbid, base = _HEAD.unpack_from(mm, 0)
+        if magic != MAGIC or jbid != bid or not 0 <= base <= known:
+            return None
+        tags = mm[TAGS:VALS]
+        count = tags.find(0)
+        if count < 0:
+            count = SLOTS
+        if n is not None:
+            count = max(0, min(count, n - base))
+        words = memoryview(mm[VALS:VALS + 8 * count])
+        ivals, fvals = words.cast("q"), words.cast("d")
+        out: list[Any] = []
+        pos = 0
+        for j in range(count):
+            tag = tags[j]
+            if tag == INT:
+                v: Any = ivals[j]
+            elif tag == FLOAT:
+                v = fvals[j]
+            elif tag == NONE:
+                v = None
+            elif tag == TRUE:
+                v = True
+            elif tag == FALSE:
+                v = False
+            elif tag == BLOB:
+                end = ivals[j]
+                if not pos <= end <= AREA_SIZE:
+                    break   # not a journal we wrote: trust nothing past here
+                v = _loads(mm[AREA + pos:AREA + end])
+                pos = end
+            else:
+                break
+            if base + j >= known:
+                out.append(v)
+        ivals.release()
+        fvals.release()
+        words.release()
+        return out
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+
+def _loads(blob: bytes) -> Any:
+    from ..errors import SerializationError
+    from .messages import TaskError
+
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - the task's result, as its error
+        return TaskError.local(SerializationError(
+            f"a task's result, recovered from its dead worker, could not be unpickled here: {exc!r}"))
