@@ -56,7 +56,7 @@ def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] 
         j.close()
         reader.close()
     assert rest is not None
-    return probe, sent + rest, None if final is None else sent + final
+    return probe, sent + jr.values_of(rest), None if final is None else sent + final
 
 
 VALUES = [0, -1, 2**63 - 1, -2**63, 2**70, 1.5, float("inf"), -0.0, None, True, False,

@@ -52,7 +52,7 @@ from .._serialize import fd_handle
 from ..errors import BrokenProcessPool, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
-from .journal import JournalReader
+from .journal import JournalReader, values_of
 from .lead import PoolFuture
 from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TASKS, TaskError
 from .scheduler import (
@@ -514,6 +514,8 @@ class Engine:
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
+            if type(values) is bytes:
+                values = values_of(values)   # an all-int batch: its int64s (journal.py)
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
             if h.partial:

@@ -154,7 +154,7 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
         msg = None
         start = clock()
         fn = fns.get(fid)
-        values: list[Any] | None = None
+        values: list[Any] | bytes | None = None
         if fn is None:
             try:
                 fn = loads(blob)
@@ -234,7 +234,7 @@ def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
     return True
 
 
-def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any]) -> bool:
+def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any] | bytes) -> bool:
     """Send ``(*head, values)``; values that cannot be pickled become errors in place."""
     try:
         chan.send((*head, values))
