@@ -74,3 +74,32 @@ def die_while_sending_star(args: tuple[Any, ...]) -> Any:
 
 def record_slowly_star(args: tuple[Any, ...]) -> Any:
     return record_slowly(*args)
+
+
+class Tracked:
+    """Says, through a FIFO, when a copy of it dies in a pool worker (its ``__del__``)."""
+
+    def __init__(self, fifo: str, label: str, parent: int) -> None:
+        self.fifo = fifo
+        self.label = label
+        self.parent = parent
+
+    def __del__(self) -> None:
+        if os.getpid() == self.parent:
+            return   # the parent's own copies are not the subject
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            os.write(fd, f"{self.label} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+    def method(self, x: Any) -> int:
+        return os.getpid()
+
+
+def touch_and_return(arg: Tracked, result_label: str) -> Any:
+    """Takes a tracked argument, returns a tracked result (a new object made here)."""
+    return (os.getpid(), Tracked(arg.fifo, result_label, arg.parent))
