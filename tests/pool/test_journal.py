@@ -60,7 +60,8 @@ def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] 
 
 
 VALUES = [0, -1, 2**63 - 1, -2**63, 2**70, 1.5, float("inf"), -0.0, None, True, False,
-          "text", b"bytes", (1, "t"), [1, 2], {"k": 1}, bytearray(b"ba")]
+          "text", "\udc80 surrogate", b"bytes", (1, "t"), (1, 2.5, None, True, b"b", 2**80),
+          (1, bytearray(b"x")), ((1,), 2), [1, 2], {"k": 1}, bytearray(b"ba")]
 
 
 def test_every_kind_round_trips_and_each_task_sees_exactly_its_predecessors() -> None:
@@ -70,6 +71,7 @@ def test_every_kind_round_trips_and_each_task_sees_exactly_its_predecessors() ->
     for i, seen in enumerate(probe.seen):
         assert seen == VALUES[:i], i   # when task i starts, tasks 0..i-1 are committed
     assert [type(v) for v in final] == [type(v) for v in VALUES]
+    assert type(final[-5][1]) is bytearray   # inside a tuple too: marshal would say bytes
 
 
 def test_a_result_too_big_for_the_area_is_flushed_before_the_next_task() -> None:
