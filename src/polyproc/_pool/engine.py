@@ -26,8 +26,12 @@ keeps what did not fit until the channel is writable, so a worker writing a larg
 result while we write it a large batch cannot deadlock the two of us. Reads are
 frame by frame with ``Connection.recv`` (a worker only ever waits on us to read,
 never the reverse). On a worker's death the channel is shut for reading and
-drained, so results it sent before dying still count, and then the scheduler
-fails or re-runs exactly the tasks it held.
+drained to end-of-file, so results it sent before dying still count; then its
+commit journal (``journal.py``) says which tasks of the running batch finished
+(delivered), which one was running (failed, or retried) and which never started
+(requeued): exactly once. A torn frame (a worker killed mid-send) closes only
+that channel: the selector watches a dup of the channel's fd that the engine
+closes itself, after unregistering it.
 
 Thread workers (``ThreadPool``) post their messages into the same inbox.
 """

@@ -2,12 +2,21 @@
 
 A process worker owns one end of a private channel (a ``Pipe()`` socketpair)::
 
-    engine ──(TASKS bid fid fn? mode packed args)──►  recv ─► cache fn by fid
+    engine ──(TASKS bid fid fn? mode packed args)──►  recv ─► cache fn by fid (fid > 0)
                                                         │
                                                         ▼ run every task of the batch,
-                                                          catching BaseException per task
+                                                          catching BaseException per task,
+                                                          committing each result to the
+                                                          journal before the next (journal.py)
+    engine ◄──(PARTIAL bid values)───────────────────  a result the journal cannot hold
     engine ◄──(RESULTS bid busy rss values)──────────  send (an unpicklable value is
                                                           replaced by its own error)
+
+Between batches the worker holds nothing of the last one (its argument, function,
+results), so a task's objects die when the task does, as the user expects of
+``__del__`` and weakref callbacks. READY carries the journal's fd and the RSS the
+worker started with (a fork child's pages shared with its parent, which
+``max_memory_per_child`` does not count).
 
 It ignores SIGINT (the parent owns Ctrl+C and tears the pool down), runs the
 initializer once (reporting ``INIT_FAILED`` instead of dying, so the pool breaks
