@@ -38,8 +38,8 @@ _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall pa
 class Handle:
     """One worker as the engine sees it: its process (or thread) and its channel."""
 
-    __slots__ = ("wid", "proc", "conn", "sock", "out", "fids", "name", "pid", "peak",
-                 "writing", "thread", "led", "watched",
+    __slots__ = ("wid", "proc", "conn", "sock", "fd", "out", "fids", "name", "pid", "peak",
+                 "writing", "thread", "led", "watched", "journal", "partial", "partial_bid",
                  "_poll")
 
     def __init__(self, wid: int) -> None:
@@ -47,6 +47,11 @@ class Handle:
         self.proc: Any = None
         self.conn: Any = None                       # Connection: engine reads here
         self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
+        # The fd the selector watches: the dup's, never the Connection's. A Connection
+        # closes itself on a torn frame; had its fd been the registered one, the epoll
+        # entry would outlive it (the dup keeps the socket open) and the fd number,
+        # reused by the next worker's pipe, would already be taken in the selector.
+        self.fd = -1
         self.out: deque[tuple[memoryview, list[int], list[int]]] = deque()  # view, fds, close
         self.fids: set[int] = set()                 # functions this worker has cached
         self.name = f"worker {wid}"
@@ -57,12 +62,15 @@ class Handle:
         self.led = False     # a waiting caller reads this channel (``lead``), not the engine
         self.watched = 0     # the events the engine's selector has for the channel
         self._poll: Any = None
+        self.journal: Any = None   # the worker's commit journal (``journal.JournalReader``)
+        self.partial: list[Any] = []   # results of the head batch that came in PARTIAL messages
+        self.partial_bid = 0
 
     def readable(self) -> bool:
         """Bytes (or end-of-file) waiting on the channel right now? One ``poll``, no wait."""
         if self._poll is None:
             self._poll = select.poll()
-            self._poll.register(self.conn.fileno(), select.POLLIN)
+            self._poll.register(self.fd, select.POLLIN)
         return bool(self._poll.poll(0))
 
     def watch(self, sel: selectors.BaseSelector) -> None:
@@ -71,7 +79,9 @@ class Handle:
             selectors.EVENT_WRITE if self.writing else 0)
         if want == self.watched:
             return
-        fd = self.conn.fileno()
+        fd = self.fd
+        if fd < 0:
+            return
         if not want:
             sel.unregister(fd)
         elif self.watched:
@@ -162,8 +172,7 @@ class Handle:
             out.clear()  # the worker is gone; its sentinel tells the rest
         if self.writing:
             self.writing = False
-            if self.conn is not None and not self.conn.closed:
-                self.watch(sel)
+            self.watch(sel)
 
 
 def pickle_buffer(view: memoryview) -> Any:

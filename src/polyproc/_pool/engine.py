@@ -26,8 +26,12 @@ keeps what did not fit until the channel is writable, so a worker writing a larg
 result while we write it a large batch cannot deadlock the two of us. Reads are
 frame by frame with ``Connection.recv`` (a worker only ever waits on us to read,
 never the reverse). On a worker's death the channel is shut for reading and
-drained, so results it sent before dying still count, and then the scheduler
-fails or re-runs exactly the tasks it held.
+drained to end-of-file, so results it sent before dying still count; then its
+commit journal (``journal.py``) says which tasks of the running batch finished
+(delivered), which one was running (failed, or retried) and which never started
+(requeued): exactly once. A torn frame (a worker killed mid-send) closes only
+that channel: the selector watches a dup of the channel's fd that the engine
+closes itself, after unregistering it.
 
 Thread workers (``ThreadPool``) post their messages into the same inbox.
 """
@@ -54,8 +58,9 @@ from .._transport import wrap_fd
 from ..errors import BrokenProcessPool, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
+from .journal import JournalReader, values_of
 from .lead import PoolFuture
-from .messages import INIT_FAILED, READY, RESULTS, STOP, TASKS, TaskError
+from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TASKS, TaskError
 from .scheduler import (
     Broken,
     Deliver,
@@ -64,13 +69,14 @@ from .scheduler import (
     Job,
     Kill,
     PoolState,
+    Recovered,
     Scheduler,
     Send,
     Spawn,
     Stop,
     WorkerState,
 )
-from .worker import ThreadWorker, current_rss, worker_main
+from .worker import ThreadWorker, by_reference, current_rss, worker_main
 
 _dumps = pickle.dumps
 
@@ -394,7 +400,8 @@ class Engine:
             atexit.register(self._atexit)
         h.proc, h.conn, h.pid = proc, ours, proc.pid
         h.sock = wrap_fd(os.dup(ours.fileno()))
-        self.sel.register(ours.fileno(), selectors.EVENT_READ, (0, h))
+        h.fd = h.sock.fileno()
+        self.sel.register(h.fd, selectors.EVENT_READ, (0, h))
         h.watched = selectors.EVENT_READ
         self.sel.register(proc.sentinel, selectors.EVENT_READ, (1, h))
 
@@ -432,7 +439,11 @@ class Engine:
                 h.sock.shutdown(socket.SHUT_RD)  # reads now end at EOF, never block
             except OSError:
                 pass
-            self._on_readable(h)
+            # Every frame it sent, to the end: what is in the socket was sent before the
+            # journal moved on (journal.py), so the journal reads right only after all of it.
+            while h.conn is not None and not h.conn.closed:
+                self._on_readable(h, False)
+        recovered = self._recover(h)
         self._close_channel(h)
         h.proc.join()
         exitcode = h.proc.exitcode
@@ -442,13 +453,35 @@ class Engine:
             pass
         self.handles.pop(h.wid, None)
         if h.wid in self.sched.workers:
-            self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name)
+            self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name,
+                                     recovered=recovered)
+
+    def _recover(self, h: Handle) -> Recovered | None:
+        """What the dead worker's journal says about the head of its window (journal.py)."""
+        slot = self.sched.workers.get(h.wid)
+        if h.journal is None or slot is None or not slot.window:
+            return None
+        head = slot.window[0]
+        known = h.partial if h.partial_bid == head.bid else []
+        try:
+            rest = h.journal.recover(head.bid, len(known), len(head))
+        except Exception:  # noqa: BLE001 - a journal we cannot read: as if there were none
+            return None
+        if rest is None:
+            # The journal speaks for an older batch: the head never started, unless
+            # PARTIAL results of it came (then the journal could not be read right).
+            return None if known else Recovered(head.bid, None)
+        return Recovered(head.bid, known + rest)
 
     def _close_channel(self, h: Handle) -> None:
         self._channel_gone(h)
         if h.sock is not None:
             h.sock.close()
             h.sock = None
+        if h.journal is not None:
+            h.journal.close()
+            h.journal = None
+        h.partial = []
         h.drop_output()
 
     # -- reading -------------------------------------------------------------------------
@@ -477,26 +510,55 @@ class Engine:
                 return
 
     def _channel_gone(self, h: Handle) -> None:
-        if h.conn is not None and not h.conn.closed:
-            try:
-                self.sel.unregister(h.conn.fileno())
-            except (KeyError, ValueError):
-                pass
+        """Stop watching and close the read side; idempotent, whatever state the Connection is in
+        (it closes itself on a torn frame). The registered fd is the dup's, still open here, so
+        the epoll entry goes with it and the fd number is free for the next worker."""
+        if h.fd >= 0:
+            if h.watched:
+                try:
+                    self.sel.unregister(h.fd)
+                except (KeyError, ValueError):
+                    pass
             h.watched = 0
+            h.fd = -1
+        if h.conn is not None and not h.conn.closed:
             h.conn.close()
 
     def _on_message(self, h: Handle, msg: Any) -> None:
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
+            if type(values) is bytes:
+                values = values_of(values)   # an all-int batch: its int64s (journal.py)
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
+            if h.partial:
+                if h.partial_bid == bid:
+                    values = h.partial + values
+                h.partial = []
+            if not self._is_head(h.wid, bid):
+                return   # its batch was already failed (an earlier part did not unpickle)
             self.sched.batch_done(h.wid, bid, values, busy, rss)
+        elif kind == PARTIAL:
+            _, bid, values = msg
+            if h.partial_bid != bid:
+                h.partial_bid = bid
+                h.partial = []
+            h.partial.extend(values)
         elif kind == READY:
             h.pid = msg[1]
-            self.sched.worker_ready(h.wid)
+            baseline = None
+            if len(msg) > 2:
+                baseline = msg[2] if self.ctx.start_method != "spawn" else None
+                if msg[3] is not None:
+                    h.journal = JournalReader(msg[3])
+            self.sched.worker_ready(h.wid, baseline=baseline)
         elif kind == INIT_FAILED:
             self.sched.worker_failed_init(h.wid, msg[1].exception())
+
+    def _is_head(self, wid: int, bid: int) -> bool:
+        slot = self.sched.workers.get(wid)
+        return slot is not None and bool(slot.window) and slot.window[0].bid == bid
 
     def _unreadable_results(self, h: Handle, exc: BaseException) -> None:
         from ..errors import SerializationError
@@ -507,6 +569,7 @@ class Engine:
         batch = slot.window[0]
         err = TaskError.local(SerializationError(
             f"a result of {batch.fn.name} could not be unpickled here: {exc!r}"))
+        h.partial = []
         self.sched.batch_done(h.wid, batch.bid, [err] * len(batch), 0.0)
 
     def _post_from_thread(self, kind: int, wid: int, *rest: Any) -> None:
@@ -538,8 +601,17 @@ class Engine:
             direct = batch.args if batch.owners is None else [j.blob for j in batch.owners]
             h.thread.inbox.put((batch.bid, fn.fn, int(batch.mode), direct))
             return
-        first = fn.fid not in h.fids
-        h.fids.add(fn.fid)
+        if fn.by_ref is None:
+            fn.by_ref = by_reference(fn.fn)
+        if fn.by_ref:
+            fid = fn.fid
+            first = fid not in h.fids
+            if first:
+                h.fids.add(fid)
+        else:
+            # The worker must not cache it (it would keep its objects alive): a negative
+            # fid, and the function with every batch.
+            fid, first = -fn.fid, True
         blob = fn.blob if first else None
         if batch.owners is not None:
             args: list[Any] = [pack_single(j.blob) for j in batch.owners]
@@ -548,18 +620,18 @@ class Engine:
                     len(args[0]) + len(fn.blob if first else b"") < _SMALL):
                 # The round trip's case: one small pre-pickled task. Plain pickle, no scan
                 # for big buffers or fds (there can be none), one write.
-                h.queue_plain(_dumps((TASKS, batch.bid, fn.fid, blob, int(batch.mode), True,
+                h.queue_plain(_dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True,
                                       args), 5), self.sel)
                 return
         else:
             args, packed = batch.args, False
-        msg = (TASKS, batch.bid, fn.fid, blob, int(batch.mode), packed, args)
+        msg = (TASKS, batch.bid, fid, blob, int(batch.mode), packed, args)
         try:
             nbytes = self._queue(h, msg)
             per = nbytes / len(args)
             fn.nbytes = per if fn.nbytes is None else 0.7 * fn.nbytes + 0.3 * per
         except Exception as exc:  # noqa: BLE001 - some argument of a map will not pickle
-            self._queue(h, (TASKS, batch.bid, fn.fid, blob, int(batch.mode), True,
+            self._queue(h, (TASKS, batch.bid, fid, blob, int(batch.mode), True,
                             self._pack_each(args, packed, exc)))
 
     def _pack_each(self, args: list[Any], packed: bool, exc: BaseException) -> list[Any]:

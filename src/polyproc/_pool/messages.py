@@ -7,12 +7,15 @@ not an enum member: they are pickled on every message)::
 
     engine ──► worker   (TASKS, bid, fid, fn_blob | None, mode, packed, args)
                         (STOP,)
-    worker ──► engine   (READY, pid)
+    worker ──► engine   (READY, pid, start_rss, journal_fd | None)
                         (INIT_FAILED, TaskError)
                         (RESULTS, bid, busy_seconds, rss_bytes, values)
+                        (PARTIAL, bid, values)   the first results of a batch (journal.py)
 
 ``fn_blob`` is the pickled function, sent only the first time a worker sees
-``fid``; after that the worker's cache has it. ``mode`` says how to call it
+``fid``; after that the worker's cache has it. A negative ``fid`` is a function the
+worker must not keep (a bound method, a partial, a closure: caching it would keep
+its objects alive after the task), so its blob comes with every batch. ``mode`` says how to call it
 (``scheduler.Mode``). ``packed`` says how ``args`` unpickles: ``False`` → a list
 of task arguments; ``True`` → a list of ``(body, buffers)`` already pickled by the
 caller's thread (``apply``/``submit`` pickle there, so an unpicklable argument
@@ -32,13 +35,14 @@ from typing import Any
 
 from ..errors import RemoteTraceback, SerializationError
 
-__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "TaskError"]
+__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "PARTIAL", "TaskError"]
 
 TASKS = 1
 STOP = 2
 READY = 3
 INIT_FAILED = 4
 RESULTS = 5
+PARTIAL = 6
 
 
 class TaskError:

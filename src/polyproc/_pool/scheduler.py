@@ -59,6 +59,7 @@ from .tasks import (
     Kill,
     Mode,
     PoolState,
+    Recovered,
     Send,
     Spawn,
     Stop,
@@ -76,7 +77,7 @@ __all__ = [
     "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS",
     "FnInfo", "Job", "Batch", "Scheduler", "Mode",
     "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill", "Broken",
-    "Action",
+    "Action", "Recovered",
 ]
 
 
@@ -204,8 +205,12 @@ class Scheduler:
                 self.actions.append(Kill(slot.wid))
 
     # -- events: from workers ----------------------------------------------------------
-    def worker_ready(self, wid: int) -> None:
+    def worker_ready(self, wid: int, baseline: int | None = None) -> None:
+        """The worker can take work. ``baseline``: the RSS it had when it started (a fork
+        child's pages shared with its parent), which ``max_memory_per_child`` does not count."""
         slot = self.workers[wid]
+        if baseline:
+            slot.baseline = baseline
         if slot.state is WorkerState.STARTING:
             self._move(slot, WorkerState.READY)
             self._start_failures = 0
@@ -243,7 +248,7 @@ class Scheduler:
         self.stats["failed"] += failed
         self._complete(batch, values)
         if (slot.state is WorkerState.READY and self.max_memory is not None
-                and rss is not None and rss > self.max_memory):
+                and rss is not None and rss - slot.baseline > self.max_memory):
             self._retire(slot)
         if slot.state is WorkerState.RETIRING and not slot.window:
             self._stop(slot)
@@ -251,8 +256,15 @@ class Scheduler:
 
     def worker_exited(self, wid: int, exitcode: int | None, *,
                       progress: tuple[int, int] | None = None,
-                      peak_rss: int | None = None, name: str = "") -> None:
-        """A worker's process ended (its sentinel fired, its channel drained)."""
+                      peak_rss: int | None = None, name: str = "",
+                      recovered: Recovered | None = None) -> None:
+        """A worker's process ended (its sentinel fired, its channel drained).
+
+        ``recovered`` (from the worker's commit journal) says how far the head batch got:
+        its finished tasks are delivered, never run again; the one that was running is
+        lost (or retried); the rest are requeued. Without it (``progress`` alone, or
+        nothing) the finished ones cannot be told apart and are run again.
+        """
         slot = self.workers.pop(wid)
         was = slot.state
         if was is not WorkerState.DEAD:
@@ -272,15 +284,27 @@ class Scheduler:
         head = window.pop(0) if window else None
         for batch in reversed(window):     # never started: run again, first in line
             self.requeued.appendleft(batch)
+        done: list[Any] | None = None
+        if head is not None and recovered is not None and recovered.bid == head.bid:
+            done = recovered.values
+            if done is not None and len(done) >= len(head):
+                # Every task of it finished; only its results' trip was cut short.
+                self._account(head, done[:len(head)])
+                self._complete(head, done[:len(head)])
+                head = None
+            elif done is None:
+                head = self._unstarted(head, exitcode, slot.peak_rss, who)
         if head is not None and head is slot.timed_out:
             self._timed_out(head, who)
         elif head is not None:
             pos: int | None = None
-            if progress is not None and progress[0] == head.bid:
+            if done is not None:
+                pos = len(done)
+            elif progress is not None and progress[0] == head.bid:
                 pos = progress[1]
             elif len(head) == 1:
                 pos = 0
-            self._lost_batch(head, pos, exitcode, slot.peak_rss, who)
+            self._lost_batch(head, pos, exitcode, slot.peak_rss, who, done)
         if self._start_failures >= 3 and self.state is not PoolState.BROKEN:
             from ..errors import StartError
 
@@ -605,8 +629,31 @@ class Scheduler:
         else:
             self._complete_run(job, index, [value])
 
+    def _unstarted(self, batch: Batch, exitcode: int | None, peak_rss: int | None,
+                   who: str) -> Batch | None:
+        """Its worker died before any task of ``batch`` began (receiving it, say): run it
+        again. A batch that keeps killing workers before it starts is cut into single
+        tasks, and a single task that does it twice is the culprit (the lost path)."""
+        batch.unstarted += 1
+        if batch.unstarted < 2:
+            self.requeued.appendleft(batch)
+            return None
+        if len(batch) > 1:
+            for i in reversed(range(len(batch))):
+                one = _single(batch, i)
+                one.isolated = True
+                one.unstarted = 1
+                self.requeued.appendleft(one)
+            return None
+        return batch   # lost (or retried) like a task that was running
+
+    def _account(self, batch: Batch, values: list[Any]) -> None:
+        failed = sum(1 for v in values if type(v) is TaskError)
+        self.stats["done"] += len(values) - failed
+        self.stats["failed"] += failed
+
     def _lost_batch(self, batch: Batch, pos: int | None, exitcode: int | None,
-                    peak_rss: int | None, who: str) -> None:
+                    peak_rss: int | None, who: str, done: list[Any] | None = None) -> None:
         if pos is None or pos >= len(batch):
             # We cannot tell which task killed it: run each alone to find out.
             for i in reversed(range(len(batch))):
@@ -637,8 +684,12 @@ class Scheduler:
                 exitcode=exitcode, peak_rss=peak_rss)
             self._deliver_one(batch, pos, TaskError.local(err))
         before = _slice(batch, 0, pos)
-        if len(before):
-            # They finished, but their results died with the worker.
+        if len(before) and done is not None:
+            # They finished and the journal kept their results: delivered, never run again.
+            self._account(before, done[:pos])
+            self._complete(before, done[:pos])
+        elif len(before):
+            # They finished, but without a journal their results died with the worker.
             self.requeued.appendleft(before)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 __all__ = [
     "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS", "Mode", "FnInfo",
     "Job", "Batch", "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill",
-    "Broken", "Action", "WorkerSlot", "short_repr", "describe_exit",
+    "Broken", "Action", "Recovered", "WorkerSlot", "short_repr", "describe_exit",
 ]
 
 
@@ -75,7 +75,7 @@ class FnInfo:
     unpicklable one fails at submit); ``est`` is written only by the engine thread.
     """
 
-    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes")
+    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes", "by_ref")
 
     def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
         self.fid = fid
@@ -84,6 +84,7 @@ class FnInfo:
         self.blob = blob      # the serializer's Payload (or the function itself for threads)
         self.est: float | None = None   # seconds per task, moving average
         self.nbytes: float | None = None  # pickled bytes per task (the engine measures)
+        self.by_ref: bool | None = None   # may workers cache it? (the engine decides once)
 
 
 _NO_REORDER: dict[int, list[Any]] = {}  # shared by unordered jobs; never written
@@ -159,7 +160,7 @@ class Batch:
     """
 
     __slots__ = ("bid", "fn", "mode", "job", "start", "args", "owners", "worker",
-                 "deadline", "isolated")
+                 "deadline", "isolated", "unstarted")
 
     def __init__(self, fn: FnInfo, mode: Mode, args: list[Any], *, job: Job | None = None,
                  start: int = 0, owners: list[Job] | None = None, isolated: bool = False) -> None:
@@ -173,6 +174,7 @@ class Batch:
         self.worker = 0
         self.deadline: float | None = None
         self.isolated = isolated      # re-run alone to find which task killed a worker
+        self.unstarted = 0            # deaths of its worker before any task of it began
 
     def __len__(self) -> int:
         return len(self.args)
@@ -241,6 +243,18 @@ Action = Spawn | Send | Deliver | DeliverSingles | Done | Stop | Kill | Broken
 
 
 @dataclass(slots=True)
+class Recovered:
+    """What a dead worker's commit journal says about the head batch of its window.
+
+    ``values`` None: the journal speaks for an older batch, so the head never started.
+    Otherwise the results of its first ``len(values)`` tasks; the next one was running.
+    """
+
+    bid: int
+    values: list[Any] | None
+
+
+@dataclass(slots=True)
 class WorkerSlot:
     wid: int
     state: WorkerState = WorkerState.STARTING
@@ -250,6 +264,7 @@ class WorkerSlot:
     busy: float = 0.0
     rss: int | None = None
     peak_rss: int | None = None
+    baseline: int = 0        # RSS it inherited at start (fork): not its own for the limit
     last_used: int = 0
     exclusive: bool = False  # running a timed task: nothing else goes there
     timed_out: Batch | None = None

@@ -2,12 +2,21 @@
 
 A process worker owns one end of a private channel (a ``Pipe()`` socketpair)::
 
-    engine ──(TASKS bid fid fn? mode packed args)──►  recv ─► cache fn by fid
+    engine ──(TASKS bid fid fn? mode packed args)──►  recv ─► cache fn by fid (fid > 0)
                                                         │
                                                         ▼ run every task of the batch,
-                                                          catching BaseException per task
+                                                          catching BaseException per task,
+                                                          committing each result to the
+                                                          journal before the next (journal.py)
+    engine ◄──(PARTIAL bid values)───────────────────  a result the journal cannot hold
     engine ◄──(RESULTS bid busy rss values)──────────  send (an unpicklable value is
                                                           replaced by its own error)
+
+Between batches the worker holds nothing of the last one (its argument, function,
+results), so a task's objects die when the task does, as the user expects of
+``__del__`` and weakref callbacks. READY carries the journal's fd and the RSS the
+worker started with (a fork child's pages shared with its parent, which
+``max_memory_per_child`` does not count).
 
 It ignores SIGINT (the parent owns Ctrl+C and tears the pool down), runs the
 initializer once (reporting ``INIT_FAILED`` instead of dying, so the pool breaks
@@ -25,15 +34,18 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import SerializationError
-from .messages import INIT_FAILED, READY, RESULTS, STOP, TaskError
+from .journal import Journal, journal_fd
+from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError
 
-__all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss"]
+__all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_reference"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -76,6 +88,26 @@ class _Rss:
             return None
 
 
+def by_reference(fn: Any) -> bool:
+    """Does ``fn`` pickle as a name that its module keeps alive (a module-level function,
+    class or builtin)? Only those may a worker cache across batches: caching anything
+    else (a bound method, a partial, a closure) would keep its objects alive after the task."""
+    if isinstance(fn, types.BuiltinFunctionType):
+        owner = getattr(fn, "__self__", None)
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            return False   # a bound builtin method: ``[].append``
+    elif not isinstance(fn, (types.FunctionType, type)):
+        return False
+    mod = sys.modules.get(getattr(fn, "__module__", None) or "")
+    target: Any = mod
+    try:
+        for part in fn.__qualname__.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        return False
+    return target is fn
+
+
 def current_rss(pid: int) -> int | None:
     """Another process's RSS in bytes (the engine samples busy workers with it)."""
     try:
@@ -89,19 +121,38 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
                 serializer: Any) -> None:
     """Entry point of a pool worker process (the ``target`` of its ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rss = _Rss()
+    start_rss = rss.read()   # before the initializer: what it allocates is the worker's own
     try:
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001 - report, never die with a traceback
         _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
         return
-    if not _send_quietly(chan, (READY, os.getpid())):
+    try:
+        journal: Journal | None = Journal()
+    except OSError:
+        journal = None   # no memfd: results still travel, only exactly-once on death is lost
+    if not _send_quietly(chan, (READY, os.getpid(), start_rss,
+                                None if journal is None else journal_fd(journal))):
         return
-    rss = _Rss()
-    fns: dict[int, Callable[..., Any]] = {}
+    _serve(chan, serializer, rss, journal)
+
+
+def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> None:
+    fns: dict[int, Callable[..., Any]] = {}   # functions the parent may name by fid alone
     loads = serializer.loads
+    dumps = serializer.dumps_bytes
     clock = time.perf_counter
+    capture = TaskError.capture
+
+    def flush(bid: int, values: list[Any]) -> bool:
+        return _send_results(chan, (PARTIAL, bid), values)
+
     while True:
+        # Nothing of the last batch is held here while we wait: its argument, function and
+        # results die with it (only ``fns`` keeps functions, and only those the parent
+        # names by fid: module-level ones, which their module keeps alive anyway).
         try:
             msg = chan.recv()
         except (EOFError, OSError):
@@ -109,24 +160,38 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         if msg[0] == STOP:
             return
         _, bid, fid, blob, mode, packed, args = msg
+        msg = None
         start = clock()
         fn = fns.get(fid)
+        values: list[Any] | bytes | None = None
         if fn is None:
             try:
-                fn = fns[fid] = loads(blob)
+                fn = loads(blob)
+                if fid > 0:
+                    fns[fid] = fn
             except BaseException as exc:  # noqa: BLE001
                 err = TaskError.capture(SerializationError(
                     f"the task function could not be unpickled in the worker: {exc!r}"))
                 values = [err] * len(args)
                 fn = None
+        blob = None
         if fn is not None:
             if packed:
                 args = [_unpack(loads, a) for a in args]
-                values = _run_packed(fn, mode, args)
+                if any(type(a) is _Unpacked for a in args):
+                    fn, mode = _WithErrors(fn, mode), ONE
+            if journal is not None:
+                values = journal.run(fn, mode, args, bid, flush, capture, dumps)
+                if values is None:
+                    return
             else:
                 values = run_batch(fn, mode, args)
+        fn = args = None
         busy = clock() - start
-        if not _send_results(chan, (RESULTS, bid, busy, rss.read(), values)):
+        assert values is not None
+        ok = _send_results(chan, (RESULTS, bid, busy, rss.read()), values)
+        values = None
+        if not ok:
             return
 
 
@@ -150,10 +215,24 @@ def _unpack(loads: Callable[..., Any], item: Any) -> Any:
             f"the task's arguments could not be unpickled in the worker: {exc!r}")))
 
 
-def _run_packed(fn: Callable[..., Any], mode: int, args: list[Any]) -> list[Any]:
-    if not any(type(a) is _Unpacked for a in args):
-        return run_batch(fn, mode, args)
-    return [a.error if type(a) is _Unpacked else run_batch(fn, mode, [a])[0] for a in args]
+class _WithErrors:
+    """``fn`` for a batch where some arguments did not unpickle: those tasks' value is their
+    error (a ``TaskError``), the others run as usual."""
+
+    __slots__ = ("fn", "mode")
+
+    def __init__(self, fn: Callable[..., Any], mode: int) -> None:
+        self.fn = fn
+        self.mode = mode
+
+    def __call__(self, a: Any) -> Any:
+        if type(a) is _Unpacked:
+            return a.error
+        if self.mode == ONE:
+            return self.fn(a)
+        if self.mode == STAR:
+            return self.fn(*a)
+        return self.fn(*a[0], **a[1])
 
 
 def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
@@ -164,23 +243,23 @@ def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
     return True
 
 
-def _send_results(chan: Any, msg: tuple[Any, ...]) -> bool:
-    """Send a results message; values that cannot be pickled become errors in place."""
+def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any] | bytes) -> bool:
+    """Send ``(*head, values)``; values that cannot be pickled become errors in place."""
     try:
-        chan.send(msg)
+        chan.send((*head, values))
         return True
     except SerializationError:
         pass
     except OSError:
         return False
-    values = list(msg[4])
+    values = list(values)
     for i, v in enumerate(values):
         try:
             chan._ser.dumps(v, what="result")
         except BaseException as exc:  # noqa: BLE001
             values[i] = TaskError.capture(SerializationError(
                 f"the task's result could not be pickled to send back: {type(v).__name__}: {exc}"))
-    return _send_quietly(chan, (*msg[:4], values))
+    return _send_quietly(chan, (*head, values))
 
 
 # -- thread workers (ThreadPool) ------------------------------------------------------

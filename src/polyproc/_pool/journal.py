@@ -1,0 +1,393 @@
+"""The commit journal: every finished task's result survives its worker's SIGKILL.
+
+Each process worker owns one memfd (``SIZE`` bytes, pages touched only as used),
+mapped by the worker read-write and by the parent read-only. The worker commits each
+task's result there *before it starts the next task*; the parent never reads the
+journal while the worker lives, only after its death, so there is no lock and no
+syscall per task (a commit is one or two stores into the mapping)::
+
+    worker                                       parent (engine thread)
+    ──────                                       ──────────────────────
+    READY + the journal's fd (SCM_RIGHTS)  ────►  map it read-only (MADV_DONTFORK), close fd
+    TASKS bid ◄──────────────────────────────────
+    begin(bid): zero the tags, BASE := 0, BID := bid
+    for each task i:  run it
+        commit: value into slot j (= i - BASE), then tags[j] := kind   ◄── the commit point
+                (an int: the store into its slot is the commit)
+        no room (slots, area) or no in-band pickle:
+            PARTIAL bid values[sent..i] ──────►  kept on the Handle (head batch)
+            rebase: zero the tags, BASE := i + 1
+    RESULTS bid values[sent..n-1] ─────────────►  batch_done(partial + values)
+                                                  ...
+                                  death ──────►  drain the channel to EOF, then read the
+                                                  journal: tasks [0, k) are finished (their
+                                                  values), task k was running (fails, or is
+                                                  retried), tasks after it never started
+
+Layout (native byte order; the two sides are one machine)::
+
+    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE
+    TAGS         SLOTS bytes: the kind of slot j's value, 0 = not committed
+    VALS         SLOTS int64 (or float64) words: the value, or for a blob the end offset,
+                 or UNSET
+    AREA         blobs back to back from 0: in-band pickles, UTF-8 text, raw bytes
+
+Kinds: an int is the slot itself with tag 0: ``begin`` fills the slots with UNSET
+(-2**63), so storing the value *is* the commit, one store (an int equal to UNSET, or
+too big for int64, takes the blob path). FLOAT holds the value in the slot plus its
+tag; NONE/TRUE/FALSE only the tag; BLOB a pickle in the area ending at the slot's
+offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL a flat tuple of scalars. A task is committed once its tag
+is set or its slot no longer holds UNSET.
+
+Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
+
+* A tag is written after everything it describes, and a header word after the tags
+  it governs, so a worker killed between any two stores leaves a journal whose
+  committed prefix is exactly right (a killed process's earlier stores all land).
+* BID names the batch the journal speaks for, and is written last in ``begin``
+  (after the tags are zeroed): a journal naming batch B never shows stale tags.
+* The worker begins batch B+1 only after ``send(RESULTS B)`` returned, and rebases
+  only after ``send(PARTIAL)`` returned: those bytes are then in the kernel's socket
+  buffer, which outlives the worker, so the parent reads them on its drain. Hence
+  ``BASE <= len(partial results received)`` always, and if the journal names an
+  older batch than the head of the worker's window, the head never started.
+* At most one task per worker is ever "running": begun but not committed. Only it
+  is lost when the worker dies; a task is never run twice unless ``retries=`` says so.
+
+A result too big for the area (or one carrying fds, or that only pickles out of
+band) goes out at once in a PARTIAL message, with the uncommitted ones before it,
+before the next task starts: the same guarantee through the socket instead.
+"""
+
+from __future__ import annotations
+
+import marshal
+import mmap
+import os
+import pickle
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from .._serialize import fd_handle
+
+__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "journal_fd", "values_of"]
+
+MAGIC = 0x706F6C796A726E31  # "polyjrn1"
+SLOTS = 4096                  # tasks per journal (a batch longer than this flushes)
+SIZE = 1 << 20
+_HEADER = 64
+TAGS = _HEADER
+VALS = TAGS + SLOTS
+AREA = VALS + 8 * SLOTS
+AREA_SIZE = SIZE - AREA
+
+EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB, STR, BYTES, MARSHAL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+_FLAT = frozenset({int, float, str, bytes, bool, type(None)})
+_marshal = marshal.dumps
+_H_MAGIC, _H_BID, _H_BASE = 0, 1, 2
+_HEAD = struct.Struct("=3q")
+_ZEROS = bytes(SLOTS)
+UNSET = -(2**63)          # an int slot not yet written (an int result of this value is a blob)
+_UNSET_FILL = struct.pack("=q", UNSET) * SLOTS
+_NOTHING: Any = object()
+
+ONE, STAR = 0, 1   # scheduler.Mode values, as plain ints (KW is anything else)
+
+
+def _rebuild_fd(fd: int) -> int:
+    return fd
+
+
+class _JournalFd:
+    """The journal's fd as it travels in READY: the parent receives its own copy (an int)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_fd, (fd_handle(self.fd),))
+
+
+def journal_fd(j: Journal) -> Any:
+    """What to put in the READY message so the parent gets the journal."""
+    return _JournalFd(j.fd)
+
+
+class Journal:
+    """The worker's side: runs batches, committing each result before the next task."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("polyproc-journal", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, SIZE)
+        self.mm = mmap.mmap(self.fd, SIZE)
+        view = memoryview(self.mm)
+        self._head = view[:_HEADER].cast("q")
+        self.tags = view[TAGS:VALS]
+        self._words = view[VALS:AREA]
+        self.ivals = self._words.cast("q")
+        self.fvals = self._words.cast("d")
+        self.area = view[AREA:SIZE]
+        self._head[_H_MAGIC] = MAGIC
+
+    def begin(self, bid: int, base: int, n: int) -> None:
+        """Speak for tasks ``base..`` of batch ``bid`` (nothing of it committed yet)."""
+        # One slot past the tasks it will hold is reset too: the reader stops there, not at
+        # a stale slot of a longer batch before.
+        k = min(n - base + 1, SLOTS)
+        if k > 0:
+            self.tags[:k] = _ZEROS[:k]
+            self._words[:8 * k] = _UNSET_FILL[:8 * k]
+        head = self._head
+        head[_H_BASE] = base
+        head[_H_BID] = bid   # last: the journal now names this batch
+
+    def run(self, fn: Callable[..., Any], mode: int, args: list[Any], bid: int,
+            flush: Callable[[int, list[Any]], bool], capture: Callable[[BaseException], Any],
+            dumps: Callable[[Any], bytes]) -> list[Any] | bytes | None:
+        """Run one batch; return the values not yet sent (``None``: the channel is gone).
+
+        The values come back as a list, or, when every one is an int that the journal
+        holds in place, as those int64s' bytes (``values_of`` reads either): the parent
+        then rebuilds them at C speed instead of unpickling a list.
+        ``flush(bid, values)`` sends a PARTIAL message and returns False if it could not.
+        """
+        n = len(args)
+        lo = 0
+        while True:
+            hi = min(n, lo + SLOTS)
+            k, others, big = self._span(fn, mode, args, lo, hi, bid, n, capture, dumps)
+            if big is _NOTHING and lo + k == n:
+                return self._collect(k, others, raw=True)
+            values = self._collect(k - 1 if big is not _NOTHING else k, others, raw=False)
+            if big is not _NOTHING:
+                values.append(big)  # type: ignore[union-attr]
+            if not flush(bid, values):  # type: ignore[arg-type]
+                return None
+            lo += k
+            if lo >= n:
+                return []
+
+    def _span(self, fn: Callable[..., Any], mode: int, args: list[Any], lo: int, hi: int,
+              bid: int, n: int, capture: Callable[[BaseException], Any],
+              dumps: Callable[[Any], bytes]) -> tuple[int, list[Any], Any]:
+        """Run tasks ``lo..hi-1``, committing each. Stops early after a task whose result
+        the journal cannot hold, returned as ``big`` (to be sent before the next task)."""
+        self.begin(bid, lo, n)
+        tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
+        others: list[Any] = []   # results that are not ints, floats, None or bools, in order
+        keep = others.append
+        one = mode == ONE
+        pos = 0                  # end of the blobs in the area
+        j = -1
+        for j, a in enumerate(args[lo:hi] if lo or hi < n else args):  # noqa: B007
+            try:
+                if one:
+                    v = fn(a)
+                elif mode == STAR:
+                    v = fn(*a)
+                else:
+                    v = fn(*a[0], **a[1])
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the worker
+                v = capture(exc)
+            # Commit before the next task starts. An int is one store: its slot held UNSET,
+            # so writing the value is the commit (UNSET itself takes the blob path).
+            t = type(v)
+            if t is int:
+                try:
+                    ivals[j] = v
+                    if v != UNSET:
+                        continue
+                except (ValueError, OverflowError):
+                    pass
+            elif t is float:
+                fvals[j] = v
+                tags[j] = FLOAT
+                continue
+            elif v is None:
+                tags[j] = NONE
+                continue
+            elif t is bool:
+                tags[j] = TRUE if v else FALSE
+                continue
+            kind = BLOB
+            if t is str:
+                try:
+                    blob = v.encode()
+                    kind = STR
+                except UnicodeEncodeError:   # lone surrogates: pickle keeps them
+                    blob = _blob(dumps, v, AREA_SIZE - pos)
+            elif t is bytes and len(v) < AREA_SIZE - pos:
+                blob = v
+                kind = BYTES
+            elif t is tuple:
+                # A flat tuple of scalars (``(key, value)``, the map-reduce shape): marshal,
+                # about twice as fast as pickle and exact for these types (not for a nested
+                # bytearray or memoryview, which it would turn into bytes: those pickle).
+                for x in v:
+                    if type(x) not in _FLAT:
+                        blob = _blob(dumps, v, AREA_SIZE - pos)
+                        break
+                else:
+                    blob = _marshal(v)
+                    kind = MARSHAL
+            else:
+                blob = _blob(dumps, v, AREA_SIZE - pos)
+            if blob is None or len(blob) > AREA_SIZE - pos:
+                return j + 1, others, v   # too big, or it needs fds: the channel takes it
+            end = pos + len(blob)
+            area[pos:end] = blob
+            pos = end
+            ivals[j] = end
+            tags[j] = kind
+            keep(v)
+        return j + 1, others, _NOTHING
+
+    def _collect(self, k: int, others: list[Any], raw: bool) -> list[Any] | bytes:
+        """The values of the span's first ``k`` tasks, from the journal (and ``others``)."""
+        tags = self.tags[:k].tobytes()
+        if not tags.count(0) - k:
+            data = self.ivals[:k]
+            return data.tobytes() if raw else data.tolist()
+        if tags.count(FLOAT) == k:
+            return self.fvals[:k].tolist()
+        ivals, fvals = self.ivals, self.fvals
+        objs = iter(others)
+        out: list[Any] = []
+        append = out.append
+        for j, t in enumerate(tags):
+            if t == 0:
+                append(ivals[j])
+            elif t == FLOAT:
+                append(fvals[j])
+            elif t == NONE:
+                append(None)
+            elif t == TRUE:
+                append(True)
+            elif t == FALSE:
+                append(False)
+            else:
+                append(next(objs))
+        return out
+
+    def close(self) -> None:
+        for v in (self._head, self.tags, self.ivals, self.fvals, self._words, self.area):
+            v.release()
+        self.mm.close()
+        os.close(self.fd)
+
+
+def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
+    """``v`` pickled in band if it fits in ``room`` bytes; None to send it on the channel.
+
+    Plain pickle first (C, and no check of ``__main__``): whatever it can name by
+    reference here, the parent can too. Then the serializer's way (cloudpickle).
+    """
+    t = type(v)
+    if (t is bytes or t is bytearray) and len(v) >= room:
+        return None   # do not copy a big buffer only to find it does not fit
+    try:
+        blob = _plain(v, 5)
+    except BaseException:  # noqa: BLE001
+        try:
+            blob = dumps(v)
+        except BaseException:  # noqa: BLE001 - fds, or not picklable: the channel says which
+            return None
+    return blob if len(blob) <= room else None
+
+
+_plain = pickle.dumps
+
+
+class JournalReader:
+    """The parent's side: a read-only mapping of a worker's journal, read after its death."""
+
+    def __init__(self, fd: int) -> None:
+        try:
+            self.mm: mmap.mmap | None = mmap.mmap(fd, SIZE, prot=mmap.PROT_READ)
+            # Workers forked later must not inherit this mapping (nor the fd: closed below).
+            self.mm.madvise(mmap.MADV_DONTFORK)
+        except (OSError, ValueError, AttributeError):
+            self.mm = None
+        finally:
+            os.close(fd)
+
+    def recover(self, bid: int, known: int, n: int | None = None) -> list[Any] | None:
+        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed.
+
+        ``known`` results of the batch came in PARTIAL messages already. Returns None if
+        the journal does not speak for ``bid`` (the batch never started) or cannot be read.
+        """
+        mm = self.mm
+        if mm is None:
+            return None
+        magic, jbid, base = _HEAD.unpack_from(mm, 0)
+        if magic != MAGIC or jbid != bid or not 0 <= base <= known:
+            return None
+        count = SLOTS if n is None else max(0, min(SLOTS, n - base))
+        tags = mm[TAGS:TAGS + count]
+        words = memoryview(mm[VALS:VALS + 8 * count])
+        ivals, fvals = words.cast("q"), words.cast("d")
+        out: list[Any] = []
+        pos = 0
+        for j in range(count):
+            tag = tags[j]
+            if tag == EMPTY:
+                v: Any = ivals[j]
+                if v == UNSET:
+                    break   # the first task not committed: it was running
+            elif tag == INT:
+                v = ivals[j]
+            elif tag == FLOAT:
+                v = fvals[j]
+            elif tag == NONE:
+                v = None
+            elif tag == TRUE:
+                v = True
+            elif tag == FALSE:
+                v = False
+            elif BLOB <= tag <= MARSHAL:
+                end = ivals[j]
+                if not pos <= end <= AREA_SIZE:
+                    break   # not a journal we wrote: trust nothing past here
+                data = mm[AREA + pos:AREA + end]
+                if tag == BYTES:
+                    v = data
+                elif tag == STR:
+                    v = data.decode(errors="surrogatepass")
+                else:
+                    v = _loads(data, tag == MARSHAL)
+                pos = end
+            else:
+                break
+            if base + j >= known:
+                out.append(v)
+        ivals.release()
+        fvals.release()
+        words.release()
+        return out
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+
+def values_of(values: list[Any] | bytes) -> list[Any]:
+    """A RESULTS message's values: a list, or the int64s of an all-int batch (``Journal.run``)."""
+    if type(values) is bytes:
+        return memoryview(values).cast("q").tolist()
+    return values  # type: ignore[return-value]
+
+
+def _loads(blob: bytes, marshalled: bool = False) -> Any:
+    from ..errors import SerializationError
+    from .messages import TaskError
+
+    try:
+        return marshal.loads(blob) if marshalled else pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - the task's result, as its error
+        return TaskError.local(SerializationError(
+            f"a task's result, recovered from its dead worker, could not be unpickled here: {exc!r}"))

@@ -1,0 +1,147 @@
+"""The commit journal (``_pool/journal.py``) in one process: what a dead worker leaves is exact.
+
+The reader maps the same memfd, so a task can look at the journal at the instant it starts:
+that is what the parent sees if the worker is killed then.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+from polyproc._pool import journal as jr
+from polyproc._pool.messages import TaskError
+from polyproc._serialize import DEFAULT_SERIALIZER
+
+
+class _Probe:
+    """A task function that, at each task, records what the journal says so far."""
+
+    def __init__(self, reader: jr.JournalReader, bid: int, sent: list[Any]) -> None:
+        self.reader = reader
+        self.bid = bid
+        self.sent = sent
+        self.seen: list[list[Any] | None] = []
+
+    def __call__(self, x: Any) -> Any:
+        known = len(self.sent)
+        rest = self.reader.recover(self.bid, known)
+        self.seen.append(None if rest is None else self.sent + rest)
+        return x
+
+
+def _pair() -> tuple[jr.Journal, jr.JournalReader]:
+    j = jr.Journal()
+    return j, jr.JournalReader(os.dup(j.fd))
+
+
+def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] | None]:
+    j, reader = _pair()
+    sent: list[Any] = []
+
+    def flush(b: int, vals: list[Any]) -> bool:
+        assert b == bid
+        sent.extend(vals)
+        return True
+
+    probe = _Probe(reader, bid, sent)
+    try:
+        rest = j.run(probe, 0, values, bid, flush, TaskError.capture,
+                     DEFAULT_SERIALIZER.dumps_bytes)
+        final = reader.recover(bid, len(sent), len(values))
+    finally:
+        j.close()
+        reader.close()
+    assert rest is not None
+    return probe, sent + jr.values_of(rest), None if final is None else sent + final
+
+
+VALUES = [0, -1, 2**63 - 1, -2**63, 2**70, 1.5, float("inf"), -0.0, None, True, False,
+          "text", "\udc80 surrogate", b"bytes", (1, "t"), (1, 2.5, None, True, b"b", 2**80),
+          (1, bytearray(b"x")), ((1,), 2), [1, 2], {"k": 1}, bytearray(b"ba")]
+
+
+def test_every_kind_round_trips_and_each_task_sees_exactly_its_predecessors() -> None:
+    probe, out, final = _run(VALUES)
+    assert out == VALUES
+    assert final == VALUES   # the whole batch committed
+    for i, seen in enumerate(probe.seen):
+        assert seen == VALUES[:i], i   # when task i starts, tasks 0..i-1 are committed
+    assert [type(v) for v in final] == [type(v) for v in VALUES]
+    assert type(final[-5][1]) is bytearray   # inside a tuple too: marshal would say bytes
+
+
+def test_a_result_too_big_for_the_area_is_flushed_before_the_next_task() -> None:
+    big = b"\x01" * (jr.AREA_SIZE + 10)
+    values = [1, 2, big, 3, "x"]
+    probe, out, final = _run(values)
+    assert out == values
+    assert final == values
+    assert probe.seen[3] == [1, 2, big]   # sent (PARTIAL) before task 3 began
+
+
+def test_more_tasks_than_slots_roll_over() -> None:
+    values = list(range(jr.SLOTS * 2 + 5))
+    probe, out, final = _run(values)
+    assert out == values and final == values
+    assert probe.seen[jr.SLOTS + 3] == values[:jr.SLOTS + 3]
+
+
+def test_a_result_with_an_fd_goes_on_the_channel() -> None:
+    a, b = socket.socketpair()
+    try:
+        from polyproc._connection import Connection
+        conn = Connection(a.detach())
+        probe, out, final = _run([1, conn, 2])
+        assert out[1] is conn and final is not None and final[1] is conn
+        assert probe.seen[2] == [1, conn]
+        conn.close()
+    finally:
+        b.close()
+
+
+def test_a_journal_for_another_batch_says_not_started() -> None:
+    j, reader = _pair()
+    try:
+        j.begin(3, 0, 10)
+        assert reader.recover(4, 0) is None
+        assert reader.recover(3, 0) == []
+        j.begin(3, 2, 10)
+        j.tags[0] = jr.NONE
+        j.tags[1] = jr.TRUE
+        # PARTIAL results up to the journal's base or past it: only the ones after them.
+        assert reader.recover(3, 2) == [None, True]
+        assert reader.recover(3, 3) == [True]
+        # Fewer than its base: a PARTIAL message is missing, the journal cannot be used.
+        assert reader.recover(3, 1) is None
+    finally:
+        j.close()
+        reader.close()
+
+
+def test_a_corrupt_journal_trusts_nothing_past_the_damage() -> None:
+    j, reader = _pair()
+    try:
+        j.begin(5, 0, 3)
+        j.tags[0] = jr.INT
+        j.ivals[0] = 11
+        j.tags[1] = jr.BLOB
+        j.ivals[1] = jr.AREA_SIZE + 1   # an offset past the area
+        j.tags[2] = jr.INT
+        assert reader.recover(5, 0) == [11]
+        j.ivals[1] = 3
+        j.area[0:3] = b"zzz"            # not a pickle: that task's result is an error
+        got = reader.recover(5, 0)
+        assert got is not None and got[0] == 11 and type(got[1]) is TaskError
+    finally:
+        j.close()
+        reader.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_empty_and_short_batches(n: int) -> None:
+    _, out, final = _run(list(range(n)))
+    assert out == list(range(n)) and final == list(range(n))
