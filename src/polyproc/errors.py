@@ -14,13 +14,15 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
     │   ├── AuthenticationError
     │   ├── TimeoutError(builtins.TimeoutError)
     │   ├── SerializationError(pickle.PicklingError)   argument/result cannot be pickled
+    │   │   └── MaybeEncodingError                     a task's result could not be sent back
     │   └── StartError                                 a child could not be started
     ├── ProtocolError(OSError)                         garbage, torn or oversize frame on a wire
     │   └── CorruptMessageError(UnpicklingError)       a well-framed message that is not a pickle
     ├── ClosedResourceError(OSError)                   closed *by you*, then used
     ├── BrokenResourceError(OSError)                   broken *underneath you* (peer or server died)
     │   └── ManagerUnavailableError(ConnectionRefusedError)  no manager server answers there
-    ├── BrokenProcessPool(concurrent.futures.BrokenExecutor)
+    ├── BrokenProcessPool(concurrent.futures.BrokenExecutor)   (and, once the stdlib's
+    │   │                     concurrent.futures.process is imported, its BrokenProcessPool)
     │   └── WorkerLostError                            a pool worker died holding a task
     ├── PoolClosedError(ValueError)                    work submitted to a closed pool
     ├── RemoteError                                    a manager call failed on the server
@@ -28,6 +30,15 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
 
 ``RemoteTraceback`` is not raised: it is attached as ``__cause__`` of an exception
 re-raised from a worker, so the worker's traceback prints under the parent's.
+
+``except concurrent.futures.process.BrokenProcessPool`` must catch ours too, but
+``except`` looks at the real MRO (an ABC ``__subclasscheck__`` is not consulted),
+and importing that module loads the whole stdlib ``multiprocessing``, which
+polyproc never does. So our ``BrokenProcessPool`` gets the stdlib class as a base
+only when someone imports it: at our import if it is already loaded, else from a
+one-shot ``sys.meta_path`` hook that fires when ``concurrent.futures.process``
+finishes executing (``_adopt_stdlib_broken_pool``). A program that never imports
+it loads nothing.
 
 OS errors become these only at the edges (transport, launch); nothing in between
 catches ``OSError``.
@@ -37,8 +48,13 @@ from __future__ import annotations
 
 import builtins
 import pickle
+import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
 
 __all__ = [
     "PolyprocError",
@@ -47,6 +63,7 @@ __all__ = [
     "AuthenticationError",
     "TimeoutError",
     "SerializationError",
+    "MaybeEncodingError",
     "StartError",
     "ProtocolError",
     "CorruptMessageError",
@@ -93,6 +110,39 @@ class SerializationError(ProcessError, pickle.PicklingError):
     """An object could not be pickled for another process; the message names it."""
 
 
+class MaybeEncodingError(SerializationError):
+    """A task's result could not be pickled to send it back (``multiprocessing.pool``'s name).
+
+    As in the stdlib, ``exc`` and ``value`` are the reprs of the pickling error and of
+    the result, and ``str()`` reads ``Error sending result: '...'. Reason: '...'``.
+    Also a ``SerializationError`` (so a ``pickle.PicklingError``). ``error`` is the
+    pickling error itself when it could travel (``ProcessPoolExecutor`` raises that,
+    as the stdlib's does), else ``None``.
+    """
+
+    def __init__(self, exc: object, value: object, *, error: BaseException | None = None) -> None:
+        self.exc = exc if isinstance(exc, str) else repr(exc)
+        self.value = value if isinstance(value, str) else repr(value)
+        super().__init__(self.exc, self.value)
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the reprs as they are: the stdlib's default reduce would repr them
+        # again on the other side (quotes doubled).
+        return (_rebuild_maybe_encoding, (self.exc, self.value, self.error))
+
+
+def _rebuild_maybe_encoding(exc: str, value: str,
+                            error: BaseException | None) -> MaybeEncodingError:
+    return MaybeEncodingError(exc, value, error=error)
+
+
 class StartError(ProcessError):
     """A child process could not be started (or died before it could run)."""
 
@@ -122,7 +172,11 @@ class ManagerUnavailableError(BrokenResourceError, ConnectionRefusedError):
 
 
 class BrokenProcessPool(PolyprocError, BrokenExecutor):
-    """A pool can no longer run work (the stdlib name, kept for ``except``)."""
+    """A pool can no longer run work (the stdlib name, kept for ``except``).
+
+    Also ``concurrent.futures.process.BrokenProcessPool`` as soon as that module is
+    imported (see the module docstring), so stdlib-written ``except`` clauses catch it.
+    """
 
 
 class WorkerLostError(BrokenProcessPool):
@@ -190,3 +244,83 @@ class RemoteTraceback(Exception):
 
 class BrokenBarrierError(PolyprocError, threading.BrokenBarrierError):
     """A process ``Barrier`` was reset or aborted while parties waited on it."""
+
+
+# -- concurrent.futures.process.BrokenProcessPool, adopted lazily ------------------------
+_STDLIB_POOL = "concurrent.futures.process"
+
+
+def _adopt_stdlib_broken_pool(module: ModuleType | None = None) -> bool:
+    """Make ours a real subclass of the stdlib's ``BrokenProcessPool`` (``except`` uses MRO).
+
+    ``__bases__`` assignment recomputes the MRO of every subclass (``WorkerLostError``)
+    and applies to instances already made. Returns whether it is done.
+    """
+    if module is None:
+        module = sys.modules.get(_STDLIB_POOL)
+    theirs = getattr(module, "BrokenProcessPool", None)
+    if not isinstance(theirs, type) or not issubclass(theirs, BrokenExecutor):
+        return False
+    if issubclass(BrokenProcessPool, theirs):
+        return True
+    BrokenProcessPool.__bases__ = (PolyprocError, theirs)
+    return True
+
+
+class _LoaderProxy:
+    """The real loader of ``concurrent.futures.process``, plus our hook after it executes."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        create = getattr(self._loader, "create_module", None)
+        return None if create is None else create(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        try:
+            self._loader.exec_module(module)
+        except BaseException:
+            _install_watcher()   # it did not import: watch for the next try
+            raise
+        _adopt_stdlib_broken_pool(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)   # get_source, is_package, ... for inspect
+
+
+class _StdlibPoolWatcher:
+    """A ``sys.meta_path`` finder that only ever answers for ``concurrent.futures.process``.
+
+    It asks the other finders for the real spec and wraps its loader; every other
+    import costs one string comparison. It removes itself once it has fired.
+    """
+
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != _STDLIB_POOL:
+            return None
+        _remove_watcher()
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec: ModuleSpec | None = find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _LoaderProxy(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
+
+
+def _remove_watcher() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _StdlibPoolWatcher)]
+
+
+def _install_watcher() -> None:
+    if not any(isinstance(f, _StdlibPoolWatcher) for f in sys.meta_path):
+        sys.meta_path.insert(0, _StdlibPoolWatcher())
+
+
+if not _adopt_stdlib_broken_pool():
+    _install_watcher()

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import SerializationError
-from .messages import INIT_FAILED, READY, RESULTS, STOP, TaskError
+from .messages import INIT_FAILED, READY, RESULTS, STOP, TaskError, encoding_error
 
 __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss"]
 
@@ -99,6 +99,7 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         return
     rss = _Rss()
     fns: dict[int, Callable[..., Any]] = {}
+    unloadable: dict[int, BaseException] = {}
     loads = serializer.loads
     clock = time.perf_counter
     while True:
@@ -113,8 +114,11 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         fn = fns.get(fid)
         if fn is None:
             try:
+                if blob is None:  # sent once, and it failed then: the same error again
+                    raise unloadable.get(fid) or LookupError(f"no function {fid}")
                 fn = fns[fid] = loads(blob)
             except BaseException as exc:  # noqa: BLE001
+                unloadable[fid] = exc
                 err = TaskError.capture(SerializationError(
                     f"the task function could not be unpickled in the worker: {exc!r}"))
                 values = [err] * len(args)
@@ -165,21 +169,28 @@ def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
 
 
 def _send_results(chan: Any, msg: tuple[Any, ...]) -> bool:
-    """Send a results message; values that cannot be pickled become errors in place."""
+    """Send a results message; values that cannot be pickled become errors in place.
+
+    A value whose pickling raises an ``Exception`` becomes ``MaybeEncodingError`` (the
+    stdlib Pool's error; the executor face unwraps the pickler's own error from it);
+    one whose ``__reduce__`` raises ``SystemExit`` or the like has that as its outcome,
+    as in the stdlib's executor.
+    """
     try:
         chan.send(msg)
         return True
-    except SerializationError:
-        pass
     except OSError:
         return False
+    except BaseException:  # noqa: BLE001 - some value's __reduce__ raised: find which below
+        pass
     values = list(msg[4])
     for i, v in enumerate(values):
         try:
             chan._ser.dumps(v, what="result")
+        except Exception as exc:  # noqa: BLE001
+            values[i] = TaskError.capture(encoding_error(exc, v))
         except BaseException as exc:  # noqa: BLE001
-            values[i] = TaskError.capture(SerializationError(
-                f"the task's result could not be pickled to send back: {type(v).__name__}: {exc}"))
+            values[i] = TaskError.capture(exc)
     return _send_quietly(chan, (*msg[:4], values))
 
 
