@@ -236,4 +236,6 @@ class ThreadWorker:
             if self.abandoned:
                 break
             self._post(RESULTS, self.wid, bid, clock() - start, None, values)
+            # Drop the batch before waiting for the next: nothing outlives its task.
+            item = fn = args = values = None  # type: ignore[assignment]
         self._post(STOP, self.wid)
