@@ -67,6 +67,18 @@ def test_cancel_futures_cancels_only_what_has_not_started(ctx: Any, tmp_path: Pa
             assert f.result(timeout=10) == i + 1   # started ones ran to the end
 
 
+def test_cancel_futures_at_once_spares_what_free_workers_take(ctx: Any) -> None:
+    # CPython's test_cancel_futures: the stdlib hands each free worker a call at once.
+    ex = ProcessPoolExecutor(2, mp_context=ctx)
+    futures = [ex.submit(h.inc, i) for i in range(30)]
+    ex.shutdown(cancel_futures=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    others = [f for f in futures if not f.cancelled()]
+    assert len(cancelled) > 20 and others
+    for f in others:
+        assert f.done() and f.exception() is None
+
+
 def test_system_exit_while_pickling_a_result_reaches_the_future(ctx: Any) -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as ex:
         with pytest.raises(SystemExit):

@@ -41,7 +41,7 @@ from ..errors import BrokenProcessPool, MaybeEncodingError
 from .engine import Engine
 from .lead import PoolFuture
 from .results import IMapIterator, Submitter, make_progress
-from .scheduler import Job
+from .scheduler import Job, WorkerState
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -256,7 +256,19 @@ def _star(call: tuple[Any, ...]) -> None:
 
 
 def _cancel_pending(engine: Engine) -> None:
-    """Engine thread: cancel every submitted future that has not been sent to a worker."""
-    for job in list(engine.sched.queue):
-        if job.single and job.claim is not None:
+    """Engine thread: cancel the submitted futures that have not started.
+
+    As the stdlib's executor, which hands a call to each free worker at once (marking
+    it running, workers not even up yet included): the work a free or starting worker
+    would take now is left to run; everything behind it is cancelled.
+    """
+    sched = engine.sched
+    free = sum(1 for s in sched.workers.values()
+               if s.state in (WorkerState.STARTING, WorkerState.READY)
+               and not s.window and not s.exclusive)
+    for job in list(sched.queue):
+        if job.single and job.claim is not None and not job.sink.done():
+            if free > 0:
+                free -= 1
+                continue
             job.sink.cancel()
