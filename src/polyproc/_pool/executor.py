@@ -155,6 +155,24 @@ class ProcessPoolExecutor(Executor):
         self._finalizer = weakref.finalize(self, self._engine.close)
         _exit.track(self._engine)
 
+    # -- the stdlib executor's private attributes that programs read --------------------
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """``{pid: Process}`` of the live workers (code reads it to find or kill them)."""
+        self._engine.started.wait()   # the first workers' start() calls are done
+        return {h.pid: h.proc for h in list(self._engine.handles.values())
+                if h.proc is not None and h.pid is not None}
+
+    @property
+    def _mp_context(self) -> Any:
+        return self._engine.ctx
+
+    @property
+    def _broken(self) -> str | bool:
+        """As the stdlib: False, or why the executor is broken."""
+        broken = self._engine.broken
+        return False if broken is None else str(broken)
+
     def _check(self) -> None:
         broken = self._engine.broken
         if broken is not None:
