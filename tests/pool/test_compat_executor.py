@@ -21,7 +21,7 @@ import compathelpers as c
 import poolhelpers as h
 import pytest
 
-from polyproc.errors import SerializationError, WorkerLostError
+from polyproc.errors import BrokenProcessPool, SerializationError, WorkerLostError
 from polyproc.futures import ProcessPoolExecutor
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,6 +38,16 @@ def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(ctx: Any) 
         fut = ex.submit(c.identity, c.ReduceRaises())
         assert type(fut.exception(timeout=10)) is ZeroDivisionError
         assert ex.submit(h.inc, 1).result(timeout=10) == 2
+
+
+def test_the_private_attributes_programs_read(ctx: Any) -> None:
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert len(ex._processes) == 2 and all(p.pid == pid for pid, p in ex._processes.items())
+        assert ex._mp_context is ctx and ex._broken is False
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.bad_initializer) as ex:
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(h.inc, 1).result(timeout=20)
+        assert isinstance(ex._broken, str) and "initializer" in ex._broken
 
 
 def test_submit_after_shutdown_raises_runtime_error(ctx: Any) -> None:
