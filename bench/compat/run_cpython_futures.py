@@ -77,7 +77,8 @@ def _child(module: str, method: str, out: str, pattern: str | None) -> None:
         cls = getattr(mod, name)
         if not (isinstance(cls, type) and issubclass(cls, unittest.TestCase)):
             continue
-        if not name.startswith(_MIXIN[method]):
+        if not name.startswith(_MIXIN[method]) or (
+                method == "fork" and name.startswith(_MIXIN["forkserver"])):
             continue
         for test in loader.loadTestsFromTestCase(cls):
             tid = f"{name}.{test._testMethodName}"  # type: ignore[attr-defined]

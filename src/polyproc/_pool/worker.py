@@ -94,6 +94,11 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
             initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001 - report, never die with a traceback
         _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
+        # And say so where the stdlib's executor does (programs and its tests listen there).
+        import logging
+
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:",
+                                                          exc_info=True)
         return
     if not _send_quietly(chan, (READY, os.getpid())):
         return
