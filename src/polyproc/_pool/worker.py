@@ -93,12 +93,13 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001 - report, never die with a traceback
-        _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
-        # And say so where the stdlib's executor does (programs and its tests listen there).
+        # Say so where the stdlib's executor does (programs and its tests listen there),
+        # before reporting: the pool kills its workers once it knows it is broken.
         import logging
 
         logging.getLogger("concurrent.futures").critical("Exception in initializer:",
                                                           exc_info=True)
+        _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
         return
     if not _send_quietly(chan, (READY, os.getpid())):
         return
