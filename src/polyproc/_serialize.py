@@ -261,7 +261,8 @@ def _main_is_importable_uncached(main: Any) -> bool:
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name not in ("__main__", "__mp_main__"):
         return True
-    path = getattr(main, "__file__", None)
+    # ``__file__`` is gone once the script has run (CPython deletes it); the loader knows.
+    path = getattr(main, "__file__", None) or getattr(getattr(main, "__loader__", None), "path", None)
     return isinstance(path, str) and _is_script(path)
 
 

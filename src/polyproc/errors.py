@@ -14,13 +14,15 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
     │   ├── AuthenticationError
     │   ├── TimeoutError(builtins.TimeoutError)
     │   ├── SerializationError(pickle.PicklingError)   argument/result cannot be pickled
+    │   │   └── MaybeEncodingError                     a task's result could not be sent back
     │   └── StartError                                 a child could not be started
     ├── ProtocolError(OSError)                         garbage, torn or oversize frame on a wire
     │   └── CorruptMessageError(UnpicklingError)       a well-framed message that is not a pickle
     ├── ClosedResourceError(OSError)                   closed *by you*, then used
     ├── BrokenResourceError(OSError)                   broken *underneath you* (peer or server died)
     │   └── ManagerUnavailableError(ConnectionRefusedError)  no manager server answers there
-    ├── BrokenProcessPool(concurrent.futures.BrokenExecutor)
+    ├── BrokenProcessPool(concurrent.futures.BrokenExecutor)   (and, once the stdlib's
+    │   │                     concurrent.futures.process is imported, its BrokenProcessPool)
     │   └── WorkerLostError                            a pool worker died holding a task
     ├── PoolClosedError(ValueError)                    work submitted to a closed pool
     ├── RemoteError                                    a manager call failed on the server
@@ -28,6 +30,15 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
 
 ``RemoteTraceback`` is not raised: it is attached as ``__cause__`` of an exception
 re-raised from a worker, so the worker's traceback prints under the parent's.
+
+``except concurrent.futures.process.BrokenProcessPool`` must catch ours too, but
+``except`` looks at the real MRO (an ABC ``__subclasscheck__`` is not consulted),
+and importing that module loads the whole stdlib ``multiprocessing``, which
+polyproc never does. So our ``BrokenProcessPool`` gets the stdlib class as a base
+only when someone imports it: at our import if it is already loaded, else from a
+one-shot ``sys.meta_path`` hook that fires when ``concurrent.futures.process``
+finishes executing (``_pool_errors._adopt_stdlib_broken_pool``). A program that never imports
+it loads nothing.
 
 OS errors become these at the edges where bytes meet the kernel: the streams in
 ``_transport`` (for ``Connection``/``Listener``) and the launchers. Not yet only
@@ -54,6 +65,7 @@ __all__ = [
     "AuthenticationError",
     "TimeoutError",
     "SerializationError",
+    "MaybeEncodingError",
     "StartError",
     "ProtocolError",
     "CorruptMessageError",
@@ -98,6 +110,39 @@ class TimeoutError(ProcessError, builtins.TimeoutError):
 
 class SerializationError(ProcessError, pickle.PicklingError):
     """An object could not be pickled for another process; the message names it."""
+
+
+class MaybeEncodingError(SerializationError):
+    """A task's result could not be pickled to send it back (``multiprocessing.pool``'s name).
+
+    As in the stdlib, ``exc`` and ``value`` are the reprs of the pickling error and of
+    the result, and ``str()`` reads ``Error sending result: '...'. Reason: '...'``.
+    Also a ``SerializationError`` (so a ``pickle.PicklingError``). ``error`` is the
+    pickling error itself when it could travel (``ProcessPoolExecutor`` raises that,
+    as the stdlib's does), else ``None``.
+    """
+
+    def __init__(self, exc: object, value: object, *, error: BaseException | None = None) -> None:
+        self.exc = exc if isinstance(exc, str) else repr(exc)
+        self.value = value if isinstance(value, str) else repr(value)
+        super().__init__(self.exc, self.value)
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the reprs as they are: the stdlib's default reduce would repr them
+        # again on the other side (quotes doubled).
+        return (_rebuild_maybe_encoding, (self.exc, self.value, self.error))
+
+
+def _rebuild_maybe_encoding(exc: str, value: str,
+                            error: BaseException | None) -> MaybeEncodingError:
+    return MaybeEncodingError(exc, value, error=error)
 
 
 class StartError(ProcessError):

@@ -6,6 +6,15 @@ The work is done in ``polyproc._pool`` (scheduler, engine, worker); see docs/poo
 from __future__ import annotations
 
 from ._pool.pool import (
+    CLOSE as CLOSE,
+)
+from ._pool.pool import (
+    RUN as RUN,
+)
+from ._pool.pool import (
+    TERMINATE as TERMINATE,
+)
+from ._pool.pool import (
     ApplyResult as ApplyResult,
 )
 from ._pool.pool import (
@@ -26,8 +35,11 @@ from ._pool.pool import (
 from ._pool.pool import (
     ThreadPool as ThreadPool,
 )
+from .errors import MaybeEncodingError as MaybeEncodingError
+from .errors import RemoteTraceback as RemoteTraceback
 from .errors import TimeoutError as TimeoutError
 from .errors import WorkerLostError as WorkerLostError
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "TimeoutError", "WorkerLostError"]
+           "IMapUnorderedIterator", "TimeoutError", "WorkerLostError", "MaybeEncodingError",
+           "RemoteTraceback", "RUN", "CLOSE", "TERMINATE"]

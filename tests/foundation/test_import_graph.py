@@ -15,6 +15,13 @@ implicit import of a parent package (``import a.b`` runs ``a/__init__``) is not 
 edge: every module would then "import" ``polyproc/__init__``. Imports by a computed
 name (``importlib.import_module(LAUNCHERS[method])``) are not seen; keep those pointing
 down (the launcher table does).
+
+One deliberate exception: imports inside a module-level ``__getattr__`` (PEP 562 lazy
+names) are not edges. ``errors.py`` hands out ``BrokenProcessPool``/``WorkerLostError``
+that way: they live in ``_pool_errors.py`` because they subclass
+``concurrent.futures.BrokenExecutor`` (importing it doubles ``import polyproc``), and
+subclass the tree's root from ``errors.py``. The lazy edge runs only after ``errors``
+is whole, so it is a load order, not a circle of meaning.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ def _imported(path: Path | None, me: str, modules: dict[str, Path | None]) -> se
 
     def walk(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
+            if (isinstance(node, ast.Module) and isinstance(child, ast.FunctionDef)
+                    and child.name == "__getattr__"):
+                continue  # PEP 562 lazy names: see the module docstring
             if isinstance(child, ast.If) and _is_type_checking(child.test):
                 for stmt in child.orelse:
                     walk_one(stmt)

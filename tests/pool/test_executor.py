@@ -87,11 +87,16 @@ def test_cancel_a_pending_future(ctx: Any) -> None:
 
 
 def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
-    with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.set_state, initargs=(7,),
-                             max_tasks_per_child=2) as ex:
-        assert ex.submit(h.get_state).result() == 7
-        pids = [ex.submit(h.pid_of).result() for _ in range(5)]
-        assert len(set(pids)) >= 2
+    if ctx.start_method == "fork":
+        # As the stdlib (cpython #90622); tests/pool/test_compat_executor.py checks it.
+        with pytest.raises(ValueError, match="fork"):
+            ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=2)
+    else:
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.set_state, initargs=(7,),
+                                 max_tasks_per_child=2) as ex:
+            assert ex.submit(h.get_state).result() == 7
+            pids = [ex.submit(h.pid_of).result() for _ in range(5)]
+            assert len(set(pids)) >= 2
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.bad_initializer) as ex:
         with pytest.raises(BrokenProcessPool):
             ex.submit(h.inc, 1).result(10)

@@ -130,12 +130,13 @@ def test_unpicklable_argument_fails_at_submit(ctx: Any) -> None:
     import threading
 
     with Pool(1, context=ctx) as pool:
-        with pytest.raises(SerializationError, match="lock"):
+        # The pickler's own error, as the stdlib raises it (a TypeError for a lock).
+        with pytest.raises(TypeError, match="lock"):
             pool.apply_async(h.inc, (threading.Lock(),))
         # In a map the bad item fails alone (its input is pulled lazily).
         it = pool.imap(h.get_state, [1, threading.Lock(), 3], chunksize=3)
         assert next(it) is None
-        with pytest.raises(SerializationError):
+        with pytest.raises(TypeError):
             next(it)
         assert next(it) is None
 

@@ -137,7 +137,9 @@ def preparation_data() -> dict[str, Any]:
         "argv": list(sys.argv),
     }
     spec = getattr(main, "__spec__", None)
-    path = getattr(main, "__file__", None)
+    # CPython deletes ``__main__.__file__`` once the script has run (pymain), but a pool
+    # may still start workers then (an executor finishing its work at exit): ask the loader.
+    path = getattr(main, "__file__", None) or getattr(getattr(main, "__loader__", None), "path", None)
     if spec is not None and spec.name not in ("__main__", "__mp_main__"):
         data["main_module"] = spec.name
     elif path and not path.endswith(("ipython", "<stdin>")) and os.path.exists(path):

@@ -55,12 +55,22 @@ from .._connection import Pipe  # here, not at the first start: pool start is ti
 from .._launch.template import for_pool, parkable
 from .._serialize import fd_handle
 from .._transport import wrap_fd
-from ..errors import BrokenProcessPool, PoolClosedError
+from ..errors import BrokenProcessPool, CorruptMessageError, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
 from .journal import JournalReader, values_of
 from .lead import PoolFuture
-from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TASKS, TaskError
+from .messages import (
+    INIT_FAILED,
+    PARTIAL,
+    READY,
+    RESULTS,
+    STOP,
+    TASKS,
+    TaskError,
+    pickling_error,
+    unpickling_error,
+)
 from .scheduler import (
     Broken,
     Deliver,
@@ -110,6 +120,10 @@ class Engine:
         self.prefix = "ThreadPoolWorker" if threads else WORKER_PREFIX.get(
             ctx.start_method, "PoolWorker")
         self.broken: BaseException | None = None
+        # Set once the first workers' ``start()`` calls are done; ``start_error`` is the
+        # first exception one raised (it broke the pool: the cause of every later error).
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
         self.inbox: deque[Any] = deque()  # Job, or (fn, arg) to call
         # Held by whoever runs the scheduler: the engine thread, except while it waits in
         # select, when a caller may take it to send its own job (``add_job``).
@@ -175,7 +189,7 @@ class Engine:
         self._drain_inbox()
         if sched.actions:
             self._act(True)
-        sent = self._last_send
+        sent, self._last_send = self._last_send, None   # never keep a batch alive
         if (sent is not None and type(job.sink) is PoolFuture and sent.batch.owners
                 and sent.batch.owners[-1] is job):
             self._led, self._led_wid = job.sink, sent.wid
@@ -191,6 +205,7 @@ class Engine:
         self._on_readable(h, False)
         if sched.actions:
             self._act(True)
+        self._last_send = None
         self._direct = self._asleep and self._idle_worker()
         if (len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING
                 or sched.actions):
@@ -212,7 +227,9 @@ class Engine:
 
     def _closed_error(self) -> BaseException:
         if self.broken is not None:
-            return BrokenProcessPool(str(self.broken))
+            err = BrokenProcessPool(str(self.broken))
+            err.__cause__ = self.broken   # and through it, why it broke
+            return err
         return PoolClosedError("Pool not running")
 
     def close(self) -> None:
@@ -236,6 +253,7 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - a bug here must not hang users
             self._crash(exc)
         finally:
+            self.started.set()
             self._shutdown()
 
     def _loop(self) -> None:
@@ -245,6 +263,9 @@ class Engine:
         lock = self._lock
         lock.acquire()
         try:
+            if sched.actions:
+                self._act()   # the first workers' starts
+            self.started.set()
             while True:
                 if inbox:
                     self._drain_inbox()
@@ -336,6 +357,9 @@ class Engine:
                 if t is DeliverSingles:
                     for job, v in zip(a.jobs, a.values, strict=False):  # type: ignore[union-attr]
                         _resolve(job.sink, v)
+                    led = self._led
+                    if led is not None and led.done():
+                        self._led = None   # answered: do not keep it (and its result) alive
                 elif t is Send:
                     self._send_batch(a)  # type: ignore[arg-type]
                 elif t is Deliver:
@@ -361,6 +385,8 @@ class Engine:
                     self.broken = a.error  # type: ignore[union-attr]
         if later:
             sched.actions.extend(later)
+        if not caller:
+            self._last_send = None   # only a caller's direct send reads it
 
     # -- workers: start, stop, kill, death ------------------------------------------------
     def _spawn(self, wid: int) -> None:
@@ -389,6 +415,14 @@ class Engine:
             del self.handles[wid]
             if not isinstance(exc, Exception):
                 raise
+            if not self.started.is_set():
+                # A first worker cannot even be started (its initializer does not pickle,
+                # fork fails): every start would fail alike. Break now, with the cause.
+                if self.start_error is None:
+                    self.start_error = exc
+                err = BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
+                err.__cause__ = exc
+                self.sched._break(err)
             self.sched.worker_exited(wid, None, name=h.name)
             return
         theirs.close()
@@ -495,13 +529,17 @@ class Engine:
             except EOFError:
                 self._channel_gone(h)
                 return
+            except CorruptMessageError as exc:
+                # A whole frame whose body did not unpickle (a result's own reduce raised
+                # UnpicklingError): the stream is still in step, so only that batch fails.
+                self._unreadable_results(h, exc.__cause__ or exc)
             except OSError:
                 # Garbage or a torn frame: the worker cannot be trusted; its death follows.
                 self._channel_gone(h)
                 self._kill(h.wid)
                 return
-            except Exception as exc:  # noqa: BLE001 - a result that does not unpickle here
-                self._unreadable_results(h, exc)
+            except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle here
+                self._unreadable_results(h, exc)   # (SystemExit from its reduce included)
             else:
                 self._on_message(h, msg)
             # Only what this Connection already buffered: epoll is level-triggered, so
@@ -561,14 +599,11 @@ class Engine:
         return slot is not None and bool(slot.window) and slot.window[0].bid == bid
 
     def _unreadable_results(self, h: Handle, exc: BaseException) -> None:
-        from ..errors import SerializationError
-
         slot = self.sched.workers.get(h.wid)
         if slot is None or not slot.window:
             return
         batch = slot.window[0]
-        err = TaskError.local(SerializationError(
-            f"a result of {batch.fn.name} could not be unpickled here: {exc!r}"))
+        err = TaskError.local(unpickling_error(exc, batch.fn.name))
         h.partial = []
         self.sched.batch_done(h.wid, batch.bid, [err] * len(batch), 0.0)
 
@@ -646,7 +681,7 @@ class Engine:
                 p = self.serializer.dumps(a, what="a task argument")
                 out.append((p.body, [pickle_buffer(b) for b in p.buffers], [fd_handle(f) for f in p.fds]))
             except Exception as err:  # noqa: BLE001
-                out.append(TaskError.local(err))
+                out.append(TaskError.local(pickling_error(err)))  # the pickler's own error
         return out
 
     def _queue(self, h: Handle, msg: tuple[Any, ...]) -> int:

@@ -13,27 +13,100 @@ stdlib, a dead worker fails only its own task (``WorkerLostError``, a
 the initializer raises. ``map(timeout=)`` keeps the stdlib meaning (a deadline for
 the whole iteration); ``task_timeout=`` on the constructor or on ``map`` is the
 per-task limit that kills a late task's worker.
+
+As in the stdlib, work submitted is never dropped by the executor going away:
+
+* an argument or function that does not pickle fails *its future* (the pickler's
+  own error), never ``submit()`` itself;
+* an executor that is garbage-collected without ``shutdown()`` finishes what it
+  was given (its engine is closed, not terminated), and at interpreter exit a
+  ``threading`` exit hook (the one the stdlib's executors use: it runs before
+  ``atexit`` hooks, while every thread is alive) closes each executor's engine
+  and waits for it, so tasks submitted and never awaited still run. After that
+  point ``submit()`` raises ``RuntimeError``.
+
 ``backend=`` runs it on a Dask or Ray cluster (``polyproc.backends``).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
-from ..errors import BrokenProcessPool
+from ..errors import BrokenProcessPool, MaybeEncodingError
 from .engine import Engine
 from .lead import PoolFuture
 from .results import IMapIterator, Submitter, make_progress
-from .scheduler import Job
+from .scheduler import Job, WorkerState
 
 __all__ = ["ProcessPoolExecutor"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class _ExitState:
+    """Process-wide: the engines of live executors, and whether the interpreter is exiting."""
+
+    def __init__(self) -> None:
+        self.engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self.exiting = False
+        self.hooked = False
+        self.lock = threading.Lock()
+
+    def track(self, engine: Engine) -> None:
+        with self.lock:
+            if not self.hooked:
+                # Private but stable: concurrent.futures.process and thread use it too.
+                threading._register_atexit(self.finish)  # type: ignore[attr-defined]
+                self.hooked = True
+            self.engines.add(engine)
+
+    def finish(self) -> None:
+        """At interpreter exit: every executor finishes the work it was given.
+
+        Unless the program is ending on Ctrl+C (an uncaught ``KeyboardInterrupt``, or
+        one that lands while we wait here): then the work is stopped, as polyproc's
+        pools do on Ctrl+C, rather than holding the exit until it is done.
+        """
+        self.exiting = True
+        engines = list(self.engines)
+        interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+        try:
+            for engine in engines:
+                if interrupted:
+                    engine.terminate()
+                else:
+                    engine.close()
+            for engine in engines:
+                engine.join()
+        except KeyboardInterrupt:
+            for engine in engines:
+                engine.terminate()
+
+
+_exit = _ExitState()
+
+
+class ExecutorFuture(PoolFuture):
+    """The executor's Future: a result that would not pickle fails with the pickler's error.
+
+    The worker reports such a result as ``MaybeEncodingError`` (what ``Pool`` raises);
+    the stdlib's executor raises the pickling error itself, so that is what goes here.
+    """
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if isinstance(exception, MaybeEncodingError) and exception.error is not None:
+            inner = exception.error
+            inner.__cause__ = exception.__cause__   # the worker's traceback
+            exception = inner
+        super().set_exception(exception)
 
 
 class ProcessPoolExecutor(Executor):
@@ -59,13 +132,19 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None and (
-                not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0):
-            raise ValueError("max_tasks_per_child must be >= 1")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
         if mp_context is None:
             from .._context import default_context
 
             mp_context = default_context()
+        if max_tasks_per_child is not None and getattr(mp_context, "start_method", None) == "fork":
+            # As the stdlib (cpython #90622): a replacement forked from a process with threads.
+            raise ValueError("max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                             "start method; supply a different mp_context.")
         self._task_timeout = task_timeout
         self._retries = retries
         self._progress = progress
@@ -79,23 +158,51 @@ class ProcessPoolExecutor(Executor):
             max_memory_per_child=max_memory_per_child)
         self._max_workers = self._engine.sched.processes
         self._sub = Submitter(self._engine)
-        self._finalizer = weakref.finalize(self, self._engine.terminate)
+        # Dropped without shutdown(): finish what was submitted, as the stdlib does.
+        self._finalizer = weakref.finalize(self, self._engine.close)
+        _exit.track(self._engine)
+
+    # -- the stdlib executor's private attributes that programs read --------------------
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """``{pid: Process}`` of the live workers (code reads it to find or kill them)."""
+        self._engine.started.wait()   # the first workers' start() calls are done
+        return {h.pid: h.proc for h in list(self._engine.handles.values())
+                if h.proc is not None and h.pid is not None}
+
+    @property
+    def _mp_context(self) -> Any:
+        return self._engine.ctx
+
+    @property
+    def _broken(self) -> str | bool:
+        """As the stdlib: False, or why the executor is broken."""
+        broken = self._engine.broken
+        return False if broken is None else str(broken)
 
     def _check(self) -> None:
-        if self._engine.broken is not None:
+        broken = self._engine.broken
+        if broken is not None:
             raise BrokenProcessPool(
                 "A child process terminated abruptly, the process pool is not usable anymore"
-                f": {self._engine.broken}")
+                f": {broken}") from broken
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exit.exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
         self._check()
-        fut = PoolFuture()
-        fut._engine = self._engine
-        job = self._sub.single(fn, args, kwargs, fut, timeout=self._task_timeout,
-                               retries=self._retries, claim=True)
+        fut: Future[T] = ExecutorFuture()
+        fut._engine = self._engine  # type: ignore[attr-defined]
+        try:
+            job = self._sub.single(fn, args, kwargs, fut, timeout=self._task_timeout,
+                                   retries=self._retries, claim=True)
+        except Exception as exc:  # noqa: BLE001 - it does not pickle: the future's error
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(exc)
+            return fut
         self._engine.add_job(job)
         return fut
 
@@ -174,7 +281,19 @@ def _star(call: tuple[Any, ...]) -> None:
 
 
 def _cancel_pending(engine: Engine) -> None:
-    """Engine thread: cancel every submitted future that has not been sent to a worker."""
-    for job in list(engine.sched.queue):
-        if job.single and job.claim is not None:
+    """Engine thread: cancel the submitted futures that have not started.
+
+    As the stdlib's executor, which hands a call to each free worker at once (marking
+    it running, workers not even up yet included): the work a free or starting worker
+    would take now is left to run; everything behind it is cancelled.
+    """
+    sched = engine.sched
+    free = sum(1 for s in sched.workers.values()
+               if s.state in (WorkerState.STARTING, WorkerState.READY)
+               and not s.window and not s.exclusive)
+    for job in list(sched.queue):
+        if job.single and job.claim is not None and not job.sink.done():
+            if free > 0:
+                free -= 1
+                continue
             job.sink.cancel()

@@ -33,9 +33,10 @@ import pickle
 import traceback
 from typing import Any
 
-from ..errors import RemoteTraceback, SerializationError
+from ..errors import MaybeEncodingError, RemoteTraceback, SerializationError
 
-__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "PARTIAL", "TaskError"]
+__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "PARTIAL", "TaskError",
+           "pickling_error", "unpickling_error", "encoding_error"]
 
 TASKS = 1
 STOP = 2
@@ -79,7 +80,15 @@ class TaskError:
         return cls(blob, tb, desc)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (TaskError, (self.blob, self.tb, self.desc))
+        blob = self.blob
+        if blob is None and self._exc is not None:
+            # A local error sent on (a map argument that did not pickle rides to its
+            # worker in its task's place): the exception itself travels if it can.
+            try:
+                blob = pickle.dumps(self._exc, 5)
+            except Exception:  # noqa: BLE001 - then the description says what it was
+                blob = None
+        return (TaskError, (blob, self.tb, self.desc))
 
     def exception(self) -> BaseException:
         """The exception to raise here, with the worker's traceback as its cause."""
@@ -111,3 +120,57 @@ def _safe_desc(exc: BaseException) -> str:
     except Exception:
         text = f"<{type(exc).__name__}>"
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def pickling_error(err: BaseException) -> BaseException:
+    """The exception to raise for an object that would not pickle: the pickler's own.
+
+    The serializer wraps what the pickler raised (``X``) in a ``SerializationError``
+    whose message names the part that failed. The stdlib raises ``X`` itself (a
+    ``TypeError`` for a lock, whatever a ``__reduce__`` raised), and code catches
+    that, so ``X`` is what we raise, carrying our message as a note. A
+    ``SerializationError`` of our own (an fd in a plain pickle) stays as it is.
+    """
+    cause = err.__cause__
+    if type(err) is not SerializationError or not isinstance(cause, Exception):
+        return err
+    text = str(err)
+    tail = f": {cause}"
+    if text.endswith(tail):
+        text = text[: -len(tail)]
+    notes = getattr(cause, "__notes__", None)
+    note = f"polyproc: {text}"
+    if not notes or note not in notes:
+        cause.add_note(note)
+    return cause
+
+
+def unpickling_error(exc: BaseException, fn_name: str) -> BaseException:
+    """A task's error for a result that did not unpickle here: the unpickler's own exception.
+
+    Only that task fails (the stdlib's executor breaks the whole pool). An exception
+    that must not be raised in a user's thread as-is (``SystemExit``,
+    ``KeyboardInterrupt`` from a ``__reduce__``) becomes a ``SerializationError``.
+    """
+    text = f"polyproc: a result of {fn_name} could not be unpickled here"
+    if isinstance(exc, Exception):
+        notes = getattr(exc, "__notes__", None)
+        if not notes or text not in notes:
+            exc.add_note(text)
+        return exc
+    err = SerializationError(f"{text[len('polyproc: '):]}: {exc!r}")
+    err.__cause__ = exc
+    return err
+
+
+def encoding_error(exc: BaseException, value: Any) -> MaybeEncodingError:
+    """In a worker: the error for a result ``value`` that would not pickle (``exc``)."""
+    err = pickling_error(exc)
+    try:
+        pickle.dumps(err, 5)
+        travels: BaseException | None = err
+    except Exception:  # noqa: BLE001
+        travels = None
+    wrapped = MaybeEncodingError(_safe_desc(err), _safe_desc(value), error=travels)
+    wrapped.__cause__ = err   # the worker's traceback text then shows where pickling failed
+    return wrapped

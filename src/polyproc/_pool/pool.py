@@ -13,12 +13,19 @@ or a dict of tqdm options), and on the constructor ``max_memory_per_child=``
 (bytes) plus defaults for those three, and ``backend=`` (run the same calls on a Dask
 or Ray cluster: ``polyproc.backends``, docs/scale-out.md). ``chunksize=None`` (the default everywhere,
 ``imap`` included) means adaptive batching; an explicit chunksize is honoured.
-As in the stdlib, ``with Pool() as p:`` terminates the pool on exit.
+As in the stdlib, ``with Pool() as p:`` terminates the pool on exit. Workers start
+in the engine thread, so the constructor never waits for them; if the first ones
+cannot even be started (an initializer or initargs that do not pickle under spawn,
+a failing fork) the pool breaks at once, kills the ones that did start, and every
+call raises ``BrokenProcessPool`` whose ``__cause__`` chain holds the start error
+(the stdlib raises that error from the constructor).
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Self, TypeVar
@@ -40,13 +47,21 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS"]
+           "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS", "RUN", "CLOSE",
+           "TERMINATE"]
 
 
-class PoolState(enum.Enum):
+class PoolState(enum.StrEnum):
+    """A pool's state as users see it; equal to the stdlib's strings (``pool.RUN == "RUN"``)."""
+
     RUN = "RUN"
     CLOSE = "CLOSE"
     TERMINATE = "TERMINATE"
+
+
+RUN = PoolState.RUN
+CLOSE = PoolState.CLOSE
+TERMINATE = PoolState.TERMINATE
 
 
 #: What a user may do to a pool in each state (the face's own little state machine).
@@ -124,6 +139,25 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} state={self._state.name} pool_size={self._processes}>"
+
+    def __del__(self, _warn: Any = warnings.warn, _run: PoolState = PoolState.RUN) -> None:
+        # As the stdlib: a pool dropped while running is a leak in the program (the
+        # finalizer still kills its workers).
+        if getattr(self, "_state", None) is _run:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                  source=self)
+
+    @property
+    def _pool(self) -> list[Any]:
+        """The live workers' ``Process`` (or ``Thread``) objects: the stdlib's attribute."""
+        self._engine.started.wait()   # the first workers' start() calls are done
+        out: list[Any] = []
+        for h in list(self._engine.handles.values()):
+            if h.proc is not None:
+                out.append(h.proc)
+            elif h.thread is not None:
+                out.append(h.thread.thread)
+        return out
 
     def __reduce__(self) -> Any:
         raise NotImplementedError(

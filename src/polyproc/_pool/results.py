@@ -10,7 +10,15 @@ The engine thread fills these (``_deliver``/``_done``); user threads wait on the
 
 ``Submitter`` turns a call into a scheduler ``Job``: the function is pickled once
 per pool (``FnInfo`` cached by identity), a single task's arguments are pickled in
-the caller's thread (so an unpicklable argument fails at submit, not later).
+the caller's thread (so an unpicklable argument fails at submit, not later). An
+argument or function that does not pickle raises the pickler's own exception (a
+``TypeError`` for a lock, whatever a ``__reduce__`` raised), with a note naming the
+part that failed, as the stdlib raises it.
+
+The cache must not keep a user's objects alive after their tasks: a function that
+its module holds anyway (``module.f``, a builtin, a class) is cached for good; any
+other callable (a bound method and its object, a lambda, a closure, a partial) only
+while some job still holds its ``FnInfo`` (a ``WeakValueDictionary``).
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ from __future__ import annotations
 import builtins
 import itertools
 import pickle
+import sys
 import threading
 import time
+import types
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
@@ -27,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from .._serialize import reducers
 from ..errors import TimeoutError
-from .messages import TaskError
+from .messages import TaskError, pickling_error
 from .scheduler import FnInfo, Job, Mode
 
 _dumps = pickle.dumps
@@ -284,7 +295,8 @@ class Submitter:
         self.engine = engine
         self.threads = engine.threads
         self.serializer = engine.serializer
-        self._fns: OrderedDict[int, FnInfo] = OrderedDict()
+        self._fns: OrderedDict[int, FnInfo] = OrderedDict()   # module-level functions
+        self._transient: weakref.WeakValueDictionary[int, FnInfo] = weakref.WeakValueDictionary()
         self._fids = itertools.count(1)
         self._lock = threading.Lock()
         from .._serialize import Serializer, _main_is_importable
@@ -295,17 +307,26 @@ class Submitter:
     def fn_info(self, fn: Callable[..., Any]) -> FnInfo:
         key = id(fn)
         info = self._fns.get(key)
+        if info is None:
+            info = self._transient.get(key)
         if info is not None and info.fn is fn:
             return info
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-        blob: Any = fn if self.threads else self.serializer.dumps_bytes(fn, what="the task function")
+        try:
+            blob: Any = fn if self.threads else self.serializer.dumps_bytes(
+                fn, what="the task function")
+        except Exception as err:  # noqa: BLE001 - the pickler's own error, with a note
+            raise pickling_error(err) from None
         with self._lock:
             info = FnInfo(next(self._fids), fn, str(name), blob)
-            self._fns[key] = info
-            if len(self._fns) > self._MAX_FNS:
-                self._fns.popitem(last=False)
+            if _module_holds(fn):
+                self._fns[key] = info
+                if len(self._fns) > self._MAX_FNS:
+                    self._fns.popitem(last=False)
+            else:
+                self._transient[key] = info
         return info
 
     def pack(self, arg: Any) -> Any:
@@ -323,7 +344,10 @@ class Submitter:
             else:
                 if not big:
                     return body
-        p = self.serializer.dumps(arg, what="the task's arguments")
+        try:
+            p = self.serializer.dumps(arg, what="the task's arguments")
+        except Exception as err:  # noqa: BLE001 - the pickler's own error, with a note
+            raise pickling_error(err) from None
         if not p.buffers and not p.fds:
             return p.body
         return (p.body, p.buffers, p.fds)
@@ -354,3 +378,19 @@ class Submitter:
         return Job(info, Mode.STAR if star else Mode.ONE, sink, it=it, length=length,
                    ordered=ordered, credit=credit, chunksize=chunksize, timeout=timeout,
                    retries=retries)
+
+
+def _module_holds(fn: Any) -> bool:
+    """Whether ``fn`` is reachable as ``module.qualname`` (so caching it keeps nothing alive)."""
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return False
+    qualname = getattr(fn, "__qualname__", "")
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or not qualname or "<" in qualname:
+        return False
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return obj is fn

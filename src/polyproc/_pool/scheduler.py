@@ -117,6 +117,7 @@ class Scheduler:
         self._uses = itertools.count(1)
         self._deadlines: list[tuple[float, int, int]] = []   # (deadline, bid, wid)
         self._start_failures = 0
+        self.broken_error: BaseException | None = None
         self.stats = {"done": 0, "failed": 0, "lost": 0, "timed_out": 0, "retried": 0,
                       "workers_started": 0, "workers_recycled": 0}
         self.finished_workers: list[WorkerSlot] = []
@@ -351,6 +352,7 @@ class Scheduler:
         if self.state in (PoolState.BROKEN, PoolState.TERMINATED):
             return
         self._set_state(PoolState.BROKEN)
+        self.broken_error = error
         self.actions.append(Broken(error))
         self._fail_everything(error)
         for slot in self.workers.values():
@@ -360,7 +362,9 @@ class Scheduler:
 
     def _closed_error(self) -> BaseException:
         if self.state is PoolState.BROKEN:
-            return BrokenProcessPool("the pool is broken")
+            err = BrokenProcessPool(f"the pool is broken: {self.broken_error}")
+            err.__cause__ = self.broken_error   # why: the initializer's error, a failed start
+            return err
         from ..errors import PoolClosedError
 
         return PoolClosedError("Pool not running")
@@ -512,6 +516,11 @@ class Scheduler:
             # The input iterator raised: that becomes the result at its position, and the end.
             job.exhausted = True
             self.queue.popleft()
+            if job.chunksize:
+                # As the stdlib with an explicit chunksize: the chunk being built when the
+                # input failed is not run, and the error stands at that chunk's first index.
+                keep = (start + len(args)) // job.chunksize * job.chunksize - start
+                del args[max(0, keep):]
             job.pulled += len(args) + 1
             self._complete_run(job, start + len(args), [TaskError.local(exc)])
             if not args:

@@ -75,11 +75,11 @@ class FnInfo:
     unpicklable one fails at submit); ``est`` is written only by the engine thread.
     """
 
-    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes", "by_ref")
+    __slots__ = ("fid", "fn", "name", "blob", "est", "nbytes", "by_ref", "__weakref__")
 
     def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
         self.fid = fid
-        self.fn = fn          # kept so id(fn) cannot be reused while this is cached
+        self.fn = fn          # kept (while a job holds this) so id(fn) cannot be reused
         self.name = name
         self.blob = blob      # the serializer's Payload (or the function itself for threads)
         self.est: float | None = None   # seconds per task, moving average

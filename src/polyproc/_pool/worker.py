@@ -43,7 +43,7 @@ from typing import Any
 
 from ..errors import SerializationError
 from .journal import Journal, journal_fd
-from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError
+from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError, encoding_error
 
 __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_reference"]
 
@@ -127,6 +127,12 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001 - report, never die with a traceback
+        # Say so where the stdlib's executor does (programs and its tests listen there),
+        # before reporting: the pool kills its workers once it knows it is broken.
+        import logging
+
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:",
+                                                          exc_info=True)
         _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
         return
     try:
@@ -141,6 +147,7 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
 
 def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> None:
     fns: dict[int, Callable[..., Any]] = {}   # functions the parent may name by fid alone
+    unloadable: dict[int, BaseException] = {}   # fids whose function failed to load
     loads = serializer.loads
     dumps = serializer.dumps_bytes
     clock = time.perf_counter
@@ -166,10 +173,13 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
         values: list[Any] | bytes | None = None
         if fn is None:
             try:
+                if blob is None:  # sent once, and it failed then: the same error again
+                    raise unloadable.get(fid) or LookupError(f"no function {fid}")
                 fn = loads(blob)
                 if fid > 0:
                     fns[fid] = fn
             except BaseException as exc:  # noqa: BLE001
+                unloadable[fid] = exc
                 err = TaskError.capture(SerializationError(
                     f"the task function could not be unpickled in the worker: {exc!r}"))
                 values = [err] * len(args)
@@ -244,21 +254,28 @@ def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
 
 
 def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any] | bytes) -> bool:
-    """Send ``(*head, values)``; values that cannot be pickled become errors in place."""
+    """Send ``(*head, values)``; values that cannot be pickled become errors in place.
+
+    A value whose pickling raises an ``Exception`` becomes ``MaybeEncodingError`` (the
+    stdlib Pool's error; the executor face unwraps the pickler's own error from it);
+    one whose ``__reduce__`` raises ``SystemExit`` or the like has that as its outcome,
+    as in the stdlib's executor.
+    """
     try:
         chan.send((*head, values))
         return True
-    except SerializationError:
-        pass
     except OSError:
         return False
+    except BaseException:  # noqa: BLE001 - some value's __reduce__ raised: find which below
+        pass
     values = list(values)
     for i, v in enumerate(values):
         try:
             chan._ser.dumps(v, what="result")
+        except Exception as exc:  # noqa: BLE001
+            values[i] = TaskError.capture(encoding_error(exc, v))
         except BaseException as exc:  # noqa: BLE001
-            values[i] = TaskError.capture(SerializationError(
-                f"the task's result could not be pickled to send back: {type(v).__name__}: {exc}"))
+            values[i] = TaskError.capture(exc)
     return _send_quietly(chan, (*head, values))
 
 
@@ -304,4 +321,6 @@ class ThreadWorker:
             if self.abandoned:
                 break
             self._post(RESULTS, self.wid, bid, clock() - start, None, values)
+            # Drop the batch before waiting for the next: nothing outlives its task.
+            item = fn = args = values = None  # type: ignore[assignment]
         self._post(STOP, self.wid)
