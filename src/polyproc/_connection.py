@@ -36,7 +36,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ._protocol.framing import HEADER, MAGIC, Kind, decode_header, decode_lengths, encode_header
-from ._serialize import DEFAULT_SERIALIZER, Payload, Serializer, _fd_table, _main_is_importable, fd_handle
+from ._serialize import (
+    DEFAULT_SERIALIZER,
+    Payload,
+    Serializer,
+    _fd_table,
+    _main_is_importable,
+    fd_handle,
+)
 from ._transport import FdStream, Stream, UnixStream, stream_for_socket
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
@@ -65,8 +72,9 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: No message below this size is ever lent: below it ``bulk`` is not even imported
 #: (its first import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB
 #: stream half its rate).
-_LEND_MIN = int(os.environ.get("PP_LEND_MIN", 1 << 20))
-_NOBIG = bool(os.environ.get("PP_NOBIG"))
+_LEND_MIN = 1 << 20
+#: SO_SNDBUF asked for on a duplex Pipe's sockets (the kernel caps it at wmem_max).
+_SOCK_BUF = 1 << 20
 
 
 class _HasFileno(Protocol):
@@ -354,7 +362,7 @@ class Connection:
             self.close()  # a stream that lied about framing cannot be resynchronised
             raise
         del self._buf[:_HDR + head.table_length]
-        self._big = head.body_length >= _DIRECT and not _NOBIG
+        self._big = head.body_length >= _DIRECT
         body = self._take(stream, head.body_length, mutable=head.kind is Kind.RAW_BYTEARRAY)
         buffers = [self._take(stream, n, mutable=True) for n in lengths]
         fds = stream.take_fds(head.nfds) if head.nfds else []
@@ -421,11 +429,11 @@ class Connection:
                     with memoryview(buf) as whole:
                         body = bytes(whole[_HDR:end])
                 del buf[:end]
-                self._big = size >= _DIRECT and not _NOBIG
+                self._big = size >= _DIRECT
                 return body
             if _DIRECT <= size <= _DIRECT_MAX and self._stream is not None:
                 del buf[:_HDR]
-                self._big = not _NOBIG
+                self._big = True
                 return self._take_direct(self._stream, size)  # type: ignore[no-any-return]
         kind, body, buffers, fds = self._read_frame(maxlength)
         if buffers or fds:
@@ -543,11 +551,11 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - 
     """Two connected Connections. Duplex: a socketpair (can carry fds); else a pipe, reader first."""
     if duplex:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        import os as _o
-        _sz = int(_o.environ.get("PP_SNDBUF", "0"))
-        if _sz:
-            for x in (a, b):
-                x.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _sz)
+        for end in (a, b):
+            try:  # as the pipe below: fewer sleeps and wake-ups per MiB streamed
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
+            except OSError:
+                pass
         return Connection(stream_for_socket(a)), Connection(stream_for_socket(b))
     r, w = os.pipe()
     try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,8 +48,12 @@ _POOL_BYTES = 2 << 30
 _POOL_SLOTS = 8
 _IDLE = 20.0
 #: ``send_bytes`` of at least this many bytes goes through a pooled memfd when the
-#: stream can pass fds (measured: docs/connection.md, "Where the time goes").
-BYTES_THRESHOLD = int(os.environ.get("PP_LEND_MIN", 1 << 20))
+#: stream can pass fds. Off (``sys.maxsize``) by default: measured side by side on
+#: this machine, once ``recv_bytes`` reads straight into its result the socket
+#: carries 1, 4 and 64 MiB messages as fast as lending does in both directions, and
+#: lending keeps up to ``_LEND_SLOTS`` slots of each size alive (docs/connection.md).
+#: Lower it (at least ``Connection``'s 1 MiB floor) where a measurement says otherwise.
+BYTES_THRESHOLD = sys.maxsize
 #: Slots of one size that ``lend`` may keep in flight before falling back to the socket.
 _LEND_SLOTS = 3
 #: Mappings of the peer's slots one receiving Connection keeps.
