@@ -7,11 +7,11 @@ framing (``_protocol.framing``) and streams (``_transport``). What it adds:
   they are written straight from their memory with ``writev`` and read straight
   into their final bytearray, so the sender makes no copy and the receiver one.
 * ``recv_bytes`` of a big message reads it straight into the ``bytes`` object it
-  returns (one kernel copy, ``MSG_WAITALL``); ``send_bytes`` of at least
-  ``bulk.BYTES_THRESHOLD`` over a duplex Pipe lends the bytes through a warm
-  pooled memfd instead of the socket (one memcpy each side, no socket buffer
-  ping-pong), falling back to the socket when every slot is in flight. Why and
-  where the thresholds come from: docs/connection.md.
+  returns (one kernel copy, ``MSG_WAITALL``). ``send_bytes`` of at least
+  ``bulk.BYTES_THRESHOLD`` over a duplex Pipe can lend the bytes through a warm
+  pooled memfd instead (falling back to the socket when every slot is in
+  flight); measured no faster than the single-copy socket path, it is off by
+  default. The measurements, and where the time goes: docs/connection.md.
 * Objects that own an fd (another Connection, a shared segment, a lock) travel
   over a duplex ``Pipe()`` (an AF_UNIX socketpair): the fd rides along with
   SCM_RIGHTS and the receiver gets its own copy.
