@@ -348,7 +348,7 @@ class Scheduler:
         items = max(64, 2 * self.processes * self.window * size)
         if job.item_bytes:
             # Bounded in bytes too (issue #14): big items (1 MiB arrays) ahead of a slow
-            # consumer would hold the parent's memory; ``_CREDIT_BYTES`` per worker.
+            # consumer would hold the parent's memory: ``_CREDIT_BYTES`` per worker.
             items = min(items, max(self.processes,
                                    self.processes * _CREDIT_BYTES // job.item_bytes))
         return items
@@ -652,8 +652,9 @@ class Scheduler:
             self.requeued.appendleft(before)
 
 
-#: Input bytes a credit job may have pulled ahead of its consumer, per worker.
-_CREDIT_BYTES = 4 << 20
+#: Input bytes a credit job may have pulled ahead of its consumer, per worker: 1 MiB
+#: items stop at 2 per worker (issue #14 asks for at most 4), enough to keep each busy.
+_CREDIT_BYTES = 2 << 20
 
 
 def _approx_bytes(x: Any, depth: int = 2) -> int:
