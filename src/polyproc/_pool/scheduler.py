@@ -485,8 +485,9 @@ class Scheduler:
                 self.queue.popleft()
                 job.stalled = True
                 return None
-            # Until an item has been seen its size is unknown: pull one, then weigh it.
-            size = min(size, room) if job.item_bytes else 1
+            # Until an item has been seen its size is unknown: pull one, then weigh it
+            # (an explicit chunksize is the unit the caller chose: whole chunks only).
+            size = min(size, room) if job.item_bytes or job.chunksize else 1
         assert job.it is not None
         start = job.pulled
         args: list[Any] = []
