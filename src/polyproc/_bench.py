@@ -62,6 +62,9 @@ RESULT_MARKER = "POLYPROC_BENCH_RESULT "
 MISSING_PREFIX = "missing: "
 #: Implementations that need nothing beyond polyproc and Python itself.
 BUILTIN_IMPLS = ("polyproc", "stdlib")
+#: The machine's floor for a case (bare syscalls, memcpy): shown beside the libraries so
+#: that every ratio sits next to what this machine can do in the same run.
+FLOOR = "floor"
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def select(cases: Iterable[Discovered], *, quick: bool = False,
 
 def impl_available(impl: str) -> bool:
     """polyproc and stdlib always run; any other impl needs the package it is named after."""
-    return impl in BUILTIN_IMPLS or importlib.util.find_spec(impl) is not None
+    return impl in BUILTIN_IMPLS or impl == FLOOR or importlib.util.find_spec(impl) is not None
 
 
 # -- running ------------------------------------------------------------------------------
@@ -366,17 +369,18 @@ def format_table(results: Sequence[CaseResult]) -> str:
 
 def format_markdown(results: Sequence[CaseResult]) -> str:
     """The same table as Markdown, for the README (``--markdown PATH``)."""
-    lines = ["| case | unit | polyproc | stdlib | ratio | target | met |",
-             "|---|---|---:|---:|---:|---|---|"]
+    cols = ["polyproc", "stdlib"] + ([FLOOR] if any(FLOOR in r.case.impls for r in results) else [])
+    lines = [f"| case | unit | {' | '.join(cols)} | ratio | target | met |",
+             f"|---|---|{'---:|' * len(cols)}---:|---|---|"]
     for r in results:
         unit = r.case.unit + ("" if r.case.higher_is_better else ", lower is better")
-        figs = ["error" if i in r.errors else _fmt(r.median(i)) for i in ("polyproc", "stdlib")]
+        figs = ["error" if i in r.errors else _fmt(r.median(i)) for i in cols]
         ratio = r.ratio
         rtext = "-" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}x"
         verdict = {True: "yes", False: "**no**", None: "-"}[r.met]
         target = _target_text(r).replace(">=", "≥ ").replace("<=", "≤ ")
-        lines.append(f"| {r.module.removeprefix('bench_')}: {r.case.name} | {unit} | {figs[0]} | "
-                     f"{figs[1]} | {rtext} | {target} | {verdict} |")
+        lines.append(f"| {r.module.removeprefix('bench_')}: {r.case.name} | {unit} | "
+                     f"{' | '.join(figs)} | {rtext} | {target} | {verdict} |")
     info = machine_info()
     lines += ["", f"Medians of `polyproc bench` on {info['cpu']} x{info['cpus']}, Python "
                   f"{info['python']}, {info['platform']}, {info['date']}."]

@@ -30,7 +30,6 @@ As in the stdlib, work submitted is never dropped by the executor going away:
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time

@@ -24,7 +24,6 @@ call raises ``BrokenProcessPool`` whose ``__cause__`` chain holds the start erro
 from __future__ import annotations
 
 import enum
-import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized

@@ -39,6 +39,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -372,7 +373,13 @@ class Scheduler:
     # -- internals: filling windows ----------------------------------------------------
     def _credit_limit(self, job: Job) -> int:
         size = self._batch_size(job, None)
-        return max(64, 2 * self.processes * self.window * size)
+        items = max(64, 2 * self.processes * self.window * size)
+        if job.item_bytes:
+            # Bounded in bytes too (issue #14): big items (1 MiB arrays) ahead of a slow
+            # consumer would hold the parent's memory: ``_CREDIT_BYTES`` per worker.
+            items = min(items, max(self.processes,
+                                   self.processes * _CREDIT_BYTES // job.item_bytes))
+        return items
 
     def _batch_size(self, job: Job, waiting: int | None) -> int:
         if job.chunksize:
@@ -506,12 +513,16 @@ class Scheduler:
                 self.queue.popleft()
                 job.stalled = True
                 return None
-            size = min(size, room)
+            # Until an item has been seen its size is unknown: pull one, then weigh it
+            # (an explicit chunksize is the unit the caller chose: whole chunks only).
+            size = min(size, room) if job.item_bytes or job.chunksize else 1
         assert job.it is not None
         start = job.pulled
         args: list[Any] = []
         try:
             args.extend(itertools.islice(job.it, size))
+            if job.credit and args:
+                job.item_bytes = max(job.item_bytes, _approx_bytes(args[-1]), 1)
         except Exception as exc:
             # The input iterator raised: that becomes the result at its position, and the end.
             job.exhausted = True
@@ -700,6 +711,32 @@ class Scheduler:
         elif len(before):
             # They finished, but without a journal their results died with the worker.
             self.requeued.appendleft(before)
+
+
+#: Input bytes a credit job may have pulled ahead of its consumer, per worker: 1 MiB
+#: items stop at 2 per worker (issue #14 asks for at most 4), enough to keep each busy.
+_CREDIT_BYTES = 2 << 20
+
+
+def _approx_bytes(x: Any, depth: int = 2) -> int:
+    """A cheap estimate of an input item's size: buffers by their length, containers by a
+    look at their first few members. Never calls what an object could override with side
+    effects (a proxy's ``__getattr__``): ``nbytes`` is read only where the type has it."""
+    t = type(x)
+    if t is bytes or t is bytearray or t is str:
+        return len(x)
+    if t is memoryview:
+        return int(x.nbytes)
+    if getattr(t, "nbytes", None) is not None:  # a NumPy array (a descriptor on its type)
+        try:
+            return int(x.nbytes)
+        except Exception:
+            return sys.getsizeof(x)
+    if depth and (t is tuple or t is list):
+        return sys.getsizeof(x) + sum(_approx_bytes(e, depth - 1) for e in x[:8])
+    if depth and t is dict:
+        return sys.getsizeof(x) + sum(_approx_bytes(v, depth - 1) for v in list(x.values())[:8])
+    return sys.getsizeof(x)
 
 
 def _monotonic() -> float:

@@ -102,7 +102,7 @@ class Job:
         "fn", "mode", "sink", "claim", "single", "arg", "blob", "it", "length",
         "ordered", "credit", "chunksize", "timeout", "retries",
         "pulled", "delivered", "consumed", "exhausted", "cancelled", "finished",
-        "reorder", "lost", "stalled",
+        "reorder", "lost", "stalled", "item_bytes",
     )
 
     def __init__(
@@ -147,6 +147,7 @@ class Job:
         self.reorder: dict[int, list[Any]] = {} if ordered else _NO_REORDER
         self.lost: dict[int, int] | None = None  # index -> times its worker died under it
         self.stalled = False          # waiting for consumer credit
+        self.item_bytes = 0           # credit jobs: largest input item seen (estimate), 0 = none yet
 
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"

@@ -47,6 +47,9 @@ class Kind(enum.IntEnum):
     PICKLE = 2  #: ``send``: a pickle stream, with its buffers and fds
     RAW_BYTES = 3  #: ``send(b"...")``: a top-level bytes object, sent without pickling
     RAW_BYTEARRAY = 4  #: ``send(bytearray(...))``: likewise, rebuilt as a bytearray
+    #: ``send_bytes`` of a big buffer: the body is its length (u64); the bytes wait in
+    #: a memfd of the sender's pool, passed as the frame's one fd (``_shm.bulk.lend``).
+    SHARED_BYTES = 5
 
 
 class Header(NamedTuple):

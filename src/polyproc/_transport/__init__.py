@@ -64,11 +64,49 @@ class Stream:
                 raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
             raise
 
+    def read_exact_into(self, view: memoryview) -> int:
+        """Fill ``view`` completely unless the stream ends first; the bytes read.
+
+        For a large frame body: the reader hands its final object's memory here, so
+        the kernel copies straight into it (no staging buffer, no join).
+        """
+        done, n = 0, view.nbytes
+        while done < n:
+            got = self.read_into(view[done:])
+            if got == 0:
+                break
+            done += got
+        return done
+
     def write_all(self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()) -> None:
         """Write every byte of ``parts`` (zero-copy: ``writev`` from their own memory)."""
         if fds:
             raise BrokenResourceError(errno.EINVAL, "this stream cannot carry file descriptors")
         self._writev(list(parts))
+
+    def write_one(self, data: bytes) -> None:
+        """``write_all([data])`` for one small bytes: a single ``write``, no list, no views."""
+        try:
+            n = os.write(self.fd, data)
+        except OSError:
+            n = 0  # the general path raises the right error
+        if n != len(data):
+            self._writev([memoryview(data)[n:]])
+
+    def write_pair(self, head: bytes, body: Any) -> None:
+        """``write_all([head, body])`` for a byte-format body, in one ``writev`` when it fits.
+
+        The common big-message write, kept to one call: a few microseconds of Python
+        per message decide whether a stream keeps the receiver busy or makes it sleep
+        and wake for every message (docs/connection.md).
+        """
+        try:
+            n = os.writev(self.fd, (head, body))
+        except OSError:
+            n = 0  # let the general path raise the right error (or retry EINTR/EAGAIN)
+        if n != len(head) + len(body):
+            self._writev([memoryview(head)[n:], memoryview(body)[max(0, n - len(head)):]]
+                         if n < len(head) else [memoryview(body)[n - len(head):]])
 
     def _writev(self, parts: list[Any]) -> None:
         fd = self.fd
@@ -129,9 +167,9 @@ class UnixStream(Stream):
         self._sock = wrap_fd(fd)
         self._fds: deque[int] = deque()
 
-    def read_into(self, view: memoryview) -> int:
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
         try:
-            n, anc, _flags, _addr = self._sock.recvmsg_into([view], _ANC_SPACE)
+            n, anc, _flags, _addr = self._sock.recvmsg_into([view], _ANC_SPACE, flags)
         except OSError as exc:
             if exc.errno in _BROKEN:
                 return 0
@@ -144,6 +182,17 @@ class UnixStream(Stream):
                 fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
                 self._fds.extend(fds)
         return n
+
+    def read_exact_into(self, view: memoryview) -> int:
+        # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
+        # takes (the kernel sleeps and copies on); a signal or EOF ends it short, so loop.
+        done, n = 0, view.nbytes
+        while done < n:
+            got = self.read_into(view[done:], socket.MSG_WAITALL)
+            if got == 0:
+                break
+            done += got
+        return done
 
     def write_all(self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()) -> None:
         if not fds:
@@ -204,6 +253,12 @@ class SocketStream(Stream):
                 self._sock.sendall(p)
         except OSError as exc:
             raise _broken(exc) from exc
+
+    def write_pair(self, head: bytes, body: Any) -> None:
+        self.write_all([head, body])  # TLS: through the socket object, never the raw fd
+
+    def write_one(self, data: bytes) -> None:
+        self.write_all([data])
 
     def close(self) -> None:
         self.fd = -1
