@@ -26,6 +26,7 @@ habit), so ``except TimeoutError`` and ``except ValueError`` keep working.
     │   └── WorkerLostError                            a pool worker died holding a task
     ├── PoolClosedError(ValueError)                    work submitted to a closed pool
     ├── RemoteError                                    a manager call failed on the server
+    │   └── MethodNotExposedError (also AttributeError) the method is not exposed
     └── BrokenBarrierError(threading.BrokenBarrierError)
 
 ``RemoteTraceback`` is not raised: it is attached as ``__cause__`` of an exception
@@ -76,6 +77,7 @@ __all__ = [
     "WorkerLostError",
     "PoolClosedError",
     "RemoteError",
+    "MethodNotExposedError",
     "RemoteTraceback",
     "BrokenBarrierError",
 ]
@@ -182,6 +184,16 @@ class RemoteError(PolyprocError):
 
     def __str__(self) -> str:
         return "\n" + "-" * 75 + "\n" + str(self.args[0]) + "-" * 75
+
+
+class MethodNotExposedError(RemoteError, AttributeError):
+    """A proxy called a method its managed object does not expose.
+
+    A ``RemoteError`` (what the stdlib raises) and an ``AttributeError`` (what it means).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class RemoteTraceback(Exception):

@@ -85,3 +85,11 @@ def point_x(p: Point) -> int:
 
 def set_event(e: Any) -> None:
     e.set()
+
+
+class FooBar:
+    def f(self) -> str:
+        return "f()"
+
+    def _h(self) -> str:
+        return "_h()"

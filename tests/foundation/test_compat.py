@@ -489,3 +489,21 @@ def test_a_dead_forkserver_is_started_again(signum: int) -> None:
     p.start()
     p.join(30)
     assert p.exitcode == 0 and done.is_set()
+
+
+def test_a_method_not_exposed_is_a_remote_error_and_an_exposed_underscore_works() -> None:
+    from polyproc.managers import BaseManager, RemoteError
+
+    class MyManager(BaseManager):
+        pass
+
+    MyManager.register("Foo", callable=targets.FooBar)
+    MyManager.register("Bar", callable=targets.FooBar, exposed=("f", "_h"))
+    with MyManager(ctx=polyproc.get_context("fork")) as m:
+        foo, bar = m.Foo(), m.Bar()  # type: ignore[attr-defined]
+        assert foo.f() == "f()" and not hasattr(foo, "_h")
+        with pytest.raises(RemoteError):
+            foo._callmethod("_h")
+        with pytest.raises(AttributeError):  # what it means, too
+            foo._callmethod("_h")
+        assert bar._h() == "_h()" and bar._callmethod("_h") == "_h()"

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import ProtocolError
+from ..errors import MethodNotExposedError, ProtocolError
 from . import client
 from .gate import Gate
 from .loop import ServeLoop
@@ -269,8 +269,8 @@ class Server:
             return getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
         if method in _FALLBACKS:
             return obj if method == "#GETVALUE" else getattr(obj, method)()
-        raise AttributeError(f"method {method!r} of {type(obj)!r} object is not in "
-                             f"the list of allowed methods")
+        raise MethodNotExposedError(f"method {method!r} of {type(obj)!r} object is not in "
+                                    f"the list of allowed methods")
 
     def call_local(self, ident: int, method: str, args: Any, kwargs: Any) -> tuple[str, Any]:
         """A call from a proxy living in this very process (nested proxies): no socket."""
