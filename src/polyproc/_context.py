@@ -163,5 +163,5 @@ def get_all_start_methods() -> list[str]:
     """The start methods available on this platform, the current default first."""
     if sys.platform != "linux":  # pragma: no cover - Linux is the supported platform
         return ["spawn"]
-    default = _defaults.get()  # first, then the stdlib's order (as Python 3.14 lists them)
-    return [default] + [m for m in ("fork", "spawn", "forkserver") if m != default]
+    default = _defaults.get()  # first, then "auto" and the stdlib's order (as 3.14 lists them)
+    return [default] + [m for m in ("auto", "fork", "spawn", "forkserver") if m != default]

@@ -244,9 +244,10 @@ def test_sharedctypes_copy_of_a_plain_struct() -> None:
 
 def test_start_method_api_is_the_stdlibs() -> None:
     methods = polyproc.get_all_start_methods()
-    assert sorted(methods) == ["fork", "forkserver", "spawn"]
+    assert sorted(methods) == ["auto", "fork", "forkserver", "spawn"]  # "auto": the default
     assert methods[0] == polyproc.get_start_method()
-    assert [m for m in methods[1:]] == [m for m in ("fork", "spawn", "forkserver") if m != methods[0]]
+    assert [m for m in methods[1:]] == [m for m in ("auto", "fork", "spawn", "forkserver")
+                                        if m != methods[0]]
     for method, name in [("fork", "ForkContext"), ("spawn", "SpawnContext"),
                          ("forkserver", "ForkServerContext")]:
         ctx = polyproc.get_context(method)

@@ -237,7 +237,10 @@ def request(lock: threading.Lock, connect: Callable[[], Connection], pidfd: Call
 def _send_preload(conn: Connection) -> None:
     """Tell the server which polyproc modules we use, so it imports them once, before
     forking, instead of in every child (a pool worker would import the pool's modules)."""
-    loaded = {name for name in sys.modules if name.startswith("polyproc.")}
+    # Not the cluster backends: they import dask/ray (and with them the stdlib's
+    # multiprocessing), which a locally forked worker never needs.
+    loaded = {name for name in sys.modules
+              if name.startswith("polyproc.") and not name.startswith("polyproc.backends")}
     new = loaded - _CLIENT.preloaded
     if new:
         conn.send_payload(Payload(pickle.dumps(sorted(new))))  # a frame with no fds
