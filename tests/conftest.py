@@ -123,3 +123,15 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     new_shm = _new_shm(before_shm, me)
     if new_shm:
         pytest.fail(f"/dev/shm entries leaked: {sorted(new_shm)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the cluster-backend tests last.
+
+    Their Dask and Ray clusters are started once per session and keep client threads
+    alive in this process; a test that forks afterwards would fork a threaded process
+    (and the default start method would, rightly, stop using fork). Last, they share
+    the session with nothing that cares.
+    """
+    backends = ROOT / "tests" / "backends"
+    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(backends))

@@ -30,6 +30,7 @@ As in the stdlib, work submitted is never dropped by the executor going away:
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -58,6 +59,14 @@ class _ExitState:
         self.exiting = False
         self.hooked = False
         self.lock = threading.Lock()
+        self.pid = os.getpid()
+
+    def after_fork_in_child(self) -> None:
+        # A forked child (a Process, a pool worker) inherits the parent's executors as
+        # objects with no engine thread: at its exit it must not wait for their work.
+        self.engines = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
 
     def track(self, engine: Engine) -> None:
         with self.lock:
@@ -75,7 +84,7 @@ class _ExitState:
         pools do on Ctrl+C, rather than holding the exit until it is done.
         """
         self.exiting = True
-        engines = list(self.engines)
+        engines = list(self.engines) if self.pid == os.getpid() else []
         interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
         try:
             for engine in engines:
@@ -91,6 +100,7 @@ class _ExitState:
 
 
 _exit = _ExitState()
+os.register_at_fork(after_in_child=_exit.after_fork_in_child)
 
 
 class ExecutorFuture(PoolFuture):
