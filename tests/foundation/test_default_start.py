@@ -106,7 +106,13 @@ def test_guardless_script_is_refused_under_spawn_and_forkserver(tmp_path: Path, 
     assert "bootstrapping phase" in err and "if __name__ == '__main__':" in err, err
     assert most <= 8, most  # never an explosion
     # forkserver: the one server that imported the script says so, and no other starts
-    assert err.count("bootstrapping phase") <= (1 if method == "forkserver" else 3), err
+    # Each refusal printed as a traceback (the pool's BrokenProcessPool quotes the same
+    # error inside its own one-line message: that is not another refusal).
+    printed = sum(1 for line in err.splitlines()
+                  if line.strip().startswith("An attempt has been made to start a new process"))
+    # forkserver: the refused server's own report, and the parent's error (the pool's
+    # BrokenProcessPool, caused by this RuntimeError); spawn: up to 3 refused workers more.
+    assert 1 <= printed <= (2 if method == "forkserver" else 4), err
 
 
 # -- 2. worker logging -----------------------------------------------------------------------
