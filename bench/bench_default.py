@@ -71,8 +71,13 @@ def _import_ms(module: str) -> float:
     env = _env()
     samples = []
     for _ in range(RUNS):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                             env=env, capture_output=True, text=True, check=True).stderr
+        err = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
         last = [ln for ln in err.splitlines() if ln.rstrip().endswith(f"| {module}")][-1]
         samples.append(int(last.split("|")[1]) / 1000)
     return statistics.median(samples)
@@ -155,27 +160,53 @@ def replace_stdlib() -> float:
     # replaced after each task (maxtasksperchild=1), forked by its handler thread.
     import multiprocessing
 
-    return _replacement(multiprocessing.Pool(1), multiprocessing.Pool(1, maxtasksperchild=1),
-                        crash=False)
+    return _replacement(
+        multiprocessing.Pool(1), multiprocessing.Pool(1, maxtasksperchild=1), crash=False
+    )
 
 
 CASES: list[Case] = [
-    Case("short script as a process (import, Pool(2), map 4, exit)", "ms",
-         impls={"polyproc": script_polyproc, "stdlib": script_stdlib},
-         higher_is_better=False, target=1 / 1.1, quick=True, repeat=3,
-         note="issue 11: <= 1.1x the stdlib's fork default"),
-    Case("import polyproc vs import multiprocessing", "ms",
-         impls={"polyproc": import_polyproc, "stdlib": import_stdlib},
-         higher_is_better=False, target=None, quick=True, repeat=3, extra={"absolute": "25"},
-         note="issue 11: <= 25 ms"),
-    Case("pool start + first map, library defaults", "ms",
-         impls={"polyproc": start_polyproc, "stdlib": start_stdlib},
-         higher_is_better=False, target=1.0, quick=True, repeat=5,
-         note="polyproc auto vs the stdlib's fork"),
-    Case("replacement worker after a crash", "ms",
-         impls={"polyproc": replace_polyproc, "stdlib": replace_stdlib},
-         higher_is_better=False, target=None, repeat=3, extra={"absolute": "3"},
-         note="issue 11: <= 3 ms; stdlib: maxtasksperchild=1 (it hangs on a crash)"),
+    Case(
+        "short script as a process (import, Pool(2), map 4, exit)",
+        "ms",
+        impls={"polyproc": script_polyproc, "stdlib": script_stdlib},
+        higher_is_better=False,
+        target=1 / 1.1,
+        quick=True,
+        repeat=3,
+        note="issue 11: <= 1.1x the stdlib's fork default",
+    ),
+    Case(
+        "import polyproc vs import multiprocessing",
+        "ms",
+        impls={"polyproc": import_polyproc, "stdlib": import_stdlib},
+        higher_is_better=False,
+        target=None,
+        quick=True,
+        repeat=3,
+        extra={"absolute": "25"},
+        note="issue 11: <= 25 ms",
+    ),
+    Case(
+        "pool start + first map, library defaults",
+        "ms",
+        impls={"polyproc": start_polyproc, "stdlib": start_stdlib},
+        higher_is_better=False,
+        target=1.0,
+        quick=True,
+        repeat=5,
+        note="polyproc auto vs the stdlib's fork",
+    ),
+    Case(
+        "replacement worker after a crash",
+        "ms",
+        impls={"polyproc": replace_polyproc, "stdlib": replace_stdlib},
+        higher_is_better=False,
+        target=None,
+        repeat=3,
+        extra={"absolute": "3"},
+        note="issue 11: <= 3 ms; stdlib: maxtasksperchild=1 (it hangs on a crash)",
+    ),
 ]
 
 if __name__ == "__main__":  # pragma: no cover - a quick manual run

@@ -314,31 +314,44 @@ _STARTS = {"fork": 40, "spawn": 8, "forkserver": 25}
 def _start_cases() -> list[Case]:
     cases = []
     for method, n in _STARTS.items():
+
         def ours(method: str = method, n: int = n) -> float:
             return _start_join(_polyproc(), method, n)
 
         def theirs(method: str = method, n: int = n) -> float:
             return _start_join(_stdlib(), method, n)
 
-        cases.append(Case(
-            f"process start+join ({method})", "ms", {"polyproc": ours, "stdlib": theirs},
-            higher_is_better=False, target=2.0 if method == "spawn" else None,
-            quick=method == "spawn", repeat=5 if method != "spawn" else 3,
-            note=f"median of {n} after one warm-up start"
-                 + ("; issue #2: spawn <= 1/2 of the stdlib's" if method == "spawn" else ""),
-        ))
+        cases.append(
+            Case(
+                f"process start+join ({method})",
+                "ms",
+                {"polyproc": ours, "stdlib": theirs},
+                higher_is_better=False,
+                target=2.0 if method == "spawn" else None,
+                quick=method == "spawn",
+                repeat=5 if method != "spawn" else 3,
+                note=f"median of {n} after one warm-up start"
+                + ("; issue #2: spawn <= 1/2 of the stdlib's" if method == "spawn" else ""),
+            )
+        )
     for method in ("spawn", "forkserver"):
+
         def cold_ours(method: str = method) -> float:
             return _start_join(_polyproc(), method, 1, warm=False)
 
         def cold_theirs(method: str = method) -> float:
             return _start_join(_stdlib(), method, 1, warm=False)
 
-        cases.append(Case(
-            f"first process start+join ({method}, cold)", "ms",
-            {"polyproc": cold_ours, "stdlib": cold_theirs}, higher_is_better=False,
-            repeat=5, note="the first child of a fresh program (template/server start included)",
-        ))
+        cases.append(
+            Case(
+                f"first process start+join ({method}, cold)",
+                "ms",
+                {"polyproc": cold_ours, "stdlib": cold_theirs},
+                higher_is_better=False,
+                repeat=5,
+                note="the first child of a fresh program (template/server start included)",
+            )
+        )
     return cases
 
 
@@ -350,6 +363,7 @@ def _stream_cases() -> list[Case]:
     for to_child in (False, True):
         way = "parent -> child" if to_child else "child -> parent"
         for label, size in _SIZES.items():
+
             def ours(size: int = size, to_child: bool = to_child) -> float:
                 return _bytes_stream(_polyproc(), size, to_child)
 
@@ -359,47 +373,98 @@ def _stream_cases() -> list[Case]:
             def floor(size: int = size, to_child: bool = to_child) -> float:
                 return _raw_stream(size, to_child)
 
-            cases.append(Case(
-                f"send_bytes stream {label}, {way}", "GB/s",
-                {"polyproc": ours, "stdlib": theirs, "floor": floor},
-                target=1.5 if size >= MIB else 1.0, repeat=3, quick=label == "1 MiB",
-                note=f"{_stream_n(size)} x send_bytes({label}) then one sync; floor: a bare "
-                     "socketpair (sendall, recv_into a reused buffer); issue #14: >= 1x, "
-                     ">= 1.5x from 1 MiB"))
+            cases.append(
+                Case(
+                    f"send_bytes stream {label}, {way}",
+                    "GB/s",
+                    {"polyproc": ours, "stdlib": theirs, "floor": floor},
+                    target=1.5 if size >= MIB else 1.0,
+                    repeat=3,
+                    quick=label == "1 MiB",
+                    note=f"{_stream_n(size)} x send_bytes({label}) then one sync; floor: a bare "
+                    "socketpair (sendall, recv_into a reused buffer); issue #14: >= 1x, "
+                    ">= 1.5x from 1 MiB",
+                )
+            )
     return cases
 
 
 def _floor_cases() -> list[Case]:
     return [
-        Case("floor: pipe ping-pong", "us", {"floor": lambda: _raw_ping_pong("pipe")},
-             baseline="floor", higher_is_better=False, repeat=3, quick=True,
-             note="1-byte os.write/os.read round trip between two processes"),
-        Case("floor: socketpair ping-pong", "us", {"floor": lambda: _raw_ping_pong("socket")},
-             baseline="floor", higher_is_better=False, repeat=3, quick=True,
-             note="1-byte round trip over an AF_UNIX socketpair (what a duplex Pipe is)"),
-        Case("floor: memcpy 64 MiB", "GB/s", {"floor": _memcpy}, baseline="floor", repeat=3,
-             note="pre-faulted bytearray to bytearray"),
-        Case("floor: first touch 64 MiB", "GB/s", {"floor": _first_touch}, baseline="floor",
-             repeat=3, note="bytearray(64 MiB): fresh pages, faulted and zeroed"),
+        Case(
+            "floor: pipe ping-pong",
+            "us",
+            {"floor": lambda: _raw_ping_pong("pipe")},
+            baseline="floor",
+            higher_is_better=False,
+            repeat=3,
+            quick=True,
+            note="1-byte os.write/os.read round trip between two processes",
+        ),
+        Case(
+            "floor: socketpair ping-pong",
+            "us",
+            {"floor": lambda: _raw_ping_pong("socket")},
+            baseline="floor",
+            higher_is_better=False,
+            repeat=3,
+            quick=True,
+            note="1-byte round trip over an AF_UNIX socketpair (what a duplex Pipe is)",
+        ),
+        Case(
+            "floor: memcpy 64 MiB",
+            "GB/s",
+            {"floor": _memcpy},
+            baseline="floor",
+            repeat=3,
+            note="pre-faulted bytearray to bytearray",
+        ),
+        Case(
+            "floor: first touch 64 MiB",
+            "GB/s",
+            {"floor": _first_touch},
+            baseline="floor",
+            repeat=3,
+            note="bytearray(64 MiB): fresh pages, faulted and zeroed",
+        ),
     ]
 
 
 CASES: list[Case] = [
     *_floor_cases(),
-    Case("Pipe round trip vs socketpair floor", "us",
-         {"polyproc": pipe_round_trip_polyproc, "floor": lambda: _raw_ping_pong("socket")},
-         baseline="floor", higher_is_better=False, target=1 / 1.2, repeat=3, quick=True,
-         note="send(1)/recv() ping-pong vs the bare 1-byte socketpair one; issue #14: <= 1.2x "
-              "the floor (ratio >= 0.83)"),
-    Case("send() stream of ~100 B tuples", "msg/s",
-         {"polyproc": lambda: _record_stream(_polyproc()),
-          "stdlib": lambda: _record_stream(_stdlib())},
-         target=1.5, repeat=3, quick=True,
-         note="100,000 x send(tuple) child -> parent, then one sync; issue #14: >= 1.5x"),
+    Case(
+        "Pipe round trip vs socketpair floor",
+        "us",
+        {"polyproc": pipe_round_trip_polyproc, "floor": lambda: _raw_ping_pong("socket")},
+        baseline="floor",
+        higher_is_better=False,
+        target=1 / 1.2,
+        repeat=3,
+        quick=True,
+        note="send(1)/recv() ping-pong vs the bare 1-byte socketpair one; issue #14: <= 1.2x "
+        "the floor (ratio >= 0.83)",
+    ),
+    Case(
+        "send() stream of ~100 B tuples",
+        "msg/s",
+        {
+            "polyproc": lambda: _record_stream(_polyproc()),
+            "stdlib": lambda: _record_stream(_stdlib()),
+        },
+        target=1.5,
+        repeat=3,
+        quick=True,
+        note="100,000 x send(tuple) child -> parent, then one sync; issue #14: >= 1.5x",
+    ),
     *_stream_cases(),
-    Case("Pipe round trip", "us", {"polyproc": pipe_round_trip_polyproc,
-                                   "stdlib": pipe_round_trip_stdlib},
-         higher_is_better=False, quick=True, extra={"absolute": "25"},
-         note="send(1)/recv() ping-pong with a child; issue #2: <= 25 us (stdlib 63 us)"),
+    Case(
+        "Pipe round trip",
+        "us",
+        {"polyproc": pipe_round_trip_polyproc, "stdlib": pipe_round_trip_stdlib},
+        higher_is_better=False,
+        quick=True,
+        extra={"absolute": "25"},
+        note="send(1)/recv() ping-pong with a child; issue #2: <= 25 us (stdlib 63 us)",
+    ),
     *_start_cases(),
 ]

@@ -47,8 +47,10 @@ def _two_process_rate(mod: ModuleType, kind: str) -> float:
         target = manager.dict() if kind == "dict" else manager.list()
         worker = _dict_worker if kind == "dict" else _list_worker
         pipes = [mod.Pipe() for _ in range(2)]
-        procs = [ctx.Process(target=worker, args=(target, f"k{i}", pipes[i][1], pipes[i][1], OPS))
-                 for i in range(2)]
+        procs = [
+            ctx.Process(target=worker, args=(target, f"k{i}", pipes[i][1], pipes[i][1], OPS))
+            for i in range(2)
+        ]
         for p in procs:
             p.start()
         for a, _ in pipes:
@@ -123,20 +125,43 @@ def stdlib_start_spawn() -> float:
 
 
 CASES: list[Case] = [
-    Case("manager dict set+get, 2 processes", "ops/s",
-         {"polyproc": polyproc_dict_ops, "stdlib": stdlib_dict_ops}, target=3.0, quick=True,
-         note="each set and each get counts as one call"),
-    Case("manager list.append, 2 processes", "ops/s",
-         {"polyproc": polyproc_list_append, "stdlib": stdlib_list_append}, target=3.0, quick=True),
-    Case("Manager() start, default start method", "s",
-         {"polyproc": polyproc_start_default, "stdlib": stdlib_start_default},
-         higher_is_better=False, target=1.0, quick=True,
-         note="polyproc's default is forkserver (its first use starts the template process); "
-              "the stdlib's is fork on Python < 3.14"),
-    Case("Manager() start, fork", "s",
-         {"polyproc": polyproc_start_fork, "stdlib": stdlib_start_fork},
-         higher_is_better=False, target=1.0),
-    Case("Manager() start, spawn", "s",
-         {"polyproc": polyproc_start_spawn, "stdlib": stdlib_start_spawn},
-         higher_is_better=False, target=1.0),
+    Case(
+        "manager dict set+get, 2 processes",
+        "ops/s",
+        {"polyproc": polyproc_dict_ops, "stdlib": stdlib_dict_ops},
+        target=3.0,
+        quick=True,
+        note="each set and each get counts as one call",
+    ),
+    Case(
+        "manager list.append, 2 processes",
+        "ops/s",
+        {"polyproc": polyproc_list_append, "stdlib": stdlib_list_append},
+        target=3.0,
+        quick=True,
+    ),
+    Case(
+        "Manager() start, default start method",
+        "s",
+        {"polyproc": polyproc_start_default, "stdlib": stdlib_start_default},
+        higher_is_better=False,
+        target=1.0,
+        quick=True,
+        note="polyproc's default is forkserver (its first use starts the template process); "
+        "the stdlib's is fork on Python < 3.14",
+    ),
+    Case(
+        "Manager() start, fork",
+        "s",
+        {"polyproc": polyproc_start_fork, "stdlib": stdlib_start_fork},
+        higher_is_better=False,
+        target=1.0,
+    ),
+    Case(
+        "Manager() start, spawn",
+        "s",
+        {"polyproc": polyproc_start_spawn, "stdlib": stdlib_start_spawn},
+        higher_is_better=False,
+        target=1.0,
+    ),
 ]

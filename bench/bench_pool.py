@@ -53,7 +53,8 @@ def _std_exec() -> Any:
     import multiprocessing
 
     return concurrent.futures.ProcessPoolExecutor(
-        WORKERS, mp_context=multiprocessing.get_context("forkserver"))
+        WORKERS, mp_context=multiprocessing.get_context("forkserver")
+    )
 
 
 def _warm(pool: Any) -> None:
@@ -210,41 +211,96 @@ def _start(make: Callable[[], Any]) -> float:
 
 def _start_case(method: str) -> Case:
     return Case(
-        f"pool start + first map ({method})", "s",
-        impls={"polyproc": lambda: _start(lambda: _pp_pool(method)),
-               "stdlib": lambda: _start(lambda: _std_pool(method))},
-        higher_is_better=False, target=1.0, quick=method == "forkserver", repeat=5)
+        f"pool start + first map ({method})",
+        "s",
+        impls={
+            "polyproc": lambda: _start(lambda: _pp_pool(method)),
+            "stdlib": lambda: _start(lambda: _std_pool(method)),
+        },
+        higher_is_better=False,
+        target=1.0,
+        quick=method == "forkserver",
+        repeat=5,
+    )
 
 
 CASES: list[Case] = [
-    Case("tiny tasks chunksize=1 vs Pool", "tasks/s",
-         impls={"polyproc": tiny_cs1_polyproc, "stdlib": tiny_cs1_stdlib_pool},
-         target=5.0, quick=True, repeat=3),
-    Case("tiny tasks chunksize=1 vs ProcessPoolExecutor", "tasks/s",
-         impls={"polyproc": tiny_cs1_polyproc_executor, "stdlib": tiny_cs1_stdlib_executor},
-         target=10.0, quick=True, repeat=3),
-    Case("Executor.map 200k tiny, defaults", "tasks/s",
-         impls={"polyproc": exec_map_polyproc, "stdlib": exec_map_stdlib},
-         target=100.0, quick=True, repeat=3, note="stdlib runs 5k tasks (a rate)"),
-    Case("Pool.imap 200k tiny, defaults vs Executor.map", "tasks/s",
-         impls={"polyproc": pool_imap_polyproc, "stdlib": exec_map_stdlib},
-         target=100.0, repeat=3, note="baseline: stdlib ProcessPoolExecutor.map, as the issue asks"),
-    Case("Pool.imap 200k tiny, defaults vs Pool.imap", "tasks/s",
-         impls={"polyproc": pool_imap_polyproc, "stdlib": pool_imap_stdlib},
-         target=None, repeat=3),
-    Case("200k separate submits", "tasks/s",
-         impls={"polyproc": submits_polyproc, "stdlib": submits_stdlib},
-         target=20.0, quick=True, repeat=3, note="stdlib runs 10k submits (a rate)"),
-    Case("submit().result() round trip", "us",
-         impls={"polyproc": submit_rt_polyproc, "stdlib": submit_rt_stdlib},
-         higher_is_better=False, target=None, quick=True, repeat=3,
-         note="issue target: <= 60 us absolute"),
-    Case("Pool.apply round trip", "us",
-         impls={"polyproc": apply_rt_polyproc, "stdlib": apply_rt_stdlib},
-         higher_is_better=False, target=None, repeat=3, note="issue target: <= 60 us absolute"),
-    Case("CPU-bound scaling efficiency, 2 workers", "%",
-         impls={"polyproc": scaling_polyproc, "stdlib": scaling_stdlib},
-         target=None, repeat=3, note="issue target: >= 97 % absolute"),
+    Case(
+        "tiny tasks chunksize=1 vs Pool",
+        "tasks/s",
+        impls={"polyproc": tiny_cs1_polyproc, "stdlib": tiny_cs1_stdlib_pool},
+        target=5.0,
+        quick=True,
+        repeat=3,
+    ),
+    Case(
+        "tiny tasks chunksize=1 vs ProcessPoolExecutor",
+        "tasks/s",
+        impls={"polyproc": tiny_cs1_polyproc_executor, "stdlib": tiny_cs1_stdlib_executor},
+        target=10.0,
+        quick=True,
+        repeat=3,
+    ),
+    Case(
+        "Executor.map 200k tiny, defaults",
+        "tasks/s",
+        impls={"polyproc": exec_map_polyproc, "stdlib": exec_map_stdlib},
+        target=100.0,
+        quick=True,
+        repeat=3,
+        note="stdlib runs 5k tasks (a rate)",
+    ),
+    Case(
+        "Pool.imap 200k tiny, defaults vs Executor.map",
+        "tasks/s",
+        impls={"polyproc": pool_imap_polyproc, "stdlib": exec_map_stdlib},
+        target=100.0,
+        repeat=3,
+        note="baseline: stdlib ProcessPoolExecutor.map, as the issue asks",
+    ),
+    Case(
+        "Pool.imap 200k tiny, defaults vs Pool.imap",
+        "tasks/s",
+        impls={"polyproc": pool_imap_polyproc, "stdlib": pool_imap_stdlib},
+        target=None,
+        repeat=3,
+    ),
+    Case(
+        "200k separate submits",
+        "tasks/s",
+        impls={"polyproc": submits_polyproc, "stdlib": submits_stdlib},
+        target=20.0,
+        quick=True,
+        repeat=3,
+        note="stdlib runs 10k submits (a rate)",
+    ),
+    Case(
+        "submit().result() round trip",
+        "us",
+        impls={"polyproc": submit_rt_polyproc, "stdlib": submit_rt_stdlib},
+        higher_is_better=False,
+        target=None,
+        quick=True,
+        repeat=3,
+        note="issue target: <= 60 us absolute",
+    ),
+    Case(
+        "Pool.apply round trip",
+        "us",
+        impls={"polyproc": apply_rt_polyproc, "stdlib": apply_rt_stdlib},
+        higher_is_better=False,
+        target=None,
+        repeat=3,
+        note="issue target: <= 60 us absolute",
+    ),
+    Case(
+        "CPU-bound scaling efficiency, 2 workers",
+        "%",
+        impls={"polyproc": scaling_polyproc, "stdlib": scaling_stdlib},
+        target=None,
+        repeat=3,
+        note="issue target: >= 97 % absolute",
+    ),
     _start_case("fork"),
     _start_case("spawn"),
     _start_case("forkserver"),

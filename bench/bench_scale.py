@@ -28,7 +28,7 @@ from typing import Any
 
 from polyproc._bench import Case
 
-CASES: list[Case] = []   # see the module docstring: run this file as a script
+CASES: list[Case] = []  # see the module docstring: run this file as a script
 
 N_SLOW = 1000
 N_TINY = 100_000
@@ -64,29 +64,35 @@ def _one(kind: str, spec: Any, client: Any, row: Callable[[str, str], None]) -> 
     rinc = ray.remote(inc)
     rten = ray.remote(ten_ms)
     with polyproc.Pool(2, backend=spec) as pool:
-        pool.map(inc, range(1000))    # warm: workers up, functions imported
+        pool.map(inc, range(1000))  # warm: workers up, functions imported
         if kind == "dask":
             client.gather(client.map(inc, range(100), pure=False))
-            direct_slow = _time(lambda: client.gather(
-                client.map(ten_ms, range(N_SLOW), pure=False)))
-            direct_tiny = _time(lambda: client.gather(
-                client.map(inc, range(N_DIRECT), pure=False)))
+            direct_slow = _time(
+                lambda: client.gather(client.map(ten_ms, range(N_SLOW), pure=False))
+            )
+            direct_tiny = _time(lambda: client.gather(client.map(inc, range(N_DIRECT), pure=False)))
         else:
             ray.get([rinc.remote(x) for x in range(100)])
             direct_slow = _time(lambda: ray.get([rten.remote(x) for x in range(N_SLOW)]))
             direct_tiny = _time(lambda: ray.get([rinc.remote(x) for x in range(N_DIRECT)]))
         ours_slow = _time(lambda: pool.map(ten_ms, range(N_SLOW)))
         row(f"{kind}: {N_SLOW} x 10 ms, engine directly (s)", f"{direct_slow:.2f}")
-        row(f"{kind}: {N_SLOW} x 10 ms, polyproc Pool.map (s)",
-            f"{ours_slow:.2f} ({100 * (ours_slow / direct_slow - 1):+.1f}%)")
+        row(
+            f"{kind}: {N_SLOW} x 10 ms, polyproc Pool.map (s)",
+            f"{ours_slow:.2f} ({100 * (ours_slow / direct_slow - 1):+.1f}%)",
+        )
         ours_map = N_TINY / _time(lambda: pool.map(inc, range(N_TINY)))
         ours_imap = N_TINY / _time(lambda: sum(pool.imap(inc, range(N_TINY))))
         direct = N_DIRECT / direct_tiny
         row(f"{kind}: x+1, engine directly ({N_DIRECT} tasks, tasks/s)", f"{direct:,.0f}")
-        row(f"{kind}: x+1, polyproc map ({N_TINY} tasks, tasks/s)",
-            f"{ours_map:,.0f} ({ours_map / direct:.0f}x)")
-        row(f"{kind}: x+1, polyproc imap ({N_TINY} tasks, tasks/s)",
-            f"{ours_imap:,.0f} ({ours_imap / direct:.0f}x)")
+        row(
+            f"{kind}: x+1, polyproc map ({N_TINY} tasks, tasks/s)",
+            f"{ours_map:,.0f} ({ours_map / direct:.0f}x)",
+        )
+        row(
+            f"{kind}: x+1, polyproc imap ({N_TINY} tasks, tasks/s)",
+            f"{ours_imap:,.0f} ({ours_imap / direct:.0f}x)",
+        )
         if kind == "ray":
             from ray.util.multiprocessing import Pool as RayPool
 
@@ -97,20 +103,28 @@ def _one(kind: str, spec: Any, client: Any, row: Callable[[str, str], None]) -> 
                 rimap = N_DIRECT_IMAP / _time(lambda: sum(rp.imap(inc, range(N_DIRECT_IMAP))))
             finally:
                 rp.terminate()
-            row(f"ray: x+1, ray.util.multiprocessing.Pool.map ({N_TINY}, tasks/s)",
-                f"{rmap:,.0f} (polyproc map {ours_map / rmap:.1f}x)")
-            row(f"ray: x+1, ray.util.multiprocessing.Pool.imap ({N_DIRECT_IMAP}, tasks/s)",
-                f"{rimap:,.0f} (polyproc imap {ours_imap / rimap:.0f}x)")
-        arr = np.ones(64 << 17)   # 64 MiB
+            row(
+                f"ray: x+1, ray.util.multiprocessing.Pool.map ({N_TINY}, tasks/s)",
+                f"{rmap:,.0f} (polyproc map {ours_map / rmap:.1f}x)",
+            )
+            row(
+                f"ray: x+1, ray.util.multiprocessing.Pool.imap ({N_DIRECT_IMAP}, tasks/s)",
+                f"{rimap:,.0f} (polyproc imap {ours_imap / rimap:.0f}x)",
+            )
+        arr = np.ones(64 << 17)  # 64 MiB
         before = dict(pool._engine.cluster.stats)  # type: ignore[attr-defined]
         one = _time(lambda: pool.apply(total, (arr, 0)))
         hundred = _time(lambda: pool.starmap(total, [(arr, i) for i in range(100)]))
         stats = pool._engine.cluster.stats  # type: ignore[attr-defined]
         put = stats["bytes_put"] - before["bytes_put"]
-        row(f"{kind}: 64 MiB array x 100 tasks: bytes put in the store",
-            f"{put / 2**20:.0f} MiB in {stats['puts'] - before['puts']} put(s)")
-        row(f"{kind}: 64 MiB array: 1 task (first: puts it) / 100 tasks (s)",
-            f"{one:.2f} / {hundred:.2f}")
+        row(
+            f"{kind}: 64 MiB array x 100 tasks: bytes put in the store",
+            f"{put / 2**20:.0f} MiB in {stats['puts'] - before['puts']} put(s)",
+        )
+        row(
+            f"{kind}: 64 MiB array: 1 task (first: puts it) / 100 tasks (s)",
+            f"{one:.2f} / {hundred:.2f}",
+        )
 
 
 def main() -> None:
@@ -121,10 +135,11 @@ def main() -> None:
 
     cluster = local_cluster(2)
     client = Client(cluster, set_as_default=False)
-    for attempt in range(3):   # Ray gives its raylet 30 s; a loaded VM can miss that
+    for attempt in range(3):  # Ray gives its raylet 30 s; a loaded VM can miss that
         try:
-            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                     log_to_driver=False)
+            ray.init(
+                num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False
+            )
             break
         except Exception:
             ray.shutdown()

@@ -61,24 +61,36 @@ def plan(quick: bool, scenarios: Sequence[str]) -> list[dict[str, Any]]:
     for name in scenarios:
         if name == "killer":
             if quick:  # each API once, the size that tears frames, retries once
-                cases += [{"scenario": name, "api": "pool", "size": "small", "retries": 0,
-                           "tasks": 300},
-                          {"scenario": name, "api": "pool", "size": "1MiB", "retries": 0,
-                           "tasks": 30},
-                          {"scenario": name, "api": "executor", "size": "1MiB", "retries": 3,
-                           "tasks": 30}]
+                cases += [
+                    {"scenario": name, "api": "pool", "size": "small", "retries": 0, "tasks": 300},
+                    {"scenario": name, "api": "pool", "size": "1MiB", "retries": 0, "tasks": 30},
+                    {
+                        "scenario": name,
+                        "api": "executor",
+                        "size": "1MiB",
+                        "retries": 3,
+                        "tasks": 30,
+                    },
+                ]
                 continue
             for api in ("pool", "executor"):
                 for size in SIZES:
                     for retries in (0, 3):
                         n = {"small": 400, "1KiB": 400, "1MiB": 150, "4MiB": 60}[size]
-                        cases.append({"scenario": name, "api": api, "size": size,
-                                      "retries": retries, "tasks": n})
+                        cases.append(
+                            {
+                                "scenario": name,
+                                "api": api,
+                                "size": size,
+                                "retries": retries,
+                                "tasks": n,
+                            }
+                        )
         elif name == "parent-kill":
-            for point in (("mid-map", "manager") if quick else KILL_POINTS):
+            for point in ("mid-map", "manager") if quick else KILL_POINTS:
                 cases.append({"scenario": name, "point": point})
         elif name == "sigint":
-            for api in (("pool",) if quick else ("pool", "executor")):
+            for api in ("pool",) if quick else ("pool", "executor"):
                 cases.append({"scenario": name, "api": api})
         elif name == "soak":
             cases.append({"scenario": name, "items": 100_000 if quick else 1_000_000})
@@ -145,12 +157,17 @@ class Row:
 
     def line(self) -> str:
         verdict = "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
-        counts = (f"tasks {self.tasks:5d} once {self.once:5d} lost {self.lost:3d} "
-                  f"dup {self.duplicated:3d} failed {self.failed:3d} retried {self.retried:3d}"
-                  if self.tasks else " " * 69)
-        return (f"{self.method:<10} {self.case:<32} {counts} hangs {self.hangs} "
-                f"survivors {self.survivors} fds {self.fds:+d} {self.seconds:5.1f}s  "
-                f"{self.extra + '  ' if self.extra else ''}{verdict}")
+        counts = (
+            f"tasks {self.tasks:5d} once {self.once:5d} lost {self.lost:3d} "
+            f"dup {self.duplicated:3d} failed {self.failed:3d} retried {self.retried:3d}"
+            if self.tasks
+            else " " * 69
+        )
+        return (
+            f"{self.method:<10} {self.case:<32} {counts} hangs {self.hangs} "
+            f"survivors {self.survivors} fds {self.fds:+d} {self.seconds:5.1f}s  "
+            f"{self.extra + '  ' if self.extra else ''}{verdict}"
+        )
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -192,16 +209,28 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
     row = Row(method, label(case))
     tag = uuid.uuid4().hex
     src = str(Path(__import__("polyproc").__file__).resolve().parents[1])
-    env = dict(os.environ, **{TAG_ENV: tag, "PYTHONPATH": os.pathsep.join(
-        [src, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])})
+    env = dict(
+        os.environ,
+        **{
+            TAG_ENV: tag,
+            "PYTHONPATH": os.pathsep.join(
+                [src, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+            ),
+        },
+    )
     env.pop("POLYPROC_START_METHOD", None)
     spec = json.dumps({**case, "method": method, "seed": seed})
     limit = watchdog(case, quick)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent
-                                                  / "chaos_scenarios.py"), spec],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "chaos_scenarios.py"), spec],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     out_lines: list[str] = []
     err_box: list[str] = []
     drain = threading.Thread(target=lambda: err_box.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
@@ -213,7 +242,7 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
         for line in proc.stdout:
             out_lines.append(line)
             if line.startswith(STAGE):
-                _on_stage(case, line[len(STAGE):].strip(), proc)
+                _on_stage(case, line[len(STAGE) :].strip(), proc)
         proc.wait()
     finally:
         timer.cancel()
@@ -223,8 +252,9 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
     row.seconds = time.monotonic() - t0
     row.survivors = _survivors(tag, 5.0)
     stderr = "".join(err_box)
-    result = next((json.loads(ln[len(RESULT):]) for ln in reversed(out_lines)
-                   if ln.startswith(RESULT)), None)
+    result = next(
+        (json.loads(ln[len(RESULT) :]) for ln in reversed(out_lines) if ln.startswith(RESULT)), None
+    )
     _judge(row, case, proc.returncode, result, stderr)
     return row
 
@@ -245,8 +275,9 @@ def _on_stage(case: dict[str, Any], stage: str, proc: subprocess.Popen[str]) -> 
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
 
 
-def _judge(row: Row, case: dict[str, Any], code: int | None, result: dict[str, Any] | None,
-           stderr: str) -> None:
+def _judge(
+    row: Row, case: dict[str, Any], code: int | None, result: dict[str, Any] | None, stderr: str
+) -> None:
     s = case["scenario"]
     if row.hangs:
         row.problems.append("hang (watchdog fired)")
@@ -298,8 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{method:<10} {label(case)}")
         return 0
     rows: list[Row] = []
-    print(f"chaos: {len(cases)} cases x {len(args.methods)} start methods"
-          f"{' (quick)' if args.quick else ''}, seed {args.seed}", flush=True)
+    print(
+        f"chaos: {len(cases)} cases x {len(args.methods)} start methods"
+        f"{' (quick)' if args.quick else ''}, seed {args.seed}",
+        flush=True,
+    )
     for method in args.methods:
         for case in cases:
             row = run_case(method, case, args.quick, args.seed)
@@ -316,10 +350,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace | int:
     """The options, with scenario and start-method lists checked; an int is an exit status."""
     p = argparse.ArgumentParser(prog="chaos", description="polyproc under hostile conditions")
     p.add_argument("--quick", action="store_true", help="a few seconds per start method")
-    p.add_argument("--scenario", action="append", default=[], metavar="NAME",
-                   help=f"repeatable or comma-separated: {', '.join(SCENARIOS)} (default: all)")
-    p.add_argument("--start-method", action="append", default=[], metavar="M",
-                   help="repeatable or comma-separated (default: fork, spawn, forkserver)")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"repeatable or comma-separated: {', '.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument(
+        "--start-method",
+        action="append",
+        default=[],
+        metavar="M",
+        help="repeatable or comma-separated (default: fork, spawn, forkserver)",
+    )
     p.add_argument("--list", action="store_true", help="print the cases and exit")
     p.add_argument("--seed", type=int, default=None, help="for the killer's choices")
     p.add_argument("--json", type=Path, metavar="PATH", help="write every row here")
@@ -329,12 +373,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace | int:
         return int(exc.code or 0)
     args.scenarios = _split(args.scenario) or list(SCENARIOS)
     args.methods = _split(args.start_method) or list(START_METHODS)
-    for name, allowed, what in ((args.scenarios, SCENARIOS, "scenario"),
-                                (args.methods, START_METHODS, "start method")):
+    for name, allowed, what in (
+        (args.scenarios, SCENARIOS, "scenario"),
+        (args.methods, START_METHODS, "start method"),
+    ):
         unknown = [n for n in name if n not in allowed]
         if unknown:
-            print(f"chaos: unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}",
-                  file=sys.stderr)
+            print(
+                f"chaos: unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}",
+                file=sys.stderr,
+            )
             return 2
     if args.seed is None:
         args.seed = random.randrange(1 << 30)

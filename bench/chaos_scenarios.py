@@ -38,8 +38,15 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
         kind, ident = (line.split() + ["", ""])[:2]
         if ident.isdigit():
             (starts if kind == "s" else dones)[int(ident)] += 1
-    f = {"tasks": tasks, "once": 0, "lost": 0, "duplicated": 0, "failed": 0, "retried": 0,
-         "wrong": 0}
+    f = {
+        "tasks": tasks,
+        "once": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "failed": 0,
+        "retried": 0,
+        "wrong": 0,
+    }
     for i in range(tasks):
         out = outcomes.get(i)
         if dones[i] >= 2:
@@ -67,8 +74,14 @@ def child_main(case: dict[str, Any]) -> int:
 
     polyproc.set_start_method(case["method"], force=True)
     random.seed(case["seed"])
-    runner = {"killer": child_killer, "parent-kill": child_parent_kill, "sigint": child_sigint,
-              "soak": child_soak, "leaks": child_leaks, "hostile": child_hostile}
+    runner = {
+        "killer": child_killer,
+        "parent-kill": child_parent_kill,
+        "sigint": child_sigint,
+        "soak": child_soak,
+        "leaks": child_leaks,
+        "hostile": child_hostile,
+    }
     result = runner[case["scenario"]](case)
     print(RESULT + json.dumps(result), flush=True)
     return 0
@@ -195,8 +208,7 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     figures = analyse(outcomes, log, n)
     gc.collect()
     after = fd_count()
-    return {**figures, "fds": after - before, "problems": problems,
-            "extra": f"kills {kills[0]}"}
+    return {**figures, "fds": after - before, "problems": problems, "extra": f"kills {kills[0]}"}
 
 
 def _sleepy(x: float) -> float:
@@ -323,8 +335,10 @@ def child_soak(case: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"RSS grew {growth:.0f} MiB")
     if ahead > AHEAD_LIMIT:
         problems.append(f"{ahead} items pulled ahead of the consumer (limit {AHEAD_LIMIT})")
-    return {"problems": problems, "extra": f"rss +{growth:.1f} MiB, ahead <= {ahead}, "
-                                            f"{n / seconds / 1e3:.0f}k items/s"}
+    return {
+        "problems": problems,
+        "extra": f"rss +{growth:.1f} MiB, ahead <= {ahead}, {n / seconds / 1e3:.0f}k items/s",
+    }
 
 
 def _counts() -> dict[str, int]:
@@ -333,14 +347,20 @@ def _counts() -> dict[str, int]:
     me = psutil.Process()
     kids = me.children(recursive=True)
     zombies = sum(1 for p in kids if _status(p) == psutil.STATUS_ZOMBIE)
-    alive = sum(1 for p in kids if _status(p) not in (psutil.STATUS_ZOMBIE, None)
-                and _name(p) not in _INFRA)
+    alive = sum(
+        1 for p in kids if _status(p) not in (psutil.STATUS_ZOMBIE, None) and _name(p) not in _INFRA
+    )
     try:
         shm = sum(1 for e in os.listdir("/dev/shm") if e.startswith(_SHM_PREFIXES))
     except OSError:
         shm = 0
-    return {"fds": fd_count(), "threads": threading.active_count(),
-            "zombies": zombies, "children": alive, "shm": shm}
+    return {
+        "fds": fd_count(),
+        "threads": threading.active_count(),
+        "zombies": zombies,
+        "children": alive,
+        "shm": shm,
+    }
 
 
 def _status(p: Any) -> str | None:
@@ -408,8 +428,11 @@ def child_leaks(case: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.05)
     delta = {k: after[k] - before[k] for k in before}
     problems = [f"{k} {v:+d}" for k, v in delta.items() if v > 0]
-    return {"fds": delta["fds"], "problems": problems,
-            "extra": " ".join(f"{k} {v:+d}" for k, v in delta.items())}
+    return {
+        "fds": delta["fds"],
+        "problems": problems,
+        "extra": " ".join(f"{k} {v:+d}" for k, v in delta.items()),
+    }
 
 
 def child_hostile(case: dict[str, Any]) -> dict[str, Any]:
@@ -458,7 +481,6 @@ def child_hostile(case: dict[str, Any]) -> dict[str, Any]:
         problems.append("the server died")
     m.shutdown()
     return {"problems": problems, "extra": f"{attacks} hostile connections, server survived"}
-
 
 
 if __name__ == "__main__":

@@ -32,13 +32,17 @@ METHODS = ("fork", "spawn", "forkserver")
 
 
 def _harness(given: str | None) -> Path:
-    for candidate in (given, os.environ.get("POLYPROC_COMPAT_HARNESS"),
-                      str(ROOT.parent / "shared" / "compat" / "run_cpython_suite.py"),
-                      str(ROOT.parent.parent / "shared" / "compat" / "run_cpython_suite.py")):
+    for candidate in (
+        given,
+        os.environ.get("POLYPROC_COMPAT_HARNESS"),
+        str(ROOT.parent / "shared" / "compat" / "run_cpython_suite.py"),
+        str(ROOT.parent.parent / "shared" / "compat" / "run_cpython_suite.py"),
+    ):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    raise SystemExit("run_cpython_suite.py not found: pass --harness or set "
-                     "POLYPROC_COMPAT_HARNESS")
+    raise SystemExit(
+        "run_cpython_suite.py not found: pass --harness or set POLYPROC_COMPAT_HARNESS"
+    )
 
 
 def run_one(harness: Path, method: str, out: Path, subset: list[str], timeout: float) -> dict:
@@ -46,8 +50,18 @@ def run_one(harness: Path, method: str, out: Path, subset: list[str], timeout: f
     report = out / f"polyproc-{method}.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(harness), "--module", "polyproc", "--start-method", method,
-           "--json", str(report), "--logdir", str(out / f"logs-{method}")]
+    cmd = [
+        sys.executable,
+        str(harness),
+        "--module",
+        "polyproc",
+        "--start-method",
+        method,
+        "--json",
+        str(report),
+        "--logdir",
+        str(out / f"logs-{method}"),
+    ]
     for pattern in subset:
         cmd += ["-k", pattern]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -55,8 +69,12 @@ def run_one(harness: Path, method: str, out: Path, subset: list[str], timeout: f
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"the harness failed for {method} (exit {proc.returncode})")
     data = json.loads(report.read_text())
-    failing = sorted(f"{cls}.{name}" for cls, c in data["classes"].items()
-                     for name, t in c["tests"].items() if t["status"] not in ("pass", "skip"))
+    failing = sorted(
+        f"{cls}.{name}"
+        for cls, c in data["classes"].items()
+        for name, t in c["tests"].items()
+        if t["status"] not in ("pass", "skip")
+    )
     return {"score": data["score"], "failing": failing}
 
 
@@ -65,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--harness", help="path to run_cpython_suite.py")
     ap.add_argument("--out", help="directory for the JSON reports and logs (default: a temp dir)")
-    ap.add_argument("-k", dest="subset", action="append", default=[],
-                    help="only tests matching (passed to the harness; repeatable)")
-    ap.add_argument("--min", type=float, default=0.0,
-                    help="exit 1 if an 'api' score (percent) is below this")
+    ap.add_argument(
+        "-k",
+        dest="subset",
+        action="append",
+        default=[],
+        help="only tests matching (passed to the harness; repeatable)",
+    )
+    ap.add_argument(
+        "--min", type=float, default=0.0, help="exit 1 if an 'api' score (percent) is below this"
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per start method")
     args = ap.parse_args(argv)
     harness = _harness(args.harness)
@@ -80,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(harness, method, out, args.subset, args.timeout)
         api, every = result["score"]["api"], result["score"]["all"]
         worst = min(worst, api["pct"])
-        print(f"{method:<12} {api['passed']:>4}/{api['of']:<4} {api['pct']:6.2f}% "
-              f"{every['passed']:>4}/{every['of']:<4} {every['pct']:6.2f}%", flush=True)
+        print(
+            f"{method:<12} {api['passed']:>4}/{api['of']:<4} {api['pct']:6.2f}% "
+            f"{every['passed']:>4}/{every['of']:<4} {every['pct']:6.2f}%",
+            flush=True,
+        )
         for name in result["failing"]:
             print(f"    not passed: {name}")
     return 1 if worst < args.min else 0

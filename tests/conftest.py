@@ -105,8 +105,10 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     leaked: list[psutil.Process] = []
     while True:
         leaked = [
-            p for p in me.children(recursive=True)
-            if p.pid not in before_children and not _is_forkserver(p)
+            p
+            for p in me.children(recursive=True)
+            if p.pid not in before_children
+            and not _is_forkserver(p)
             and p.status() != psutil.STATUS_ZOMBIE
         ]
         if not leaked or time.monotonic() > deadline:

@@ -37,15 +37,39 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["test_process_pool", "test_shutdown", "test_deadlock", "test_init", "test_wait",
-           "test_as_completed"]
+MODULES = [
+    "test_process_pool",
+    "test_shutdown",
+    "test_deadlock",
+    "test_init",
+    "test_wait",
+    "test_as_completed",
+]
 METHODS = ["fork", "spawn", "forkserver"]
-_MIXIN = {"fork": "ProcessPoolFork", "spawn": "ProcessPoolSpawn", "forkserver": "ProcessPoolForkserver"}
-_INTERNALS = ("_processes", "_call_queue", "_executor_manager_thread", "_ThreadWakeup",
-              "_broken", "_mp_context", "_work_ids", "_pending_work_items")
-_SUBPROCESS_TESTS = ("test_interpreter_shutdown", "test_submit_after_interpreter_shutdown",
-                     "test_cancel_futures_wait_false", "test_hang_gh83386", "test_hang_gh94440",
-                     "test_hang_issue12364", "test_ressources_gced_in_workers")
+_MIXIN = {
+    "fork": "ProcessPoolFork",
+    "spawn": "ProcessPoolSpawn",
+    "forkserver": "ProcessPoolForkserver",
+}
+_INTERNALS = (
+    "_processes",
+    "_call_queue",
+    "_executor_manager_thread",
+    "_ThreadWakeup",
+    "_broken",
+    "_mp_context",
+    "_work_ids",
+    "_pending_work_items",
+)
+_SUBPROCESS_TESTS = (
+    "test_interpreter_shutdown",
+    "test_submit_after_interpreter_shutdown",
+    "test_cancel_futures_wait_false",
+    "test_hang_gh83386",
+    "test_hang_gh94440",
+    "test_hang_issue12364",
+    "test_ressources_gced_in_workers",
+)
 
 
 def _substitute() -> None:
@@ -62,8 +86,11 @@ def _substitute() -> None:
         return polyproc.get_context(self.ctx)
 
     util.ExecutorMixin.get_context = get_context  # type: ignore[method-assign]
-    for mixin in (util.ProcessPoolForkMixin, util.ProcessPoolSpawnMixin,
-                  util.ProcessPoolForkserverMixin):
+    for mixin in (
+        util.ProcessPoolForkMixin,
+        util.ProcessPoolSpawnMixin,
+        util.ProcessPoolForkserverMixin,
+    ):
         mixin.executor_type = polyproc.futures.ProcessPoolExecutor
 
 
@@ -79,7 +106,8 @@ def _child(module: str, method: str, out: str, pattern: str | None) -> None:
         if not (isinstance(cls, type) and issubclass(cls, unittest.TestCase)):
             continue
         if not name.startswith(_MIXIN[method]) or (
-                method == "fork" and name.startswith(_MIXIN["forkserver"])):
+            method == "fork" and name.startswith(_MIXIN["forkserver"])
+        ):
             continue
         for test in loader.loadTestsFromTestCase(cls):
             tid = f"{name}.{test._testMethodName}"  # type: ignore[attr-defined]
@@ -141,8 +169,12 @@ def main() -> int:
     if sys.version_info < (3, 13):
         print("needs Python 3.13 (its test.test_concurrent_futures package)", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+    )
     report: dict[str, dict[str, Any]] = {}
     for method in args.method or METHODS:
         for module in args.module or MODULES:
@@ -159,14 +191,19 @@ def main() -> int:
             got = json.loads(out.read_text()) if out.exists() else {}
             out.unlink(missing_ok=True)
             if hung:
-                got["<rest of the module>"] = {"status": "timeout",
-                                               "detail": f"budget {args.budget} s spent"}
+                got["<rest of the module>"] = {
+                    "status": "timeout",
+                    "detail": f"budget {args.budget} s spent",
+                }
             for tid, r in got.items():
                 report[f"{module}:{method}:{tid}"] = r
             counts = _count(got)
-            print(f"{module:20} {method:10} {counts['pass']:3}/{len(got):<3} pass  "
-                  f"fail {counts['fail']}  error {counts['error']}  skip {counts['skip']}  "
-                  f"internal {counts['internal']}  {time.monotonic() - t0:5.1f}s", flush=True)
+            print(
+                f"{module:20} {method:10} {counts['pass']:3}/{len(got):<3} pass  "
+                f"fail {counts['fail']}  error {counts['error']}  skip {counts['skip']}  "
+                f"internal {counts['internal']}  {time.monotonic() - t0:5.1f}s",
+                flush=True,
+            )
     print()
     for tid, r in report.items():
         if r["status"] in ("fail", "error", "timeout"):
@@ -175,8 +212,10 @@ def main() -> int:
             print(f"{r['status']:7} {tid}{tag}: {last[0] if last else ''}")
     total = _count(report)
     scored = len(report) - total["skip"] - total["internal"]
-    print(f"\npassed {total['pass']}/{scored} of the tests that use only the public API "
-          f"({total['internal']} read the stdlib executor's internals, {total['skip']} skipped)")
+    print(
+        f"\npassed {total['pass']}/{scored} of the tests that use only the public API "
+        f"({total['internal']} read the stdlib executor's internals, {total['skip']} skipped)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

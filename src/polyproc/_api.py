@@ -28,15 +28,34 @@ if TYPE_CHECKING:
     _LockLike: TypeAlias = polyproc.synchronize.Lock | polyproc.synchronize.RLock
 
 __all__ = [
-    "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
-    "Manager", "Pipe", "Pool", "Queue", "RLock", "RawArray", "RawValue", "Semaphore",
-    "SimpleQueue", "Value", "cpu_count", "freeze_support", "set_executable",
-    "set_forkserver_preload", "allow_connection_pickling",
+    "Array",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Pipe",
+    "Pool",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "Value",
+    "cpu_count",
+    "freeze_support",
+    "set_executable",
+    "set_forkserver_preload",
+    "allow_connection_pickling",
 ]
 
 
-def Pipe(duplex: bool = True,  # noqa: N802 - stdlib names
-         ) -> tuple[polyproc.connection.Connection, polyproc.connection.Connection]:
+def Pipe(
+    duplex: bool = True,  # noqa: N802 - stdlib names
+) -> tuple[polyproc.connection.Connection, polyproc.connection.Connection]:
     """Two connected Connections (see ``polyproc.connection``)."""
     return default_context().Pipe(duplex)
 
@@ -71,8 +90,11 @@ def Event() -> polyproc.synchronize.Event:  # noqa: N802
     return default_context().Event()
 
 
-def Barrier(parties: int, action: Callable[[], object] | None = None,  # noqa: N802
-            timeout: float | None = None) -> polyproc.synchronize.Barrier:
+def Barrier(
+    parties: int,
+    action: Callable[[], object] | None = None,  # noqa: N802
+    timeout: float | None = None,
+) -> polyproc.synchronize.Barrier:
     """A barrier shared between processes; ``action`` runs in the last to arrive."""
     return default_context().Barrier(parties, action, timeout)
 
@@ -92,14 +114,21 @@ def SimpleQueue() -> polyproc.queues.SimpleQueue:  # noqa: N802
     return default_context().SimpleQueue()
 
 
-def Value(typecode_or_type: str | type[Any], *args: Any,  # noqa: N802
-          lock: bool | _LockLike = True) -> Any:
+def Value(
+    typecode_or_type: str | type[Any],
+    *args: Any,  # noqa: N802
+    lock: bool | _LockLike = True,
+) -> Any:
     """A ctypes value in shared memory, behind a lock unless ``lock=False``."""
     return default_context().Value(typecode_or_type, *args, lock=lock)
 
 
-def Array(typecode_or_type: str | type[Any], size_or_initializer: int | Iterable[Any],  # noqa: N802
-          *, lock: bool | _LockLike = True) -> Any:
+def Array(
+    typecode_or_type: str | type[Any],
+    size_or_initializer: int | Iterable[Any],  # noqa: N802
+    *,
+    lock: bool | _LockLike = True,
+) -> Any:
     """A ctypes array in shared memory, behind a lock unless ``lock=False``."""
     return default_context().Array(typecode_or_type, size_or_initializer, lock=lock)
 
@@ -109,8 +138,10 @@ def RawValue(typecode_or_type: str | type[Any], *args: Any) -> Any:  # noqa: N80
     return default_context().RawValue(typecode_or_type, *args)
 
 
-def RawArray(typecode_or_type: str | type[Any],  # noqa: N802
-             size_or_initializer: int | Iterable[Any]) -> Any:
+def RawArray(
+    typecode_or_type: str | type[Any],  # noqa: N802
+    size_or_initializer: int | Iterable[Any],
+) -> Any:
     """A ctypes array in shared memory, no lock."""
     return default_context().RawArray(typecode_or_type, size_or_initializer)
 
@@ -140,9 +171,18 @@ def Pool(  # noqa: N802
     (docs/scale-out.md). See ``polyproc.pool.Pool`` and docs/pool.md.
     """
     return default_context().Pool(
-        processes, initializer, initargs, maxtasksperchild,
-        max_memory_per_child=max_memory_per_child, timeout=timeout, retries=retries,
-        progress=progress, window=window, target_batch_s=target_batch_s, backend=backend)
+        processes,
+        initializer,
+        initargs,
+        maxtasksperchild,
+        max_memory_per_child=max_memory_per_child,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        window=window,
+        target_batch_s=target_batch_s,
+        backend=backend,
+    )
 
 
 def Manager() -> polyproc.managers.SyncManager:  # noqa: N802

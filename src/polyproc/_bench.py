@@ -147,8 +147,9 @@ def discover(bench_dir: Path) -> tuple[list[Discovered], dict[str, str]]:
     return found, broken
 
 
-def select(cases: Iterable[Discovered], *, quick: bool = False,
-           filters: Sequence[str] = ()) -> list[Discovered]:
+def select(
+    cases: Iterable[Discovered], *, quick: bool = False, filters: Sequence[str] = ()
+) -> list[Discovered]:
     """The cases to run: ``quick`` ones only if asked; any filter matching module or name."""
     out = []
     for d in cases:
@@ -210,8 +211,9 @@ class CaseResult:
             ours = self.median("polyproc")
             if ours is None:
                 return None
-            checks.append(ours >= self.absolute if self.case.higher_is_better
-                          else ours <= self.absolute)
+            checks.append(
+                ours >= self.absolute if self.case.higher_is_better else ours <= self.absolute
+            )
         return all(checks) if checks else None
 
 
@@ -230,24 +232,34 @@ def child_env(bench_dir: Path) -> dict[str, str]:
     # the stdlib's bytecode is always cached). Dropped for every impl alike.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     pkg_parent = str(Path(__file__).resolve().parent.parent)
-    parts = [str(bench_dir), pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    parts = [str(bench_dir), pkg_parent] + [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p
+    ]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     env["POLYPROC_BENCH_DIR"] = str(bench_dir)
     return env
 
 
-def run_one(bench_dir: Path, module: str, case: str, impl: str, *,
-            timeout: float = 300.0) -> tuple[float | None, str | None]:
+def run_one(
+    bench_dir: Path, module: str, case: str, impl: str, *, timeout: float = 300.0
+) -> tuple[float | None, str | None]:
     """Run one impl once in a fresh interpreter: (figure, None) or (None, error text)."""
     cmd = [sys.executable, "-m", "polyproc._bench", "--one", module, case, impl]
     try:
-        proc = subprocess.run(cmd, cwd=bench_dir, env=child_env(bench_dir), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            cwd=bench_dir,
+            env=child_env(bench_dir),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:g} s"
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            reply = json.loads(line[len(RESULT_MARKER):])
+            reply = json.loads(line[len(RESULT_MARKER) :])
             if "error" in reply:
                 return None, str(reply["error"])
             return float(reply["value"]), None
@@ -255,8 +267,9 @@ def run_one(bench_dir: Path, module: str, case: str, impl: str, *,
     return None, f"exit code {proc.returncode}, no result: {tail}"
 
 
-def run_case(bench_dir: Path, d: Discovered, *, repeat: int | None = None,
-             timeout: float = 300.0) -> CaseResult:
+def run_case(
+    bench_dir: Path, d: Discovered, *, repeat: int | None = None, timeout: float = 300.0
+) -> CaseResult:
     """All impls of one case, ``repeat`` rounds each, interleaved round by round."""
     res = CaseResult(d.module, d.case)
     impls = [i for i in d.case.impls if impl_available(i)]
@@ -354,11 +367,17 @@ def format_table(results: Sequence[CaseResult]) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = []
     for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if c < 2 else cell.rjust(w)
-                               for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if c < 2 else cell.rjust(w)
+                for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    errors = [f"  {r.module}:{r.case.name} [{i}]: {e}" for r in results for i, e in r.errors.items()]
+    errors = [
+        f"  {r.module}:{r.case.name} [{i}]: {e}" for r in results for i, e in r.errors.items()
+    ]
     if errors:
         lines += ["", "errors:", *errors]
     skips = [f"  {r.module}:{r.case.name}: {r.missing}" for r in results if r.missing]
@@ -370,8 +389,10 @@ def format_table(results: Sequence[CaseResult]) -> str:
 def format_markdown(results: Sequence[CaseResult]) -> str:
     """The same table as Markdown, for the README (``--markdown PATH``)."""
     cols = ["polyproc", "stdlib"] + ([FLOOR] if any(FLOOR in r.case.impls for r in results) else [])
-    lines = [f"| case | unit | {' | '.join(cols)} | ratio | target | met |",
-             f"|---|---|{'---:|' * len(cols)}---:|---|---|"]
+    lines = [
+        f"| case | unit | {' | '.join(cols)} | ratio | target | met |",
+        f"|---|---|{'---:|' * len(cols)}---:|---|---|",
+    ]
     for r in results:
         unit = r.case.unit + ("" if r.case.higher_is_better else ", lower is better")
         figs = ["error" if i in r.errors else _fmt(r.median(i)) for i in cols]
@@ -379,11 +400,16 @@ def format_markdown(results: Sequence[CaseResult]) -> str:
         rtext = "-" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}x"
         verdict = {True: "yes", False: "**no**", None: "-"}[r.met]
         target = _target_text(r).replace(">=", "≥ ").replace("<=", "≤ ")
-        lines.append(f"| {r.module.removeprefix('bench_')}: {r.case.name} | {unit} | "
-                     f"{' | '.join(figs)} | {rtext} | {target} | {verdict} |")
+        lines.append(
+            f"| {r.module.removeprefix('bench_')}: {r.case.name} | {unit} | "
+            f"{' | '.join(figs)} | {rtext} | {target} | {verdict} |"
+        )
     info = machine_info()
-    lines += ["", f"Medians of `polyproc bench` on {info['cpu']} x{info['cpus']}, Python "
-                  f"{info['python']}, {info['platform']}, {info['date']}."]
+    lines += [
+        "",
+        f"Medians of `polyproc bench` on {info['cpu']} x{info['cpus']}, Python "
+        f"{info['python']}, {info['platform']}, {info['date']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -406,22 +432,38 @@ def machine_info() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except Exception:  # not installed (or run from a source tree)
             continue
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu": model, "cpus": os.cpu_count(), "versions": versions,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def results_json(results: Sequence[CaseResult]) -> dict[str, Any]:
     cases = []
     for r in results:
-        cases.append({
-            "module": r.module, "name": r.case.name, "unit": r.case.unit,
-            "higher_is_better": r.case.higher_is_better, "baseline": r.case.baseline,
-            "target": r.case.target, "absolute": r.absolute, "note": r.case.note,
-            "samples": r.samples, "medians": {i: r.median(i) for i in r.samples},
-            "ratio": r.ratio, "met": r.met, "errors": r.errors, "skipped": r.skipped,
-            "missing": r.missing,
-        })
+        cases.append(
+            {
+                "module": r.module,
+                "name": r.case.name,
+                "unit": r.case.unit,
+                "higher_is_better": r.case.higher_is_better,
+                "baseline": r.case.baseline,
+                "target": r.case.target,
+                "absolute": r.absolute,
+                "note": r.case.note,
+                "samples": r.samples,
+                "medians": {i: r.median(i) for i in r.samples},
+                "ratio": r.ratio,
+                "met": r.met,
+                "errors": r.errors,
+                "skipped": r.skipped,
+                "missing": r.missing,
+            }
+        )
     return {"machine": machine_info(), "cases": cases}
 
 
@@ -434,8 +476,11 @@ def plot_ratios(results: Sequence[CaseResult], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'polyproc[plot]'") from None
-    rows = [(f"{r.module.removeprefix('bench_')}: {r.case.name}", r.ratio, r.case.target)
-            for r in results if r.ratio is not None and not math.isnan(r.ratio)]
+    rows = [
+        (f"{r.module.removeprefix('bench_')}: {r.case.name}", r.ratio, r.case.target)
+        for r in results
+        if r.ratio is not None and not math.isnan(r.ratio)
+    ]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     labels = [x[0] for x in rows]
     ratios = [x[1] for x in rows]
@@ -461,13 +506,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", type=Path, help="write every sample and median here")
     p.add_argument("--plot", metavar="PATH.png", type=Path, help="bar chart of ratios (matplotlib)")
     p.add_argument("--markdown", metavar="PATH", type=Path, help="the table as Markdown (README)")
-    p.add_argument("--filter", metavar="SUBSTR", action="append", default=[],
-                   help="only cases whose 'module:name' contains SUBSTR (repeatable)")
+    p.add_argument(
+        "--filter",
+        metavar="SUBSTR",
+        action="append",
+        default=[],
+        help="only cases whose 'module:name' contains SUBSTR (repeatable)",
+    )
     p.add_argument("--repeat", metavar="N", type=int, help="runs per impl (default: per case)")
-    p.add_argument("--timeout", metavar="S", type=float, default=300.0,
-                   help="seconds one run may take (default 300)")
-    p.add_argument("--bench-dir", metavar="DIR", type=Path,
-                   help="where bench_*.py live (default: $POLYPROC_BENCH_DIR or ./bench upwards)")
+    p.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=300.0,
+        help="seconds one run may take (default 300)",
+    )
+    p.add_argument(
+        "--bench-dir",
+        metavar="DIR",
+        type=Path,
+        help="where bench_*.py live (default: $POLYPROC_BENCH_DIR or ./bench upwards)",
+    )
     p.add_argument("--list", action="store_true", help="list the cases and exit")
 
 
@@ -487,8 +546,11 @@ def bench_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     bench_dir = args.bench_dir.resolve() if args.bench_dir else find_bench_dir()
     if bench_dir is None or not _has_benches(bench_dir):
-        print("polyproc bench: no bench/ directory with bench_*.py found; run it from a "
-              "polyproc checkout, or set POLYPROC_BENCH_DIR or --bench-dir", file=sys.stderr)
+        print(
+            "polyproc bench: no bench/ directory with bench_*.py found; run it from a "
+            "polyproc checkout, or set POLYPROC_BENCH_DIR or --bench-dir",
+            file=sys.stderr,
+        )
         return 2
     found, broken = discover(bench_dir)
     for name, err in broken.items():
@@ -504,11 +566,15 @@ def bench_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         # Checked before the run, not after minutes of benchmarks that could not be plotted.
-        print("polyproc bench: --plot needs matplotlib: pip install 'polyproc[plot]'",
-              file=sys.stderr)
+        print(
+            "polyproc bench: --plot needs matplotlib: pip install 'polyproc[plot]'", file=sys.stderr
+        )
         return 2
-    print(f"running {len(chosen)} cases from {bench_dir} (each run in a fresh interpreter)",
-          file=out, flush=True)
+    print(
+        f"running {len(chosen)} cases from {bench_dir} (each run in a fresh interpreter)",
+        file=out,
+        flush=True,
+    )
     results = []
     for n, d in enumerate(chosen, 1):
         r = run_case(bench_dir, d, repeat=args.repeat, timeout=args.timeout)

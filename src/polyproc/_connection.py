@@ -86,14 +86,22 @@ class Connection:
 
     __module__ = "polyproc.connection"  # its public home: repr, pickle
 
-    def __init__(self, handle: int | Stream, readable: bool = True, writable: bool = True,
-                 *, serializer: Serializer | None = None) -> None:
+    def __init__(
+        self,
+        handle: int | Stream,
+        readable: bool = True,
+        writable: bool = True,
+        *,
+        serializer: Serializer | None = None,
+    ) -> None:
         if not readable and not writable:
             raise ValueError("at least one of `readable` and `writable` must be True")
         if isinstance(handle, int):
             if handle < 0:
                 raise ValueError("invalid handle")
-            handle = UnixStream(handle) if stat.S_ISSOCK(os.fstat(handle).st_mode) else FdStream(handle)
+            handle = (
+                UnixStream(handle) if stat.S_ISSOCK(os.fstat(handle).st_mode) else FdStream(handle)
+            )
         self._stream: Stream | None = handle
         self._readable = readable
         self._writable = writable
@@ -203,12 +211,13 @@ class Connection:
             from ._shm import bulk
 
             if size >= bulk.BYTES_THRESHOLD:
-                fd = bulk.lend(view[offset:offset + size])
+                fd = bulk.lend(view[offset : offset + size])
                 if fd is not None:  # else every slot is in flight: the socket it is
-                    stream.write_all([_HEAD_PACK(MAGIC, _SHARED_BYTES, 1, 0, 8) + _LEN.pack(size)],
-                                     [fd])
+                    stream.write_all(
+                        [_HEAD_PACK(MAGIC, _SHARED_BYTES, 1, 0, 8) + _LEN.pack(size)], [fd]
+                    )
                     return
-        self._write(stream, encode_header(Kind.BYTES, size), view[offset:offset + size])
+        self._write(stream, encode_header(Kind.BYTES, size), view[offset : offset + size])
 
     def send(self, obj: Any) -> None:
         """Send a picklable object; large buffers go out of band, fds ride along."""
@@ -222,7 +231,11 @@ class Connection:
         if kind is bytearray:
             self._write(stream, encode_header(Kind.RAW_BYTEARRAY, len(obj)), obj)
             return
-        if self._ser is DEFAULT_SERIALIZER and _fd_table.collecting is None and _main_is_importable():
+        if (
+            self._ser is DEFAULT_SERIALIZER
+            and _fd_table.collecting is None
+            and _main_is_importable()
+        ):
             # Plain pickle first: ~4x cheaper than the full serializer for the small
             # messages a stream is made of. Anything the full path treats specially
             # aborts it early: an out-of-band buffer (``_refuse``), an fd (its handle
@@ -256,12 +269,18 @@ class Connection:
         if stream.supports_fds and payload.buffers:
             self._send_shared(stream, payload.body, payload.buffers, payload.fds)
             return
-        head = encode_header(Kind.PICKLE, len(payload.body), [b.nbytes for b in payload.buffers],
-                             nfds=len(payload.fds))
+        head = encode_header(
+            Kind.PICKLE,
+            len(payload.body),
+            [b.nbytes for b in payload.buffers],
+            nfds=len(payload.fds),
+        )
         stream.write_all([head, payload.body, *payload.buffers], payload.fds)
 
     @staticmethod
-    def _send_shared(stream: Stream, body: bytes, buffers: list[memoryview], fds: list[int]) -> None:
+    def _send_shared(
+        stream: Stream, body: bytes, buffers: list[memoryview], fds: list[int]
+    ) -> None:
         """Large out-of-band buffers go through shared memory (``_shm.bulk``), not the socket.
 
         Wire convention: such a buffer has length 0 in the frame's length table and
@@ -363,7 +382,7 @@ class Connection:
         except ProtocolError:
             self.close()  # a stream that lied about framing cannot be resynchronised
             raise
-        del self._buf[:_HDR + head.table_length]
+        del self._buf[: _HDR + head.table_length]
         self._big = head.body_length >= _DIRECT
         body = self._take(stream, head.body_length, mutable=head.kind is Kind.RAW_BYTEARRAY)
         buffers = [self._take(stream, n, mutable=True) for n in lengths]
@@ -390,8 +409,9 @@ class Connection:
         except (OSError, ValueError) as exc:
             raise ProtocolError(f"a shared buffer could not be mapped: {exc}") from exc
 
-    def _map_shared(self, stream: Stream, lengths: list[int], buffers: list[Any],
-                    fds: list[int]) -> list[int]:
+    def _map_shared(
+        self, stream: Stream, lengths: list[int], buffers: list[Any], fds: list[int]
+    ) -> list[int]:
         """Receiving side of ``_send_shared``: map each big buffer's memfd in place (no copy)."""
         from ._shm import bulk
 
@@ -401,13 +421,13 @@ class Connection:
                 os.close(fd)
             self.close()
             raise ProtocolError("garbage on the wire: shared buffers without their memfds")
-        own, extra = fds[:len(fds) - len(shared)], fds[len(fds) - len(shared):]
+        own, extra = fds[: len(fds) - len(shared)], fds[len(fds) - len(shared) :]
         sizes = [bulk.read_size_marker(self._take(stream, bulk.MARKER_SIZE)) for _ in shared]
         for j, (i, fd) in enumerate(zip(shared, extra, strict=False)):
             try:
                 buffers[i] = bulk.import_buffer(fd, sizes[j])
             except (OSError, ValueError) as exc:
-                for rest in extra[j + 1:] + own:
+                for rest in extra[j + 1 :] + own:
                     os.close(rest)
                 raise ProtocolError(f"a shared buffer could not be mapped: {exc}") from exc
         return own
@@ -420,8 +440,13 @@ class Connection:
         if len(buf) < _HDR or self._stream is None or not self._readable:
             self._need(self._for_reading(), _HDR, False)
         magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
-        if (magic == MAGIC and kind_no == _BYTES and not nfds and not nbuf
-                and (maxlength is None or size <= maxlength)):
+        if (
+            magic == MAGIC
+            and kind_no == _BYTES
+            and not nfds
+            and not nbuf
+            and (maxlength is None or size <= maxlength)
+        ):
             # The common cases, kept short: no header object, no enum, no frame table.
             end = _HDR + size
             if len(buf) >= end:
@@ -441,7 +466,9 @@ class Connection:
         if buffers or fds:
             for fd in fds:
                 os.close(fd)
-            raise ProtocolError("recv_bytes() got an object message with out-of-band parts; use recv()")
+            raise ProtocolError(
+                "recv_bytes() got an object message with out-of-band parts; use recv()"
+            )
         return bytes(body) if type(body) is not bytes else body
 
     def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
@@ -454,7 +481,7 @@ class Connection:
         data = self.recv_bytes()
         if len(data) > view.nbytes - offset:
             raise BufferTooShort(data)
-        view[offset:offset + len(data)] = data
+        view[offset : offset + len(data)] = data
         return len(data)
 
     def recv_payload(self) -> Payload:
@@ -480,7 +507,9 @@ class Connection:
             try:
                 return pickle.loads(body)
             except pickle.UnpicklingError as exc:
-                raise CorruptMessageError(f"received a message that is not a valid pickle: {exc}") from exc
+                raise CorruptMessageError(
+                    f"received a message that is not a valid pickle: {exc}"
+                ) from exc
         kind, body, buffers, fds = self._read_frame()
         if kind is Kind.RAW_BYTEARRAY:
             return body
@@ -491,11 +520,15 @@ class Connection:
         except (EOFError, ProtocolError):
             raise
         except pickle.UnpicklingError as exc:
-            raise CorruptMessageError(f"received a message that is not a valid pickle: {exc}") from exc
+            raise CorruptMessageError(
+                f"received a message that is not a valid pickle: {exc}"
+            ) from exc
         except Exception as exc:
             if kind is Kind.PICKLE:
                 raise  # the object's own error while being rebuilt (an import, a __setstate__)
-            raise CorruptMessageError(f"received bytes that are not a pickled object: {exc}") from exc
+            raise CorruptMessageError(
+                f"received bytes that are not a pickled object: {exc}"
+            ) from exc
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Is there data (or EOF) to read? Waits up to ``timeout`` seconds (None: forever)."""

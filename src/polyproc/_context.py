@@ -61,8 +61,9 @@ class Settings:
     start_method: str
     serializer: Serializer
 
-    def __init__(self, start_method: str = DEFAULT_START_METHOD,
-                 serializer: Serializer = DEFAULT_SERIALIZER) -> None:
+    def __init__(
+        self, start_method: str = DEFAULT_START_METHOD, serializer: Serializer = DEFAULT_SERIALIZER
+    ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"cannot find context for {start_method!r}")
         object.__setattr__(self, "start_method", start_method)
@@ -86,8 +87,10 @@ class Settings:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return (f"{type(self).__qualname__}(start_method={self.start_method!r}, "
-                f"serializer={self.serializer!r})")
+        return (
+            f"{type(self).__qualname__}(start_method={self.start_method!r}, "
+            f"serializer={self.serializer!r})"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), self._key())

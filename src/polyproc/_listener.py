@@ -38,8 +38,19 @@ from ._protocol.auth import WELCOME as _WELCOME
 from ._transport import new_socket, stream_for_socket, wrap_fd
 from .errors import AuthenticationError, ProtocolError
 
-__all__ = ["Listener", "Client", "address_type", "arbitrary_address", "FAMILIES", "families",
-           "deliver_challenge", "answer_challenge", "CHALLENGE", "WELCOME", "FAILURE"]
+__all__ = [
+    "Listener",
+    "Client",
+    "address_type",
+    "arbitrary_address",
+    "FAMILIES",
+    "families",
+    "deliver_challenge",
+    "answer_challenge",
+    "CHALLENGE",
+    "WELCOME",
+    "FAILURE",
+]
 
 FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6")
 #: The stdlib's ``multiprocessing.connection.families`` on Linux (AF_INET6 works here too).
@@ -135,9 +146,14 @@ def _tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _handshake(sock: socket.socket, authkey: bytes | None, timeout: float | None,
-               server: bool, ssl_context: ssl.SSLContext | None,
-               server_hostname: str | None) -> Connection:
+def _handshake(
+    sock: socket.socket,
+    authkey: bytes | None,
+    timeout: float | None,
+    server: bool,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> Connection:
     """TLS (if asked), then the HMAC handshake (if a key), under one deadline."""
     try:
         if ssl_context is not None:
@@ -177,9 +193,16 @@ class Listener:
 
     __module__ = "polyproc.connection"  # its public home: repr, pickle
 
-    def __init__(self, address: Address = None, family: str | None = None, backlog: int = 1,
-                 authkey: bytes | None = None, *, ssl_context: ssl.SSLContext | None = None,
-                 handshake_timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        address: Address = None,
+        family: str | None = None,
+        backlog: int = 1,
+        authkey: bytes | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = 30.0,
+    ) -> None:
         family = family or (address_type(address) if address is not None else "AF_UNIX")
         _check_family(family)
         if address is None:
@@ -199,7 +222,9 @@ class Listener:
         self._sock: socket.socket | None = sock
         if family == "AF_UNIX":
             self._address: Address = address
-            self._unlink = address if isinstance(address, str) and not address.startswith("\0") else None
+            self._unlink = (
+                address if isinstance(address, str) and not address.startswith("\0") else None
+            )
         else:
             host, port = sock.getsockname()[:2]
             self._address = (host, port)
@@ -268,9 +293,15 @@ class Listener:
         return f"<polyproc.Listener {self._family} {self._address!r}>"
 
 
-def Client(address: Address, family: str | None = None, authkey: bytes | None = None,  # noqa: N802
-           *, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
-           handshake_timeout: float | None = 30.0) -> Connection:
+def Client(
+    address: Address,
+    family: str | None = None,
+    authkey: bytes | None = None,  # noqa: N802
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = 30.0,
+) -> Connection:
     """A Connection to a Listener at ``address`` (the stdlib signature, plus TLS)."""
     family = family or address_type(address)
     _check_family(family)
@@ -290,4 +321,3 @@ def Client(address: Address, family: str | None = None, authkey: bytes | None = 
     if ssl_context is not None and server_hostname is None and ssl_context.check_hostname:
         server_hostname = address[0] if isinstance(address, tuple) else None
     return _handshake(sock, authkey, handshake_timeout, False, ssl_context, server_hostname)
-

@@ -52,17 +52,33 @@ class WorkerLostError(BrokenProcessPool):
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_worker_lost,
-            (self.args[0] if self.args else "", self.function, self.index, self.argument,
-             self.exitcode, self.peak_rss),
+            (
+                self.args[0] if self.args else "",
+                self.function,
+                self.index,
+                self.argument,
+                self.exitcode,
+                self.peak_rss,
+            ),
         )
 
 
 def _rebuild_worker_lost(
-    message: str, function: str | None, index: int | None, argument: str | None,
-    exitcode: int | None, peak_rss: int | None,
+    message: str,
+    function: str | None,
+    index: int | None,
+    argument: str | None,
+    exitcode: int | None,
+    peak_rss: int | None,
 ) -> WorkerLostError:
-    return WorkerLostError(message, function=function, index=index, argument=argument,
-                           exitcode=exitcode, peak_rss=peak_rss)
+    return WorkerLostError(
+        message,
+        function=function,
+        index=index,
+        argument=argument,
+        exitcode=exitcode,
+        peak_rss=peak_rss,
+    )
 
 
 for _cls in (BrokenProcessPool, WorkerLostError):
@@ -105,12 +121,12 @@ class _LoaderProxy:
         try:
             self._loader.exec_module(module)
         except BaseException:
-            _install_watcher()   # it did not import: watch for the next try
+            _install_watcher()  # it did not import: watch for the next try
             raise
         _adopt_stdlib_broken_pool(module)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)   # get_source, is_package, ... for inspect
+        return getattr(self._loader, name)  # get_source, is_package, ... for inspect
 
 
 class _StdlibPoolWatcher:
@@ -120,8 +136,9 @@ class _StdlibPoolWatcher:
     import costs one string comparison. It removes itself once it has fired.
     """
 
-    def find_spec(self, name: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> ModuleSpec | None:
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if name != _STDLIB_POOL:
             return None
         _remove_watcher()

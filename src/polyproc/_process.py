@@ -109,8 +109,11 @@ class BaseProcess:
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})
         # "Process-N" for ours (whatever the start method), "<Subclass>-N" for a user's.
-        kind = ("Process" if type(self) in _OURS or type(self).__module__ == __name__
-                else type(self).__name__)
+        kind = (
+            "Process"
+            if type(self) in _OURS or type(self).__module__ == __name__
+            else type(self).__name__
+        )
         self._name = name or f"{kind}-" + ":".join(str(i) for i in self._identity)
         self._handle: ChildHandle | None = None
         self._closed = False
@@ -132,13 +135,15 @@ class BaseProcess:
         # Imported here, not at the top: the launchers' package brings the launcher
         # thread's queue, and ``import polyproc`` is on the path of every spawned child.
         from ._launch import LaunchSpec, launcher_for
+
         ctx = self._context()
         self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()
         # A pool worker carries its pool's template (``_launch/template.py``), set by the engine.
         template = self.__dict__.pop("_polyproc_template", None)
-        spec = LaunchSpec(_Entry(self), f"the Process {self.name!r} (its target, args and kwargs)",
-                          ctx, template)
+        spec = LaunchSpec(
+            _Entry(self), f"the Process {self.name!r} (its target, args and kwargs)", ctx, template
+        )
         self._handle = launcher_for(ctx.start_method).start(spec)
         self._popen_pid = self._handle.pid
         # The child has its own copy; drop ours so big arguments are freed (as the stdlib does).
@@ -196,8 +201,10 @@ class BaseProcess:
             return
         if self._handle is not None:
             if self._handle.poll() is None:
-                raise ValueError("Cannot close a process while it is still running. "
-                                 "You should first call join() or terminate().")
+                raise ValueError(
+                    "Cannot close a process while it is still running. "
+                    "You should first call join() or terminate()."
+                )
             self._handle.close()
             self._handle = None
         _STATE.children.discard(self)
@@ -276,7 +283,11 @@ class BaseProcess:
             status = "initial"
         else:
             code = self._handle.poll()
-            status = "started" if code is None else ("stopped" if code == 0 else f"stopped[{_code_name(code)}]")
+            status = (
+                "started"
+                if code is None
+                else ("stopped" if code == 0 else f"stopped[{_code_name(code)}]")
+            )
         daemon = " daemon" if self.daemon else ""
         return f"<{type(self).__name__} name={self._name!r} parent={self._parent_pid} {status}{daemon}>"
 
@@ -353,12 +364,16 @@ class AutoProcess(Process):
 
 
 #: Our own Process classes: their children are named "Process-N", a user's "<Subclass>-N".
-_OURS: frozenset[type[BaseProcess]] = frozenset({BaseProcess, Process, ForkProcess, SpawnProcess,
-                                                 ForkServerProcess, AutoProcess})
+_OURS: frozenset[type[BaseProcess]] = frozenset(
+    {BaseProcess, Process, ForkProcess, SpawnProcess, ForkServerProcess, AutoProcess}
+)
 
 _BY_METHOD: dict[str, type[Process]] = {
-    "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess,
-    "auto": AutoProcess}
+    "fork": ForkProcess,
+    "spawn": SpawnProcess,
+    "forkserver": ForkServerProcess,
+    "auto": AutoProcess,
+}
 
 
 @functools.cache

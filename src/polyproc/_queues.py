@@ -66,7 +66,9 @@ class _Backlog:
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
-        self.frames: collections.deque[tuple[bytes, list[int], list[int], bool]] = collections.deque()
+        self.frames: collections.deque[tuple[bytes, list[int], list[int], bool]] = (
+            collections.deque()
+        )
         self.thread: threading.Thread | None = None
         self.busy = False
         self.cancelled = False
@@ -109,13 +111,31 @@ class Queue:
             pass
         os.set_blocking(w, False)
         side_w, side_r = socketpair()
-        state = (maxsize, r, w, side_r.detach(), side_w.detach(), Semaphore(0),
-                 Semaphore(maxsize) if maxsize else None, Lock(), Lock())
+        state = (
+            maxsize,
+            r,
+            w,
+            side_r.detach(),
+            side_w.detach(),
+            Semaphore(0),
+            Semaphore(maxsize) if maxsize else None,
+            Lock(),
+            Lock(),
+        )
         self._setup(state, ctx)
 
     def _setup(self, state: tuple[Any, ...], ctx: Any) -> None:
-        (self._maxsize, self._r, self._w, self._side_r, self._side_w, self._items, self._slots,
-         self._wlock, self._rlock) = state
+        (
+            self._maxsize,
+            self._r,
+            self._w,
+            self._side_r,
+            self._side_w,
+            self._items,
+            self._slots,
+            self._wlock,
+            self._rlock,
+        ) = state
         self._ser: Serializer = getattr(ctx, "serializer", None) or DEFAULT_SERIALIZER
         self._ctx = ctx
         self._closed = False
@@ -126,17 +146,37 @@ class Queue:
         # The two socket objects own their (dup'ed) fds: they are closed through the
         # objects, never by number, or their own close at GC would close whatever fd
         # has reused that number by then (a spare interpreter's socket, say).
-        self._finalizer = weakref.finalize(self, _close_fds, self._all_fds()[:4],
-                                           (self._side_rs, self._side_ws))
+        self._finalizer = weakref.finalize(
+            self, _close_fds, self._all_fds()[:4], (self._side_rs, self._side_ws)
+        )
 
     def _all_fds(self) -> list[int]:
-        return [self._r, self._w, self._side_r, self._side_w,
-                self._side_rs.fileno(), self._side_ws.fileno()]
+        return [
+            self._r,
+            self._w,
+            self._side_r,
+            self._side_w,
+            self._side_rs.fileno(),
+            self._side_ws.fileno(),
+        ]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_queue, (type(self), self._maxsize, fd_handle(self._r), fd_handle(self._w),
-                                 fd_handle(self._side_r), fd_handle(self._side_w), self._items,
-                                 self._slots, self._wlock, self._rlock, self._extra_state()))
+        return (
+            _rebuild_queue,
+            (
+                type(self),
+                self._maxsize,
+                fd_handle(self._r),
+                fd_handle(self._w),
+                fd_handle(self._side_r),
+                fd_handle(self._side_w),
+                self._items,
+                self._slots,
+                self._wlock,
+                self._rlock,
+                self._extra_state(),
+            ),
+        )
 
     def _extra_state(self) -> Any:
         return None
@@ -185,8 +225,9 @@ class Queue:
             else:
                 lengths.append(_LEN.pack(b.nbytes))
                 inline.append(b)
-        data = b"".join([_HEAD.pack(len(p.body), len(p.buffers), len(fds)), *lengths, p.body,
-                         *inline])
+        data = b"".join(
+            [_HEAD.pack(len(p.body), len(p.buffers), len(fds)), *lengths, p.body, *inline]
+        )
         return data, fds, close
 
     def _send(self, data: bytes, fds: list[int], close: list[int]) -> None:
@@ -228,8 +269,9 @@ class Queue:
             else:
                 bl.frames.append((data, fds, close, False))
             if bl.thread is None:
-                bl.thread = threading.Thread(target=self._feed, name="polyproc-queue-feeder",
-                                             daemon=True)
+                bl.thread = threading.Thread(
+                    target=self._feed, name="polyproc-queue-feeder", daemon=True
+                )
                 bl.thread.start()
                 _live.queues.add(self)
             bl.cond.notify()
@@ -292,7 +334,9 @@ class Queue:
 
     def _read_frame(self) -> tuple[bytes, list[Any], list[int]]:
         body_len, nbuf, nfds = _HEAD.unpack(_read_exact(self._r, _HEAD.size))
-        lengths = [_LEN.unpack_from(_read_exact(self._r, 8))[0] for _ in range(nbuf)] if nbuf else []
+        lengths = (
+            [_LEN.unpack_from(_read_exact(self._r, 8))[0] for _ in range(nbuf)] if nbuf else []
+        )
         body = _read_exact(self._r, body_len)
         buffers: list[Any] = []
         shared: list[tuple[int, int]] = []
@@ -304,8 +348,8 @@ class Queue:
                 buffers.append(bytearray(_read_exact(self._r, n)))
         fds = _recv_fds(self._side_rs, nfds) if nfds else []
         if shared:
-            extra = fds[len(fds) - len(shared):]
-            fds = fds[:len(fds) - len(shared)]
+            extra = fds[len(fds) - len(shared) :]
+            fds = fds[: len(fds) - len(shared)]
             for (i, n), fd in zip(shared, extra, strict=False):
                 buffers[i] = bulk.import_buffer(fd, n)
         return body, buffers, fds
@@ -347,9 +391,19 @@ class Queue:
         return f"<{type(self).__name__} maxsize={self._maxsize} qsize={self.qsize()}>"
 
 
-def _rebuild_queue(cls: type[Queue], maxsize: int, r: int, w: int, side_r: int, side_w: int,
-                   items: Semaphore, slots: Semaphore | None, wlock: Lock, rlock: Lock,
-                   extra: Any) -> Queue:
+def _rebuild_queue(
+    cls: type[Queue],
+    maxsize: int,
+    r: int,
+    w: int,
+    side_r: int,
+    side_w: int,
+    items: Semaphore,
+    slots: Semaphore | None,
+    wlock: Lock,
+    rlock: Lock,
+    extra: Any,
+) -> Queue:
     q = cls.__new__(cls)
     q._setup((maxsize, r, w, side_r, side_w, items, slots, wlock, rlock), None)
     q._set_extra_state(extra)
@@ -393,9 +447,10 @@ def _write_blocking(fd: int, data: bytes) -> None:
 
 def _send_fds(sock: socket.socket, fds: list[int]) -> None:
     for i in range(0, len(fds), 200):
-        chunk = fds[i:i + 200]
-        sock.sendmsg([bytes([len(chunk)])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              array.array("i", chunk))])
+        chunk = fds[i : i + 200]
+        sock.sendmsg(
+            [bytes([len(chunk)])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", chunk))]
+        )
 
 
 def _recv_fds(sock: socket.socket, count: int) -> list[int]:

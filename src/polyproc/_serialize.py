@@ -38,8 +38,15 @@ from typing import Any
 
 from .errors import SerializationError
 
-__all__ = ["Payload", "Serializer", "fd_handle", "describe_unpicklable", "DEFAULT_SERIALIZER",
-           "register_reducer", "reducers"]
+__all__ = [
+    "Payload",
+    "Serializer",
+    "fd_handle",
+    "describe_unpicklable",
+    "DEFAULT_SERIALIZER",
+    "register_reducer",
+    "reducers",
+]
 
 
 class Payload:
@@ -51,8 +58,9 @@ class Payload:
 
     __slots__ = ("body", "buffers", "fds")
 
-    def __init__(self, body: bytes, buffers: list[memoryview] | None = None,
-                 fds: list[int] | None = None) -> None:
+    def __init__(
+        self, body: bytes, buffers: list[memoryview] | None = None, fds: list[int] | None = None
+    ) -> None:
         self.body = body
         self.buffers: list[memoryview] = [] if buffers is None else buffers
         self.fds: list[int] = [] if fds is None else fds
@@ -100,7 +108,9 @@ def register_reducer(kind: type, reducer: Callable[[Any], Any]) -> None:
     reducers.register(kind, reducer)
 
 
-def _plain_dumps(obj: Any, protocol: int, cb: Callable[[pickle.PickleBuffer], bool] | None) -> bytes:
+def _plain_dumps(
+    obj: Any, protocol: int, cb: Callable[[pickle.PickleBuffer], bool] | None
+) -> bytes:
     """``pickle.dumps``, with the registered reducers when there are any."""
     if not reducers.table:
         return pickle.dumps(obj, protocol, buffer_callback=cb)
@@ -198,12 +208,16 @@ def _has_big_bytes(obj: Any, threshold: int, depth: int) -> bool:
     """Does a tuple/list/dict hold a big bytes/bytearray within ``depth`` levels? (hot path)"""
     if len(obj) > _SCAN_WIDTH:
         return False
-    for x in (obj.values() if type(obj) is dict else obj):
+    for x in obj.values() if type(obj) is dict else obj:
         t = type(x)
         if t is bytes or t is bytearray:
             if len(x) >= threshold:
                 return True
-        elif (t is tuple or t is list or t is dict) and depth > 1 and _has_big_bytes(x, threshold, depth - 1):
+        elif (
+            (t is tuple or t is list or t is dict)
+            and depth > 1
+            and _has_big_bytes(x, threshold, depth - 1)
+        ):
             return True
     return False
 
@@ -262,7 +276,9 @@ def _main_is_importable_uncached(main: Any) -> bool:
     if spec is not None and spec.name not in ("__main__", "__mp_main__"):
         return True
     # ``__file__`` is gone once the script has run (CPython deletes it); the loader knows.
-    path = getattr(main, "__file__", None) or getattr(getattr(main, "__loader__", None), "path", None)
+    path = getattr(main, "__file__", None) or getattr(
+        getattr(main, "__loader__", None), "path", None
+    )
     return isinstance(path, str) and _is_script(path)
 
 
@@ -345,8 +361,10 @@ class Serializer:
         return hash((type(self), self.protocol, self.oob_threshold))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(protocol={self.protocol!r}, "
-                f"oob_threshold={self.oob_threshold!r})")
+        return (
+            f"{type(self).__name__}(protocol={self.protocol!r}, "
+            f"oob_threshold={self.oob_threshold!r})"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.protocol, self.oob_threshold))

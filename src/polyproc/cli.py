@@ -27,24 +27,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    tour = sub.add_parser("tour", help="a guided, live run of the multiprocessing story",
-                          description="Run the tour: every section, or the ones named.")
-    tour.add_argument("sections", nargs="*", metavar="SECTION",
-                      help="section names (see --list); default: all of them")
+    tour = sub.add_parser(
+        "tour",
+        help="a guided, live run of the multiprocessing story",
+        description="Run the tour: every section, or the ones named.",
+    )
+    tour.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help="section names (see --list); default: all of them",
+    )
     tour.add_argument("--list", action="store_true", help="list the sections and exit")
-    tour.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
-                      help="start method for the whole tour (default: polyproc's default)")
-    tour.add_argument("--section-timeout", type=float, default=60.0, metavar="S",
-                      help="abort a section that runs longer than this (default 60)")
+    tour.add_argument(
+        "--start-method",
+        choices=("fork", "spawn", "forkserver"),
+        help="start method for the whole tour (default: polyproc's default)",
+    )
+    tour.add_argument(
+        "--section-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="abort a section that runs longer than this (default 60)",
+    )
 
-    bench = sub.add_parser("bench", help="benchmarks side by side with the stdlib",
-                           description="Run bench/bench_*.py, each case in fresh interpreters.")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks side by side with the stdlib",
+        description="Run bench/bench_*.py, each case in fresh interpreters.",
+    )
     from ._bench import add_arguments
 
     add_arguments(bench)
     # Only for --help: ``main`` hands everything after "chaos" to bench/chaos.py's own parser.
-    sub.add_parser("chaos", help="workers killed, parents killed, Ctrl+C, a soak, leaks, "
-                   "hostile bytes (bench/chaos.py)", add_help=False)
+    sub.add_parser(
+        "chaos",
+        help="workers killed, parents killed, Ctrl+C, a soak, leaks, "
+        "hostile bytes (bench/chaos.py)",
+        add_help=False,
+    )
     return parser
 
 
@@ -56,8 +78,11 @@ def chaos_main(argv: Sequence[str]) -> int:
 
     bench_dir = find_bench_dir()
     if bench_dir is None or not (bench_dir / "chaos.py").is_file():
-        print("polyproc chaos: no bench/chaos.py found; run it from a polyproc checkout, "
-              "or set POLYPROC_BENCH_DIR", file=sys.stderr)
+        print(
+            "polyproc chaos: no bench/chaos.py found; run it from a polyproc checkout, "
+            "or set POLYPROC_BENCH_DIR",
+            file=sys.stderr,
+        )
         return 2
     if str(bench_dir) not in sys.path:
         sys.path.insert(0, str(bench_dir))
@@ -75,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tour":
         from ._tour import tour_main
 
-        return tour_main(args.sections, list_only=args.list, start_method=args.start_method,
-                         section_timeout=args.section_timeout)
+        return tour_main(
+            args.sections,
+            list_only=args.list,
+            start_method=args.start_method,
+            section_timeout=args.section_timeout,
+        )
     if args.command == "bench":
         from ._bench import bench_main
 

@@ -21,5 +21,12 @@ from ._listener import families as families
 from .errors import AuthenticationError as AuthenticationError
 from .errors import BufferTooShort as BufferTooShort
 
-__all__ = ["AuthenticationError", "BufferTooShort", "Client", "Connection", "Listener", "Pipe",
-           "wait"]
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "Client",
+    "Connection",
+    "Listener",
+    "Pipe",
+    "wait",
+]

@@ -53,10 +53,23 @@ if TYPE_CHECKING:
     #: What a Condition or a shared ctypes object may be locked with (as typeshed says).
     _LockLike: TypeAlias = Lock | RLock
 
-__all__ = ["AuthenticationError", "BaseContext", "BufferTooShort", "Context", "ForkProcess",
-           "ForkServerProcess", "Process", "ProcessError", "SpawnProcess", "TimeoutError",
-           "ForkContext", "SpawnContext", "ForkServerContext",
-           "default_context", "get_context"]
+__all__ = [
+    "AuthenticationError",
+    "BaseContext",
+    "BufferTooShort",
+    "Context",
+    "ForkProcess",
+    "ForkServerProcess",
+    "Process",
+    "ProcessError",
+    "SpawnProcess",
+    "TimeoutError",
+    "ForkContext",
+    "SpawnContext",
+    "ForkServerContext",
+    "default_context",
+    "get_context",
+]
 
 
 class Context(Settings):
@@ -149,8 +162,12 @@ class Context(Settings):
 
         return Event(ctx=self)
 
-    def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
-                timeout: float | None = None) -> Barrier:
+    def Barrier(
+        self,
+        parties: int,
+        action: Callable[[], object] | None = None,  # noqa: N802
+        timeout: float | None = None,
+    ) -> Barrier:
         """A Barrier for ``parties`` processes; ``action`` runs in the last to arrive.
 
         The Barrier is bound to this context.
@@ -180,8 +197,12 @@ class Context(Settings):
 
         return SimpleQueue(ctx=self)
 
-    def Value(self, typecode_or_type: str | type[Any], *args: Any,  # noqa: N802
-              lock: bool | _LockLike = True) -> Any:
+    def Value(
+        self,
+        typecode_or_type: str | type[Any],
+        *args: Any,  # noqa: N802
+        lock: bool | _LockLike = True,
+    ) -> Any:
         """A ctypes value in shared memory behind a lock (``lock=False``: raw).
 
         A new lock is bound to this context.
@@ -190,9 +211,13 @@ class Context(Settings):
 
         return Value(typecode_or_type, *args, lock=lock, ctx=self)
 
-    def Array(self, typecode_or_type: str | type[Any],  # noqa: N802
-              size_or_initializer: int | Iterable[Any], *,
-              lock: bool | _LockLike = True) -> Any:
+    def Array(
+        self,
+        typecode_or_type: str | type[Any],  # noqa: N802
+        size_or_initializer: int | Iterable[Any],
+        *,
+        lock: bool | _LockLike = True,
+    ) -> Any:
         """A ctypes array in shared memory behind a lock (``lock=False``: raw).
 
         A new lock is bound to this context.
@@ -207,8 +232,11 @@ class Context(Settings):
 
         return RawValue(typecode_or_type, *args)
 
-    def RawArray(self, typecode_or_type: str | type[Any],  # noqa: N802
-                 size_or_initializer: int | Iterable[Any]) -> Any:
+    def RawArray(
+        self,
+        typecode_or_type: str | type[Any],  # noqa: N802
+        size_or_initializer: int | Iterable[Any],
+    ) -> Any:
         """A ctypes array in shared memory with no lock (the same in every context)."""
         from ._shm.sharedctypes import RawArray
 
@@ -241,10 +269,20 @@ class Context(Settings):
         """
         from ._pool.pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, self,
-                    max_memory_per_child=max_memory_per_child, timeout=timeout,
-                    retries=retries, progress=progress, window=window,
-                    target_batch_s=target_batch_s, backend=backend)
+        return Pool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            self,
+            max_memory_per_child=max_memory_per_child,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+            window=window,
+            target_batch_s=target_batch_s,
+            backend=backend,
+        )
 
     def Manager(self) -> SyncManager:  # noqa: N802
         """A started SyncManager whose server process uses this context's start method."""
@@ -254,25 +292,49 @@ class Context(Settings):
         m.start()
         return m
 
-    def Listener(self, address: Any = None, family: str | None = None,  # noqa: N802
-                 backlog: int = 1, authkey: bytes | None = None, *,
-                 ssl_context: ssl.SSLContext | None = None,
-                 handshake_timeout: float | None = 30.0) -> Listener:
+    def Listener(
+        self,
+        address: Any = None,
+        family: str | None = None,  # noqa: N802
+        backlog: int = 1,
+        authkey: bytes | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = 30.0,
+    ) -> Listener:
         """A ``connection.Listener`` (the same in every context)."""
         from ._listener import Listener
 
-        return Listener(address, family, backlog, authkey, ssl_context=ssl_context,
-                        handshake_timeout=handshake_timeout)
+        return Listener(
+            address,
+            family,
+            backlog,
+            authkey,
+            ssl_context=ssl_context,
+            handshake_timeout=handshake_timeout,
+        )
 
-    def Client(self, address: Any, family: str | None = None,  # noqa: N802
-               authkey: bytes | None = None, *, ssl_context: ssl.SSLContext | None = None,
-               server_hostname: str | None = None,
-               handshake_timeout: float | None = 30.0) -> Connection:
+    def Client(
+        self,
+        address: Any,
+        family: str | None = None,  # noqa: N802
+        authkey: bytes | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = 30.0,
+    ) -> Connection:
         """A ``connection.Client`` connection (the same in every context)."""
         from ._listener import Client
 
-        return Client(address, family, authkey, ssl_context=ssl_context,
-                      server_hostname=server_hostname, handshake_timeout=handshake_timeout)
+        return Client(
+            address,
+            family,
+            authkey,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            handshake_timeout=handshake_timeout,
+        )
 
     def current_process(self) -> BaseProcess:
         """The Process object of the calling process (the same in every context)."""
@@ -321,7 +383,10 @@ class ForkServerContext(Context):
 
 
 _CONTEXT_CLASSES: dict[str, type[Context]] = {
-    "fork": ForkContext, "spawn": SpawnContext, "forkserver": ForkServerContext}
+    "fork": ForkContext,
+    "spawn": SpawnContext,
+    "forkserver": ForkServerContext,
+}
 
 
 @functools.cache

@@ -142,8 +142,9 @@ class MaybeEncodingError(SerializationError):
         return (_rebuild_maybe_encoding, (self.exc, self.value, self.error))
 
 
-def _rebuild_maybe_encoding(exc: str, value: str,
-                            error: BaseException | None) -> MaybeEncodingError:
+def _rebuild_maybe_encoding(
+    exc: str, value: str, error: BaseException | None
+) -> MaybeEncodingError:
     return MaybeEncodingError(exc, value, error=error)
 
 

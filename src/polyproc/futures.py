@@ -25,7 +25,19 @@ from .errors import TimeoutError as TimeoutError
 from .errors import WorkerLostError as WorkerLostError
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BrokenExecutor", "BrokenProcessPool",
-    "CancelledError", "Executor", "Future", "InvalidStateError", "ProcessPoolExecutor",
-    "ThreadPoolExecutor", "TimeoutError", "WorkerLostError", "as_completed", "wait",
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "BrokenExecutor",
+    "BrokenProcessPool",
+    "CancelledError",
+    "Executor",
+    "Future",
+    "InvalidStateError",
+    "ProcessPoolExecutor",
+    "ThreadPoolExecutor",
+    "TimeoutError",
+    "WorkerLostError",
+    "as_completed",
+    "wait",
 ]

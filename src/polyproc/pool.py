@@ -40,6 +40,19 @@ from .errors import RemoteTraceback as RemoteTraceback
 from .errors import TimeoutError as TimeoutError
 from .errors import WorkerLostError as WorkerLostError
 
-__all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "TimeoutError", "WorkerLostError", "MaybeEncodingError",
-           "RemoteTraceback", "RUN", "CLOSE", "TERMINATE"]
+__all__ = [
+    "Pool",
+    "ThreadPool",
+    "ApplyResult",
+    "AsyncResult",
+    "MapResult",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "TimeoutError",
+    "WorkerLostError",
+    "MaybeEncodingError",
+    "RemoteTraceback",
+    "RUN",
+    "CLOSE",
+    "TERMINATE",
+]

@@ -26,8 +26,18 @@ from typing import Any
 
 from ._serialize import fd_handle, reducers, register_reducer
 
-__all__ = ["send_handle", "recv_handle", "ForkingPickler", "register", "dump", "DupFd",
-           "sendfds", "recvfds", "HAVE_SEND_HANDLE", "AbstractReducer"]
+__all__ = [
+    "send_handle",
+    "recv_handle",
+    "ForkingPickler",
+    "register",
+    "dump",
+    "DupFd",
+    "sendfds",
+    "recvfds",
+    "HAVE_SEND_HANDLE",
+    "AbstractReducer",
+]
 
 HAVE_SEND_HANDLE = True
 

@@ -14,5 +14,16 @@ from ._shm.sharedctypes import copy as copy
 from ._shm.sharedctypes import synchronized as synchronized
 from ._shm.sharedctypes import typecode_to_type as typecode_to_type
 
-__all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "Synchronized",
-           "SynchronizedArray", "SynchronizedBase", "SynchronizedString", "typecode_to_type"]
+__all__ = [
+    "RawValue",
+    "RawArray",
+    "Value",
+    "Array",
+    "copy",
+    "synchronized",
+    "Synchronized",
+    "SynchronizedArray",
+    "SynchronizedBase",
+    "SynchronizedString",
+    "typecode_to_type",
+]

@@ -11,5 +11,13 @@ from ._sync import RLock as RLock
 from ._sync import Semaphore as Semaphore
 from .errors import BrokenBarrierError as BrokenBarrierError
 
-__all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
-           "BrokenBarrierError"]
+__all__ = [
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Barrier",
+    "BrokenBarrierError",
+]

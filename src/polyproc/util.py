@@ -36,10 +36,23 @@ if TYPE_CHECKING:
     import logging
 
 __all__ = [
-    "sub_debug", "debug", "info", "sub_warning", "get_logger", "log_to_stderr",
-    "get_temp_dir", "register_after_fork", "is_exiting", "Finalize", "ForkAwareThreadLock",
-    "ForkAwareLocal", "close_all_fds_except", "SUBDEBUG", "SUBWARNING",
-    "is_abstract_socket_namespace", "abstract_sockets_supported",
+    "sub_debug",
+    "debug",
+    "info",
+    "sub_warning",
+    "get_logger",
+    "log_to_stderr",
+    "get_temp_dir",
+    "register_after_fork",
+    "is_exiting",
+    "Finalize",
+    "ForkAwareThreadLock",
+    "ForkAwareLocal",
+    "close_all_fds_except",
+    "SUBDEBUG",
+    "SUBWARNING",
+    "is_abstract_socket_namespace",
+    "abstract_sockets_supported",
 ]
 
 NOTSET = 0
@@ -62,7 +75,8 @@ class _State:
         self.counter = itertools.count()
         self.finalizers: dict[tuple[Any, int], Finalize] = {}
         self.after_fork: weakref.WeakValueDictionary[tuple[int, int, Any], Any] = (
-            weakref.WeakValueDictionary())
+            weakref.WeakValueDictionary()
+        )
         self.temp_dir: str | None = None
 
 
@@ -74,6 +88,7 @@ _afterfork_registry = _state.after_fork
 
 
 # -- logging ---------------------------------------------------------------------------------------
+
 
 def sub_debug(msg: str, *args: Any) -> None:
     if _state.logger:
@@ -123,6 +138,7 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
 
 # -- abstract sockets and temp dirs ----------------------------------------------------------------
 
+
 def is_abstract_socket_namespace(address: object) -> bool:
     """Is ``address`` a Linux abstract AF_UNIX name (starts with a NUL)?"""
     if not address:
@@ -144,13 +160,15 @@ def get_temp_dir() -> str:
         import tempfile
 
         path = tempfile.mkdtemp(prefix="pymp-")
-        Finalize(None, shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
-                 exitpriority=-100)
+        Finalize(
+            None, shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, exitpriority=-100
+        )
         _state.temp_dir = path
     return _state.temp_dir
 
 
 # -- after-fork hooks --------------------------------------------------------------------------------
+
 
 def register_after_fork(obj: Any, func: Callable[[Any], object]) -> None:
     """Call ``func(obj)`` in each polyproc child as it starts, while ``obj`` lives."""
@@ -170,14 +188,22 @@ def _run_after_forkers() -> None:
 
 # -- finalizers ------------------------------------------------------------------------------------
 
+
 class Finalize:
     """Run ``callback(*args, **kwargs)`` once: when ``obj`` dies, when called, or at exit."""
 
-    def __init__(self, obj: Any, callback: Callable[..., Any], args: Iterable[Any] = (),
-                 kwargs: Mapping[str, Any] | None = None, exitpriority: int | None = None) -> None:
+    def __init__(
+        self,
+        obj: Any,
+        callback: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        exitpriority: int | None = None,
+    ) -> None:
         if exitpriority is not None and not isinstance(exitpriority, int):
-            raise TypeError(f"Exitpriority ({exitpriority!r}) must be None or int, not "
-                            f"{type(exitpriority)}")
+            raise TypeError(
+                f"Exitpriority ({exitpriority!r}) must be None or int, not {type(exitpriority)}"
+            )
         if obj is not None:
             self._weakref: Any = weakref.ref(obj, self)
         elif exitpriority is None:
@@ -204,8 +230,12 @@ class Finalize:
         if callback is None or self._pid != os.getpid():
             res = None  # made in our parent before a fork: not ours to run
         else:
-            sub_debug("finalizer calling %s with args %s and kwargs %s", callback, self._args,
-                      self._kwargs)
+            sub_debug(
+                "finalizer calling %s with args %s and kwargs %s",
+                callback,
+                self._args,
+                self._kwargs,
+            )
             res = callback(*self._args, **self._kwargs)
         self._weakref = self._callback = self._key = None
         self._args, self._kwargs = (), {}
@@ -240,11 +270,14 @@ class Finalize:
 def _run_finalizers(minpriority: int | None = None) -> None:
     """Run finalizers with ``exitpriority >= minpriority`` (all with one if None), highest first."""
     if minpriority is None:
+
         def wanted(key: tuple[Any, int]) -> bool:
             return key[0] is not None
     else:
+
         def wanted(key: tuple[Any, int]) -> bool:
             return key[0] is not None and key[0] >= minpriority
+
     keys = sorted((k for k in list(_state.finalizers) if wanted(k)), reverse=True)
     for key in keys:
         finalizer = _state.finalizers.get(key)
@@ -289,6 +322,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- fork-aware helpers ----------------------------------------------------------------------------
+
 
 class ForkAwareThreadLock:
     """A ``threading.Lock`` that a polyproc child gets fresh (unlocked) as it starts."""

@@ -52,8 +52,12 @@ def ray_instance() -> Iterator[Any]:
     try:
         for attempt in (1, 2, 3):
             try:
-                ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                         log_to_driver=False)
+                ray.init(
+                    num_cpus=2,
+                    include_dashboard=False,
+                    configure_logging=False,
+                    log_to_driver=False,
+                )
                 break
             except Exception as exc:
                 # Ray gives its raylet a fixed 30 s to come up (ray/_private/node.py); on an
@@ -111,9 +115,13 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         leaked = []
         for p in me.children(recursive=True):
             try:
-                if (p.pid in before or p.pid in ours or _is_forkserver(p)
-                        or p.status() == psutil.STATUS_ZOMBIE
-                        or any(a.pid in before for a in p.parents())):
+                if (
+                    p.pid in before
+                    or p.pid in ours
+                    or _is_forkserver(p)
+                    or p.status() == psutil.STATUS_ZOMBIE
+                    or any(a.pid in before for a in p.parents())
+                ):
                     continue
             except psutil.Error:
                 continue

@@ -76,14 +76,16 @@ def test_executor_submit_as_completed_wait_asyncio(backend: Any) -> None:
     with ProcessPoolExecutor(2, backend=backend) as ex:
         futs = [ex.submit(square, i) for i in range(10)]
         assert sorted(f.result() for f in cf.as_completed(futs, timeout=30)) == [
-            i * i for i in range(10)]
+            i * i for i in range(10)
+        ]
         done, not_done = cf.wait([ex.submit(add, 1, b=2)], timeout=30)
         assert not not_done and done.pop().result() == 3
         assert list(ex.map(add, range(5), range(5))) == [0, 2, 4, 6, 8]
 
         async def main() -> list[int]:
-            return list(await asyncio.gather(
-                *(asyncio.wrap_future(ex.submit(square, i)) for i in range(4))))
+            return list(
+                await asyncio.gather(*(asyncio.wrap_future(ex.submit(square, i)) for i in range(4)))
+            )
 
         assert asyncio.run(main()) == [0, 1, 4, 9]
 
@@ -150,7 +152,7 @@ def test_big_argument_sent_once(backend: Any) -> None:
     arr = np.ones(1 << 20)  # 8 MiB
     with Pool(2, backend=backend) as p:
         got = p.starmap(total, [(arr, i) for i in range(40)])
-        got += [p.apply(total, (arr, i)) for i in range(5)]   # one cluster task each
+        got += [p.apply(total, (arr, i)) for i in range(5)]  # one cluster task each
         stats = p._engine.cluster.stats  # type: ignore[attr-defined]
     assert got == [float(1 << 20) + i for i in range(40)] + [float(1 << 20) + i for i in range(5)]
     assert stats["puts"] == 1 and stats["bytes_put"] == arr.nbytes

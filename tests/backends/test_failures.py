@@ -59,7 +59,6 @@ def bad_init() -> None:
     raise RuntimeError("no database")
 
 
-
 def test_late_task_raises_timeout_and_the_pool_goes_on(backend: Any) -> None:
     with Pool(2, backend=backend) as p:
         t0 = time.monotonic()
@@ -68,7 +67,6 @@ def test_late_task_raises_timeout_and_the_pool_goes_on(backend: Any) -> None:
         assert time.monotonic() - t0 < 2.9
         assert p.map(square, range(10)) == [x * x for x in range(10)]
         assert p.statistics()["timed_out"] == 1
-
 
 
 def test_lost_cluster_worker_fails_only_its_task(backend: Any) -> None:
@@ -86,8 +84,7 @@ def test_lost_cluster_worker_fails_only_its_task(backend: Any) -> None:
         assert "die_on(3, 3)" in str(err)
         want = "dask worker tcp://" if kind(backend) == "dask" else "ray worker"
         assert want in str(err), str(err)
-        assert p.map(square, range(5)) == [0, 1, 4, 9, 16]   # the pool goes on
-
+        assert p.map(square, range(5)) == [0, 1, 4, 9, 16]  # the pool goes on
 
 
 def test_retries_rerun_a_task_whose_worker_died(backend: Any, tmp_path: Path) -> None:
@@ -110,7 +107,10 @@ def test_initializer_that_raises_breaks_the_pool(backend: Any) -> None:
 
 def _leftover_dask(client: Any) -> list[str]:
     def tasks(dask_scheduler: Any) -> list[str]:
-        return [f"{k} {ts.state} {len(ts.who_wants or ())}" for k, ts in dask_scheduler.tasks.items()]
+        return [
+            f"{k} {ts.state} {len(ts.who_wants or ())}" for k, ts in dask_scheduler.tasks.items()
+        ]
+
     return list(client.run_on_scheduler(tasks))
 
 

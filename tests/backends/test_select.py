@@ -28,11 +28,13 @@ def _kind(pool: Any) -> str:
 
 
 def test_default_is_local_and_the_core_imports_no_backend() -> None:
-    code = ("import sys, polyproc\n"
-            "with polyproc.Pool(1) as p: assert p.map(abs, [-1]) == [1]\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'ray')"
-            " or m.startswith('polyproc.backends.')]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, polyproc\n"
+        "with polyproc.Pool(1) as p: assert p.map(abs, [-1]) == [1]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'ray')"
+        " or m.startswith('polyproc.backends.')]\n"
+        "assert not bad, bad\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
@@ -52,7 +54,7 @@ def test_unknown_values_are_refused() -> None:
 @pytest.mark.parametrize("engine", ["ray", "distributed"])
 def test_missing_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     kind = "dask" if engine == "distributed" else "ray"
-    monkeypatch.setitem(sys.modules, engine, None)   # "not installed"
+    monkeypatch.setitem(sys.modules, engine, None)  # "not installed"
     monkeypatch.delitem(sys.modules, f"polyproc.backends.{kind}", raising=False)
     extra = "dask" if kind == "dask" else "ray"
     with pytest.raises(ImportError, match=rf"pip install 'polyproc\[{extra}\]'"):
@@ -71,7 +73,7 @@ def test_context_manager_and_environment(monkeypatch: pytest.MonkeyPatch, backen
             assert _kind(p) == name and p.map(square, range(5)) == [0, 1, 4, 9, 16]
         with ProcessPoolExecutor(2) as ex:
             assert ex.submit(square, 3).result(timeout=60) == 9
-        with Pool(1, backend="local") as p:   # the argument wins
+        with Pool(1, backend="local") as p:  # the argument wins
             assert _kind(p) == "local"
     assert current_backend() == "local"
     if name == "ray":
@@ -84,7 +86,7 @@ def test_dask_current_client_and_address(dask_client: Any) -> None:
     with dask_client.as_current():
         with Pool(backend="dask") as p:
             assert p._engine.cluster.client is dask_client  # type: ignore[attr-defined]
-            assert p._processes == 2   # the cluster's threads
+            assert p._processes == 2  # the cluster's threads
             assert p.map(square, range(4)) == [0, 1, 4, 9]
     with Pool(2, backend=dask_client.scheduler.address) as p:
         assert p.map(square, range(4)) == [0, 1, 4, 9]

@@ -21,25 +21,43 @@ def _without(tmp_path: Path, *modules: str, args: list[str]) -> subprocess.Compl
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT / "src")]))
     env.pop("POLYPROC_BENCH_DIR", None)
-    return subprocess.run([sys.executable, "-m", "polyproc.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=100)
+    return subprocess.run(
+        [sys.executable, "-m", "polyproc.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
 
 
 @pytest.mark.timeout(120)
 def test_bench_skips_numpy_cases_with_a_note_when_numpy_is_missing(tmp_path: Path) -> None:
-    out = _without(tmp_path, "numpy", args=[
-        "bench", "--quick", "--filter", "64 MiB array argument", "--repeat", "1",
-        "--bench-dir", str(ROOT / "bench")])
+    out = _without(
+        tmp_path,
+        "numpy",
+        args=[
+            "bench",
+            "--quick",
+            "--filter",
+            "64 MiB array argument",
+            "--repeat",
+            "1",
+            "--bench-dir",
+            str(ROOT / "bench"),
+        ],
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ModuleNotFoundError" not in out.stdout + out.stderr
     assert "skipped, numpy is not installed" in out.stdout
     assert "skipped (an optional package is missing)" in out.stdout
 
 
-FAKE = '''
+FAKE = """
 from polyproc._bench import Case
 
 def needs_numpy():
@@ -53,7 +71,7 @@ def needs_our_missing_module():
 CASES = [Case("numpy", "x", {"polyproc": needs_numpy, "stdlib": needs_numpy}, repeat=1),
          Case("ours", "x", {"polyproc": needs_our_missing_module,
                             "stdlib": needs_our_missing_module}, repeat=1)]
-'''
+"""
 
 
 @pytest.mark.timeout(60)
@@ -69,8 +87,18 @@ def test_a_missing_polyproc_module_is_still_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(30)
 def test_bench_plot_without_matplotlib_fails_before_running_anything(tmp_path: Path) -> None:
-    out = _without(tmp_path, "matplotlib", args=[
-        "bench", "--quick", "--plot", str(tmp_path / "x.png"), "--bench-dir", str(ROOT / "bench")])
+    out = _without(
+        tmp_path,
+        "matplotlib",
+        args=[
+            "bench",
+            "--quick",
+            "--plot",
+            str(tmp_path / "x.png"),
+            "--bench-dir",
+            str(ROOT / "bench"),
+        ],
+    )
     assert out.returncode == 2
     assert "--plot needs matplotlib" in out.stderr
     assert "running" not in out.stdout  # not one case was run first

@@ -22,7 +22,7 @@ from polyproc.cli import main
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-FAKE = '''
+FAKE = """
 import os, time
 from polyproc._bench import Case
 
@@ -42,7 +42,7 @@ CASES = [
     Case("fresh", "pid", {"polyproc": pid, "stdlib": pid}, repeat=3),
     Case("hangs", "x", {"polyproc": forever, "stdlib": ten}, repeat=1),
 ]
-'''
+"""
 
 
 @pytest.fixture
@@ -74,8 +74,9 @@ def test_find_bench_dir_walks_up(bench_dir: Path) -> None:
     assert _bench.find_bench_dir(bench_dir.parent.parent / "elsewhere") is None
 
 
-def test_find_bench_dir_env_wins(bench_dir: Path, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_find_bench_dir_env_wins(
+    bench_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("POLYPROC_BENCH_DIR", str(bench_dir))
     assert _bench.find_bench_dir(tmp_path) == bench_dir.resolve()
     monkeypatch.setenv("POLYPROC_BENCH_DIR", str(tmp_path / "missing"))
@@ -84,27 +85,41 @@ def test_find_bench_dir_env_wins(bench_dir: Path, tmp_path: Path,
 
 def test_discover_and_select(bench_dir: Path) -> None:
     found, broken = _bench.discover(bench_dir)
-    assert [d.case.name for d in found] == ["rate", "duration", "broken", "optional", "fresh",
-                                            "hangs"]
+    assert [d.case.name for d in found] == [
+        "rate",
+        "duration",
+        "broken",
+        "optional",
+        "fresh",
+        "hangs",
+    ]
     assert set(broken) == {"bench_bad"} and "bad module" in broken["bench_bad"]
     assert [d.case.name for d in _bench.select(found, quick=True)] == ["rate"]
     assert [d.case.name for d in _bench.select(found, filters=["DUR", "fake:fresh"])] == [
-        "duration", "fresh"]
+        "duration",
+        "fresh",
+    ]
 
 
 def test_verdicts_ratios_and_absolute_targets() -> None:
     def rate() -> float:
         return 1.0
 
-    up = Case("up", "ops/s", {"polyproc": rate, "stdlib": rate}, target=2.0,
-              extra={"absolute": "100"})
+    up = Case(
+        "up", "ops/s", {"polyproc": rate, "stdlib": rate}, target=2.0, extra={"absolute": "100"}
+    )
     r = CaseResult("bench_x", up, samples={"polyproc": [150.0, 300.0, 200.0], "stdlib": [90.0]})
     assert r.median("polyproc") == 200.0 and r.ratio == pytest.approx(200 / 90)
     assert r.met is True
     r.samples["stdlib"] = [120.0]
     assert r.met is False  # ratio 1.67 < 2
-    down = Case("down", "us", {"polyproc": rate, "stdlib": rate}, higher_is_better=False,
-                extra={"absolute": "25"})
+    down = Case(
+        "down",
+        "us",
+        {"polyproc": rate, "stdlib": rate},
+        higher_is_better=False,
+        extra={"absolute": "25"},
+    )
     assert CaseResult("m", down, samples={"polyproc": [20.0], "stdlib": [60.0]}).met is True
     assert CaseResult("m", down, samples={"polyproc": [30.0], "stdlib": [90.0]}).met is False
     info = Case("info", "x", {"polyproc": rate, "stdlib": rate})
@@ -118,8 +133,9 @@ def test_table_and_json_shapes() -> None:
         return 1.0
 
     c = Case("rate", "ops/s", {"polyproc": f, "stdlib": f, "loky": f}, target=1.5)
-    r = CaseResult("bench_fake", c, samples={"polyproc": [10.0], "stdlib": [5.0]},
-                   errors={}, skipped=["loky"])
+    r = CaseResult(
+        "bench_fake", c, samples={"polyproc": [10.0], "stdlib": [5.0]}, errors={}, skipped=["loky"]
+    )
     table = _bench.format_table([r])
     assert "fake: rate" in table and "2.00x" in table and ">=1.5x" in table
     assert "n/a" in table and "yes" in table
@@ -164,11 +180,22 @@ def test_a_hanging_run_times_out(bench_dir: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_cli_bench_quick_json_and_plot(bench_dir: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bench_quick_json_and_plot(
+    bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_json = tmp_path / "r.json"
-    rc = main(["bench", "--bench-dir", str(bench_dir), "--quick", "--json", str(out_json),
-               "--repeat", "1"])
+    rc = main(
+        [
+            "bench",
+            "--bench-dir",
+            str(bench_dir),
+            "--quick",
+            "--json",
+            str(out_json),
+            "--repeat",
+            "1",
+        ]
+    )
     text = capsys.readouterr()
     assert rc == 1, text  # bench_bad does not import: reported, and the status says so
     assert "cannot import bench_bad" in text.err
@@ -177,8 +204,19 @@ def test_cli_bench_quick_json_and_plot(bench_dir: Path, tmp_path: Path,
     assert [c["name"] for c in data["cases"]] == ["rate"]
     (bench_dir / "bench_bad.py").unlink()
     png = tmp_path / "r.png"
-    rc = main(["bench", "--bench-dir", str(bench_dir), "--filter", "rate", "--repeat", "1",
-               "--plot", str(png)])
+    rc = main(
+        [
+            "bench",
+            "--bench-dir",
+            str(bench_dir),
+            "--filter",
+            "rate",
+            "--repeat",
+            "1",
+            "--plot",
+            str(png),
+        ]
+    )
     text = capsys.readouterr()
     try:
         import matplotlib  # noqa: F401
@@ -197,6 +235,11 @@ def test_cli_bench_list_and_no_match(bench_dir: Path, capsys: pytest.CaptureFixt
 
 def test_one_mode_usage_error() -> None:
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.run([sys.executable, "-m", "polyproc._bench", "--one", "x"], env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "polyproc._bench", "--one", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr

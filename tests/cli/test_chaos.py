@@ -18,31 +18,60 @@ from chaos_scenarios import analyse  # noqa: E402
 
 def _run(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "chaos.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_analyse_counts_each_kind_of_outcome() -> None:
-    log = "\n".join([
-        "s 0 11", "d 0",                      # once
-        "s 1 11", "d 1", "s 1 12", "d 1",     # a completed task run again: duplicated
-        "s 2 11", "s 2 12", "d 2",            # interrupted, then retried: fine
-        "s 3 11",                             # its worker died while it ran: failed
-        # 4 never started but failed: lost (it should have been re-queued)
-        "s 5 12", "d 5",                      # no outcome at all: lost
-    ])
+    log = "\n".join(
+        [
+            "s 0 11",
+            "d 0",  # once
+            "s 1 11",
+            "d 1",
+            "s 1 12",
+            "d 1",  # a completed task run again: duplicated
+            "s 2 11",
+            "s 2 12",
+            "d 2",  # interrupted, then retried: fine
+            "s 3 11",  # its worker died while it ran: failed
+            # 4 never started but failed: lost (it should have been re-queued)
+            "s 5 12",
+            "d 5",  # no outcome at all: lost
+        ]
+    )
     outcomes = {0: "ok", 1: "ok", 2: "ok", 3: "failed", 4: "failed"}
     f = analyse(outcomes, log, 6)
-    assert f == {"tasks": 6, "once": 1, "duplicated": 1, "retried": 1, "failed": 1, "lost": 2,
-                 "wrong": 0}
+    assert f == {
+        "tasks": 6,
+        "once": 1,
+        "duplicated": 1,
+        "retried": 1,
+        "failed": 1,
+        "lost": 2,
+        "wrong": 0,
+    }
 
 
 def test_judge_fails_a_row_for_lost_duplicated_hangs_survivors_and_fds() -> None:
     case = {"scenario": "killer", "api": "pool", "size": "small", "retries": 0, "tasks": 3}
     row = chaos.Row("fork", chaos.label(case), survivors=1)
-    result = {"tasks": 3, "once": 1, "lost": 1, "duplicated": 1, "failed": 0, "retried": 0,
-              "fds": 2, "problems": []}
+    result = {
+        "tasks": 3,
+        "once": 1,
+        "lost": 1,
+        "duplicated": 1,
+        "failed": 0,
+        "retried": 0,
+        "fds": 2,
+        "problems": [],
+    }
     chaos._judge(row, case, 0, result, "")
     assert not row.ok
     text = row.line()
@@ -59,12 +88,21 @@ def test_scenario_and_start_method_selection() -> None:
     lines = out.stdout.splitlines()
     assert lines and all(ln.startswith("fork ") for ln in lines)
     assert {ln.split()[1] for ln in lines} == {"killer", "soak"}
-    both = _run("--list", "--quick", "--scenario", "leaks", "--start-method", "spawn",
-                "--start-method", "forkserver")
+    both = _run(
+        "--list",
+        "--quick",
+        "--scenario",
+        "leaks",
+        "--start-method",
+        "spawn",
+        "--start-method",
+        "forkserver",
+    )
     assert [ln.split()[0] for ln in both.stdout.splitlines()] == ["spawn", "forkserver"]
     full = chaos.plan(False, ["killer"])
     assert {(c["api"], c["size"], c["retries"]) for c in full} == {
-        (api, size, r) for api in ("pool", "executor") for size in chaos.SIZES for r in (0, 3)}
+        (api, size, r) for api in ("pool", "executor") for size in chaos.SIZES for r in (0, 3)
+    }
 
 
 @pytest.mark.parametrize("bad", [["--scenario", "nope"], ["--start-method", "thread"]])
@@ -77,8 +115,15 @@ def test_an_unknown_name_is_a_usage_error(bad: list[str]) -> None:
 @pytest.mark.timeout(120)
 def test_one_tiny_scenario_runs_end_to_end(tmp_path: Path) -> None:
     report = tmp_path / "rows.json"
-    out = _run("--quick", "--scenario", "hostile,parent-kill", "--start-method", "fork",
-               "--json", str(report))
+    out = _run(
+        "--quick",
+        "--scenario",
+        "hostile,parent-kill",
+        "--start-method",
+        "fork",
+        "--json",
+        str(report),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("fork ")]
     assert len(rows) == 3 and all(ln.endswith("ok") for ln in rows), out.stdout
@@ -90,7 +135,9 @@ def test_one_tiny_scenario_runs_end_to_end(tmp_path: Path) -> None:
 def test_polyproc_chaos_runs_the_checkouts_suite(capsys: pytest.CaptureFixture[str]) -> None:
     from polyproc.cli import main
 
-    assert main(["chaos", "--list", "--quick", "--scenario", "sigint", "--start-method", "fork"]) == 0
+    assert (
+        main(["chaos", "--list", "--quick", "--scenario", "sigint", "--start-method", "fork"]) == 0
+    )
     assert capsys.readouterr().out.split() == ["fork", "sigint", "pool"]
 
 

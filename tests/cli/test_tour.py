@@ -21,20 +21,37 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: What each section must print (the tutorial's output where it has one).
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "process": ("Process-1: start", "Process-1: 3", "renamed worker2: start", "renamed worker2: end",
-                "with 0"),
-    "pool": ("MainProcess: executed", "raised TimeoutError", "MainProcess: executed apply",
-             "MainProcess: [200, 400]", "map_async returned at once", "imap yielded 6"),
+    "process": (
+        "Process-1: start",
+        "Process-1: 3",
+        "renamed worker2: start",
+        "renamed worker2: end",
+        "with 0",
+    ),
+    "pool": (
+        "MainProcess: executed",
+        "raised TimeoutError",
+        "MainProcess: executed apply",
+        "MainProcess: [200, 400]",
+        "map_async returned at once",
+        "imap yielded 6",
+    ),
     "sharing": ("MainProcess: threads: {'x': 2}", "MainProcess: processes: {'x': 0}"),
     "pipe": ("MainProcess: ['test']",),
     "value-array": ("MainProcess: 2.0", "MainProcess: [4, 8, 12, 16, 20]"),
     "manager": ("MainProcess: [1, 2, 3]", "MainProcess: {'x': 2}", "MainProcess: Namespace(y=2)"),
-    "basemanager": ("2 x 50 increments: 100", "got 'job 0 from producer'",
-                    "wrong authkey was refused"),
+    "basemanager": (
+        "2 x 50 increments: 100",
+        "got 'job 0 from producer'",
+        "wrong authkey was refused",
+    ),
     "executor": ("= 1024", "Future: True", "map: [0, 1, 4, 9, 16, 25, 36, 49]"),
     "worker-lost": ("3 -> WorkerLostError", "5 -> 25", "the pool still works: [0, 1, 4, 9, 16]"),
-    "timeout": ("raised TimeoutError", "its neighbour finished: 0.1",
-                "and the pool goes on: [0, 1, 4, 9, 16]"),
+    "timeout": (
+        "raised TimeoutError",
+        "its neighbour finished: 0.1",
+        "and the pool goes on: [0, 1, 4, 9, 16]",
+    ),
     "lazy-imap": ("first ten squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",),
     "shared-array": ("row sums: [0.0, 1000000.0, 2000000.0, 3000000.0]",),
     "progress": ("sum of 50 squares: 40425",),
@@ -43,10 +60,20 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 
 
 def run_tour(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
-    return subprocess.run([sys.executable, "-m", "polyproc", "tour", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        ),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "polyproc", "tour", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_every_section_has_expectations() -> None:
@@ -71,8 +98,12 @@ KNOWN_BROKEN: dict[str, str] = {}  # section name -> reason, while a section is 
 
 
 def _sections() -> list[object]:
-    return [pytest.param(s.name, marks=pytest.mark.xfail(reason=KNOWN_BROKEN[s.name], strict=False))
-            if s.name in KNOWN_BROKEN else s.name for s in SECTIONS]
+    return [
+        pytest.param(s.name, marks=pytest.mark.xfail(reason=KNOWN_BROKEN[s.name], strict=False))
+        if s.name in KNOWN_BROKEN
+        else s.name
+        for s in SECTIONS
+    ]
 
 
 @pytest.mark.timeout(90)
@@ -90,8 +121,9 @@ def test_section_runs(section: str, start_method: str) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(bool(KNOWN_BROKEN), reason=f"known broken sections: {sorted(KNOWN_BROKEN)}",
-                   strict=False)
+@pytest.mark.xfail(
+    bool(KNOWN_BROKEN), reason=f"known broken sections: {sorted(KNOWN_BROKEN)}", strict=False
+)
 def test_whole_tour_exits_zero_in_seconds() -> None:
     proc = run_tour(timeout=100)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -110,8 +142,14 @@ def test_shared_array_skips_without_numpy(tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('no NumPy in this test')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(SRC)]))
-    proc = subprocess.run([sys.executable, "-m", "polyproc", "tour", "shared-array"], env=env,
-                          capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "polyproc", "tour", "shared-array"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped: NumPy is not installed" in proc.stdout
     assert "1 skipped (shared-array)" in proc.stdout
@@ -139,7 +177,13 @@ def test_a_hanging_section_is_stopped_by_the_watchdog() -> None:
         "print('not reached')\n"
     )
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=50, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode != 0
     assert "Timeout" in proc.stderr and "not reached" not in proc.stdout

@@ -35,15 +35,24 @@ def test_the_tour_prints_exactly_the_listing() -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("section", [s.name for s in SECTIONS])
-def test_a_copied_listing_runs_and_prints_what_the_tour_prints(section: str, tmp_path: Path) -> None:
+def test_a_copied_listing_runs_and_prints_what_the_tour_prints(
+    section: str, tmp_path: Path
+) -> None:
     if section == "shared-array":
         pytest.importorskip("numpy")
     script = tmp_path / f"{section.replace('-', '_')}.py"
     script.write_text(listing(by_name(section)))
     env = dict(os.environ, PYTHONPATH=str(SRC))
     env.pop("POLYPROC_START_METHOD", None)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip(), f"the listing printed nothing:\n{proc.stderr}"
     for text in EXPECTED[section]:

@@ -28,7 +28,9 @@ def env_for(method: str) -> dict[str, str]:
     return env
 
 
-def command(source: str, mode: str, where: Path, name: str = "userprog") -> tuple[list[str], str | None]:
+def command(
+    source: str, mode: str, where: Path, name: str = "userprog"
+) -> tuple[list[str], str | None]:
     """The argv that runs ``source`` in ``mode`` (files go in ``where``), and the stdin text."""
     source = textwrap.dedent(source)
     if mode in ("script", "module"):
@@ -44,15 +46,35 @@ def command(source: str, mode: str, where: Path, name: str = "userprog") -> tupl
     raise ValueError(mode)
 
 
-def run(source: str, method: str, where: Path, *, mode: str = "script", timeout: float = 30,
-        args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run(
+    source: str,
+    method: str,
+    where: Path,
+    *,
+    mode: str = "script",
+    timeout: float = 30,
+    args: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     argv, stdin = command(source, mode, where)
-    return subprocess.run([*argv, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, env=env_for(method), cwd=str(where))
+    return subprocess.run(
+        [*argv, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env_for(method),
+        cwd=str(where),
+    )
 
 
 def popen(source: str, method: str, where: Path, *, mode: str = "script") -> subprocess.Popen[str]:
     argv, stdin = command(source, mode, where)
     assert stdin is None
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env_for(method), cwd=str(where))
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(method),
+        cwd=str(where),
+    )

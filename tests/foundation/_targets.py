@@ -90,22 +90,24 @@ def report_identity(conn: Any) -> None:
     """What the child knows about itself and its parent."""
     me = polyproc.current_process()
     parent = polyproc.parent_process()
-    conn.send({
-        "name": me.name,
-        "pid": me.pid,
-        "ident": me.ident,
-        "os_pid": os.getpid(),
-        "daemon": me.daemon,
-        "authkey": me.authkey,
-        "is_alive": me.is_alive(),
-        "parent_name": None if parent is None else parent.name,
-        "parent_pid": None if parent is None else parent.pid,
-        "parent_alive": None if parent is None else parent.is_alive(),
-        "active_children": polyproc.active_children(),
-        "marker": MARKER[0],
-        "ppid": os.getppid(),
-        "mp_imported": "multiprocessing" in sys.modules,
-    })
+    conn.send(
+        {
+            "name": me.name,
+            "pid": me.pid,
+            "ident": me.ident,
+            "os_pid": os.getpid(),
+            "daemon": me.daemon,
+            "authkey": me.authkey,
+            "is_alive": me.is_alive(),
+            "parent_name": None if parent is None else parent.name,
+            "parent_pid": None if parent is None else parent.pid,
+            "parent_alive": None if parent is None else parent.is_alive(),
+            "active_children": polyproc.active_children(),
+            "marker": MARKER[0],
+            "ppid": os.getppid(),
+            "mp_imported": "multiprocessing" in sys.modules,
+        }
+    )
     conn.close()
 
 
@@ -119,8 +121,14 @@ def start_grandchild(conn: Any, method: str) -> None:
     seen_alive = [c.name for c in polyproc.active_children()]
     info = r.recv()
     p.join()
-    conn.send({"child": polyproc.current_process().name, "grandchild": info,
-               "seen_alive": seen_alive, "exitcode": p.exitcode})
+    conn.send(
+        {
+            "child": polyproc.current_process().name,
+            "grandchild": info,
+            "seen_alive": seen_alive,
+            "exitcode": p.exitcode,
+        }
+    )
     conn.close()
 
 
@@ -164,7 +172,9 @@ class ForkServerGreeter(Greeter, polyproc.context.ForkServerProcess):
 
 
 GREETERS: dict[str, type[Greeter]] = {
-    "fork": ForkGreeter, "spawn": SpawnGreeter, "forkserver": ForkServerGreeter,
+    "fork": ForkGreeter,
+    "spawn": SpawnGreeter,
+    "forkserver": ForkServerGreeter,
 }
 
 
@@ -190,11 +200,15 @@ def use_and_describe(conn: Any, lock: Any, queue: Any, classes: list[type]) -> N
     """Use a Lock and a Queue that came by pickle; send back what the child saw."""
     with lock:
         queue.put("from the child")
-    conn.send({"lock": f"{type(lock).__module__}.{type(lock).__qualname__}",
-               "queue": f"{type(queue).__module__}.{type(queue).__qualname__}",
-               "classes": classes,  # pickled back by reference, resolved in the parent
-               "me": f"{type(polyproc.current_process()).__module__}."
-                     f"{type(polyproc.current_process()).__qualname__}"})
+    conn.send(
+        {
+            "lock": f"{type(lock).__module__}.{type(lock).__qualname__}",
+            "queue": f"{type(queue).__module__}.{type(queue).__qualname__}",
+            "classes": classes,  # pickled back by reference, resolved in the parent
+            "me": f"{type(polyproc.current_process()).__module__}."
+            f"{type(polyproc.current_process()).__qualname__}",
+        }
+    )
     conn.close()
 
 

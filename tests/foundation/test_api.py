@@ -37,8 +37,11 @@ pytestmark = pytest.mark.timeout(60)
 def test_all_is_a_literal_without_duplicates() -> None:
     assert len(polyproc.__all__) == len(set(polyproc.__all__))
     tree = ast.parse((SRC / "__init__.py").read_text())
-    literal = [n for n in tree.body if isinstance(n, ast.Assign)
-               and any(getattr(t, "id", None) == "__all__" for t in n.targets)]
+    literal = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+    ]
     assert len(literal) == 1 and isinstance(literal[0].value, ast.List)  # tools can read it
 
 
@@ -48,7 +51,8 @@ def test_every_exported_name_exists(name: str) -> None:
     assert value is not None
     module = getattr(value, "__module__", None)
     assert module is None or module.startswith("polyproc") or name == "TimeoutError", (
-        f"polyproc.{name} comes from {module}")
+        f"polyproc.{name} comes from {module}"
+    )
 
 
 def test_each_object_is_exported_under_one_name() -> None:
@@ -96,11 +100,21 @@ def test_stdlib_named_faces(face: str) -> None:
     for name in module.__all__:
         assert hasattr(module, name), f"polyproc.{face}.{name}"
     stdlib = importlib.import_module(f"multiprocessing.{face}")
-    wanted = {"process": {"BaseProcess", "current_process", "active_children", "parent_process"},
-              "context": {"Process", "ProcessError", "BufferTooShort", "TimeoutError",
-                          "AuthenticationError", "BaseContext", "ForkProcess", "SpawnProcess",
-                          "ForkServerProcess"},
-              "connection": {"Client", "Listener", "Pipe", "wait", "Connection"}}[face]
+    wanted = {
+        "process": {"BaseProcess", "current_process", "active_children", "parent_process"},
+        "context": {
+            "Process",
+            "ProcessError",
+            "BufferTooShort",
+            "TimeoutError",
+            "AuthenticationError",
+            "BaseContext",
+            "ForkProcess",
+            "SpawnProcess",
+            "ForkServerProcess",
+        },
+        "connection": {"Client", "Listener", "Pipe", "wait", "Connection"},
+    }[face]
     assert wanted <= set(dir(stdlib))  # what users import from the stdlib module ...
     assert wanted <= set(dir(module))  # ... they import from ours
 
@@ -139,10 +153,15 @@ def test_source_never_imports_multiprocessing() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
-                  and getattr(node.func, "id", getattr(node.func, "attr", "")) in
-                  ("import_module", "__import__") and node.args
-                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, (ast.Name, ast.Attribute))
+                and getattr(node.func, "id", getattr(node.func, "attr", ""))
+                in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 names = [node.args[0].value]
             else:
                 continue
@@ -175,8 +194,14 @@ if __name__ == "__main__":
     assert not loaded, loaded
     print("clean")
 """
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                         timeout=30, env=_env(), cwd=str(SRC.parent))
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+        cwd=str(SRC.parent),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
 
@@ -199,9 +224,24 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("_launch",),
     4: ("_process", "_connection", "_listener", "_shm", "_sync", "_queues"),
     5: ("_pool", "_manager"),
-    6: ("__init__", "_api", "pool", "managers", "connection", "queues", "synchronize",
-        "sharedctypes", "shared_memory", "process", "context", "futures", "dummy", "heap",
-        "reduction", "forkserver"),
+    6: (
+        "__init__",
+        "_api",
+        "pool",
+        "managers",
+        "connection",
+        "queues",
+        "synchronize",
+        "sharedctypes",
+        "shared_memory",
+        "process",
+        "context",
+        "futures",
+        "dummy",
+        "heap",
+        "reduction",
+        "forkserver",
+    ),
     7: ("cli", "_tour", "backends", "_bench", "__main__"),
 }
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
@@ -212,9 +252,12 @@ _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 #: ``LaunchSpec``, so neither ``_context`` nor ``_launch`` reaches up for them; and
 #: tests/foundation/test_import_graph.py checks that no import, lazy or not, makes a circle.)
 LAZY_UPWARD: dict[tuple[str, str], str] = {
-    ("_launch", "_connection"): "spawn and forkserver talk to the new interpreter over a Connection",
+    (
+        "_launch",
+        "_connection",
+    ): "spawn and forkserver talk to the new interpreter over a Connection",
     ("_pool", "backends"): "a pool's backend= (use_backend, POLYPROC_BACKEND) picks its engine; "
-                           "a cluster plugin is loaded by name only when one is asked for",
+    "a cluster plugin is loaded by name only when one is asked for",
 }
 
 
@@ -246,12 +289,14 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
             found.extend((a.name, node.lineno, lazy) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
             for a in node.names:  # ``from . import x``: x may be a module
-                found.append((f"{module}.{a.name}" if not node.module else module, node.lineno, lazy))
+                found.append(
+                    (f"{module}.{a.name}" if not node.module else module, node.lineno, lazy)
+                )
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             visit(node, True)
         else:
@@ -262,8 +307,13 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
 
 
 def test_every_module_has_a_layer() -> None:
-    unplaced = sorted({_top(".".join(p.relative_to(SRC.parent).with_suffix("").parts)) or "?"
-                       for p in _python_files()} - set(_LAYER_OF))
+    unplaced = sorted(
+        {
+            _top(".".join(p.relative_to(SRC.parent).with_suffix("").parts)) or "?"
+            for p in _python_files()
+        }
+        - set(_LAYER_OF)
+    )
     assert not unplaced, f"place these in docs/architecture.md and LAYERS here: {unplaced}"
 
 
@@ -283,18 +333,23 @@ def test_lower_layers_never_import_higher_ones() -> None:
                 continue
             where = f"{path.relative_to(SRC.parent)}:{line}"
             kind = "inside a function" if lazy else "at import time"
-            problems.append(f"{where}: layer {_LAYER_OF[me]} {me} imports layer "
-                            f"{_LAYER_OF[target]} {module} {kind}")
+            problems.append(
+                f"{where}: layer {_LAYER_OF[me]} {me} imports layer "
+                f"{_LAYER_OF[target]} {module} {kind}"
+            )
     assert not problems, "\n".join(problems)
 
 
 def test_import_polyproc_stays_light() -> None:
     """``import polyproc`` is on the path of every spawned child: no heavy layer at import."""
-    program = ("import sys, polyproc; heavy = [m for m in ('polyproc._pool.engine', "
-               "'polyproc._manager.server', 'numpy', 'polyproc.futures') if m in sys.modules]; "
-               "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                         timeout=30, env=_env())
+    program = (
+        "import sys, polyproc; heavy = [m for m in ('polyproc._pool.engine', "
+        "'polyproc._manager.server', 'numpy', 'polyproc.futures') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, env=_env()
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -306,9 +361,19 @@ def test_lazy_names_resolve_to_existing_modules() -> None:
 
 # -- public module names ---------------------------------------------------------------------------
 
-_FACES = ("polyproc", "polyproc.process", "polyproc.context", "polyproc.pool", "polyproc.managers",
-          "polyproc.queues", "polyproc.synchronize", "polyproc.connection",
-          "polyproc.sharedctypes", "polyproc.shared_memory", "polyproc.futures")
+_FACES = (
+    "polyproc",
+    "polyproc.process",
+    "polyproc.context",
+    "polyproc.pool",
+    "polyproc.managers",
+    "polyproc.queues",
+    "polyproc.synchronize",
+    "polyproc.connection",
+    "polyproc.sharedctypes",
+    "polyproc.shared_memory",
+    "polyproc.futures",
+)
 
 
 def test_public_classes_name_their_public_module() -> None:
@@ -355,8 +420,12 @@ def test_public_objects_pickle_across_processes(ctx: Any) -> None:
     from . import _targets
 
     lock, queue = ctx.Lock(), ctx.Queue()
-    classes = [polyproc.Process, polyproc.pool.Pool, polyproc.managers.BaseManager,
-               polyproc.context.SpawnProcess]
+    classes = [
+        polyproc.Process,
+        polyproc.pool.Pool,
+        polyproc.managers.BaseManager,
+        polyproc.context.SpawnProcess,
+    ]
     r, w = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_targets.use_and_describe, args=(w, lock, queue, classes))
     p.start()

@@ -40,6 +40,7 @@ SRC = Path(polyproc.__file__).resolve().parent.parent
 
 # -- the child's life -------------------------------------------------------------------------------
 
+
 def test_child_joins_its_non_daemon_threads_before_exiting(ctx: Any) -> None:
     release, done = ctx.Event(), ctx.Event()
     p = ctx.Process(target=targets.start_worker_thread, args=(release, done))
@@ -74,7 +75,8 @@ def _native_id(q: Any) -> None:
 
 def test_interpreter_flags_reach_children(start_method: str, tmp_path: Path) -> None:
     script = tmp_path / "flags.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(SRC)!r})
         sys.path.insert(0, {str(SRC.parent)!r})
@@ -88,15 +90,22 @@ def test_interpreter_flags_reach_children(start_method: str, tmp_path: Path) -> 
             got = r.recv()
             p.join()
             print(json.dumps([tuple(sys.flags), got]))
-    """))
-    out = subprocess.run([sys.executable, "-E", "-O", str(script)], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, "-E", "-O", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     mine, childs = json.loads(out.stdout)
     assert mine == childs
 
 
 # -- socket.setdefaulttimeout() -----------------------------------------------------------------------
+
 
 def test_default_socket_timeout_does_not_reach_polyproc(ctx: Any) -> None:
     old = socket.getdefaulttimeout()
@@ -125,6 +134,7 @@ def test_default_socket_timeout_does_not_reach_polyproc(ctx: Any) -> None:
 
 
 # -- managers -----------------------------------------------------------------------------------------
+
 
 def test_proxy_inside_a_managed_object_lives_as_long_as_it_is_held(ctx: Any) -> None:
     with ctx.Manager() as m:
@@ -195,6 +205,7 @@ def test_shared_memory_manager_unlinks_what_it_made(ctx: Any) -> None:
 
 # -- small names and shapes ---------------------------------------------------------------------------
 
+
 def test_listener_refuses_a_windows_pipe_address() -> None:
     with pytest.raises(ValueError):
         polyproc.connection.Listener(r"\\.\pipe\x")
@@ -246,10 +257,14 @@ def test_start_method_api_is_the_stdlibs() -> None:
     methods = polyproc.get_all_start_methods()
     assert sorted(methods) == ["auto", "fork", "forkserver", "spawn"]  # "auto": the default
     assert methods[0] == polyproc.get_start_method()
-    assert [m for m in methods[1:]] == [m for m in ("auto", "fork", "spawn", "forkserver")
-                                        if m != methods[0]]
-    for method, name in [("fork", "ForkContext"), ("spawn", "SpawnContext"),
-                         ("forkserver", "ForkServerContext")]:
+    assert [m for m in methods[1:]] == [
+        m for m in ("auto", "fork", "spawn", "forkserver") if m != methods[0]
+    ]
+    for method, name in [
+        ("fork", "ForkContext"),
+        ("spawn", "SpawnContext"),
+        ("forkserver", "ForkServerContext"),
+    ]:
         ctx = polyproc.get_context(method)
         assert type(ctx).__name__ == name
         assert ctx.get_context() is ctx
@@ -275,6 +290,7 @@ def test_reducer_alias() -> None:
 
 
 # -- util ---------------------------------------------------------------------------------------------
+
 
 def test_util_logger_is_the_stdlibs() -> None:
     logger = polyproc.util.get_logger()
@@ -308,7 +324,9 @@ def test_finalize_exit_priority_order_at_exit() -> None:
             util.Finalize(None, print, args=(p,), exitpriority=p)
         util.Finalize(None, print, args=("never",))  if False else None
     """)
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30
+    )
     assert out.stdout.split() == ["10", "5", "1"], out.stderr
 
 
@@ -331,6 +349,7 @@ def test_get_temp_dir_is_private_and_stable() -> None:
 
 
 # -- reduction ----------------------------------------------------------------------------------------
+
 
 def test_registered_reducer_is_used_by_every_transport(ctx: Any) -> None:
     from polyproc._serialize import reducers
@@ -376,6 +395,7 @@ def test_send_handle_and_dupfd_pass_file_descriptors() -> None:
 
 # -- fds and bootstrapping ----------------------------------------------------------------------------
 
+
 def test_closed_queue_never_closes_a_reused_fd_number() -> None:
     q = polyproc.Queue()
     q.put(1)
@@ -396,10 +416,12 @@ def test_closed_queue_never_closes_a_reused_fd_number() -> None:
 
 
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"], indirect=True)
-def test_unguarded_main_module_raises_instead_of_fork_bombing(start_method: str,
-                                                             tmp_path: Path) -> None:
+def test_unguarded_main_module_raises_instead_of_fork_bombing(
+    start_method: str, tmp_path: Path
+) -> None:
     script = tmp_path / "bomb.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(SRC)!r})
         import polyproc
@@ -410,15 +432,18 @@ def test_unguarded_main_module_raises_instead_of_fork_bombing(start_method: str,
         p.start()
         p.join()
         sys.exit(p.exitcode)
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert out.returncode != 0
     assert out.stdout == ""
     assert "RuntimeError" in out.stderr and "bootstrapping phase" in out.stderr
 
 
 # -- shared memory ------------------------------------------------------------------------------------
+
 
 def test_shareable_list_behaves_and_pickles_as_the_stdlibs() -> None:
     import pickle
@@ -454,8 +479,9 @@ def test_shareable_list_is_interoperable_with_the_stdlibs() -> None:
         theirs.shm.close()
     """)
     try:
-        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+        )
         assert out.stdout.strip() == "[1, 'two', None, 4.5, b'five']", out.stderr
         assert ours[1] == "deux"
     finally:

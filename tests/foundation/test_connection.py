@@ -58,10 +58,27 @@ def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
 # -- send / recv ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("obj", [
-    None, 0, -1, 2**100, 1.5, "text", "ü" * 10, b"", b"bytes", bytearray(b"ba"), ["test"],
-    {"x": 0}, (1, (2, 3)), {1, 2}, ValueError("carried"), range(3),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        0,
+        -1,
+        2**100,
+        1.5,
+        "text",
+        "ü" * 10,
+        b"",
+        b"bytes",
+        bytearray(b"ba"),
+        ["test"],
+        {"x": 0},
+        (1, (2, 3)),
+        {1, 2},
+        ValueError("carried"),
+        range(3),
+    ],
+)
 def test_send_recv_round_trip(pair: tuple[Connection, Connection], obj: Any) -> None:
     r, w = pair
     w.send(obj)
@@ -117,7 +134,9 @@ def test_send_bytes_offset_and_size(pair: tuple[Connection, Connection]) -> None
     assert r.recv_bytes() == b"23"
 
 
-def test_send_bytes_offsets_count_bytes_of_typed_buffers(pair: tuple[Connection, Connection]) -> None:
+def test_send_bytes_offsets_count_bytes_of_typed_buffers(
+    pair: tuple[Connection, Connection],
+) -> None:
     import array
 
     r, w = pair
@@ -243,8 +262,14 @@ def test_fileno_and_flags() -> None:
 def test_closed_connection_refuses_use() -> None:
     a, b = Pipe()
     a.close()
-    for use in (lambda: a.send(1), lambda: a.recv(), lambda: a.send_bytes(b"x"),
-                lambda: a.recv_bytes(), lambda: a.poll(), lambda: a.fileno()):
+    for use in (
+        lambda: a.send(1),
+        lambda: a.recv(),
+        lambda: a.send_bytes(b"x"),
+        lambda: a.recv_bytes(),
+        lambda: a.poll(),
+        lambda: a.fileno(),
+    ):
         with pytest.raises(OSError):  # the stdlib's "handle is closed"
             use()
     b.close()
@@ -365,7 +390,9 @@ def test_wait_sees_eof_and_process_sentinels(ctx: Any) -> None:
 
 
 def test_connection_face() -> None:
-    pytest.importorskip("polyproc._listener", reason="Listener/Client are being written (issue #2 item 7)")
+    pytest.importorskip(
+        "polyproc._listener", reason="Listener/Client are being written (issue #2 item 7)"
+    )
     import polyproc.connection as face
 
     assert face.Pipe is Pipe and face.Connection is Connection and face.wait is wait
@@ -496,30 +523,37 @@ def _raw_pair() -> tuple[Connection, int]:
     return Connection(s1.detach()), s2.detach()
 
 
-def _header(kind: int = Kind.BYTES, body: int = 0, nbuffers: int = 0, nfds: int = 0,
-            magic: int = MAGIC) -> bytes:
+def _header(
+    kind: int = Kind.BYTES, body: int = 0, nbuffers: int = 0, nfds: int = 0, magic: int = MAGIC
+) -> bytes:
     return HEADER.pack(magic, kind, nfds, nbuffers, body)
 
 
-@pytest.mark.parametrize(("name", "raw"), [
-    ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("bad magic", _header(magic=0x1234, body=3) + b"abc"),
-    ("unknown kind", _header(kind=99, body=3) + b"abc"),
-    ("buffers in a bytes frame", _header(kind=Kind.BYTES, nbuffers=2, body=0) + b"\0" * 16),
-    ("too many buffers", _header(kind=Kind.PICKLE, nbuffers=(1 << 16) + 1, body=0)),
-    ("short header", _header(body=3)[:9]),
-    ("truncated body", _header(body=100) + b"x" * 10),
-    ("truncated buffer table", _header(kind=Kind.PICKLE, nbuffers=4, body=0) + b"\0" * 12),
-    ("truncated buffer", encode_header(Kind.PICKLE, 1, [1000]) + b"N" + b"\0" * 10),
-    ("huge length, then close", _header(body=1 << 62)),
-])
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("bad magic", _header(magic=0x1234, body=3) + b"abc"),
+        ("unknown kind", _header(kind=99, body=3) + b"abc"),
+        ("buffers in a bytes frame", _header(kind=Kind.BYTES, nbuffers=2, body=0) + b"\0" * 16),
+        ("too many buffers", _header(kind=Kind.PICKLE, nbuffers=(1 << 16) + 1, body=0)),
+        ("short header", _header(body=3)[:9]),
+        ("truncated body", _header(body=100) + b"x" * 10),
+        ("truncated buffer table", _header(kind=Kind.PICKLE, nbuffers=4, body=0) + b"\0" * 12),
+        ("truncated buffer", encode_header(Kind.PICKLE, 1, [1000]) + b"N" + b"\0" * 10),
+        ("huge length, then close", _header(body=1 << 62)),
+    ],
+)
 @pytest.mark.parametrize("reader", ["recv", "recv_bytes", "recv_bytes_into"])
 def test_hostile_frames_raise_and_never_hang(name: str, raw: bytes, reader: str) -> None:
     conn, fd = _raw_pair()
     os.write(fd, raw)
     os.close(fd)  # then the peer hangs up: nothing more will come
-    read = {"recv": conn.recv, "recv_bytes": conn.recv_bytes,
-            "recv_bytes_into": lambda: conn.recv_bytes_into(bytearray(1 << 20))}[reader]
+    read = {
+        "recv": conn.recv,
+        "recv_bytes": conn.recv_bytes,
+        "recv_bytes_into": lambda: conn.recv_bytes_into(bytearray(1 << 20)),
+    }[reader]
     with pytest.raises((ProtocolError, EOFError)):
         read()
     conn.close()
@@ -535,7 +569,9 @@ def test_garbage_with_the_peer_still_open_raises_at_once() -> None:
     os.close(fd)
 
 
-def test_pickle_frame_with_garbage_body_raises_a_polyproc_error(request: pytest.FixtureRequest) -> None:
+def test_pickle_frame_with_garbage_body_raises_a_polyproc_error(
+    request: pytest.FixtureRequest,
+) -> None:
     conn, fd = _raw_pair()
     body = b"\x80\x05this is not a pickle"
     os.write(fd, encode_header(Kind.PICKLE, len(body)) + body)
@@ -588,8 +624,11 @@ def test_large_buffers_leave_the_pickle_stream_uncopied(kind: str) -> None:
         memory = value
     else:
         backing = bytearray(os.urandom(1 << 20))
-        value = {"memoryview": memoryview(backing)[16:], "bytearray": backing,
-                 "bytes": bytes(backing)}[kind]
+        value = {
+            "memoryview": memoryview(backing)[16:],
+            "bytearray": backing,
+            "bytes": bytes(backing),
+        }[kind]
         memory = np.frombuffer(value, dtype=np.uint8)
     payload = DEFAULT_SERIALIZER.dumps({"value": value, "small": b"x" * 10})
     assert len(payload.body) < 4096  # the megabyte is not in the stream ...

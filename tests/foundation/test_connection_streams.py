@@ -34,10 +34,25 @@ pytestmark = pytest.mark.timeout(60)
 
 MIB = 1 << 20
 #: Sizes either side of every switch: coalescing, _DIRECT, the 64 KiB chunk, 1 MiB (lending).
-BOUNDARIES = [0, 1, 4095, 4096, _connection._COALESCE - 1, _connection._COALESCE,
-              _connection._DIRECT - 1, _connection._DIRECT, _connection._DIRECT + 1,
-              _connection._CHUNK - 17, _connection._CHUNK - 16, _connection._CHUNK,
-              _connection._CHUNK + 1, MIB - 1, MIB, MIB + 1, 3 * MIB + 5]
+BOUNDARIES = [
+    0,
+    1,
+    4095,
+    4096,
+    _connection._COALESCE - 1,
+    _connection._COALESCE,
+    _connection._DIRECT - 1,
+    _connection._DIRECT,
+    _connection._DIRECT + 1,
+    _connection._CHUNK - 17,
+    _connection._CHUNK - 16,
+    _connection._CHUNK,
+    _connection._CHUNK + 1,
+    MIB - 1,
+    MIB,
+    MIB + 1,
+    3 * MIB + 5,
+]
 
 
 @pytest.fixture(params=["duplex", "simplex"])
@@ -99,7 +114,9 @@ def test_every_boundary_size_arrives_intact_as_bytes(pair: tuple[Connection, Con
     done()
 
 
-def test_recv_of_boundary_sizes_keeps_bytes_and_bytearray(pair: tuple[Connection, Connection]) -> None:
+def test_recv_of_boundary_sizes_keeps_bytes_and_bytearray(
+    pair: tuple[Connection, Connection],
+) -> None:
     r, w = pair
     sent: list[Any] = []
     for i, n in enumerate(BOUNDARIES):
@@ -117,7 +134,9 @@ def test_interleaved_big_and_small_keep_boundaries(pair: tuple[Connection, Conne
     msgs: list[Any] = []
     for i in range(40):
         msgs += [payload(_connection._DIRECT * (1 + i % 3), i), i, payload(i, i), ("t", i)]
-    done = _in_thread(lambda: [w.send_bytes(m) if isinstance(m, bytes) else w.send(m) for m in msgs])
+    done = _in_thread(
+        lambda: [w.send_bytes(m) if isinstance(m, bytes) else w.send(m) for m in msgs]
+    )
     for m in msgs:
         got = r.recv_bytes() if isinstance(m, bytes) else r.recv()
         assert got == m
@@ -130,7 +149,7 @@ def test_recv_bytes_into_after_a_direct_read(pair: tuple[Connection, Connection]
     done = _in_thread(lambda: (w.send_bytes(big), w.send_bytes(small)))
     buf = bytearray(MIB + 20)
     assert r.recv_bytes_into(buf, 5) == MIB + 3
-    assert bytes(buf[5:5 + MIB + 3]) == big
+    assert bytes(buf[5 : 5 + MIB + 3]) == big
     assert r.recv_bytes() == small
     done()
 
@@ -239,6 +258,7 @@ def test_interleaved_sizes_both_directions_with_fds_alongside(lending: None) -> 
     a, b = Pipe()
     extra_r, extra_w = Pipe()
     with a, b, extra_r, extra_w:
+
         def side(me: Connection, seed: int) -> list[Any]:
             for i, n in enumerate([3 * MIB, 10, MIB, 70_000, 2 * MIB]):
                 me.send_bytes(payload(n, seed + i))
@@ -250,9 +270,12 @@ def test_interleaved_sizes_both_directions_with_fds_alongside(lending: None) -> 
         right = side(b, 100)
         got_left = left()
         sizes = [3 * MIB, 10, MIB, 70_000, 2 * MIB]
-        assert [x for x in right if isinstance(x, bytes)] == [payload(n, i) for i, n in enumerate(sizes)]
+        assert [x for x in right if isinstance(x, bytes)] == [
+            payload(n, i) for i, n in enumerate(sizes)
+        ]
         assert [x for x in got_left if isinstance(x, bytes)] == [
-            payload(n, 100 + i) for i, n in enumerate(sizes)]
+            payload(n, 100 + i) for i, n in enumerate(sizes)
+        ]
         fd_from_left = next(x for x in right if isinstance(x, tuple))[1]
         fd_from_right = next(x for x in got_left if isinstance(x, tuple))[1]
         fd_from_left.send("over a passed end")

@@ -113,19 +113,47 @@ def test_context_process_classes() -> None:
     assert polyproc.get_context("fork").Process is polyproc.context.ForkProcess
     assert polyproc.get_context("spawn").Process is polyproc.context.SpawnProcess
     assert polyproc.get_context("forkserver").Process is polyproc.context.ForkServerProcess
-    for cls in (polyproc.context.ForkProcess, polyproc.context.SpawnProcess,
-                polyproc.context.ForkServerProcess):
+    for cls in (
+        polyproc.context.ForkProcess,
+        polyproc.context.SpawnProcess,
+        polyproc.context.ForkServerProcess,
+    ):
         assert issubclass(cls, polyproc.Process)
 
 
 def test_context_mirrors_the_module_api() -> None:
     ctx = polyproc.get_context("spawn")
-    for name in ("Process", "Pipe", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore",
-                 "Event", "Barrier", "Queue", "JoinableQueue", "SimpleQueue", "Value", "Array",
-                 "RawValue", "RawArray", "Pool", "Manager", "current_process", "parent_process",
-                 "active_children", "cpu_count", "freeze_support", "get_context",
-                 "get_start_method", "set_start_method", "get_all_start_methods",
-                 "log_to_stderr", "get_logger"):
+    for name in (
+        "Process",
+        "Pipe",
+        "Lock",
+        "RLock",
+        "Condition",
+        "Semaphore",
+        "BoundedSemaphore",
+        "Event",
+        "Barrier",
+        "Queue",
+        "JoinableQueue",
+        "SimpleQueue",
+        "Value",
+        "Array",
+        "RawValue",
+        "RawArray",
+        "Pool",
+        "Manager",
+        "current_process",
+        "parent_process",
+        "active_children",
+        "cpu_count",
+        "freeze_support",
+        "get_context",
+        "get_start_method",
+        "set_start_method",
+        "get_all_start_methods",
+        "log_to_stderr",
+        "get_logger",
+    ):
         assert callable(getattr(ctx, name)) or name == "Process", name
     assert ctx.get_context("fork") is polyproc.get_context("fork")
     assert ctx.cpu_count() == os.cpu_count()

@@ -27,8 +27,12 @@ PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python")
 
 
 def _env(method: str | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [SRC, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [SRC, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        ),
+    )
     env.pop("POLYPROC_START_METHOD", None)
     if method is not None:
         env["POLYPROC_START_METHOD"] = method
@@ -48,16 +52,28 @@ def _kill_tree(proc: psutil.Process) -> None:
     psutil.wait_procs(family, timeout=5)
 
 
-def run_script(tmp_path: Path, source: str, method: str | None = None, *, timeout: float = 60,
-               python: str = sys.executable, args: tuple[str, ...] = ()
-               ) -> tuple[int, str, str, int]:
+def run_script(
+    tmp_path: Path,
+    source: str,
+    method: str | None = None,
+    *,
+    timeout: float = 60,
+    python: str = sys.executable,
+    args: tuple[str, ...] = (),
+) -> tuple[int, str, str, int]:
     """Run ``source`` as a script; (returncode, stdout, stderr, most processes seen at once)."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as o, open(err, "w") as e:
-        popen = subprocess.Popen([python, *args, str(script)], stdout=o, stderr=e,
-                                 stdin=subprocess.DEVNULL, env=_env(method), cwd=tmp_path)
+        popen = subprocess.Popen(
+            [python, *args, str(script)],
+            stdout=o,
+            stderr=e,
+            stdin=subprocess.DEVNULL,
+            env=_env(method),
+            cwd=tmp_path,
+        )
     ps = psutil.Process(popen.pid)
     most = 1
     deadline = time.monotonic() + timeout
@@ -99,7 +115,9 @@ def test_guardless_script_runs_under_the_default(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_guardless_script_is_refused_under_spawn_and_forkserver(tmp_path: Path, method: str) -> None:
+def test_guardless_script_is_refused_under_spawn_and_forkserver(
+    tmp_path: Path, method: str
+) -> None:
     rc, out, err, most = run_script(tmp_path, GUARDLESS, method)
     assert rc != 0
     assert "[0, 2, 4, 6]" not in out
@@ -108,8 +126,11 @@ def test_guardless_script_is_refused_under_spawn_and_forkserver(tmp_path: Path, 
     # forkserver: the one server that imported the script says so, and no other starts
     # Each refusal printed as a traceback (the pool's BrokenProcessPool quotes the same
     # error inside its own one-line message: that is not another refusal).
-    printed = sum(1 for line in err.splitlines()
-                  if line.strip().startswith("An attempt has been made to start a new process"))
+    printed = sum(
+        1
+        for line in err.splitlines()
+        if line.strip().startswith("An attempt has been made to start a new process")
+    )
     # forkserver: the refused server's own report, and the parent's error (the pool's
     # BrokenProcessPool, caused by this RuntimeError); spawn: up to 3 refused workers more.
     assert 1 <= printed <= (2 if method == "forkserver" else 4), err
@@ -144,8 +165,11 @@ LOGGING = """
 def test_worker_logging_reaches_the_parents_handlers(tmp_path: Path, method: str | None) -> None:
     rc, out, err, _ = run_script(tmp_path, LOGGING, method)
     assert rc == 0, err
-    prefix = {None: "ForkPoolWorker-", "spawn": "SpawnPoolWorker-",
-              "forkserver": "ForkServerPoolWorker-"}[method]
+    prefix = {
+        None: "ForkPoolWorker-",
+        "spawn": "SpawnPoolWorker-",
+        "forkserver": "ForkServerPoolWorker-",
+    }[method]
     lines = err.splitlines()
     for x in range(4):
         mine = [ln for ln in lines if ln.endswith(f": working on {x}")]
@@ -158,8 +182,9 @@ def test_worker_logging_reaches_the_parents_handlers(tmp_path: Path, method: str
 @pytest.mark.parametrize("method", [None, "spawn", "forkserver"])
 def test_log_to_stderr_shows_child_events(tmp_path: Path, method: str | None) -> None:
     (tmp_path / "x").mkdir()
-    rc, out, err, _ = run_script(tmp_path / "x", LOGGING.replace("sys.argv[1:] == [\"stderr\"]",
-                                                              "True"), method)
+    rc, out, err, _ = run_script(
+        tmp_path / "x", LOGGING.replace('sys.argv[1:] == ["stderr"]', "True"), method
+    )
     assert rc == 0, err
     lines = err.splitlines()
     assert lines.count("[INFO/the-child] child process calling self.run()") == 1, err
@@ -182,8 +207,9 @@ def test_any_parent_handler_gets_child_records(method: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        p = polyproc.get_context(method).Process(target=_targets.log_info,
-                                                 args=("polyproc.tests.forwarded", "hello %s", 7))
+        p = polyproc.get_context(method).Process(
+            target=_targets.log_info, args=("polyproc.tests.forwarded", "hello %s", 7)
+        )
         p.start()
         p.join(10)
         assert p.exitcode == 0
@@ -199,8 +225,14 @@ def test_any_parent_handler_gets_child_records(method: str) -> None:
 def test_import_polyproc_is_light() -> None:
     heavy = ("dataclasses", "inspect", "concurrent.futures", "ctypes", "logging", "asyncio")
     code = f"import sys, polyproc; print([m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=_env(None), timeout=20, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(None),
+        timeout=20,
+        check=True,
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -226,8 +258,11 @@ SUBPROCESS_LOOP = """
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("method", ["auto", "fork"])
 def test_subprocess_right_after_an_executor_never_hangs(tmp_path: Path, method: str) -> None:
-    rc, out, err, _ = run_script(tmp_path, SUBPROCESS_LOOP.replace(
-        "sys.argv[1] if len(sys.argv) > 1 else None", repr(method)), timeout=140)
+    rc, out, err, _ = run_script(
+        tmp_path,
+        SUBPROCESS_LOOP.replace("sys.argv[1] if len(sys.argv) > 1 else None", repr(method)),
+        timeout=140,
+    )
     assert rc == 0, err
     assert out.strip() == "ok"
 
@@ -274,17 +309,26 @@ WARNINGS = """
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("python", [
-    sys.executable,
-    pytest.param(str(PY313), marks=pytest.mark.skipif(not PY313.exists(), reason="no 3.13")),
-])
+@pytest.mark.parametrize(
+    "python",
+    [
+        sys.executable,
+        pytest.param(str(PY313), marks=pytest.mark.skipif(not PY313.exists(), reason="no 3.13")),
+    ],
+)
 def test_no_fork_with_threads_warning_from_our_threads(tmp_path: Path, python: str) -> None:
     if python != sys.executable:
         probe = subprocess.run([python, "-c", "import cloudpickle"], capture_output=True)
         if probe.returncode:
             pytest.skip("3.13 lacks cloudpickle")
-    rc, out, err, _ = run_script(tmp_path, WARNINGS, None, timeout=110, python=python,
-                                 args=("-W", "error::DeprecationWarning"))
+    rc, out, err, _ = run_script(
+        tmp_path,
+        WARNINGS,
+        None,
+        timeout=110,
+        python=python,
+        args=("-W", "error::DeprecationWarning"),
+    )
     assert rc == 0, err
     assert "DeprecationWarning" not in err, err
     assert out.strip() == "ok"
@@ -293,8 +337,7 @@ def test_no_fork_with_threads_warning_from_our_threads(tmp_path: Path, python: s
 # -- 7. forkserver children see the client's current environment -----------------------------
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("method", ["forkserver", "auto", "spawn"])
-def test_children_see_the_current_environment(method: str, monkeypatch: pytest.MonkeyPatch
-                                              ) -> None:
+def test_children_see_the_current_environment(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = polyproc.get_context(method)
     warm = ctx.Process(target=_targets.noop)  # the server exists before the change
     warm.start()
@@ -313,7 +356,9 @@ def test_children_see_the_current_environment(method: str, monkeypatch: pytest.M
 @pytest.mark.timeout(30)
 def test_auto_sees_state_set_after_import(tmp_path: Path) -> None:
     """Fork semantics: globals set in the main guard reach the workers (not the forkserver)."""
-    rc, out, err, _ = run_script(tmp_path, """
+    rc, out, err, _ = run_script(
+        tmp_path,
+        """
         import polyproc as mp
         SETTING = "import time"
 
@@ -324,7 +369,8 @@ def test_auto_sees_state_set_after_import(tmp_path: Path) -> None:
             SETTING = "set in main"
             with mp.Pool(2) as p:
                 print(p.map(read, range(2)))
-    """)
+    """,
+    )
     assert rc == 0, err
     assert out.strip() == "[('set in main', 'ForkPoolWorker'), ('set in main', 'ForkPoolWorker')]"
 

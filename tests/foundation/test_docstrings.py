@@ -19,10 +19,22 @@ import pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-FACES = ("polyproc", "polyproc.connection", "polyproc.process", "polyproc.context",
-         "polyproc.queues", "polyproc.synchronize", "polyproc.sharedctypes",
-         "polyproc.shared_memory", "polyproc.dummy", "polyproc.dummy.connection",
-         "polyproc.errors", "polyproc.pool", "polyproc.futures", "polyproc.managers")
+FACES = (
+    "polyproc",
+    "polyproc.connection",
+    "polyproc.process",
+    "polyproc.context",
+    "polyproc.queues",
+    "polyproc.synchronize",
+    "polyproc.sharedctypes",
+    "polyproc.shared_memory",
+    "polyproc.dummy",
+    "polyproc.dummy.connection",
+    "polyproc.errors",
+    "polyproc.pool",
+    "polyproc.futures",
+    "polyproc.managers",
+)
 
 
 def _ours(obj: Any) -> bool:

@@ -69,8 +69,12 @@ def test_any_sixteen_bytes_decode_or_raise_protocol_error(raw: bytes) -> None:
         head = decode_header(raw)
     except ProtocolError:
         magic, kind, _, nbuffers, _ = HEADER.unpack(raw)
-        assert magic != MAGIC or kind not in set(Kind) or nbuffers > MAX_BUFFERS or (
-            nbuffers and kind != Kind.PICKLE)
+        assert (
+            magic != MAGIC
+            or kind not in set(Kind)
+            or nbuffers > MAX_BUFFERS
+            or (nbuffers and kind != Kind.PICKLE)
+        )
     else:  # what decodes is exactly what encodes to these bytes
         assert HEADER.pack(MAGIC, head.kind, head.nfds, head.nbuffers, head.body_length) == raw
 
@@ -141,11 +145,21 @@ def test_short_input_raises() -> None:
 
 messages = st.one_of(
     st.binary(max_size=300),
-    st.tuples(st.just("obj"), st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.binary(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                   max_size=4),
-        max_leaves=10)),
+    st.tuples(
+        st.just("obj"),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.text(max_size=20)
+            | st.binary(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+            ),
+            max_leaves=10,
+        ),
+    ),
 )
 
 
@@ -198,7 +212,9 @@ def test_random_bytes_end_in_eof_or_protocol_error(raw: bytes) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payloads=st.lists(st.binary(max_size=64), min_size=1, max_size=5), data=st.data())
-def test_valid_frames_cut_or_corrupted_anywhere_never_hang(payloads: list[bytes], data: st.DataObject) -> None:
+def test_valid_frames_cut_or_corrupted_anywhere_never_hang(
+    payloads: list[bytes], data: st.DataObject
+) -> None:
     stream = b"".join(encode_header(Kind.BYTES, len(p)) + p for p in payloads)
     cut = data.draw(st.integers(0, len(stream)), label="cut")
     flip = data.draw(st.none() | st.integers(0, len(stream) - 1), label="flip")

@@ -72,8 +72,11 @@ def _imported(path: Path | None, me: str, modules: dict[str, Path | None]) -> se
 
     def walk(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if (isinstance(node, ast.Module) and isinstance(child, ast.FunctionDef)
-                    and child.name == "__getattr__"):
+            if (
+                isinstance(node, ast.Module)
+                and isinstance(child, ast.FunctionDef)
+                and child.name == "__getattr__"
+            ):
                 continue  # PEP 562 lazy names: see the module docstring
             if isinstance(child, ast.If) and _is_type_checking(child.test):
                 for stmt in child.orelse:
@@ -179,6 +182,8 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 def test_no_import_circle() -> None:
     graph = import_graph()
-    problems = [" -> ".join(_one_circle(graph, c)) + f"   (component: {', '.join(c)})"
-                for c in _cycles(graph)]
+    problems = [
+        " -> ".join(_one_circle(graph, c)) + f"   (component: {', '.join(c)})"
+        for c in _cycles(graph)
+    ]
     assert not problems, "import circles:\n" + "\n".join(problems)

@@ -23,7 +23,10 @@ def _run(script: str, *args: str) -> str:
     env = dict(os.environ, PYTHONPATH=SRC)
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True, text=True, timeout=50, env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout

@@ -31,7 +31,10 @@ def _children() -> set[int]:
     out = set()
     for p in psutil.Process().children(recursive=True):
         try:
-            if p.name() not in ("polyproc-fsrv", "polyproc-spare") and p.status() != psutil.STATUS_ZOMBIE:
+            if (
+                p.name() not in ("polyproc-fsrv", "polyproc-spare")
+                and p.status() != psutil.STATUS_ZOMBIE
+            ):
                 out.add(p.pid)
         except psutil.Error:
             pass
@@ -227,8 +230,16 @@ def test_close(ctx: Any) -> None:
     p.join()
     p.close()
     p.close()  # idempotent
-    for use in (lambda: p.pid, lambda: p.exitcode, lambda: p.is_alive(), lambda: p.join(),
-                lambda: p.start(), lambda: p.sentinel, lambda: p.terminate(), lambda: p.kill()):
+    for use in (
+        lambda: p.pid,
+        lambda: p.exitcode,
+        lambda: p.is_alive(),
+        lambda: p.join(),
+        lambda: p.start(),
+        lambda: p.sentinel,
+        lambda: p.terminate(),
+        lambda: p.kill(),
+    ):
         with pytest.raises(ValueError):
             use()
     assert "closed" in repr(p)
@@ -349,7 +360,9 @@ def test_cpu_count_and_freeze_support() -> None:
 # -- bad input: an unpicklable argument ------------------------------------------------------------
 
 
-def test_unpicklable_argument_fails_at_start_with_nothing_started(ctx: Any, start_method: str) -> None:
+def test_unpicklable_argument_fails_at_start_with_nothing_started(
+    ctx: Any, start_method: str
+) -> None:
     r, w = polyproc.Pipe(duplex=False)
     lock = threading.Lock()
     p = ctx.Process(target=_targets.type_name, args=(w, lock))

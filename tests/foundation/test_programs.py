@@ -169,10 +169,12 @@ def test_logging_process_name_and_main_guard(start_method: str, tmp_path: Path, 
     assert records[0] == "MainProcess|parent"
     assert records[-1] == "MainProcess|parent again"
     # basicConfig ran in the child (by inheritance under fork, on import of __mp_main__ else)
-    assert sorted(records[1:-1]) == sorted([
-        f"Process-1|worker 1 in {main_module}",
-        f"renamed worker2|worker 2 in {main_module}",
-    ])
+    assert sorted(records[1:-1]) == sorted(
+        [
+            f"Process-1|worker 1 in {main_module}",
+            f"renamed worker2|worker 2 in {main_module}",
+        ]
+    )
 
 
 # -- code defined in __main__ travels ---------------------------------------------------------------
@@ -216,7 +218,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("mode", ["script", "command", "stdin"])
-def test_lambdas_closures_and_classes_from_main_travel(start_method: str, tmp_path: Path, mode: str) -> None:
+def test_lambdas_closures_and_classes_from_main_travel(
+    start_method: str, tmp_path: Path, mode: str
+) -> None:
     out = _programs.run(MAIN_CODE_PROGRAM, start_method, tmp_path, mode=mode)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["49", "15", "-3", "25", "Point", "done 0"]

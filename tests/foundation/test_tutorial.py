@@ -166,8 +166,11 @@ def test_threads_versus_processes_program(
     start_method: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if importlib.util.find_spec("polyproc._sync") is None:
-        request.applymarker(pytest.mark.xfail(
-            strict=False, reason="needs polyproc.Lock, being built in src/polyproc/_sync"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=False, reason="needs polyproc.Lock, being built in src/polyproc/_sync"
+            )
+        )
     lines = _check(SHARING_PROGRAM, SHARING_OUTPUT, start_method, tmp_path)
     assert lines[-1] == "MainProcess: {'x': 0}"  # after both joins
 

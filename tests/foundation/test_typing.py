@@ -25,14 +25,12 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 def test_factories_show_real_signatures() -> None:
     pool = inspect.signature(polyproc.Pool)
-    assert list(pool.parameters)[:4] == ["processes", "initializer", "initargs",
-                                         "maxtasksperchild"]
+    assert list(pool.parameters)[:4] == ["processes", "initializer", "initargs", "maxtasksperchild"]
     assert "timeout" in pool.parameters and "max_memory_per_child" in pool.parameters
     assert "options" not in pool.parameters  # no ``**options: Any`` hiding the API
     assert "Pool" in str(pool.return_annotation)
     assert "processes" in (polyproc.Pool.__doc__ or "")
-    assert list(inspect.signature(polyproc.Barrier).parameters) == ["parties", "action",
-                                                                    "timeout"]
+    assert list(inspect.signature(polyproc.Barrier).parameters) == ["parties", "action", "timeout"]
     assert "Lock" in str(inspect.signature(polyproc.Lock).return_annotation)
     assert "Queue" in str(inspect.signature(polyproc.Queue).return_annotation)
     ctx = polyproc.get_context("spawn")
@@ -58,7 +56,7 @@ def test_help_shows_the_signature() -> None:
     assert "processes" in text and "maxtasksperchild" in text and "-> " in text
 
 
-_PROGRAM = '''
+_PROGRAM = """
     import polyproc
 
     def f(x: int) -> str:
@@ -76,7 +74,7 @@ _PROGRAM = '''
             reveal_type(polyproc.Pipe())
             reveal_type(polyproc.Manager())
             pool.mapp(f, [1])
-'''
+"""
 
 
 @pytest.mark.timeout(120)
@@ -89,16 +87,25 @@ def test_mypy_on_a_user_program(tmp_path: Path) -> None:
     config = tmp_path / "mypy.ini"
     # ``mypy_path``: this checkout's polyproc, not whichever one is installed.
     config.write_text(f"[mypy]\nignore_missing_imports = True\nmypy_path = {SRC}\n")
-    stdout, stderr, _status = api.run([
-        "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
-        "--no-error-summary", str(program),
-    ])
+    stdout, stderr, _status = api.run(
+        [
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-error-summary",
+            str(program),
+        ]
+    )
     out = stdout + stderr
     # Older mypy versions spell builtins in full ("builtins.list[builtins.int]").
-    revealed = [t.replace("builtins.", "")
-                for t in re.findall(r'Revealed type is "([^"]+)"', out)]
-    assert revealed[:4] == ["list[int]", "str", "polyproc._pool.results.IMapIterator[str]",
-                            "list[str]"], out
+    revealed = [t.replace("builtins.", "") for t in re.findall(r'Revealed type is "([^"]+)"', out)]
+    assert revealed[:4] == [
+        "list[int]",
+        "str",
+        "polyproc._pool.results.IMapIterator[str]",
+        "list[str]",
+    ], out
     assert revealed[4] == "polyproc._pool.pool.Pool", out
     assert revealed[5] == "polyproc._queues.Queue", out
     assert revealed[6] == "polyproc._sync.locks.Lock", out

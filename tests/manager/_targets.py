@@ -89,7 +89,7 @@ def bump(counter: Any, times: int) -> None:
 
 
 # -- the "queue server" pattern: separate programs, run with ``python -m`` ------------
-QUEUE_SERVER = r'''
+QUEUE_SERVER = r"""
 import queue, sys, ssl
 from polyproc.managers import BaseManager
 
@@ -107,9 +107,9 @@ m = QueueManager(address=("127.0.0.1", 0), authkey=sys.argv[1].encode(), ssl_con
 s = m.get_server()
 print(s.address[1], flush=True)
 s.serve_forever()
-'''
+"""
 
-QUEUE_CLIENT = r'''
+QUEUE_CLIENT = r"""
 import sys, ssl
 from polyproc.managers import BaseManager
 
@@ -129,7 +129,7 @@ if sys.argv[3] == "put":
         q.put(i)
 else:
     print(sorted(q.get(timeout=20) for _ in range(5)), flush=True)
-'''
+"""
 
 
 def env_with_src() -> dict[str, str]:

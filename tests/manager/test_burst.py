@@ -145,8 +145,11 @@ def test_a_plain_client_of_a_tls_manager_fails_at_once(tls_files: tuple[Path, Pa
         with pytest.raises(AuthenticationError, match="TLS expected"):
             plain.connect()
         assert time.monotonic() - start < 3
-        good = _targets.CounterManager(address=server.address, authkey=b"k",
-                                       ssl_context=ssl.create_default_context(cafile=str(cert)))
+        good = _targets.CounterManager(
+            address=server.address,
+            authkey=b"k",
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
         good.connect()
         assert good.Counter(1).increment() == 2
     finally:

@@ -37,8 +37,9 @@ KEY = b"hostile-test-key"
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    srv = Server(SyncManager._registry, default_address(), KEY, handshake_timeout=1.0,
-                 max_pending=32)
+    srv = Server(
+        SyncManager._registry, default_address(), KEY, handshake_timeout=1.0, max_pending=32
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -78,13 +79,16 @@ def _works(srv: Server) -> None:
         ch.close()
 
 
-@pytest.mark.parametrize("junk", [
-    b"GET / HTTP/1.1\r\n\r\n",
-    b"\x00" * 64,
-    pickle.dumps(("evil", 1)),
-    encode(Op.CALL, pickle.dumps((1, "append", (1,), None))),  # a call before authenticating
-    b"#CHALLENGE#" + b"x" * 40,
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x00" * 64,
+        pickle.dumps(("evil", 1)),
+        encode(Op.CALL, pickle.dumps((1, "append", (1,), None))),  # a call before authenticating
+        b"#CHALLENGE#" + b"x" * 40,
+    ],
+)
 def test_garbage_closes_only_that_connection(server: Server, junk: bytes) -> None:
     s = _raw(server)
     s.sendall(junk)
@@ -196,7 +200,7 @@ def test_decoder_reassembles_any_chunking(msgs: list[tuple[Op, bytes]], cuts: li
     pos, i = 0, 0
     while pos < len(data):
         step = cuts[i % len(cuts)]
-        dec.feed(data[pos:pos + step])
+        dec.feed(data[pos : pos + step])
         pos, i = pos + step, i + 1
         while (frame := dec.next_frame()) is not None:
             out.append(frame)
@@ -205,14 +209,16 @@ def test_decoder_reassembles_any_chunking(msgs: list[tuple[Op, bytes]], cuts: li
 
 
 @given(frames, st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
-def test_feed_frames_matches_feed_then_frames(msgs: list[tuple[Op, bytes]], cuts: list[int]) -> None:
+def test_feed_frames_matches_feed_then_frames(
+    msgs: list[tuple[Op, bytes]], cuts: list[int]
+) -> None:
     data = b"".join(encode(op, body) for op, body in msgs)
     dec = FrameDecoder(max_size=300)
     out: list[tuple[int, bytes]] = []
     pos, i = 0, 0
     while pos < len(data):
         step = cuts[i % len(cuts)]
-        out += dec.feed_frames(memoryview(data)[pos:pos + step])
+        out += dec.feed_frames(memoryview(data)[pos : pos + step])
         pos, i = pos + step, i + 1
     assert out == [(int(op), body) for op, body in msgs]
     assert dec.buffered() == 0
@@ -224,7 +230,7 @@ def test_decoder_on_garbage_raises_protocol_error_or_waits_bounded(data: bytes) 
     dec = FrameDecoder(max_size=auth.MAX_AUTH_FRAME)
     try:
         for i in range(0, len(data), 64):
-            dec.feed(data[i:i + 64])
+            dec.feed(data[i : i + 64])
             while dec.next_frame() is not None:
                 pass
             # never more than one (bounded) frame plus one read is buffered
@@ -292,7 +298,9 @@ class _Shared:
 
 def _shared_server() -> Server:
     if _Shared.server is None:
-        _Shared.server = Server(SyncManager._registry, default_address(), KEY, handshake_timeout=2.0)
+        _Shared.server = Server(
+            SyncManager._registry, default_address(), KEY, handshake_timeout=2.0
+        )
         _Shared.server.start()
     return _Shared.server  # type: ignore[no-any-return]
 

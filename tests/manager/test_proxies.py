@@ -90,7 +90,7 @@ def test_namespace_value_array(m: Any) -> None:
     assert str(v) == "Value('i', 7)"
     arr = m.Array("i", [1, 2, 3])
     arr[0] = 10
-    assert len(arr) == 3 and arr[0] == 10 and arr[:] .tolist() == [10, 2, 3]
+    assert len(arr) == 3 and arr[0] == 10 and arr[:].tolist() == [10, 2, 3]
 
 
 def test_queue_types(m: Any) -> None:
@@ -207,10 +207,12 @@ def test_proxies_in_child_processes(ctx: Any) -> None:
         d["inner"] = manager.list()
         q = manager.Queue()
         lock, counter = manager.Lock(), manager.Value("i", 0)
-        ps = [ctx.Process(target=_targets.write_nested, args=(d,)),
-              ctx.Process(target=_targets.put_in_queue, args=(q, "hi")),
-              ctx.Process(target=_targets.use_lock, args=(lock, counter, 50)),
-              ctx.Process(target=_targets.use_lock, args=(lock, counter, 50))]
+        ps = [
+            ctx.Process(target=_targets.write_nested, args=(d,)),
+            ctx.Process(target=_targets.put_in_queue, args=(q, "hi")),
+            ctx.Process(target=_targets.use_lock, args=(lock, counter, 50)),
+            ctx.Process(target=_targets.use_lock, args=(lock, counter, 50)),
+        ]
         for p in ps:
             p.start()
         assert q.get(timeout=30) == "hi"

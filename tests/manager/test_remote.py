@@ -59,7 +59,9 @@ def test_register_validates_method_to_typeid() -> None:
     assert "x" not in M._registry and "x" not in BaseManager._registry
 
 
-def _spawn_server(key: str, tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen[str], int]:
+def _spawn_server(
+    key: str, tls: tuple[Path, Path] | None = None
+) -> tuple[subprocess.Popen[str], int]:
     args = [sys.executable, "-c", _targets.QUEUE_SERVER, key]
     if tls is not None:
         args += [str(tls[0]), str(tls[1])]
@@ -69,12 +71,15 @@ def _spawn_server(key: str, tls: tuple[Path, Path] | None = None) -> tuple[subpr
     return proc, port
 
 
-def _client(port: int, key: str, action: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _client(
+    port: int, key: str, action: str, ca: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-c", _targets.QUEUE_CLIENT, str(port), key, action]
     if ca is not None:
         args.append(str(ca))
-    return subprocess.run(args, env=_targets.env_with_src(), capture_output=True, text=True,
-                          timeout=40)
+    return subprocess.run(
+        args, env=_targets.env_with_src(), capture_output=True, text=True, timeout=40
+    )
 
 
 @pytest.fixture
@@ -96,7 +101,9 @@ def servers() -> Iterator[list[subprocess.Popen[str]]]:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("use_tls", [False, True], ids=["tcp", "tls"])
-def test_remote_queue_server(use_tls: bool, servers: list[Any], request: pytest.FixtureRequest) -> None:
+def test_remote_queue_server(
+    use_tls: bool, servers: list[Any], request: pytest.FixtureRequest
+) -> None:
     tls = request.getfixturevalue("tls_files") if use_tls else None
     proc, port = _spawn_server("sekrit", tls)
     servers.append(proc)
@@ -146,7 +153,7 @@ def test_unknown_typeid_and_missing_server() -> None:
         lonely.connect()
 
 
-OWNER = r'''
+OWNER = r"""
 import sys, time
 import polyproc
 from polyproc.managers import SyncManager
@@ -155,13 +162,17 @@ m.start()
 l = m.list()
 print(m._process.pid, flush=True)
 time.sleep(120)
-'''
+"""
 
 
 @pytest.mark.timeout(60)
 def test_manager_process_dies_with_its_owner(start_method: str) -> None:
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, start_method],
-                             env=_targets.env_with_src(), stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, start_method],
+        env=_targets.env_with_src(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout is not None
         server_pid = int(owner.stdout.readline())

@@ -10,7 +10,7 @@ import pytest
 
 from ._targets import env_with_src
 
-PROGRAM = '''
+PROGRAM = """
 import logging
 import polyproc as multiprocessing
 import time
@@ -46,7 +46,7 @@ if __name__ == '__main__':
         logging.debug(l)
         logging.debug(d)
         logging.debug(n)
-'''
+"""
 
 
 @pytest.mark.timeout(60)
@@ -60,8 +60,14 @@ def test_tutorial_manager_program(start_method: str, tmp_path: Path) -> None:
     # processes may interleave them (the stdlib loses that update too, under load).
     # So: at most 3 runs; each must succeed, and any difference must be a lost update.
     for _attempt in range(3):
-        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                             text=True, timeout=15, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            cwd=tmp_path,
+        )
         assert out.returncode == 0, out.stderr
         lines = out.stderr.splitlines()
         if lines == expected:

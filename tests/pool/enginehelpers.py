@@ -86,7 +86,7 @@ class Tracked:
 
     def __del__(self) -> None:
         if os.getpid() == self.parent:
-            return   # the parent's own copies are not the subject
+            return  # the parent's own copies are not the subject
         try:
             fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError:

@@ -24,8 +24,9 @@ def _run(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess[s
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, HERE]))
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          env=env, timeout=50)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=50
+    )
 
 
 _STDLIB_FIRST = """
@@ -70,8 +71,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("program", [_STDLIB_FIRST, _STDLIB_LATER], ids=["first", "later"])
-def test_stdlib_broken_process_pool_catches_ours(tmp_path: Path, start_method: str,
-                                                 program: str) -> None:
+def test_stdlib_broken_process_pool_catches_ours(
+    tmp_path: Path, start_method: str, program: str
+) -> None:
     proc = _run(tmp_path, program, start_method)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")

@@ -30,7 +30,7 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(ctx: Any) -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as ex:
-        fut = ex.submit(c.identity, threading.Lock())      # no exception here
+        fut = ex.submit(c.identity, threading.Lock())  # no exception here
         assert isinstance(fut.exception(timeout=10), TypeError)
         fut = ex.submit(c.identity, c.ErrorAtPickle())
         with pytest.raises(pickle.PicklingError, match="Error in pickle"):
@@ -63,7 +63,7 @@ def test_cancel_futures_cancels_only_what_has_not_started(ctx: Any, tmp_path: Pa
     ex = ProcessPoolExecutor(1, mp_context=ctx)
     try:
         first = ex.submit(c.touch_then_wait, started, release)
-        assert c.wait_for_path(started)           # it runs in the worker now
+        assert c.wait_for_path(started)  # it runs in the worker now
         rest = [ex.submit(h.inc, i) for i in range(20)]
         ex.shutdown(wait=False, cancel_futures=True)
         Path(release).touch()
@@ -74,7 +74,7 @@ def test_cancel_futures_cancels_only_what_has_not_started(ctx: Any, tmp_path: Pa
     assert len(cancelled) >= 15, len(cancelled)
     for i, f in enumerate(rest):
         if not f.cancelled():
-            assert f.result(timeout=10) == i + 1   # started ones ran to the end
+            assert f.result(timeout=10) == i + 1  # started ones ran to the end
 
 
 def test_cancel_futures_at_once_spares_what_free_workers_take(ctx: Any) -> None:
@@ -101,7 +101,8 @@ def test_system_exit_while_pickling_a_result_reaches_the_future(ctx: Any) -> Non
 
 
 def test_a_result_that_fails_to_unpickle_fails_that_task_with_the_unpickling_error(
-        ctx: Any) -> None:
+    ctx: Any,
+) -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as ex:
         err = ex.submit(c.return_instance, c.ErrorAtUnpickle).exception(timeout=10)
         assert isinstance(err, pickle.UnpicklingError) and "error at unpickle" in str(err)
@@ -109,7 +110,7 @@ def test_a_result_that_fails_to_unpickle_fails_that_task_with_the_unpickling_err
         assert any("return_instance" in n for n in getattr(err, "__notes__", []))
         err = ex.submit(c.return_instance, c.ExitAtUnpickle).exception(timeout=10)
         assert isinstance(err, SerializationError) and isinstance(err.__cause__, SystemExit)
-        assert ex.submit(h.inc, 1).result(timeout=10) == 2   # same worker, same executor
+        assert ex.submit(h.inc, 1).result(timeout=10) == 2  # same worker, same executor
 
 
 def test_max_tasks_per_child_with_fork_is_a_value_error(ctx: Any) -> None:
@@ -147,15 +148,21 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("mode", ["keep", "drop"])
-def test_tasks_never_awaited_still_run_at_interpreter_exit(start_method: str, tmp_path: Path,
-                                                            mode: str) -> None:
+def test_tasks_never_awaited_still_run_at_interpreter_exit(
+    start_method: str, tmp_path: Path, mode: str
+) -> None:
     script = tmp_path / "prog.py"
     script.write_text(_EXIT_PROGRAM)
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.run([sys.executable, str(script), str(out), start_method, mode],
-                          capture_output=True, text=True, env=env, timeout=50)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), start_method, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=50,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == [f"f{i}" for i in range(6)], proc.stderr
     assert proc.stderr == "", proc.stderr
@@ -180,12 +187,18 @@ if __name__ == "__main__":
 """
 
 
-def test_submit_after_interpreter_shutdown_raises_runtime_error(start_method: str,
-                                                                tmp_path: Path) -> None:
+def test_submit_after_interpreter_shutdown_raises_runtime_error(
+    start_method: str, tmp_path: Path
+) -> None:
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(_SUBMIT_AT_EXIT))
     env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.run([sys.executable, str(script), start_method], capture_output=True,
-                          text=True, env=env, timeout=50)
+    proc = subprocess.run(
+        [sys.executable, str(script), start_method],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=50,
+    )
     assert "RuntimeError: cannot schedule new futures" in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "runtime-error"

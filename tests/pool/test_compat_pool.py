@@ -39,7 +39,7 @@ def test_imap_input_error_is_raised_by_next_at_its_position(ctx: Any, chunksize:
         assert [next(it) for _ in range(3)] == [0, 1, 4]
         with pytest.raises(c.SayWhenError) as info:
             next(it)
-        assert info.value.__cause__ is None   # the parent's own error, not a remote one
+        assert info.value.__cause__ is None  # the parent's own error, not a remote one
         with pytest.raises(StopIteration):
             next(it)
 
@@ -67,12 +67,12 @@ def test_imap_unordered_input_error_is_raised_by_next(ctx: Any) -> None:
         with pytest.raises(c.SayWhenError):
             for _ in range(10):
                 value = next(it)
-                expected.remove(value)   # only results of items before the error
+                expected.remove(value)  # only results of items before the error
 
 
 def test_map_and_starmap_over_a_failing_iterator_raise_its_error(ctx: Any) -> None:
     with Pool(2, context=ctx) as pool:
-        for _ in range(2):   # and again: the pool is not harmed
+        for _ in range(2):  # and again: the pool is not harmed
             with pytest.raises(c.SayWhenError):
                 pool.map(c.sqr, c.exception_throwing_generator(1, -1), 1)
         with pytest.raises(c.SayWhenError):
@@ -84,8 +84,9 @@ def test_map_and_starmap_over_a_failing_iterator_raise_its_error(ctx: Any) -> No
         with pytest.raises(c.SayWhenError):
             pool.map_async(c.sqr, c.exception_throwing_generator(10, 3)).get(timeout=10)
         with pytest.raises(c.SayWhenError):
-            pool.starmap_async(c.mul, ((x, x) for x in c.exception_throwing_generator(5, 2))
-                               ).get(timeout=10)
+            pool.starmap_async(c.mul, ((x, x) for x in c.exception_throwing_generator(5, 2))).get(
+                timeout=10
+            )
         assert pool.map(c.sqr, range(4)) == [0, 1, 4, 9]
 
 
@@ -160,12 +161,13 @@ def test_an_initializer_that_does_not_pickle_breaks_the_pool_with_that_cause(ctx
     pool = Pool(2, context=ctx, initializer=h.set_state, initargs=(lock,))
     try:
         if ctx.start_method == "fork":
-            assert pool.apply(h.inc, (1,)) == 2   # fork pickles nothing
+            assert pool.apply(h.inc, (1,)) == 2  # fork pickles nothing
             return
         with pytest.raises(BrokenProcessPool) as info:
             pool.apply(h.inc, (1,))
-        assert any(isinstance(e, TypeError) and "lock" in str(e) for e in _causes(info.value)) \
-            or "lock" in str(info.value), _causes(info.value)
+        assert any(
+            isinstance(e, TypeError) and "lock" in str(e) for e in _causes(info.value)
+        ) or "lock" in str(info.value), _causes(info.value)
         with pytest.raises(BrokenProcessPool):
             pool.apply_async(h.inc, (1,))
     finally:
@@ -178,7 +180,7 @@ def test_an_initializer_that_cannot_be_imported_breaks_the_pool(ctx: Any) -> Non
         pytest.skip("a forked child has every module its parent has")
     mod = types.ModuleType("polyproc_test_ghost")
     exec("def init():\n    pass\n", mod.__dict__)
-    sys.modules[mod.__name__] = mod   # pickled by reference; no child can import it
+    sys.modules[mod.__name__] = mod  # pickled by reference; no child can import it
     try:
         pool = Pool(2, context=ctx, initializer=mod.init)
         try:
@@ -194,7 +196,7 @@ def test_an_initializer_that_cannot_be_imported_breaks_the_pool(ctx: Any) -> Non
 # -- the error types users catch -----------------------------------------------------------
 def test_an_unpicklable_result_is_maybe_encoding_error(ctx: Any) -> None:
     with Pool(2, context=ctx) as pool:
-        for _ in range(3):   # the pool loses no worker over it
+        for _ in range(3):  # the pool loses no worker over it
             seen: list[BaseException] = []
             res = pool.apply_async(c.return_lock, error_callback=seen.append)
             with pytest.raises(MaybeEncodingError) as info:
@@ -255,7 +257,10 @@ def test_pool_module_exports_the_stdlib_names(ctx: Any) -> None:
     for name in ("RUN", "CLOSE", "TERMINATE", "MaybeEncodingError", "RemoteTraceback"):
         assert name in polyproc.pool.__all__ and hasattr(polyproc.pool, name)
     assert (polyproc.pool.RUN, polyproc.pool.CLOSE, polyproc.pool.TERMINATE) == (
-        "RUN", "CLOSE", "TERMINATE")
+        "RUN",
+        "CLOSE",
+        "TERMINATE",
+    )
     assert polyproc.pool.RemoteTraceback is RemoteTraceback
     pool = Pool(1, context=ctx)
     assert pool._state == polyproc.pool.RUN and len(pool._pool) == 1
@@ -270,5 +275,7 @@ def test_pool_module_exports_the_stdlib_names(ctx: Any) -> None:
         warnings.simplefilter("always")
         del pool
         gc.collect()
-    assert any(issubclass(w.category, ResourceWarning) and "unclosed running" in str(w.message)
-               for w in caught)
+    assert any(
+        issubclass(w.category, ResourceWarning) and "unclosed running" in str(w.message)
+        for w in caught
+    )

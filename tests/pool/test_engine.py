@@ -37,7 +37,7 @@ def test_abandoned_imap_over_an_endless_generator_lets_the_pool_close(ctx: Any) 
     del it
     gc.collect()
     pool.close()
-    pool.join()   # would wait forever if the endless job were still running
+    pool.join()  # would wait forever if the endless job were still running
 
 
 def test_a_callback_that_raises_does_not_stop_the_engine(ctx: Any, capsys: Any) -> None:
@@ -83,6 +83,7 @@ def test_a_dropped_pool_takes_its_workers_with_it(ctx: Any) -> None:
 def test_many_threads_submitting_at_once(ctx: Any) -> None:
     out: list[list[int]] = []
     with Pool(2, context=ctx) as pool:
+
         def user(k: int) -> None:
             results = [pool.apply_async(h.add, (i, k)) for i in range(200)]
             out.append([r.get(10) for r in results])

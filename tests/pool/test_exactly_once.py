@@ -38,7 +38,7 @@ class Killer:
     """
 
     def __init__(self, start_method: str, every: int = 97, seed: int = 1) -> None:
-        self.comm = WORKER_PREFIX[start_method][:15]   # the kernel's name: 15 chars
+        self.comm = WORKER_PREFIX[start_method][:15]  # the kernel's name: 15 chars
         self.every = every
         self.rng = random.Random(seed)
         self.kills = 0
@@ -49,13 +49,16 @@ class Killer:
         if self.seen % self.every:
             return
         try:
-            workers = [p for p in psutil.Process().children(recursive=True)
-                       if p.name().startswith(self.comm)]
+            workers = [
+                p
+                for p in psutil.Process().children(recursive=True)
+                if p.name().startswith(self.comm)
+            ]
         except psutil.Error:
             return
         if workers:
             try:
-                self.rng.choice(workers).kill()   # psutil checks the pid was not reused
+                self.rng.choice(workers).kill()  # psutil checks the pid was not reused
                 self.kills += 1
             except psutil.Error:
                 pass
@@ -73,8 +76,7 @@ def _expected(x: int) -> Any:
     return {0: x, 1: float(x), 2: str(x), 3: (x, "t")}[x % 4]
 
 
-def _check(outcomes: list[Any], runs: collections.Counter[int], kills: int,
-           retries: int) -> None:
+def _check(outcomes: list[Any], runs: collections.Counter[int], kills: int, retries: int) -> None:
     n = len(outcomes)
     assert set(runs) <= set(range(n))
     lost = [i for i, v in enumerate(outcomes) if isinstance(v, BaseException)]
@@ -97,8 +99,9 @@ N = 2000
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("retries", [0, 2])
-def test_pool_imap_under_a_killer_runs_each_task_once(start_method: str, ctx: Any,
-                                                     tmp_path: Any, retries: int) -> None:
+def test_pool_imap_under_a_killer_runs_each_task_once(
+    start_method: str, ctx: Any, tmp_path: Any, retries: int
+) -> None:
     path = tmp_path / "runs"
     outcomes: list[Any] = []
     with Pool(2, context=ctx, retries=retries) as pool:
@@ -114,13 +117,14 @@ def test_pool_imap_under_a_killer_runs_each_task_once(start_method: str, ctx: An
             killer.took_one()
         kills = killer.kills
     assert len(outcomes) == N
-    assert kills >= 3, kills   # the killer did its job
+    assert kills >= 3, kills  # the killer did its job
     _check(outcomes, _executions(path), kills, retries)
 
 
 @pytest.mark.timeout(180)
-def test_executor_submit_under_a_killer_runs_each_task_once(start_method: str, ctx: Any,
-                                                            tmp_path: Any) -> None:
+def test_executor_submit_under_a_killer_runs_each_task_once(
+    start_method: str, ctx: Any, tmp_path: Any
+) -> None:
     path = tmp_path / "runs"
     with futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         killer = Killer(start_method)

@@ -25,7 +25,8 @@ def test_submit_map_as_completed_wait(ctx: Any) -> None:
         assert isinstance(f, cf.Future) and f.result(10) == 3
         fs = [ex.submit(h.inc, i) for i in range(20)]
         assert sorted(x.result() for x in futures.as_completed(fs, timeout=10)) == list(
-            range(1, 21))
+            range(1, 21)
+        )
         done, pending = futures.wait(fs, timeout=10, return_when=futures.ALL_COMPLETED)
         assert len(done) == 20 and not pending
         # the stdlib's own helpers accept our futures
@@ -41,7 +42,7 @@ def test_submit_map_as_completed_wait(ctx: Any) -> None:
 
 def test_map_timeout_is_a_deadline_for_the_iteration(ctx: Any) -> None:
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        assert ex.submit(h.inc, 0).result() == 1   # workers up: the deadline is for map
+        assert ex.submit(h.inc, 0).result() == 1  # workers up: the deadline is for map
         it = ex.map(h.nap, [0, 1.0], timeout=0.3)
         assert next(it) == 0
         with pytest.raises(TimeoutError):
@@ -63,9 +64,9 @@ def test_task_timeout_and_dead_worker_do_not_break_the_executor(ctx: Any) -> Non
 
 def test_shutdown_cancel_futures_and_submit_after(ctx: Any) -> None:
     ex = ProcessPoolExecutor(1, mp_context=ctx)
-    assert ex.submit(h.inc, 0).result() == 1          # the worker is up
+    assert ex.submit(h.inc, 0).result() == 1  # the worker is up
     path_block = ex.submit(h.nap, 0.3)
-    while not path_block.running():                   # sent to the worker
+    while not path_block.running():  # sent to the worker
         time.sleep(0.001)
     queued = [ex.submit(h.double, i) for i in range(5)]  # unmeasured: held back, cancellable
     ex.shutdown(wait=True, cancel_futures=True)
@@ -92,8 +93,9 @@ def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
         with pytest.raises(ValueError, match="fork"):
             ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=2)
     else:
-        with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.set_state, initargs=(7,),
-                                 max_tasks_per_child=2) as ex:
+        with ProcessPoolExecutor(
+            1, mp_context=ctx, initializer=h.set_state, initargs=(7,), max_tasks_per_child=2
+        ) as ex:
             assert ex.submit(h.get_state).result() == 7
             pids = [ex.submit(h.pid_of).result() for _ in range(5)]
             assert len(set(pids)) >= 2
@@ -119,7 +121,8 @@ def test_map_progress_bar() -> None:
     out = io.StringIO()
     with ProcessPoolExecutor(2, mp_context=polyproc.get_context("fork")) as ex:
         assert list(ex.map(h.inc, range(10), progress={"file": out, "mininterval": 0})) == list(
-            range(1, 11))
+            range(1, 11)
+        )
     assert "10/10" in out.getvalue()
 
 
@@ -133,8 +136,17 @@ def test_many_separate_submits_are_batched_on_the_wire() -> None:
 
 
 def test_futures_module_mirrors_concurrent_futures() -> None:
-    for name in ("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CancelledError",
-                 "Future", "ThreadPoolExecutor", "as_completed", "wait", "BrokenExecutor"):
+    for name in (
+        "ALL_COMPLETED",
+        "FIRST_COMPLETED",
+        "FIRST_EXCEPTION",
+        "CancelledError",
+        "Future",
+        "ThreadPoolExecutor",
+        "as_completed",
+        "wait",
+        "BrokenExecutor",
+    ):
         assert getattr(futures, name) is getattr(cf, name)
     assert issubclass(futures.BrokenProcessPool, cf.BrokenExecutor)
     assert issubclass(futures.TimeoutError, TimeoutError)

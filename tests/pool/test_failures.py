@@ -34,7 +34,7 @@ def test_dead_worker_fails_only_its_task(ctx: Any, how: str, code: int) -> None:
         assert err.function == "die_on" and err.index == 0 and err.exitcode == code
         assert "3" in (err.argument or "") and "die_on" in str(err)
         assert [r.get(timeout=10) for i, r in enumerate(results) if i != 3] == [0, 10, 20, 40, 50]
-        assert pool.apply(h.inc, (1,)) == 2   # still usable
+        assert pool.apply(h.inc, (1,)) == 2  # still usable
         stats = pool.statistics()
         assert stats["lost"] == 1
 
@@ -141,8 +141,13 @@ def test_unpicklable_argument_fails_at_submit(ctx: Any) -> None:
         assert next(it) is None
 
 
-@pytest.mark.parametrize("fn,match", [(h.raise_unpicklable_exception, "could not be unpickled"),
-                                      (h.raise_unsendable_exception, "could not be pickled")])
+@pytest.mark.parametrize(
+    "fn,match",
+    [
+        (h.raise_unpicklable_exception, "could not be unpickled"),
+        (h.raise_unsendable_exception, "could not be pickled"),
+    ],
+)
 def test_exceptions_that_do_not_travel_are_clear_errors(ctx: Any, fn: Any, match: str) -> None:
     with Pool(1, context=ctx) as pool:
         with pytest.raises(SerializationError, match=match) as info:

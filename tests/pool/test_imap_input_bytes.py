@@ -63,12 +63,15 @@ def test_small_items_keep_the_item_credit() -> None:
     assert job.item_bytes and h.s._credit_limit(job) >= 64
 
 
-@pytest.mark.parametrize(("item", "expect"), [
-    (b"x" * 1000, 1000),
-    (bytearray(2000), 2000),
-    (memoryview(b"y" * 3000), 3000),
-    ("s" * 500, 500),
-])
+@pytest.mark.parametrize(
+    ("item", "expect"),
+    [
+        (b"x" * 1000, 1000),
+        (bytearray(2000), 2000),
+        (memoryview(b"y" * 3000), 3000),
+        ("s" * 500, 500),
+    ],
+)
 def test_item_size_estimate_of_buffers(item: Any, expect: int) -> None:
     assert scheduler._approx_bytes(item) == expect
 

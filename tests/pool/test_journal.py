@@ -49,8 +49,9 @@ def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] 
 
     probe = _Probe(reader, bid, sent)
     try:
-        rest = j.run(probe, 0, values, bid, flush, TaskError.capture,
-                     DEFAULT_SERIALIZER.dumps_bytes)
+        rest = j.run(
+            probe, 0, values, bid, flush, TaskError.capture, DEFAULT_SERIALIZER.dumps_bytes
+        )
         final = reader.recover(bid, len(sent), len(values))
     finally:
         j.close()
@@ -59,19 +60,39 @@ def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] 
     return probe, sent + jr.values_of(rest), None if final is None else sent + final
 
 
-VALUES = [0, -1, 2**63 - 1, -2**63, 2**70, 1.5, float("inf"), -0.0, None, True, False,
-          "text", "\udc80 surrogate", b"bytes", (1, "t"), (1, 2.5, None, True, b"b", 2**80),
-          (1, bytearray(b"x")), ((1,), 2), [1, 2], {"k": 1}, bytearray(b"ba")]
+VALUES = [
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**70,
+    1.5,
+    float("inf"),
+    -0.0,
+    None,
+    True,
+    False,
+    "text",
+    "\udc80 surrogate",
+    b"bytes",
+    (1, "t"),
+    (1, 2.5, None, True, b"b", 2**80),
+    (1, bytearray(b"x")),
+    ((1,), 2),
+    [1, 2],
+    {"k": 1},
+    bytearray(b"ba"),
+]
 
 
 def test_every_kind_round_trips_and_each_task_sees_exactly_its_predecessors() -> None:
     probe, out, final = _run(VALUES)
     assert out == VALUES
-    assert final == VALUES   # the whole batch committed
+    assert final == VALUES  # the whole batch committed
     for i, seen in enumerate(probe.seen):
-        assert seen == VALUES[:i], i   # when task i starts, tasks 0..i-1 are committed
+        assert seen == VALUES[:i], i  # when task i starts, tasks 0..i-1 are committed
     assert [type(v) for v in final] == [type(v) for v in VALUES]
-    assert type(final[-5][1]) is bytearray   # inside a tuple too: marshal would say bytes
+    assert type(final[-5][1]) is bytearray  # inside a tuple too: marshal would say bytes
 
 
 def test_a_result_too_big_for_the_area_is_flushed_before_the_next_task() -> None:
@@ -80,20 +101,21 @@ def test_a_result_too_big_for_the_area_is_flushed_before_the_next_task() -> None
     probe, out, final = _run(values)
     assert out == values
     assert final == values
-    assert probe.seen[3] == [1, 2, big]   # sent (PARTIAL) before task 3 began
+    assert probe.seen[3] == [1, 2, big]  # sent (PARTIAL) before task 3 began
 
 
 def test_more_tasks_than_slots_roll_over() -> None:
     values = list(range(jr.SLOTS * 2 + 5))
     probe, out, final = _run(values)
     assert out == values and final == values
-    assert probe.seen[jr.SLOTS + 3] == values[:jr.SLOTS + 3]
+    assert probe.seen[jr.SLOTS + 3] == values[: jr.SLOTS + 3]
 
 
 def test_a_result_with_an_fd_goes_on_the_channel() -> None:
     a, b = socket.socketpair()
     try:
         from polyproc._connection import Connection
+
         conn = Connection(a.detach())
         probe, out, final = _run([1, conn, 2])
         assert out[1] is conn and final is not None and final[1] is conn
@@ -129,11 +151,11 @@ def test_a_corrupt_journal_trusts_nothing_past_the_damage() -> None:
         j.tags[0] = jr.INT
         j.ivals[0] = 11
         j.tags[1] = jr.BLOB
-        j.ivals[1] = jr.AREA_SIZE + 1   # an offset past the area
+        j.ivals[1] = jr.AREA_SIZE + 1  # an offset past the area
         j.tags[2] = jr.INT
         assert reader.recover(5, 0) == [11]
         j.ivals[1] = 3
-        j.area[0:3] = b"zzz"            # not a pickle: that task's result is an error
+        j.area[0:3] = b"zzz"  # not a pickle: that task's result is an error
         got = reader.recover(5, 0)
         assert got is not None and got[0] == 11 and type(got[1]) is TaskError
     finally:

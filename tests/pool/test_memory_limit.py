@@ -22,7 +22,7 @@ MiB = 2**20
 @pytest.fixture
 def fat_parent() -> Any:
     block = bytearray(300 * MiB)
-    block[::4096] = b"\x01" * len(block[::4096])   # resident, not just reserved
+    block[::4096] = b"\x01" * len(block[::4096])  # resident, not just reserved
     yield block
     del block
 
@@ -36,8 +36,9 @@ def test_a_fat_parent_does_not_make_every_worker_fat(ctx: Any, fat_parent: Any) 
 
 
 @pytest.mark.timeout(120)
-def test_a_worker_that_grows_is_still_recycled_under_a_fat_parent(ctx: Any,
-                                                                 fat_parent: Any) -> None:
+def test_a_worker_that_grows_is_still_recycled_under_a_fat_parent(
+    ctx: Any, fat_parent: Any
+) -> None:
     # Each task keeps 40 MiB more: past 150 MiB of its own, the worker is replaced.
     with Pool(1, context=ctx, max_memory_per_child=150 * MiB) as pool:
         pids = [pool.apply(h.rss_hog, (i,)) for i in range(6)]

@@ -35,7 +35,7 @@ def test_apply_map_starmap_imap(ctx: Any) -> None:
         assert sorted(pool.imap_unordered(h.double, range(50))) == [x * 2 for x in range(50)]
         assert pool.starmap_async(h.add, [(1, 1)]).get(10) == [2]
         assert list(pool.imap(h.double, [])) == []
-        assert pool.map(lambda x: x - 1, [1, 2]) == [0, 1]   # lambdas travel by value
+        assert pool.map(lambda x: x - 1, [1, 2]) == [0, 1]  # lambdas travel by value
 
 
 def test_async_results_and_callbacks(ctx: Any) -> None:
@@ -60,7 +60,7 @@ def test_async_results_and_callbacks(ctx: Any) -> None:
             slow.successful()
         with pytest.raises(TimeoutError):
             slow.get(timeout=0.05)
-        with pytest.raises(polyproc.TimeoutError):   # the multiprocessing name works too
+        with pytest.raises(polyproc.TimeoutError):  # the multiprocessing name works too
             slow.get(timeout=0.01)
     # the callbacks ran (in the engine thread) before the results became ready
     assert got == [2, [2, 3]] and isinstance(errs[0], ValueError)
@@ -70,12 +70,12 @@ def test_close_join_terminate_and_closed_errors(ctx: Any) -> None:
     pool = Pool(2, context=ctx)
     r = pool.map_async(h.nap, [0.05, 0.05, 0.05])
     with pytest.raises(ValueError):
-        pool.join()              # still running
+        pool.join()  # still running
     pool.close()
     with pytest.raises(PoolClosedError):
         pool.apply_async(h.inc, (1,))
     with pytest.raises(ValueError):
-        pool.map(h.inc, [1])      # PoolClosedError is a ValueError, as in the stdlib
+        pool.map(h.inc, [1])  # PoolClosedError is a ValueError, as in the stdlib
     pool.join()
     assert r.get(0) == [0.05] * 3
     pool2 = Pool(2, context=ctx)
@@ -89,8 +89,11 @@ def test_close_join_terminate_and_closed_errors(ctx: Any) -> None:
 
 
 def test_worker_names_and_initializer(ctx: Any) -> None:
-    prefix = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
-              "forkserver": "ForkServerPoolWorker"}[ctx.start_method]
+    prefix = {
+        "fork": "ForkPoolWorker",
+        "spawn": "SpawnPoolWorker",
+        "forkserver": "ForkServerPoolWorker",
+    }[ctx.start_method]
     with Pool(2, h.set_state, ("ready",), context=ctx) as pool:
         assert pool.apply(h.get_state) == "ready"
         names = [w["name"] for w in pool.statistics()["workers"]]
@@ -125,10 +128,10 @@ def test_explicit_chunksize_is_honoured_and_auto_batches_grow(ctx: Any) -> None:
             orig(a)
 
         pool._engine._send_batch = spy  # type: ignore[method-assign]
-        pool.map(h.nap, [0.001] * 21, chunksize=7)   # slow enough: one chunk per batch
+        pool.map(h.nap, [0.001] * 21, chunksize=7)  # slow enough: one chunk per batch
         assert set(sent) == {7}
         sent.clear()
-        pool.map(h.inc, range(7000), chunksize=7)     # tiny: whole chunks, several a frame
+        pool.map(h.inc, range(7000), chunksize=7)  # tiny: whole chunks, several a frame
         assert all(n % 7 == 0 for n in sent) and max(sent) > 7
         sent.clear()
         assert pool.map(h.inc, range(200_000)) == list(range(1, 200_001))
@@ -192,7 +195,8 @@ def test_progress_bar_advances(ctx: Any) -> None:
     out = io.StringIO()
     with Pool(2, context=ctx) as pool:
         assert pool.map(h.inc, range(20), progress={"file": out, "mininterval": 0}) == list(
-            range(1, 21))
+            range(1, 21)
+        )
         assert "20/20" in out.getvalue()
         out2 = io.StringIO()
         assert list(pool.imap(h.inc, range(5), progress={"file": out2, "mininterval": 0}))
@@ -239,7 +243,7 @@ def test_thread_pool_and_dummy() -> None:
     from polyproc import dummy
     from polyproc.pool import ThreadPool as TP
 
-    lock = threading.Lock()   # no pickling with threads
+    lock = threading.Lock()  # no pickling with threads
     with ThreadPool(3) as pool:
         assert pool.map(lambda x: (x, lock.locked()), [1]) == [(1, False)]
         assert pool.apply(h.add, (1, 2)) == 3
@@ -316,15 +320,25 @@ _BODIES = {
 }
 
 
-def _run_tutorial(tmp_path: Path, method: str, body: str, n: int = 5, s: float = 0.4,
-                  mul: str = "") -> tuple[list[str], str, float, int]:
+def _run_tutorial(
+    tmp_path: Path, method: str, body: str, n: int = 5, s: float = 0.4, mul: str = ""
+) -> tuple[list[str], str, float, int]:
     script = tmp_path / "sample.py"
-    script.write_text(_PROGRAM.format(s=s, n=n, mul=mul, body=textwrap.indent(
-        textwrap.dedent(_BODIES[body]), " " * 8)))
+    script.write_text(
+        _PROGRAM.format(
+            s=s, n=n, mul=mul, body=textwrap.indent(textwrap.dedent(_BODIES[body]), " " * 8)
+        )
+    )
     env = dict(os.environ, PYTHONPATH=SRC, POLYPROC_START_METHOD=method)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=50, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=50,
+        cwd=tmp_path,
+    )
     elapsed = time.monotonic() - t0
     lines = [ln for ln in proc.stderr.splitlines() if ": " in ln and "Traceback" not in ln]
     return lines, proc.stderr, elapsed, proc.returncode
@@ -336,10 +350,14 @@ def test_tutorial_two_tasks_on_two_workers_finish_together(tmp_path: Path, metho
     assert rc == 0, err
     assert lines[0] == "MainProcess: executed", err
     starts = [ln.split(":")[0] for ln in lines if ln.endswith(": start")]
-    prefix = {"fork": "ForkPoolWorker-", "spawn": "SpawnPoolWorker-",
-              "forkserver": "ForkServerPoolWorker-"}[method]
-    assert len(starts) == 2 and len(set(starts)) == 2 and all(
-        s.startswith(prefix) for s in starts), err
+    prefix = {
+        "fork": "ForkPoolWorker-",
+        "spawn": "SpawnPoolWorker-",
+        "forkserver": "ForkServerPoolWorker-",
+    }[method]
+    assert (
+        len(starts) == 2 and len(set(starts)) == 2 and all(s.startswith(prefix) for s in starts)
+    ), err
     assert lines.count("MainProcess: 100") == 2
     assert elapsed < 0.6 * 2 + 1.0, elapsed
 
@@ -359,21 +377,34 @@ def test_tutorial_get_timeout_raises_and_exits_promptly(tmp_path: Path) -> None:
     assert elapsed < 4, elapsed
 
 
-@pytest.mark.parametrize("body,expect", [
-    ("apply", ["MainProcess: 200", "MainProcess: executed apply", "MainProcess: executed",
-               "MainProcess: 100", "MainProcess: 100"]),
-    ("map", ["MainProcess: executed", "MainProcess: [200, 400]"]),
-    ("map_async", ["MainProcess: executed", "MainProcess: [200, 400]"]),
-    ("imap", ["MainProcess: 200", "MainProcess: 400", "MainProcess: 600"]),
-])
+@pytest.mark.parametrize(
+    "body,expect",
+    [
+        (
+            "apply",
+            [
+                "MainProcess: 200",
+                "MainProcess: executed apply",
+                "MainProcess: executed",
+                "MainProcess: 100",
+                "MainProcess: 100",
+            ],
+        ),
+        ("map", ["MainProcess: executed", "MainProcess: [200, 400]"]),
+        ("map_async", ["MainProcess: executed", "MainProcess: [200, 400]"]),
+        ("imap", ["MainProcess: 200", "MainProcess: 400", "MainProcess: 600"]),
+    ],
+)
 def test_tutorial_blocking_and_async_calls(tmp_path: Path, body: str, expect: list[str]) -> None:
-    lines, err, elapsed, rc = _run_tutorial(tmp_path, "forkserver", body, s=0.3,
-                                            mul="" if body == "apply" else " * 2")
+    lines, err, elapsed, rc = _run_tutorial(
+        tmp_path, "forkserver", body, s=0.3, mul="" if body == "apply" else " * 2"
+    )
     assert rc == 0, err
     main = [ln for ln in lines if ln.startswith("MainProcess")]
     assert main == expect, err
     if body == "map":
         assert lines.index("MainProcess: executed") > max(
-            i for i, ln in enumerate(lines) if ln.endswith(": end"))
+            i for i, ln in enumerate(lines) if ln.endswith(": end")
+        )
     if body == "map_async":
         assert lines[0] == "MainProcess: executed"

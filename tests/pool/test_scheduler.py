@@ -53,7 +53,7 @@ class Harness:
     def __init__(self, processes: int = 2, **kw: Any) -> None:
         self.clock = Clock()
         self.s = Scheduler(processes, clock=self.clock, **kw)
-        self.out: dict[int, list[Any]] = {}    # id(job) -> values by index
+        self.out: dict[int, list[Any]] = {}  # id(job) -> values by index
         self.done: set[int] = set()
         self.sent: list[Send] = []
         self.spawned: list[int] = []
@@ -99,8 +99,9 @@ class Harness:
         sent, self.sent = self.sent, []
         return sent
 
-    def answer(self, send: Send, fn_: Any = lambda x: x * 2, busy: float = 0.001,
-               rss: int | None = None) -> None:
+    def answer(
+        self, send: Send, fn_: Any = lambda x: x * 2, busy: float = 0.001, rss: int | None = None
+    ) -> None:
         vals = [fn_(a) for a in send.batch.args]
         self.s.batch_done(send.wid, send.batch.bid, vals, busy, rss)
         self.drain()
@@ -189,7 +190,7 @@ def test_one_worker_runs_both_one_after_another() -> None:
     h.s.add_job(b)
     h.drain()
     sends = h.take_sends()
-    assert len(sends) == 1 and len(sends[0].batch) == 1   # unmeasured: one at a time
+    assert len(sends) == 1 and len(sends[0].batch) == 1  # unmeasured: one at a time
     h.answer(sends[0], busy=5.0)
     (s2,) = h.take_sends()
     assert s2.wid == 1
@@ -244,7 +245,7 @@ def test_ordered_results_wait_in_reorder_buffer() -> None:
     h.drain()
     s0, s1 = h.take_sends()
     h.answer(s1)
-    assert h.values(job) == []          # index 1 waits for index 0
+    assert h.values(job) == []  # index 1 waits for index 0
     h.answer(s0)
     assert h.values(job) == [0, 2]
 
@@ -439,10 +440,10 @@ def test_death_without_progress_isolates_to_find_the_culprit() -> None:
             break
         for snd in sends:
             assert len(snd.batch) == 1
-            if snd.batch.args == [3]:              # the culprit dies again, alone
+            if snd.batch.args == [3]:  # the culprit dies again, alone
                 h.s.worker_exited(wid, 1)
                 h.drain()
-                h.take_sends()                     # its window is requeued: drop stale sends
+                h.take_sends()  # its window is requeued: drop stale sends
                 wid += 1
                 break
             h.answer(snd)
@@ -640,11 +641,13 @@ def test_terminate_fails_outstanding_and_kills() -> None:
     workers=st.integers(1, 4),
     chunksize=st.one_of(st.none(), st.integers(1, 9)),
     ordered=st.booleans(),
-    script=st.lists(st.tuples(st.sampled_from(["answer", "die", "die_at"]), st.integers(0, 8)),
-                    max_size=200),
+    script=st.lists(
+        st.tuples(st.sampled_from(["answer", "die", "die_at"]), st.integers(0, 8)), max_size=200
+    ),
 )
-def test_every_task_ends_exactly_once(n: int, workers: int, chunksize: int | None,
-                                      ordered: bool, script: list[tuple[str, int]]) -> None:
+def test_every_task_ends_exactly_once(
+    n: int, workers: int, chunksize: int | None, ordered: bool, script: list[tuple[str, int]]
+) -> None:
     h = Harness(workers)
     h.ready_all()
     job = map_job(fn(est=1e-5), range(n), chunksize=chunksize, ordered=ordered)
@@ -685,6 +688,7 @@ def test_every_task_ends_exactly_once(n: int, workers: int, chunksize: int | Non
     vals = h.values(job)
     assert len(vals) == n
     for i, v in enumerate(vals):
-        assert v == 2 * i or (isinstance(v, TaskError)
-                              and isinstance(v.exception(), WorkerLostError))
+        assert v == 2 * i or (
+            isinstance(v, TaskError) and isinstance(v.exception(), WorkerLostError)
+        )
     assert h.s.idle()

@@ -39,10 +39,10 @@ def _sent_args(h: Harness) -> list[Any]:
 
 def test_finished_tasks_are_delivered_and_never_sent_again() -> None:
     h, job, s = _one_batch()
-    done = [f"r{i}" for i in range(4)]   # what the journal held, not what a re-run would give
+    done = [f"r{i}" for i in range(4)]  # what the journal held, not what a re-run would give
     h.s.worker_exited(s.wid, -9, recovered=Recovered(s.batch.bid, done))
     _restart(h)
-    assert _sent_args(h) == list(range(5, 10))    # only the ones that never started
+    assert _sent_args(h) == list(range(5, 10))  # only the ones that never started
     h.run_all()
     vals = h.values(job)
     assert vals[:4] == done
@@ -69,7 +69,7 @@ def test_the_running_task_is_retried_when_allowed() -> None:
     _restart(h)
     ran: list[int] = []
     h.run_all(fn_=lambda x: ran.append(x) or x * 2)
-    assert sorted(ran) == [2, 3, 4, 5]   # the running one again, and the rest: once each
+    assert sorted(ran) == [2, 3, 4, 5]  # the running one again, and the rest: once each
     assert h.values(job) == ["a", "b", 4, 6, 8, 10]
     assert h.s.stats["retried"] == 1
 
@@ -79,11 +79,11 @@ def test_a_batch_that_never_started_is_requeued_whole_then_cut_then_blamed() -> 
     h.s.worker_exited(s.wid, -9, recovered=Recovered(s.batch.bid, None))
     _restart(h)
     (again,) = h.take_sends()
-    assert again.batch.args == [0, 1, 2]            # nothing ran: all of it, nothing lost
+    assert again.batch.args == [0, 1, 2]  # nothing ran: all of it, nothing lost
     h.s.worker_exited(again.wid, -9, recovered=Recovered(again.batch.bid, None))
     _restart(h)
     first = h.take_sends()
-    assert [snd.batch.args for snd in first] == [[0]]   # now one at a time
+    assert [snd.batch.args for snd in first] == [[0]]  # now one at a time
     h.s.worker_exited(first[0].wid, -9, recovered=Recovered(first[0].batch.bid, None))
     _restart(h)
     h.run_all()

@@ -47,7 +47,7 @@ CALLS = {
     "imap": "next(pool.imap(slow, range(4)))",
     "join": "pool.map_async(slow, range(2)); pool.close(); pool.join()",
     "executor": "from polyproc.futures import ProcessPoolExecutor as E\n"
-                "    ex = E(2); settle(ex); ex.submit(slow, 1).result()",
+    "    ex = E(2); settle(ex); ex.submit(slow, 1).result()",
 }
 
 
@@ -55,11 +55,17 @@ def _run(tmp_path: Path, method: str, call: str) -> tuple[float, str, int, list[
     script = tmp_path / "prog.py"
     script.write_text(_PROGRAM.format(call=CALLS[call]))
     env = dict(os.environ, PYTHONPATH=SRC, POLYPROC_START_METHOD=method)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
-        assert proc.stdout.readline().strip() == "running"   # a worker is inside a task
+        assert proc.stdout.readline().strip() == "running"  # a worker is inside a task
         group = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
@@ -72,8 +78,11 @@ def _run(tmp_path: Path, method: str, call: str) -> tuple[float, str, int, list[
     deadline = time.monotonic() + 5
     left = group
     while left and time.monotonic() < deadline:
-        left = [pid for pid in group if psutil.pid_exists(pid)
-                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        left = [
+            pid
+            for pid in group
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
         time.sleep(0.02)
     return elapsed, err, proc.returncode, left
 

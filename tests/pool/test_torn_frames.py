@@ -45,8 +45,9 @@ def _check(got: list[Any], size: int) -> None:
 def test_pool_imap_survives_a_torn_result(ctx: Any, size: int, tmp_path: Any) -> None:
     marker = str(tmp_path / "killed")
     with Pool(2, context=ctx) as pool:
-        it = pool.imap(eh.die_while_sending_star, [(i, 5, size, marker) for i in range(20)],
-                       chunksize=1)
+        it = pool.imap(
+            eh.die_while_sending_star, [(i, 5, size, marker) for i in range(20)], chunksize=1
+        )
         got: list[Any] = []
         while True:
             try:
@@ -79,6 +80,7 @@ def test_executor_survives_a_torn_result(ctx: Any, size: int, tmp_path: Any) -> 
 def test_with_retries_every_item_arrives(ctx: Any, size: int, tmp_path: Any) -> None:
     marker = str(tmp_path / "killed")
     with Pool(2, context=ctx, retries=1) as pool:
-        out = pool.starmap(eh.die_while_sending, [(i, 5, size, marker) for i in range(20)],
-                           chunksize=1)
+        out = pool.starmap(
+            eh.die_while_sending, [(i, 5, size, marker) for i in range(20)], chunksize=1
+        )
         assert out == [_expected(i, size) for i in range(20)]

@@ -47,7 +47,7 @@ class Deaths:
 def fifo(tmp_path: Any) -> Any:
     path = str(tmp_path / "fifo")
     os.mkfifo(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a reader, so writers do not block
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so writers do not block
     yield path, Deaths(fd)
     os.close(fd)
 
@@ -60,7 +60,7 @@ def test_argument_and_result_die_after_the_task(ctx: Any, fifo: Any) -> None:
         pid, _result = pool.apply(eh.touch_and_return, (arg, "result"))
         assert fd.wait_for("arg") == pid
         assert fd.wait_for("result") == pid
-        assert pool.apply(eh.pid_of) == pid   # the same worker: it let go while idle
+        assert pool.apply(eh.pid_of) == pid  # the same worker: it let go while idle
 
 
 @pytest.mark.timeout(60)
@@ -72,7 +72,7 @@ def test_a_bound_method_and_its_object_die_after_the_task(ctx: Any, fifo: Any) -
         assert fd.wait_for("self") == pid
         # Still cached where it is safe: a module-level function, by name.
         assert pool.map(eh.pid_of, range(3)) == [pid] * 3
-        assert pool.apply(obj.method, (2,)) == pid   # sent again, works again
+        assert pool.apply(obj.method, (2,)) == pid  # sent again, works again
 
 
 @pytest.mark.timeout(60)
@@ -80,8 +80,9 @@ def test_map_arguments_die_after_their_batch(ctx: Any, fifo: Any) -> None:
     path, fd = fifo
     with Pool(1, context=ctx) as pool:
         args = [eh.Tracked(path, f"arg{i}", os.getpid()) for i in range(3)]
-        out = pool.starmap(eh.touch_and_return, [(a, f"res{i}") for i, a in enumerate(args)],
-                           chunksize=3)
+        out = pool.starmap(
+            eh.touch_and_return, [(a, f"res{i}") for i, a in enumerate(args)], chunksize=3
+        )
         pid = out[0][0]
         for i in range(3):
             assert fd.wait_for(f"arg{i}") == pid

@@ -62,7 +62,9 @@ def _pair() -> tuple[QueueEnd, QueueEnd]:
     return QueueEnd(a, b), QueueEnd(b, a)
 
 
-def _run_both(server_key: bytes, client_key: bytes) -> tuple[BaseException | None, BaseException | None]:
+def _run_both(
+    server_key: bytes, client_key: bytes
+) -> tuple[BaseException | None, BaseException | None]:
     s, c = _pair()
     errors: dict[str, BaseException | None] = {"server": None, "client": None}
 

@@ -244,7 +244,22 @@ def test_sync_suite_under_ctypes_fallback() -> None:
     here = Path(__file__).parent
     env = dict(os.environ, POLYPROC_NO_CEXT="1", PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-         str(here / "test_sync.py"), str(here / "test_semcore.py") + "::test_locks_use_the_extension_when_built"],
-        env=env, capture_output=True, text=True, timeout=110, cwd=here.parent.parent)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            str(here / "test_sync.py"),
+            str(here / "test_semcore.py") + "::test_locks_use_the_extension_when_built",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=here.parent.parent,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

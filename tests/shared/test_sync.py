@@ -196,7 +196,8 @@ def _proc_state(pid: int) -> str:
 
 def test_blocking_acquire_interruptible_by_ctrl_c(tmp_path) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "blocked.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys
         from polyproc._sync import Lock
         lock = Lock(); lock.acquire()
@@ -205,9 +206,12 @@ def test_blocking_acquire_interruptible_by_ctrl_c(tmp_path) -> None:  # type: ig
             lock.acquire()
         except KeyboardInterrupt:
             print("interrupted", flush=True)
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "blocking"
     # Signal only once it sleeps in acquire(): a SIGINT handled between the print and the

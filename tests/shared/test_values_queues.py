@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
-TUTORIAL = '''
+TUTORIAL = """
 import logging
 import polyproc as multiprocessing
 import time
@@ -45,7 +45,7 @@ if __name__ == '__main__':
     p2.join()
     logging.debug(num.value)
     logging.debug(arr[:])
-'''
+"""
 
 
 def _env(method: str) -> dict[str, str]:
@@ -55,8 +55,13 @@ def _env(method: str) -> dict[str, str]:
 def test_tutorial_value_array(tmp_path, start_method) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "tutorial_value_array.py"
     script.write_text(TUTORIAL)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=_env(start_method), timeout=50)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=_env(start_method),
+        timeout=50,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     assert "MainProcess: 2.0" in lines
@@ -226,15 +231,18 @@ def test_shared_memory_across_processes(ctx) -> None:  # type: ignore[no-untyped
 
 def test_named_segment_removed_after_owner_sigkill(tmp_path) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, signal
         from polyproc.shared_memory import SharedMemory
         s = SharedMemory(create=True, size=4096)
         print(s.name, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=_env("fork"), timeout=30)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env("fork"), timeout=30
+    )
     name = out.stdout.strip()
     assert name and out.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 10

@@ -18,9 +18,20 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["preparation_data", "prepare", "die_with_parent", "set_comm", "open_stdio",
-           "begin", "before_exit", "finish",
-           "check_not_bootstrapping", "BOOTSTRAP_ERROR", "log_spec", "install_log_forwarding"]
+__all__ = [
+    "preparation_data",
+    "prepare",
+    "die_with_parent",
+    "set_comm",
+    "open_stdio",
+    "begin",
+    "before_exit",
+    "finish",
+    "check_not_bootstrapping",
+    "BOOTSTRAP_ERROR",
+    "log_spec",
+    "install_log_forwarding",
+]
 
 #: The stdlib's words (multiprocessing/spawn.py), so searches for the message find the fix.
 BOOTSTRAP_ERROR = """
@@ -57,6 +68,7 @@ def check_not_bootstrapping() -> None:
     """
     if _Boot.importing_main:
         raise RuntimeError(BOOTSTRAP_ERROR)
+
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -139,7 +151,9 @@ def preparation_data() -> dict[str, Any]:
     spec = getattr(main, "__spec__", None)
     # CPython deletes ``__main__.__file__`` once the script has run (pymain), but a pool
     # may still start workers then (an executor finishing its work at exit): ask the loader.
-    path = getattr(main, "__file__", None) or getattr(getattr(main, "__loader__", None), "path", None)
+    path = getattr(main, "__file__", None) or getattr(
+        getattr(main, "__loader__", None), "path", None
+    )
     if spec is not None and spec.name not in ("__main__", "__mp_main__"):
         data["main_module"] = spec.name
     elif path and not path.endswith(("ipython", "<stdin>")) and os.path.exists(path):
@@ -238,4 +252,3 @@ def finish() -> None:
     import threading
 
     threading._shutdown()  # type: ignore[attr-defined]
-

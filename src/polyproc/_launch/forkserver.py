@@ -183,15 +183,29 @@ def _stdio_fds() -> list[int]:
 def start(spec: LaunchSpec) -> StatusPipeHandle:
     # The environment travels with each request: a child sees the client's os.environ
     # as it is now, as a spawn child does (the server's is the one it booted with).
-    return request(_CLIENT.lock, _CLIENT.connection, _CLIENT.my_pidfd, spec,
-                   env=dict(os.environ), preload=True, log=log_spec(),
-                   retry=_CLIENT.forget_dead_server)
+    return request(
+        _CLIENT.lock,
+        _CLIENT.connection,
+        _CLIENT.my_pidfd,
+        spec,
+        env=dict(os.environ),
+        preload=True,
+        log=log_spec(),
+        retry=_CLIENT.forget_dead_server,
+    )
 
 
-def request(lock: threading.Lock, connect: Callable[[], Connection], pidfd: Callable[[], int],
-            spec: LaunchSpec, *, env: dict[str, str] | None, preload: bool,
-            log: dict[str, Any] | None = None,
-            retry: Callable[[float], bool] | None = None) -> StatusPipeHandle:
+def request(
+    lock: threading.Lock,
+    connect: Callable[[], Connection],
+    pidfd: Callable[[], int],
+    spec: LaunchSpec,
+    *,
+    env: dict[str, str] | None,
+    preload: bool,
+    log: dict[str, Any] | None = None,
+    retry: Callable[[float], bool] | None = None,
+) -> StatusPipeHandle:
     """Ask a server (the forkserver, or a pool's template) for one child running ``spec``.
 
     ``retry(timeout)`` is asked, once, after a failed send: True if the server was
@@ -239,8 +253,11 @@ def _send_preload(conn: Connection) -> None:
     forking, instead of in every child (a pool worker would import the pool's modules)."""
     # Not the cluster backends: they import dask/ray (and with them the stdlib's
     # multiprocessing), which a locally forked worker never needs.
-    loaded = {name for name in sys.modules
-              if name.startswith("polyproc.") and not name.startswith("polyproc.backends")}
+    loaded = {
+        name
+        for name in sys.modules
+        if name.startswith("polyproc.") and not name.startswith("polyproc.backends")
+    }
     new = loaded - _CLIENT.preloaded
     if new:
         conn.send_payload(Payload(pickle.dumps(sorted(new))))  # a frame with no fds
@@ -321,7 +338,6 @@ class Server:
         if pidfd is not None and not self.pidfd_children.get(pidfd):
             self._close_pidfd(pidfd)
 
-
     def _request(self, fd: int) -> None:
         conn = self.clients[fd]
         try:
@@ -379,7 +395,9 @@ class Server:
                 except Exception:  # a module that cannot load here is simply left to the child
                     pass
 
-    def _become_child(self, payload: Payload, status_w: int, stdio: list[int], own: list[int]) -> None:
+    def _become_child(
+        self, payload: Payload, status_w: int, stdio: list[int], own: list[int]
+    ) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)

@@ -83,8 +83,9 @@ class ChildHandle:
                 os.close(self.sentinel)
                 self.sentinel = -1
 
-    def __del__(self, _getpid: Callable[[], int] = os.getpid,
-                _close: Callable[[int], None] = os.close) -> None:
+    def __del__(
+        self, _getpid: Callable[[], int] = os.getpid, _close: Callable[[int], None] = os.close
+    ) -> None:
         # A Process started, joined and dropped without close() must not leak its
         # sentinel (the stdlib's Popen frees it with a finalizer). Only in the process
         # that opened it: a fork child's copy may have been closed and its number reused.

@@ -53,8 +53,9 @@ class _Receiver:
 
                 self.sock, self.send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self.owner = os.getpid()
-                thread = threading.Thread(target=self._run, args=(self.sock,),
-                                          name="polyproc-log-receiver", daemon=True)
+                thread = threading.Thread(
+                    target=self._run, args=(self.sock,), name="polyproc-log-receiver", daemon=True
+                )
                 parkable(thread, self.lock)  # it handles records only under self.lock
                 thread.start()
             assert self.send_end is not None
@@ -80,7 +81,6 @@ class _Receiver:
                 except (BlockingIOError, OSError):
                     return
                 _handle(data)
-
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -167,8 +167,9 @@ class _Forward(logging.Handler):
             try:
                 data = pickle.dumps(attrs)
             except Exception:  # noqa: BLE001 - an attribute that does not pickle: keep the rest
-                data = pickle.dumps({k: v for k, v in attrs.items()
-                                     if isinstance(v, (str, int, float, type(None)))})
+                data = pickle.dumps(
+                    {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, type(None)))}
+                )
             self.sock.send(data)
         except OSError:
             pass  # the parent is gone: its child's records have nowhere to go

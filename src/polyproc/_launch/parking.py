@@ -31,7 +31,8 @@ class _Parking:
 
     def __init__(self) -> None:
         self.locks: weakref.WeakKeyDictionary[threading.Thread, threading.Lock] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
 
 _PARKING = _Parking()
@@ -108,8 +109,7 @@ def parked() -> Iterator[bool]:
             yield False  # a thread started while we parked the others
             return
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                    message=".*fork.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
             yield True
 
 

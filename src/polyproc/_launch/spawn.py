@@ -60,8 +60,12 @@ def start(spec: LaunchSpec) -> PidfdHandle:
     payload = spec.settings.serializer.dumps(spec.entry, what=spec.what)
     conn, handle = _SPARES.take()
     with launch_errors(handle), conn:
-        head = {"parent_pid": os.getpid(), "prep": preparation_data(), "env": dict(os.environ),
-                "log": log_spec()}
+        head = {
+            "parent_pid": os.getpid(),
+            "prep": preparation_data(),
+            "env": dict(os.environ),
+            "log": log_spec(),
+        }
         conn.send(_with_stdio(head))
         conn.send_payload(payload)
     return handle
@@ -161,15 +165,25 @@ def spawn_interpreter(tag: str) -> tuple[Connection, PidfdHandle]:
     if fd == 3:  # dup2(3, 3) would leave close-on-exec set and the child would lose it
         spare = os.dup(fd)
         fd = spare
-    argv = [sys.executable, *_interpreter_flags(), "-c", _BOOT.format(path=_PACKAGE_PARENT), tag,
-            str(os.getpid())]
+    argv = [
+        sys.executable,
+        *_interpreter_flags(),
+        "-c",
+        _BOOT.format(path=_PACKAGE_PARENT),
+        tag,
+        str(os.getpid()),
+    ]
     try:
         pid = on_launcher_thread(
             # SIGINT blocked from the first instruction: a Ctrl+C that lands while the
             # interpreter boots must not print a traceback (child_main unblocks it).
-            lambda: os.posix_spawn(sys.executable, argv, os.environ,
-                                   file_actions=[(os.POSIX_SPAWN_DUP2, fd, 3)],
-                                   setsigmask=[signal.SIGINT])
+            lambda: os.posix_spawn(
+                sys.executable,
+                argv,
+                os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, 3)],
+                setsigmask=[signal.SIGINT],
+            )
         )
     finally:
         theirs.close()

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["start", "Template", "for_pool", "parkable", "parked", "fork_here", "fork_is_safe"]
 
+
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):  # or the child prints the parent's buffer again
         try:
@@ -170,8 +171,7 @@ class Template:
     def start(self, spec: LaunchSpec) -> ChildHandle:
         from .forkserver import request
 
-        return request(self._lock, self._connect, self._my_pidfd, spec, env=None,
-                       preload=False)
+        return request(self._lock, self._connect, self._my_pidfd, spec, env=None, preload=False)
 
     def close(self) -> None:
         """End the template and reap it (its request loop ends on EOF of the boot socket)."""

@@ -25,7 +25,9 @@ class _LauncherThread:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = (
+            None
+        )
         self._owner_pid = 0
         self._busy = threading.Lock()  # held while a launch runs: see template.parkable
 
@@ -37,8 +39,12 @@ class _LauncherThread:
                 self._jobs = queue.SimpleQueue()
                 self._owner_pid = os.getpid()
                 self._busy = threading.Lock()
-                thread = threading.Thread(target=self._loop, args=(self._jobs, self._busy),
-                                          name="polyproc-launcher", daemon=True)
+                thread = threading.Thread(
+                    target=self._loop,
+                    args=(self._jobs, self._busy),
+                    name="polyproc-launcher",
+                    daemon=True,
+                )
                 parkable(thread, self._busy)
                 thread.start()
             jobs = self._jobs
@@ -50,8 +56,10 @@ class _LauncherThread:
         raise value
 
     @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]],
-              busy: threading.Lock) -> None:
+    def _loop(
+        jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]],
+        busy: threading.Lock,
+    ) -> None:
         while True:
             fn, reply = jobs.get()
             with busy:

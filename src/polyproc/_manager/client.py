@@ -43,8 +43,17 @@ from .wire import (
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Channel", "request", "post", "Ref", "release", "remember", "credentials_for",
-           "current_authkey", "adopt"]
+__all__ = [
+    "Channel",
+    "request",
+    "post",
+    "Ref",
+    "release",
+    "remember",
+    "credentials_for",
+    "current_authkey",
+    "adopt",
+]
 
 #: Seconds a connect plus handshake may take before the server is declared unreachable.
 CONNECT_TIMEOUT = 20.0
@@ -93,8 +102,13 @@ class Channel:
 
     __slots__ = ("address", "authkey", "fs")
 
-    def __init__(self, address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None,
-                 timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: Address,
+        authkey: bytes,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         from .._protocol import auth  # here, not at import: hmac costs 3 ms, start needs none
 
         self.address = address
@@ -104,7 +118,8 @@ class Channel:
             if ssl_context is not None:
                 host = address[0] if isinstance(address, tuple) else None
                 sock = ssl_context.wrap_socket(
-                    sock, server_hostname=host if ssl_context.check_hostname else None)
+                    sock, server_hostname=host if ssl_context.check_hostname else None
+                )
             fs = FrameSocket(sock)
             try:
                 if ssl_context is None:
@@ -113,10 +128,12 @@ class Channel:
             except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
                 raise AuthenticationError(
                     f"the manager at {address!r} closed the connection during the handshake "
-                    "(wrong authkey, or TLS expected?)") from exc
+                    "(wrong authkey, or TLS expected?)"
+                ) from exc
             except TimeoutError as exc:
-                raise AuthenticationError(f"the manager at {address!r} did not complete the "
-                                          "handshake in time") from exc
+                raise AuthenticationError(
+                    f"the manager at {address!r} did not complete the handshake in time"
+                ) from exc
             sock.settimeout(None)
         except BaseException:
             sock.close()
@@ -237,8 +254,11 @@ def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tu
             fs.send(op, body)
         rop, rbody = fs.recv()
         while rop == Op.ASYNC_ERROR:
-            warnings.warn(f"an earlier fire-and-forget manager call failed: {loads(rbody)}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"an earlier fire-and-forget manager call failed: {loads(rbody)}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             rop, rbody = fs.recv()
         return rop, rbody
     except BaseException as exc:

@@ -105,7 +105,9 @@ class Gate:
             while not self._stopping:
                 timeout = None
                 if self._pending:
-                    timeout = max(0.0, min(p.deadline for p in self._pending.values()) - time.monotonic())
+                    timeout = max(
+                        0.0, min(p.deadline for p in self._pending.values()) - time.monotonic()
+                    )
                 for key, mask in self._sel.select(timeout):
                     if key.data is _LISTEN:
                         self._accept_all()
@@ -140,9 +142,16 @@ class Gate:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 tls = self._ssl is not None
                 if self._ssl is not None:
-                    sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                p = _Pending(sock, time.monotonic() + self._timeout, auth.ServerHandshake(self._key), tls,
-                             FrameDecoder(auth.MAX_AUTH_FRAME))
+                    sock = self._ssl.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                p = _Pending(
+                    sock,
+                    time.monotonic() + self._timeout,
+                    auth.ServerHandshake(self._key),
+                    tls,
+                    FrameDecoder(auth.MAX_AUTH_FRAME),
+                )
                 if not tls:
                     p.out += encode(Op.AUTH, p.hs.first)
                 self._pending[sock] = p

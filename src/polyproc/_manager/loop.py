@@ -59,8 +59,18 @@ _NO_REPLY_OPS = (Op.CALL_ASYNC, Op.DECREF)
 class Conn:
     """One authenticated connection as the loop sees it."""
 
-    __slots__ = ("sock", "decoder", "frames", "out", "busy", "worker", "tls", "closed", "lock",
-                 "want_write")
+    __slots__ = (
+        "sock",
+        "decoder",
+        "frames",
+        "out",
+        "busy",
+        "worker",
+        "tls",
+        "closed",
+        "lock",
+        "want_write",
+    )
 
     def __init__(self, sock: socket.socket, leftover: bytes) -> None:
         self.sock = sock
@@ -178,7 +188,10 @@ class ServeLoop:
                         continue
                     if mask & select.EPOLLOUT:
                         self._flush(conn)
-                    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not conn.closed:
+                    if (
+                        mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
+                        and not conn.closed
+                    ):
                         self._read(conn)
                         ready.append(conn)
                 if len(ready) > 1:  # phase 1: see the module docstring
@@ -308,8 +321,9 @@ class ServeLoop:
         if want != conn.want_write:  # epoll_ctl only when the interest really changes
             conn.want_write = want
             try:
-                self._ep.modify(conn.sock.fileno(),
-                                select.EPOLLIN | (select.EPOLLOUT if want else 0))
+                self._ep.modify(
+                    conn.sock.fileno(), select.EPOLLIN | (select.EPOLLOUT if want else 0)
+                )
             except (ValueError, OSError):
                 pass
 

@@ -96,43 +96,51 @@ class BaseProxy:
         weakref.finalize(self, client.release, token.address, token.id, self._ref)
 
     # -- calling --------------------------------------------------------------
-    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (),
-                    kwds: Mapping[str, Any] | None = None) -> Any:
+    def _callmethod(
+        self, methodname: str, args: tuple[Any, ...] = (), kwds: Mapping[str, Any] | None = None
+    ) -> Any:
         """Call ``methodname`` on the referent and return its result (or raise its error)."""
         if self._serializer != "pickle":
             return _xmlrpc_call(self, methodname, args, kwds)
         return self._call(methodname, args, kwds)
 
-    def _call(self, methodname: str, args: tuple[Any, ...],
-              kwds: Mapping[str, Any] | None) -> Any:
+    def _call(self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None) -> Any:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
         if ref.owned:
             if methodname in self._async_methods_:
-                client.post(self._address, self._authkey,
-                            dumps((self._id, methodname, args, kwds or None)))
+                client.post(
+                    self._address, self._authkey, dumps((self._id, methodname, args, kwds or None))
+                )
                 return None
             op = Op.CALL
         else:
             op = Op.CALL_INCREF
-        rop, body = client.request(self._address, self._authkey, op,
-                                   dumps((self._id, methodname, args, kwds or None)))
+        rop, body = client.request(
+            self._address, self._authkey, op, dumps((self._id, methodname, args, kwds or None))
+        )
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()
             return loads(body)
         return self._unusual_reply(op, rop, body)
 
-    def _call_local(self, methodname: str, args: tuple[Any, ...],
-                    kwds: Mapping[str, Any] | None) -> Any:
+    def _call_local(
+        self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
+    ) -> Any:
         kind, value = self._local_server.call_local(self._id, methodname, args, kwds)
         if kind == "result":
             return value
         if kind == "proxy":
             ident, typeid, exposed = value
-            return make_proxy(Token(typeid, self._address, ident), self._manager_cls,
-                              self._manager, self._authkey, exposed)
+            return make_proxy(
+                Token(typeid, self._address, ident),
+                self._manager_cls,
+                self._manager,
+                self._authkey,
+                exposed,
+            )
         raise RemoteError(value)
 
     def _unusual_reply(self, op: int, rop: int, body: Any) -> Any:
@@ -144,8 +152,13 @@ class BaseProxy:
             raise loads(body)
         if rop == Op.PROXY:
             ident, typeid, exposed = loads(body)
-            return make_proxy(Token(typeid, self._address, ident), self._manager_cls,
-                              self._manager, self._authkey, exposed)
+            return make_proxy(
+                Token(typeid, self._address, ident),
+                self._manager_cls,
+                self._manager,
+                self._authkey,
+                exposed,
+            )
         raise RemoteError(f"unexpected reply {rop} from the manager at {self._address!r}")
 
     def _getvalue(self) -> Any:
@@ -171,8 +184,10 @@ class BaseProxy:
             # the server's own copy could be dropped (``d.clear()``) before the
             # receiver's first call takes one, and the object would be gone.
             server.incref(self._id)
-            return (RebuildProxy, (cls, self._token, self._serializer, kwds, key,
-                                   self._manager_cls, True))
+            return (
+                RebuildProxy,
+                (cls, self._token, self._serializer, kwds, key, self._manager_cls, True),
+            )
         return (RebuildProxy, (cls, self._token, self._serializer, kwds, key, self._manager_cls))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
@@ -189,9 +204,15 @@ class BaseProxy:
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def RebuildProxy(func: Callable[..., BaseProxy], token: Token, serializer: str,  # noqa: N802
-                 kwds: dict[str, Any], authkey: bytes | None = None,
-                 manager_cls: type | None = None, adopt: bool = False) -> BaseProxy:
+def RebuildProxy(
+    func: Callable[..., BaseProxy],
+    token: Token,
+    serializer: str,  # noqa: N802
+    kwds: dict[str, Any],
+    authkey: bytes | None = None,
+    manager_cls: type | None = None,
+    adopt: bool = False,
+) -> BaseProxy:
     """Unpickle a proxy: it takes its own reference on first use (or at once, in the server);
     ``adopt``: the sender (the server) took one for it already."""
     if authkey is not None and client.credentials_for(token.address)[0] is None:
@@ -201,8 +222,13 @@ def RebuildProxy(func: Callable[..., BaseProxy], token: Token, serializer: str, 
     return proxy
 
 
-def make_proxy(token: Token, manager_cls: type | None, manager: Any, authkey: bytes | None,
-               exposed: Iterable[str] | None) -> BaseProxy:
+def make_proxy(
+    token: Token,
+    manager_cls: type | None,
+    manager: Any,
+    authkey: bytes | None,
+    exposed: Iterable[str] | None,
+) -> BaseProxy:
     """A proxy for a reference the server just made for us (CREATE, or a PROXY result)."""
     proxytype: Any = None
     if manager_cls is not None:
@@ -211,14 +237,16 @@ def make_proxy(token: Token, manager_cls: type | None, manager: Any, authkey: by
     if proxytype is None:
         proxytype = AutoProxy
     serializer = getattr(manager, "_serializer", "pickle")
-    proxy: BaseProxy = proxytype(token, serializer, manager=manager, authkey=authkey,
-                                 exposed=exposed, incref=False)
+    proxy: BaseProxy = proxytype(
+        token, serializer, manager=manager, authkey=authkey, exposed=exposed, incref=False
+    )
     proxy._manager_cls = manager_cls
     return proxy
 
 
-def _xmlrpc_call(proxy: BaseProxy, methodname: str, args: tuple[Any, ...],
-                 kwds: Mapping[str, Any] | None) -> Any:
+def _xmlrpc_call(
+    proxy: BaseProxy, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
+) -> Any:
     """A call under ``serializer='xmlrpclib'``: values limited to XML-RPC's types, as the stdlib.
 
     Arguments and results go through ``xmlrpc.client``'s marshalling (tuples arrive
@@ -247,10 +275,14 @@ def _method(name: str) -> Callable[..., Any]:
     return method
 
 
-def MakeProxyType(name: str, exposed: Iterable[str],  # noqa: N802 - stdlib name
-                  _cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] | None = None,
-                  *, bases: tuple[type, ...] = (BaseProxy,), module: str | None = None
-                  ) -> type[BaseProxy]:
+def MakeProxyType(
+    name: str,
+    exposed: Iterable[str],  # noqa: N802 - stdlib name
+    _cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] | None = None,
+    *,
+    bases: tuple[type, ...] = (BaseProxy,),
+    module: str | None = None,
+) -> type[BaseProxy]:
     """A proxy class whose methods ``exposed`` forward to the referent."""
     exposed = tuple(exposed)
     key = (name, exposed)
@@ -258,8 +290,10 @@ def MakeProxyType(name: str, exposed: Iterable[str],  # noqa: N802 - stdlib name
         return _cache[key]
     namespace: dict[str, Any] = {name_: _method(name_) for name_ in exposed}
     namespace["_exposed_"] = exposed
-    namespace["__doc__"] = (f"Proxy whose methods ({', '.join(exposed) or 'none'}) "
-                            "call their namesakes on the managed object.")
+    namespace["__doc__"] = (
+        f"Proxy whose methods ({', '.join(exposed) or 'none'}) "
+        "call their namesakes on the managed object."
+    )
     # Pickled by reference: name the module that binds the class (the caller's).
     namespace["__module__"] = module or sys._getframe(1).f_globals.get("__name__", __name__)
     cls = type(name, bases, namespace)
@@ -278,9 +312,15 @@ class _AutoState:
 _auto = _AutoState()
 
 
-def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None,  # noqa: N802
-              authkey: bytes | None = None, exposed: Iterable[str] | None = None,
-              incref: bool = True, manager_owned: bool = False) -> BaseProxy:
+def AutoProxy(
+    token: Token,
+    serializer: str = "pickle",
+    manager: Any = None,  # noqa: N802
+    authkey: bytes | None = None,
+    exposed: Iterable[str] | None = None,
+    incref: bool = True,
+    manager_owned: bool = False,
+) -> BaseProxy:
     """A proxy for any object: its methods are those the server says it exposes."""
     if exposed is None:
         raise RemoteError(f"AutoProxy for {token.typeid!r} needs the exposed method list")
@@ -290,5 +330,12 @@ def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None,  # 
         cls = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed, module=__name__)
         cls._isauto = True
         _auto.cache[(token.typeid, exposed)] = cls
-    return cls(token, serializer, manager=manager, authkey=authkey, exposed=exposed,
-               incref=incref, manager_owned=manager_owned)
+    return cls(
+        token,
+        serializer,
+        manager=manager,
+        authkey=authkey,
+        exposed=exposed,
+        incref=incref,
+        manager_owned=manager_owned,
+    )

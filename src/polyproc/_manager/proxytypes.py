@@ -80,12 +80,33 @@ def make_array(typecode: str, sequence: Any, lock: bool = True) -> array.array[A
 # -- client side ---------------------------------------------------------------------
 _COMPARE = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
 
-BaseListProxy = MakeProxyType("BaseListProxy", (
-    "__add__", "__contains__", "__delitem__", "__getitem__", "__len__",
-    "__mul__", "__reversed__", "__rmul__", "__setitem__",
-    "append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove",
-    "reverse", "sort", "__imul__", *_COMPARE,
-))
+BaseListProxy = MakeProxyType(
+    "BaseListProxy",
+    (
+        "__add__",
+        "__contains__",
+        "__delitem__",
+        "__getitem__",
+        "__len__",
+        "__mul__",
+        "__reversed__",
+        "__rmul__",
+        "__setitem__",
+        "append",
+        "clear",
+        "copy",
+        "count",
+        "extend",
+        "index",
+        "insert",
+        "pop",
+        "remove",
+        "reverse",
+        "sort",
+        "__imul__",
+        *_COMPARE,
+    ),
+)
 
 
 class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
@@ -122,11 +143,34 @@ class ListProxy(BaseListProxy):  # type: ignore[misc,valid-type]
     __hash__ = None  # type: ignore[assignment]
 
 
-class DictProxy(MakeProxyType("DictProxy", (  # type: ignore[misc]
-    "__contains__", "__delitem__", "__getitem__", "__len__", "__setitem__", "__reversed__",
-    "clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
-    "__or__", "__ror__", "__ior__", "__iter__", *_COMPARE,
-))):
+class DictProxy(
+    MakeProxyType(  # type: ignore[misc]
+        "DictProxy",
+        (
+            "__contains__",
+            "__delitem__",
+            "__getitem__",
+            "__len__",
+            "__setitem__",
+            "__reversed__",
+            "clear",
+            "copy",
+            "get",
+            "items",
+            "keys",
+            "pop",
+            "popitem",
+            "setdefault",
+            "update",
+            "values",
+            "__or__",
+            "__ror__",
+            "__ior__",
+            "__iter__",
+            *_COMPARE,
+        ),
+    )
+):
     """A managed ``dict``; iterating is a server-side iterator (``keys()`` fetches all in one).
 
     ``d[k] = v`` does not wait for the server's reply (an unhashable key still raises
@@ -329,14 +373,37 @@ class BarrierProxy(BaseProxy):
         return bool(self._callmethod("__getattribute__", ("broken",)))
 
 
-QueueProxy = MakeProxyType("QueueProxy", (
-    "empty", "full", "get", "get_nowait", "put", "put_nowait", "qsize", "task_done", "join",
-))
+QueueProxy = MakeProxyType(
+    "QueueProxy",
+    (
+        "empty",
+        "full",
+        "get",
+        "get_nowait",
+        "put",
+        "put_nowait",
+        "qsize",
+        "task_done",
+        "join",
+    ),
+)
 
-_PoolBase = MakeProxyType("PoolProxy", (
-    "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async",
-    "starmap", "starmap_async", "terminate",
-))
+_PoolBase = MakeProxyType(
+    "PoolProxy",
+    (
+        "apply",
+        "apply_async",
+        "close",
+        "imap",
+        "imap_unordered",
+        "join",
+        "map",
+        "map_async",
+        "starmap",
+        "starmap_async",
+        "terminate",
+    ),
+)
 
 
 class PoolProxy(_PoolBase):  # type: ignore[misc,valid-type]

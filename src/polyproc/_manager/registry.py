@@ -63,10 +63,17 @@ class BaseManager:
 
     _registry: ClassVar[dict[str, TypeSpec]] = {}
 
-    def __init__(self, address: Address | None = None, authkey: bytes | None = None,
-                 serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
-                 ssl_context: ssl.SSLContext | None = None,
-                 handshake_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: Address | None = None,
+        authkey: bytes | None = None,
+        serializer: str = "pickle",
+        ctx: Any = None,
+        *,
+        shutdown_timeout: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"unknown serializer {serializer!r}: 'pickle' or 'xmlrpclib'")
         if authkey is None:
@@ -94,10 +101,15 @@ class BaseManager:
 
     # -- registering ------------------------------------------------------------------
     @classmethod
-    def register(cls, typeid: str, callable: Callable[..., Any] | None = None,
-                 proxytype: Any = None, exposed: Sequence[str] | None = None,
-                 method_to_typeid: Mapping[str, str] | None = None,
-                 create_method: bool = True) -> None:
+    def register(
+        cls,
+        typeid: str,
+        callable: Callable[..., Any] | None = None,
+        proxytype: Any = None,
+        exposed: Sequence[str] | None = None,
+        method_to_typeid: Mapping[str, str] | None = None,
+        create_method: bool = True,
+    ) -> None:
         """Make ``typeid`` available: ``manager.<typeid>(*args)`` returns a proxy."""
         if "_registry" not in cls.__dict__:
             cls._registry = dict(cls._registry)  # a subclass gets its own copy
@@ -109,10 +121,14 @@ class BaseManager:
             for key, value in method_to_typeid.items():
                 if not isinstance(key, str) or not isinstance(value, str):
                     raise TypeError(f"{key!r} -> {value!r}: method_to_typeid maps str to str")
-        cls._registry[typeid] = TypeSpec(callable, tuple(exposed) if exposed else None,
-                                         dict(method_to_typeid) if method_to_typeid else None,
-                                         proxytype)
+        cls._registry[typeid] = TypeSpec(
+            callable,
+            tuple(exposed) if exposed else None,
+            dict(method_to_typeid) if method_to_typeid else None,
+            proxytype,
+        )
         if create_method:
+
             def create(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
                 return self._create_proxy(typeid, args, kwds)
 
@@ -132,11 +148,17 @@ class BaseManager:
         self._move("get_server")
         if self._address is None:
             self._address = default_address()
-        return Server(self._registry, self._address, self._authkey, ssl_context=self._ssl,
-                      handshake_timeout=self._handshake_timeout)
+        return Server(
+            self._registry,
+            self._address,
+            self._authkey,
+            ssl_context=self._ssl,
+            handshake_timeout=self._handshake_timeout,
+        )
 
-    def start(self, initializer: Callable[..., Any] | None = None,
-              initargs: tuple[Any, ...] = ()) -> None:
+    def start(
+        self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()
+    ) -> None:
         """Start the server process and wait until it listens."""
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -146,8 +168,11 @@ class BaseManager:
             from .._launch.template import fork_is_safe
 
             ctx = get_context("fork" if fork_is_safe() else "forkserver")
-        if (ctx.start_method == "forkserver" and threading.active_count() == 1
-                and threading.current_thread() is threading.main_thread()):
+        if (
+            ctx.start_method == "forkserver"
+            and threading.active_count() == 1
+            and threading.current_thread() is threading.main_thread()
+        ):
             # The forkserver exists because forking a process that has threads can
             # deadlock the child on a lock another thread held. With no other thread
             # there is no such lock, and fork starts the server ~10x sooner than
@@ -163,13 +188,23 @@ class BaseManager:
         fork = ctx.start_method == "fork"
         ssl_context = self._ssl if fork else None
         process = process_class(ctx)(
-            target=serve_in_child, name=f"{type(self).__name__}-server",
-            args=(self._registry, address, self._authkey, ssl_context, initializer,
-                  tuple(initargs), SocketCarrier(control_child)),
-            kwargs={"handshake_timeout": self._handshake_timeout,
-                    "owner": SocketCarrier(owner_child),
-                    # a forked child inherits our ends too: it must close them
-                    "inherited": SocketCarrier(control, owner) if fork else None},
+            target=serve_in_child,
+            name=f"{type(self).__name__}-server",
+            args=(
+                self._registry,
+                address,
+                self._authkey,
+                ssl_context,
+                initializer,
+                tuple(initargs),
+                SocketCarrier(control_child),
+            ),
+            kwargs={
+                "handshake_timeout": self._handshake_timeout,
+                "owner": SocketCarrier(owner_child),
+                # a forked child inherits our ends too: it must close them
+                "inherited": SocketCarrier(control, owner) if fork else None,
+            },
         )
         process.daemon = True
         try:
@@ -183,8 +218,11 @@ class BaseManager:
             owner.close()
             self._abandon(process, control)
             if isinstance(exc, (EOFError, OSError)):
-                why = "did not report its address within 60 s" if isinstance(exc, TimeoutError) \
+                why = (
+                    "did not report its address within 60 s"
+                    if isinstance(exc, TimeoutError)
                     else f"died while starting: {exc}"
+                )
                 raise StartError(f"the manager process {why}") from exc
             raise
         if status != "ok":

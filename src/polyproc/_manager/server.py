@@ -57,9 +57,23 @@ _QUICK_OPS = frozenset({Op.DECREF, Op.PING, Op.STATS, Op.SHUTDOWN})
 #: Objects whose methods never block (run on the loop thread) ...
 _QUICK_TYPES = frozenset({list, dict, Namespace, Value, array.array})
 #: ... and constructors that never block (SyncManager's standard types).
-_QUICK_CREATORS = frozenset({list, dict, Namespace, Value, make_array, queue.Queue, threading.Event,
-                             threading.Lock, threading.RLock, threading.Semaphore,
-                             threading.BoundedSemaphore, threading.Condition, threading.Barrier})
+_QUICK_CREATORS = frozenset(
+    {
+        list,
+        dict,
+        Namespace,
+        Value,
+        make_array,
+        queue.Queue,
+        threading.Event,
+        threading.Lock,
+        threading.RLock,
+        threading.Semaphore,
+        threading.BoundedSemaphore,
+        threading.Condition,
+        threading.Barrier,
+    }
+)
 
 
 class TypeSpec(NamedTuple):
@@ -84,9 +98,17 @@ class Entry:
 class Server:
     """Owns the objects; serves them at ``address`` to clients that know ``authkey``."""
 
-    def __init__(self, registry: Mapping[str, TypeSpec], address: Address, authkey: bytes,
-                 serializer: str = "pickle", *, ssl_context: ssl.SSLContext | None = None,
-                 handshake_timeout: float = 10.0, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        registry: Mapping[str, TypeSpec],
+        address: Address,
+        authkey: bytes,
+        serializer: str = "pickle",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        max_pending: int = 256,
+    ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")
         self.registry = dict(registry)
@@ -97,8 +119,14 @@ class Server:
         self._ids = itertools.count(1)
         self._loop = ServeLoop(self.decode, self.run)
         self.stop_event = threading.Event()
-        self._gate = Gate(self._listener, authkey, self._on_ready, ssl_context=ssl_context,
-                          timeout=handshake_timeout, max_pending=max_pending)
+        self._gate = Gate(
+            self._listener,
+            authkey,
+            self._on_ready,
+            ssl_context=ssl_context,
+            timeout=handshake_timeout,
+            max_pending=max_pending,
+        )
         self._loop.others_busy = lambda: self._gate.pending > 0
         self._started = False
 
@@ -147,8 +175,12 @@ class Server:
 
     def statistics(self) -> dict[str, int]:
         """Objects held, connections served, handshakes refused (and pending)."""
-        return {"objects": len(self._objects), "connections": len(self._loop.conns),
-                "rejected": self._gate.rejected, "pending": self._gate.pending}
+        return {
+            "objects": len(self._objects),
+            "connections": len(self._loop.conns),
+            "rejected": self._gate.rejected,
+            "pending": self._gate.pending,
+        }
 
     # -- the table ---------------------------------------------------------------
     def _exposed(self, spec: TypeSpec, obj: Any) -> tuple[str, ...]:
@@ -164,7 +196,9 @@ class Server:
         m2t = spec.method_to_typeid
         if m2t is None and spec.proxytype is not None:
             m2t = getattr(spec.proxytype, "_method_to_typeid_", None)
-        entry = Entry(obj, typeid, frozenset(exposed), dict(m2t or {}), 1, type(obj) in _QUICK_TYPES)
+        entry = Entry(
+            obj, typeid, frozenset(exposed), dict(m2t or {}), 1, type(obj) in _QUICK_TYPES
+        )
         ident = next(self._ids)
         with self._lock:
             self._objects[ident] = entry
@@ -204,7 +238,9 @@ class Server:
             spec = self.registry.get(request[0]) if isinstance(request, tuple) and request else None
             return (spec is not None and spec.callable in _QUICK_CREATORS), request
         if op in (Op.CALL, Op.CALL_INCREF, Op.CALL_ASYNC):
-            entry = self._objects.get(request[0]) if isinstance(request, tuple) and request else None
+            entry = (
+                self._objects.get(request[0]) if isinstance(request, tuple) and request else None
+            )
             return (entry is None or entry.quick), request
         raise ProtocolError(f"unexpected {Op(op).name} frame from a client")
 
@@ -236,8 +272,10 @@ class Server:
             return encode(Op.FAULT, dumps(f"malformed request: {exc!r}"))
         entry = self._objects.get(ident)
         if entry is None:
-            text = (f"no object with id {ident!r} on this manager "
-                    "(released, or it belongs to another server)")
+            text = (
+                f"no object with id {ident!r} on this manager "
+                "(released, or it belongs to another server)"
+            )
             return encode(Op.ASYNC_ERROR if op == Op.CALL_ASYNC else Op.FAULT, dumps(text))
         if op == Op.CALL_INCREF:
             self.incref(ident)
@@ -269,8 +307,9 @@ class Server:
             return getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
         if method in _FALLBACKS:
             return obj if method == "#GETVALUE" else getattr(obj, method)()
-        raise MethodNotExposedError(f"method {method!r} of {type(obj)!r} object is not in "
-                                    f"the list of allowed methods")
+        raise MethodNotExposedError(
+            f"method {method!r} of {type(obj)!r} object is not in the list of allowed methods"
+        )
 
     def call_local(self, ident: int, method: str, args: Any, kwargs: Any) -> tuple[str, Any]:
         """A call from a proxy living in this very process (nested proxies): no socket."""
@@ -317,11 +356,19 @@ def _public(obj: Any) -> list[str]:
     return public_methods(obj)
 
 
-def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: bytes,
-                   ssl_context: ssl.SSLContext | None, initializer: Callable[..., Any] | None,
-                   initargs: tuple[Any, ...], control: SocketCarrier, *,
-                   handshake_timeout: float = 10.0, owner: SocketCarrier | None = None,
-                   inherited: SocketCarrier | None = None) -> None:
+def serve_in_child(
+    registry: Mapping[str, TypeSpec],
+    address: Address,
+    authkey: bytes,
+    ssl_context: ssl.SSLContext | None,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    control: SocketCarrier,
+    *,
+    handshake_timeout: float = 10.0,
+    owner: SocketCarrier | None = None,
+    inherited: SocketCarrier | None = None,
+) -> None:
     """The manager process's target: serve until the owner says stop, or goes away.
 
     ``control`` carries one socket: we send ``("ok", address)`` (or ``("error",
@@ -338,8 +385,9 @@ def serve_in_child(registry: Mapping[str, TypeSpec], address: Address, authkey: 
     if initializer is not None:
         initializer(*initargs)
     try:
-        server = Server(registry, address, authkey, ssl_context=ssl_context,
-                        handshake_timeout=handshake_timeout)
+        server = Server(
+            registry, address, authkey, ssl_context=ssl_context, handshake_timeout=handshake_timeout
+        )
     except BaseException as exc:
         _send_status(ctl, ("error", f"{type(exc).__name__}: {exc}"))
         raise

@@ -84,5 +84,6 @@ class SharedMemoryManager(SyncManager):
         super().shutdown()
 
 
-SharedMemoryManager.register("_SegmentNames", list, create_method=True,
-                             exposed=("append", "__getitem__", "__len__"))
+SharedMemoryManager.register(
+    "_SegmentNames", list, create_method=True, exposed=("append", "__getitem__", "__len__")
+)

@@ -50,6 +50,7 @@ class SyncManager(BaseManager):
     __module__ = "polyproc.managers"  # its public home: repr, pickle
 
     if TYPE_CHECKING:
+
         def Queue(self, maxsize: int = 0) -> Any: ...  # noqa: N802 - stdlib names
         def JoinableQueue(self, maxsize: int = 0) -> Any: ...  # noqa: N802
         def Event(self) -> EventProxy: ...  # noqa: N802
@@ -58,15 +59,27 @@ class SyncManager(BaseManager):
         def Semaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
         def BoundedSemaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
         def Condition(self, lock: Any = None) -> ConditionProxy: ...  # noqa: N802
-        def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
-                    timeout: float | None = None) -> BarrierProxy: ...
-        def Pool(self, processes: int | None = None, *args: Any,  # noqa: N802
-                 **kwds: Any) -> PoolProxy: ...
+        def Barrier(
+            self,
+            parties: int,
+            action: Callable[[], object] | None = None,  # noqa: N802
+            timeout: float | None = None,
+        ) -> BarrierProxy: ...
+        def Pool(
+            self,
+            processes: int | None = None,
+            *args: Any,  # noqa: N802
+            **kwds: Any,
+        ) -> PoolProxy: ...
         def list(self, sequence: Iterable[Any] = ..., /) -> ListProxy: ...
         def dict(self, mapping: Mapping[Any, Any] = ..., /, **kwargs: Any) -> DictProxy: ...
         def Value(self, typecode: Any, value: Any, lock: bool = True) -> ValueProxy: ...  # noqa: N802
-        def Array(self, typecode: str, sequence: Iterable[Any],  # noqa: N802
-                  lock: bool = True) -> Any: ...
+        def Array(
+            self,
+            typecode: str,
+            sequence: Iterable[Any],  # noqa: N802
+            lock: bool = True,
+        ) -> Any: ...
         def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
 
 

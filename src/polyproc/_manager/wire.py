@@ -107,6 +107,7 @@ class Spin:
         if seconds < REARM:
             self.budget = self.full
 
+
 Address = str | tuple[str, int]
 
 
@@ -187,7 +188,7 @@ class FrameDecoder:
             stop = pos + _HDR + length
             if stop > end:
                 break
-            out.append((op, bytes(buf[pos + _HDR:stop])))
+            out.append((op, bytes(buf[pos + _HDR : stop])))
             pos = stop
         if pos:
             del buf[:pos]
@@ -209,7 +210,7 @@ class FrameDecoder:
             stop = pos + _HDR + length
             if stop > end:
                 break
-            out.append((op, bytes(data[pos + _HDR:stop])))
+            out.append((op, bytes(data[pos + _HDR : stop])))
             pos = stop
         if pos < end:
             self._buf += data[pos:]
@@ -381,7 +382,8 @@ def connect_socket(address: Address, timeout: float | None) -> socket.socket:
     except (ConnectionRefusedError, FileNotFoundError) as exc:
         sock.close()
         raise ManagerUnavailableError(
-            errno.ECONNREFUSED, f"no manager server at {address!r} (never started, shut down or dead)"
+            errno.ECONNREFUSED,
+            f"no manager server at {address!r} (never started, shut down or dead)",
         ) from exc
     except OSError:
         sock.close()
@@ -409,8 +411,11 @@ def _connect_unix(sock: socket.socket, address: Address, timeout: float | None) 
     try:
         sock.connect(address)
     except BlockingIOError as exc:
-        raise TimeoutError(errno.ETIMEDOUT, f"the manager at {address!r} did not accept a "
-                           f"connection within {timeout} s (its backlog stayed full)") from exc
+        raise TimeoutError(
+            errno.ETIMEDOUT,
+            f"the manager at {address!r} did not accept a "
+            f"connection within {timeout} s (its backlog stayed full)",
+        ) from exc
     finally:
         if timeout is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(0, 0))
@@ -437,4 +442,6 @@ def listen_socket(address: Address, backlog: int = 128) -> tuple[socket.socket, 
 
 def broken(address: Address, exc: BaseException | None = None) -> BrokenResourceError:
     why = f": {exc}" if exc is not None and str(exc) else ""
-    return BrokenResourceError(errno.EPIPE, f"lost the connection to the manager at {address!r}{why}")
+    return BrokenResourceError(
+        errno.EPIPE, f"lost the connection to the manager at {address!r}{why}"
+    )

@@ -38,32 +38,49 @@ _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall pa
 class Handle:
     """One worker as the engine sees it: its process (or thread) and its channel."""
 
-    __slots__ = ("wid", "proc", "conn", "sock", "fd", "out", "fids", "name", "pid", "peak",
-                 "writing", "thread", "led", "watched", "journal", "partial", "partial_bid",
-                 "_poll")
+    __slots__ = (
+        "wid",
+        "proc",
+        "conn",
+        "sock",
+        "fd",
+        "out",
+        "fids",
+        "name",
+        "pid",
+        "peak",
+        "writing",
+        "thread",
+        "led",
+        "watched",
+        "journal",
+        "partial",
+        "partial_bid",
+        "_poll",
+    )
 
     def __init__(self, wid: int) -> None:
         self.wid = wid
         self.proc: Any = None
-        self.conn: Any = None                       # Connection: engine reads here
-        self.sock: socket.socket | None = None      # a dup of it: non-blocking writes
+        self.conn: Any = None  # Connection: engine reads here
+        self.sock: socket.socket | None = None  # a dup of it: non-blocking writes
         # The fd the selector watches: the dup's, never the Connection's. A Connection
         # closes itself on a torn frame; had its fd been the registered one, the epoll
         # entry would outlive it (the dup keeps the socket open) and the fd number,
         # reused by the next worker's pipe, would already be taken in the selector.
         self.fd = -1
         self.out: deque[tuple[memoryview, list[int], list[int]]] = deque()  # view, fds, close
-        self.fids: set[int] = set()                 # functions this worker has cached
+        self.fids: set[int] = set()  # functions this worker has cached
         self.name = f"worker {wid}"
         self.pid: int | None = None
         self.peak: int | None = None
         self.writing = False
         self.thread: ThreadWorker | None = None
-        self.led = False     # a waiting caller reads this channel (``lead``), not the engine
-        self.watched = 0     # the events the engine's selector has for the channel
+        self.led = False  # a waiting caller reads this channel (``lead``), not the engine
+        self.watched = 0  # the events the engine's selector has for the channel
         self._poll: Any = None
-        self.journal: Any = None   # the worker's commit journal (``journal.JournalReader``)
-        self.partial: list[Any] = []   # results of the head batch that came in PARTIAL messages
+        self.journal: Any = None  # the worker's commit journal (``journal.JournalReader``)
+        self.partial: list[Any] = []  # results of the head batch that came in PARTIAL messages
         self.partial_bid = 0
 
     def readable(self) -> bool:
@@ -76,7 +93,8 @@ class Handle:
     def watch(self, sel: selectors.BaseSelector) -> None:
         """Bring the selector's registration of the channel in line with our state."""
         want = (0 if self.led else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if self.writing else 0)
+            selectors.EVENT_WRITE if self.writing else 0
+        )
         if want == self.watched:
             return
         fd = self.fd
@@ -97,15 +115,17 @@ class Handle:
         p = serializer.dumps(msg, what="task arguments")
         if any(b.nbytes >= bulk.THRESHOLD for b in p.buffers):
             # Big arguments cross as memfds the worker maps (one memcpy, as Connection.send).
-            parts, fds, to_close = bulk.encode_frame(p.body, p.buffers, p.fds, encode_header,
-                                                     Kind.PICKLE)
+            parts, fds, to_close = bulk.encode_frame(
+                p.body, p.buffers, p.fds, encode_header, Kind.PICKLE
+            )
             self.out.append((memoryview(parts[0]), fds, to_close))
             for part in parts[1:]:
                 view = memoryview(part)
                 self.out.append((view.cast("B") if view.format != "B" else view, [], []))
         else:
-            head = encode_header(Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers],
-                                 nfds=len(p.fds))
+            head = encode_header(
+                Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers], nfds=len(p.fds)
+            )
             if len(p.body) < _COALESCE:
                 self.out.append((memoryview(head + p.body), list(p.fds), []))
             else:
@@ -140,8 +160,11 @@ class Handle:
             while out:
                 view, fds, to_close = out[0]
                 if fds:
-                    n = sock.sendmsg([view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                   _intarray(fds))], socket.MSG_DONTWAIT)
+                    n = sock.sendmsg(
+                        [view[:1]],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _intarray(fds))],
+                        socket.MSG_DONTWAIT,
+                    )
                     _close_all(to_close)  # the kernel holds its own references now
                     out[0] = (view[n:], [], [])
                     if not out[0][0].nbytes:

@@ -92,19 +92,32 @@ _dumps = pickle.dumps
 
 __all__ = ["Engine", "WORKER_PREFIX"]
 
-WORKER_PREFIX = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker",
-                 "forkserver": "ForkServerPoolWorker", "auto": "ForkPoolWorker"}
-_SMALL = 1 << 14     # a single task's message smaller than this skips the serializer
-_RSS_EVERY = 0.2       # seconds between RSS samples of busy workers (peak RSS on death)
+WORKER_PREFIX = {
+    "fork": "ForkPoolWorker",
+    "spawn": "SpawnPoolWorker",
+    "forkserver": "ForkServerPoolWorker",
+    "auto": "ForkPoolWorker",
+}
+_SMALL = 1 << 14  # a single task's message smaller than this skips the serializer
+_RSS_EVERY = 0.2  # seconds between RSS samples of busy workers (peak RSS on death)
 
 
 class Engine:
     """Runs one pool. Faces call ``post``/``add_job``/``close``/``terminate``/``join``."""
 
-    def __init__(self, processes: int, *, ctx: Any, threads: bool = False,
-                 initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (),
-                 maxtasksperchild: int | None = None, max_memory_per_child: int | None = None,
-                 window: int = 3, target_batch_s: float = 0.004) -> None:
+    def __init__(
+        self,
+        processes: int,
+        *,
+        ctx: Any,
+        threads: bool = False,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+        max_memory_per_child: int | None = None,
+        window: int = 3,
+        target_batch_s: float = 0.004,
+    ) -> None:
         self.ctx = ctx
         self.threads = threads
         # First, while the caller may still be single-threaded: a copy of it to fork
@@ -117,8 +130,9 @@ class Engine:
         self._plain = type(self.serializer) is Serializer and self.serializer.protocol == 5
         self.initializer = initializer
         self.initargs = tuple(initargs)
-        self.prefix = "ThreadPoolWorker" if threads else WORKER_PREFIX.get(
-            ctx.start_method, "PoolWorker")
+        self.prefix = (
+            "ThreadPoolWorker" if threads else WORKER_PREFIX.get(ctx.start_method, "PoolWorker")
+        )
         self.broken: BaseException | None = None
         # Set once the first workers' ``start()`` calls are done; ``start_error`` is the
         # first exception one raised (it broke the pool: the cause of every later error).
@@ -128,7 +142,7 @@ class Engine:
         # Held by whoever runs the scheduler: the engine thread, except while it waits in
         # select, when a caller may take it to send its own job (``add_job``).
         self._lock = threading.Lock()
-        self._direct = False   # the engine sleeps and a worker is idle
+        self._direct = False  # the engine sleeps and a worker is idle
         # The Future a caller's thread just sent itself, and its worker: that caller may
         # read the answer itself when it waits (``lead``), saving a wake-up.
         self._led: Any = None
@@ -143,14 +157,17 @@ class Engine:
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         self.finished = threading.Event()
         self._next_rss = 0.0
-        self.sched = Scheduler(processes, maxtasksperchild=maxtasksperchild,
-                               max_memory_per_child=max_memory_per_child, window=window,
-                               target_batch_s=target_batch_s)
+        self.sched = Scheduler(
+            processes,
+            maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
+            window=window,
+            target_batch_s=target_batch_s,
+        )
         ref = weakref.ref(self)
         self._atexit = lambda: _terminate_ref(ref)
         self._atexit_registered = False
-        self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self._lock)  # it runs Python code only holding _lock
         self.thread.start()  # last: the thread reads everything above
 
@@ -189,13 +206,20 @@ class Engine:
         self._drain_inbox()
         if sched.actions:
             self._act(True)
-        sent, self._last_send = self._last_send, None   # never keep a batch alive
-        if (sent is not None and type(job.sink) is PoolFuture and sent.batch.owners
-                and sent.batch.owners[-1] is job):
+        sent, self._last_send = self._last_send, None  # never keep a batch alive
+        if (
+            sent is not None
+            and type(job.sink) is PoolFuture
+            and sent.batch.owners
+            and sent.batch.owners[-1] is job
+        ):
             self._led, self._led_wid = job.sink, sent.wid
         self._direct = self._idle_worker()
-        if (len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING
-                or sched.actions):
+        if (
+            len(sched._deadlines) != deadlines
+            or sched.state is not PoolState.RUNNING
+            or sched.actions
+        ):
             self._wake()  # its select timeout must change, or it has work: let it run
 
     def _read_led(self, h: Handle) -> None:
@@ -207,8 +231,11 @@ class Engine:
             self._act(True)
         self._last_send = None
         self._direct = self._asleep and self._idle_worker()
-        if (len(sched._deadlines) != deadlines or sched.state is not PoolState.RUNNING
-                or sched.actions):
+        if (
+            len(sched._deadlines) != deadlines
+            or sched.state is not PoolState.RUNNING
+            or sched.actions
+        ):
             self._wake()
 
     def _wake(self) -> None:
@@ -228,7 +255,7 @@ class Engine:
     def _closed_error(self) -> BaseException:
         if self.broken is not None:
             err = BrokenProcessPool(str(self.broken))
-            err.__cause__ = self.broken   # and through it, why it broke
+            err.__cause__ = self.broken  # and through it, why it broke
             return err
         return PoolClosedError("Pool not running")
 
@@ -264,7 +291,7 @@ class Engine:
         lock.acquire()
         try:
             if sched.actions:
-                self._act()   # the first workers' starts
+                self._act()  # the first workers' starts
             self.started.set()
             while True:
                 if inbox:
@@ -359,7 +386,7 @@ class Engine:
                         _resolve(job.sink, v)
                     led = self._led
                     if led is not None and led.done():
-                        self._led = None   # answered: do not keep it (and its result) alive
+                        self._led = None  # answered: do not keep it (and its result) alive
                 elif t is Send:
                     self._send_batch(a)  # type: ignore[arg-type]
                 elif t is Deliver:
@@ -386,7 +413,7 @@ class Engine:
         if later:
             sched.actions.extend(later)
         if not caller:
-            self._last_send = None   # only a caller's direct send reads it
+            self._last_send = None  # only a caller's direct send reads it
 
     # -- workers: start, stop, kill, death ------------------------------------------------
     def _spawn(self, wid: int) -> None:
@@ -394,17 +421,20 @@ class Engine:
         self.handles[wid] = h
         if self.threads:
             h.name = f"{self.prefix}-{wid}"
-            h.thread = ThreadWorker(wid, h.name, self._post_from_thread, self.initializer,
-                                    self.initargs)
+            h.thread = ThreadWorker(
+                wid, h.name, self._post_from_thread, self.initializer, self.initargs
+            )
             h.thread.start()
             return
         ours, theirs = Pipe()
         try:
             from .._process import process_class  # ctx is Settings: data, no factories
 
-            proc = process_class(self.ctx)(target=worker_main, daemon=True,
-                                           args=(theirs, self.initializer, self.initargs,
-                                                 self.serializer))
+            proc = process_class(self.ctx)(
+                target=worker_main,
+                daemon=True,
+                args=(theirs, self.initializer, self.initargs, self.serializer),
+            )
             proc.name = proc.name.replace("Process", self.prefix)
             proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
             h.name = proc.name
@@ -487,8 +517,9 @@ class Engine:
             pass
         self.handles.pop(h.wid, None)
         if h.wid in self.sched.workers:
-            self.sched.worker_exited(h.wid, exitcode, peak_rss=h.peak, name=h.name,
-                                     recovered=recovered)
+            self.sched.worker_exited(
+                h.wid, exitcode, peak_rss=h.peak, name=h.name, recovered=recovered
+            )
 
     def _recover(self, h: Handle) -> Recovered | None:
         """What the dead worker's journal says about the head of its window (journal.py)."""
@@ -539,7 +570,7 @@ class Engine:
                 self._kill(h.wid)
                 return
             except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle here
-                self._unreadable_results(h, exc)   # (SystemExit from its reduce included)
+                self._unreadable_results(h, exc)  # (SystemExit from its reduce included)
             else:
                 self._on_message(h, msg)
             # Only what this Connection already buffered: epoll is level-triggered, so
@@ -567,7 +598,7 @@ class Engine:
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
             if type(values) is bytes:
-                values = values_of(values)   # an all-int batch: its int64s (journal.py)
+                values = values_of(values)  # an all-int batch: its int64s (journal.py)
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
             if h.partial:
@@ -575,7 +606,7 @@ class Engine:
                     values = h.partial + values
                 h.partial = []
             if not self._is_head(h.wid, bid):
-                return   # its batch was already failed (an earlier part did not unpickle)
+                return  # its batch was already failed (an earlier part did not unpickle)
             self.sched.batch_done(h.wid, bid, values, busy, rss)
         elif kind == PARTIAL:
             _, bid, values = msg
@@ -651,12 +682,17 @@ class Engine:
         if batch.owners is not None:
             args: list[Any] = [pack_single(j.blob) for j in batch.owners]
             packed = True
-            if self._plain and len(args) == 1 and type(args[0]) is bytes and (
-                    len(args[0]) + len(fn.blob if first else b"") < _SMALL):
+            if (
+                self._plain
+                and len(args) == 1
+                and type(args[0]) is bytes
+                and (len(args[0]) + len(fn.blob if first else b"") < _SMALL)
+            ):
                 # The round trip's case: one small pre-pickled task. Plain pickle, no scan
                 # for big buffers or fds (there can be none), one write.
-                h.queue_plain(_dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True,
-                                      args), 5), self.sel)
+                h.queue_plain(
+                    _dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True, args), 5), self.sel
+                )
                 return
         else:
             args, packed = batch.args, False
@@ -666,8 +702,18 @@ class Engine:
             per = nbytes / len(args)
             fn.nbytes = per if fn.nbytes is None else 0.7 * fn.nbytes + 0.3 * per
         except Exception as exc:  # noqa: BLE001 - some argument of a map will not pickle
-            self._queue(h, (TASKS, batch.bid, fid, blob, int(batch.mode), True,
-                            self._pack_each(args, packed, exc)))
+            self._queue(
+                h,
+                (
+                    TASKS,
+                    batch.bid,
+                    fid,
+                    blob,
+                    int(batch.mode),
+                    True,
+                    self._pack_each(args, packed, exc),
+                ),
+            )
 
     def _pack_each(self, args: list[Any], packed: bool, exc: BaseException) -> list[Any]:
         """Pickle each argument alone; the ones that fail become their task's error."""
@@ -679,7 +725,9 @@ class Engine:
                 continue
             try:
                 p = self.serializer.dumps(a, what="a task argument")
-                out.append((p.body, [pickle_buffer(b) for b in p.buffers], [fd_handle(f) for f in p.fds]))
+                out.append(
+                    (p.body, [pickle_buffer(b) for b in p.buffers], [fd_handle(f) for f in p.fds])
+                )
             except Exception as err:  # noqa: BLE001
                 out.append(TaskError.local(pickling_error(err)))  # the pickler's own error
         return out
@@ -708,7 +756,7 @@ class Engine:
             pass
 
     def _shutdown(self) -> None:
-        with self._lock:   # a leading caller may be reading a channel
+        with self._lock:  # a leading caller may be reading a channel
             self._close_all()
         if self.template is not None:
             self.template.close()

@@ -113,7 +113,7 @@ class ExecutorFuture(PoolFuture):
     def set_exception(self, exception: BaseException | None) -> None:
         if isinstance(exception, MaybeEncodingError) and exception.error is not None:
             inner = exception.error
-            inner.__cause__ = exception.__cause__   # the worker's traceback
+            inner.__cause__ = exception.__cause__  # the worker's traceback
             exception = inner
         super().set_exception(exception)
 
@@ -152,8 +152,10 @@ class ProcessPoolExecutor(Executor):
             mp_context = default_context()
         if max_tasks_per_child is not None and getattr(mp_context, "start_method", None) == "fork":
             # As the stdlib (cpython #90622): a replacement forked from a process with threads.
-            raise ValueError("max_tasks_per_child is incompatible with the 'fork' multiprocessing "
-                             "start method; supply a different mp_context.")
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                "start method; supply a different mp_context."
+            )
         self._task_timeout = task_timeout
         self._retries = retries
         self._progress = progress
@@ -162,9 +164,15 @@ class ProcessPoolExecutor(Executor):
         from ..backends import make_engine
 
         self._engine: Engine = make_engine(
-            backend, max_workers, ctx=mp_context, threads=False, initializer=initializer,
-            initargs=tuple(initargs), maxtasksperchild=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child)
+            backend,
+            max_workers,
+            ctx=mp_context,
+            threads=False,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            maxtasksperchild=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+        )
         self._max_workers = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         # Dropped without shutdown(): finish what was submitted, as the stdlib does.
@@ -175,9 +183,12 @@ class ProcessPoolExecutor(Executor):
     @property
     def _processes(self) -> dict[int, Any]:
         """``{pid: Process}`` of the live workers (code reads it to find or kill them)."""
-        self._engine.started.wait()   # the first workers' start() calls are done
-        return {h.pid: h.proc for h in list(self._engine.handles.values())
-                if h.proc is not None and h.pid is not None}
+        self._engine.started.wait()  # the first workers' start() calls are done
+        return {
+            h.pid: h.proc
+            for h in list(self._engine.handles.values())
+            if h.proc is not None and h.pid is not None
+        }
 
     @property
     def _mp_context(self) -> Any:
@@ -194,7 +205,8 @@ class ProcessPoolExecutor(Executor):
         if broken is not None:
             raise BrokenProcessPool(
                 "A child process terminated abruptly, the process pool is not usable anymore"
-                f": {broken}") from broken
+                f": {broken}"
+            ) from broken
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _exit.exiting:
@@ -206,8 +218,9 @@ class ProcessPoolExecutor(Executor):
         fut: Future[T] = ExecutorFuture()
         fut._engine = self._engine  # type: ignore[attr-defined]
         try:
-            job = self._sub.single(fn, args, kwargs, fut, timeout=self._task_timeout,
-                                   retries=self._retries, claim=True)
+            job = self._sub.single(
+                fn, args, kwargs, fut, timeout=self._task_timeout, retries=self._retries, claim=True
+            )
         except Exception as exc:  # noqa: BLE001 - it does not pickle: the future's error
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(exc)
@@ -215,9 +228,15 @@ class ProcessPoolExecutor(Executor):
         self._engine.add_job(job)
         return fut
 
-    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | None = None, task_timeout: float | None = None,
-            progress: Any = None) -> Iterator[T]:
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        task_timeout: float | None = None,
+        progress: Any = None,
+    ) -> Iterator[T]:
         """Lazy, ordered ``map``; ``timeout`` bounds the whole iteration, as in the stdlib."""
         self._check()
         if chunksize is not None and chunksize < 1:
@@ -226,16 +245,25 @@ class ProcessPoolExecutor(Executor):
         total = None
         if all(hasattr(i, "__len__") for i in iterables):
             total = min((len(i) for i in iterables), default=0)  # type: ignore[arg-type]
-        bar = make_progress(self._progress if progress is None else progress, total,
-                            getattr(fn, "__name__", "map"))
+        bar = make_progress(
+            self._progress if progress is None else progress, total, getattr(fn, "__name__", "map")
+        )
         engine = self._engine
         sched = engine.sched
         it: IMapIterator[Any] = IMapIterator(
-            lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline)
-        job = self._sub.many(fn, _Zipped(iterables, total), it.sink, star=True, ordered=True,
-                             credit=True, chunksize=chunksize,
-                             timeout=self._task_timeout if task_timeout is None else task_timeout,
-                             retries=self._retries)
+            lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline
+        )
+        job = self._sub.many(
+            fn,
+            _Zipped(iterables, total),
+            it.sink,
+            star=True,
+            ordered=True,
+            credit=True,
+            chunksize=chunksize,
+            timeout=self._task_timeout if task_timeout is None else task_timeout,
+            retries=self._retries,
+        )
         it.job = job
         engine.add_job(job)
         return _results(it, engine, job)
@@ -255,9 +283,17 @@ class ProcessPoolExecutor(Executor):
         sched = self._engine.sched
         stats: dict[str, Any] = dict(sched.stats)
         stats["workers"] = [
-            {"id": s.wid, "state": s.state.value, "tasks": s.done, "busy_s": s.busy,
-             "rss": s.rss, "peak_rss": s.peak_rss, "exitcode": s.exitcode}
-            for s in list(sched.workers.values()) + list(sched.finished_workers)]
+            {
+                "id": s.wid,
+                "state": s.state.value,
+                "tasks": s.done,
+                "busy_s": s.busy,
+                "rss": s.rss,
+                "peak_rss": s.peak_rss,
+                "exitcode": s.exitcode,
+            }
+            for s in list(sched.workers.values()) + list(sched.finished_workers)
+        ]
         return stats
 
 
@@ -297,9 +333,11 @@ def _cancel_pending(engine: Engine) -> None:
     would take now is left to run; everything behind it is cancelled.
     """
     sched = engine.sched
-    free = sum(1 for s in sched.workers.values()
-               if s.state in (WorkerState.STARTING, WorkerState.READY)
-               and not s.window and not s.exclusive)
+    free = sum(
+        1
+        for s in sched.workers.values()
+        if s.state in (WorkerState.STARTING, WorkerState.READY) and not s.window and not s.exclusive
+    )
     for job in list(sched.queue):
         if job.single and job.claim is not None and not job.sink.done():
             if free > 0:

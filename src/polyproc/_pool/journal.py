@@ -74,7 +74,7 @@ from .._serialize import fd_handle
 __all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "journal_fd", "values_of"]
 
 MAGIC = 0x706F6C796A726E31  # "polyjrn1"
-SLOTS = 4096                  # tasks per journal (a batch longer than this flushes)
+SLOTS = 4096  # tasks per journal (a batch longer than this flushes)
 SIZE = 1 << 20
 _HEADER = 64
 TAGS = _HEADER
@@ -88,11 +88,11 @@ _marshal = marshal.dumps
 _H_MAGIC, _H_BID, _H_BASE = 0, 1, 2
 _HEAD = struct.Struct("=3q")
 _ZEROS = bytes(SLOTS)
-UNSET = -(2**63)          # an int slot not yet written (an int result of this value is a blob)
+UNSET = -(2**63)  # an int slot not yet written (an int result of this value is a blob)
 _UNSET_FILL = struct.pack("=q", UNSET) * SLOTS
 _NOTHING: Any = object()
 
-ONE, STAR = 0, 1   # scheduler.Mode values, as plain ints (KW is anything else)
+ONE, STAR = 0, 1  # scheduler.Mode values, as plain ints (KW is anything else)
 
 
 def _rebuild_fd(fd: int) -> int:
@@ -139,14 +139,21 @@ class Journal:
         k = min(n - base + 1, SLOTS)
         if k > 0:
             self.tags[:k] = _ZEROS[:k]
-            self._words[:8 * k] = _UNSET_FILL[:8 * k]
+            self._words[: 8 * k] = _UNSET_FILL[: 8 * k]
         head = self._head
         head[_H_BASE] = base
-        head[_H_BID] = bid   # last: the journal now names this batch
+        head[_H_BID] = bid  # last: the journal now names this batch
 
-    def run(self, fn: Callable[..., Any], mode: int, args: list[Any], bid: int,
-            flush: Callable[[int, list[Any]], bool], capture: Callable[[BaseException], Any],
-            dumps: Callable[[Any], bytes]) -> list[Any] | bytes | None:
+    def run(
+        self,
+        fn: Callable[..., Any],
+        mode: int,
+        args: list[Any],
+        bid: int,
+        flush: Callable[[int, list[Any]], bool],
+        capture: Callable[[BaseException], Any],
+        dumps: Callable[[Any], bytes],
+    ) -> list[Any] | bytes | None:
         """Run one batch; return the values not yet sent (``None``: the channel is gone).
 
         The values come back as a list, or, when every one is an int that the journal
@@ -170,17 +177,26 @@ class Journal:
             if lo >= n:
                 return []
 
-    def _span(self, fn: Callable[..., Any], mode: int, args: list[Any], lo: int, hi: int,
-              bid: int, n: int, capture: Callable[[BaseException], Any],
-              dumps: Callable[[Any], bytes]) -> tuple[int, list[Any], Any]:
+    def _span(
+        self,
+        fn: Callable[..., Any],
+        mode: int,
+        args: list[Any],
+        lo: int,
+        hi: int,
+        bid: int,
+        n: int,
+        capture: Callable[[BaseException], Any],
+        dumps: Callable[[Any], bytes],
+    ) -> tuple[int, list[Any], Any]:
         """Run tasks ``lo..hi-1``, committing each. Stops early after a task whose result
         the journal cannot hold, returned as ``big`` (to be sent before the next task)."""
         self.begin(bid, lo, n)
         tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
-        others: list[Any] = []   # results that are not ints, floats, None or bools, in order
+        others: list[Any] = []  # results that are not ints, floats, None or bools, in order
         keep = others.append
         one = mode == ONE
-        pos = 0                  # end of the blobs in the area
+        pos = 0  # end of the blobs in the area
         j = -1
         for j, a in enumerate(args[lo:hi] if lo or hi < n else args):  # noqa: B007
             try:
@@ -217,7 +233,7 @@ class Journal:
                 try:
                     blob = v.encode()
                     kind = STR
-                except UnicodeEncodeError:   # lone surrogates: pickle keeps them
+                except UnicodeEncodeError:  # lone surrogates: pickle keeps them
                     blob = _blob(dumps, v, AREA_SIZE - pos)
             elif t is bytes and len(v) < AREA_SIZE - pos:
                 blob = v
@@ -236,7 +252,7 @@ class Journal:
             else:
                 blob = _blob(dumps, v, AREA_SIZE - pos)
             if blob is None or len(blob) > AREA_SIZE - pos:
-                return j + 1, others, v   # too big, or it needs fds: the channel takes it
+                return j + 1, others, v  # too big, or it needs fds: the channel takes it
             end = pos + len(blob)
             area[pos:end] = blob
             pos = end
@@ -287,7 +303,7 @@ def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
     """
     t = type(v)
     if (t is bytes or t is bytearray) and len(v) >= room:
-        return None   # do not copy a big buffer only to find it does not fit
+        return None  # do not copy a big buffer only to find it does not fit
     try:
         blob = _plain(v, 5)
     except BaseException:  # noqa: BLE001
@@ -327,8 +343,8 @@ class JournalReader:
         if magic != MAGIC or jbid != bid or not 0 <= base <= known:
             return None
         count = SLOTS if n is None else max(0, min(SLOTS, n - base))
-        tags = mm[TAGS:TAGS + count]
-        words = memoryview(mm[VALS:VALS + 8 * count])
+        tags = mm[TAGS : TAGS + count]
+        words = memoryview(mm[VALS : VALS + 8 * count])
         ivals, fvals = words.cast("q"), words.cast("d")
         out: list[Any] = []
         pos = 0
@@ -337,7 +353,7 @@ class JournalReader:
             if tag == EMPTY:
                 v: Any = ivals[j]
                 if v == UNSET:
-                    break   # the first task not committed: it was running
+                    break  # the first task not committed: it was running
             elif tag == INT:
                 v = ivals[j]
             elif tag == FLOAT:
@@ -351,8 +367,8 @@ class JournalReader:
             elif BLOB <= tag <= MARSHAL:
                 end = ivals[j]
                 if not pos <= end <= AREA_SIZE:
-                    break   # not a journal we wrote: trust nothing past here
-                data = mm[AREA + pos:AREA + end]
+                    break  # not a journal we wrote: trust nothing past here
+                data = mm[AREA + pos : AREA + end]
                 if tag == BYTES:
                     v = data
                 elif tag == STR:
@@ -389,5 +405,8 @@ def _loads(blob: bytes, marshalled: bool = False) -> Any:
     try:
         return marshal.loads(blob) if marshalled else pickle.loads(blob)
     except Exception as exc:  # noqa: BLE001 - the task's result, as its error
-        return TaskError.local(SerializationError(
-            f"a task's result, recovered from its dead worker, could not be unpickled here: {exc!r}"))
+        return TaskError.local(
+            SerializationError(
+                f"a task's result, recovered from its dead worker, could not be unpickled here: {exc!r}"
+            )
+        )

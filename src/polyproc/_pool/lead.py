@@ -76,7 +76,7 @@ def lead(engine: Engine, fut: Future[Any], timeout: float | None) -> float | Non
             return timeout
         h.led = True
         try:
-            h.watch(engine.sel)   # the engine no longer reads it
+            h.watch(engine.sel)  # the engine no longer reads it
             fd = os.dup(h.conn.fileno())
         except BaseException:
             h.led = False
@@ -99,12 +99,12 @@ def lead(engine: Engine, fut: Future[Any], timeout: float | None) -> float | Non
                 continue
             with lock:
                 if h.conn is None or h.conn.closed or not h.led:
-                    break   # the worker died: the engine has dealt with it
+                    break  # the worker died: the engine has dealt with it
                 engine._read_led(h)
     finally:
         os.close(fd)
         with lock:
             h.led = False
             if h.conn is not None and not h.conn.closed:
-                h.watch(engine.sel)   # level-triggered: unread bytes wake the engine
+                h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
     return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -35,8 +35,18 @@ from typing import Any
 
 from ..errors import MaybeEncodingError, RemoteTraceback, SerializationError
 
-__all__ = ["TASKS", "STOP", "READY", "INIT_FAILED", "RESULTS", "PARTIAL", "TaskError",
-           "pickling_error", "unpickling_error", "encoding_error"]
+__all__ = [
+    "TASKS",
+    "STOP",
+    "READY",
+    "INIT_FAILED",
+    "RESULTS",
+    "PARTIAL",
+    "TaskError",
+    "pickling_error",
+    "unpickling_error",
+    "encoding_error",
+]
 
 TASKS = 1
 STOP = 2
@@ -51,8 +61,9 @@ class TaskError:
 
     __slots__ = ("blob", "tb", "desc", "_exc")
 
-    def __init__(self, blob: bytes | None, tb: str, desc: str,
-                 exc: BaseException | None = None) -> None:
+    def __init__(
+        self, blob: bytes | None, tb: str, desc: str, exc: BaseException | None = None
+    ) -> None:
         self.blob = blob
         self.tb = tb
         self.desc = desc
@@ -96,7 +107,8 @@ class TaskError:
             return self._exc
         if self.blob is None:
             exc: BaseException = SerializationError(
-                f"the task raised {self.desc}, which could not be pickled to send back")
+                f"the task raised {self.desc}, which could not be pickled to send back"
+            )
         else:
             try:
                 exc = pickle.loads(self.blob)
@@ -104,7 +116,8 @@ class TaskError:
                     raise TypeError(f"not an exception: {type(exc).__name__}")
             except Exception as err:
                 exc = SerializationError(
-                    f"the task raised {self.desc}, which could not be unpickled here: {err!r}")
+                    f"the task raised {self.desc}, which could not be unpickled here: {err!r}"
+                )
         if self.tb:
             exc.__cause__ = RemoteTraceback(f'\n"""\n{self.tb}"""')
         self._exc = exc
@@ -158,7 +171,7 @@ def unpickling_error(exc: BaseException, fn_name: str) -> BaseException:
         if not notes or text not in notes:
             exc.add_note(text)
         return exc
-    err = SerializationError(f"{text[len('polyproc: '):]}: {exc!r}")
+    err = SerializationError(f"{text[len('polyproc: ') :]}: {exc!r}")
     err.__cause__ = exc
     return err
 
@@ -172,5 +185,5 @@ def encoding_error(exc: BaseException, value: Any) -> MaybeEncodingError:
     except Exception:  # noqa: BLE001
         travels = None
     wrapped = MaybeEncodingError(_safe_desc(err), _safe_desc(value), error=travels)
-    wrapped.__cause__ = err   # the worker's traceback text then shows where pickling failed
+    wrapped.__cause__ = err  # the worker's traceback text then shows where pickling failed
     return wrapped

@@ -45,9 +45,20 @@ from .results import (
 T = TypeVar("T")
 S = TypeVar("S")
 
-__all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "PoolState", "POOL_FACE_TRANSITIONS", "RUN", "CLOSE",
-           "TERMINATE"]
+__all__ = [
+    "Pool",
+    "ThreadPool",
+    "ApplyResult",
+    "AsyncResult",
+    "MapResult",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "PoolState",
+    "POOL_FACE_TRANSITIONS",
+    "RUN",
+    "CLOSE",
+    "TERMINATE",
+]
 
 
 class PoolState(enum.StrEnum):
@@ -99,7 +110,8 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if maxtasksperchild is not None and (
-                not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if context is None and not self._threads:
             from .._context import default_context
@@ -113,10 +125,17 @@ class Pool:
         from ..backends import make_engine
 
         self._engine: Engine = make_engine(
-            backend, processes, ctx=context, threads=self._threads, initializer=initializer,
-            initargs=tuple(initargs), maxtasksperchild=maxtasksperchild,
-            max_memory_per_child=max_memory_per_child, window=window,
-            target_batch_s=target_batch_s)
+            backend,
+            processes,
+            ctx=context,
+            threads=self._threads,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
+            window=window,
+            target_batch_s=target_batch_s,
+        )
         self._processes = self._engine.sched.processes
         self._sub = Submitter(self._engine)
         # A pool dropped without close/terminate must not leave workers behind.
@@ -143,13 +162,12 @@ class Pool:
         # As the stdlib: a pool dropped while running is a leak in the program (the
         # finalizer still kills its workers).
         if getattr(self, "_state", None) is _run:
-            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
-                  source=self)
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
 
     @property
     def _pool(self) -> list[Any]:
         """The live workers' ``Process`` (or ``Thread``) objects: the stdlib's attribute."""
-        self._engine.started.wait()   # the first workers' start() calls are done
+        self._engine.started.wait()  # the first workers' start() calls are done
         out: list[Any] = []
         for h in list(self._engine.handles.values()):
             if h.proc is not None:
@@ -159,118 +177,219 @@ class Pool:
         return out
 
     def __reduce__(self) -> Any:
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled")
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     # -- single tasks --------------------------------------------------------------------
-    def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
-              kwds: Mapping[str, Any] | None = None, *, timeout: float | None = None,
-              retries: int | None = None) -> T:
+    def apply(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
         return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
 
-    def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
-                    kwds: Mapping[str, Any] | None = None,
-                    callback: Callable[[T], object] | None = None,
-                    error_callback: Callable[[BaseException], object] | None = None, *,
-                    timeout: float | None = None, retries: int | None = None,
-                    ) -> ApplyResult[T]:
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
         self._check_running()
         fut = PoolFuture()
         fut._engine = self._engine
-        job = self._sub.single(func, tuple(args), dict(kwds or {}), fut,
-                               timeout=self._timeout if timeout is None else timeout,
-                               retries=self._retries if retries is None else retries,
-                               claim=False)
+        job = self._sub.single(
+            func,
+            tuple(args),
+            dict(kwds or {}),
+            fut,
+            timeout=self._timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
+            claim=False,
+        )
         result = ApplyResult(fut, callback, error_callback)
         self._engine.add_job(job)
         return result
 
     # -- maps ----------------------------------------------------------------------------
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
-                   chunksize: int | None, callback: Any, error_callback: Any,
-                   timeout: float | None, retries: int | None, progress: Any) -> MapResult[Any]:
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        star: bool,
+        chunksize: int | None,
+        callback: Any,
+        error_callback: Any,
+        timeout: float | None,
+        retries: int | None,
+        progress: Any,
+    ) -> MapResult[Any]:
         self._check_running()
         total = len(iterable) if isinstance(iterable, Sized) else None
-        bar = make_progress(self._progress if progress is None else progress, total,
-                            getattr(func, "__name__", "map"))
+        bar = make_progress(
+            self._progress if progress is None else progress,
+            total,
+            getattr(func, "__name__", "map"),
+        )
         result: MapResult[Any] = MapResult(callback, error_callback, bar)
-        job = self._sub.many(func, iterable, result, star=star, ordered=False, credit=False,
-                             chunksize=chunksize,
-                             timeout=self._timeout if timeout is None else timeout,
-                             retries=self._retries if retries is None else retries)
+        job = self._sub.many(
+            func,
+            iterable,
+            result,
+            star=star,
+            ordered=False,
+            credit=False,
+            chunksize=chunksize,
+            timeout=self._timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
+        )
         self._engine.add_job(job)
         return result
 
-    def map(self, func: Callable[[S], T], iterable: Iterable[S],
-            chunksize: int | None = None, *, timeout: float | None = None,
-            retries: int | None = None, progress: Any = None) -> list[T]:
+    def map(
+        self,
+        func: Callable[[S], T],
+        iterable: Iterable[S],
+        chunksize: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> list[T]:
         """``list(map(func, iterable))`` in the workers, in order."""
-        out: list[T] = self._map_async(func, iterable, False, chunksize, None, None, timeout,
-                                         retries, progress).get()
+        out: list[T] = self._map_async(
+            func, iterable, False, chunksize, None, None, timeout, retries, progress
+        ).get()
         return out
 
-    def map_async(self, func: Callable[[S], T], iterable: Iterable[S],
-                  chunksize: int | None = None,
-                  callback: Callable[[list[T]], object] | None = None,
-                  error_callback: Callable[[BaseException], object] | None = None, *,
-                  timeout: float | None = None, retries: int | None = None,
-                  progress: Any = None) -> MapResult[T]:
+    def map_async(
+        self,
+        func: Callable[[S], T],
+        iterable: Iterable[S],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> MapResult[T]:
         """Start ``map``; the result's ``get()`` is the whole list, or the first error."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback,
-                               timeout, retries, progress)
+        return self._map_async(
+            func, iterable, False, chunksize, callback, error_callback, timeout, retries, progress
+        )
 
-    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None, *, timeout: float | None = None,
-                retries: int | None = None, progress: Any = None) -> list[T]:
+    def starmap(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> list[T]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
-        out: list[T] = self._map_async(func, iterable, True, chunksize, None, None, timeout,
-                                         retries, progress).get()
+        out: list[T] = self._map_async(
+            func, iterable, True, chunksize, None, None, timeout, retries, progress
+        ).get()
         return out
 
-    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                      chunksize: int | None = None,
-                      callback: Callable[[list[T]], object] | None = None,
-                      error_callback: Callable[[BaseException], object] | None = None, *,
-                      timeout: float | None = None, retries: int | None = None,
-                      progress: Any = None) -> MapResult[T]:
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> MapResult[T]:
         """Start ``starmap``; the result's ``get()`` is the whole list, or the first error."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback,
-                               timeout, retries, progress)
+        return self._map_async(
+            func, iterable, True, chunksize, callback, error_callback, timeout, retries, progress
+        )
 
-    def _imap(self, cls: type[IMapIterator[Any]], func: Callable[..., Any],
-              iterable: Iterable[Any], chunksize: int | None, timeout: float | None,
-              retries: int | None, progress: Any, star: bool = False,
-              deadline: float | None = None) -> IMapIterator[Any]:
+    def _imap(
+        self,
+        cls: type[IMapIterator[Any]],
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int | None,
+        progress: Any,
+        star: bool = False,
+        deadline: float | None = None,
+    ) -> IMapIterator[Any]:
         self._check_running()
         total = len(iterable) if isinstance(iterable, Sized) else None
-        bar = make_progress(self._progress if progress is None else progress, total,
-                            getattr(func, "__name__", "imap"))
+        bar = make_progress(
+            self._progress if progress is None else progress,
+            total,
+            getattr(func, "__name__", "imap"),
+        )
         engine = self._engine
         sched = engine.sched
-        it = cls(lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline,
-                 lambda j: engine.post(_star, (sched.cancel, j)))
-        job = self._sub.many(func, iterable, it.sink, star=star, ordered=cls is IMapIterator,
-                             credit=True, chunksize=chunksize,
-                             timeout=self._timeout if timeout is None else timeout,
-                             retries=self._retries if retries is None else retries)
+        it = cls(
+            lambda job, n: engine.post(_star, (sched.consumed, job, n)),
+            bar,
+            deadline,
+            lambda j: engine.post(_star, (sched.cancel, j)),
+        )
+        job = self._sub.many(
+            func,
+            iterable,
+            it.sink,
+            star=star,
+            ordered=cls is IMapIterator,
+            credit=True,
+            chunksize=chunksize,
+            timeout=self._timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
+        )
         it.job = job
         engine.add_job(job)
         return it
 
-    def imap(self, func: Callable[[S], T], iterable: Iterable[S],
-             chunksize: int | None = None, *, timeout: float | None = None,
-             retries: int | None = None, progress: Any = None) -> IMapIterator[T]:
+    def imap(
+        self,
+        func: Callable[[S], T],
+        iterable: Iterable[S],
+        chunksize: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> IMapIterator[T]:
         """Results in order, lazily: input is pulled only as workers free up."""
         return self._imap(IMapIterator, func, iterable, chunksize, timeout, retries, progress)
 
-    def imap_unordered(self, func: Callable[[S], T], iterable: Iterable[S],
-                       chunksize: int | None = None, *, timeout: float | None = None,
-                       retries: int | None = None, progress: Any = None) -> IMapIterator[T]:
+    def imap_unordered(
+        self,
+        func: Callable[[S], T],
+        iterable: Iterable[S],
+        chunksize: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: Any = None,
+    ) -> IMapIterator[T]:
         """Results as they complete, lazily."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, timeout, retries,
-                          progress)
+        return self._imap(
+            IMapUnorderedIterator, func, iterable, chunksize, timeout, retries, progress
+        )
 
     # -- life cycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -306,11 +425,18 @@ class Pool:
         workers = []
         for slot in list(sched.workers.values()) + list(sched.finished_workers):
             h = handles.get(slot.wid)
-            workers.append({
-                "id": slot.wid, "name": h.name if h is not None else f"worker {slot.wid}",
-                "state": slot.state.value, "tasks": slot.done, "busy_s": slot.busy,
-                "rss": slot.rss, "peak_rss": slot.peak_rss, "exitcode": slot.exitcode,
-            })
+            workers.append(
+                {
+                    "id": slot.wid,
+                    "name": h.name if h is not None else f"worker {slot.wid}",
+                    "state": slot.state.value,
+                    "tasks": slot.done,
+                    "busy_s": slot.busy,
+                    "rss": slot.rss,
+                    "peak_rss": slot.peak_rss,
+                    "exitcode": slot.exitcode,
+                }
+            )
         stats["workers"] = workers
         stats["processes"] = self._processes
         stats["state"] = self._state.name
@@ -328,9 +454,13 @@ class ThreadPool(Pool):
 
     _threads = True
 
-    def __init__(self, processes: int | None = None,
-                 initializer: Callable[..., Any] | None = None, initargs: Iterable[Any] = (),
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        **options: Any,
+    ) -> None:
         options.pop("context", None)
         super().__init__(processes, initializer, initargs, **options)
 

@@ -45,8 +45,15 @@ _dumps = pickle.dumps
 
 T = TypeVar("T")
 
-__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
-           "Submitter", "make_progress"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "MapResult",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "Submitter",
+    "make_progress",
+]
 
 
 class ApplyResult(Generic[T]):
@@ -54,9 +61,12 @@ class ApplyResult(Generic[T]):
 
     __module__ = "polyproc.pool"  # its public home: repr, pickle
 
-    def __init__(self, future: Future[T] | None = None,
-                 callback: Callable[[T], object] | None = None,
-                 error_callback: Callable[[BaseException], object] | None = None) -> None:
+    def __init__(
+        self,
+        future: Future[T] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
         self._future: Future[T] = future if future is not None else Future()
         if callback is not None or error_callback is not None:
             self._future.add_done_callback(_callbacks(callback, error_callback))
@@ -100,9 +110,10 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
-def _callbacks(callback: Callable[[T], object] | None,
-               error_callback: Callable[[BaseException], object] | None,
-               ) -> Callable[[Future[T]], None]:
+def _callbacks(
+    callback: Callable[[T], object] | None,
+    error_callback: Callable[[BaseException], object] | None,
+) -> Callable[[Future[T]], None]:
     def run(fut: Future[T]) -> None:
         if fut.cancelled():
             return
@@ -112,6 +123,7 @@ def _callbacks(callback: Callable[[T], object] | None,
                 callback(fut.result())
         elif error_callback is not None:
             error_callback(exc)
+
     return run
 
 
@@ -120,9 +132,12 @@ class MapResult(ApplyResult[list[T]]):
 
     __module__ = "polyproc.pool"  # its public home: repr, pickle
 
-    def __init__(self, callback: Callable[[list[T]], object] | None = None,
-                 error_callback: Callable[[BaseException], object] | None = None,
-                 progress: Any = None) -> None:
+    def __init__(
+        self,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        progress: Any = None,
+    ) -> None:
         super().__init__(None, callback, error_callback)
         self._values: list[Any] = []
         self._error: BaseException | None = None
@@ -132,7 +147,7 @@ class MapResult(ApplyResult[list[T]]):
         vals = self._values
         if len(vals) < start + len(values):
             vals.extend([None] * (start + len(values) - len(vals)))
-        vals[start:start + len(values)] = values
+        vals[start : start + len(values)] = values
         if self._error is None:
             for v in values:
                 if type(v) is TaskError:
@@ -192,16 +207,20 @@ class IMapIterator(Generic[T]):
 
     _REPORT_EVERY = 64
 
-    def __init__(self, post_consumed: Callable[[Job, int], None] | None = None,
-                 progress: Any = None, deadline: float | None = None,
-                 cancel: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self,
+        post_consumed: Callable[[Job, int], None] | None = None,
+        progress: Any = None,
+        deadline: float | None = None,
+        cancel: Callable[[Job], None] | None = None,
+    ) -> None:
         self.sink = _Stream(progress)
         self._items = self.sink.items
         self._taken = 0
         self._reported = 0
         self._post_consumed = post_consumed
         self._cancel = cancel
-        self._deadline = deadline   # Executor.map: one deadline for the whole iteration
+        self._deadline = deadline  # Executor.map: one deadline for the whole iteration
         self.job: Job | None = None
 
     @property
@@ -244,8 +263,10 @@ class IMapIterator(Generic[T]):
         with sink.cond:
             if not sink.items and not sink.finished:
                 self._report(True)  # never wait on results the engine holds back for credit
-                if not sink.cond.wait_for(lambda: sink.items or sink.finished,
-                                          None if timeout is None else max(0.0, timeout)):
+                if not sink.cond.wait_for(
+                    lambda: sink.items or sink.finished,
+                    None if timeout is None else max(0.0, timeout),
+                ):
                     raise TimeoutError(f"no result within {timeout} s")
             if not sink.items:
                 raise StopIteration
@@ -295,14 +316,18 @@ class Submitter:
         self.engine = engine
         self.threads = engine.threads
         self.serializer = engine.serializer
-        self._fns: OrderedDict[int, FnInfo] = OrderedDict()   # module-level functions
+        self._fns: OrderedDict[int, FnInfo] = OrderedDict()  # module-level functions
         self._transient: weakref.WeakValueDictionary[int, FnInfo] = weakref.WeakValueDictionary()
         self._fids = itertools.count(1)
         self._lock = threading.Lock()
         from .._serialize import Serializer, _main_is_importable
 
-        self._fast = (not self.threads and type(self.serializer) is Serializer
-                      and self.serializer.protocol == 5 and _main_is_importable())
+        self._fast = (
+            not self.threads
+            and type(self.serializer) is Serializer
+            and self.serializer.protocol == 5
+            and _main_is_importable()
+        )
 
     def fn_info(self, fn: Callable[..., Any]) -> FnInfo:
         key = id(fn)
@@ -315,8 +340,9 @@ class Submitter:
             raise TypeError(f"{fn!r} is not callable")
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         try:
-            blob: Any = fn if self.threads else self.serializer.dumps_bytes(
-                fn, what="the task function")
+            blob: Any = (
+                fn if self.threads else self.serializer.dumps_bytes(fn, what="the task function")
+            )
         except Exception as err:  # noqa: BLE001 - the pickler's own error, with a note
             raise pickling_error(err) from None
         with self._lock:
@@ -352,21 +378,47 @@ class Submitter:
             return p.body
         return (p.body, p.buffers, p.fds)
 
-    def single(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               future: Future[Any], *, timeout: float | None, retries: int,
-               claim: bool) -> Job:
+    def single(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: Future[Any],
+        *,
+        timeout: float | None,
+        retries: int,
+        claim: bool,
+    ) -> Job:
         info = self.fn_info(fn)
         # Few objects per submit: with 200k futures in flight, each one is GC work.
         if kwargs:
             mode, arg = Mode.KW, (args, kwargs)
         else:
             mode, arg = Mode.STAR, args
-        return Job(info, mode, future, arg=arg, blob=self.pack(arg), timeout=timeout,
-                   retries=retries, claim=_claim_future if claim else None)
+        return Job(
+            info,
+            mode,
+            future,
+            arg=arg,
+            blob=self.pack(arg),
+            timeout=timeout,
+            retries=retries,
+            claim=_claim_future if claim else None,
+        )
 
-    def many(self, fn: Callable[..., Any], iterable: Iterable[Any], sink: Any, *, star: bool,
-             ordered: bool, credit: bool, chunksize: int | None, timeout: float | None,
-             retries: int) -> Job:
+    def many(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        sink: Any,
+        *,
+        star: bool,
+        ordered: bool,
+        credit: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int,
+    ) -> Job:
         info = self.fn_info(fn)
         try:
             length: int | None = len(iterable)  # type: ignore[arg-type]
@@ -375,9 +427,18 @@ class Submitter:
         it: Iterator[Any] = iter(iterable)
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        return Job(info, Mode.STAR if star else Mode.ONE, sink, it=it, length=length,
-                   ordered=ordered, credit=credit, chunksize=chunksize, timeout=timeout,
-                   retries=retries)
+        return Job(
+            info,
+            Mode.STAR if star else Mode.ONE,
+            sink,
+            it=it,
+            length=length,
+            ordered=ordered,
+            credit=credit,
+            chunksize=chunksize,
+            timeout=timeout,
+            retries=retries,
+        )
 
 
 def _module_holds(fn: Any) -> bool:

@@ -75,10 +75,25 @@ from .tasks import (
 )
 
 __all__ = [
-    "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS",
-    "FnInfo", "Job", "Batch", "Scheduler", "Mode",
-    "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill", "Broken",
-    "Action", "Recovered",
+    "WorkerState",
+    "PoolState",
+    "WORKER_TRANSITIONS",
+    "POOL_TRANSITIONS",
+    "FnInfo",
+    "Job",
+    "Batch",
+    "Scheduler",
+    "Mode",
+    "Spawn",
+    "Send",
+    "Deliver",
+    "DeliverSingles",
+    "Done",
+    "Stop",
+    "Kill",
+    "Broken",
+    "Action",
+    "Recovered",
 ]
 
 
@@ -112,15 +127,22 @@ class Scheduler:
         self.workers: dict[int, WorkerSlot] = {}
         self.queue: deque[Job] = deque()
         self.requeued: deque[Batch] = deque()
-        self.jobs: dict[int, Job] = {}    # open jobs by id(job): what terminate must fail
+        self.jobs: dict[int, Job] = {}  # open jobs by id(job): what terminate must fail
         self._wids = itertools.count(1)
         self._bids = itertools.count(1)
         self._uses = itertools.count(1)
-        self._deadlines: list[tuple[float, int, int]] = []   # (deadline, bid, wid)
+        self._deadlines: list[tuple[float, int, int]] = []  # (deadline, bid, wid)
         self._start_failures = 0
         self.broken_error: BaseException | None = None
-        self.stats = {"done": 0, "failed": 0, "lost": 0, "timed_out": 0, "retried": 0,
-                      "workers_started": 0, "workers_recycled": 0}
+        self.stats = {
+            "done": 0,
+            "failed": 0,
+            "lost": 0,
+            "timed_out": 0,
+            "retried": 0,
+            "workers_started": 0,
+            "workers_recycled": 0,
+        }
         self.finished_workers: list[WorkerSlot] = []
         for _ in range(processes):
             self._spawn()
@@ -140,13 +162,15 @@ class Scheduler:
     def live_workers(self) -> int:
         """Workers that count towards ``processes``: a retiring one is replaced at once,
         so its successor starts while it finishes its window."""
-        return sum(1 for s in self.workers.values()
-                   if s.state in (WorkerState.STARTING, WorkerState.READY))
+        return sum(
+            1 for s in self.workers.values() if s.state in (WorkerState.STARTING, WorkerState.READY)
+        )
 
     def idle(self) -> bool:
         """No work anywhere: nothing queued, requeued, in flight or undelivered."""
-        return not self.jobs and not self.requeued and not any(
-            s.window for s in self.workers.values())
+        return (
+            not self.jobs and not self.requeued and not any(s.window for s in self.workers.values())
+        )
 
     def finished(self) -> bool:
         """The engine may exit: closed or terminated, and every worker is dead."""
@@ -178,7 +202,11 @@ class Scheduler:
     def consumed(self, job: Job, count: int) -> None:
         """The consumer of an ordered job has taken ``count`` results in all."""
         job.consumed = max(job.consumed, count)
-        if job.stalled and not job.cancelled and job.pulled - job.consumed < self._credit_limit(job):
+        if (
+            job.stalled
+            and not job.cancelled
+            and job.pulled - job.consumed < self._credit_limit(job)
+        ):
             job.stalled = False
             self.queue.appendleft(job)
             self._fill()
@@ -227,8 +255,9 @@ class Scheduler:
         broken.__cause__ = error
         self._break(broken)
 
-    def batch_done(self, wid: int, bid: int, values: list[Any], busy: float,
-                   rss: int | None = None) -> None:
+    def batch_done(
+        self, wid: int, bid: int, values: list[Any], busy: float, rss: int | None = None
+    ) -> None:
         slot = self.workers[wid]
         if not slot.window:
             raise RuntimeError(f"worker {wid}: result for batch {bid} with nothing in flight")
@@ -249,17 +278,27 @@ class Scheduler:
         self.stats["done"] += n - failed
         self.stats["failed"] += failed
         self._complete(batch, values)
-        if (slot.state is WorkerState.READY and self.max_memory is not None
-                and rss is not None and rss - slot.baseline > self.max_memory):
+        if (
+            slot.state is WorkerState.READY
+            and self.max_memory is not None
+            and rss is not None
+            and rss - slot.baseline > self.max_memory
+        ):
             self._retire(slot)
         if slot.state is WorkerState.RETIRING and not slot.window:
             self._stop(slot)
         self._fill()
 
-    def worker_exited(self, wid: int, exitcode: int | None, *,
-                      progress: tuple[int, int] | None = None,
-                      peak_rss: int | None = None, name: str = "",
-                      recovered: Recovered | None = None) -> None:
+    def worker_exited(
+        self,
+        wid: int,
+        exitcode: int | None,
+        *,
+        progress: tuple[int, int] | None = None,
+        peak_rss: int | None = None,
+        name: str = "",
+        recovered: Recovered | None = None,
+    ) -> None:
         """A worker's process ended (its sentinel fired, its channel drained).
 
         ``recovered`` (from the worker's commit journal) says how far the head batch got:
@@ -284,15 +323,15 @@ class Scheduler:
         slot.window.clear()
         who = name or f"worker {wid}"
         head = window.pop(0) if window else None
-        for batch in reversed(window):     # never started: run again, first in line
+        for batch in reversed(window):  # never started: run again, first in line
             self.requeued.appendleft(batch)
         done: list[Any] | None = None
         if head is not None and recovered is not None and recovered.bid == head.bid:
             done = recovered.values
             if done is not None and len(done) >= len(head):
                 # Every task of it finished; only its results' trip was cut short.
-                self._account(head, done[:len(head)])
-                self._complete(head, done[:len(head)])
+                self._account(head, done[: len(head)])
+                self._complete(head, done[: len(head)])
                 head = None
             elif done is None:
                 head = self._unstarted(head, exitcode, slot.peak_rss, who)
@@ -310,8 +349,10 @@ class Scheduler:
         if self._start_failures >= 3 and self.state is not PoolState.BROKEN:
             from ..errors import StartError
 
-            err = StartError(f"{self._start_failures} workers in a row died while starting "
-                             f"({who}: {describe_exit(exitcode)})")
+            err = StartError(
+                f"{self._start_failures} workers in a row died while starting "
+                f"({who}: {describe_exit(exitcode)})"
+            )
             self._break(BrokenProcessPool(str(err)))
             return
         self._top_up()
@@ -322,8 +363,12 @@ class Scheduler:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, bid, wid = heapq.heappop(self._deadlines)
             slot = self.workers.get(wid)
-            if (slot is None or not slot.window or slot.window[0].bid != bid
-                    or slot.timed_out is not None):
+            if (
+                slot is None
+                or not slot.window
+                or slot.window[0].bid != bid
+                or slot.timed_out is not None
+            ):
                 continue
             slot.timed_out = slot.window[0]
             self.actions.append(Kill(wid))
@@ -364,7 +409,7 @@ class Scheduler:
     def _closed_error(self) -> BaseException:
         if self.state is PoolState.BROKEN:
             err = BrokenProcessPool(f"the pool is broken: {self.broken_error}")
-            err.__cause__ = self.broken_error   # why: the initializer's error, a failed start
+            err.__cause__ = self.broken_error  # why: the initializer's error, a failed start
             return err
         from ..errors import PoolClosedError
 
@@ -377,8 +422,9 @@ class Scheduler:
         if job.item_bytes:
             # Bounded in bytes too (issue #14): big items (1 MiB arrays) ahead of a slow
             # consumer would hold the parent's memory: ``_CREDIT_BYTES`` per worker.
-            items = min(items, max(self.processes,
-                                   self.processes * _CREDIT_BYTES // job.item_bytes))
+            items = min(
+                items, max(self.processes, self.processes * _CREDIT_BYTES // job.item_bytes)
+            )
         return items
 
     def _batch_size(self, job: Job, waiting: int | None) -> int:
@@ -490,8 +536,12 @@ class Scheduler:
         owners: list[Job] = []
         while self.queue and len(owners) < size:
             job = self.queue[0]
-            if not job.single or job.fn is not first.fn or job.mode != first.mode or (
-                    owners and job.timeout is not None):
+            if (
+                not job.single
+                or job.fn is not first.fn
+                or job.mode != first.mode
+                or (owners and job.timeout is not None)
+            ):
                 break
             self.queue.popleft()
             if job.cancelled or (job.claim is not None and not job.claim(job)):
@@ -531,7 +581,7 @@ class Scheduler:
                 # As the stdlib with an explicit chunksize: the chunk being built when the
                 # input failed is not run, and the error stands at that chunk's first index.
                 keep = (start + len(args)) // job.chunksize * job.chunksize - start
-                del args[max(0, keep):]
+                del args[max(0, keep) :]
             job.pulled += len(args) + 1
             self._complete_run(job, start + len(args), [TaskError.local(exc)])
             if not args:
@@ -635,7 +685,8 @@ class Scheduler:
         job, index = batch.job_of(0)
         err = TimeoutError(
             f"task {call_repr(job.fn.name, job.mode, batch.arg_of(0))} (index {index}) ran past its "
-            f"timeout of {job.timeout} s; {who} was killed and replaced")
+            f"timeout of {job.timeout} s; {who} was killed and replaced"
+        )
         self._deliver_one(batch, 0, TaskError.local(err))
 
     def _deliver_one(self, batch: Batch, i: int, value: Any) -> None:
@@ -649,8 +700,9 @@ class Scheduler:
         else:
             self._complete_run(job, index, [value])
 
-    def _unstarted(self, batch: Batch, exitcode: int | None, peak_rss: int | None,
-                   who: str) -> Batch | None:
+    def _unstarted(
+        self, batch: Batch, exitcode: int | None, peak_rss: int | None, who: str
+    ) -> Batch | None:
         """Its worker died before any task of ``batch`` began (receiving it, say): run it
         again. A batch that keeps killing workers before it starts is cut into single
         tasks, and a single task that does it twice is the culprit (the lost path)."""
@@ -665,15 +717,22 @@ class Scheduler:
                 one.unstarted = 1
                 self.requeued.appendleft(one)
             return None
-        return batch   # lost (or retried) like a task that was running
+        return batch  # lost (or retried) like a task that was running
 
     def _account(self, batch: Batch, values: list[Any]) -> None:
         failed = sum(1 for v in values if type(v) is TaskError)
         self.stats["done"] += len(values) - failed
         self.stats["failed"] += failed
 
-    def _lost_batch(self, batch: Batch, pos: int | None, exitcode: int | None,
-                    peak_rss: int | None, who: str, done: list[Any] | None = None) -> None:
+    def _lost_batch(
+        self,
+        batch: Batch,
+        pos: int | None,
+        exitcode: int | None,
+        peak_rss: int | None,
+        who: str,
+        done: list[Any] | None = None,
+    ) -> None:
         if pos is None or pos >= len(batch):
             # We cannot tell which task killed it: run each alone to find out.
             for i in reversed(range(len(batch))):
@@ -698,10 +757,13 @@ class Scheduler:
             err = WorkerLostError(
                 f"{who} died ({describe_exit(exitcode)}) while running "
                 f"{call_repr(job.fn.name, job.mode, batch.arg_of(pos))} (task index {index}); "
-                f"peak RSS {rss}"
-                + (f"; tried {times} times" if times > 1 else ""),
-                function=job.fn.name, index=index, argument=short_repr(batch.arg_of(pos)),
-                exitcode=exitcode, peak_rss=peak_rss)
+                f"peak RSS {rss}" + (f"; tried {times} times" if times > 1 else ""),
+                function=job.fn.name,
+                index=index,
+                argument=short_repr(batch.arg_of(pos)),
+                exitcode=exitcode,
+                peak_rss=peak_rss,
+            )
             self._deliver_one(batch, pos, TaskError.local(err))
         before = _slice(batch, 0, pos)
         if len(before) and done is not None:

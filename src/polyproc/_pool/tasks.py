@@ -22,17 +22,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "WorkerState", "PoolState", "WORKER_TRANSITIONS", "POOL_TRANSITIONS", "Mode", "FnInfo",
-    "Job", "Batch", "Spawn", "Send", "Deliver", "DeliverSingles", "Done", "Stop", "Kill",
-    "Broken", "Action", "Recovered", "WorkerSlot", "short_repr", "describe_exit",
+    "WorkerState",
+    "PoolState",
+    "WORKER_TRANSITIONS",
+    "POOL_TRANSITIONS",
+    "Mode",
+    "FnInfo",
+    "Job",
+    "Batch",
+    "Spawn",
+    "Send",
+    "Deliver",
+    "DeliverSingles",
+    "Done",
+    "Stop",
+    "Kill",
+    "Broken",
+    "Action",
+    "Recovered",
+    "WorkerSlot",
+    "short_repr",
+    "describe_exit",
 ]
 
 
 class WorkerState(enum.Enum):
-    STARTING = "starting"    # process started, initializer not yet done
-    READY = "ready"          # takes work
-    RETIRING = "retiring"    # recycled (tasks or memory): finishes its window, takes no more
-    STOPPING = "stopping"    # told to exit
+    STARTING = "starting"  # process started, initializer not yet done
+    READY = "ready"  # takes work
+    RETIRING = "retiring"  # recycled (tasks or memory): finishes its window, takes no more
+    STOPPING = "stopping"  # told to exit
     DEAD = "dead"
 
 
@@ -46,10 +64,10 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 
 
 class PoolState(enum.Enum):
-    RUNNING = "running"          # takes jobs
-    CLOSED = "closed"            # no new jobs; finishes what it has, then stops its workers
-    BROKEN = "broken"            # cannot run work (initializer failed); everything fails fast
-    TERMINATED = "terminated"    # workers killed, outstanding work failed
+    RUNNING = "running"  # takes jobs
+    CLOSED = "closed"  # no new jobs; finishes what it has, then stops its workers
+    BROKEN = "broken"  # cannot run work (initializer failed); everything fails fast
+    TERMINATED = "terminated"  # workers killed, outstanding work failed
 
 
 POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
@@ -63,9 +81,9 @@ POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
 class Mode(enum.IntEnum):
     """How a worker calls the function with one task's argument."""
 
-    ONE = 0     # fn(x)
-    STAR = 1    # fn(*x)
-    KW = 2      # fn(*x[0], **x[1])
+    ONE = 0  # fn(x)
+    STAR = 1  # fn(*x)
+    KW = 2  # fn(*x[0], **x[1])
 
 
 class FnInfo:
@@ -79,12 +97,12 @@ class FnInfo:
 
     def __init__(self, fid: int, fn: Any, name: str, blob: Any) -> None:
         self.fid = fid
-        self.fn = fn          # kept (while a job holds this) so id(fn) cannot be reused
+        self.fn = fn  # kept (while a job holds this) so id(fn) cannot be reused
         self.name = name
-        self.blob = blob      # the serializer's Payload (or the function itself for threads)
-        self.est: float | None = None   # seconds per task, moving average
+        self.blob = blob  # the serializer's Payload (or the function itself for threads)
+        self.est: float | None = None  # seconds per task, moving average
         self.nbytes: float | None = None  # pickled bytes per task (the engine measures)
-        self.by_ref: bool | None = None   # may workers cache it? (the engine decides once)
+        self.by_ref: bool | None = None  # may workers cache it? (the engine decides once)
 
 
 _NO_REORDER: dict[int, list[Any]] = {}  # shared by unordered jobs; never written
@@ -99,10 +117,30 @@ class Job:
     """
 
     __slots__ = (
-        "fn", "mode", "sink", "claim", "single", "arg", "blob", "it", "length",
-        "ordered", "credit", "chunksize", "timeout", "retries",
-        "pulled", "delivered", "consumed", "exhausted", "cancelled", "finished",
-        "reorder", "lost", "stalled", "item_bytes",
+        "fn",
+        "mode",
+        "sink",
+        "claim",
+        "single",
+        "arg",
+        "blob",
+        "it",
+        "length",
+        "ordered",
+        "credit",
+        "chunksize",
+        "timeout",
+        "retries",
+        "pulled",
+        "delivered",
+        "consumed",
+        "exhausted",
+        "cancelled",
+        "finished",
+        "reorder",
+        "lost",
+        "stalled",
+        "item_bytes",
     )
 
     def __init__(
@@ -126,19 +164,19 @@ class Job:
         self.mode = mode
         self.sink = sink
         self.claim = claim
-        self.single = it is None      # one task: ``arg`` (its pickled form in ``blob``)
+        self.single = it is None  # one task: ``arg`` (its pickled form in ``blob``)
         self.arg = arg
         self.blob = blob
         self.it = it
-        self.length = length          # len(input) when known: caps batch sizes for balance
-        self.ordered = ordered        # deliver in input order (reorder buffer)
-        self.credit = credit          # a consumer takes results one by one: bound the lead
+        self.length = length  # len(input) when known: caps batch sizes for balance
+        self.ordered = ordered  # deliver in input order (reorder buffer)
+        self.credit = credit  # a consumer takes results one by one: bound the lead
         self.chunksize = chunksize
         self.timeout = timeout
         self.retries = retries
-        self.pulled = 1 if self.single else 0   # tasks taken from the input so far
+        self.pulled = 1 if self.single else 0  # tasks taken from the input so far
         self.delivered = 0
-        self.consumed = 0             # credit jobs: results the consumer has taken
+        self.consumed = 0  # credit jobs: results the consumer has taken
         self.exhausted = self.single
         self.cancelled = False
         self.finished = False
@@ -146,8 +184,8 @@ class Job:
         # is garbage-collector work when 200k of them are in flight.
         self.reorder: dict[int, list[Any]] = {} if ordered else _NO_REORDER
         self.lost: dict[int, int] | None = None  # index -> times its worker died under it
-        self.stalled = False          # waiting for consumer credit
-        self.item_bytes = 0           # credit jobs: largest input item seen (estimate), 0 = none yet
+        self.stalled = False  # waiting for consumer credit
+        self.item_bytes = 0  # credit jobs: largest input item seen (estimate), 0 = none yet
 
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
@@ -160,11 +198,31 @@ class Batch:
     single-task jobs (``owners``, each index 0, their args pre-pickled in ``args``).
     """
 
-    __slots__ = ("bid", "fn", "mode", "job", "start", "args", "owners", "worker",
-                 "deadline", "isolated", "unstarted")
+    __slots__ = (
+        "bid",
+        "fn",
+        "mode",
+        "job",
+        "start",
+        "args",
+        "owners",
+        "worker",
+        "deadline",
+        "isolated",
+        "unstarted",
+    )
 
-    def __init__(self, fn: FnInfo, mode: Mode, args: list[Any], *, job: Job | None = None,
-                 start: int = 0, owners: list[Job] | None = None, isolated: bool = False) -> None:
+    def __init__(
+        self,
+        fn: FnInfo,
+        mode: Mode,
+        args: list[Any],
+        *,
+        job: Job | None = None,
+        start: int = 0,
+        owners: list[Job] | None = None,
+        isolated: bool = False,
+    ) -> None:
         self.bid = 0
         self.fn = fn
         self.mode = mode
@@ -174,8 +232,8 @@ class Batch:
         self.owners = owners
         self.worker = 0
         self.deadline: float | None = None
-        self.isolated = isolated      # re-run alone to find which task killed a worker
-        self.unstarted = 0            # deaths of its worker before any task of it began
+        self.isolated = isolated  # re-run alone to find which task killed a worker
+        self.unstarted = 0  # deaths of its worker before any task of it began
 
     def __len__(self) -> int:
         return len(self.args)
@@ -211,7 +269,7 @@ class Send:
 class Deliver:
     job: Job
     start: int
-    values: list[Any]   # a TaskError in place of a value that failed
+    values: list[Any]  # a TaskError in place of a value that failed
 
 
 @dataclass(slots=True)
@@ -260,12 +318,12 @@ class WorkerSlot:
     wid: int
     state: WorkerState = WorkerState.STARTING
     window: deque[Batch] = field(default_factory=deque)
-    assigned: int = 0       # tasks sent over its life (maxtasksperchild)
+    assigned: int = 0  # tasks sent over its life (maxtasksperchild)
     done: int = 0
     busy: float = 0.0
     rss: int | None = None
     peak_rss: int | None = None
-    baseline: int = 0        # RSS it inherited at start (fork): not its own for the limit
+    baseline: int = 0  # RSS it inherited at start (fork): not its own for the limit
     last_used: int = 0
     exclusive: bool = False  # running a timed task: nothing else goes there
     timed_out: Batch | None = None
@@ -294,7 +352,9 @@ def call_repr(name: str, mode: Mode, arg: Any) -> str:
             parts = [short_repr(a) for a in arg]
         elif mode is Mode.KW:
             args, kwargs = arg
-            parts = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
+            parts = [short_repr(a) for a in args] + [
+                f"{k}={short_repr(v)}" for k, v in kwargs.items()
+            ]
         else:
             parts = [short_repr(arg)]
     except (TypeError, ValueError):
@@ -319,8 +379,15 @@ def describe_exit(exitcode: int | None) -> str:
 
 def _slice(batch: Batch, lo: int, hi: int) -> Batch:
     owners = None if batch.owners is None else batch.owners[lo:hi]
-    return Batch(batch.fn, batch.mode, batch.args[lo:hi], job=batch.job,
-                 start=batch.start + lo, owners=owners, isolated=batch.isolated)
+    return Batch(
+        batch.fn,
+        batch.mode,
+        batch.args[lo:hi],
+        job=batch.job,
+        start=batch.start + lo,
+        owners=owners,
+        isolated=batch.isolated,
+    )
 
 
 def _single(batch: Batch, i: int) -> Batch:

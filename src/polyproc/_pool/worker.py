@@ -52,8 +52,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 ONE, STAR, KW = 0, 1, 2  # scheduler.Mode values, as plain ints on the hot path
 
 
-def run_batch(fn: Callable[..., Any], mode: int, args: list[Any],
-              capture: Callable[[BaseException], TaskError] = TaskError.capture) -> list[Any]:
+def run_batch(
+    fn: Callable[..., Any],
+    mode: int,
+    args: list[Any],
+    capture: Callable[[BaseException], TaskError] = TaskError.capture,
+) -> list[Any]:
     """Call ``fn`` on each argument; a task that raises (anything) yields a ``TaskError``."""
     out: list[Any] = []
     append = out.append
@@ -95,7 +99,7 @@ def by_reference(fn: Any) -> bool:
     if isinstance(fn, types.BuiltinFunctionType):
         owner = getattr(fn, "__self__", None)
         if owner is not None and not isinstance(owner, types.ModuleType):
-            return False   # a bound builtin method: ``[].append``
+            return False  # a bound builtin method: ``[].append``
     elif not isinstance(fn, (types.FunctionType, type)):
         return False
     mod = sys.modules.get(getattr(fn, "__module__", None) or "")
@@ -117,12 +121,13 @@ def current_rss(pid: int) -> int | None:
         return None
 
 
-def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                serializer: Any) -> None:
+def worker_main(
+    chan: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], serializer: Any
+) -> None:
     """Entry point of a pool worker process (the ``target`` of its ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rss = _Rss()
-    start_rss = rss.read()   # before the initializer: what it allocates is the worker's own
+    start_rss = rss.read()  # before the initializer: what it allocates is the worker's own
     try:
         if initializer is not None:
             initializer(*initargs)
@@ -131,23 +136,23 @@ def worker_main(chan: Any, initializer: Callable[..., Any] | None, initargs: tup
         # before reporting: the pool kills its workers once it knows it is broken.
         import logging
 
-        logging.getLogger("concurrent.futures").critical("Exception in initializer:",
-                                                          exc_info=True)
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
         _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
         return
     try:
         journal: Journal | None = Journal()
     except OSError:
-        journal = None   # no memfd: results still travel, only exactly-once on death is lost
-    if not _send_quietly(chan, (READY, os.getpid(), start_rss,
-                                None if journal is None else journal_fd(journal))):
+        journal = None  # no memfd: results still travel, only exactly-once on death is lost
+    if not _send_quietly(
+        chan, (READY, os.getpid(), start_rss, None if journal is None else journal_fd(journal))
+    ):
         return
     _serve(chan, serializer, rss, journal)
 
 
 def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> None:
-    fns: dict[int, Callable[..., Any]] = {}   # functions the parent may name by fid alone
-    unloadable: dict[int, BaseException] = {}   # fids whose function failed to load
+    fns: dict[int, Callable[..., Any]] = {}  # functions the parent may name by fid alone
+    unloadable: dict[int, BaseException] = {}  # fids whose function failed to load
     loads = serializer.loads
     dumps = serializer.dumps_bytes
     clock = time.perf_counter
@@ -180,8 +185,11 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
                     fns[fid] = fn
             except BaseException as exc:  # noqa: BLE001
                 unloadable[fid] = exc
-                err = TaskError.capture(SerializationError(
-                    f"the task function could not be unpickled in the worker: {exc!r}"))
+                err = TaskError.capture(
+                    SerializationError(
+                        f"the task function could not be unpickled in the worker: {exc!r}"
+                    )
+                )
                 values = [err] * len(args)
                 fn = None
         blob = None
@@ -221,8 +229,13 @@ def _unpack(loads: Callable[..., Any], item: Any) -> Any:
             return loads(item)
         return loads(item[0], item[1], item[2])
     except BaseException as exc:  # noqa: BLE001
-        return _Unpacked(TaskError.capture(SerializationError(
-            f"the task's arguments could not be unpickled in the worker: {exc!r}")))
+        return _Unpacked(
+            TaskError.capture(
+                SerializationError(
+                    f"the task's arguments could not be unpickled in the worker: {exc!r}"
+                )
+            )
+        )
 
 
 class _WithErrors:
@@ -287,11 +300,18 @@ class ThreadWorker:
     on a process channel, plus ``STOP`` when the thread ends.
     """
 
-    def __init__(self, wid: int, name: str, post: Callable[..., None],
-                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        wid: int,
+        name: str,
+        post: Callable[..., None],
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
         self.wid = wid
         self.inbox: queue.SimpleQueue[tuple[int, Callable[..., Any], int, list[Any]] | None] = (
-            queue.SimpleQueue())
+            queue.SimpleQueue()
+        )
         self._post = post
         self._init = initializer
         self._initargs = initargs

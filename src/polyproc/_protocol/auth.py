@@ -111,7 +111,7 @@ def _body(frame: bytes, kind: bytes, size: int, what: str) -> bytes:
         raise ProtocolError(f"{what}: not a polyproc authentication frame ({_peek(frame)})")
     if len(frame) != len(head) + size or not frame.startswith(head):
         raise ProtocolError(f"{what}: malformed frame ({_peek(frame)})")
-    return frame[len(head):]
+    return frame[len(head) :]
 
 
 def _peek(frame: bytes) -> str:

@@ -66,8 +66,9 @@ class Header(NamedTuple):
         return 8 * self.nbuffers
 
 
-def encode_header(kind: Kind, body_length: int, buffer_lengths: list[int] | tuple[int, ...] = (),
-                  nfds: int = 0) -> bytes:
+def encode_header(
+    kind: Kind, body_length: int, buffer_lengths: list[int] | tuple[int, ...] = (), nfds: int = 0
+) -> bytes:
     """Header plus buffer-length table for one frame."""
     head = HEADER.pack(MAGIC, kind, nfds, len(buffer_lengths), body_length)
     if not buffer_lengths:
@@ -75,8 +76,9 @@ def encode_header(kind: Kind, body_length: int, buffer_lengths: list[int] | tupl
     return head + b"".join(_LEN.pack(n) for n in buffer_lengths)
 
 
-def decode_header(data: bytes | bytearray | memoryview, offset: int = 0,
-                  max_size: int | None = None) -> Header:
+def decode_header(
+    data: bytes | bytearray | memoryview, offset: int = 0, max_size: int | None = None
+) -> Header:
     """Parse and validate the 16-byte header at ``offset``; ``ProtocolError`` on garbage."""
     magic, kind, nfds, nbuffers, length = HEADER.unpack_from(data, offset)
     if magic != MAGIC:
@@ -92,8 +94,9 @@ def decode_header(data: bytes | bytearray | memoryview, offset: int = 0,
     return Header(k, nfds, nbuffers, length)
 
 
-def decode_lengths(data: bytes | bytearray | memoryview, offset: int, count: int,
-                   max_size: int | None = None) -> list[int]:
+def decode_lengths(
+    data: bytes | bytearray | memoryview, offset: int, count: int, max_size: int | None = None
+) -> list[int]:
     """The buffer-length table that follows a header."""
     lengths = [_LEN.unpack_from(data, offset + 8 * i)[0] for i in range(count)]
     if max_size is not None and sum(lengths) > max_size:

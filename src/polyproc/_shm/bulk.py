@@ -38,8 +38,19 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["THRESHOLD", "BYTES_THRESHOLD", "MARKER_SIZE", "export", "lend", "PeerMaps",
-           "import_buffer", "size_marker", "read_size_marker", "trim", "encode_frame"]
+__all__ = [
+    "THRESHOLD",
+    "BYTES_THRESHOLD",
+    "MARKER_SIZE",
+    "export",
+    "lend",
+    "PeerMaps",
+    "import_buffer",
+    "size_marker",
+    "read_size_marker",
+    "trim",
+    "encode_frame",
+]
 
 #: Out-of-band buffers at least this big travel through shared memory.
 THRESHOLD = 1 << 20
@@ -134,7 +145,7 @@ def _fresh(view: memoryview) -> int:
         os.lseek(fd, PAGE, os.SEEK_SET)
         done, n = 0, view.nbytes
         while done < n:
-            done += os.write(fd, view[done:done + (1 << 30)])
+            done += os.write(fd, view[done : done + (1 << 30)])
         os.pwrite(fd, b"\1", 0)
     except BaseException:
         os.close(fd)
@@ -160,8 +171,9 @@ def export(view: memoryview) -> tuple[int, bool]:
                 best = s
         if best is not None:
             if best.mm is None:
-                best.mm = mmap.mmap(best.fd, PAGE + best.capacity,
-                                    flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+                best.mm = mmap.mmap(
+                    best.fd, PAGE + best.capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE
+                )
             best.mm[0] = 1
             best.last_used = now
             slot = best
@@ -174,7 +186,7 @@ def export(view: memoryview) -> tuple[int, bool]:
             return fd, True
     # Copy outside the pool lock; the slot is ours (busy) until the receiver lets go.
     assert slot.mm is not None
-    memoryview(slot.mm)[PAGE:PAGE + n] = view
+    memoryview(slot.mm)[PAGE : PAGE + n] = view
     return slot.fd, False
 
 
@@ -209,8 +221,10 @@ def lend(view: memoryview) -> int | None:
             total = sum(s.capacity for s in p.slots) + n
             if total > _POOL_BYTES or len(p.slots) >= _POOL_SLOTS:
                 # Make room by dropping free slots too small for this size.
-                for s in sorted((s for s in p.slots if s.capacity < n and not s.busy()),
-                                key=lambda s: s.capacity):
+                for s in sorted(
+                    (s for s in p.slots if s.capacity < n and not s.busy()),
+                    key=lambda s: s.capacity,
+                ):
                     if total <= _POOL_BYTES and len(p.slots) < _POOL_SLOTS:
                         break
                     p.slots.remove(s)
@@ -222,11 +236,12 @@ def lend(view: memoryview) -> int | None:
             p.slots.append(_Slot(fd, n))
             return fd
         if best.mm is None:
-            best.mm = mmap.mmap(best.fd, PAGE + best.capacity,
-                                flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            best.mm = mmap.mmap(
+                best.fd, PAGE + best.capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE
+            )
         best.mm[0] = 1
         best.last_used = now
-    memoryview(best.mm)[PAGE:PAGE + n] = view
+    memoryview(best.mm)[PAGE : PAGE + n] = view
     return best.fd
 
 
@@ -262,7 +277,7 @@ class PeerMaps:
         finally:
             os.close(fd)
         with memoryview(mm) as whole:
-            out = bytes(whole[PAGE:PAGE + nbytes])
+            out = bytes(whole[PAGE : PAGE + nbytes])
         mm[0] = 0  # the copy is done: the sender may refill this slot
         for key in [k for k, m in self._maps.items() if m[1]]:
             self._maps.pop(key).close()
@@ -293,7 +308,7 @@ def import_buffer(fd: int, nbytes: int) -> memoryview:
         mm = _Mapping(fd, PAGE + nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
     finally:
         os.close(fd)
-    return memoryview(mm)[PAGE:PAGE + nbytes]
+    return memoryview(mm)[PAGE : PAGE + nbytes]
 
 
 def trim() -> None:
@@ -308,8 +323,9 @@ def trim() -> None:
         _pool.slots = keep
 
 
-def encode_frame(body: bytes, buffers: list[memoryview], fds: list[int],
-                 encode_header: Any, kind: Any) -> tuple[list[Any], list[int], list[int]]:
+def encode_frame(
+    body: bytes, buffers: list[memoryview], fds: list[int], encode_header: Any, kind: Any
+) -> tuple[list[Any], list[int], list[int]]:
     """A PICKLE frame whose big buffers ride in memfds: (parts to write, fds to pass, fds to
     close once written). The wire convention ``Connection.recv`` understands:
 

@@ -94,7 +94,7 @@ class Block:
         self.generation = generation
 
     def view(self) -> memoryview:
-        return memoryview(self.arena.mm)[self.offset:self.offset + self.size]
+        return memoryview(self.arena.mm)[self.offset : self.offset + self.size]
 
     def address(self) -> int:
         """The block's address in this process (valid while the arena lives)."""
@@ -124,7 +124,9 @@ class _Heap:
         self.top = 0
         self.free: dict[int, list[tuple[Arena, int]]] = {}
         self.pickled: set[tuple[tuple[int, int], int]] = set()
-        self.mapped: weakref.WeakValueDictionary[tuple[int, int], Arena] = weakref.WeakValueDictionary()
+        self.mapped: weakref.WeakValueDictionary[tuple[int, int], Arena] = (
+            weakref.WeakValueDictionary()
+        )
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()

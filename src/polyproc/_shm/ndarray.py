@@ -32,6 +32,7 @@ def _array_class() -> type[Any]:
     np = _numpy()
     cls = _CLASS.get("cls")
     if cls is None:
+
         class SharedNDArray(np.ndarray):  # type: ignore[misc,name-defined]
             """An ndarray over a shared memfd block; pickles as the block, not the data."""
 
@@ -47,8 +48,10 @@ def _array_class() -> type[Any]:
                     addr = self.__array_interface__["data"][0]
                     span = self.nbytes if self.size else 0
                     if start <= addr and addr + span <= start + block.size:
-                        return (_rebuild, (block, self.shape, self.dtype.str, self.strides,
-                                           addr - start))
+                        return (
+                            _rebuild,
+                            (block, self.shape, self.dtype.str, self.strides, addr - start),
+                        )
                 return np.asarray(self).copy().__reduce__()
 
         SharedNDArray.__module__ = "polyproc"
@@ -63,22 +66,29 @@ def _block_address(block: Block) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(block.arena.mm, block.offset))
 
 
-def _rebuild(block: Block, shape: tuple[int, ...], dtype: str, strides: tuple[int, ...],
-             offset: int) -> Any:
+def _rebuild(
+    block: Block, shape: tuple[int, ...], dtype: str, strides: tuple[int, ...], offset: int
+) -> Any:
     return _wrap(block, shape, _numpy().dtype(dtype), strides, offset)
 
 
-def _wrap(block: Block, shape: tuple[int, ...], dtype: Any, strides: tuple[int, ...] | None,
-          offset: int) -> Any:
+def _wrap(
+    block: Block, shape: tuple[int, ...], dtype: Any, strides: tuple[int, ...] | None, offset: int
+) -> Any:
     cls = _array_class()
-    arr: Any = cls.__new__(cls, shape, dtype, block.arena.mm,  # type: ignore[call-overload]
-                           block.offset + offset, strides)
+    arr: Any = cls.__new__(
+        cls,
+        shape,
+        dtype,
+        block.arena.mm,  # type: ignore[call-overload]
+        block.offset + offset,
+        strides,
+    )
     arr._polyproc_block = block
     return arr
 
 
-def shared_array(shape: int | tuple[int, ...], dtype: Any = "float64", *,
-                 fill: Any = None) -> Any:
+def shared_array(shape: int | tuple[int, ...], dtype: Any = "float64", *, fill: Any = None) -> Any:
     """A writable, zero-filled (or ``fill``-ed) ndarray in shared memory.
 
     Pass it to a Process, a Pool task, a Pipe or a Queue: the receiver maps the

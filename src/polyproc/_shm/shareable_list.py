@@ -48,8 +48,10 @@ def _format_of(item: Any) -> str:
     try:
         return _SCALAR_FORMATS[type(item)]
     except KeyError:
-        raise TypeError(f"ShareableList items must be int, float, bool, None, str or bytes, "
-                        f"not {type(item).__name__}") from None
+        raise TypeError(
+            f"ShareableList items must be int, float, bool, None, str or bytes, "
+            f"not {type(item).__name__}"
+        ) from None
 
 
 def _code_of(item: Any) -> int:
@@ -86,10 +88,15 @@ class ShareableList:
             self.shm = SharedMemory(name, create=True, size=size)
             buf = self.shm.buf
             struct.pack_into("q" * (self._n + 2), buf, 0, self._n, *ends)
-            struct.pack_into("".join(formats), buf, self._data,
-                             *(x.encode(_ENCODING) if isinstance(x, str) else x for x in items))
-            struct.pack_into("8s" * self._n, buf, self._formats,
-                             *(f.encode(_ENCODING) for f in formats))
+            struct.pack_into(
+                "".join(formats),
+                buf,
+                self._data,
+                *(x.encode(_ENCODING) if isinstance(x, str) else x for x in items),
+            )
+            struct.pack_into(
+                "8s" * self._n, buf, self._formats, *(f.encode(_ENCODING) for f in formats)
+            )
             struct.pack_into("b" * self._n, buf, self._codes, *(_code_of(x) for x in items))
         else:
             self.shm = SharedMemory(name)

@@ -35,8 +35,9 @@ class SharedMemory:
     #: Flags to attach with (the stdlib's attribute: a subclass may add ``O_CREAT``).
     _flags = os.O_RDWR
 
-    def __init__(self, name: str | None = None, create: bool = False, size: int = 0,
-                 *, track: bool = True) -> None:
+    def __init__(
+        self, name: str | None = None, create: bool = False, size: int = 0, *, track: bool = True
+    ) -> None:
         if size < 0:
             raise ValueError("'size' must be a positive integer")
         if create and size == 0:
@@ -51,8 +52,9 @@ class SharedMemory:
             while True:
                 n = name.lstrip("/") if name is not None else _new_name()
                 try:
-                    self._fd = os.open(_path(n), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                       0o600)
+                    self._fd = os.open(
+                        _path(n), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                    )
                     break
                 except FileExistsError:
                     if name is not None:
@@ -71,9 +73,9 @@ class SharedMemory:
             try:
                 self._fd = os.open(_path(self.name), self._flags | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT,
-                                        f"no shared memory segment named {self.name!r}",
-                                        _path(self.name)) from None
+                raise FileNotFoundError(
+                    errno.ENOENT, f"no shared memory segment named {self.name!r}", _path(self.name)
+                ) from None
             size = os.fstat(self._fd).st_size
             if size == 0:
                 os.close(self._fd)
@@ -157,4 +159,3 @@ def _path(name: str) -> str:
     if not name or "/" in name:
         raise ValueError(f"bad shared memory name {name!r}")
     return os.path.join(_DIR, name)
-

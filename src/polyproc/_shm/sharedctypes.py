@@ -24,17 +24,34 @@ from typing import Any
 from .._sync._sem import locked_attr
 from .heap import Block, allocate
 
-__all__ = ["RawValue", "RawArray", "Value", "Array", "synchronized", "copy",
-           "Synchronized", "SynchronizedArray", "SynchronizedString", "typecode_to_type"]
+__all__ = [
+    "RawValue",
+    "RawArray",
+    "Value",
+    "Array",
+    "synchronized",
+    "copy",
+    "Synchronized",
+    "SynchronizedArray",
+    "SynchronizedString",
+    "typecode_to_type",
+]
 
 typecode_to_type: dict[str, type[Any]] = {
-    "c": ctypes.c_char, "u": ctypes.c_wchar,
-    "b": ctypes.c_byte, "B": ctypes.c_ubyte,
-    "h": ctypes.c_short, "H": ctypes.c_ushort,
-    "i": ctypes.c_int, "I": ctypes.c_uint,
-    "l": ctypes.c_long, "L": ctypes.c_ulong,
-    "q": ctypes.c_longlong, "Q": ctypes.c_ulonglong,
-    "f": ctypes.c_float, "d": ctypes.c_double,
+    "c": ctypes.c_char,
+    "u": ctypes.c_wchar,
+    "b": ctypes.c_byte,
+    "B": ctypes.c_ubyte,
+    "h": ctypes.c_short,
+    "H": ctypes.c_ushort,
+    "i": ctypes.c_int,
+    "I": ctypes.c_uint,
+    "l": ctypes.c_long,
+    "L": ctypes.c_ulong,
+    "q": ctypes.c_longlong,
+    "Q": ctypes.c_ulonglong,
+    "f": ctypes.c_float,
+    "d": ctypes.c_double,
 }
 
 
@@ -45,12 +62,15 @@ def _ctype(typecode_or_type: Any) -> type[Any]:
         if t is None:
             raise TypeError(
                 f"bad typecode {typecode_or_type!r}: expected one of "
-                f"{''.join(typecode_to_type)!r} or a ctypes type")
+                f"{''.join(typecode_to_type)!r} or a ctypes type"
+            )
         return t
     try:
         ctypes.sizeof(typecode_or_type)
     except TypeError:
-        raise TypeError(f"bad type {typecode_or_type!r}: expected a typecode or a ctypes type") from None
+        raise TypeError(
+            f"bad type {typecode_or_type!r}: expected a typecode or a ctypes type"
+        ) from None
     return typecode_or_type  # type: ignore[no-any-return]
 
 
@@ -75,16 +95,20 @@ def _reduce_shared(obj: Any) -> tuple[Any, ...]:
 @functools.cache
 def _shared_type(base: type[Any]) -> type[Any]:
     """``base`` plus ``__reduce__``: made once per ctypes type."""
-    return type(base.__name__, (base,), {
-        "__reduce__": _reduce_shared,
-        # copy.copy/deepcopy: a distinct object with the same contents, as the stdlib
-        # (pickling by reference would alias the same shared memory instead).
-        "__copy__": copy,
-        "__deepcopy__": lambda self, memo: copy(self),
-        "__repr__": _base_repr,
-        "_polyproc_base": base,
-        "__module__": "polyproc.sharedctypes",
-    })
+    return type(
+        base.__name__,
+        (base,),
+        {
+            "__reduce__": _reduce_shared,
+            # copy.copy/deepcopy: a distinct object with the same contents, as the stdlib
+            # (pickling by reference would alias the same shared memory instead).
+            "__copy__": copy,
+            "__deepcopy__": lambda self, memo: copy(self),
+            "__repr__": _base_repr,
+            "_polyproc_base": base,
+            "__module__": "polyproc.sharedctypes",
+        },
+    )
 
 
 def _at(base: type[Any], block: Block) -> Any:
@@ -148,7 +172,8 @@ def _check_fits(nbytes: int, size: int, item: type[Any]) -> None:
     if nbytes > limit:
         raise ValueError(
             f"an array of {size} {item.__name__} ({nbytes} bytes) is larger than this "
-            f"machine's memory ({limit} bytes)")
+            f"machine's memory ({limit} bytes)"
+        )
 
 
 def _make_lock(lock: Any, ctx: Any) -> Any:
@@ -169,8 +194,13 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) 
     return synchronized(obj, _make_lock(lock, ctx))
 
 
-def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
-          ctx: Any = None) -> Any:
+def Array(
+    typecode_or_type: Any,
+    size_or_initializer: Any,
+    *,
+    lock: Any = True,  # noqa: N802
+    ctx: Any = None,
+) -> Any:
     """A shared ctypes array, wrapped with a lock unless ``lock=False``."""
     obj = RawArray(typecode_or_type, size_or_initializer)
     if lock is False:

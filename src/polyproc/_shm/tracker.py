@@ -72,8 +72,12 @@ def register(name: str) -> None:
     t = _tracker
     with t.lock:
         if t.proc is None:
-            t.proc = subprocess.Popen([sys.executable, "-S", "-c", _CODE], stdin=subprocess.PIPE,
-                                      start_new_session=True, close_fds=True)
+            t.proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", _CODE],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
         t.names.add(name)
         _send("+" + name)
 

@@ -47,10 +47,14 @@ _get_tid = threading.get_native_id
 
 
 class _Words(ctypes.Structure):
-    _fields_ = [("value", ctypes.c_uint32), ("sem_rest", ctypes.c_char * (_sem.SEM_SIZE - 4)),
-                ("pad", ctypes.c_char * (64 - _sem.SEM_SIZE)),
-                ("owner", ctypes.c_int64), ("count", ctypes.c_int64),
-                ("pad2", ctypes.c_char * 48)]
+    _fields_ = [
+        ("value", ctypes.c_uint32),
+        ("sem_rest", ctypes.c_char * (_sem.SEM_SIZE - 4)),
+        ("pad", ctypes.c_char * (64 - _sem.SEM_SIZE)),
+        ("owner", ctypes.c_int64),
+        ("count", ctypes.c_int64),
+        ("pad2", ctypes.c_char * 48),
+    ]
 
 
 _OWNER = _Words.owner.offset
@@ -75,8 +79,11 @@ class SemBase(_sem.SemLock):
         self._maxvalue = maxvalue
         self._ctx = ctx
         # RLock: owner words after the sem_t; else release() checks maxvalue (-1: none).
-        self._attach(self._addr, self._addr + _OWNER if self._recursive else 0,
-                     -1 if maxvalue is None or self._recursive else maxvalue)
+        self._attach(
+            self._addr,
+            self._addr + _OWNER if self._recursive else 0,
+            -1 if maxvalue is None or self._recursive else maxvalue,
+        )
 
     # -- sharing ----------------------------------------------------------------
     def __reduce__(self) -> tuple[Any, ...]:

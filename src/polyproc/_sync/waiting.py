@@ -53,7 +53,10 @@ class Condition:
         self.release = self._lock.release
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_condition, (self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore))
+        return (
+            _rebuild_condition,
+            (self._lock, self._sleeping_count, self._woken_count, self._wait_semaphore),
+        )
 
     def __enter__(self) -> bool:
         return self._lock.__enter__()
@@ -121,8 +124,9 @@ class Condition:
         return result
 
 
-def _rebuild_condition(lock: SemBase, sleeping: Semaphore, woken: Semaphore,
-                       wait_sem: Semaphore) -> Condition:
+def _rebuild_condition(
+    lock: SemBase, sleeping: Semaphore, woken: Semaphore, wait_sem: Semaphore
+) -> Condition:
     c = Condition.__new__(Condition)
     c._lock, c._sleeping_count, c._woken_count, c._wait_semaphore = lock, sleeping, woken, wait_sem
     c._bind()
@@ -189,22 +193,41 @@ class Barrier:
 
     __module__ = "polyproc.synchronize"  # its public home: repr, pickle
 
-    def __init__(self, parties: int, action: Callable[[], object] | None = None,
-                 timeout: float | None = None, *, ctx: Any = None) -> None:
+    def __init__(
+        self,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+        *,
+        ctx: Any = None,
+    ) -> None:
         if parties < 1:
             raise ValueError("parties must be >= 1")
-        self._setup(parties, action, timeout, Condition(Lock(ctx=ctx)),
-                    allocate(ctypes.sizeof(_BarrierWords)))
+        self._setup(
+            parties,
+            action,
+            timeout,
+            Condition(Lock(ctx=ctx)),
+            allocate(ctypes.sizeof(_BarrierWords)),
+        )
 
-    def _setup(self, parties: int, action: Callable[[], object] | None, timeout: float | None,
-               cond: Condition, block: Block) -> None:
+    def _setup(
+        self,
+        parties: int,
+        action: Callable[[], object] | None,
+        timeout: float | None,
+        cond: Condition,
+        block: Block,
+    ) -> None:
         self._parties, self._action, self._timeout = parties, action, timeout
         self._cond, self._block = cond, block
         self._w = _BarrierWords.from_buffer(block.arena.mm, block.offset)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_barrier, (self._parties, self._action, self._timeout, self._cond,
-                                   self._block))
+        return (
+            _rebuild_barrier,
+            (self._parties, self._action, self._timeout, self._cond, self._block),
+        )
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for all ``parties``; return this caller's arrival index (0..parties-1).
@@ -300,8 +323,13 @@ class Barrier:
         return f"<Barrier(parties={self._parties}, waiting={self.n_waiting}, broken={self.broken})>"
 
 
-def _rebuild_barrier(parties: int, action: Callable[[], object] | None, timeout: float | None,
-                     cond: Condition, block: Block) -> Barrier:
+def _rebuild_barrier(
+    parties: int,
+    action: Callable[[], object] | None,
+    timeout: float | None,
+    cond: Condition,
+    block: Block,
+) -> Barrier:
     b = Barrier.__new__(Barrier)
     b._setup(parties, action, timeout, cond, block)
     return b

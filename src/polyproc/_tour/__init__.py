@@ -53,70 +53,160 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("process", "Process and process names", """
+    Section(
+        "process",
+        "Process and process names",
+        """
         Two processes run a function each; the second is given a name. Logging's
         %(processName)s shows who is talking, with nothing to set up in the child.""",
-            "basics", "demo_process", ("worker1", "worker2")),
-    Section("pool", "Pool: apply, apply_async, map, map_async, imap, get(timeout)", """
+        "basics",
+        "demo_process",
+        ("worker1", "worker2"),
+    ),
+    Section(
+        "pool",
+        "Pool: apply, apply_async, map, map_async, imap, get(timeout)",
+        """
         apply_async returns at once, so "executed" is logged before the workers
         finish; get(timeout=...) raises TimeoutError when the result is late; apply
         and map block; map_async does not; imap yields results in order.""",
-            "basics", "demo_pool", ("slow_double",)),
-    Section("sharing", "Threads share a dict, processes do not", """
+        "basics",
+        "demo_pool",
+        ("slow_double",),
+    ),
+    Section(
+        "sharing",
+        "Threads share a dict, processes do not",
+        """
         Threads see one dict, so both increments land. Each process gets its own
         copy of the dict: each child sees {'x': 1}, and the parent still has {'x': 0}.""",
-            "basics", "demo_sharing", ("add_one",)),
-    Section("pipe", "Pipe", """
+        "basics",
+        "demo_sharing",
+        ("add_one",),
+    ),
+    Section(
+        "pipe",
+        "Pipe",
+        """
         A Pipe is two connected ends; a child sends a Python object, the parent
         receives it.""",
-            "basics", "demo_pipe", ("send_test",)),
-    Section("value-array", "Value and Array: memory shared between processes", """
+        "basics",
+        "demo_pipe",
+        ("send_test",),
+    ),
+    Section(
+        "value-array",
+        "Value and Array: memory shared between processes",
+        """
         A Value and an Array live in shared memory: both children increment the
         same number and double the same array, so the parent sees 2.0 and
         [4, 8, 12, 16, 20].""",
-            "basics", "demo_value_array", ("bump_and_double",)),
-    Section("manager", "Manager: shared list, dict and Namespace", """
+        "basics",
+        "demo_value_array",
+        ("bump_and_double",),
+    ),
+    Section(
+        "manager",
+        "Manager: shared list, dict and Namespace",
+        """
         A Manager runs a server process that owns the objects; the children change
         them through proxies. Two reverses give back [1, 2, 3].""",
-            "services", "demo_manager", ("change_all",)),
-    Section("basemanager", "BaseManager: your own type, and a remote server", """
+        "services",
+        "demo_manager",
+        ("change_all",),
+    ),
+    Section(
+        "basemanager",
+        "BaseManager: your own type, and a remote server",
+        """
         Register a class on a BaseManager to share instances of it. Then the classic
         queue server: a manager listening on TCP 127.0.0.1 with an authkey, fed by a
         producer process and read by the parent; a client with the wrong key is refused.""",
-            "services", "demo_basemanager",
-            ("Counter", "CounterManager", "bump", "QueueServer", "QueueClient",
-             "serve_queue", "remote_producer")),
-    Section("executor", "ProcessPoolExecutor (concurrent.futures)", """
+        "services",
+        "demo_basemanager",
+        (
+            "Counter",
+            "CounterManager",
+            "bump",
+            "QueueServer",
+            "QueueClient",
+            "serve_queue",
+            "remote_producer",
+        ),
+    ),
+    Section(
+        "executor",
+        "ProcessPoolExecutor (concurrent.futures)",
+        """
         The same engine behind the concurrent.futures API: submit returns a real
         concurrent.futures.Future, so as_completed and asyncio work with it.""",
-            "executor", "demo_executor", ("square", "slow_square")),
-    Section("worker-lost", "Beyond: a worker killed in the middle of a map", """
+        "executor",
+        "demo_executor",
+        ("square", "slow_square"),
+    ),
+    Section(
+        "worker-lost",
+        "Beyond: a worker killed in the middle of a map",
+        """
         One task kills its own worker with SIGKILL. Only that task fails, with a
         WorkerLostError that says which task it was; the pool replaces the worker
         and every other task completes. (The stdlib's Pool hangs here forever.)""",
-            "beyond", "demo_worker_lost", ("die_on_3", "square")),
-    Section("timeout", "Beyond: a task timed out", """
+        "beyond",
+        "demo_worker_lost",
+        ("die_on_3", "square"),
+    ),
+    Section(
+        "timeout",
+        "Beyond: a task timed out",
+        """
         timeout= on a task: when it runs late its worker is killed and replaced, the
         task raises TimeoutError, and its neighbours are spared.""",
-            "beyond", "demo_timeout", ("sleepy", "square")),
-    Section("lazy-imap", "Beyond: a lazy imap over an endless generator", """
+        "beyond",
+        "demo_timeout",
+        ("sleepy", "square"),
+    ),
+    Section(
+        "lazy-imap",
+        "Beyond: a lazy imap over an endless generator",
+        """
         imap pulls input only as workers free up, so an endless generator is fine:
         take ten results and stop. (The stdlib's imap tries to read all of it first.)""",
-            "beyond", "demo_lazy_imap", ("square",)),
-    Section("shared-array", "Beyond: a zero-copy NumPy array", """
+        "beyond",
+        "demo_lazy_imap",
+        ("square",),
+    ),
+    Section(
+        "shared-array",
+        "Beyond: a zero-copy NumPy array",
+        """
         shared_array(shape, dtype) is an ndarray in shared memory: every process
         maps the same pages, so children write into it and nothing is copied.
         Needs NumPy (pip install 'polyproc[numpy]'); skipped without it.""",
-            "beyond", "demo_shared_array", ("fill_row",)),
-    Section("progress", "Beyond: a progress bar", """
+        "beyond",
+        "demo_shared_array",
+        ("fill_row",),
+    ),
+    Section(
+        "progress",
+        "Beyond: a progress bar",
+        """
         progress=True on map/imap shows a tqdm bar (on stderr) that advances as
         results arrive.""",
-            "beyond", "demo_progress", ("slow_square",)),
-    Section("scale-out", "Beyond: the same imap on a Dask (or Ray) cluster", """
+        "beyond",
+        "demo_progress",
+        ("slow_square",),
+    ),
+    Section(
+        "scale-out",
+        "Beyond: the same imap on a Dask (or Ray) cluster",
+        """
         backend= moves a pool onto a cluster engine with the calls unchanged; with no
         Dask client around, backend="dask" starts a LocalCluster for the pool and
         closes it. Needs Dask (pip install 'polyproc[dask]'); skipped without it.""",
-            "scaleout", "demo_scale_out", ("square",)),
+        "scaleout",
+        "demo_scale_out",
+        ("square",),
+    ),
 )
 
 
@@ -170,12 +260,17 @@ def listing(section: Section) -> str:
     tree = ast.parse(source)
     src_lines = source.splitlines()
     shown = {*section.shown, section.demo}
-    used = {n.id for node in tree.body if getattr(node, "name", None) in shown
-            for n in ast.walk(node) if isinstance(n, ast.Name)}
+    used = {
+        n.id
+        for node in tree.body
+        if getattr(node, "name", None) in shown
+        for n in ast.walk(node)
+        if isinstance(n, ast.Name)
+    }
     head: list[str] = ["import logging", "import sys"]
     body: list[str] = []
     for node in tree.body:
-        text = "\n".join(src_lines[node.lineno - 1:node.end_lineno])  # with its comments
+        text = "\n".join(src_lines[node.lineno - 1 : node.end_lineno])  # with its comments
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             if isinstance(node, ast.ImportFrom) and node.level:  # tour plumbing
                 continue
@@ -208,8 +303,9 @@ def _print_code(section: Section, out: TextIO) -> None:
     print("  │", file=out)
 
 
-def run_section(section: Section, *, out: TextIO | None = None, timeout: float = 60.0,
-                number: str = "") -> str:
+def run_section(
+    section: Section, *, out: TextIO | None = None, timeout: float = 60.0, number: str = ""
+) -> str:
     """Show and run one section: returns "ok", "skipped" or "failed"."""
     out = out or sys.stdout
     print(f"\n{_RULE}\n{number}{section.title}   [polyproc tour {section.name}]\n{_RULE}", file=out)
@@ -254,9 +350,14 @@ def _set_start_method(method: str) -> None:
         setter(method, force=True)
 
 
-def tour_main(names: Sequence[str] = (), *, list_only: bool = False,
-              start_method: str | None = None, section_timeout: float = 60.0,
-              out: TextIO | None = None) -> int:
+def tour_main(
+    names: Sequence[str] = (),
+    *,
+    list_only: bool = False,
+    start_method: str | None = None,
+    section_timeout: float = 60.0,
+    out: TextIO | None = None,
+) -> int:
     """``polyproc tour``: 0 when every section ran (or was skipped), 1 if any failed, 2 on bad usage."""
     out = out or sys.stdout
     by_name = {s.name: s for s in SECTIONS}
@@ -266,8 +367,11 @@ def tour_main(names: Sequence[str] = (), *, list_only: bool = False,
         return 0
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        print(f"polyproc tour: no section {', '.join(map(repr, unknown))}; "
-              f"choose from: {', '.join(by_name)}", file=sys.stderr)
+        print(
+            f"polyproc tour: no section {', '.join(map(repr, unknown))}; "
+            f"choose from: {', '.join(by_name)}",
+            file=sys.stderr,
+        )
         return 2
     chosen = [by_name[n] for n in names] if names else list(SECTIONS)
     reconfigure = getattr(out, "reconfigure", None)
@@ -285,8 +389,9 @@ def tour_main(names: Sequence[str] = (), *, list_only: bool = False,
     t0 = time.monotonic()
     outcome: dict[str, str] = {}
     for n, s in enumerate(chosen, 1):
-        outcome[s.name] = run_section(s, out=out, timeout=section_timeout,
-                                      number=f"{n}/{len(chosen)}  ")
+        outcome[s.name] = run_section(
+            s, out=out, timeout=section_timeout, number=f"{n}/{len(chosen)}  "
+        )
     failed = [n for n, o in outcome.items() if o == "failed"]
     skipped = [n for n, o in outcome.items() if o == "skipped"]
     ok = len(outcome) - len(failed) - len(skipped)

@@ -44,8 +44,10 @@ def demo_worker_lost() -> None:
                 log.info(f"{i} -> {next(results)}")
             except WorkerLostError as exc:
                 log.info(f"{i} -> WorkerLostError: {exc}")
-                log.info(f"     function={exc.function} index={exc.index} "
-                         f"argument={exc.argument} exitcode={exc.exitcode}")
+                log.info(
+                    f"     function={exc.function} index={exc.index} "
+                    f"argument={exc.argument} exitcode={exc.exitcode}"
+                )
         log.info(f"the pool still works: {pool.map(square, range(5))}")
 
 
@@ -65,7 +67,9 @@ def demo_timeout() -> None:
         try:
             late.get()
         except TimeoutError as exc:
-            log.info(f"the 10 s task raised TimeoutError after {time.monotonic() - t0:.1f} s: {exc}")
+            log.info(
+                f"the 10 s task raised TimeoutError after {time.monotonic() - t0:.1f} s: {exc}"
+            )
         log.info(f"its neighbour finished: {fine.get()}")
         log.info(f"and the pool goes on: {pool.map(square, range(5))}")
 

@@ -29,8 +29,16 @@ from typing import Any
 
 from ..errors import BrokenResourceError, ClosedResourceError
 
-__all__ = ["Stream", "FdStream", "UnixStream", "SocketStream", "stream_for_socket", "new_socket",
-           "socketpair", "wrap_fd"]
+__all__ = [
+    "Stream",
+    "FdStream",
+    "UnixStream",
+    "SocketStream",
+    "stream_for_socket",
+    "new_socket",
+    "socketpair",
+    "wrap_fd",
+]
 
 _BROKEN = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.ESHUTDOWN}
 #: SCM_MAX_FD in the kernel: the most fds one sendmsg may carry.
@@ -78,7 +86,9 @@ class Stream:
             done += got
         return done
 
-    def write_all(self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()) -> None:
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
         """Write every byte of ``parts`` (zero-copy: ``writev`` from their own memory)."""
         if fds:
             raise BrokenResourceError(errno.EINVAL, "this stream cannot carry file descriptors")
@@ -105,8 +115,11 @@ class Stream:
         except OSError:
             n = 0  # let the general path raise the right error (or retry EINTR/EAGAIN)
         if n != len(head) + len(body):
-            self._writev([memoryview(head)[n:], memoryview(body)[max(0, n - len(head)):]]
-                         if n < len(head) else [memoryview(body)[n - len(head):]])
+            self._writev(
+                [memoryview(head)[n:], memoryview(body)[max(0, n - len(head)) :]]
+                if n < len(head)
+                else [memoryview(body)[n - len(head) :]]
+            )
 
     def _writev(self, parts: list[Any]) -> None:
         fd = self.fd
@@ -194,7 +207,9 @@ class UnixStream(Stream):
             done += got
         return done
 
-    def write_all(self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()) -> None:
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
         if not fds:
             self._writev(list(parts))
             return
@@ -245,9 +260,13 @@ class SocketStream(Stream):
                 return 0  # TLS EOF without close_notify, or a reset: the peer is gone
             raise
 
-    def write_all(self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()) -> None:
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
         if fds:
-            raise BrokenResourceError(errno.EINVAL, "a network socket cannot carry file descriptors")
+            raise BrokenResourceError(
+                errno.EINVAL, "a network socket cannot carry file descriptors"
+            )
         try:
             for p in parts:
                 self._sock.sendall(p)
@@ -283,6 +302,7 @@ def stream_for_socket(sock: socket.socket) -> Stream:
 # socket made afterwards a timeout, and with it O_NONBLOCK on the fd: polyproc's own
 # pipes and connections would then time out or fail with EAGAIN. Every socket polyproc
 # makes goes through one of these, which set the blocking mode explicitly.
+
 
 def new_socket(family: int = socket.AF_UNIX, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A new blocking socket, whatever ``socket.getdefaulttimeout()`` says."""

@@ -81,7 +81,8 @@ def _kind(spec: Any) -> str:
             return "ray"
         raise ValueError(
             f"unknown backend {spec!r}: use 'local', 'dask', a Dask scheduler address "
-            "('tcp://host:8786'), a distributed.Client, 'ray' or 'ray://host:10001'")
+            "('tcp://host:8786'), a distributed.Client, 'ray' or 'ray://host:10001'"
+        )
     mod = type(spec).__module__
     if mod.startswith("distributed"):
         return "dask"
@@ -102,14 +103,25 @@ def load(kind: str) -> Any:
         if missing.split(".")[0] in (engine, extra, "dask", "ray", "distributed"):
             raise ImportError(
                 f"the {kind!r} backend needs {engine!r}, which is not installed: "
-                f"pip install 'polyproc[{extra}]'", name=missing) from exc
+                f"pip install 'polyproc[{extra}]'",
+                name=missing,
+            ) from exc
         raise
 
 
-def make_engine(backend: Any, processes: int | None, *, ctx: Any, threads: bool,
-                initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-                maxtasksperchild: int | None, max_memory_per_child: int | None,
-                window: int = 3, target_batch_s: float | None = None) -> Any:
+def make_engine(
+    backend: Any,
+    processes: int | None,
+    *,
+    ctx: Any,
+    threads: bool,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasksperchild: int | None,
+    max_memory_per_child: int | None,
+    window: int = 3,
+    target_batch_s: float | None = None,
+) -> Any:
     """The engine a face drives: today's local one, or a cluster one (see the module docstring)."""
     if threads:
         if backend is not None and _kind(backend) != "local":
@@ -121,21 +133,34 @@ def make_engine(backend: Any, processes: int | None, *, ctx: Any, threads: bool,
     if kind == "local":
         from .._pool.engine import Engine
 
-        return Engine(processes if processes is not None else (os.cpu_count() or 1), ctx=ctx,
-                      threads=threads, initializer=initializer, initargs=initargs,
-                      maxtasksperchild=maxtasksperchild,
-                      max_memory_per_child=max_memory_per_child, window=window,
-                      target_batch_s=0.004 if target_batch_s is None else target_batch_s)
+        return Engine(
+            processes if processes is not None else (os.cpu_count() or 1),
+            ctx=ctx,
+            threads=threads,
+            initializer=initializer,
+            initargs=initargs,
+            maxtasksperchild=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
+            window=window,
+            target_batch_s=0.004 if target_batch_s is None else target_batch_s,
+        )
     if max_memory_per_child is not None:
-        raise ValueError(f"max_memory_per_child is not supported on the {kind} backend "
-                         "(the cluster manages its workers' memory)")
+        raise ValueError(
+            f"max_memory_per_child is not supported on the {kind} backend "
+            "(the cluster manages its workers' memory)"
+        )
     plugin = load(kind)
     cluster = plugin.connect(spec, processes)
     from ._engine import ClusterEngine
 
     try:
-        return ClusterEngine(cluster, initializer=initializer, initargs=initargs,
-                             maxtasksperchild=maxtasksperchild, target_batch_s=target_batch_s)
+        return ClusterEngine(
+            cluster,
+            initializer=initializer,
+            initargs=initargs,
+            maxtasksperchild=maxtasksperchild,
+            target_batch_s=target_batch_s,
+        )
     except BaseException:
         cluster.release()
         raise

@@ -41,8 +41,8 @@ from ..errors import SerializationError
 
 __all__ = ["ClusterEngine", "ClusterSlot", "Cluster", "LOST", "BIG"]
 
-LOST = 101          # (LOST, wid, name): the cluster worker running this slot's batch died
-BIG = 1 << 20       # objects this big and up go to the object store once, by reference
+LOST = 101  # (LOST, wid, name): the cluster worker running this slot's batch died
+BIG = 1 << 20  # objects this big and up go to the object store once, by reference
 _STORE_BUDGET = 1 << 30
 
 
@@ -69,8 +69,9 @@ class Cluster:
         self._fids = 0
 
     # -- for plugins ---------------------------------------------------------------------
-    def slot(self, wid: int, post: Callable[..., None], init_blob: bytes | None,
-             init_refs: list[Any]) -> ClusterSlot:
+    def slot(
+        self, wid: int, post: Callable[..., None], init_blob: bytes | None, init_refs: list[Any]
+    ) -> ClusterSlot:
         raise NotImplementedError
 
     def put(self, obj: Any) -> Any:
@@ -203,8 +204,14 @@ class ClusterSlot:
     ``_release``. Answers are posted to the engine in send order.
     """
 
-    def __init__(self, cluster: Cluster, wid: int, post: Callable[..., None],
-                 init_blob: bytes | None, init_refs: list[Any]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        wid: int,
+        post: Callable[..., None],
+        init_blob: bytes | None,
+        init_refs: list[Any],
+    ) -> None:
         self.cluster = cluster
         self.wid = wid
         self.name = f"{cluster.kind} slot {wid}"
@@ -216,7 +223,7 @@ class ClusterSlot:
         self._lock = threading.Lock()
         self._pending: deque[_Entry] = deque()
         self._stopping = False
-        self._over = False      # LOST or STOP posted: nothing more from us
+        self._over = False  # LOST or STOP posted: nothing more from us
 
     # -- the engine's side -------------------------------------------------------------
     def start(self) -> None:
@@ -242,8 +249,9 @@ class ClusterSlot:
             refs = list(refs)
             blob = pack(self.cluster, args, refs)
         except Exception as exc:  # noqa: BLE001 - the batch fails, the slot goes on
-            err = TaskError.local(SerializationError(
-                f"the batch could not be pickled for the cluster: {exc!r}"))
+            err = TaskError.local(
+                SerializationError(f"the batch could not be pickled for the cluster: {exc!r}")
+            )
             self._answered(entry, ("ok", 0.0, None, [err] * len(args)))
             return
         self.cluster.stats["tasks"] += 1
@@ -275,8 +283,16 @@ class ClusterSlot:
     def _start(self) -> None:
         self._ready(0)
 
-    def _submit(self, entry: _Entry, fid: int, fn_blob: bytes, mode: int, blob: bytes,
-                count: int, refs: list[Any]) -> None:
+    def _submit(
+        self,
+        entry: _Entry,
+        fid: int,
+        fn_blob: bytes,
+        mode: int,
+        blob: bytes,
+        count: int,
+        refs: list[Any],
+    ) -> None:
         raise NotImplementedError
 
     def _cancel(self, entry: _Entry) -> None:
@@ -317,8 +333,11 @@ class ClusterSlot:
         if kind == "ok":
             _, busy, _pid, values = answer
             if len(values) != e.count:
-                values = [TaskError.local(SerializationError(
-                    "the cluster task returned the wrong number of results"))] * e.count
+                values = [
+                    TaskError.local(
+                        SerializationError("the cluster task returned the wrong number of results")
+                    )
+                ] * e.count
             self._post(RESULTS, self.wid, e.bid, busy, None, values)
         elif kind == "init":
             self._over = True
@@ -338,26 +357,39 @@ class ClusterSlot:
 class ClusterEngine(Engine):
     """``Engine`` whose workers are cluster slots (thread-worker mode, nothing pickled by it)."""
 
-    def __init__(self, cluster: Cluster, *, initializer: Callable[..., Any] | None,
-                 initargs: tuple[Any, ...], maxtasksperchild: int | None,
-                 target_batch_s: float | None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        maxtasksperchild: int | None,
+        target_batch_s: float | None,
+    ) -> None:
         self.cluster = cluster
         self._init_refs: list[Any] = []
-        self._init_blob = (None if initializer is None
-                           else pack(cluster, (initializer, tuple(initargs)), self._init_refs))
-        super().__init__(cluster.processes, ctx=None, threads=True, initializer=None,
-                         initargs=(), maxtasksperchild=maxtasksperchild,
-                         window=cluster.window,
-                         target_batch_s=(cluster.target_batch_s if target_batch_s is None
-                                         else target_batch_s))
+        self._init_blob = (
+            None
+            if initializer is None
+            else pack(cluster, (initializer, tuple(initargs)), self._init_refs)
+        )
+        super().__init__(
+            cluster.processes,
+            ctx=None,
+            threads=True,
+            initializer=None,
+            initargs=(),
+            maxtasksperchild=maxtasksperchild,
+            window=cluster.window,
+            target_batch_s=(cluster.target_batch_s if target_batch_s is None else target_batch_s),
+        )
         self.prefix = f"{cluster.kind}-slot"
 
     def _spawn(self, wid: int) -> None:
         h = Handle(wid)
         self.handles[wid] = h
         try:
-            slot = self.cluster.slot(wid, self._post_from_thread, self._init_blob,
-                                     self._init_refs)
+            slot = self.cluster.slot(wid, self._post_from_thread, self._init_blob, self._init_refs)
             h.name = slot.name
             h.thread = slot  # type: ignore[assignment]
             slot.start()

@@ -97,8 +97,17 @@ def _function(token: str, fid: int, blob: bytes, refs: list[Any]) -> Callable[..
     return fn
 
 
-def run(token: str, init_blob: bytes | None, init_refs: list[Any], fid: int, fn_blob: bytes,
-        mode: int, args_blob: bytes, count: int, refs: list[Any]) -> bytes:
+def run(
+    token: str,
+    init_blob: bytes | None,
+    init_refs: list[Any],
+    fid: int,
+    fn_blob: bytes,
+    mode: int,
+    args_blob: bytes,
+    count: int,
+    refs: list[Any],
+) -> bytes:
     """Run one batch here; the answer is pickled (see the module docstring)."""
     pid = os.getpid()
     err = init_once(token, init_blob, init_refs)
@@ -108,15 +117,24 @@ def run(token: str, init_blob: bytes | None, init_refs: list[Any], fid: int, fn_
     try:
         fn = _function(token, fid, fn_blob, refs)
     except BaseException as exc:  # noqa: BLE001
-        values: list[Any] = [TaskError.capture(SerializationError(
-            f"the task function could not be unpickled on the cluster worker: {exc!r}"))] * count
+        values: list[Any] = [
+            TaskError.capture(
+                SerializationError(
+                    f"the task function could not be unpickled on the cluster worker: {exc!r}"
+                )
+            )
+        ] * count
     else:
         try:
             args = loads_with(args_blob, refs)
         except BaseException as exc:  # noqa: BLE001
-            values = [TaskError.capture(SerializationError(
-                f"the task's arguments could not be unpickled on the cluster worker: {exc!r}"
-            ))] * count
+            values = [
+                TaskError.capture(
+                    SerializationError(
+                        f"the task's arguments could not be unpickled on the cluster worker: {exc!r}"
+                    )
+                )
+            ] * count
         else:
             values = run_batch(fn, mode, args)
     busy = time.perf_counter() - start
@@ -136,8 +154,13 @@ def _dump_answer(busy: float, pid: int, values: list[Any]) -> bytes:
             cloudpickle.dumps(v, 5)
             out.append(v)
         except Exception as exc:  # noqa: BLE001
-            out.append(TaskError.capture(SerializationError(
-                f"the task's result could not be pickled to send back: "
-                f"{type(v).__name__}: {exc}")))
+            out.append(
+                TaskError.capture(
+                    SerializationError(
+                        f"the task's result could not be pickled to send back: "
+                        f"{type(v).__name__}: {exc}"
+                    )
+                )
+            )
     blob: bytes = cloudpickle.dumps(("ok", busy, pid, out), 5)
     return blob

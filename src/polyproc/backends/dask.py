@@ -48,9 +48,13 @@ CONFIG = {
 
 def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
     """A ``LocalCluster`` of worker processes, one thread each, set up as polyproc expects."""
-    kw: dict[str, Any] = {"n_workers": n_workers or os.cpu_count() or 1,
-                          "threads_per_worker": 1, "processes": True,
-                          "dashboard_address": ":0", "silence_logs": logging.ERROR}
+    kw: dict[str, Any] = {
+        "n_workers": n_workers or os.cpu_count() or 1,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": ":0",
+        "silence_logs": logging.ERROR,
+    }
     kw.update(options)
     with dask.config.set(CONFIG):
         return LocalCluster(**kw)
@@ -95,15 +99,21 @@ class DaskCluster(Cluster):
     window = 1
     target_batch_s = 0.1
 
-    def __init__(self, client: Client, processes: int, own_client: Client | None,
-                 own_cluster: LocalCluster | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        processes: int,
+        own_client: Client | None,
+        own_cluster: LocalCluster | None,
+    ) -> None:
         super().__init__(processes)
         self.client = client
         self._own_client = own_client
         self._own_cluster = own_cluster
 
-    def slot(self, wid: int, post: Callable[..., None], init_blob: bytes | None,
-             init_refs: list[Any]) -> ClusterSlot:
+    def slot(
+        self, wid: int, post: Callable[..., None], init_blob: bytes | None, init_refs: list[Any]
+    ) -> ClusterSlot:
         return DaskSlot(self, wid, post, init_blob, init_refs)
 
     def put(self, obj: Any) -> Any:
@@ -119,12 +129,31 @@ class DaskCluster(Cluster):
 class DaskSlot(ClusterSlot):
     cluster: DaskCluster
 
-    def _submit(self, entry: _Entry, fid: int, fn_blob: bytes, mode: int, blob: bytes,
-                count: int, refs: list[Any]) -> None:
+    def _submit(
+        self,
+        entry: _Entry,
+        fid: int,
+        fn_blob: bytes,
+        mode: int,
+        blob: bytes,
+        count: int,
+        refs: list[Any],
+    ) -> None:
         cl = self.cluster
-        fut = cl.client.submit(_run, cl.token, self._init_blob, self._init_refs, fid, fn_blob,
-                               mode, blob, count, refs, pure=False,
-                               key=f"polyproc-batch-{uuid.uuid4().hex}")
+        fut = cl.client.submit(
+            _run,
+            cl.token,
+            self._init_blob,
+            self._init_refs,
+            fid,
+            fn_blob,
+            mode,
+            blob,
+            count,
+            refs,
+            pure=False,
+            key=f"polyproc-batch-{uuid.uuid4().hex}",
+        )
         entry.handle = fut
         fut.add_done_callback(lambda f: self._done(entry, f))
 
@@ -136,7 +165,7 @@ class DaskSlot(ClusterSlot):
             try:
                 blob = fut.result()
             finally:
-                fut.release()   # the scheduler forgets the task now, not at garbage collection
+                fut.release()  # the scheduler forgets the task now, not at garbage collection
         except distributed.KilledWorker as exc:
             last = getattr(exc, "last_worker", None)
             where = getattr(last, "address", None) or "unknown"

@@ -32,17 +32,35 @@ from ._remote import run as _run
 
 __all__ = ["connect", "RayCluster"]
 
-_LOST = tuple(getattr(rex, n) for n in ("WorkerCrashedError", "ObjectLostError", "NodeDiedError",
-                                        "LocalRayletDiedError", "OutOfMemoryError",
-                                        "RayActorError")
-              if hasattr(rex, n))
+_LOST = tuple(
+    getattr(rex, n)
+    for n in (
+        "WorkerCrashedError",
+        "ObjectLostError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "OutOfMemoryError",
+        "RayActorError",
+    )
+    if hasattr(rex, n)
+)
 
 
-def _batch(token: str, init_blob: bytes | None, n_init: int, fid: int, fn_blob: bytes,
-           mode: int, blob: bytes, count: int, *refs: Any) -> bytes:
+def _batch(
+    token: str,
+    init_blob: bytes | None,
+    n_init: int,
+    fid: int,
+    fn_blob: bytes,
+    mode: int,
+    blob: bytes,
+    count: int,
+    *refs: Any,
+) -> bytes:
     """The remote function: Ray resolves the ``ObjectRef`` arguments in ``refs`` first."""
-    return _run(token, init_blob, list(refs[:n_init]), fid, fn_blob, mode, blob, count,
-                list(refs[n_init:]))
+    return _run(
+        token, init_blob, list(refs[:n_init]), fid, fn_blob, mode, blob, count, list(refs[n_init:])
+    )
 
 
 _task = ray.remote(max_retries=0, retry_exceptions=False)(_batch)
@@ -52,8 +70,11 @@ def connect(spec: Any, processes: int | None) -> RayCluster:
     """A pool's connection to Ray (see the module docstring for ``spec``)."""
     owned = False
     if not ray.is_initialized():
-        ray.init(address=None if spec == "ray" else spec, include_dashboard=False,
-                 configure_logging=False)
+        ray.init(
+            address=None if spec == "ray" else spec,
+            include_dashboard=False,
+            configure_logging=False,
+        )
         owned = True
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     n = processes or max(1, int(cpus))
@@ -65,15 +86,16 @@ class RayCluster(Cluster):
 
     kind = "ray"
     window = 1
-    target_batch_s = 0.1   # one batch in flight per slot: 0.1 s of work hides ~2-5 ms per task
+    target_batch_s = 0.1  # one batch in flight per slot: 0.1 s of work hides ~2-5 ms per task
 
     def __init__(self, processes: int, owned: bool, cpus_per_task: float) -> None:
         super().__init__(processes)
         self.owned = owned
         self.task = _task.options(num_cpus=cpus_per_task)
 
-    def slot(self, wid: int, post: Callable[..., None], init_blob: bytes | None,
-             init_refs: list[Any]) -> ClusterSlot:
+    def slot(
+        self, wid: int, post: Callable[..., None], init_blob: bytes | None, init_refs: list[Any]
+    ) -> ClusterSlot:
         return RaySlot(self, wid, post, init_blob, init_refs)
 
     def put(self, obj: Any) -> Any:
@@ -89,11 +111,29 @@ class RayCluster(Cluster):
 class RaySlot(ClusterSlot):
     cluster: RayCluster
 
-    def _submit(self, entry: _Entry, fid: int, fn_blob: bytes, mode: int, blob: bytes,
-                count: int, refs: list[Any]) -> None:
+    def _submit(
+        self,
+        entry: _Entry,
+        fid: int,
+        fn_blob: bytes,
+        mode: int,
+        blob: bytes,
+        count: int,
+        refs: list[Any],
+    ) -> None:
         cl = self.cluster
-        ref = cl.task.remote(cl.token, self._init_blob, len(self._init_refs), fid, fn_blob,
-                             mode, blob, count, *self._init_refs, *refs)
+        ref = cl.task.remote(
+            cl.token,
+            self._init_blob,
+            len(self._init_refs),
+            fid,
+            fn_blob,
+            mode,
+            blob,
+            count,
+            *self._init_refs,
+            *refs,
+        )
         entry.handle = ref
         ref.future().add_done_callback(lambda f: self._done(entry, f))
 
@@ -105,9 +145,15 @@ class RaySlot(ClusterSlot):
             blob = fut.result()
         except _LOST as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self._answered(entry, ("lost", f"the ray worker running task "
-                                           f"{entry.handle.task_id().hex()[:16]} "
-                                           f"({type(exc).__name__}: {first[:200]})"))
+            self._answered(
+                entry,
+                (
+                    "lost",
+                    f"the ray worker running task "
+                    f"{entry.handle.task_id().hex()[:16]} "
+                    f"({type(exc).__name__}: {first[:200]})",
+                ),
+            )
             return
         except BaseException as exc:  # noqa: BLE001
             if self.abandoned:

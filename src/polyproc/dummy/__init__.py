@@ -30,10 +30,28 @@ from .._pool.pool import ThreadPool
 from .connection import Pipe as Pipe
 
 __all__ = [
-    "Process", "DummyProcess", "current_process", "active_children", "freeze_support",
-    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
-    "Queue", "JoinableQueue", "Manager", "Pipe", "Pool", "Value", "Array", "Namespace",
-    "dict", "list",
+    "Process",
+    "DummyProcess",
+    "current_process",
+    "active_children",
+    "freeze_support",
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Barrier",
+    "Queue",
+    "JoinableQueue",
+    "Manager",
+    "Pipe",
+    "Pool",
+    "Value",
+    "Array",
+    "Namespace",
+    "dict",
+    "list",
 ]
 
 JoinableQueue = Queue
@@ -54,9 +72,14 @@ _children = _Children()
 class DummyProcess(threading.Thread):
     """A thread with the Process API (``exitcode``, ``is_alive``, ``join``...)."""
 
-    def __init__(self, group: None = None, target: Callable[..., Any] | None = None,
-                 name: str | None = None, args: Iterable[Any] = (),
-                 kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., Any] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         threading.Thread.__init__(self, group, target, name, tuple(args), kwargs or {})
         self._pid = None
         self._start_called = False
@@ -109,7 +132,10 @@ def shutdown() -> None:
     """Nothing to do (``Manager().shutdown()`` parity)."""
 
 
-def Pool(processes: int | None = None, initializer: Callable[..., Any] | None = None,  # noqa: N802
-         initargs: Iterable[Any] = ()) -> ThreadPool:
+def Pool(
+    processes: int | None = None,
+    initializer: Callable[..., Any] | None = None,  # noqa: N802
+    initargs: Iterable[Any] = (),
+) -> ThreadPool:
     """A ThreadPool: the process Pool's engine with threads as workers."""
     return ThreadPool(processes, initializer, initargs)
