@@ -156,7 +156,10 @@ class Pool:
             raise self._engine._closed_error()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} state={self._state.name} pool_size={self._processes}>"
+        # getattr: a pool whose __init__ failed early is still repr'd (by its ResourceWarning)
+        size = getattr(self, "_processes", None)
+        state = getattr(self, "_state", None)
+        return f"<{type(self).__name__} state={getattr(state, 'name', state)} pool_size={size}>"
 
     def __del__(self, _warn: Any = warnings.warn, _run: PoolState = PoolState.RUN) -> None:
         # As the stdlib: a pool dropped while running is a leak in the program (the
