@@ -31,14 +31,44 @@ _SHM_PREFIXES = ("psm_", "polyproc", "pp_")
 
 
 def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
-    """Per-task figures from the outcomes the parent saw and the execution log."""
+    """Per-task figures from the outcomes the parent saw and the execution log.
+
+    The log has ``s TASK PID`` (a run starts), ``d TASK PID`` (its work is done) and
+    ``k PID`` (the killer is about to SIGKILL that worker). A task whose work was done
+    counts as *committed* once its worker goes on to start another task: the pool's
+    journal writes each result before the next task starts (a big one is sent first),
+    so only the task a worker was on when it died may run again. A second run of a
+    committed task is *duplicated*; a second run after a kill that found the task
+    still the worker's last one is *retried* (its result died with the worker).
+    """
     starts: Counter[int] = Counter()
     dones: Counter[int] = Counter()
+    committed: set[int] = set()
+    last: dict[int, int] = {}  # worker pid -> the task it last finished, not yet committed
+    duplicated: set[int] = set()
     for line in log.splitlines():
-        kind, ident = (line.split() + ["", ""])[:2]
-        if ident.isdigit():
-            (starts if kind == "s" else dones)[int(ident)] += 1
-    f = {
+        f = line.split()
+        if len(f) < 2 or not all(x.isdigit() for x in f[1:]):
+            continue
+        if f[0] == "k":
+            last.pop(int(f[1]), None)  # its last task may be re-run: not committed
+            continue
+        task = int(f[1])
+        pid = int(f[2]) if len(f) > 2 else -1
+        if f[0] == "s":
+            if task in committed:
+                duplicated.add(task)
+            starts[task] += 1
+            done = last.pop(pid, None)
+            if done is not None:
+                committed.add(done)
+        elif f[0] == "d":
+            dones[task] += 1
+            if pid == -1:  # a log without pids: every finished run counts as committed
+                committed.add(task)
+            else:
+                last[pid] = task
+    counts = {
         "tasks": tasks,
         "once": 0,
         "lost": 0,
@@ -49,19 +79,19 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
     }
     for i in range(tasks):
         out = outcomes.get(i)
-        if dones[i] >= 2:
-            f["duplicated"] += 1
+        if i in duplicated:
+            counts["duplicated"] += 1
         elif starts[i] >= 2:
-            f["retried"] += 1
+            counts["retried"] += 1
         if out == "ok":
-            f["once"] += starts[i] == 1
+            counts["once"] += starts[i] == 1
         elif out == "failed" and starts[i] >= 1:
-            f["failed"] += 1
+            counts["failed"] += 1
         elif out == "wrong":
-            f["wrong"] += 1
+            counts["wrong"] += 1
         else:  # no outcome, an error that is not "its worker died", or failed unstarted
-            f["lost"] += 1
-    return f
+            counts["lost"] += 1
+    return counts
 
 
 def stage(name: str) -> None:
@@ -103,7 +133,7 @@ def chaos_task(arg: tuple[int, int, str]) -> tuple[int, bytes | int]:
     os.write(fd, b"s %d %d\n" % (i, os.getpid()))
     time.sleep(0.001)  # stands for work, so the killer finds tasks in flight
     payload: bytes | int = b"\x01" * size if size else i
-    os.write(fd, b"d %d\n" % i)
+    os.write(fd, b"d %d %d\n" % (i, os.getpid()))
     return i, payload
 
 
@@ -116,7 +146,7 @@ def _workers(path: str) -> list[int]:
     import psutil
 
     with open(path, "rb") as fh:
-        working = {int(f[2]) for f in (ln.split() for ln in fh) if len(f) == 3}
+        working = {int(f[2]) for f in (ln.split() for ln in fh) if len(f) == 3 and f[0] == b"s"}
     pids = []
     for p in psutil.Process().children(recursive=True):
         try:
@@ -127,12 +157,23 @@ def _workers(path: str) -> list[int]:
     return pids
 
 
+def _note_kill(path: str, pid: int) -> None:
+    """``k PID`` in the log, before the kill: what the worker finished last may re-run."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"k %d\n" % pid)
+    finally:
+        os.close(fd)
+
+
 def _killer(stop: threading.Event, kills: list[int], path: str) -> None:
     while not stop.wait(random.uniform(0.025, 0.075)):  # ~every 50 ms
         victims = _workers(path)
         if victims:
+            victim = random.choice(victims)
+            _note_kill(path, victim)
             try:
-                os.kill(random.choice(victims), signal.SIGKILL)
+                os.kill(victim, signal.SIGKILL)
                 kills[0] += 1
             except ProcessLookupError:
                 pass

@@ -59,6 +59,29 @@ def test_analyse_counts_each_kind_of_outcome() -> None:
     }
 
 
+def test_analyse_tells_a_rerun_after_a_kill_from_a_duplicate() -> None:
+    # Task 0 finished on 11, which was killed before starting anything else: its result
+    # may have died in flight, so a second run is a retry. Task 1 finished on 12, which
+    # then started task 2: task 1 was committed, and running it again is a duplicate.
+    log = "\n".join(
+        [
+            "s 0 11",
+            "d 0 11",
+            "k 11",
+            "s 0 13",
+            "d 0 13",
+            "s 1 12",
+            "d 1 12",
+            "s 2 12",
+            "d 2 12",
+            "s 1 13",
+            "d 1 13",
+        ]
+    )
+    f = analyse({0: "ok", 1: "ok", 2: "ok"}, log, 3)
+    assert (f["retried"], f["duplicated"], f["once"]) == (1, 1, 1)
+
+
 def test_judge_fails_a_row_for_lost_duplicated_hangs_survivors_and_fds() -> None:
     case = {"scenario": "killer", "api": "pool", "size": "small", "retries": 0, "tasks": 3}
     row = chaos.Row("fork", chaos.label(case), survivors=1)
