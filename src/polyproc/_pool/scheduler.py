@@ -121,6 +121,9 @@ class Scheduler:
         self.target_batch_s = target_batch_s
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        # The tail split below never goes under this much work per batch: a cluster
+        # backend sets it (a cluster task costs milliseconds; backends/_engine.py).
+        self.min_batch_s = 0.0
         self._clock = clock or _monotonic
         self.state = PoolState.RUNNING
         self.actions: list[Action] = []
@@ -439,8 +442,10 @@ class Scheduler:
             return k * chunk
         size = self._batch_size_for(job.fn) if job.fn.est is not None else 1
         if waiting is not None:
-            # Share what is known to be left among the workers, so the tail is balanced.
-            size = min(size, max(1, math.ceil(waiting / (2 * self.processes))))
+            # Share what is known to be left among the workers, so the tail is balanced
+            # (but not into batches cheaper than a round trip: ``min_batch_s``).
+            floor = int(self.min_batch_s / job.fn.est) if job.fn.est else 0
+            size = min(size, max(1, floor, math.ceil(waiting / (2 * self.processes))))
         return size
 
     def _depth(self, fn: FnInfo) -> int:

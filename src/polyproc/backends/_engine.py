@@ -57,6 +57,8 @@ class Cluster:
     kind = "cluster"
     window = 1
     target_batch_s = 0.05
+    max_batch = 1 << 15  # tasks per cluster task at most
+    min_batch_s = 0.01  # the tail is not split into cluster tasks of less work than this
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -384,6 +386,11 @@ class ClusterEngine(Engine):
             target_batch_s=(cluster.target_batch_s if target_batch_s is None else target_batch_s),
         )
         self.prefix = f"{cluster.kind}-slot"
+        # A cluster task costs milliseconds, not a local frame's microseconds: let tiny
+        # tasks travel tens of thousands to one (the local cap, 4096, would make 100,000
+        # ``x + 1`` cost ~25 round trips per slot). ``target_batch_s`` still bounds it.
+        self.sched.max_batch = cluster.max_batch
+        self.sched.min_batch_s = cluster.min_batch_s
 
     def _spawn(self, wid: int) -> None:
         h = Handle(wid)
