@@ -25,7 +25,7 @@ import pytest
 _clusters: list[Any] = []
 
 
-def _engine(module: str) -> Any:
+def require_engine(module: str) -> Any:
     """Import a cluster engine; where it is missing, skip, except in CI, which must run
     every backend test (the test extra installs both): there a missing install fails."""
     if os.environ.get("CI", "").lower() in ("", "0", "false", "no"):
@@ -43,7 +43,7 @@ def _engine(module: str) -> Any:
 
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[Any]:
-    _engine("distributed")
+    require_engine("distributed")
     from distributed import Client
 
     from polyproc.backends.dask import local_cluster
@@ -59,7 +59,7 @@ def dask_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def ray_instance() -> Iterator[Any]:
-    ray = _engine("ray")
+    ray = require_engine("ray")
     from polyproc.backends.ray import init_local
 
     # Ray's workers are started by its raylet, with our environment but not our sys.path:
