@@ -23,6 +23,7 @@ The issue's three cases, at the issue's sizes:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ N_SLOW = 10_000
 N_TINY = 100_000
 N_DIRECT = 5000
 N_DIRECT_IMAP = 2000
-REPEAT = 3
+REPEAT = 5
 
 
 def inc(x: int) -> int:
@@ -110,8 +111,11 @@ def _overhead(kind: str, pool: Any, client: Any, t: Table) -> None:
 
 
 def _settle(kind: str, client: Any) -> None:
-    """Wait for Dask's scheduler to forget the direct run's thousands of tasks: measured
-    right after a gather, the next figure would pay for that clean-up."""
+    """Clean up after a direct run of thousands of cluster tasks, so the next figure does
+    not pay for it: collect its garbage here (thousands of futures and refs: a full
+    collection would otherwise land in the middle of the next run), and wait for Dask's
+    scheduler to forget its tasks."""
+    gc.collect()
     if kind != "dask":
         return
 
