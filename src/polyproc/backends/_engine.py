@@ -51,7 +51,10 @@ class Cluster:
 
     ``processes`` slots run at once; ``window`` batches may be in flight per slot
     (1 where the engine may run two of one slot's tasks on different workers);
-    ``target_batch_s`` is the work per cluster task that hides its overhead.
+    ``target_batch_s`` is the work per cluster task that hides its overhead, up to
+    ``max_batch`` tasks; the tail of a map is not split into cluster tasks of less
+    than ``min_batch_s`` of work (a cluster task costs milliseconds: 100,000 ``x + 1``
+    go in 4 cluster tasks, not 52; docs/scale-out.md "Batching").
     """
 
     kind = "cluster"
