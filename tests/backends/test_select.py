@@ -170,3 +170,14 @@ def test_a_slow_raylet_gets_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
     with _patient_raylet(0.5), pytest.raises(RuntimeError, match="raylet died"):
         services.get_node("gcs", "n1")
     assert 0.4 < time.monotonic() - t0 < 10  # a dead raylet still ends in an error
+
+
+def test_ci_fails_where_an_engine_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A skip must never hide a missing install in CI: there the fixtures fail instead."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # "not installed"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"ray is not installed"):
+        require_engine("ray")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"pip install -e '\.\[test\]'"):
+        require_engine("ray")
