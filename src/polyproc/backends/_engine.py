@@ -323,9 +323,11 @@ class ClusterSlot:
         """Any thread, once per batch: post this and every earlier answer, in send order."""
         with self._lock:
             entry.answer = answer
-            while self._pending and self._pending[0].answer is not None and not self._over:
-                e = self._pending.popleft()
-                self._deliver(e, e.answer)  # type: ignore[arg-type]
+            while self._pending and not self._over:
+                head = self._pending[0].answer
+                if head is None:
+                    break
+                self._deliver(self._pending.popleft(), head)
             stop = self._stopping and not self._pending and not self._over
         if stop:
             self._stop_now()
@@ -410,10 +412,12 @@ class ClusterEngine(Engine):
     def _thread_message(self, item: tuple[int, int, tuple[Any, ...]]) -> None:
         kind, wid, rest = item
         h = self.handles.get(wid)
-        slot: Any = None if h is None else h.thread
+        if h is None:
+            return
+        slot: Any = h.thread
         if slot is None or slot.abandoned:
             return
-        h.name = slot.name  # type: ignore[union-attr]
+        h.name = slot.name
         if kind == LOST:
             # Like a worker's death: the engine ends the slot, the scheduler re-runs or
             # fails exactly the tasks it held, and a new slot takes its place.
