@@ -508,9 +508,8 @@ def _log_event(msg: str, *args: object) -> None:
     INFO does not fill with them."""
     import logging
 
-    from .util import LOGGER_NAME
-
-    logger = logging.getLogger(LOGGER_NAME)
+    # util.LOGGER_NAME, not imported from there: a fork child would import util for it
+    logger = logging.getLogger("multiprocessing")
     if logger.handlers and logger.isEnabledFor(logging.INFO):
         logger.info(msg, *args)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent
@@ -29,8 +30,12 @@ def start(spec: LaunchSpec) -> ChildHandle:
     from .thread import on_launcher_thread
 
     template = spec.template
-    if template is not None and template.usable():
-        try:  # a pool worker: forked from the pool's single-threaded template
+    main = threading.current_thread() is threading.main_thread()
+    # A pool worker: its first workers are forked here, from the main thread at pool
+    # creation (template.start says why); later ones, from the engine's thread, are
+    # forked by the pool's single-threaded template.
+    if template is not None and not main and template.usable():
+        try:
             return template.start(spec)
         except (OSError, ProcessError):  # it cannot be pickled, or the template is gone
             pass

@@ -231,16 +231,29 @@ def for_pool(ctx: Settings) -> Template | None:
 
 
 def start(spec: LaunchSpec) -> ChildHandle:
-    """The ``auto`` launcher: a pool's template, else a fork here if safe, else the forkserver."""
+    """The ``auto`` launcher: a fork here if safe, else a pool's template, else the forkserver.
+
+    A pool worker asked for from the main thread is one of the pool's first: the engine
+    starts those in the caller's thread at pool creation, right after forking the
+    template, so a fork here sees the caller as the template does, and costs one fork
+    instead of a request to the template and an unpickle there. Replacements are asked
+    for by the engine's thread, where forking is never safe: the template serves them.
+    """
     from ..errors import ProcessError
 
     template = spec.template
+    tried_here = False
     if template is not None and template.usable():
+        if threading.current_thread() is threading.main_thread():
+            tried_here = True
+            handle = fork_here(spec.entry)
+            if handle is not None:
+                return handle
         try:
             return template.start(spec)
         except (OSError, ProcessError):  # the template is gone, or cannot take this one
             pass
-    handle = fork_here(spec.entry)
+    handle = None if tried_here else fork_here(spec.entry)
     if handle is not None:
         return handle
     from . import forkserver

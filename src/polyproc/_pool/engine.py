@@ -169,6 +169,10 @@ class Engine:
         self._atexit_registered = False
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self._lock)  # it runs Python code only holding _lock
+        if self.template is not None:
+            # The first workers: forked here, from the caller as the template is, before
+            # our thread exists (no hop to the template; _launch/template.py, ``start``).
+            self._act()
         self.thread.start()  # last: the thread reads everything above
 
     # -- user-thread side ----------------------------------------------------------------
