@@ -123,17 +123,43 @@ def test_guardless_script_is_refused_under_spawn_and_forkserver(
     assert "[0, 2, 4, 6]" not in out
     assert "bootstrapping phase" in err and "if __name__ == '__main__':" in err, err
     assert most <= 8, most  # never an explosion
-    # forkserver: the one server that imported the script says so, and no other starts
-    # Each refusal printed as a traceback (the pool's BrokenProcessPool quotes the same
-    # error inside its own one-line message: that is not another refusal).
+    # One error, in the parent, where the program can catch it: the RuntimeError itself
+    # (not a BrokenProcessPool around it), and no child printing it again.
     printed = sum(
         1
         for line in err.splitlines()
         if line.strip().startswith("An attempt has been made to start a new process")
     )
-    # forkserver: the refused server's own report, and the parent's error (the pool's
-    # BrokenProcessPool, caused by this RuntimeError); spawn: up to 3 refused workers more.
-    assert 1 <= printed <= (2 if method == "forkserver" else 4), err
+    assert printed == 1, err
+    assert "RuntimeError: " in err and "BrokenProcessPool" not in err, err
+    assert "could not be prepared" not in err, err
+
+
+GUARDLESS_CAUGHT = """
+    import polyproc as mp
+    def f(x): return x * 2
+    try:
+        with mp.Pool(2) as p:
+            p.map(f, range(4))
+    except RuntimeError as exc:
+        if __name__ != "__main__":
+            raise  # a child importing us: let the refusal stand
+        assert type(exc) is RuntimeError, type(exc)
+        assert "bootstrapping phase" in str(exc)
+        print("caught", __name__)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_guardless_refusal_is_one_catchable_runtime_error(tmp_path: Path, method: str) -> None:
+    """The parent catches it as a plain RuntimeError; the refusing children stay quiet."""
+    rc, out, err, most = run_script(tmp_path, GUARDLESS_CAUGHT, method)
+    assert rc == 0, err
+    # The parent catches it; the refusing children (re-raising it) say nothing.
+    assert out.splitlines() == ["caught __main__"], (out, err)
+    assert "bootstrapping" not in err, err
+    assert most <= 8, most
 
 
 # -- 2. worker logging -----------------------------------------------------------------------

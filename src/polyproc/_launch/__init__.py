@@ -52,6 +52,9 @@ class LaunchSpec(NamedTuple):
     settings: Settings
     #: A pool worker's template (``template.py``): fork it from there when it is usable.
     template: Template | None = None
+    #: A pool's worker: a spawned one that refuses to import a main module with no
+    #: guard exits quietly (``child.REFUSED_EXIT``), and its pool raises the error once.
+    pool_worker: bool = False
 
 
 class Launcher(Protocol):
