@@ -250,7 +250,11 @@ def test_any_parent_handler_gets_child_records(method: str) -> None:
 @pytest.mark.timeout(30)
 def test_import_polyproc_is_light() -> None:
     heavy = ("dataclasses", "inspect", "concurrent.futures", "ctypes", "logging", "asyncio")
-    code = f"import sys, polyproc; print([m for m in {heavy!r} if m in sys.modules])"
+    # Less what the interpreter loaded before us (a site hook may import inspect: 3.13 here)
+    code = (
+        f"import sys; heavy = {heavy!r}; before = {{m for m in heavy if m in sys.modules}}; "
+        "import polyproc; print(sorted(m for m in heavy if m in sys.modules and m not in before))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -260,6 +264,39 @@ def test_import_polyproc_is_light() -> None:
         check=True,
     ).stdout
     assert out.strip() == "[]"
+
+
+POOL_PATH = """
+    import os, sys
+    import polyproc as mp
+
+    HEAVY = ("dataclasses", "inspect", "cloudpickle")
+
+    def loaded(_):
+        return sorted(m for m in HEAVY if m in sys.modules)
+
+    if __name__ == "__main__":
+        before = set(loaded(0))
+        with mp.Pool(1) as p:
+            first = p.apply(loaded, (0,))
+            try:
+                p.apply(os._exit, (3,))  # a crash: the replacement comes from the template
+            except mp.WorkerLostError:
+                pass
+            replacement = p.apply(loaded, (0,))
+        print(sorted(set(loaded(0)) - before), sorted(set(first) - before),
+              sorted(set(replacement) - before))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_pool_path_stays_light(tmp_path: Path) -> None:
+    """A pool's creation, and its workers (first and replacement), import no dataclasses,
+    no inspect, and no cloudpickle for a plain function: each is milliseconds of a short
+    script (a worker pickled with cloudpickle would import it before it could start)."""
+    rc, out, err, _ = run_script(tmp_path, POOL_PATH)
+    assert rc == 0, err
+    assert out.strip() == "[] [] []", (out, err)
 
 
 # -- 4. fds another thread opens do not leak into workers --------------------------------------
