@@ -777,6 +777,13 @@ class Engine:
         self._fail_leftovers()
 
     def _close_all(self) -> None:
+        for h in list(self.handles.values()):  # all killed first, so they die side by side
+            if h.proc is not None:
+                try:
+                    if h.proc.is_alive():
+                        h.proc.kill()
+                except (ValueError, OSError, AssertionError):
+                    pass
         for h in list(self.handles.values()):
             if h.proc is not None:
                 try:
