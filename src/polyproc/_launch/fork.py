@@ -3,7 +3,8 @@
 Fast (about a millisecond) and needs no pickling, but forking a process that
 has threads can deadlock the child on a lock some other thread held: the
 default (``auto``, template.py) forks only where no other thread can hold one.
-A pool's workers come from its template when one could be made (template.py).
+A pool's first workers are forked here, at its creation; its replacements come from
+its template when one could be made (template.py).
 """
 
 from __future__ import annotations
