@@ -52,6 +52,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .._connection import Pipe  # here, not at the first start: pool start is timed
+from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import for_pool, parkable
 from .._serialize import fd_handle
 from .._transport import wrap_fd
@@ -169,6 +170,10 @@ class Engine:
         self._atexit_registered = False
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self._lock)  # it runs Python code only holding _lock
+        if self.template is not None:
+            # The first workers: forked here, from the caller as the template is, before
+            # our thread exists (no hop to the template; _launch/template.py, ``start``).
+            self._act()
         self.thread.start()  # last: the thread reads everything above
 
     # -- user-thread side ----------------------------------------------------------------
@@ -253,6 +258,8 @@ class Engine:
         return False
 
     def _closed_error(self) -> BaseException:
+        if is_refusal(self.broken):  # a main module with no guard: the program's error
+            return RuntimeError(BOOTSTRAP_ERROR)
         if self.broken is not None:
             err = BrokenProcessPool(str(self.broken))
             err.__cause__ = self.broken  # and through it, why it broke
@@ -452,7 +459,9 @@ class Engine:
                     self.start_error = exc
                 err = BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
                 err.__cause__ = exc
-                self.sched._break(err)
+                # A main module with no guard (the forkserver would not import it) is
+                # the program's error: raised as it is, not as a broken pool.
+                self.sched._break(exc if is_refusal(exc) else err)
             self.sched.worker_exited(wid, None, name=h.name)
             return
         theirs.close()
@@ -768,6 +777,13 @@ class Engine:
         self._fail_leftovers()
 
     def _close_all(self) -> None:
+        for h in list(self.handles.values()):  # all killed first, so they die side by side
+            if h.proc is not None:
+                try:
+                    if h.proc.is_alive():
+                        h.proc.kill()
+                except (ValueError, OSError, AssertionError):
+                    pass
         for h in list(self.handles.values()):
             if h.proc is not None:
                 try:

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._launch.child import BOOTSTRAP_ERROR, REFUSED_EXIT, is_refusal
 from ..errors import BrokenProcessPool, TimeoutError, WorkerLostError
 from .messages import TaskError
 from .tasks import (
@@ -322,6 +323,11 @@ class Scheduler:
             return
         if was is WorkerState.STARTING:
             self._start_failures += 1
+            if exitcode == REFUSED_EXIT:
+                # A spawned worker would not import our main module: it has no main
+                # guard. No other worker would do better: the program must change.
+                self._break(RuntimeError(BOOTSTRAP_ERROR))
+                return
         window = list(slot.window)
         slot.window.clear()
         who = name or f"worker {wid}"
@@ -410,6 +416,8 @@ class Scheduler:
                 self.actions.append(Kill(slot.wid))
 
     def _closed_error(self) -> BaseException:
+        if self.state is PoolState.BROKEN and is_refusal(self.broken_error):
+            return RuntimeError(BOOTSTRAP_ERROR)  # the program's own error, not the pool's
         if self.state is PoolState.BROKEN:
             err = BrokenProcessPool(f"the pool is broken: {self.broken_error}")
             err.__cause__ = self.broken_error  # why: the initializer's error, a failed start
