@@ -4,6 +4,15 @@ Every impl function builds its pool, measures, tears it down, and returns one fi
 The stdlib is imported lazily inside its functions (polyproc itself never imports it).
 Where the stdlib is very slow (chunksize=1 at ~5k tasks/s), it runs fewer tasks: the
 figure is a rate, so the ratio is fair and a run stays short.
+
+Issue #14 asks for the calls users write, beside the stdlib (and loky / mpire where
+they offer the call; those impls run only when the package is installed)::
+
+    Pool.map / Pool.imap / Executor.map(inc, range(1M)), default chunks   tasks/s vs Pool.map
+    imap over a 191k-item generator, slow consumer takes 5,000        parent RSS growth, MiB
+    imap of 1 MiB items, slow consumer                                items pulled ahead
+    submit().result(), Pool.apply                                     us vs the pipe ping-pong
+                                                                      floor (bench_foundation)
 """
 
 from __future__ import annotations
@@ -121,6 +130,124 @@ def pool_imap_stdlib(n: int = 20_000) -> float:
         return _rate(n, lambda: list(p.imap(inc, range(n))))
 
 
+# -- default chunks, the shapes users write (issue #14) ---------------------------------------
+MAP_N = 1_000_000
+
+
+def map_default_polyproc(n: int = MAP_N) -> float:
+    with _pp_pool() as p:
+        _warm(p)
+        return _rate(n, lambda: p.map(inc, range(n)))
+
+
+def map_default_stdlib(n: int = MAP_N) -> float:
+    with _std_pool() as p:
+        _warm(p)
+        return _rate(n, lambda: p.map(inc, range(n)))
+
+
+def map_default_mpire(n: int = MAP_N) -> float:
+    from mpire import WorkerPool
+
+    with WorkerPool(WORKERS) as p:
+        p.map(inc, range(WORKERS * 4))
+        return _rate(n, lambda: p.map(inc, range(n)))
+
+
+def imap_default_polyproc(n: int = MAP_N) -> float:
+    with _pp_pool() as p:
+        _warm(p)
+        return _rate(n, lambda: list(p.imap(inc, range(n))))
+
+
+def imap_default_mpire(n: int = MAP_N) -> float:
+    from mpire import WorkerPool
+
+    with WorkerPool(WORKERS) as p:
+        p.map(inc, range(WORKERS * 4))
+        return _rate(n, lambda: list(p.imap(inc, range(n))))
+
+
+def exec_map_default_polyproc(n: int = MAP_N) -> float:
+    with _pp_exec() as ex:
+        _warm(ex)
+        return _rate(n, lambda: list(ex.map(inc, range(n))))
+
+
+def exec_map_default_loky(n: int = 20_000) -> float:
+    from loky import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(WORKERS) as ex:
+        _warm(ex)
+        return _rate(n, lambda: list(ex.map(inc, range(n))))
+
+
+# -- lazy input: what a slow consumer costs the parent ---------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _spin(seconds: float) -> None:
+    """A consumer's work per item (a busy wait, as work is: not a wait on anything)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _lazy_imap(
+    make: Callable[[], Any], item: Callable[[int], Any], total: int, take: int, per_item: float
+) -> tuple[float, int]:
+    """(parent RSS growth in MiB, most items pulled ahead of the consumer) of an imap over a
+    ``total``-item generator whose consumer takes ``take`` items, ``per_item`` s each."""
+    pulled = [0]
+
+    def gen() -> Any:
+        for i in range(total):
+            pulled[0] += 1
+            yield item(i)
+
+    with make() as p:
+        _warm(p)
+        base = _rss()
+        ahead = 0
+        it = p.imap(len if item is _mib else inc, gen())
+        for k in range(take):
+            next(it)
+            _spin(per_item)
+            ahead = max(ahead, pulled[0] - (k + 1))
+        grown = (_rss() - base) / (1 << 20)
+        p.terminate()
+    return grown, ahead
+
+
+def _small(i: int) -> int:
+    return i
+
+
+def _mib(i: int) -> bytes:
+    return bytes(1 << 20)
+
+
+LAZY_TOTAL, LAZY_TAKE = 191_000, 5_000
+
+
+def lazy_rss_polyproc() -> float:
+    return _lazy_imap(_pp_pool, _small, LAZY_TOTAL, LAZY_TAKE, 50e-6)[0]
+
+
+def lazy_rss_stdlib() -> float:
+    return _lazy_imap(_std_pool, _small, LAZY_TOTAL, LAZY_TAKE, 50e-6)[0]
+
+
+def lazy_ahead_polyproc() -> float:
+    return float(_lazy_imap(_pp_pool, _mib, 200, 20, 5e-3)[1])
+
+
+def lazy_ahead_stdlib() -> float:
+    return float(_lazy_imap(_std_pool, _mib, 200, 20, 5e-3)[1])
+
+
 # -- separate submits ------------------------------------------------------------------
 def submits_polyproc(n: int = 200_000) -> float:
     with _pp_exec() as ex:
@@ -130,6 +257,14 @@ def submits_polyproc(n: int = 200_000) -> float:
 
 def submits_stdlib(n: int = 10_000) -> float:
     with _std_exec() as ex:
+        _warm(ex)
+        return _rate(n, lambda: [f.result() for f in [ex.submit(inc, i) for i in range(n)]])
+
+
+def submits_loky(n: int = 10_000) -> float:
+    from loky import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(WORKERS) as ex:
         _warm(ex)
         return _rate(n, lambda: [f.result() for f in [ex.submit(inc, i) for i in range(n)]])
 
@@ -156,6 +291,27 @@ def submit_rt_polyproc() -> float:
 def submit_rt_stdlib() -> float:
     with _std_exec() as ex:
         return _round_trip(lambda i: ex.submit(inc, i).result(), 300)
+
+
+def submit_rt_loky() -> float:
+    from loky import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(WORKERS) as ex:
+        return _round_trip(lambda i: ex.submit(inc, i).result(), 300)
+
+
+def apply_rt_mpire() -> float:
+    from mpire import WorkerPool
+
+    with WorkerPool(WORKERS, keep_alive=True) as p:
+        return _round_trip(lambda i: p.apply(inc, (i,)), 300)
+
+
+def _pipe_floor() -> float:
+    """The bare pipe ping-pong of bench_foundation, in this run: what a round trip costs."""
+    from bench_foundation import _raw_ping_pong
+
+    return _raw_ping_pong("pipe")
 
 
 def apply_rt_polyproc() -> float:
@@ -266,9 +422,66 @@ CASES: list[Case] = [
         repeat=3,
     ),
     Case(
+        "Pool.map 1M tiny, default chunks vs Pool.map",
+        "tasks/s",
+        impls={
+            "polyproc": map_default_polyproc,
+            "stdlib": map_default_stdlib,
+            "mpire": map_default_mpire,
+        },
+        target=1.0,
+        quick=True,
+        repeat=3,
+        note="issue #14: Pool.map(f, range(N)) as users write it, >= 1x the stdlib's Pool.map",
+    ),
+    Case(
+        "Pool.imap 1M tiny, default chunks vs Pool.map",
+        "tasks/s",
+        impls={
+            "polyproc": imap_default_polyproc,
+            "stdlib": map_default_stdlib,
+            "mpire": imap_default_mpire,
+        },
+        target=1.0,
+        repeat=3,
+        note="issue #14: list(imap(f, range(N))) >= 1x the stdlib's Pool.map",
+    ),
+    Case(
+        "Executor.map 1M tiny, defaults vs Pool.map",
+        "tasks/s",
+        impls={
+            "polyproc": exec_map_default_polyproc,
+            "stdlib": map_default_stdlib,
+            "loky": exec_map_default_loky,
+        },
+        target=0.8,
+        quick=True,
+        repeat=3,
+        note="issue #14: >= 0.8x the stdlib's Pool.map (loky runs 20k: a rate)",
+    ),
+    Case(
+        "imap, slow consumer of a 191k-item generator: parent RSS growth",
+        "MiB",
+        impls={"polyproc": lazy_rss_polyproc, "stdlib": lazy_rss_stdlib},
+        higher_is_better=False,
+        target=1.0,
+        repeat=3,
+        note="consumer takes 5,000 items, 50 us each; issue #14: growth <= the stdlib's",
+    ),
+    Case(
+        "imap of 1 MiB items, slow consumer: items pulled ahead",
+        "items",
+        impls={"polyproc": lazy_ahead_polyproc, "stdlib": lazy_ahead_stdlib},
+        higher_is_better=False,
+        repeat=3,
+        extra={"absolute": str(4 * WORKERS)},
+        note="most items the pool pulled from the generator beyond what the consumer took "
+        "(20 taken, 5 ms each); issue #14: <= 4 x workers",
+    ),
+    Case(
         "200k separate submits",
         "tasks/s",
-        impls={"polyproc": submits_polyproc, "stdlib": submits_stdlib},
+        impls={"polyproc": submits_polyproc, "stdlib": submits_stdlib, "loky": submits_loky},
         target=20.0,
         quick=True,
         repeat=3,
@@ -292,6 +505,37 @@ CASES: list[Case] = [
         target=None,
         repeat=3,
         note="issue target: <= 60 us absolute",
+    ),
+    Case(
+        "submit().result() round trip vs pipe ping-pong floor",
+        "us",
+        impls={
+            "polyproc": submit_rt_polyproc,
+            "stdlib": submit_rt_stdlib,
+            "loky": submit_rt_loky,
+            "floor": _pipe_floor,
+        },
+        baseline="floor",
+        higher_is_better=False,
+        target=0.5,
+        quick=True,
+        repeat=3,
+        note="issue #14: <= 2x the bare pipe ping-pong of the same run (ratio >= 0.5)",
+    ),
+    Case(
+        "Pool.apply round trip vs pipe ping-pong floor",
+        "us",
+        impls={
+            "polyproc": apply_rt_polyproc,
+            "stdlib": apply_rt_stdlib,
+            "mpire": apply_rt_mpire,
+            "floor": _pipe_floor,
+        },
+        baseline="floor",
+        higher_is_better=False,
+        target=0.5,
+        repeat=3,
+        note="issue #14: <= 2x the bare pipe ping-pong of the same run (ratio >= 0.5)",
     ),
     Case(
         "CPU-bound scaling efficiency, 2 workers",

@@ -20,6 +20,27 @@ def _touch(a: Any) -> int:
     return int(a[::4096].size)
 
 
+def _first(a: Any) -> float:
+    """What a task reads of a shared array: one element (the transfer is what is measured)."""
+    return float(a.flat[0])
+
+
+def _attach_first(name: str, n: int) -> float:
+    """The stdlib's idiom for a shared array: attach a SharedMemory by name, wrap, read."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        a = np.ndarray((n,), dtype=np.float64, buffer=shm.buf)
+        v = float(a[0])
+        del a
+        return v
+    finally:
+        shm.close()
+
+
 def _make(nbytes: int) -> Any:
     import numpy as np
 
@@ -56,6 +77,42 @@ def _array_rate(mp: Any, nbytes: int, as_result: bool, rounds: int = 3) -> float
                 pool.apply(_touch, (arr,))
             best = max(best, nbytes / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def _shared_call_us(mp: Any, nbytes: int, n: int = 200) -> float:
+    """us per ``apply(_first, (a,))`` with ``a`` a ``shared_array`` of ``nbytes``: what
+    passing it costs, which must not grow with its size (issue #14: O(1))."""
+    with mp.get_context("fork").Pool(1) as pool:
+        a = mp.shared_array(max(1, nbytes // 8), "float64", fill=1.0)
+        for _ in range(20):
+            pool.apply(_first, (a,))
+        t = time.perf_counter()
+        for _ in range(n):
+            pool.apply(_first, (a,))
+        return (time.perf_counter() - t) / n * 1e6
+
+
+def _stdlib_shared_call_us(nbytes: int, n: int = 200) -> float:
+    """The stdlib's nearest call: a SharedMemory block passed by name, attached per task."""
+    import multiprocessing
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    shm = shared_memory.SharedMemory(create=True, size=nbytes)
+    try:
+        np.ndarray((nbytes // 8,), dtype=np.float64, buffer=shm.buf)[:] = 1.0
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            args = (shm.name, nbytes // 8)
+            for _ in range(20):
+                pool.apply(_attach_first, args)
+            t = time.perf_counter()
+            for _ in range(n):
+                pool.apply(_attach_first, args)
+            return (time.perf_counter() - t) / n * 1e6
+    finally:
+        shm.close()
+        shm.unlink()
 
 
 def _queue_rate(mp: Any, n: int = 200_000) -> float:
@@ -140,6 +197,18 @@ def res512_stdlib() -> float:
     return _array_rate(_std(), 512 * MiB, True, 2)
 
 
+def shared512_polyproc() -> float:
+    return _shared_call_us(_pp(), 512 * MiB)
+
+
+def shared512_stdlib() -> float:
+    return _stdlib_shared_call_us(512 * MiB)
+
+
+def shared8_polyproc() -> float:
+    return _shared_call_us(_pp(), 8)
+
+
 def queue_polyproc() -> float:
     return _queue_rate(_pp())
 
@@ -194,6 +263,19 @@ CASES: list[Case] = [
         {"polyproc": res512_polyproc, "stdlib": res512_stdlib},
         target=10.0,
         repeat=3,
+    ),
+    Case(
+        "pool: 512 MiB shared_array argument vs an 8 B one",
+        "us",
+        {"polyproc": shared512_polyproc, "floor": shared8_polyproc, "stdlib": shared512_stdlib},
+        baseline="floor",
+        higher_is_better=False,
+        target=1 / 1.5,
+        quick=True,
+        repeat=3,
+        note="us per apply(f, (a,)) reading one element; floor: the same call with an 8 B "
+        "shared_array; stdlib: a SharedMemory passed by name and attached per task; "
+        "issue #14: O(1), i.e. <= 1.5x the 8 B call",
     ),
     Case(
         "Queue 1 producer -> 1 consumer, small items",

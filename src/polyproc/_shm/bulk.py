@@ -14,13 +14,27 @@ mapping: no copy on the receiving side, no pickle through a pipe.
        busy byte := 1                             import_buffer(fd, n)
        memcpy view → slot[PAGE:PAGE+n]              mmap(fd, MAP_POPULATE) ─► memoryview
     fd ─── SCM_RIGHTS ──────────────────────────►  (the ndarray is backed by it)
-                                                  mapping collected: busy byte := 0
+                                                  lease collected: busy byte := 0
     next export: a slot whose busy byte is 0 is reused (its pages are already
-    faulted in, so the copy runs at memcpy speed instead of first-touch speed)
+    faulted in, so the copy runs at memcpy speed instead of first-touch speed),
+    and the receiver finds its mapping of that slot again by the memfd's inode
+    (``_Received``): no mmap, no page-table fill, no munmap per transfer
 
 Layout of a memfd: one page whose first byte is the busy flag, then the data.
 Only the sender sets the flag (while it is 0) and only the receiver clears it,
-so no atomic operation is needed. A receiver that never maps the fd (it died)
+so no atomic operation is needed. The flag is ``_POOLED`` for a pooled slot and
+``_ONE_OFF`` for an unpooled memfd: the receiver keeps a mapping of the first
+kind for the next transfer (at most ``_RECV_MAPS``, dropped once the sender
+retires the slot, after ``_IDLE`` seconds unused, or at ``trim()``), and maps
+the second kind once, for this transfer only.
+
+Why a receiver keeps mappings (issue #14, 512 MiB arrays): mapping a 512 MiB
+memfd costs as much as copying it (~160 ms here, one page-table entry per page,
+and the munmap again), so a fresh mapping per transfer halved the bandwidth.
+Each transfer hands out a *lease*, a ctypes array over the cached mapping: the
+view pickle rebuilds the array from keeps it alive, and its finalizer clears
+the busy byte when the last view goes, exactly as collecting the mapping did.
+A receiver that never maps the fd (it died)
 leaves its slot busy forever: the pool is bounded (``_POOL_BYTES``, ``_POOL_SLOTS``)
 and past the bound a fresh, unpooled memfd is used. Free slots idle for
 ``_IDLE`` seconds are dropped at the next export, so a process that once sent a
@@ -35,6 +49,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -69,6 +84,12 @@ BYTES_THRESHOLD = sys.maxsize
 _LEND_SLOTS = 3
 #: Mappings of the peer's slots one receiving Connection keeps.
 _PEER_MAPS = 4
+#: Mappings of peers' ``export`` slots one receiving process keeps for the next transfer.
+_RECV_MAPS = 4
+#: Byte 0 of a memfd while its data is in flight: a pooled slot (the receiver may keep its
+#: mapping for the next transfer) or a one-off memfd (mapped for this transfer only).
+_POOLED = 1
+_ONE_OFF = 2
 
 
 _MARKER = struct.Struct("<Q")
@@ -137,8 +158,11 @@ _pool = _Pool()
 os.register_at_fork(after_in_child=_pool.after_fork_in_child)
 
 
-def _fresh(view: memoryview) -> int:
-    """A new memfd holding the header page and ``view``: ``write`` allocates and copies at once."""
+def _fresh(view: memoryview, flag: int = _POOLED) -> int:
+    """A new memfd holding the header page and ``view``: ``write`` allocates and copies at once.
+
+    ``write`` is the fastest way to fill fresh shmem pages here (512 MiB: 0.82 s, against
+    1.2-1.6 s for ftruncate + mmap, populated or not, + memcpy; load average ~10)."""
     fd = os.memfd_create("polyproc-buffer", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, PAGE)
@@ -146,7 +170,7 @@ def _fresh(view: memoryview) -> int:
         done, n = 0, view.nbytes
         while done < n:
             done += os.write(fd, view[done : done + (1 << 30)])
-        os.pwrite(fd, b"\1", 0)
+        os.pwrite(fd, bytes((flag,)), 0)
     except BaseException:
         os.close(fd)
         raise
@@ -174,16 +198,16 @@ def export(view: memoryview) -> tuple[int, bool]:
                 best.mm = mmap.mmap(
                     best.fd, PAGE + best.capacity, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE
                 )
-            best.mm[0] = 1
+            best.mm[0] = _POOLED
             best.last_used = now
             slot = best
         else:
-            fd = _fresh(view)
             total = sum(s.capacity for s in p.slots) + n
             if len(p.slots) < _POOL_SLOTS and total <= _POOL_BYTES:
+                fd = _fresh(view)
                 p.slots.append(_Slot(fd, n))
                 return fd, False
-            return fd, True
+            return _fresh(view, _ONE_OFF), True
     # Copy outside the pool lock; the slot is ours (busy) until the receiver lets go.
     assert slot.mm is not None
     memoryview(slot.mm)[PAGE : PAGE + n] = view
@@ -300,19 +324,89 @@ class _Mapping(mmap.mmap):
             pass
 
 
-def import_buffer(fd: int, nbytes: int) -> memoryview:
-    """Map a memfd sent by ``export``; takes ownership of ``fd``. A writable view of ``nbytes``."""
+def _release(mm: mmap.mmap) -> None:
+    """A lease's finalizer: the receiver is done with the data, the sender may refill the slot."""
     try:
-        if os.fstat(fd).st_size < PAGE + nbytes:
+        if not mm.closed:
+            mm[0] = 0
+    except (ValueError, IndexError, OSError):
+        pass
+
+
+class _Received:
+    """The receiving side of ``export``: this process's mappings of peers' pooled slots.
+
+    Keyed by the memfd's (device, inode), which cannot be reused while the mapping
+    holds the memfd. An entry is only dropped from here, never closed: a live lease
+    keeps its mapping (and the finalizer that clears the busy byte) until it goes.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.maps: OrderedDict[tuple[int, int], tuple[mmap.mmap, list[float]]] = OrderedDict()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.maps = OrderedDict()
+
+    def mapping(self, fd: int, size: int) -> mmap.mmap:
+        """The cached mapping of the slot behind ``fd`` (made on first sight)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        now = time.monotonic()
+        with self.lock:
+            for k, (m, used) in list(self.maps.items()):
+                if k != key and (m[1] or now - used[0] > _IDLE):
+                    del self.maps[k]  # retired by its sender, or idle: let it go
+            entry = self.maps.get(key)
+            if entry is None:
+                # No MAP_POPULATE: filling 512 MiB of page-table entries costs as much as
+                # the copy did, and a receiver that reads part of the array pays for that part.
+                entry = (mmap.mmap(fd, size, flags=mmap.MAP_SHARED), [now])
+                self.maps[key] = entry
+                while len(self.maps) > _RECV_MAPS:
+                    self.maps.popitem(last=False)
+            else:
+                entry[1][0] = now
+                self.maps.move_to_end(key)
+            return entry[0]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.maps.clear()
+
+
+_received = _Received()
+os.register_at_fork(after_in_child=_received.after_fork_in_child)
+
+
+def import_buffer(fd: int, nbytes: int) -> memoryview:
+    """Map a memfd sent by ``export``; takes ownership of ``fd``. A writable view of ``nbytes``.
+
+    A pooled slot is leased from the mapping this process keeps of it (``_Received``);
+    a one-off memfd is mapped for this transfer and unmapped with its last view.
+    """
+    try:
+        size = os.fstat(fd).st_size
+        if size < PAGE + nbytes:
             raise ValueError("shared buffer is shorter than the frame says")
-        mm = _Mapping(fd, PAGE + nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        if os.pread(fd, 1, 0) != bytes((_POOLED,)) or nbytes == 0:
+            mm = _Mapping(fd, PAGE + nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            return memoryview(mm)[PAGE : PAGE + nbytes]
+        shared = _received.mapping(fd, size)
     finally:
         os.close(fd)
-    return memoryview(mm)[PAGE : PAGE + nbytes]
+    import ctypes  # only here: a process that never receives a big buffer never loads it
+
+    lease = (ctypes.c_ubyte * nbytes).from_buffer(shared, PAGE)
+    weakref.finalize(lease, _release, shared)
+    return memoryview(lease).cast("B")
 
 
 def trim() -> None:
-    """Drop every free pooled memfd now (their memory goes back to the system)."""
+    """Drop every free pooled memfd now, and the mappings kept of peers' slots (their
+    memory goes back to the system once the last view of each is gone)."""
+    _received.clear()
     with _pool.lock:
         keep = []
         for s in _pool.slots:

@@ -31,6 +31,7 @@ import mmap
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._serialize import fd_handle
@@ -72,11 +73,13 @@ class Arena:
         st = os.fstat(fd)
         self.key = (st.st_dev, st.st_ino)
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # ``_close`` is bound now: an arena collected at interpreter shutdown may find the
+        # module's ``os`` already set to None ("Exception ignored in Arena.__del__").
         fd, self.fd = self.fd, -1
         if fd >= 0:
             try:
-                os.close(fd)
+                _close(fd)
             except OSError:
                 pass
 

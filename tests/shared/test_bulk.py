@@ -1,0 +1,139 @@
+"""Big buffers through pooled memfds (``_shm/bulk.py``): the receiver keeps its mapping.
+
+A receiver maps each pooled slot of its peer once and leases it per transfer (issue #14:
+mapping 512 MiB per transfer cost as much as the copy). These tests pin what makes that
+safe: the sender may refill a slot only after the last view of the previous transfer is
+gone, a reused slot shows the new data, one-off memfds are not kept, retired slots are
+let go, and a lease outlives the cache entry it came from.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from polyproc._shm import bulk
+
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _clean_pool() -> Iterator[None]:
+    bulk.trim()
+    yield
+    gc.collect()
+    bulk.trim()
+
+
+def _send(data: bytes) -> tuple[memoryview, int, bool]:
+    """export + import_buffer in one process: what the receiving side of a frame gets."""
+    fd, close = bulk.export(memoryview(data))
+    view = bulk.import_buffer(os.dup(fd), len(data))
+    if close:
+        os.close(fd)
+    return view, fd, close
+
+
+def _slot(fd: int) -> Any:
+    return next(s for s in bulk._pool.slots if s.fd == fd)
+
+
+def test_a_pooled_slot_is_mapped_once_and_leased_per_transfer() -> None:
+    view, fd, close = _send(b"a" * (2 * MIB))
+    assert not close and bytes(view[:3]) == b"aaa"
+    assert len(bulk._received.maps) == 1
+    ((mapping, _),) = bulk._received.maps.values()
+    assert _slot(fd).busy()  # the receiver still holds the data
+    del view
+    gc.collect()
+    assert not _slot(fd).busy()  # the last view went: the slot may be refilled
+    view2, fd2, _ = _send(b"b" * (2 * MIB))
+    assert fd2 == fd  # the same warm slot
+    assert bytes(view2[:3]) == b"bbb" and bytes(view2[-1:]) == b"b"
+    assert [m for m, _ in bulk._received.maps.values()] == [mapping]  # the same mapping
+
+
+def test_a_slot_still_viewed_is_not_refilled() -> None:
+    view, fd, _ = _send(b"a" * (2 * MIB))
+    view2, fd2, _ = _send(b"b" * (2 * MIB))
+    assert fd2 != fd  # the first slot is busy while its view lives
+    assert bytes(view[:1]) == b"a" and bytes(view2[:1]) == b"b"
+
+
+def test_a_view_rebuilds_a_writable_numpy_array() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.arange(MIB // 4, dtype=np.float64)  # 2 MiB
+    fd, _ = bulk.export(memoryview(a).cast("B"))
+    view = bulk.import_buffer(os.dup(fd), a.nbytes)
+    b = np.frombuffer(view, dtype=np.float64)
+    assert (a == b).all()
+    b[0] = -1.0  # pickle protocol 5 hands the array a writable buffer
+    del view
+    gc.collect()
+    assert _slot(fd).busy()  # the array alone keeps the lease
+    del b
+    gc.collect()
+    assert not _slot(fd).busy()
+
+
+def test_a_one_off_memfd_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk, "_POOL_SLOTS", 0)  # the pool is full: unpooled memfds
+    view, _, close = _send(b"c" * (2 * MIB))
+    assert close
+    assert bytes(view[:2]) == b"cc"
+    assert not bulk._received.maps
+
+
+def test_a_retired_slot_is_let_go_at_the_next_transfer() -> None:
+    view, fd, _ = _send(b"a" * (2 * MIB))
+    del view
+    gc.collect()
+    keys = list(bulk._received.maps)
+    with bulk._pool.lock:  # the sender retires the slot (what trim() and idling do)
+        slot = _slot(fd)
+        bulk._pool.slots.remove(slot)
+    slot.close()
+    view2, _, _ = _send(b"b" * (3 * MIB))
+    assert keys[0] not in bulk._received.maps
+    assert bytes(view2[:1]) == b"b"
+
+
+def test_a_lease_outlives_its_cache_entry() -> None:
+    view, _, _ = _send(b"z" * (2 * MIB))
+    bulk.trim()  # drops the receiver's mappings and the sender's free slots
+    gc.collect()
+    assert not bulk._received.maps
+    assert bytes(view[-4:]) == b"zzzz"  # still mapped: the lease holds its mapping
+
+
+def _sum_arrays(conn: Any, n: int) -> None:
+    for _ in range(n):
+        a = conn.recv()
+        conn.send(float(a.sum()))
+        del a
+    conn.close()
+
+
+def test_arrays_reusing_one_slot_arrive_intact_in_a_child() -> None:
+    """Each send reuses the warm slot once the child dropped the previous array."""
+    np = pytest.importorskip("numpy")
+    import polyproc
+
+    parent, child = polyproc.Pipe()
+    p = polyproc.get_context("fork").Process(target=_sum_arrays, args=(child, 5))
+    p.start()
+    child.close()
+    try:
+        for k in range(5):
+            a = np.full(MIB // 4, float(k))  # 2 MiB
+            parent.send(a)
+            assert parent.poll(30)
+            assert parent.recv() == float(k) * a.size
+    finally:
+        p.join(30)
+        parent.close()
+    assert p.exitcode == 0
