@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .._context import Settings, default_context, get_context
 from .._process import process_class
-from .._transport import socketpair
+from .._transport import SocketStream, socketpair
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
@@ -264,7 +264,7 @@ class BaseManager:
         if process is None or control is None:
             return
         try:
-            control.send(b"stop")
+            SocketStream(control).write_one(b"stop")
         except OSError:
             pass
         process.join(self._shutdown_timeout)

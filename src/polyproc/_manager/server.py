@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._transport import SocketStream
 from ..errors import MethodNotExposedError, ProtocolError
 from . import client
 from .gate import Gate
@@ -148,7 +149,7 @@ class Server:
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
-        self._loop.add(sock, b"")
+        self._loop.add(SocketStream(sock), b"")
 
     def serve_forever(self) -> None:
         """Serve until a client sends SHUTDOWN (``manager.shutdown()``) or Ctrl+C."""
@@ -224,7 +225,7 @@ class Server:
 
     # -- serving (called by the loop, and by workers for calls that may block) --------
     def _on_ready(self, sock: socket.socket, leftover: bytes) -> None:
-        self._loop.add(sock, leftover)
+        self._loop.add(SocketStream(sock), leftover)
 
     def decode(self, op: int, body: bytes) -> tuple[bool, Any]:
         """``(quick, request)`` for a frame; ProtocolError ends a connection that sends nonsense."""
@@ -405,7 +406,7 @@ def serve_in_child(
 
 
 def _send_status(sock: socket.socket, status: tuple[str, Any]) -> None:
-    sock.sendall(encode(Op.RESULT, dumps(status)))
+    FrameSocket(sock).send(Op.RESULT, dumps(status))
 
 
 def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
@@ -421,7 +422,7 @@ def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
 
 def _watch_owner(control: socket.socket, server: Server) -> None:
     try:
-        control.recv(16)
+        SocketStream(control).read_some(16)
     except BaseException:
         pass
     server.stop_event.set()

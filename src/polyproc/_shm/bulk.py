@@ -38,6 +38,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from .._transport import write_all_fd
+
 __all__ = [
     "THRESHOLD",
     "BYTES_THRESHOLD",
@@ -143,9 +145,7 @@ def _fresh(view: memoryview) -> int:
     try:
         os.ftruncate(fd, PAGE)
         os.lseek(fd, PAGE, os.SEEK_SET)
-        done, n = 0, view.nbytes
-        while done < n:
-            done += os.write(fd, view[done : done + (1 << 30)])
+        write_all_fd(fd, view)
         os.pwrite(fd, b"\1", 0)
     except BaseException:
         os.close(fd)
