@@ -25,7 +25,7 @@ from typing import Any
 from .._protocol.framing import Kind, encode_header
 from .._serialize import fd_handle
 from .._shm import bulk
-from .._transport import Outbox, UnixStream
+from .._transport import Outbox, Stream, UnixStream
 from .worker import ThreadWorker
 
 __all__ = ["Handle", "packed", "pickle_buffer"]
@@ -94,7 +94,11 @@ class Handle:
                 self.out.drop()
             self.out = None
         else:
-            self.out = Outbox(UnixStream.over(sock))
+            self.attach(UnixStream.over(sock))
+
+    def attach(self, stream: Stream) -> None:
+        """Write through ``stream`` from now on (the socket's dup; a memory stream in tests)."""
+        self.out = Outbox(stream)
 
     def readable(self) -> bool:
         """Bytes (or end-of-file) waiting on the channel right now? One ``poll``, no wait."""
