@@ -139,7 +139,7 @@ class Handle:
             out.push(parts[0], fds, to_close)
             for part in parts[1:]:
                 view = memoryview(part)
-                out.push(view.cast("B") if view.format != "B" else view)
+                out.push(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
         else:
             head = encode_header(
                 Kind.PICKLE, len(p.body), [b.nbytes for b in p.buffers], nfds=len(p.fds)
