@@ -214,9 +214,9 @@ class UnixStream(Stream):
     @classmethod
     def over(cls, sock: socket.socket) -> UnixStream:
         """A stream on a socket object the caller keeps owning (and closes itself)."""
-        self = cls.__new__(cls)
-        self.fd, self._sock, self._fds = sock.fileno(), sock, deque()
-        return self
+        stream = cls.__new__(cls)
+        stream.fd, stream._sock, stream._fds = sock.fileno(), sock, deque()
+        return stream
 
     def write_some(self, parts: list[Any], fds: Sequence[int] = ()) -> int:
         """Write what fits now (``MSG_DONTWAIT``); ``fds`` ride on the first byte of ``parts``."""
