@@ -28,6 +28,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from .._serialize import Serializer
 from ..errors import AuthenticationError, ProtocolError
 from .wire import (
     Address,
@@ -38,6 +39,7 @@ from .wire import (
     dumps,
     encode,
     loads,
+    own_serializer,
 )
 
 if TYPE_CHECKING:
@@ -160,6 +162,8 @@ class _State:
         self.local = threading.local()
         #: address -> (authkey, ssl context) learnt from managers started or connected here
         self.credentials: dict[Address, tuple[bytes, ssl.SSLContext | None]] = {}
+        #: address -> the serializer of the manager's context, where not the default
+        self.serializers: dict[Address, Serializer] = {}
         #: address -> ids whose DECREF waits for the next request to that address
         self.decrefs: dict[Address, list[int]] = {}
         #: the manager Server running in this process, if any (see proxy rebuilding)
@@ -189,10 +193,23 @@ def current_authkey() -> bytes:
     return bytes(current_process().authkey)
 
 
-def remember(address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None) -> None:
-    """Record how to reach ``address`` so proxies rebuilt in this process can connect."""
+def remember(
+    address: Address,
+    authkey: bytes,
+    ssl_context: ssl.SSLContext | None,
+    serializer: Serializer | None = None,
+) -> None:
+    """Record how to reach ``address`` (and how to pickle for it) for proxies made here."""
+    own = own_serializer(serializer)
     with _state.lock:
         _state.credentials[address] = (bytes(authkey), ssl_context)
+        if own is not None:
+            _state.serializers[address] = own
+
+
+def serializer_for(address: Address) -> Serializer | None:
+    """The serializer requests to ``address`` are pickled with (None: the default)."""
+    return _state.serializers.get(address)
 
 
 def credentials_for(address: Address) -> tuple[bytes | None, ssl.SSLContext | None]:

@@ -108,18 +108,17 @@ class BaseProxy:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
+        request = dumps(
+            (self._id, methodname, args, kwds or None), client.serializer_for(self._address)
+        )
         if ref.owned:
             if methodname in self._async_methods_:
-                client.post(
-                    self._address, self._authkey, dumps((self._id, methodname, args, kwds or None))
-                )
+                client.post(self._address, self._authkey, request)
                 return None
             op = Op.CALL
         else:
             op = Op.CALL_INCREF
-        rop, body = client.request(
-            self._address, self._authkey, op, dumps((self._id, methodname, args, kwds or None))
-        )
+        rop, body = client.request(self._address, self._authkey, op, request)
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()

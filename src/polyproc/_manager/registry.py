@@ -31,7 +31,7 @@ from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
 from .server import Server, TypeSpec, read_status, serve_in_child
-from .wire import Address, Op, SocketCarrier, default_address, dumps, loads
+from .wire import Address, Op, SocketCarrier, default_address, dumps, loads, own_serializer
 
 if TYPE_CHECKING:
     import ssl
@@ -152,6 +152,7 @@ class BaseManager:
             self._registry,
             self._address,
             self._authkey,
+            message_serializer=self._context().serializer,
             ssl_context=self._ssl,
             handshake_timeout=self._handshake_timeout,
         )
@@ -201,6 +202,8 @@ class BaseManager:
             ),
             kwargs={
                 "handshake_timeout": self._handshake_timeout,
+                # the context's, not ``ctx``'s (which "auto" may have swapped for another)
+                "message_serializer": own_serializer(self._context().serializer),
                 "owner": SocketCarrier(owner_child),
                 # a forked child inherits our ends too: it must close them
                 "inherited": SocketCarrier(control, owner) if fork else None,
@@ -231,7 +234,7 @@ class BaseManager:
             raise StartError(f"the manager process could not serve at {address!r}: {value}")
         self._address = value
         self._process, self._control = process, control
-        client.remember(value, self._authkey, self._ssl)
+        client.remember(value, self._authkey, self._ssl, self._context().serializer)
         client.adopt(value, self._authkey, owner)
 
     def _abandon(self, process: Any, control: socket.socket) -> None:
@@ -247,7 +250,7 @@ class BaseManager:
         if self._address is None:
             raise ValueError("connect() needs the manager's address")
         self._move("connect")
-        client.remember(self._address, self._authkey, self._ssl)
+        client.remember(self._address, self._authkey, self._ssl, self._context().serializer)
         try:
             self._request(Op.PING, ())
         except BaseException:
@@ -290,7 +293,8 @@ class BaseManager:
             raise ClosedResourceError("the manager has been shut down")
         if self._state is State.INITIAL or self._address is None:
             raise ProcessError("the manager has not been started (call start() or connect())")
-        rop, body = client.request(self._address, self._authkey, op, dumps(payload))
+        body = dumps(payload, client.serializer_for(self._address))
+        rop, body = client.request(self._address, self._authkey, op, body)
         if rop == Op.RESULT:
             return loads(body)
         if rop == Op.PROXY:

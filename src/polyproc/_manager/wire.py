@@ -22,7 +22,7 @@ import socket
 from typing import Any
 
 from .._protocol.compact import HEADER, MAX_FRAME, FrameDecoder, Op, check, encode
-from .._serialize import DEFAULT_SERIALIZER, _plain_dumps
+from .._serialize import DEFAULT_SERIALIZER, Serializer, _plain_dumps
 from .._transport import SocketStream, family_of, is_tls, tls_pending, want_errors, wrap_fd
 from .._transport import connect_socket as _connect
 from .._transport import listen_socket as _listen
@@ -100,8 +100,17 @@ class Spin:
 Address = str | tuple[str, int]
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle 5 for a small message; cloudpickle when plain pickle cannot (lambdas)."""
+def dumps(obj: Any, serializer: Serializer | None = None) -> bytes:
+    """One message body: the manager's context's ``serializer`` if it has its own, else
+    pickle 5 for a small message and cloudpickle when plain pickle cannot (lambdas).
+
+    ``None`` stands for the default serializer, whose fast path is the one below.
+    Whatever pickled it, the reader unpickles a body with ``loads``, only from a
+    peer that has authenticated (the gate), so the choice changes nothing about
+    hostile input.
+    """
+    if serializer is not None:
+        return serializer.dumps_bytes(obj, what="manager message")
     try:
         return _plain_dumps(obj, 5, None)
     except Exception:
@@ -215,6 +224,11 @@ def _rebuild_carrier(*fds: int) -> SocketCarrier:
 
 
 # -- addresses ---------------------------------------------------------------------
+def own_serializer(serializer: Serializer | None) -> Serializer | None:
+    """``serializer`` if it differs from the default, else None (``dumps``'s fast path)."""
+    return None if serializer is None or serializer == DEFAULT_SERIALIZER else serializer
+
+
 def default_address() -> str:
     """A fresh Linux abstract AF_UNIX name: nothing on disk to leak if the server is killed."""
     return f"\0polyproc-manager-{os.getpid()}-{os.urandom(8).hex()}"
