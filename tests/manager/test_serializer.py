@@ -8,13 +8,19 @@ messages with protocol 4 shows on the wire; the default keeps its protocol-5 fas
 
 from __future__ import annotations
 
-from typing import Any
+import pickle
+import time
+from typing import Any, ClassVar
 
 import pytest
 
 from polyproc._manager import client
+from polyproc._manager.server import Server
 from polyproc._manager.sync import SyncManager
+from polyproc._manager.wire import default_address
+from polyproc._protocol.compact import FrameDecoder, Op, encode
 from polyproc._serialize import Serializer
+from polyproc._transport.memory import memory_pair
 from polyproc.context import Context
 
 from ._targets import Protocol4Messages
@@ -47,3 +53,39 @@ def test_requests_and_replies_use_the_contexts_serializer(
         assert d.get("missing") is None
     assert len(seen) >= 3  # the dict, d["k"], d.get (d["k"] = ... posts, no reply)
     assert all(request == mark and reply == mark for request, reply in seen), seen
+
+
+class _Recording(Serializer):
+    """Protocol 4 for messages, and a record of every body its ``loads`` reads."""
+
+    __slots__ = ()
+    read: ClassVar[list[bytes]] = []
+
+    def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
+        return pickle.dumps(obj, 4)
+
+    def loads(self, body: Any, buffers: Any = (), fds: Any = ()) -> Any:
+        _Recording.read.append(bytes(body[:2]))
+        return super().loads(body, buffers, fds)
+
+
+def test_the_server_reads_requests_and_writes_replies_with_its_serializer() -> None:
+    """In process, over the memory transport: the request is read by the serializer's ``loads``."""
+    _Recording.read.clear()
+    srv = Server(SyncManager._registry, default_address(), b"k", message_serializer=_Recording())
+    srv._loop.start()
+    ours, theirs = memory_pair()
+    try:
+        srv._loop.add(theirs, b"")
+        ours.write_all([encode(Op.CREATE, pickle.dumps(("list", (), {}), 4))])
+        decoder, frames = FrameDecoder(1 << 20), []
+        buf = memoryview(bytearray(1 << 16))
+        deadline = time.monotonic() + 10
+        while not frames and time.monotonic() < deadline:
+            frames = decoder.feed_frames(buf[: ours.read_into(buf)])
+        ((op, body),) = frames
+        assert op == Op.PROXY and body[:2] == b"\x80\x04"
+        assert _Recording.read == [b"\x80\x04"]
+    finally:
+        srv.stop()
+        ours.close()

@@ -38,7 +38,7 @@ from .wire import (
     connect_socket,
     dumps,
     encode,
-    loads,
+    loads_with,
     own_serializer,
 )
 
@@ -272,7 +272,7 @@ def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tu
         rop, rbody = fs.recv()
         while rop == Op.ASYNC_ERROR:
             warnings.warn(
-                f"an earlier fire-and-forget manager call failed: {loads(rbody)}",
+                f"an earlier fire-and-forget manager call failed: {loads_with(serializer_for(address), rbody)}",
                 RuntimeWarning,
                 stacklevel=3,
             )

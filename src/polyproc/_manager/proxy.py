@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import RemoteError
 from . import client
-from .wire import Address, Op, dumps, loads
+from .wire import Address, Op, dumps, loads, loads_with
 
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
 
@@ -108,9 +108,8 @@ class BaseProxy:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
-        request = dumps(
-            (self._id, methodname, args, kwds or None), client.serializer_for(self._address)
-        )
+        ser = client.serializer_for(self._address)
+        request = dumps((self._id, methodname, args, kwds or None), ser)
         if ref.owned:
             if methodname in self._async_methods_:
                 client.post(self._address, self._authkey, request)
@@ -122,7 +121,7 @@ class BaseProxy:
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()
-            return loads(body)
+            return loads(body) if ser is None else ser.loads(body)
         return self._unusual_reply(op, rop, body)
 
     def _call_local(
@@ -143,14 +142,15 @@ class BaseProxy:
         raise RemoteError(value)
 
     def _unusual_reply(self, op: int, rop: int, body: Any) -> Any:
+        ser = client.serializer_for(self._address)
         if rop == Op.FAULT:
-            raise RemoteError(loads(body))
+            raise RemoteError(loads_with(ser, body))
         if op == Op.CALL_INCREF:
             self._ref.take()
         if rop == Op.ERROR:
-            raise loads(body)
+            raise loads_with(ser, body)
         if rop == Op.PROXY:
-            ident, typeid, exposed = loads(body)
+            ident, typeid, exposed = loads_with(ser, body)
             return make_proxy(
                 Token(typeid, self._address, ident),
                 self._manager_cls,

@@ -31,7 +31,15 @@ from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
 from .server import Server, TypeSpec, read_status, serve_in_child
-from .wire import Address, Op, SocketCarrier, default_address, dumps, loads, own_serializer
+from .wire import (
+    Address,
+    Op,
+    SocketCarrier,
+    default_address,
+    dumps,
+    loads_with,
+    own_serializer,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -293,17 +301,18 @@ class BaseManager:
             raise ClosedResourceError("the manager has been shut down")
         if self._state is State.INITIAL or self._address is None:
             raise ProcessError("the manager has not been started (call start() or connect())")
-        body = dumps(payload, client.serializer_for(self._address))
+        ser = client.serializer_for(self._address)
+        body = dumps(payload, ser)
         rop, body = client.request(self._address, self._authkey, op, body)
         if rop == Op.RESULT:
-            return loads(body)
+            return loads_with(ser, body)
         if rop == Op.PROXY:
-            return loads(body)
+            return loads_with(ser, body)
         if rop == Op.ERROR:
-            raise loads(body)
+            raise loads_with(ser, body)
         from ..errors import RemoteError
 
-        raise RemoteError(loads(body))
+        raise RemoteError(loads_with(ser, body))
 
     def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, tuple[str, ...]]:
         """Make a ``typeid`` object on the server: ``(token, exposed)`` (the stdlib's shape)."""

@@ -52,6 +52,7 @@ from .wire import (
     encode,
     listen_socket,
     loads,
+    loads_with,
     own_serializer,
 )
 
@@ -246,7 +247,7 @@ class Server:
         if op in _QUICK_OPS:
             return True, loads(body) if op == Op.DECREF else None
         try:
-            request = loads(body)
+            request = loads_with(self._ser, body)
         except Exception as exc:
             return True, _Malformed(exc)
         if op == Op.CREATE:
@@ -357,7 +358,9 @@ class Server:
     def _error(self, exc: BaseException) -> bytes:
         try:
             data = dumps(exc, self._ser)
-            loads(data)  # an exception that pickles but cannot unpickle must not poison the client
+            loads_with(
+                self._ser, data
+            )  # an exception that pickles but cannot unpickle must not poison the client
         except Exception:
             return encode(Op.FAULT, dumps("".join(traceback.format_exception(exc)), self._ser))
         return encode(Op.ERROR, data)

@@ -40,6 +40,7 @@ __all__ = [
     "SocketCarrier",
     "dumps",
     "loads",
+    "loads_with",
     "encode",
     "family_of",
     "connect_socket",
@@ -118,6 +119,14 @@ def dumps(obj: Any, serializer: Serializer | None = None) -> bytes:
 
 
 loads = pickle.loads
+
+
+def loads_with(serializer: Serializer | None, body: bytes | memoryview) -> Any:
+    """``loads`` through the manager's own serializer, if it has one (the other end of ``dumps``).
+
+    DECREF bodies (lists of ints) and the owner's status line stay plain pickle.
+    """
+    return pickle.loads(body) if serializer is None else serializer.loads(body)
 
 
 class FrameSocket:
