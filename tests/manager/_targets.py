@@ -178,3 +178,11 @@ class Protocol4Messages(Serializer):
 
     def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
         return pickle.dumps(obj, 4)
+
+
+def report_message_serializer(lst: Any, out: Any) -> None:
+    """In a child that only received ``lst``: which serializer its calls are pickled with."""
+    from polyproc._manager import client
+
+    lst.append("from the child")
+    out.put(type(client.serializer_for(lst._token.address)).__name__)

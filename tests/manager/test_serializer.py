@@ -23,7 +23,7 @@ from polyproc._serialize import Serializer
 from polyproc._transport.memory import memory_pair
 from polyproc.context import Context
 
-from ._targets import Protocol4Messages
+from ._targets import Protocol4Messages, report_message_serializer
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
@@ -53,6 +53,21 @@ def test_requests_and_replies_use_the_contexts_serializer(
         assert d.get("missing") is None
     assert len(seen) >= 3  # the dict, d["k"], d.get (d["k"] = ... posts, no reply)
     assert all(request == mark and reply == mark for request, reply in seen), seen
+
+
+def test_a_proxy_carries_the_serializer_to_a_process_that_only_received_it(
+    start_method: str,
+) -> None:
+    ctx = Context(start_method, Protocol4Messages())
+    with SyncManager(ctx=ctx) as m:
+        lst = m.list()
+        out = ctx.Queue()
+        p = ctx.Process(target=report_message_serializer, args=(lst, out))
+        p.start()
+        assert out.get(timeout=30) == "Protocol4Messages"
+        p.join(30)
+        assert p.exitcode == 0
+        assert list(lst) == ["from the child"]
 
 
 class _Recording(Serializer):

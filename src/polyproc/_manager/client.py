@@ -207,6 +207,14 @@ def remember(
             _state.serializers[address] = own
 
 
+def remember_serializer(address: Address, serializer: Serializer) -> None:
+    """Record the serializer of the manager at ``address`` (a proxy that came from it says)."""
+    own = own_serializer(serializer)
+    if own is not None:
+        with _state.lock:
+            _state.serializers[address] = own
+
+
 def serializer_for(address: Address) -> Serializer | None:
     """The serializer requests to ``address`` are pickled with (None: the default)."""
     return _state.serializers.get(address)
