@@ -94,7 +94,9 @@ class Outbox:
                             out[0] = (memoryview(head)[n:], _NONE, out[0][2])
                         break
                     n -= size
-                    out.popleft()
+                    done = out.popleft()[2]
+                    if done:
+                        close_fds(done)  # a part's own fds to close once it is sent
         except OSError:
             self.drop()
             raise
