@@ -23,17 +23,14 @@ A Connection is not thread-safe, like the stdlib's: one reader, one writer.
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import os
 import pickle
 import select
-import socket
 import stat
 import struct
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any
 
 from ._protocol.framing import HEADER, MAGIC, Kind, decode_header, decode_lengths, encode_header
 from ._serialize import (
@@ -44,7 +41,15 @@ from ._serialize import (
     _main_is_importable,
     fd_handle,
 )
-from ._transport import FdStream, Stream, UnixStream, socketpair, stream_for_socket
+from ._transport import (
+    FdStream,
+    Stream,
+    UnixStream,
+    big_pipe,
+    buffered_socketpair,
+    stream_for_socket,
+)
+from ._transport.buffers import fresh_bytes
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
@@ -68,17 +73,10 @@ _DIRECT = 1 << 15
 _DIRECT_MAX = 1 << 30
 _SHARED_BYTES = int(Kind.SHARED_BYTES)
 _LEN = struct.Struct("<Q")
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: No message below this size is ever lent: below it ``bulk`` is not even imported
 #: (its first import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB
 #: stream half its rate).
 _LEND_MIN = 1 << 20
-#: SO_SNDBUF asked for on a duplex Pipe's sockets (the kernel caps it at wmem_max).
-_SOCK_BUF = 1 << 20
-
-
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
 
 
 class Connection:
@@ -360,7 +358,7 @@ class Connection:
         """``count`` (more than is buffered) straight into the object we return: what is
         buffered, then the kernel's copy into the rest. No staging buffer, no join."""
         buf = self._buf
-        target, view = (bytearray(count), None) if mutable else _fresh_bytes(count)
+        target, view = (bytearray(count), None) if mutable else fresh_bytes(count)
         with memoryview(target) if view is None else view as into:
             have = len(buf)
             into[:have] = buf
@@ -545,52 +543,6 @@ class Connection:
         return bool(self._buf)
 
 
-@functools.cache
-def _bytes_maker() -> tuple[Any, Any, int, Any]:
-    import ctypes
-
-    new = ctypes.pythonapi.PyBytes_FromStringAndSize
-    new.restype = ctypes.py_object
-    new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    view = ctypes.pythonapi.PyMemoryView_FromMemory
-    view.restype = ctypes.py_object
-    view.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
-    try:
-        madvise = ctypes.CDLL(None).madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc/Linux
-        madvise = None
-    return new, view, bytes.__basicsize__ - 1, madvise  # offset of ob_sval in a PyBytesObject
-
-
-#: Past this size a fresh ``bytes`` asks for transparent huge pages: a 64 MiB receive is
-#: otherwise bound by faulting in 16,384 fresh 4 KiB pages (2-2.5x slower, measured).
-#: 32 MiB is glibc's largest mmap threshold: anything bigger is its own mapping, gone at
-#: free, so the advice never outlives the object (smaller ones reuse warm heap memory).
-_HUGE = (32 << 20) + 1
-_HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
-
-
-def _fresh_bytes(n: int) -> tuple[bytes, memoryview]:
-    """A new, not yet filled ``bytes`` of ``n`` and a writable view of its memory.
-
-    ``recv_bytes`` must return ``bytes`` (immutable) yet should not read into a
-    bytearray and copy it again: this is what ``os.read`` does inside CPython, the
-    object is filled before anyone else sees it (size > 1: never shared or cached).
-    """
-    new, view, offset, madvise = _bytes_maker()
-    out = new(None, n)
-    addr = id(out) + offset
-    if n >= _HUGE and madvise is not None:
-        # Only whole, aligned 2 MiB blocks inside the allocation; an error changes nothing.
-        start = (addr + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-        end = (addr + n) & ~(_HUGE_PAGE - 1)
-        if end > start:
-            madvise(start, end - start, _MADV_HUGEPAGE)
-    return out, view(addr, n, 0x200)  # PyBUF_WRITE
-
-
 class _OutOfBandSeen(Exception):
     """Raised by ``_refuse``: this message has a buffer the full serializer hands out of band."""
 
@@ -606,18 +558,9 @@ def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
     """Two connected Connections. Duplex: a socketpair (can carry fds); else a pipe, reader first."""
     if duplex:
-        a, b = socketpair()
-        for end in (a, b):
-            try:  # as the pipe below: fewer sleeps and wake-ups per MiB streamed
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
-            except OSError:
-                pass
+        a, b = buffered_socketpair()
         return Connection(stream_for_socket(a)), Connection(stream_for_socket(b))
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, _F_SETPIPE_SZ, 1 << 20)  # 1 MiB: big writes run ~2x faster
-    except OSError:
-        pass
+    r, w = big_pipe()
     return Connection(FdStream(r), writable=False), Connection(FdStream(w), readable=False)
 
 
@@ -647,7 +590,3 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
             return [o for o in objects if o in out]
         if deadline is not None and time.monotonic() >= deadline:
             return []
-
-
-def _check_objects(objs: Sequence[_HasFileno | int]) -> None:  # pragma: no cover - typing aid
-    pass

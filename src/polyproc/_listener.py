@@ -35,7 +35,7 @@ from ._protocol import auth
 from ._protocol.auth import FAILURE as _FAILURE
 from ._protocol.auth import MAGIC, client_handshake, server_handshake
 from ._protocol.auth import WELCOME as _WELCOME
-from ._transport import new_socket, stream_for_socket, wrap_fd
+from ._transport import accept, connect_socket, listen_socket, stream_for_socket, wrap_fd
 from .errors import AuthenticationError, ProtocolError
 
 __all__ = [
@@ -141,11 +141,6 @@ def _clear_deadline(sock: socket.socket, conn: Connection) -> None:
         probe.detach()
 
 
-def _tune(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _handshake(
     sock: socket.socket,
     authkey: bytes | None,
@@ -210,15 +205,7 @@ class Listener:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")
         self._family = family
-        sock = new_socket(_FAMILY[family])
-        try:
-            if family != "AF_UNIX":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
+        sock = listen_socket(_FAMILY[family], address, backlog)
         self._sock: socket.socket | None = sock
         if family == "AF_UNIX":
             self._address: Address = address
@@ -238,10 +225,8 @@ class Listener:
         """The next connection that completes the handshake; ``AuthenticationError`` for one that fails."""
         if self._sock is None:
             raise OSError("listener is closed")
-        sock, addr = self._sock.accept()
-        sock.settimeout(None)  # not socket.setdefaulttimeout()'s
+        sock, addr = accept(self._sock)  # blocking, not socket.setdefaulttimeout()'s; tuned
         self._last_accepted = addr
-        _tune(sock)
         return _handshake(sock, self._authkey, self._timeout, True, self._ssl, None)
 
     def close(self) -> None:
@@ -307,17 +292,10 @@ def Client(
     _check_family(family)
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
-    sock = new_socket(_FAMILY[family])
-    try:
-        # Blocking, whatever socket.setdefaulttimeout() says: with a timeout the socket is
-        # non-blocking underneath and a Unix connect to a full backlog fails with EAGAIN
-        # at once instead of waiting for the listener to accept.
-        sock.setblocking(True)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    _tune(sock)
+    # Blocking, whatever socket.setdefaulttimeout() says: with a timeout the socket is
+    # non-blocking underneath and a Unix connect to a full backlog fails with EAGAIN
+    # at once instead of waiting for the listener to accept.
+    sock = connect_socket(address, None, _FAMILY[family])
     if ssl_context is not None and server_hostname is None and ssl_context.check_hostname:
         server_hostname = address[0] if isinstance(address, tuple) else None
     return _handshake(sock, authkey, handshake_timeout, False, ssl_context, server_hostname)

@@ -30,35 +30,38 @@
 
 from __future__ import annotations
 
-import array
 import atexit
 import collections
 import errno
 import os
 import pickle
 import queue
-import select
 import socket
-import struct
 import threading
 import time
 import weakref
 from typing import Any
 
+from ._protocol import queueframe
 from ._serialize import DEFAULT_SERIALIZER, Serializer, fd_handle
 from ._shm import bulk
 from ._sync import Condition, Lock, Semaphore
-from ._transport import socketpair, wrap_fd
+from ._transport import (
+    big_pipe,
+    read_exact_fd,
+    socketpair,
+    wrap_fd,
+    write_all_fd,
+    write_some_fd,
+)
+from ._transport.fds import recv_fds, send_fds
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "flush_all"]
 
 _PLAIN = frozenset({int, float, str, bool, type(None), complex})
 _dumps = pickle.dumps
-_HEAD = struct.Struct("<QII")  # body length, number of buffers, number of fds
-_LEN = struct.Struct("<Q")
-_SHARED_BIT = 1 << 63  # a buffer length with this bit: its bytes are in the next memfd
-_PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031
+_plain_frame = queueframe.plain
+_HEAD_SIZE = queueframe.HEAD.size
 
 
 class _Backlog:
@@ -102,13 +105,7 @@ class Queue:
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         if maxsize < 0:
             maxsize = 0
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            import fcntl
-
-            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass
+        r, w = big_pipe(os.O_CLOEXEC)
         os.set_blocking(w, False)
         side_w, side_r = socketpair()
         state = (
@@ -207,13 +204,13 @@ class Queue:
     def _encode(self, obj: Any) -> tuple[bytes, list[int], list[int]]:
         if type(obj) in _PLAIN:  # cannot hold buffers or fds: skip the serializer's checks
             body = _dumps(obj, 5)
-            return _HEAD.pack(len(body), 0, 0) + body, [], []
+            return _plain_frame(body), [], []
         p = self._ser.dumps(obj, what="queue item")
         if not p.buffers and not p.fds:
-            return _HEAD.pack(len(p.body), 0, 0) + p.body, [], []
+            return _plain_frame(p.body), [], []
         fds = list(p.fds)
         close: list[int] = []
-        lengths: list[bytes] = []
+        lengths: list[tuple[int, bool]] = []
         inline: list[memoryview] = []
         for b in p.buffers:
             if b.nbytes >= bulk.THRESHOLD:
@@ -221,13 +218,11 @@ class Queue:
                 fds.append(fd)
                 if owned:
                     close.append(fd)
-                lengths.append(_LEN.pack(b.nbytes | _SHARED_BIT))
+                lengths.append((b.nbytes, True))
             else:
-                lengths.append(_LEN.pack(b.nbytes))
+                lengths.append((b.nbytes, False))
                 inline.append(b)
-        data = b"".join(
-            [_HEAD.pack(len(p.body), len(p.buffers), len(fds)), *lengths, p.body, *inline]
-        )
+        data = b"".join([queueframe.head(len(p.body), lengths, len(fds)), p.body, *inline])
         return data, fds, close
 
     def _send(self, data: bytes, fds: list[int], close: list[int]) -> None:
@@ -237,9 +232,7 @@ class Queue:
             bl = self._backlog
         if not bl.frames and not bl.busy and self._wlock.acquire(False):
             try:
-                n = os.write(self._w, data)
-            except BlockingIOError:
-                n = 0
+                n = write_some_fd(self._w, data)
             except BaseException:
                 self._wlock.release()
                 raise
@@ -292,7 +285,7 @@ class Queue:
                 if not locked:
                     self._wlock.acquire()
                 try:
-                    _write_blocking(self._w, data)
+                    write_all_fd(self._w, data)
                     if fds:
                         _send_fds(self._side_ws, fds)
                 finally:
@@ -333,19 +326,17 @@ class Queue:
         return self.get(False)
 
     def _read_frame(self) -> tuple[bytes, list[Any], list[int]]:
-        body_len, nbuf, nfds = _HEAD.unpack(_read_exact(self._r, _HEAD.size))
-        lengths = (
-            [_LEN.unpack_from(_read_exact(self._r, 8))[0] for _ in range(nbuf)] if nbuf else []
-        )
-        body = _read_exact(self._r, body_len)
+        body_len, nbuf, nfds = queueframe.decode_head(read_exact_fd(self._r, _HEAD_SIZE))
+        lengths = [queueframe.decode_length(read_exact_fd(self._r, 8)) for _ in range(nbuf)]
+        body = read_exact_fd(self._r, body_len)
         buffers: list[Any] = []
         shared: list[tuple[int, int]] = []
-        for i, n in enumerate(lengths):
-            if n & _SHARED_BIT:
+        for i, (n, in_memfd) in enumerate(lengths):
+            if in_memfd:
                 buffers.append(None)
-                shared.append((i, n & ~_SHARED_BIT))
+                shared.append((i, n))
             else:
-                buffers.append(bytearray(_read_exact(self._r, n)))
+                buffers.append(bytearray(read_exact_fd(self._r, n)))
         fds = _recv_fds(self._side_rs, nfds) if nfds else []
         if shared:
             extra = fds[len(fds) - len(shared) :]
@@ -420,50 +411,19 @@ def _close_fds(fds: list[int], socks: tuple[socket.socket, ...] = ()) -> None:
         sock.close()
 
 
-def _read_exact(fd: int, n: int) -> bytes:
-    data = os.read(fd, n)
-    if len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        chunk = os.read(fd, n - got)
-        if not chunk:
-            raise EOFError("queue pipe closed in the middle of an item")
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def _write_blocking(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-            view = view[n:]
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
 def _send_fds(sock: socket.socket, fds: list[int]) -> None:
     for i in range(0, len(fds), 200):
         chunk = fds[i : i + 200]
-        sock.sendmsg(
-            [bytes([len(chunk)])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", chunk))]
-        )
+        send_fds(sock, bytes([len(chunk)]), chunk)
 
 
 def _recv_fds(sock: socket.socket, count: int) -> list[int]:
     out: list[int] = []
     while len(out) < count:
-        msg, anc, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(4 * 200))
+        msg, fds = recv_fds(sock, 1, 200)
         if not msg:
             raise EOFError("queue side channel closed")
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                a = array.array("i")
-                a.frombytes(data[: len(data) - len(data) % 4])
-                out.extend(a)
+        out.extend(fds)
     if len(out) != count:
         raise OSError(errno.EPROTO, "queue side channel out of step")
     return out

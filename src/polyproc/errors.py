@@ -41,11 +41,17 @@ one-shot ``sys.meta_path`` hook that fires when ``concurrent.futures.process``
 finishes executing (``_pool_errors._adopt_stdlib_broken_pool``). A program that never imports
 it loads nothing.
 
-OS errors become these at the edges where bytes meet the kernel: the streams in
-``_transport`` (for ``Connection``/``Listener``) and the launchers. Not yet only
-there: the pool's channel and worker, the manager's wire, loop and gate, ``Queue``
-and shared memory do some of their own I/O and catch ``OSError`` beside it (issue
-10 gathers that into ``_transport``).
+OS errors become these at one edge, where bytes meet the kernel: ``_transport``
+(every stream, the one non-blocking writer, fd passing; tests/foundation/test_raw_io.py
+keeps raw socket and pipe I/O there) and the launchers (``_launch``), which start
+interpreters below it. A peer that went away is ``BrokenResourceError`` on a write
+and end of stream on a read (so ``Connection.recv`` raises ``EOFError``, as the
+stdlib's), a stream we closed is ``ClosedResourceError``; the services above
+(Connection, Queue, the pool's channels, the manager) only ever see those. Both are
+``OSError``, so code that catches ``OSError`` or ``BrokenPipeError``'s errno keeps
+working. A deadline the caller set (``TimeoutError``), "try again" on a non-blocking
+socket, and errors that are not about the peer (EMFILE, ENOMEM) pass through as the
+``OSError`` they are.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._serialize import fd_handle, reducers, register_reducer
+from ._transport.fds import recv_fds, send_fds
 
 __all__ = [
     "send_handle",
@@ -103,12 +104,12 @@ def recv_handle(conn: Any) -> int:
 
 def sendfds(sock: socket.socket, fds: list[int]) -> None:
     """Send ``fds`` over a connected AF_UNIX socket (SCM_RIGHTS), as the stdlib's helper."""
-    socket.send_fds(sock, [bytes([len(fds) % 256])], fds)
+    send_fds(sock, bytes([len(fds) % 256]), fds)
 
 
 def recvfds(sock: socket.socket, size: int) -> list[int]:
     """Receive ``size`` fds sent with ``sendfds``."""
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 1, size)
+    msg, fds = recv_fds(sock, 1, size)
     if not msg and not fds:
         raise EOFError
     if len(fds) != size:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from typing import Any
 
+from polyproc._serialize import Serializer
 from polyproc.managers import BaseManager, BaseProxy
 
 
@@ -166,3 +168,21 @@ def drop_then_call(holder: list[Any], other: Any, conn: Any) -> None:
     gc.collect()
     other.append("x")  # ... and any queued DECREF would ride in front of this call
     conn.send("ok")
+
+
+class Protocol4Messages(Serializer):
+    """Pickles self-contained messages (the manager's bodies) with protocol 4, so they show
+    on the wire (a pickle's second byte is its protocol); everything else as the default."""
+
+    __slots__ = ()
+
+    def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
+        return pickle.dumps(obj, 4)
+
+
+def report_message_serializer(lst: Any, out: Any) -> None:
+    """In a child that only received ``lst``: which serializer its calls are pickled with."""
+    from polyproc._manager import client
+
+    lst.append("from the child")
+    out.put(type(client.serializer_for(lst._token.address)).__name__)

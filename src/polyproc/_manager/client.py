@@ -28,6 +28,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from .._serialize import Serializer
 from ..errors import AuthenticationError, ProtocolError
 from .wire import (
     Address,
@@ -37,7 +38,8 @@ from .wire import (
     connect_socket,
     dumps,
     encode,
-    loads,
+    loads_with,
+    own_serializer,
 )
 
 if TYPE_CHECKING:
@@ -160,6 +162,8 @@ class _State:
         self.local = threading.local()
         #: address -> (authkey, ssl context) learnt from managers started or connected here
         self.credentials: dict[Address, tuple[bytes, ssl.SSLContext | None]] = {}
+        #: address -> the serializer of the manager's context, where not the default
+        self.serializers: dict[Address, Serializer] = {}
         #: address -> ids whose DECREF waits for the next request to that address
         self.decrefs: dict[Address, list[int]] = {}
         #: the manager Server running in this process, if any (see proxy rebuilding)
@@ -189,10 +193,31 @@ def current_authkey() -> bytes:
     return bytes(current_process().authkey)
 
 
-def remember(address: Address, authkey: bytes, ssl_context: ssl.SSLContext | None) -> None:
-    """Record how to reach ``address`` so proxies rebuilt in this process can connect."""
+def remember(
+    address: Address,
+    authkey: bytes,
+    ssl_context: ssl.SSLContext | None,
+    serializer: Serializer | None = None,
+) -> None:
+    """Record how to reach ``address`` (and how to pickle for it) for proxies made here."""
+    own = own_serializer(serializer)
     with _state.lock:
         _state.credentials[address] = (bytes(authkey), ssl_context)
+        if own is not None:
+            _state.serializers[address] = own
+
+
+def remember_serializer(address: Address, serializer: Serializer) -> None:
+    """Record the serializer of the manager at ``address`` (a proxy that came from it says)."""
+    own = own_serializer(serializer)
+    if own is not None:
+        with _state.lock:
+            _state.serializers[address] = own
+
+
+def serializer_for(address: Address) -> Serializer | None:
+    """The serializer requests to ``address`` are pickled with (None: the default)."""
+    return _state.serializers.get(address)
 
 
 def credentials_for(address: Address) -> tuple[bytes | None, ssl.SSLContext | None]:
@@ -255,7 +280,7 @@ def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tu
         rop, rbody = fs.recv()
         while rop == Op.ASYNC_ERROR:
             warnings.warn(
-                f"an earlier fire-and-forget manager call failed: {loads(rbody)}",
+                f"an earlier fire-and-forget manager call failed: {loads_with(serializer_for(address), rbody)}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -7,7 +7,10 @@
                                    |  deadline passed / cap reached / garbage / wrong key
                                    |       -> closed (nothing was unpickled)
                                    v  both sides proved the key
-                                 on_ready(sock, leftover) -> the server starts a serving thread
+                                 on_ready(sock, leftover) -> the server's loop serves it
+
+Frames are ``_protocol.compact``'s; bytes move through an ``Outbox`` and a
+``SocketStream`` per handshake (``_transport``), never straight on the socket.
 
 Why a selector and not a thread per newcomer: a flood of connections that never
 say a word must cost a socket and a few hundred bytes each, not a thread. The
@@ -21,7 +24,6 @@ buffering its body.
 
 from __future__ import annotations
 
-import os
 import selectors
 import socket
 import threading
@@ -31,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._protocol import auth
+from .._protocol.compact import FrameDecoder, Op, encode
+from .._transport import Outbox, SocketStream, Wake, accept, want_errors
 from ..errors import AuthenticationError, ProtocolError
-from .wire import FrameDecoder, Op, encode, tls_pending, want_errors
 
 if TYPE_CHECKING:
     import ssl
@@ -51,7 +54,12 @@ class _Pending:
     hs: auth.ServerHandshake
     tls_pending: bool
     decoder: FrameDecoder
-    out: bytearray = field(default_factory=bytearray)
+    stream: SocketStream = field(init=False)
+    out: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stream = SocketStream(self.sock)
+        self.out = Outbox(self.stream)
 
 
 class Gate:
@@ -75,7 +83,7 @@ class Gate:
         self._max_pending = max_pending
         self._pending: dict[socket.socket, _Pending] = {}  # insertion order = age
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
+        self._waker = Wake()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="polyproc-manager-gate", daemon=True)
         self.rejected = 0  #: handshakes that failed or timed out (for tests and statistics)
@@ -83,15 +91,12 @@ class Gate:
     def start(self) -> None:
         self._listener.setblocking(False)
         self._sel.register(self._listener, selectors.EVENT_READ, _LISTEN)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._sel.register(self._waker.fileno(), selectors.EVENT_READ, _WAKE)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5.0)
 
@@ -112,7 +117,7 @@ class Gate:
                     if key.data is _LISTEN:
                         self._accept_all()
                     elif key.data is _WAKE:
-                        os.read(self._wake_r, 512)
+                        self._waker.drain()
                     elif isinstance(key.data, _Pending):
                         self._drive(key.data, mask)
                 self._expire(time.monotonic())
@@ -120,16 +125,12 @@ class Gate:
             for p in list(self._pending.values()):
                 self._drop(p)
             self._sel.close()
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._waker.close()
 
     def _accept_all(self) -> None:
         while True:
             try:
-                sock, _addr = self._listener.accept()
+                sock, _addr = accept(self._listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -138,8 +139,6 @@ class Gate:
                 self._drop(next(iter(self._pending.values())))  # oldest makes room
             try:
                 sock.setblocking(False)
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 tls = self._ssl is not None
                 if self._ssl is not None:
                     sock = self._ssl.wrap_socket(
@@ -153,7 +152,7 @@ class Gate:
                     FrameDecoder(auth.MAX_AUTH_FRAME),
                 )
                 if not tls:
-                    p.out += encode(Op.AUTH, p.hs.first)
+                    p.out.push(encode(Op.AUTH, p.hs.first))
                 self._pending[sock] = p
                 self._sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, p)
             except OSError:
@@ -184,7 +183,7 @@ class Gate:
             if p.tls_pending and not self._tls_step(p):
                 return
             self._flush(p)
-            if mask & selectors.EVENT_READ or tls_pending(p.sock):
+            if mask & selectors.EVENT_READ or p.stream.pending():
                 if not self._read(p):
                     return
             self._flush(p)
@@ -197,7 +196,7 @@ class Gate:
             self._sel.modify(p.sock, events, p)
         except (AuthenticationError, ProtocolError):
             if p.hs.farewell:
-                p.out += encode(Op.AUTH, p.hs.farewell)
+                p.out.push(encode(Op.AUTH, p.hs.farewell))
                 try:
                     self._flush(p)
                 except OSError:  # ssl.SSLError is an OSError
@@ -219,22 +218,17 @@ class Gate:
             self._sel.modify(p.sock, selectors.EVENT_WRITE, p)
             return False
         p.tls_pending = False
-        p.out += encode(Op.AUTH, p.hs.first)
+        p.out.push(encode(Op.AUTH, p.hs.first))
         return True
 
     def _flush(self, p: _Pending) -> None:
-        while p.out:
-            try:
-                n = p.sock.send(p.out)
-            except want_errors():
-                return
-            del p.out[:n]
+        p.out.flush()  # what does not fit waits for EVENT_WRITE (see _drive)
 
     def _read(self, p: _Pending) -> bool:
         """Read what is there and run the handshake on it; False when the peer is gone."""
         while True:
             try:
-                data = p.sock.recv(_READ_SIZE)
+                data = p.stream.read_some(_READ_SIZE)
             except want_errors():
                 return True
             if not data:
@@ -252,8 +246,8 @@ class Gate:
                     raise ProtocolError(f"{Op(op).name} frame before authentication")
                 reply = p.hs.receive(body)
                 if reply:
-                    p.out += encode(Op.AUTH, reply)
+                    p.out.push(encode(Op.AUTH, reply))
             if p.hs.state is auth.Step.DONE:
                 return True
-            if not tls_pending(p.sock):
+            if not p.stream.pending():
                 return True

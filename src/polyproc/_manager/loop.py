@@ -2,7 +2,7 @@
 
 ::
 
-    authenticated sockets ──► loop thread (selector)
+    authenticated streams ──► loop thread (epoll)
                                 read what is there -> frames, per connection, in order
                                 phase 1: every CALL_ASYNC / DECREF of every ready connection
                                 phase 2: the other frames, in order
@@ -12,7 +12,7 @@
                                       -> the connection's own worker thread; the
                                          connection is *busy* (read, not run) until
                                          the worker has sent its reply
-                                write replies (non-blocking; EVENT_WRITE if they do not fit)
+                                write replies (an Outbox each; EPOLLOUT if they do not fit)
 
 Why one loop thread: the manager's calls are tiny, and with a thread per
 connection most of their cost was waking threads and passing the GIL between
@@ -40,14 +40,15 @@ from __future__ import annotations
 import os
 import queue
 import select
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .wire import MAX_FRAME, SERVER_SPIN, FrameDecoder, Op, Spin, is_tls, want_errors
+from .._protocol.compact import MAX_FRAME, FrameDecoder, Op
+from .._transport import Outbox, Stream, Wake, want_errors
+from .wire import SERVER_SPIN, Spin
 
 __all__ = ["ServeLoop", "Conn"]
 
@@ -60,7 +61,7 @@ class Conn:
     """One authenticated connection as the loop sees it."""
 
     __slots__ = (
-        "sock",
+        "stream",
         "decoder",
         "frames",
         "out",
@@ -72,15 +73,15 @@ class Conn:
         "want_write",
     )
 
-    def __init__(self, sock: socket.socket, leftover: bytes) -> None:
-        self.sock = sock
+    def __init__(self, stream: Stream, leftover: bytes) -> None:
+        self.stream = stream  # a SocketStream (or a memory one in tests): non-blocking
         self.decoder = FrameDecoder(MAX_FRAME)
         self.decoder.feed(leftover)
         self.frames: deque[tuple[int, bytes]] = deque()
-        self.out = bytearray()
+        self.out = Outbox(stream)
         self.busy = False
         self.worker: _Worker | None = None
-        self.tls = is_tls(sock)
+        self.tls = stream.tls
         self.closed = False
         self.lock = threading.Lock()  # guards ``out`` between the loop and the worker
         self.want_write = False  # registered for EVENT_WRITE (changed only when it must)
@@ -121,9 +122,8 @@ class ServeLoop:
         #: whether another thread of the server (the gate) has work: then we do not spin
         self.others_busy: Callable[[], bool] | None = None
         self._ep = select.epoll()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._waker = Wake()
+        self._ep.register(self._waker.fileno(), select.EPOLLIN)
         self._by_fd: dict[int, Conn] = {}
         self._incoming: deque[Conn] = deque()
         self._resume: deque[Conn] = deque()
@@ -136,10 +136,11 @@ class ServeLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, sock: socket.socket, leftover: bytes) -> None:
-        """A socket the gate authenticated (called from the gate thread)."""
-        sock.setblocking(False)
-        self._incoming.append(Conn(sock, leftover))
+    def add(self, stream: Stream, leftover: bytes) -> None:
+        """A stream the gate authenticated (called from the gate thread); ``leftover``: bytes
+        it read past the handshake (a pipelined first request)."""
+        stream.setblocking(False)
+        self._incoming.append(Conn(stream, leftover))
         self._wake()
 
     def stop(self) -> None:
@@ -149,14 +150,11 @@ class ServeLoop:
             self._thread.join(5.0)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.set()
 
     # -- the loop ---------------------------------------------------------------
     def _run(self) -> None:
-        by_fd, wake_fd = self._by_fd, self._wake_r
+        by_fd, wake_fd = self._by_fd, self._waker.fileno()
         try:
             poll, clock, yield_cpu = self._ep.poll, time.perf_counter, os.sched_yield
             spin = Spin(SERVER_SPIN)
@@ -205,11 +203,7 @@ class ServeLoop:
             for conn in list(self.conns):
                 self._close(conn)
             self._ep.close()
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._waker.close()
 
     def _alone(self) -> bool:
         """No other thread of ours has work: spinning holds the GIL they would need."""
@@ -218,15 +212,11 @@ class ServeLoop:
         return not any(conn.busy for conn in self.conns)
 
     def _on_wake(self, ready: list[Conn]) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._waker.drain()
         while self._incoming:
             conn = self._incoming.popleft()
             self.conns.add(conn)
-            fd = conn.sock.fileno()
+            fd = conn.stream.fd
             self._by_fd[fd] = conn
             self._ep.register(fd, select.EPOLLIN)
             try:  # the gate may have read a pipelined first request with the handshake
@@ -242,15 +232,15 @@ class ServeLoop:
                 ready.append(conn)
 
     def _read(self, conn: Conn) -> None:
-        view, decoder, frames = self._view, conn.decoder, conn.frames
+        view, decoder, frames, stream = self._view, conn.decoder, conn.frames, conn.stream
         try:
             for _ in range(_READS_PER_WAKE):
-                n = conn.sock.recv_into(view)
+                n = stream.read_into(view)
                 if not n:
                     self._close(conn)
                     return
                 frames.extend(decoder.feed_frames(view[:n]))
-                if n < _CHUNK and not (conn.tls and conn.sock.pending()):  # type: ignore[attr-defined]
+                if n < _CHUNK and not (conn.tls and stream.pending()):
                     break
         except want_errors():
             pass
@@ -272,7 +262,7 @@ class ServeLoop:
             if quick:
                 reply = self.runner(op, request)
                 if reply:
-                    conn.out += reply
+                    conn.out.push(reply)
                 if op == Op.SHUTDOWN:
                     self._flush(conn)
                 continue
@@ -287,43 +277,28 @@ class ServeLoop:
     def reply_from_worker(self, conn: Conn, reply: bytes | None) -> None:
         """Called on a worker thread: send its reply, then let the loop read that connection again."""
         if reply and not conn.closed:
-            if conn.tls or conn.out:
-                with conn.lock:
-                    conn.out += reply  # the loop flushes it (TLS objects are not thread-safe)
-            else:
-                try:
-                    n = conn.sock.send(reply)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    n = len(reply)  # the client is gone; the loop will see EOF
-                if n < len(reply):
-                    with conn.lock:
-                        conn.out += reply[n:]
+            with conn.lock:
+                conn.out.push(reply)
+                if not conn.tls:  # else the loop flushes it (TLS objects are not thread-safe)
+                    try:
+                        conn.out.flush()  # what does not fit now, the loop writes on resume
+                    except OSError:
+                        pass  # the client is gone; the loop will see EOF
         conn.busy = False
         self._resume.append(conn)
         self._wake()
 
     def _flush(self, conn: Conn) -> None:
         with conn.lock:
-            out = conn.out
             try:
-                while out:
-                    n = conn.sock.send(out)
-                    del out[:n]
-            except want_errors():
-                pass
+                want = conn.out.flush()
             except OSError:
-                out.clear()
                 self._close(conn)
                 return
-            want = bool(out)
         if want != conn.want_write:  # epoll_ctl only when the interest really changes
             conn.want_write = want
             try:
-                self._ep.modify(
-                    conn.sock.fileno(), select.EPOLLIN | (select.EPOLLOUT if want else 0)
-                )
+                self._ep.modify(conn.stream.fd, select.EPOLLIN | (select.EPOLLOUT if want else 0))
             except (ValueError, OSError):
                 pass
 
@@ -333,13 +308,13 @@ class ServeLoop:
         conn.closed = True
         self.conns.discard(conn)
         try:
-            fd = conn.sock.fileno()
+            fd = conn.stream.fd
             self._by_fd.pop(fd, None)
             self._ep.unregister(fd)
         except (ValueError, OSError):
             pass
         try:
-            conn.sock.close()
+            conn.stream.close()
         except OSError:
             pass
         if conn.worker is not None:

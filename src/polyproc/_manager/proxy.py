@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._serialize import Serializer
 from ..errors import RemoteError
 from . import client
-from .wire import Address, Op, dumps, loads
+from .wire import Address, Op, dumps, loads, loads_with
 
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
 
@@ -108,22 +109,20 @@ class BaseProxy:
         ref = self._ref
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
+        ser = client.serializer_for(self._address)
+        request = dumps((self._id, methodname, args, kwds or None), ser)
         if ref.owned:
             if methodname in self._async_methods_:
-                client.post(
-                    self._address, self._authkey, dumps((self._id, methodname, args, kwds or None))
-                )
+                client.post(self._address, self._authkey, request)
                 return None
             op = Op.CALL
         else:
             op = Op.CALL_INCREF
-        rop, body = client.request(
-            self._address, self._authkey, op, dumps((self._id, methodname, args, kwds or None))
-        )
+        rop, body = client.request(self._address, self._authkey, op, request)
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()
-            return loads(body)
+            return loads(body) if ser is None else ser.loads(body)
         return self._unusual_reply(op, rop, body)
 
     def _call_local(
@@ -144,14 +143,15 @@ class BaseProxy:
         raise RemoteError(value)
 
     def _unusual_reply(self, op: int, rop: int, body: Any) -> Any:
+        ser = client.serializer_for(self._address)
         if rop == Op.FAULT:
-            raise RemoteError(loads(body))
+            raise RemoteError(loads_with(ser, body))
         if op == Op.CALL_INCREF:
             self._ref.take()
         if rop == Op.ERROR:
-            raise loads(body)
+            raise loads_with(ser, body)
         if rop == Op.PROXY:
-            ident, typeid, exposed = loads(body)
+            ident, typeid, exposed = loads_with(ser, body)
             return make_proxy(
                 Token(typeid, self._address, ident),
                 self._manager_cls,
@@ -184,11 +184,14 @@ class BaseProxy:
             # the server's own copy could be dropped (``d.clear()``) before the
             # receiver's first call takes one, and the object would be gone.
             server.incref(self._id)
-            return (
-                RebuildProxy,
-                (cls, self._token, self._serializer, kwds, key, self._manager_cls, True),
-            )
-        return (RebuildProxy, (cls, self._token, self._serializer, kwds, key, self._manager_cls))
+            adopt = True
+        else:
+            adopt = False
+        # The manager's message serializer travels too (None: the default), so a process
+        # that only ever received this proxy pickles its calls as the server reads them.
+        ser = client.serializer_for(self._address)
+        args = (cls, self._token, self._serializer, kwds, key, self._manager_cls, adopt, ser)
+        return (RebuildProxy, args if ser is not None else args[: 7 if adopt else 6])
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self._getvalue()
@@ -212,11 +215,15 @@ def RebuildProxy(
     authkey: bytes | None = None,
     manager_cls: type | None = None,
     adopt: bool = False,
+    message_serializer: Serializer | None = None,
 ) -> BaseProxy:
     """Unpickle a proxy: it takes its own reference on first use (or at once, in the server);
-    ``adopt``: the sender (the server) took one for it already."""
+    ``adopt``: the sender (the server) took one for it already; ``message_serializer``: the
+    manager's, when not the default."""
     if authkey is not None and client.credentials_for(token.address)[0] is None:
-        client.remember(token.address, authkey, None)
+        client.remember(token.address, authkey, None, message_serializer)
+    elif message_serializer is not None and client.serializer_for(token.address) is None:
+        client.remember_serializer(token.address, message_serializer)
     proxy = func(token, serializer, authkey=authkey, incref=not adopt, **kwds)
     proxy._manager_cls = manager_cls
     return proxy

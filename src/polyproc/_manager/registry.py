@@ -26,12 +26,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .._context import Settings, default_context, get_context
 from .._process import process_class
-from .._transport import socketpair
+from .._transport import SocketStream, socketpair
 from ..errors import ClosedResourceError, ProcessError, StartError
 from . import client
 from .proxy import AutoProxy, BaseProxy, Token, make_proxy
 from .server import Server, TypeSpec, read_status, serve_in_child
-from .wire import Address, Op, SocketCarrier, default_address, dumps, loads
+from .wire import (
+    Address,
+    Op,
+    SocketCarrier,
+    default_address,
+    dumps,
+    loads_with,
+    own_serializer,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -152,6 +160,7 @@ class BaseManager:
             self._registry,
             self._address,
             self._authkey,
+            message_serializer=self._context().serializer,
             ssl_context=self._ssl,
             handshake_timeout=self._handshake_timeout,
         )
@@ -201,6 +210,8 @@ class BaseManager:
             ),
             kwargs={
                 "handshake_timeout": self._handshake_timeout,
+                # the context's, not ``ctx``'s (which "auto" may have swapped for another)
+                "message_serializer": own_serializer(self._context().serializer),
                 "owner": SocketCarrier(owner_child),
                 # a forked child inherits our ends too: it must close them
                 "inherited": SocketCarrier(control, owner) if fork else None,
@@ -231,7 +242,7 @@ class BaseManager:
             raise StartError(f"the manager process could not serve at {address!r}: {value}")
         self._address = value
         self._process, self._control = process, control
-        client.remember(value, self._authkey, self._ssl)
+        client.remember(value, self._authkey, self._ssl, self._context().serializer)
         client.adopt(value, self._authkey, owner)
 
     def _abandon(self, process: Any, control: socket.socket) -> None:
@@ -247,7 +258,7 @@ class BaseManager:
         if self._address is None:
             raise ValueError("connect() needs the manager's address")
         self._move("connect")
-        client.remember(self._address, self._authkey, self._ssl)
+        client.remember(self._address, self._authkey, self._ssl, self._context().serializer)
         try:
             self._request(Op.PING, ())
         except BaseException:
@@ -264,7 +275,7 @@ class BaseManager:
         if process is None or control is None:
             return
         try:
-            control.send(b"stop")
+            SocketStream(control).write_one(b"stop")
         except OSError:
             pass
         process.join(self._shutdown_timeout)
@@ -290,16 +301,18 @@ class BaseManager:
             raise ClosedResourceError("the manager has been shut down")
         if self._state is State.INITIAL or self._address is None:
             raise ProcessError("the manager has not been started (call start() or connect())")
-        rop, body = client.request(self._address, self._authkey, op, dumps(payload))
+        ser = client.serializer_for(self._address)
+        body = dumps(payload, ser)
+        rop, body = client.request(self._address, self._authkey, op, body)
         if rop == Op.RESULT:
-            return loads(body)
+            return loads_with(ser, body)
         if rop == Op.PROXY:
-            return loads(body)
+            return loads_with(ser, body)
         if rop == Op.ERROR:
-            raise loads(body)
+            raise loads_with(ser, body)
         from ..errors import RemoteError
 
-        raise RemoteError(loads(body))
+        raise RemoteError(loads_with(ser, body))
 
     def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, tuple[str, ...]]:
         """Make a ``typeid`` object on the server: ``(token, exposed)`` (the stdlib's shape)."""

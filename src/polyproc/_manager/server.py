@@ -36,12 +36,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._serialize import Serializer
+from .._transport import SocketStream
 from ..errors import MethodNotExposedError, ProtocolError
 from . import client
 from .gate import Gate
 from .loop import ServeLoop
 from .proxytypes import Namespace, Value, make_array
-from .wire import Address, FrameSocket, Op, SocketCarrier, dumps, encode, listen_socket, loads
+from .wire import (
+    Address,
+    FrameSocket,
+    Op,
+    SocketCarrier,
+    dumps,
+    encode,
+    listen_socket,
+    loads,
+    loads_with,
+    own_serializer,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -51,7 +64,6 @@ __all__ = ["TypeSpec", "Server", "serve_in_child"]
 #: Method names every object answers, exposed or not (as the stdlib's fallbacks).
 _FALLBACKS = frozenset({"__str__", "__repr__", "#GETVALUE"})
 _VIEW_TYPES: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
-_NONE = dumps(None)
 #: Requests that never block and are cheap: run on the loop thread itself.
 _QUICK_OPS = frozenset({Op.DECREF, Op.PING, Op.STATS, Op.SHUTDOWN})
 #: Objects whose methods never block (run on the loop thread) ...
@@ -108,11 +120,15 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
         max_pending: int = 256,
+        message_serializer: Serializer | None = None,
     ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")
         self.registry = dict(registry)
         self.authkey = authkey
+        #: the manager's context's serializer for replies (None: the default's fast path)
+        self._ser = own_serializer(message_serializer)
+        self._none = dumps(None, self._ser)
         self._listener, self.address = listen_socket(address)
         self._objects: dict[int, Entry] = {}
         self._lock = threading.Lock()
@@ -142,13 +158,13 @@ class Server:
             return
         self._started = True
         client._state.server = self
-        client.remember(self.address, self.authkey, None)
+        client.remember(self.address, self.authkey, None, self._ser)
         self._loop.start()
         self._gate.start()
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
-        self._loop.add(sock, b"")
+        self._loop.add(SocketStream(sock), b"")
 
     def serve_forever(self) -> None:
         """Serve until a client sends SHUTDOWN (``manager.shutdown()``) or Ctrl+C."""
@@ -224,14 +240,14 @@ class Server:
 
     # -- serving (called by the loop, and by workers for calls that may block) --------
     def _on_ready(self, sock: socket.socket, leftover: bytes) -> None:
-        self._loop.add(sock, leftover)
+        self._loop.add(SocketStream(sock), leftover)
 
     def decode(self, op: int, body: bytes) -> tuple[bool, Any]:
         """``(quick, request)`` for a frame; ProtocolError ends a connection that sends nonsense."""
         if op in _QUICK_OPS:
             return True, loads(body) if op == Op.DECREF else None
         try:
-            request = loads(body)
+            request = loads_with(self._ser, body)
         except Exception as exc:
             return True, _Malformed(exc)
         if op == Op.CREATE:
@@ -247,7 +263,7 @@ class Server:
     def run(self, op: int, request: Any) -> bytes | None:
         """Carry out one request; the encoded reply frame, or None when none is due."""
         if isinstance(request, _Malformed):
-            return encode(Op.FAULT, dumps(f"malformed request: {request.exc!r}"))
+            return encode(Op.FAULT, dumps(f"malformed request: {request.exc!r}", self._ser))
         if op == Op.CALL or op == Op.CALL_INCREF or op == Op.CALL_ASYNC:
             return self._call(op, request)
         if op == Op.DECREF:
@@ -257,47 +273,53 @@ class Server:
         if op == Op.CREATE:
             return self._create(request)
         if op == Op.PING:
-            return encode(Op.RESULT, _NONE)
+            return encode(Op.RESULT, self._none)
         if op == Op.STATS:
-            return encode(Op.RESULT, dumps(self.statistics()))
+            return encode(Op.RESULT, dumps(self.statistics(), self._ser))
         if op == Op.SHUTDOWN:
             self.stop_event.set()
-            return encode(Op.RESULT, _NONE)
-        return encode(Op.FAULT, dumps(f"unexpected {op}"))  # pragma: no cover
+            return encode(Op.RESULT, self._none)
+        return encode(Op.FAULT, dumps(f"unexpected {op}", self._ser))  # pragma: no cover
 
     def _call(self, op: int, request: Any) -> bytes | None:
         try:
             ident, method, args, kwargs = request
         except (TypeError, ValueError) as exc:
-            return encode(Op.FAULT, dumps(f"malformed request: {exc!r}"))
+            return encode(Op.FAULT, dumps(f"malformed request: {exc!r}", self._ser))
         entry = self._objects.get(ident)
         if entry is None:
             text = (
                 f"no object with id {ident!r} on this manager "
                 "(released, or it belongs to another server)"
             )
-            return encode(Op.ASYNC_ERROR if op == Op.CALL_ASYNC else Op.FAULT, dumps(text))
+            return encode(
+                Op.ASYNC_ERROR if op == Op.CALL_ASYNC else Op.FAULT, dumps(text, self._ser)
+            )
         if op == Op.CALL_INCREF:
             self.incref(ident)
         try:
             result = self.invoke(entry, method, args, kwargs)
         except Exception as exc:
             if op == Op.CALL_ASYNC:
-                return encode(Op.ASYNC_ERROR, dumps(f"{method}() failed on the manager: {exc!r}"))
+                return encode(
+                    Op.ASYNC_ERROR, dumps(f"{method}() failed on the manager: {exc!r}", self._ser)
+                )
             return self._error(exc)
         if op == Op.CALL_ASYNC:
             return None
         typeid = entry.method_to_typeid.get(method) if entry.method_to_typeid else None
         if typeid is not None:
-            return encode(Op.PROXY, dumps(self.register_object(result, typeid)))
+            return encode(Op.PROXY, dumps(self.register_object(result, typeid), self._ser))
         if result is None:
-            return encode(Op.RESULT, _NONE)
+            return encode(Op.RESULT, self._none)
         if type(result) in _VIEW_TYPES:
             result = list(result)  # dict views do not pickle; the stdlib sends lists too
         try:
-            return encode(Op.RESULT, dumps(result))
+            return encode(Op.RESULT, dumps(result, self._ser))
         except Exception as exc:
-            return encode(Op.FAULT, dumps(f"cannot send the result of {method!r}: {exc}"))
+            return encode(
+                Op.FAULT, dumps(f"cannot send the result of {method!r}: {exc}", self._ser)
+            )
 
     @staticmethod
     def invoke(entry: Entry, method: str, args: Any, kwargs: Any) -> Any:
@@ -331,15 +353,16 @@ class Server:
             obj = spec.callable(*args, **(kwargs or {}))
         except Exception as exc:
             return self._error(exc)
-        return encode(Op.PROXY, dumps(self.register_object(obj, typeid)))
+        return encode(Op.PROXY, dumps(self.register_object(obj, typeid), self._ser))
 
-    @staticmethod
-    def _error(exc: BaseException) -> bytes:
+    def _error(self, exc: BaseException) -> bytes:
         try:
-            data = dumps(exc)
-            loads(data)  # an exception that pickles but cannot unpickle must not poison the client
+            data = dumps(exc, self._ser)
+            loads_with(
+                self._ser, data
+            )  # an exception that pickles but cannot unpickle must not poison the client
         except Exception:
-            return encode(Op.FAULT, dumps("".join(traceback.format_exception(exc))))
+            return encode(Op.FAULT, dumps("".join(traceback.format_exception(exc)), self._ser))
         return encode(Op.ERROR, data)
 
 
@@ -368,6 +391,7 @@ def serve_in_child(
     handshake_timeout: float = 10.0,
     owner: SocketCarrier | None = None,
     inherited: SocketCarrier | None = None,
+    message_serializer: Serializer | None = None,
 ) -> None:
     """The manager process's target: serve until the owner says stop, or goes away.
 
@@ -386,7 +410,12 @@ def serve_in_child(
         initializer(*initargs)
     try:
         server = Server(
-            registry, address, authkey, ssl_context=ssl_context, handshake_timeout=handshake_timeout
+            registry,
+            address,
+            authkey,
+            ssl_context=ssl_context,
+            handshake_timeout=handshake_timeout,
+            message_serializer=message_serializer,
         )
     except BaseException as exc:
         _send_status(ctl, ("error", f"{type(exc).__name__}: {exc}"))
@@ -405,7 +434,7 @@ def serve_in_child(
 
 
 def _send_status(sock: socket.socket, status: tuple[str, Any]) -> None:
-    sock.sendall(encode(Op.RESULT, dumps(status)))
+    FrameSocket(sock).send(Op.RESULT, dumps(status))
 
 
 def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
@@ -421,7 +450,7 @@ def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
 
 def _watch_owner(control: socket.socket, server: Server) -> None:
     try:
-        control.recv(16)
+        SocketStream(control).read_some(16)
     except BaseException:
         pass
     server.stop_event.set()

@@ -56,6 +56,7 @@ from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import for_pool, parkable
 from .._serialize import fd_handle
 from .._transport import wrap_fd
+from .._transport.wake import Wake
 from ..errors import BrokenProcessPool, CorruptMessageError, PoolClosedError
 from .channel import Handle, pickle_buffer
 from .channel import packed as pack_single
@@ -150,12 +151,10 @@ class Engine:
         self._led_wid = 0
         self._last_send: Send | None = None
         self._asleep = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._waker = Wake()
         self.handles: dict[int, Handle] = {}
         self.sel = selectors.DefaultSelector()
-        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.sel.register(self._waker.fileno(), selectors.EVENT_READ, None)
         self.finished = threading.Event()
         self._next_rss = 0.0
         self.sched = Scheduler(
@@ -246,10 +245,7 @@ class Engine:
     def _wake(self) -> None:
         if self._asleep:
             self._asleep = False
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass  # full: it will wake anyway; closed: the engine is gone
+            self._waker.set()
 
     def _idle_worker(self) -> bool:
         for slot in self.sched.workers.values():
@@ -331,10 +327,7 @@ class Engine:
         for key, mask in events:
             data = key.data
             if data is None:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
+                self._waker.drain()
             elif data[0] == 0:
                 if mask & selectors.EVENT_READ and not data[1].led:
                     self._on_readable(data[1])
@@ -771,8 +764,7 @@ class Engine:
             self.template.close()
         self.finished.set()
         # Late posts from user threads find the write end closed, not another file.
-        os.close(self._wake_w)
-        self._wake_w = -1
+        self._waker.close()
         atexit.unregister(self._atexit)
         self._fail_leftovers()
 
@@ -799,7 +791,7 @@ class Engine:
             self._close_channel(h)
         self.handles.clear()
         self.sel.close()
-        os.close(self._wake_r)
+        self._waker.close()
 
     def _fail_leftovers(self) -> None:
         """Jobs that reached the inbox as the engine ended: fail them, never leave them."""

@@ -53,6 +53,8 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from .._transport import write_all_fd
+
 __all__ = [
     "THRESHOLD",
     "BYTES_THRESHOLD",
@@ -167,9 +169,7 @@ def _fresh(view: memoryview, flag: int = _POOLED) -> int:
     try:
         os.ftruncate(fd, PAGE)
         os.lseek(fd, PAGE, os.SEEK_SET)
-        done, n = 0, view.nbytes
-        while done < n:
-            done += os.write(fd, view[done : done + (1 << 30)])
+        write_all_fd(fd, view)
         os.pwrite(fd, bytes((flag,)), 0)
     except BaseException:
         os.close(fd)

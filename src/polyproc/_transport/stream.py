@@ -1,0 +1,434 @@
+"""Byte streams over file descriptors and sockets: the raw I/O under every wire.
+
+Three streams share one small interface (``read_into``, ``write_all``,
+``write_some``, ``take_fds``, ``close``) so the layers above never care what is
+underneath (``memory.MemoryStream`` is a fourth, in-process, for tests):
+
+* ``FdStream``: a pipe (or any fd): ``os.readv``/``os.writev``, the fastest path.
+* ``UnixStream``: an AF_UNIX socket; can carry fds (SCM_RIGHTS, ``fds``) beside the bytes.
+* ``SocketStream``: TCP or TLS (``ssl.SSLSocket``), or any socket read through its
+  object (the manager's); no fds.
+
+``write_all`` blocks until every byte is written; ``write_some`` never blocks (it
+writes what fits, for ``outbox.Outbox``). ``OSError`` from the kernel becomes
+``BrokenResourceError`` here (the peer went away) and ``ClosedResourceError`` (we
+closed it); a read from a peer that went away is end of stream (0 bytes), as a pipe's.
+
+Below the streams, ``read_exact_fd``/``write_all_fd``/``write_some_fd`` are the
+plain-fd reads and writes of a Queue's pipe and of a memfd being filled.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import BrokenResourceError, ClosedResourceError
+from .fds import ANC_SPACE, MAX_FDS, rights, rights_of
+from .sockets import is_tls, want_errors, wrap_fd
+
+__all__ = [
+    "Stream",
+    "FdStream",
+    "UnixStream",
+    "SocketStream",
+    "stream_for_socket",
+    "read_exact_fd",
+    "write_all_fd",
+    "write_some_fd",
+    "MAX_FDS",
+]
+
+_BROKEN = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.ESHUTDOWN}
+_WRITEV_MAX = 1024  # IOV_MAX
+
+
+def _broken(exc: OSError) -> BrokenResourceError:
+    return BrokenResourceError(exc.errno or errno.EPIPE, f"peer went away: {exc.strerror or exc}")
+
+
+def _mapped(exc: OSError) -> OSError:
+    """The error tree's name for a write's ``OSError``: the peer went away, or we closed it."""
+    if exc.errno in _BROKEN:
+        return _broken(exc)
+    if exc.errno == errno.EBADF:
+        return ClosedResourceError(errno.EBADF, "stream is closed")
+    return exc
+
+
+class Stream:
+    """A bidirectional (or one-way) byte stream over one fd."""
+
+    supports_fds = False
+    tls = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def setblocking(self, flag: bool) -> None:
+        """Whether reads wait (``BlockingIOError`` when nothing is there, if not)."""
+        os.set_blocking(self.fd, flag)
+
+    def pending(self) -> bool:
+        """Bytes read from the fd but not yet returned (TLS keeps some): False but for TLS."""
+        return False
+
+    def read_into(self, view: memoryview) -> int:
+        """Read at least one byte into ``view``; 0 means end of stream."""
+        try:
+            return os.readv(self.fd, [view])
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            return self.read_into(view)
+        except OSError as exc:
+            if exc.errno in _BROKEN:
+                return 0
+            if exc.errno == errno.EBADF:
+                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
+            raise
+
+    def read_exact_into(self, view: memoryview) -> int:
+        """Fill ``view`` completely unless the stream ends first; the bytes read.
+
+        For a large frame body: the reader hands its final object's memory here, so
+        the kernel copies straight into it (no staging buffer, no join).
+        """
+        done, n = 0, view.nbytes
+        while done < n:
+            got = self.read_into(view[done:])
+            if got == 0:
+                break
+            done += got
+        return done
+
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
+        """Write every byte of ``parts`` (zero-copy: ``writev`` from their own memory)."""
+        if fds:
+            raise BrokenResourceError(errno.EINVAL, "this stream cannot carry file descriptors")
+        self._writev(list(parts))
+
+    def write_some(self, parts: list[Any], fds: Sequence[int] = ()) -> int:
+        """Write what fits now (a non-blocking fd): the bytes written, 0 when it is full."""
+        if fds:
+            raise BrokenResourceError(errno.EINVAL, "this stream cannot carry file descriptors")
+        try:
+            return os.writev(self.fd, parts)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise _mapped(exc) from exc
+
+    def write_one(self, data: bytes) -> None:
+        """``write_all([data])`` for one small bytes: a single ``write``, no list, no views."""
+        try:
+            n = os.write(self.fd, data)
+        except OSError:
+            n = 0  # the general path raises the right error
+        if n != len(data):
+            self._writev([memoryview(data)[n:]])
+
+    def write_pair(self, head: bytes, body: Any) -> None:
+        """``write_all([head, body])`` for a byte-format body, in one ``writev`` when it fits.
+
+        The common big-message write, kept to one call: a few microseconds of Python
+        per message decide whether a stream keeps the receiver busy or makes it sleep
+        and wake for every message (docs/connection.md).
+        """
+        try:
+            n = os.writev(self.fd, (head, body))
+        except OSError:
+            n = 0  # let the general path raise the right error (or retry EINTR/EAGAIN)
+        if n != len(head) + len(body):
+            self._writev(
+                [memoryview(head)[n:], memoryview(body)[max(0, n - len(head)) :]]
+                if n < len(head)
+                else [memoryview(body)[n - len(head) :]]
+            )
+
+    def _writev(self, parts: list[Any]) -> None:
+        fd = self.fd
+        try:
+            if len(parts) == 1:
+                data = parts[0]
+                n = os.write(fd, data)
+                if n == len(data):
+                    return
+                parts = [memoryview(data)[n:]]
+            views = deque(memoryview(p).cast("B") for p in parts)
+            while views:
+                batch = [views[i] for i in range(min(len(views), _WRITEV_MAX))]
+                n = os.writev(fd, batch)
+                while n and views:
+                    head = views[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        views.popleft()
+                    else:
+                        views[0] = head[n:]
+                        n = 0
+                while views and views[0].nbytes == 0:
+                    views.popleft()
+        except OSError as exc:
+            if exc.errno in _BROKEN:
+                raise _broken(exc) from exc
+            if exc.errno == errno.EBADF:
+                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
+            raise
+
+    def take_fds(self, count: int) -> list[int]:
+        if count:
+            raise BrokenResourceError(errno.EPROTO, "frame promised fds this stream cannot carry")
+        return []
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def detach(self) -> int:
+        fd, self.fd = self.fd, -1
+        return fd
+
+
+class FdStream(Stream):
+    """A pipe end or any plain fd."""
+
+
+class UnixStream(Stream):
+    """An AF_UNIX stream socket: bytes plus fds passed with SCM_RIGHTS."""
+
+    supports_fds = True
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self._sock = wrap_fd(fd)
+        self._fds: deque[int] = deque()
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> UnixStream:
+        """A stream on a socket object the caller keeps owning (and closes itself)."""
+        stream = cls.__new__(cls)
+        stream.fd, stream._sock, stream._fds = sock.fileno(), sock, deque()
+        return stream
+
+    def write_some(self, parts: list[Any], fds: Sequence[int] = ()) -> int:
+        """Write what fits now (``MSG_DONTWAIT``); ``fds`` ride on the first byte of ``parts``."""
+        try:
+            if fds:
+                return self._sock.sendmsg(parts[:1], rights(fds), socket.MSG_DONTWAIT)
+            return self._sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise _mapped(exc) from exc
+
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
+        try:
+            n, anc, _flags, _addr = self._sock.recvmsg_into([view], ANC_SPACE, flags)
+        except OSError as exc:
+            if exc.errno in _BROKEN:
+                return 0
+            if exc.errno == errno.EBADF:
+                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
+            raise
+        if anc:
+            self._fds.extend(rights_of(anc))
+        return n
+
+    def read_exact_into(self, view: memoryview) -> int:
+        # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
+        # takes (the kernel sleeps and copies on); a signal or EOF ends it short, so loop.
+        done, n = 0, view.nbytes
+        while done < n:
+            got = self.read_into(view[done:], socket.MSG_WAITALL)
+            if got == 0:
+                break
+            done += got
+        return done
+
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
+        if not fds:
+            self._writev(list(parts))
+            return
+        first = memoryview(parts[0]).cast("B")
+        anc = rights(fds)
+        try:
+            n = self._sock.sendmsg([first[:1]], anc)  # fds ride on the first byte
+        except OSError as exc:
+            if exc.errno in _BROKEN:
+                raise _broken(exc) from exc
+            raise
+        assert n == 1
+        self._writev([first[1:], *parts[1:]])
+
+    def take_fds(self, count: int) -> list[int]:
+        if count > len(self._fds):
+            raise BrokenResourceError(errno.EPROTO, "frame promised fds that did not arrive")
+        return [self._fds.popleft() for _ in range(count)]
+
+    def close(self) -> None:
+        self.fd = -1
+        while self._fds:
+            try:
+                os.close(self._fds.popleft())
+            except OSError:
+                pass
+        self._sock.close()
+
+    def detach(self) -> int:
+        self.fd = -1
+        return self._sock.detach()
+
+
+class SocketStream(Stream):
+    """A TCP or TLS socket: everything goes through the socket object (TLS must).
+
+    The manager's sockets (Unix too) use this stream: its reads are plain ``recv``
+    calls, cheaper than ``recvmsg`` with room for fds it never carries.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock.fileno())
+        self._sock = sock
+        self.tls: bool = is_tls(sock)
+        self._again = want_errors()
+
+    @property
+    def socket(self) -> socket.socket:
+        """The socket object (for its timeout and blocking mode, never for I/O)."""
+        return self._sock
+
+    def pending(self) -> bool:
+        """Decrypted bytes waiting inside a TLS socket (its fd will not say so)."""
+        tls: Any = self._sock  # an ssl.SSLSocket when ``tls``
+        return self.tls and bool(tls.pending())
+
+    def read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b"" at end of stream (or when the peer reset it).
+
+        A non-blocking socket raises one of ``want_errors()`` when nothing is there;
+        a timeout raises ``TimeoutError``: neither is end of stream.
+        """
+        try:
+            return self._sock.recv(n)
+        except OSError as exc:
+            if exc.errno in _BROKEN:
+                return b""
+            raise
+
+    def write_some(self, parts: list[Any], fds: Sequence[int] = ()) -> int:
+        """Write what fits now; TLS one part at a time (an SSL socket has no ``sendmsg``)."""
+        if fds:
+            raise BrokenResourceError(
+                errno.EINVAL, "a network socket cannot carry file descriptors"
+            )
+        try:
+            if self.tls:
+                return self._sock.send(parts[0])
+            return self._sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except self._again:
+            return 0
+        except OSError as exc:
+            raise _mapped(exc) from exc
+
+    def read_into(self, view: memoryview) -> int:
+        try:
+            return self._sock.recv_into(view)
+        except OSError as exc:
+            if exc.errno in _BROKEN or exc.errno is None:
+                return 0  # TLS EOF without close_notify, or a reset: the peer is gone
+            raise
+
+    def write_all(
+        self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
+    ) -> None:
+        if fds:
+            raise BrokenResourceError(
+                errno.EINVAL, "a network socket cannot carry file descriptors"
+            )
+        try:
+            for p in parts:
+                self._sock.sendall(p)
+        except TimeoutError:
+            raise  # a deadline the caller set, not a broken peer
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    def write_pair(self, head: bytes, body: Any) -> None:
+        self.write_all([head, body])  # TLS: through the socket object, never the raw fd
+
+    def write_one(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise  # a deadline the caller set, not a broken peer
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    def setblocking(self, flag: bool) -> None:
+        """Blocking mode of the socket (the manager's loop and gate read without blocking)."""
+        self._sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.fd = -1
+        self._sock.close()
+
+    def detach(self) -> int:
+        self.fd = -1
+        return self._sock.detach()
+
+
+def read_exact_fd(fd: int, n: int) -> bytes:
+    """Exactly ``n`` bytes from blocking ``fd``; ``EOFError`` if it ends first."""
+    data = os.read(fd, n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            raise EOFError("pipe closed in the middle of a frame")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def write_some_fd(fd: int, data: Any) -> int:
+    """Write what fits now in non-blocking ``fd``: the bytes written (0 when it is full)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+
+
+def write_all_fd(fd: int, data: Any) -> None:
+    """Write all of ``data`` to ``fd``, waiting for room if it is non-blocking.
+
+    In pieces of at most 1 GiB (a single ``write`` moves under 2 GiB on Linux).
+    """
+    view = memoryview(data).cast("B")
+    done, n = 0, view.nbytes
+    while done < n:
+        try:
+            done += os.write(fd, view[done : done + (1 << 30)])
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+def stream_for_socket(sock: socket.socket) -> Stream:
+    """Pick the stream for a connected socket: AF_UNIX (fds), else plain/TLS socket."""
+    # Without ssl imported no TLS socket can exist: never import it (4 ms) just to check.
+    ssl = sys.modules.get("ssl")
+    if sock.family == socket.AF_UNIX and (ssl is None or not isinstance(sock, ssl.SSLSocket)):
+        return UnixStream(sock.detach())
+    return SocketStream(sock)
