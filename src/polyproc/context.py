@@ -83,8 +83,11 @@ class Context(Settings):
 
     # -- the stdlib context API ------------------------------------------------
     def get_start_method(self, allow_none: bool = False) -> str:
-        """This context's start method (never None: a Context always has one)."""
-        return self.start_method
+        """This context's start method by its stdlib name (``"auto"`` answers ``"fork"``).
+
+        Never None: a Context always has one. ``ctx.start_method`` is polyproc's own name.
+        """
+        return _context.stdlib_name(self.start_method)
 
     def get_context(self, method: str | None = None) -> Context:
         """This context (``method`` None), else the Context for ``method`` (stdlib parity)."""
@@ -93,7 +96,7 @@ class Context(Settings):
         return get_context(method)
 
     def get_all_start_methods(self) -> list[str]:
-        """The start methods available here, the default first."""
+        """The stdlib's start methods available here, the platform default first."""
         return _context.get_all_start_methods()
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:

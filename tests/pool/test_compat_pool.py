@@ -233,6 +233,19 @@ class _RuntimeReduce:
         raise RuntimeError("cannot pickle")
 
 
+def test_a_managed_pool_argument_whose_reduce_raises_raises_that_error(ctx: Any) -> None:
+    """CPython's WithManagerTestPool.test_map_unplicklable: through a manager proxy too."""
+    with ctx.Manager() as manager:
+        pool = manager.Pool(1)
+        with pytest.raises(RuntimeError, match="cannot pickle") as info:
+            pool.map(c.sqr, [_RuntimeReduce()] * 3)
+        assert type(info.value) is RuntimeError
+        assert any("manager message" in n for n in getattr(info.value, "__notes__", []))
+        with pytest.raises(TypeError, match="lock"):
+            pool.apply(c.identity, (threading.Lock(),))
+        assert pool.map(c.sqr, [1, 2]) == [1, 4]  # the proxy and its pool go on
+
+
 def test_remote_tracebacks_are_pool_remote_traceback(ctx: Any) -> None:
     with Pool(1, context=ctx) as pool:
         with pytest.raises(RuntimeError) as info:

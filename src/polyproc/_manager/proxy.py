@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RemoteError
+from ..errors import RemoteError, SerializationError
 from . import client
 from .wire import Address, Op, dumps, loads
 
@@ -110,21 +110,35 @@ class BaseProxy:
             return self._call_local(methodname, args, kwds)
         if ref.owned:
             if methodname in self._async_methods_:
-                client.post(
-                    self._address, self._authkey, dumps((self._id, methodname, args, kwds or None))
-                )
+                client.post(self._address, self._authkey, self._message(methodname, args, kwds))
                 return None
             op = Op.CALL
         else:
             op = Op.CALL_INCREF
         rop, body = client.request(
-            self._address, self._authkey, op, dumps((self._id, methodname, args, kwds or None))
+            self._address, self._authkey, op, self._message(methodname, args, kwds)
         )
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()
             return loads(body)
         return self._unusual_reply(op, rop, body)
+
+    def _message(
+        self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
+    ) -> bytes:
+        """The call's bytes; an argument that does not pickle raises the pickler's own error.
+
+        As the stdlib (and polyproc's pool) does: ``manager.Pool().map(f, [obj])`` with a
+        ``__reduce__`` raising ``RuntimeError`` raises ``RuntimeError``, with a note
+        naming the part that failed.
+        """
+        try:
+            return dumps((self._id, methodname, args, kwds or None))
+        except SerializationError as err:
+            from .._pool.messages import pickling_error
+
+            raise pickling_error(err) from None
 
     def _call_local(
         self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
