@@ -104,7 +104,7 @@ class Context(Settings):
         raise ValueError("cannot set start method of concrete context")
 
     def set_forkserver_preload(self, module_names: list[str]) -> None:
-        """Modules for the forkserver to import (checked, as by the stdlib; see ``polyproc``)."""
+        """Modules the forkserver imports once, before forking (checked as by the stdlib)."""
         _context.set_forkserver_preload(module_names)
 
     def cpu_count(self) -> int:
