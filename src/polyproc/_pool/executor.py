@@ -192,7 +192,13 @@ class ProcessPoolExecutor(Executor):
 
     @property
     def _mp_context(self) -> Any:
-        return self._engine.ctx
+        """The context the workers start with: a public Context (``get_start_method()``...)."""
+        ctx = self._engine.ctx
+        if ctx is None or hasattr(ctx, "get_start_method"):
+            return ctx
+        from ..context import Context  # the engine keeps the bare Settings
+
+        return Context(ctx.start_method, ctx.serializer)
 
     @property
     def _broken(self) -> str | bool:
