@@ -33,6 +33,7 @@ __all__ = [
     "get_start_method",
     "get_all_start_methods",
     "stdlib_name",
+    "as_settings",
     "default_context",
     "set_forkserver_preload",
 ]
@@ -157,6 +158,23 @@ def set_forkserver_preload(module_names: list[str]) -> None:
 def get_context(method: str | None = None) -> Settings:
     """The Settings for ``method`` (the default when None). Changes no global state."""
     return _context_for(method or _defaults.get())
+
+
+def as_settings(context: object) -> Settings:
+    """A ``context=``/``mp_context=`` argument as Settings: polyproc's as it is, any other
+    context (the stdlib's, when only the executor import was swapped) by its start method.
+
+    Anything else is a ``TypeError`` here, not a worker that fails to start later.
+    """
+    if isinstance(context, Settings):
+        return context
+    getter = getattr(context, "get_start_method", None)
+    method = getter() if callable(getter) else None
+    if isinstance(method, str) and method in START_METHODS:
+        return get_context(method)
+    raise TypeError(
+        f"context must be a start-method context (polyproc.get_context(...)), not {context!r}"
+    )
 
 
 def set_start_method(method: str | None, force: bool = False) -> None:

@@ -150,6 +150,10 @@ class ProcessPoolExecutor(Executor):
             from .._context import default_context
 
             mp_context = default_context()
+        else:
+            from .._context import as_settings
+
+            mp_context = as_settings(mp_context)
         if max_tasks_per_child is not None and getattr(mp_context, "start_method", None) == "fork":
             # As the stdlib (cpython #90622): a replacement forked from a process with threads.
             raise ValueError(
@@ -196,9 +200,10 @@ class ProcessPoolExecutor(Executor):
         ctx = self._engine.ctx
         if ctx is None or hasattr(ctx, "get_start_method"):
             return ctx
-        from ..context import Context  # the engine keeps the bare Settings
+        from ..context import Context, get_context  # the engine keeps the bare Settings
 
-        return Context(ctx.start_method, ctx.serializer)
+        public = get_context(ctx.start_method)
+        return public if public == ctx else Context(ctx.start_method, ctx.serializer)
 
     @property
     def _broken(self) -> str | bool:
