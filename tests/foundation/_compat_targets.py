@@ -10,6 +10,7 @@ from typing import Any
 
 import polyproc
 import polyproc.connection
+import polyproc.util
 
 
 def start_worker_thread(release: Any, done: Any) -> None:
@@ -121,3 +122,7 @@ def report_preloaded(conn: Any, name: str) -> None:
     """Where ``name`` was imported, if it was, without importing it: (its pid, our parent)."""
     module = sys.modules.get(name)
     conn.send((getattr(module, "IMPORTED_IN", None), os.getppid()))
+
+
+def report_logger_level(conn: Any) -> None:
+    conn.send(polyproc.util.get_logger().getEffectiveLevel())

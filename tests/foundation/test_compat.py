@@ -382,6 +382,45 @@ def test_register_after_fork_runs_in_children(ctx: Any) -> None:
     assert targets.HOLDER.seen == []
 
 
+def test_the_multiprocessing_logger_level_reaches_children(
+    start_method: str, tmp_path: Path
+) -> None:
+    """As the stdlib's: the child's get_logger() has the effective level of the parent's,
+    in a program that configured no logging handler (pytest's own would be copied anyway)."""
+    script = tmp_path / "levels.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import logging, sys
+        sys.path.insert(0, {str(SRC)!r})
+        sys.path.insert(0, {str(SRC.parent)!r})
+        import polyproc, polyproc.util
+        from tests.foundation import _compat_targets as t
+
+        def child_level(ctx):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=t.report_logger_level, args=(w,))
+            p.start()
+            w.close()
+            level = r.recv() if r.poll(30) else None
+            p.join(30)
+            return level
+
+        if __name__ == "__main__":
+            ctx = polyproc.get_context({start_method!r})
+            polyproc.util.get_logger().setLevel(32)
+            first = child_level(ctx)
+            polyproc.util.get_logger().setLevel(logging.NOTSET)
+            logging.getLogger().setLevel(37)  # inherited from the root logger
+            print(first, child_level(ctx))
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["32", "37"], out.stderr
+
+
 def test_get_temp_dir_is_private_and_stable() -> None:
     d = polyproc.util.get_temp_dir()
     assert os.path.isdir(d) and polyproc.util.get_temp_dir() == d
