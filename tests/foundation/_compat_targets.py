@@ -126,3 +126,12 @@ def report_preloaded(conn: Any, name: str) -> None:
 
 def report_logger_level(conn: Any) -> None:
     conn.send(polyproc.util.get_logger().getEffectiveLevel())
+
+
+def answer_on_socket(conn: Any, sock: Any) -> None:
+    """Write on the socket given as an argument, then on one received through ``conn``."""
+    sock.sendall(b"argument")
+    sock.close()
+    other = conn.recv()
+    other.sendall(b"message")
+    other.close()

@@ -451,6 +451,25 @@ def test_registered_reducer_is_used_by_every_transport(ctx: Any) -> None:
             reducers.register(k, v)
 
 
+def test_a_socket_travels_as_a_process_argument_and_through_a_pipe(ctx: Any) -> None:
+    """As with the stdlib (its reduction registers socket.socket): the receiver gets its fd."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    r, w = ctx.Pipe()
+    with a, b, c, d:
+        p = ctx.Process(target=targets.answer_on_socket, args=(w, b))
+        p.start()
+        r.send(d)
+        a.settimeout(30)
+        c.settimeout(30)
+        assert a.recv(100) == b"argument"
+        assert c.recv(100) == b"message"
+        p.join(30)
+        assert p.exitcode == 0
+        d.sendall(b"ours still works")  # the sender keeps its own socket
+        assert c.recv(100) == b"ours still works"
+
+
 def test_send_handle_and_dupfd_pass_file_descriptors() -> None:
     a, b = polyproc.Pipe()
     r, w = os.pipe()
