@@ -21,7 +21,6 @@ import compathelpers as c
 import poolhelpers as h
 import pytest
 
-import polyproc
 from polyproc.errors import BrokenProcessPool, SerializationError, WorkerLostError
 from polyproc.futures import ProcessPoolExecutor
 
@@ -45,9 +44,6 @@ def test_the_private_attributes_programs_read(ctx: Any) -> None:
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
         assert len(ex._processes) == 2 and all(p.pid == pid for pid, p in ex._processes.items())
         assert ex._mp_context is ctx and ex._broken is False
-    with ProcessPoolExecutor(1) as ex:  # the default context: a public one, as the stdlib's
-        assert ex._mp_context.get_start_method() == polyproc.get_start_method()
-        assert ex._mp_context == polyproc.get_context()
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=h.bad_initializer) as ex:
         with pytest.raises(BrokenProcessPool):
             ex.submit(h.inc, 1).result(timeout=20)

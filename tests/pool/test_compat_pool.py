@@ -188,7 +188,7 @@ def test_a_foreign_context_is_taken_by_its_start_method(ctx: Any) -> None:
         assert pool.apply(h.inc, (1,)) == 2
     with ProcessPoolExecutor(1, mp_context=_ForeignContext(ctx.start_method)) as ex:
         assert ex.submit(h.inc, 1).result(timeout=30) == 2
-        assert ex._mp_context is ctx  # polyproc's own context for that start method
+        assert ex._mp_context == ctx  # polyproc's own context for that start method
 
 
 def test_an_initializer_that_does_not_pickle_breaks_the_pool_with_that_cause(ctx: Any) -> None:

@@ -196,14 +196,7 @@ class ProcessPoolExecutor(Executor):
 
     @property
     def _mp_context(self) -> Any:
-        """The context the workers start with: a public Context (``get_start_method()``...)."""
-        ctx = self._engine.ctx
-        if ctx is None or hasattr(ctx, "get_start_method"):
-            return ctx
-        from ..context import Context, get_context  # the engine keeps the bare Settings
-
-        public = get_context(ctx.start_method)
-        return public if public == ctx else Context(ctx.start_method, ctx.serializer)
+        return self._engine.ctx
 
     @property
     def _broken(self) -> str | bool:
