@@ -320,9 +320,9 @@ def _pickler_class() -> type:
             # A socket travels as its fd (the receiver gets its own copy), as the stdlib's
             # reduction registers it: a server can hand accepted connections to workers.
             # Reached only when plain pickle refused the object; not imported, not one.
-            sockets = sys.modules.get("socket")
             # The exact type, as a dispatch table would: an SSLSocket is more than its fd.
-            if sockets is not None and type(obj) is sockets.socket and obj.fileno() >= 0:
+            plain = getattr(sys.modules.get("socket"), "socket", None)
+            if plain is not None and type(obj) is plain and obj.fileno() >= 0:
                 return (_rebuild_socket, (fd_handle(obj.fileno()), obj.family, obj.type, obj.proto))
             if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES:
                 if _main_is_importable() and _lookup(obj) is obj:

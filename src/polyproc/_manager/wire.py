@@ -331,15 +331,16 @@ class _NeverRaised(Exception):
 
 def want_errors() -> tuple[type[BaseException], ...]:
     """What a non-blocking socket raises for "try again": EAGAIN, and TLS's wants."""
+    # getattr: another thread may be importing ssl right now (partly initialised); a TLS
+    # socket cannot exist before its classes do.
     ssl = sys.modules.get("ssl")
-    if ssl is None:
-        return (BlockingIOError, InterruptedError)
-    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    wants = (getattr(ssl, "SSLWantReadError", None), getattr(ssl, "SSLWantWriteError", None))
+    return (BlockingIOError, InterruptedError, *(w for w in wants if w is not None))
 
 
 def is_tls(sock: object) -> bool:
-    ssl = sys.modules.get("ssl")
-    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+    tls = getattr(sys.modules.get("ssl"), "SSLSocket", None)
+    return tls is not None and isinstance(sock, tls)
 
 
 def tls_pending(sock: Any) -> bool:
