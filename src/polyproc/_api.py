@@ -207,7 +207,7 @@ def set_executable(executable: str) -> None:
 
 
 def set_forkserver_preload(module_names: list[str]) -> None:
-    """Checked as by the stdlib; the forkserver already imports ``__main__`` (and its imports)."""
+    """Modules the forkserver imports once, before forking (checked as by the stdlib)."""
     from ._context import set_forkserver_preload
 
     set_forkserver_preload(module_names)

@@ -32,12 +32,18 @@ __all__ = [
     "set_start_method",
     "get_start_method",
     "get_all_start_methods",
+    "stdlib_name",
+    "as_settings",
     "default_context",
     "set_forkserver_preload",
 ]
 
-#: The start methods, in the order ``get_all_start_methods`` lists them (default first).
+#: Every start method ``get_context``/``set_start_method`` accept: the stdlib's three and
+#: polyproc's default, ``"auto"``.
 START_METHODS: tuple[str, ...] = ("auto", "fork", "spawn", "forkserver")
+
+#: The stdlib's start methods, in its order (what ``get_all_start_methods`` lists on Linux).
+STDLIB_START_METHODS: tuple[str, ...] = ("fork", "spawn", "forkserver")
 
 #: "auto": fork's semantics where fork is safe, the forkserver's safety where it is
 #: not. A child is forked from the caller (a pool's workers from a template forked
@@ -45,6 +51,9 @@ START_METHODS: tuple[str, ...] = ("auto", "fork", "spawn", "forkserver")
 #: parked, is alive; otherwise it comes from the forkserver. Why, and the figures:
 #: docs/architecture.md, "The default start method"; the code: _launch/template.py.
 DEFAULT_START_METHOD = "auto"
+
+#: The stdlib name ``get_start_method()`` answers for "auto" (fork's semantics, see above).
+AUTO_REPORTS_AS = "fork"
 
 
 class Settings:
@@ -135,8 +144,12 @@ def _context_for(method: str) -> Settings:
 
 
 def set_forkserver_preload(module_names: list[str]) -> None:
-    """Check ``module_names`` as the stdlib does; polyproc's forkserver imports ``__main__``
-    (and so what it imports) already, which is what a preload list is usually for."""
+    """Modules for the forkserver to import once, before it forks (checked as by the stdlib).
+
+    Sent with the next start request, so the server imports them even if it is running
+    already; a child whose target lives in one of them then does not import it again.
+    ``"__main__"`` is skipped: the server imports the main module in any case.
+    """
     if not isinstance(module_names, list) or not all(isinstance(m, str) for m in module_names):
         raise TypeError("module_names must be a list of strings")
     _defaults.preload = list(module_names)
@@ -147,24 +160,57 @@ def get_context(method: str | None = None) -> Settings:
     return _context_for(method or _defaults.get())
 
 
+def as_settings(context: object) -> Settings:
+    """A ``context=``/``mp_context=`` argument as Settings: polyproc's as it is, any other
+    context (the stdlib's, when only the executor import was swapped) by its start method.
+
+    Anything else is a ``TypeError`` here, not a worker that fails to start later.
+    """
+    if isinstance(context, Settings):
+        return context
+    getter = getattr(context, "get_start_method", None)
+    method = getter() if callable(getter) else None
+    if isinstance(method, str) and method in START_METHODS:
+        return get_context(method)
+    raise TypeError(
+        f"context must be a start-method context (polyproc.get_context(...)), not {context!r}"
+    )
+
+
 def set_start_method(method: str | None, force: bool = False) -> None:
     """Set the default start method; ``RuntimeError`` if set already, unless ``force``."""
     _defaults.set(method, force)
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
-    """The default start method; None if unset and ``allow_none`` (stdlib parity).
+    """The default start method, by its stdlib name; None if unset and ``allow_none``.
 
-    Unlike the stdlib, asking never fixes the default.
+    Under polyproc's own default, ``"auto"``, this answers ``"fork"``: auto *is* fork's
+    semantics (a fork of the caller, or for a pool of a template forked from it) and
+    only falls back to the forkserver while another thread runs, so code that asks
+    ``get_start_method() == "fork"`` (stdlib tests, libraries choosing a context) keeps
+    the answer it had with the stdlib on Linux. ``get_context().start_method`` tells
+    ``"auto"`` apart. Unlike the stdlib, asking never fixes the default.
     """
     if allow_none and _defaults._method is None:
         return None
-    return _defaults.get()
+    return stdlib_name(_defaults.get())
+
+
+def stdlib_name(method: str) -> str:
+    """The stdlib start method ``method`` reports as: ``"auto"`` is ``"fork"``, the rest themselves."""
+    return AUTO_REPORTS_AS if method == "auto" else method
 
 
 def get_all_start_methods() -> list[str]:
-    """The start methods available on this platform, the current default first."""
+    """The stdlib's start methods on this platform, the platform default first.
+
+    As Python 3.14 lists them (the default first, whatever ``set_start_method`` chose)
+    and as 3.11's own test expects: ``["fork", "spawn", "forkserver"]`` on Linux, the
+    default ``"auto"`` reporting as ``"fork"``. ``"auto"`` itself is polyproc's extra:
+    accepted by ``get_context``/``set_start_method``, not listed.
+    """
     if sys.platform != "linux":  # pragma: no cover - Linux is the supported platform
         return ["spawn"]
-    default = _defaults.get()  # first, then "auto" and the stdlib's order (as 3.14 lists them)
-    return [default] + [m for m in ("auto", "fork", "spawn", "forkserver") if m != default]
+    default = stdlib_name(DEFAULT_START_METHOD)
+    return [default] + [m for m in STDLIB_START_METHODS if m != default]

@@ -175,6 +175,12 @@ def _rebuild_memoryview(buf: Any) -> memoryview:
     return memoryview(buf)
 
 
+def _rebuild_socket(fd: int, family: int, kind: int, proto: int) -> Any:
+    import socket
+
+    return socket.socket(family, kind, proto, fileno=fd)
+
+
 def _rebuild_bytes(buf: Any) -> bytes:
     return bytes(buf)  # the receiver's one copy: bytes are immutable, the buffer is not
 
@@ -311,6 +317,13 @@ def _pickler_class() -> type:
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) is memoryview:
                 return (_rebuild_memoryview, (pickle.PickleBuffer(obj),))
+            # A socket travels as its fd (the receiver gets its own copy), as the stdlib's
+            # reduction registers it: a server can hand accepted connections to workers.
+            # Reached only when plain pickle refused the object; not imported, not one.
+            # The exact type, as a dispatch table would: an SSLSocket is more than its fd.
+            plain = getattr(sys.modules.get("socket"), "socket", None)
+            if plain is not None and type(obj) is plain and obj.fileno() >= 0:
+                return (_rebuild_socket, (fd_handle(obj.fileno()), obj.family, obj.type, obj.proto))
             if isinstance(obj, (types.FunctionType, type)) and obj.__module__ in _MAIN_NAMES:
                 if _main_is_importable() and _lookup(obj) is obj:
                     return NotImplemented  # plain save_global: ``__main__.name``

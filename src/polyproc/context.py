@@ -84,8 +84,11 @@ class Context(Settings):
 
     # -- the stdlib context API ------------------------------------------------
     def get_start_method(self, allow_none: bool = False) -> str:
-        """This context's start method (never None: a Context always has one)."""
-        return self.start_method
+        """This context's start method by its stdlib name (``"auto"`` answers ``"fork"``).
+
+        Never None: a Context always has one. ``ctx.start_method`` is polyproc's own name.
+        """
+        return _context.stdlib_name(self.start_method)
 
     def get_context(self, method: str | None = None) -> Context:
         """This context (``method`` None), else the Context for ``method`` (stdlib parity)."""
@@ -94,7 +97,7 @@ class Context(Settings):
         return get_context(method)
 
     def get_all_start_methods(self) -> list[str]:
-        """The start methods available here, the default first."""
+        """The stdlib's start methods available here, the platform default first."""
         return _context.get_all_start_methods()
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
@@ -102,7 +105,7 @@ class Context(Settings):
         raise ValueError("cannot set start method of concrete context")
 
     def set_forkserver_preload(self, module_names: list[str]) -> None:
-        """Modules for the forkserver to import (checked, as by the stdlib; see ``polyproc``)."""
+        """Modules the forkserver imports once, before forking (checked as by the stdlib)."""
         _context.set_forkserver_preload(module_names)
 
     def cpu_count(self) -> int:

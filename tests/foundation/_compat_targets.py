@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
 import threading
 from typing import Any
 
 import polyproc
 import polyproc.connection
+import polyproc.util
 
 
 def start_worker_thread(release: Any, done: Any) -> None:
@@ -93,3 +96,42 @@ class FooBar:
 
     def _h(self) -> str:
         return "_h()"
+
+
+def report_windows_pipe_listener(conn: Any) -> None:
+    """In a child: what ``Listener`` on a Windows pipe address raises (the stdlib: ValueError)."""
+    try:
+        polyproc.connection.Listener(r"\\.\pipe\x")
+    except Exception as exc:  # noqa: BLE001 - the type is what the parent checks
+        conn.send(type(exc).__name__)
+    else:
+        conn.send("nothing raised")
+
+
+class Pair(ctypes.Structure):
+    """A ctypes struct to share (module level: it travels to spawn children by name)."""
+
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+
+def bump_pair(shared: Any) -> None:
+    shared.x += 100
+
+
+def report_preloaded(conn: Any, name: str) -> None:
+    """Where ``name`` was imported, if it was, without importing it: (its pid, our parent)."""
+    module = sys.modules.get(name)
+    conn.send((getattr(module, "IMPORTED_IN", None), os.getppid()))
+
+
+def report_logger_level(conn: Any) -> None:
+    conn.send(polyproc.util.get_logger().getEffectiveLevel())
+
+
+def answer_on_socket(conn: Any, sock: Any) -> None:
+    """Write on the socket given as an argument, then on one received through ``conn``."""
+    sock.sendall(b"argument")
+    sock.close()
+    other = conn.recv()
+    other.sendall(b"message")
+    other.close()

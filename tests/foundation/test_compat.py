@@ -7,7 +7,6 @@ under fork, spawn and forkserver.
 from __future__ import annotations
 
 import copy
-import ctypes
 import gc
 import json
 import os
@@ -31,6 +30,7 @@ import polyproc.reduction
 import polyproc.shared_memory
 import polyproc.sharedctypes
 import polyproc.util
+from polyproc import _context
 
 from . import _compat_targets as targets
 
@@ -93,7 +93,7 @@ def test_interpreter_flags_reach_children(start_method: str, tmp_path: Path) -> 
     """)
     )
     out = subprocess.run(
-        [sys.executable, "-E", "-O", str(script)],
+        [sys.executable, "-E", "-S", "-O", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -206,10 +206,17 @@ def test_shared_memory_manager_unlinks_what_it_made(ctx: Any) -> None:
 # -- small names and shapes ---------------------------------------------------------------------------
 
 
-def test_listener_refuses_a_windows_pipe_address() -> None:
+def test_listener_refuses_a_windows_pipe_address(ctx: Any) -> None:
     with pytest.raises(ValueError):
         polyproc.connection.Listener(r"\\.\pipe\x")
     assert polyproc.connection.families == ["AF_INET", "AF_UNIX"]
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.report_windows_pipe_listener, args=(w,))
+    p.start()
+    w.close()
+    assert r.poll(30)
+    assert r.recv() == "ValueError"  # the same in a child of every start method
+    p.join(30)
 
 
 def test_challenge_helpers_raise_authentication_error() -> None:
@@ -231,35 +238,47 @@ def test_challenge_helpers_raise_authentication_error() -> None:
     t.join(30)
 
 
-def test_event_repr_has_the_stdlib_shape() -> None:
-    e = polyproc.Event()
+def test_event_repr_has_the_stdlib_shape(ctx: Any) -> None:
+    e = ctx.Event()
     assert repr(e).startswith("<Event at 0x") and repr(e).endswith(" unset>")
-    e.set()
-    assert repr(e).endswith(" set>")
+    p = ctx.Process(target=targets.set_event, args=(e,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert repr(e).startswith("<Event at 0x") and repr(e).endswith(" set>")  # set by the child
 
 
-def test_sharedctypes_copy_of_a_plain_struct() -> None:
-    class Foo(ctypes.Structure):
-        _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
-
+def test_sharedctypes_copy_of_a_plain_struct(ctx: Any) -> None:
+    Foo = targets.Pair
     foo = Foo(2, 5.0)
     bar = polyproc.sharedctypes.copy(foo)
     foo.x = 0
     assert (bar.x, bar.y) == (2, 5.0)
-    assert copy.copy(polyproc.RawValue("i", 7)).value == 7
-    shared = polyproc.RawValue(Foo, 3, 1.5)
+    assert copy.copy(ctx.RawValue("i", 7)).value == 7
+    shared = ctx.RawValue(Foo, 3, 1.5)
     for dup in (copy.copy(shared), copy.deepcopy(shared)):
         dup.x = 9  # a distinct object with the same contents, not an alias
         assert (shared.x, dup.x, dup.y) == (3, 9, 1.5)
+    dup = copy.copy(shared)
+    p = ctx.Process(target=targets.bump_pair, args=(shared,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert (shared.x, dup.x) == (103, 3)  # the child wrote the shared one; the copy is private
 
 
 def test_start_method_api_is_the_stdlibs() -> None:
-    methods = polyproc.get_all_start_methods()
-    assert sorted(methods) == ["auto", "fork", "forkserver", "spawn"]  # "auto": the default
-    assert methods[0] == polyproc.get_start_method()
-    assert [m for m in methods[1:]] == [
-        m for m in ("auto", "fork", "spawn", "forkserver") if m != methods[0]
-    ]
+    # The stdlib's list (3.11's test_get_all accepts only fork/spawn first, forkserver last),
+    # the platform default first as 3.14 lists it: "auto" reports as "fork" and is not listed.
+    assert polyproc.get_all_start_methods() == ["fork", "spawn", "forkserver"]
+    saved = _context._defaults._method
+    try:
+        for method in ("spawn", "forkserver", "auto"):
+            polyproc.set_start_method(method, force=True)  # setting one does not reorder it
+            assert polyproc.get_all_start_methods() == ["fork", "spawn", "forkserver"]
+            assert polyproc.get_start_method() in polyproc.get_all_start_methods()
+    finally:
+        _context._defaults._method = saved
     for method, name in [
         ("fork", "ForkContext"),
         ("spawn", "SpawnContext"),
@@ -273,6 +292,26 @@ def test_start_method_api_is_the_stdlibs() -> None:
         assert ctx.Process.__name__.lower().startswith(method)
     with pytest.raises(TypeError, match="module_names must be a list of strings"):
         polyproc.get_context("forkserver").set_forkserver_preload([1, 2])  # type: ignore[list-item]
+
+
+def test_forkserver_preload_imports_the_modules_in_the_server() -> None:
+    """As the stdlib's: the forkserver imports them once; its children find them loaded."""
+    name = "tests.foundation._preload_target"
+    ctx = polyproc.get_context("forkserver")
+    saved = list(_context._defaults.preload)
+    try:
+        ctx.set_forkserver_preload(["__main__", name])
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=targets.report_preloaded, args=(w, name))
+        p.start()
+        w.close()
+        assert r.poll(30)
+        imported_in, server = r.recv()
+        p.join(30)
+    finally:
+        _context._defaults.preload = saved
+    assert imported_in == server  # imported by the forkserver, before it forked the child
+    assert name not in sys.modules  # and not by asking for it here
 
 
 def test_buffer_wrapper_is_shared_with_children(ctx: Any) -> None:
@@ -343,6 +382,45 @@ def test_register_after_fork_runs_in_children(ctx: Any) -> None:
     assert targets.HOLDER.seen == []
 
 
+def test_the_multiprocessing_logger_level_reaches_children(
+    start_method: str, tmp_path: Path
+) -> None:
+    """As the stdlib's: the child's get_logger() has the effective level of the parent's,
+    in a program that configured no logging handler (pytest's own would be copied anyway)."""
+    script = tmp_path / "levels.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import logging, sys
+        sys.path.insert(0, {str(SRC)!r})
+        sys.path.insert(0, {str(SRC.parent)!r})
+        import polyproc, polyproc.util
+        from tests.foundation import _compat_targets as t
+
+        def child_level(ctx):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=t.report_logger_level, args=(w,))
+            p.start()
+            w.close()
+            level = r.recv() if r.poll(30) else None
+            p.join(30)
+            return level
+
+        if __name__ == "__main__":
+            ctx = polyproc.get_context({start_method!r})
+            polyproc.util.get_logger().setLevel(32)
+            first = child_level(ctx)
+            polyproc.util.get_logger().setLevel(logging.NOTSET)
+            logging.getLogger().setLevel(37)  # inherited from the root logger
+            print(first, child_level(ctx))
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["32", "37"], out.stderr
+
+
 def test_get_temp_dir_is_private_and_stable() -> None:
     d = polyproc.util.get_temp_dir()
     assert os.path.isdir(d) and polyproc.util.get_temp_dir() == d
@@ -371,6 +449,25 @@ def test_registered_reducer_is_used_by_every_transport(ctx: Any) -> None:
         reducers.table.clear()
         for k, v in saved.items():
             reducers.register(k, v)
+
+
+def test_a_socket_travels_as_a_process_argument_and_through_a_pipe(ctx: Any) -> None:
+    """As with the stdlib (its reduction registers socket.socket): the receiver gets its fd."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    r, w = ctx.Pipe()
+    with a, b, c, d:
+        p = ctx.Process(target=targets.answer_on_socket, args=(w, b))
+        p.start()
+        r.send(d)
+        a.settimeout(30)
+        c.settimeout(30)
+        assert a.recv(100) == b"argument"
+        assert c.recv(100) == b"message"
+        p.join(30)
+        assert p.exitcode == 0
+        d.sendall(b"ours still works")  # the sender keeps its own socket
+        assert c.recv(100) == b"ours still works"
 
 
 def test_send_handle_and_dupfd_pass_file_descriptors() -> None:

@@ -156,6 +156,41 @@ def test_a_pool_whose_workers_cannot_start_raises_and_leaves_no_process(ctx: Any
     # (the leak check of tests/conftest.py fails the test if a worker outlived it)
 
 
+def test_a_context_that_is_none_is_a_type_error_at_once() -> None:
+    """Not a pool that breaks later (CPython's test_release_unused_processes passes a mock)."""
+    from polyproc.futures import ProcessPoolExecutor
+
+    with pytest.raises(TypeError, match="context"):
+        Pool(2, context=object())
+    with pytest.raises(TypeError, match="context"):
+        ProcessPoolExecutor(1, mp_context=_NotAContext())
+
+
+class _NotAContext:
+    def get_start_method(self) -> Any:
+        return object()
+
+
+class _ForeignContext:
+    """A context of another library (the stdlib's): only its start method is read."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def get_start_method(self) -> str:
+        return self.method
+
+
+def test_a_foreign_context_is_taken_by_its_start_method(ctx: Any) -> None:
+    from polyproc.futures import ProcessPoolExecutor
+
+    with Pool(1, context=_ForeignContext(ctx.start_method)) as pool:
+        assert pool.apply(h.inc, (1,)) == 2
+    with ProcessPoolExecutor(1, mp_context=_ForeignContext(ctx.start_method)) as ex:
+        assert ex.submit(h.inc, 1).result(timeout=30) == 2
+        assert ex._mp_context == ctx  # polyproc's own context for that start method
+
+
 def test_an_initializer_that_does_not_pickle_breaks_the_pool_with_that_cause(ctx: Any) -> None:
     lock = threading.Lock()
     pool = Pool(2, context=ctx, initializer=h.set_state, initargs=(lock,))
@@ -231,6 +266,19 @@ def test_an_argument_whose_reduce_raises_raises_that_error(ctx: Any) -> None:
 class _RuntimeReduce:
     def __reduce__(self) -> Any:
         raise RuntimeError("cannot pickle")
+
+
+def test_a_managed_pool_argument_whose_reduce_raises_raises_that_error(ctx: Any) -> None:
+    """CPython's WithManagerTestPool.test_map_unplicklable: through a manager proxy too."""
+    with ctx.Manager() as manager:
+        pool = manager.Pool(1)
+        with pytest.raises(RuntimeError, match="cannot pickle") as info:
+            pool.map(c.sqr, [_RuntimeReduce()] * 3)
+        assert type(info.value) is RuntimeError
+        assert any("manager message" in n for n in getattr(info.value, "__notes__", []))
+        with pytest.raises(TypeError, match="lock"):
+            pool.apply(c.identity, (threading.Lock(),))
+        assert pool.map(c.sqr, [1, 2]) == [1, 4]  # the proxy and its pool go on
 
 
 def test_remote_tracebacks_are_pool_remote_traceback(ctx: Any) -> None:

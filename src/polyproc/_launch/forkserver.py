@@ -252,15 +252,21 @@ def request(
 
 
 def _send_preload(conn: Connection) -> None:
-    """Tell the server which polyproc modules we use, so it imports them once, before
-    forking, instead of in every child (a pool worker would import the pool's modules)."""
+    """Tell the server which modules to import once, before forking, instead of in every
+    child: the polyproc modules we use (a pool worker would import the pool's modules)
+    and ``set_forkserver_preload``'s list, as the stdlib's forkserver imports it (a
+    child whose target lives in a heavy module then does not import it again)."""
+    from .._context import _defaults
+
     # Not the cluster backends: they import dask/ray (and with them the stdlib's
-    # multiprocessing), which a locally forked worker never needs.
+    # multiprocessing), which a locally forked worker never needs. Not "__main__":
+    # the server has imported the main module already.
     loaded = {
         name
         for name in sys.modules
         if name.startswith("polyproc.") and not name.startswith("polyproc.backends")
     }
+    loaded.update(name for name in _defaults.preload if name != "__main__")
     new = loaded - _CLIENT.preloaded
     if new:
         conn.send_payload(Payload(pickle.dumps(sorted(new))))  # a frame with no fds
@@ -392,7 +398,7 @@ class Server:
         except Exception:
             return
         for name in names if isinstance(names, list) else ():
-            if isinstance(name, str) and name.startswith("polyproc.") and name not in sys.modules:
+            if isinstance(name, str) and name not in sys.modules:
                 try:
                     importlib.import_module(name)
                 except Exception:  # a module that cannot load here is simply left to the child

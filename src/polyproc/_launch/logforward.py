@@ -113,11 +113,16 @@ def spec() -> dict[str, Any] | None:
     """
     root = logging.getLogger()
     loggers = [lg for lg in root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    # As the stdlib's spawn: the child's "multiprocessing" logger (get_logger()) gets the
+    # effective level of ours, so get_logger().setLevel() here reaches every child.
+    mp = root.manager.loggerDict.get("multiprocessing")
+    mp_level = mp.getEffectiveLevel() if isinstance(mp, logging.Logger) else None
     if not root.handlers and not any(lg.handlers for lg in loggers):
-        return None
+        return None if mp_level is None else {"mp_level": mp_level}
     from .._serialize import fd_handle
 
     return {
+        "mp_level": mp_level,
         "fd": fd_handle(_RECEIVER.child_end()),
         "root": root.level,
         "levels": {lg.name: lg.level for lg in loggers if lg.level != logging.NOTSET},
@@ -131,6 +136,12 @@ def spec() -> dict[str, Any] | None:
 def install(spec: dict[str, Any] | None) -> None:
     """In the child: forward records to the parent from loggers we did not configure."""
     if spec is None:
+        return
+    if spec.get("mp_level") is not None:
+        mp = logging.getLogger("multiprocessing")
+        mp.propagate = False  # what get_logger() makes of it
+        mp.setLevel(spec["mp_level"])
+    if "fd" not in spec:
         return
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, fileno=spec["fd"])
     handler = _Forward(sock)

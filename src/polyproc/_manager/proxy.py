@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._serialize import Serializer
-from ..errors import RemoteError
+from ..errors import RemoteError, SerializationError
 from . import client
 from .wire import Address, Op, dumps, loads, loads_with
 
@@ -110,7 +110,7 @@ class BaseProxy:
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
         ser = client.serializer_for(self._address)
-        request = dumps((self._id, methodname, args, kwds or None), ser)
+        request = self._message(methodname, args, kwds, ser)
         if ref.owned:
             if methodname in self._async_methods_:
                 client.post(self._address, self._authkey, request)
@@ -124,6 +124,26 @@ class BaseProxy:
                 ref.take()
             return loads(body) if ser is None else ser.loads(body)
         return self._unusual_reply(op, rop, body)
+
+    def _message(
+        self,
+        methodname: str,
+        args: tuple[Any, ...],
+        kwds: Mapping[str, Any] | None,
+        ser: Serializer | None,
+    ) -> bytes:
+        """The call's bytes; an argument that does not pickle raises the pickler's own error.
+
+        As the stdlib (and polyproc's pool) does: ``manager.Pool().map(f, [obj])`` with a
+        ``__reduce__`` raising ``RuntimeError`` raises ``RuntimeError``, with a note
+        naming the part that failed.
+        """
+        try:
+            return dumps((self._id, methodname, args, kwds or None), ser)
+        except SerializationError as err:
+            from .._pool.messages import pickling_error
+
+            raise pickling_error(err) from None
 
     def _call_local(
         self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None

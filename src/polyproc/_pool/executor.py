@@ -150,6 +150,10 @@ class ProcessPoolExecutor(Executor):
             from .._context import default_context
 
             mp_context = default_context()
+        else:
+            from .._context import as_settings
+
+            mp_context = as_settings(mp_context)
         if max_tasks_per_child is not None and getattr(mp_context, "start_method", None) == "fork":
             # As the stdlib (cpython #90622): a replacement forked from a process with threads.
             raise ValueError(

@@ -117,6 +117,10 @@ class Pool:
             from .._context import default_context
 
             context = default_context()
+        elif context is not None:
+            from .._context import as_settings
+
+            context = as_settings(context)
         self._timeout = timeout
         self._retries = retries
         self._progress = progress

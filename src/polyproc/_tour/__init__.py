@@ -383,8 +383,8 @@ def tour_main(
         _set_start_method(start_method)
     import polyproc
 
-    getter = getattr(polyproc, "get_start_method", None)
-    method = getter() if getter else os.environ.get("POLYPROC_START_METHOD", "default")
+    # polyproc's own name ("auto"), not the stdlib name get_start_method() answers.
+    method = polyproc.get_context().start_method
     print(f"polyproc tour: {len(chosen)} section(s), start method {method!r}", file=out)
     t0 = time.monotonic()
     outcome: dict[str, str] = {}

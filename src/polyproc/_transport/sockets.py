@@ -185,16 +185,17 @@ def _connect_unix(sock: socket.socket, address: Any, timeout: float | None) -> N
 # -- TLS, without importing ssl (8 ms) unless the user did -----------------------------------------
 def want_errors() -> tuple[type[BaseException], ...]:
     """What a non-blocking socket raises for "try again": EAGAIN, and TLS's wants."""
+    # getattr: another thread may be importing ssl right now (a partly initialised module);
+    # a TLS socket cannot exist before its classes do.
     ssl = sys.modules.get("ssl")
-    if ssl is None:
-        return (BlockingIOError, InterruptedError)
-    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    wants = (getattr(ssl, "SSLWantReadError", None), getattr(ssl, "SSLWantWriteError", None))
+    return (BlockingIOError, InterruptedError, *(w for w in wants if w is not None))
 
 
 def is_tls(sock: object) -> bool:
     """Whether ``sock`` is an ``ssl.SSLSocket`` (without importing ssl to ask)."""
-    ssl = sys.modules.get("ssl")
-    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+    tls = getattr(sys.modules.get("ssl"), "SSLSocket", None)
+    return tls is not None and isinstance(sock, tls)
 
 
 def tls_pending(sock: Any) -> bool:

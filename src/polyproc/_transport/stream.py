@@ -428,7 +428,8 @@ def write_all_fd(fd: int, data: Any) -> None:
 def stream_for_socket(sock: socket.socket) -> Stream:
     """Pick the stream for a connected socket: AF_UNIX (fds), else plain/TLS socket."""
     # Without ssl imported no TLS socket can exist: never import it (4 ms) just to check.
-    ssl = sys.modules.get("ssl")
-    if sock.family == socket.AF_UNIX and (ssl is None or not isinstance(sock, ssl.SSLSocket)):
+    # getattr: another thread may be importing ssl right now (no SSLSocket class yet).
+    tls = getattr(sys.modules.get("ssl"), "SSLSocket", None)
+    if sock.family == socket.AF_UNIX and (tls is None or not isinstance(sock, tls)):
         return UnixStream(sock.detach())
     return SocketStream(sock)
