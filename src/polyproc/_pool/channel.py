@@ -16,6 +16,7 @@ the foundation's (``_protocol.framing``), so the worker reads them with
 from __future__ import annotations
 
 import array
+import enum
 import os
 import pickle
 import select
@@ -29,10 +30,17 @@ from .._serialize import fd_handle
 from .._shm import bulk
 from .worker import ThreadWorker
 
-__all__ = ["Handle", "packed", "pickle_buffer"]
+__all__ = ["Handle", "Tag", "packed", "pickle_buffer"]
 
 _IOV_MAX = 1024
 _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall part
+
+
+class Tag(enum.IntEnum):
+    """What a key in the engine's selector watches: ``(Tag, Handle)`` is its data."""
+
+    CHANNEL = 0  # a worker's channel: readable (results), writable (a send that did not fit)
+    SENTINEL = 1  # a worker's process sentinel: it died
 
 
 class Handle:
@@ -103,9 +111,9 @@ class Handle:
         if not want:
             sel.unregister(fd)
         elif self.watched:
-            sel.modify(fd, want, (0, self))
+            sel.modify(fd, want, (Tag.CHANNEL, self))
         else:
-            sel.register(fd, want, (0, self))
+            sel.register(fd, want, (Tag.CHANNEL, self))
         self.watched = want
 
     def queue(self, msg: tuple[Any, ...], serializer: Any, sel: selectors.BaseSelector) -> int:

@@ -134,7 +134,7 @@ class Scheduler:
         self._wids = itertools.count(1)
         self._bids = itertools.count(1)
         self._uses = itertools.count(1)
-        self._deadlines: list[tuple[float, int, int]] = []  # (deadline, bid, wid)
+        self.deadlines: list[tuple[float, int, int]] = []  # (deadline, bid, wid)
         self._start_failures = 0
         self.broken_error: BaseException | None = None
         self.stats = {
@@ -175,17 +175,24 @@ class Scheduler:
             not self.jobs and not self.requeued and not any(s.window for s in self.workers.values())
         )
 
+    def has_idle_worker(self) -> bool:
+        """A worker that is ready with nothing in flight: a caller may send to it directly."""
+        for slot in self.workers.values():
+            if slot.state is WorkerState.READY and not slot.window and not slot.exclusive:
+                return True
+        return False
+
     def finished(self) -> bool:
         """The engine may exit: closed or terminated, and every worker is dead."""
         return self.state is not PoolState.RUN and not self.workers
 
     def next_deadline(self) -> float | None:
-        while self._deadlines:
-            deadline, bid, wid = self._deadlines[0]
+        while self.deadlines:
+            deadline, bid, wid = self.deadlines[0]
             slot = self.workers.get(wid)
             if slot and slot.window and slot.window[0].bid == bid and slot.timed_out is None:
                 return deadline
-            heapq.heappop(self._deadlines)
+            heapq.heappop(self.deadlines)
         return None
 
     # -- events: from user threads (through the engine) --------------------------------
@@ -294,8 +301,8 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """The clock moved: kill workers whose timed task is late."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, bid, wid = heapq.heappop(self._deadlines)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, bid, wid = heapq.heappop(self.deadlines)
             slot = self.workers.get(wid)
             if (
                 slot is None
@@ -435,7 +442,7 @@ class Scheduler:
             assert timeout is not None
             batch.deadline = self._clock() + timeout
             slot.exclusive = True
-            heapq.heappush(self._deadlines, (batch.deadline, batch.bid, slot.wid))
+            heapq.heappush(self.deadlines, (batch.deadline, batch.bid, slot.wid))
         self.actions.append(Send(slot.wid, batch))
         if self.maxtasks is not None and slot.assigned >= self.maxtasks:
             self._retire(slot)
