@@ -150,7 +150,7 @@ def lead(engine: Engine, fut: Future[Any], timeout: float | None) -> float | Non
         if flags.led is not fut or not flags.asleep or fut.done():
             return timeout
         flags.led = None
-        h = engine.workers.channel(flags.led_wid)
+        h = engine.workers.handles.get(flags.led_wid)
         if h is None or h.led or h.conn is None or h.conn.closed:
             return timeout
         h.led = True

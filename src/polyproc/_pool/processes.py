@@ -97,13 +97,9 @@ class ProcessWorkers(WorkerSet):
         self.initargs = initargs
         self.prefix = WORKER_PREFIX.get(ctx.start_method, "PoolWorker")
         self.sel = engine.sel
-        self.handles: dict[int, Handle] = {}
 
     def __len__(self) -> int:
         return len(self.handles)
-
-    def channel(self, wid: int) -> Handle | None:
-        return self.handles.get(wid)
 
     def name_of(self, wid: int) -> str:
         h = self.handles.get(wid)

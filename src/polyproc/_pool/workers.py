@@ -68,6 +68,9 @@ class WorkerSet:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sched = engine.sched
+        # Channels by wid, for sets whose workers have one (local processes); a caller
+        # may read one of them while the engine sleeps (``fastpath.lead``).
+        self.handles: dict[int, Handle] = {}
 
     # -- the verbs the engine's actions call ------------------------------------------
     def spawn(self, wid: int) -> None:
@@ -102,10 +105,6 @@ class WorkerSet:
 
     def sample_rss(self) -> None:
         """Note the RSS of busy workers (only where ``samples_rss``)."""
-
-    def channel(self, wid: int) -> Handle | None:
-        """Worker ``wid``'s channel, if a caller may read it (only where ``leads``)."""
-        return None
 
     # -- what faces read ---------------------------------------------------------------
     def name_of(self, wid: int) -> str:
