@@ -1,9 +1,11 @@
 """The default start method (issue 11): what a short script costs, polyproc's default vs the stdlib's.
 
-The stdlib's default on Linux before 3.14 is fork; polyproc's is ``auto`` (a fork
-of the caller, or of a pool's template, where no other thread can hold a lock).
-Each impl runs in a fresh interpreter; the whole-script and import cases time a
-further child process, as a user's shell would.
+The stdlib's default on Linux before 3.14 is fork; polyproc's is ``auto`` (a pool's
+first workers forked from the caller at creation, its replacements from a template
+forked then, where no other thread can hold a lock). Each impl runs in a fresh
+interpreter; the whole-script and import cases time a further child process, as a
+user's shell would. Runs of the two impls are interleaved, round by round, so a
+change in the machine's load falls on both.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if __name__ == "__main__":
         assert p.map(f, range(4)) == [0, 2, 4, 6]
 """
 
-RUNS = 7
+RUNS = 9  # per sample: the median of these is one sample
 
 
 def inc(x: int) -> int:
@@ -173,7 +175,7 @@ CASES: list[Case] = [
         higher_is_better=False,
         target=1 / 1.1,
         quick=True,
-        repeat=3,
+        repeat=7,
         note="issue 11: <= 1.1x the stdlib's fork default",
     ),
     Case(
@@ -194,7 +196,7 @@ CASES: list[Case] = [
         higher_is_better=False,
         target=1.0,
         quick=True,
-        repeat=5,
+        repeat=9,
         note="polyproc auto vs the stdlib's fork",
     ),
     Case(
@@ -203,7 +205,7 @@ CASES: list[Case] = [
         impls={"polyproc": replace_polyproc, "stdlib": replace_stdlib},
         higher_is_better=False,
         target=None,
-        repeat=3,
+        repeat=5,
         extra={"absolute": "3"},
         note="issue 11: <= 3 ms; stdlib: maxtasksperchild=1 (it hangs on a crash)",
     ),

@@ -139,10 +139,16 @@ class BaseProcess:
         ctx = self._context()
         self._config["start_method"] = ctx.start_method  # the child's default (stdlib parity)
         _cleanup()
-        # A pool worker carries its pool's template (``_launch/template.py``), set by the engine.
+        # A pool worker carries its pool's template (``_launch/template.py``, None where
+        # there is none), set by the engine: the key alone says "a pool worker".
+        pool_worker = "_polyproc_template" in self.__dict__
         template = self.__dict__.pop("_polyproc_template", None)
         spec = LaunchSpec(
-            _Entry(self), f"the Process {self.name!r} (its target, args and kwargs)", ctx, template
+            _Entry(self),
+            f"the Process {self.name!r} (its target, args and kwargs)",
+            ctx,
+            template,
+            pool_worker,
         )
         self._handle = launcher_for(ctx.start_method).start(spec)
         self._popen_pid = self._handle.pid
@@ -508,9 +514,8 @@ def _log_event(msg: str, *args: object) -> None:
     INFO does not fill with them."""
     import logging
 
-    from .util import LOGGER_NAME
-
-    logger = logging.getLogger(LOGGER_NAME)
+    # util.LOGGER_NAME, not imported from there: a fork child would import util for it
+    logger = logging.getLogger("multiprocessing")
     if logger.handlers and logger.isEnabledFor(logging.INFO):
         logger.info(msg, *args)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _context
 from ._context import Settings
+from ._process import AutoProcess as AutoProcess  # pickled by reference as polyproc.context
 from ._process import BaseProcess as BaseProcess
 from ._process import ForkProcess as ForkProcess
 from ._process import ForkServerProcess as ForkServerProcess

@@ -4,11 +4,13 @@ the initializer, and what a pool leaves behind when it ends."""
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from polyproc.errors import BrokenProcessPool, TimeoutError, WorkerLostError
@@ -144,3 +146,45 @@ def test_pool_end_releases_what_it_started(backend: Any, end: str) -> None:
         while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert ray.available_resources().get("CPU", 0) == 2
+
+
+def nap_and_say(path: str, s: float) -> float:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(s)
+    return s
+
+
+def test_timeout_on_ray_kills_the_worker_dask_lets_the_call_finish(
+    backend: Any, tmp_path: Path
+) -> None:
+    """Ray: the late task's worker process is cancelled with force (killed). Dask cannot
+    interrupt a running task: the worker process lives on and finishes the late call in
+    its thread; its result is dropped (docs/scale-out.md)."""
+    marker = tmp_path / "pid"
+    with Pool(2, backend=backend) as p:
+        p.map(square, range(4))  # workers up: the deadline is for the call, not a boot
+        late = 3.0 if kind(backend) == "dask" else 60.0
+        with pytest.raises(TimeoutError):
+            p.apply(nap_and_say, (str(marker), late), timeout=2)
+        pid = int(marker.read_text())
+        if kind(backend) == "ray":
+            deadline = time.monotonic() + 20
+            while psutil.pid_exists(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not psutil.pid_exists(pid), "ray.cancel(force=True) left the worker running"
+        else:
+            assert psutil.pid_exists(pid)  # the Dask worker process is not killed
+        assert p.map(square, range(6)) == [x * x for x in range(6)]
+
+
+def span(s: float) -> tuple[float, float]:
+    t0 = time.time()
+    time.sleep(s)
+    return t0, time.time()
+
+
+def test_processes_caps_the_parallelism_on_the_cluster(backend: Any) -> None:
+    """``processes=1`` on a 2-worker cluster: never two tasks at once."""
+    with Pool(1, backend=backend) as p:
+        spans = sorted(p.map(span, [0.05] * 6, chunksize=1))
+    assert all(a[1] <= b[0] + 0.005 for a, b in itertools.pairwise(spans)), spans

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import polyproc
 from polyproc.backends import ENV_VAR, current_backend, load
 from polyproc.futures import ProcessPoolExecutor
 from polyproc.pool import Pool, ThreadPool
+
+from .conftest import require_engine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -107,3 +110,74 @@ def test_dask_without_a_client_starts_and_closes_a_local_cluster() -> None:
         assert p.map(square, range(4)) == [0, 1, 4, 9]
     assert cluster.status.name == "closed"
     # its worker processes are gone: the leak check (conftest) fails the test otherwise
+
+
+@pytest.mark.parametrize("spec", ["ray://head.example:10001", "ray"])
+def test_ray_address_reaches_ray_init(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    """``"ray://..."`` (and ``"ray"`` with ``RAY_ADDRESS``) connect to that cluster; only a
+    bare ``"ray"`` with no address starts a local instance (``init_local``)."""
+    ray = require_engine("ray")
+    import polyproc.backends.ray as plugin
+
+    calls: list[dict[str, Any]] = []
+
+    class Refused(Exception):
+        pass
+
+    def fake_init(*args: Any, **kw: Any) -> None:
+        calls.append(kw)
+        raise Refused("no cluster here")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    with pytest.raises(Refused):
+        Pool(2, backend=spec)
+    assert calls[-1]["address"] == (None if spec == "ray" else spec)  # None: Ray reads the env
+    monkeypatch.delenv("RAY_ADDRESS")
+    started: list[Any] = []
+    monkeypatch.setattr(plugin, "init_local", lambda *a, **kw: started.append(a) or fake_init())
+    with pytest.raises(Refused):
+        Pool(2, backend=spec)
+    assert bool(started) is (spec == "ray")
+
+
+def test_a_slow_raylet_gets_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray polls for its raylet for a fixed 30 s; ``init_local`` lets each poll wait for the
+    node itself, up to ``wait_s`` (a cold or loaded machine is slow, not broken)."""
+    ray = require_engine("ray")
+    from polyproc.backends.ray import _patient_raylet
+
+    services = ray._private.services
+    polls: list[float] = []
+
+    def not_yet(gcs: Any, node: Any) -> dict[str, Any]:
+        polls.append(time.monotonic())
+        if len(polls) < 4:
+            raise RuntimeError("node not registered yet")
+        return {"node_id": node}
+
+    monkeypatch.setattr(services, "get_node", not_yet)
+    with _patient_raylet(30.0):
+        assert services.get_node("gcs", "n1") == {"node_id": "n1"}  # one call: it waited
+    assert len(polls) == 4 and services.get_node is not_yet  # put back
+
+    def never(gcs: Any, node: Any) -> None:
+        raise RuntimeError("raylet died")
+
+    monkeypatch.setattr(services, "get_node", never)
+    t0 = time.monotonic()
+    with _patient_raylet(0.5), pytest.raises(RuntimeError, match="raylet died"):
+        services.get_node("gcs", "n1")
+    assert 0.4 < time.monotonic() - t0 < 10  # a dead raylet still ends in an error
+
+
+def test_ci_fails_where_an_engine_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A skip must never hide a missing install in CI: there the fixtures fail instead."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # "not installed"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"ray is not installed"):
+        require_engine("ray")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"pip install -e '\.\[test\]'"):
+        require_engine("ray")

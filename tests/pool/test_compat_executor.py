@@ -79,8 +79,10 @@ def test_cancel_futures_cancels_only_what_has_not_started(ctx: Any, tmp_path: Pa
 
 def test_cancel_futures_at_once_spares_what_free_workers_take(ctx: Any) -> None:
     # CPython's test_cancel_futures: the stdlib hands each free worker a call at once.
+    # Calls that take a while, as there (time.sleep(.1)): the workers are ready at once
+    # (forked at creation), and instant calls could all finish before the shutdown.
     ex = ProcessPoolExecutor(2, mp_context=ctx)
-    futures = [ex.submit(h.inc, i) for i in range(30)]
+    futures = [ex.submit(h.nap, 0.1) for _ in range(30)]
     ex.shutdown(cancel_futures=True)
     cancelled = [f for f in futures if f.cancelled()]
     others = [f for f in futures if not f.cancelled()]

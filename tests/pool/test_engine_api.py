@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -44,8 +43,8 @@ def test_pool_and_executor_share_one_frozen_statistics_type() -> None:
         assert s.done >= 1 and s["done"] == s.done and s.processes == 2
         assert s.workers and all(type(w) is WorkerStatistics for w in s.workers)
         assert s.workers[0]["name"] == s.workers[0].name
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            s.done = 0  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            s.done = 0
         with pytest.raises(KeyError):
             s["nope"]
     assert stats.done == 10 and stats.state == "RUN"

@@ -13,8 +13,9 @@ serializer carries the entry to spawn and forkserver children). It never sees a
     forkserver.py  a long-lived spawned template that has imported __main__ forks a
                    child per request; the request carries the pickled entry and fds
     template.py    "auto", the default: fork here when no other thread can hold a
-                   lock, else the forkserver; a pool forks a private template of the
-                   caller at creation, and its workers are forked from that
+                   lock, else the forkserver; a pool forks its first workers and a
+                   private template of the caller at creation, and its replacement
+                   workers are forked from that template
     child.py       the child's side: prepare, die with the parent, run
     handle.py      ChildHandle: pid, sentinel fd, exit status
 
@@ -52,6 +53,9 @@ class LaunchSpec(NamedTuple):
     settings: Settings
     #: A pool worker's template (``template.py``): fork it from there when it is usable.
     template: Template | None = None
+    #: A pool's worker: a spawned one that refuses to import a main module with no
+    #: guard exits quietly (``child.REFUSED_EXIT``), and its pool raises the error once.
+    pool_worker: bool = False
 
 
 class Launcher(Protocol):

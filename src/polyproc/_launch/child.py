@@ -29,6 +29,8 @@ __all__ = [
     "finish",
     "check_not_bootstrapping",
     "BOOTSTRAP_ERROR",
+    "REFUSED_EXIT",
+    "is_refusal",
     "log_spec",
     "install_log_forwarding",
 ]
@@ -52,6 +54,16 @@ BOOTSTRAP_ERROR = """
         To fix this issue, refer to the "Safe importing of main module"
         section in https://docs.python.org/3/library/multiprocessing.html
         """
+
+
+#: A spawned pool worker's exit code when it refused to start for that reason (its
+#: parent's pool then raises the error once, itself: see ``spawn.child_main``).
+REFUSED_EXIT = 78  # EX_CONFIG: the program, not the worker, must change
+
+
+def is_refusal(exc: BaseException | None) -> bool:
+    """Is ``exc`` the "bootstrapping phase" refusal (raised as is, never wrapped)?"""
+    return isinstance(exc, RuntimeError) and exc.args == (BOOTSTRAP_ERROR,)
 
 
 class _Boot:

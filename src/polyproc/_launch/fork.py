@@ -3,13 +3,15 @@
 Fast (about a millisecond) and needs no pickling, but forking a process that
 has threads can deadlock the child on a lock some other thread held: the
 default (``auto``, template.py) forks only where no other thread can hold one.
-A pool's workers come from its template when one could be made (template.py).
+A pool's first workers are forked here, at its creation; its replacements come from
+its template when one could be made (template.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent
@@ -29,8 +31,12 @@ def start(spec: LaunchSpec) -> ChildHandle:
     from .thread import on_launcher_thread
 
     template = spec.template
-    if template is not None and template.usable():
-        try:  # a pool worker: forked from the pool's single-threaded template
+    main = threading.current_thread() is threading.main_thread()
+    # A pool worker: its first workers are forked here, from the main thread at pool
+    # creation (template.start says why); later ones, from the engine's thread, are
+    # forked by the pool's single-threaded template.
+    if template is not None and not main and template.usable():
+        try:
             return template.start(spec)
         except (OSError, ProcessError):  # it cannot be pickled, or the template is gone
             pass

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .child import (
     BOOTSTRAP_ERROR,
+    REFUSED_EXIT,
     die_with_parent,
     install_log_forwarding,
+    is_refusal,
     log_spec,
     open_stdio,
     preparation_data,
@@ -65,6 +67,7 @@ def start(spec: LaunchSpec) -> PidfdHandle:
             "prep": preparation_data(),
             "env": dict(os.environ),
             "log": log_spec(),
+            "quiet_refusal": spec.pool_worker,
         }
         conn.send(_with_stdio(head))
         conn.send_payload(payload)
@@ -206,6 +209,7 @@ def child_main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # a pending one is dropped
     conn = Connection(UnixStream(fd))
+    head: dict[str, Any] = {}
     try:
         die_with_parent(int(sys.argv[2]))
         if sys.argv[1] == "polyproc-spare":
@@ -224,14 +228,19 @@ def child_main(fd: int) -> None:
     except EOFError:  # the parent gave up on us (it died, or the launch failed)
         os._exit(70)
     except BaseException as exc:
-        sys.stderr.write("polyproc: a spawned child could not be prepared:\n")
-        traceback.print_exc()
-        sys.stderr.flush()
-        if isinstance(exc, RuntimeError) and exc.args == (BOOTSTRAP_ERROR,):
+        refused = is_refusal(exc)
+        if refused:
             try:  # a forkserver being started waits for this: it raises it, once
                 conn.send(("polyproc-refused", BOOTSTRAP_ERROR))
             except OSError:
                 pass
+            if head.get("quiet_refusal"):
+                # A pool worker, or the forkserver: the parent raises this error once,
+                # where the program can catch it; N children printing it would bury it.
+                os._exit(REFUSED_EXIT)
+        sys.stderr.write("polyproc: a spawned child could not be prepared:\n")
+        traceback.print_exc()
+        sys.stderr.flush()
         os._exit(1)
     if isinstance(obj, Role):
         code = obj.main(conn)

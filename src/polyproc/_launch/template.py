@@ -9,19 +9,22 @@ polyproc's own threads *parked* where they hold no lock::
     Process.start() (auto)                     Pool / Executor created (auto or fork)
     ──────────────────────                     ───────────────────────────────────────
     caller single-threaded?                    caller single-threaded?
-      yes: park ours, os.fork() here             yes: park ours, fork a TEMPLATE now
-      no:  the forkserver (fresh interpreter)    no:  no template (auto: forkserver)
+      yes: park ours, os.fork() here             yes: park ours, fork a TEMPLATE, then
+      no:  the forkserver (fresh interpreter)         fork the first workers here
+                                                 no:  no template (auto: forkserver)
 
     pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
-    (workers, and replacements after a crash)       the caller at creation) ── fork ──► worker
+    (replacements after a crash, recycling)         the caller at creation) ── fork ──► worker
 
 The template is a copy of the caller taken before the pool's engine thread exists,
 so it has one thread; it runs the forkserver's request loop (``forkserver.Server``)
 privately for its pool, and exits when the pool closes it or the caller dies.
-Workers forked from it cost a fork of a small process (no interpreter boot, no
-import of ``__main__``), cannot inherit an fd another thread of the caller opens
-later (a ``subprocess`` exec-status pipe: issue 11, case 4), and never make
-Python 3.12+ warn about forking with threads.
+The first workers are forked from the caller itself, right after the template, in
+the same single-threaded moment (no hop, nothing pickled: what the stdlib's Pool
+does); later ones come from the template. Either way a worker costs a fork (no
+interpreter boot, no import of ``__main__``), cannot inherit an fd another thread
+of the caller opens later (a ``subprocess`` exec-status pipe: issue 11, case 4),
+and never makes Python 3.12+ warn about forking with threads.
 
 *Parked* means: a polyproc thread that registered the one lock it holds whenever
 it runs Python code (the pool engine holds its lock except while in ``select``;
@@ -79,8 +82,8 @@ def fork_here(entry: Callable[[], int]) -> PidfdHandle | None:
 class Template:
     """A single-threaded copy of the caller, forked at pool creation, that forks workers.
 
-    The engine thread asks it for each worker (``start``); ``close`` ends it (its
-    workers, if any are left, die with it by PDEATHSIG).
+    The engine thread asks it for each replacement worker (``start``); ``close`` ends
+    it (its workers, if any are left, die with it by PDEATHSIG).
     """
 
     def __init__(self, boot: Connection, handle: PidfdHandle) -> None:
@@ -231,16 +234,29 @@ def for_pool(ctx: Settings) -> Template | None:
 
 
 def start(spec: LaunchSpec) -> ChildHandle:
-    """The ``auto`` launcher: a pool's template, else a fork here if safe, else the forkserver."""
+    """The ``auto`` launcher: a fork here if safe, else a pool's template, else the forkserver.
+
+    A pool worker asked for from the main thread is one of the pool's first: the engine
+    starts those in the caller's thread at pool creation, right after forking the
+    template, so a fork here sees the caller as the template does, and costs one fork
+    instead of a request to the template and an unpickle there. Replacements are asked
+    for by the engine's thread, where forking is never safe: the template serves them.
+    """
     from ..errors import ProcessError
 
     template = spec.template
+    tried_here = False
     if template is not None and template.usable():
+        if threading.current_thread() is threading.main_thread():
+            tried_here = True
+            handle = fork_here(spec.entry)
+            if handle is not None:
+                return handle
         try:
             return template.start(spec)
         except (OSError, ProcessError):  # the template is gone, or cannot take this one
             pass
-    handle = fork_here(spec.entry)
+    handle = None if tried_here else fork_here(spec.entry)
     if handle is not None:
         return handle
     from . import forkserver

@@ -67,8 +67,10 @@ def batch_size(s: Scheduler, job: Job, waiting: int | None) -> int:
         return k * chunk
     size = s._batch_size_for(job.fn) if job.fn.est is not None else 1
     if waiting is not None:
-        # Share what is known to be left among the workers, so the tail is balanced.
-        size = min(size, max(1, math.ceil(waiting / (2 * s.processes))))
+        # Share what is known to be left among the workers, so the tail is balanced
+        # (but not into batches cheaper than a round trip: ``min_batch_s``).
+        floor = int(s.min_batch_s / job.fn.est) if job.fn.est else 0
+        size = min(size, max(1, floor, math.ceil(waiting / (2 * s.processes))))
     return size
 
 

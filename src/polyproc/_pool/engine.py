@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import parkable
 from ..errors import BrokenProcessPool, PoolClosedError
 from .channel import Tag
@@ -126,6 +127,10 @@ class Engine:
         self._atexit_registered = False
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self.flags.lock)  # it runs Python code only holding the lock
+        if self.workers.first_in_caller:
+            # The first workers: forked here, from the caller as the template is, before
+            # our thread exists (no hop to the template; _launch/template.py, ``start``).
+            self.act()
         self.thread.start()  # last: the thread reads everything above
 
     # -- the API the faces use (any thread) ------------------------------------------
@@ -175,6 +180,8 @@ class Engine:
             raise self.closed_error()
 
     def closed_error(self) -> BaseException:
+        if is_refusal(self.broken):  # a main module with no guard: the program's error
+            return RuntimeError(BOOTSTRAP_ERROR)
         if self.broken is not None:
             err = BrokenProcessPool(str(self.broken))
             err.__cause__ = self.broken  # and through it, why it broke

@@ -387,7 +387,11 @@ class Pool:
         self._engine.join()
 
     def __enter__(self) -> Self:
-        self._check_running()
+        # Only a closed pool refuses, as the stdlib's: one already broken (its first
+        # workers, forked at creation, failed their initializer before we got here)
+        # says so at the first submit, inside the block.
+        if self._state is not PoolState.RUN:
+            raise PoolClosedError("Pool not running")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._connection import Pipe  # here, not at the first start: pool start is timed
+from .._launch.child import is_refusal
 from .._launch.template import for_pool
 from .._serialize import Serializer, fd_handle
 from .._transport import wrap_fd
@@ -90,6 +91,7 @@ class ProcessWorkers(WorkerSet):
         # A copy of the caller to fork workers from, made while the caller may still be
         # single-threaded (fork semantics without forking a threaded process; template.py).
         self.template = for_pool(ctx)
+        self.first_in_caller = self.template is not None
         self.serializer = ctx.serializer
         # The default serializer pickles plain data exactly as ``pickle.dumps``.
         self._plain = type(self.serializer) is Serializer and self.serializer.protocol == 5
@@ -146,7 +148,9 @@ class ProcessWorkers(WorkerSet):
                     engine.start_error = exc
                 err = BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
                 err.__cause__ = exc
-                self.sched._break(err)
+                # A main module with no guard (the forkserver would not import it) is
+                # the program's error: raised as it is, not as a broken pool.
+                self.sched._break(exc if is_refusal(exc) else err)
             self.sched.worker_exited(wid, None, name=h.name)
             return
         theirs.close()
@@ -392,6 +396,13 @@ class ProcessWorkers(WorkerSet):
 
     # -- the end ---------------------------------------------------------------------
     def close_all(self) -> None:
+        for h in list(self.handles.values()):  # all killed first, so they die side by side
+            if h.proc is not None:
+                try:
+                    if h.proc.is_alive():
+                        h.proc.kill()
+                except (ValueError, OSError, AssertionError):
+                    pass
         for h in list(self.handles.values()):
             if h.proc is not None:
                 try:

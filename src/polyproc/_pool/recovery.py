@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._launch.child import BOOTSTRAP_ERROR, REFUSED_EXIT
 from ..errors import BrokenProcessPool, TimeoutError, WorkerLostError
 from .messages import TaskError
 from .tasks import (
@@ -71,6 +72,11 @@ def worker_exited(
         return
     if was is WorkerState.STARTING:
         s._start_failures += 1
+        if exitcode == REFUSED_EXIT:
+            # A spawned worker would not import our main module: it has no main
+            # guard. No other worker would do better: the program must change.
+            s._break(RuntimeError(BOOTSTRAP_ERROR))
+            return
     window = list(slot.window)
     slot.window.clear()
     who = name or f"worker {wid}"

@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from ..errors import BrokenProcessPool
 from . import batching, recovery
 from .batching import CREDIT_BYTES as _CREDIT_BYTES
@@ -124,6 +125,9 @@ class Scheduler:
         self.target_batch_s = target_batch_s
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        # The tail split below never goes under this much work per batch: a cluster
+        # backend sets it (a cluster task costs milliseconds; backends/_engine.py).
+        self.min_batch_s = 0.0
         self._clock = clock or _monotonic
         self.state = PoolState.RUN
         self.actions: list[Action] = []
@@ -377,6 +381,8 @@ class Scheduler:
                 self.actions.append(Kill(slot.wid))
 
     def _closed_error(self) -> BaseException:
+        if self.state is PoolState.BROKEN and is_refusal(self.broken_error):
+            return RuntimeError(BOOTSTRAP_ERROR)  # the program's own error, not the pool's
         if self.state is PoolState.BROKEN:
             err = BrokenProcessPool(f"the pool is broken: {self.broken_error}")
             err.__cause__ = self.broken_error  # why: the initializer's error, a failed start

@@ -18,7 +18,6 @@ import enum
 import reprlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -272,80 +271,134 @@ class Batch:
 
 
 # -- actions ---------------------------------------------------------------------------
-@dataclass(slots=True)
-class Spawn:
-    wid: int
+class _Record:
+    """Plain data compared and shown by its fields (``__slots__``), as ``@dataclass`` would.
+
+    Not a dataclass: ``dataclasses`` brings ``inspect`` and ``ast``, milliseconds on
+    the import path of every pool's creation (issue 11: a short script's cost).
+    Defining ``__eq__`` leaves the records unhashable, as ``@dataclass`` does.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__qualname__}({fields})"
 
 
-@dataclass(slots=True)
-class Send:
-    wid: int
-    batch: Batch
+class Spawn(_Record):
+    __slots__ = ("wid",)
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
 
 
-@dataclass(slots=True)
-class Deliver:
-    job: Job
-    start: int
-    values: list[Any]  # a TaskError in place of a value that failed
+class Send(_Record):
+    __slots__ = ("wid", "batch")
+
+    def __init__(self, wid: int, batch: Batch) -> None:
+        self.wid = wid
+        self.batch = batch
 
 
-@dataclass(slots=True)
-class DeliverSingles:
-    jobs: list[Job]
-    values: list[Any]
+class Deliver(_Record):
+    __slots__ = ("job", "start", "values")
+
+    def __init__(self, job: Job, start: int, values: list[Any]) -> None:
+        self.job = job
+        self.start = start
+        self.values = values  # a TaskError in place of a value that failed
 
 
-@dataclass(slots=True)
-class Done:
-    job: Job
+class DeliverSingles(_Record):
+    __slots__ = ("jobs", "values")
+
+    def __init__(self, jobs: list[Job], values: list[Any]) -> None:
+        self.jobs = jobs
+        self.values = values
 
 
-@dataclass(slots=True)
-class Stop:
-    wid: int
+class Done(_Record):
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
 
 
-@dataclass(slots=True)
-class Kill:
-    wid: int
+class Stop(_Record):
+    __slots__ = ("wid",)
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
 
 
-@dataclass(slots=True)
-class Broken:
-    error: BaseException
+class Kill(_Record):
+    __slots__ = ("wid",)
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+
+
+class Broken(_Record):
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 Action = Spawn | Send | Deliver | DeliverSingles | Done | Stop | Kill | Broken
 
 
-@dataclass(slots=True)
-class Recovered:
+class Recovered(_Record):
     """What a dead worker's commit journal says about the head batch of its window.
 
     ``values`` None: the journal speaks for an older batch, so the head never started.
     Otherwise the results of its first ``len(values)`` tasks; the next one was running.
     """
 
-    bid: int
-    values: list[Any] | None
+    __slots__ = ("bid", "values")
+
+    def __init__(self, bid: int, values: list[Any] | None) -> None:
+        self.bid = bid
+        self.values = values
 
 
-@dataclass(slots=True)
-class WorkerSlot:
-    wid: int
-    state: WorkerState = WorkerState.STARTING
-    window: deque[Batch] = field(default_factory=deque)
-    assigned: int = 0  # tasks sent over its life (maxtasksperchild)
-    done: int = 0
-    busy: float = 0.0
-    rss: int | None = None
-    peak_rss: int | None = None
-    baseline: int = 0  # RSS it inherited at start (fork): not its own for the limit
-    last_used: int = 0
-    exclusive: bool = False  # running a timed task: nothing else goes there
-    timed_out: Batch | None = None
-    exitcode: int | None = None
+class WorkerSlot(_Record):
+    __slots__ = (
+        "wid",
+        "state",
+        "window",
+        "assigned",
+        "done",
+        "busy",
+        "rss",
+        "peak_rss",
+        "baseline",
+        "last_used",
+        "exclusive",
+        "timed_out",
+        "exitcode",
+    )
+
+    def __init__(self, wid: int, state: WorkerState = WorkerState.STARTING) -> None:
+        self.wid = wid
+        self.state = state
+        self.window: deque[Batch] = deque()
+        self.assigned = 0  # tasks sent over its life (maxtasksperchild)
+        self.done = 0
+        self.busy = 0.0
+        self.rss: int | None = None
+        self.peak_rss: int | None = None
+        self.baseline = 0  # RSS it inherited at start (fork): not its own for the limit
+        self.last_used = 0
+        self.exclusive = False  # running a timed task: nothing else goes there
+        self.timed_out: Batch | None = None
+        self.exitcode: int | None = None
 
 
 _short = reprlib.Repr()

@@ -64,6 +64,8 @@ class WorkerSet:
     samples_rss = False
     #: A caller may read its own answer from a worker's channel (``fastpath.lead``).
     leads = False
+    #: The engine starts the first workers in the caller's thread, before its own exists.
+    first_in_caller = False
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

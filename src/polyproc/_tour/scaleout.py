@@ -6,7 +6,7 @@ processes for the pool and closes it with the pool; ``backend="tcp://host:8786"`
 ``DASK_SCHEDULER_ADDRESS`` points the section at a Dask cluster you run.
 Skipped when Dask is not installed. Ray runs too when it is installed and either
 ``RAY_ADDRESS`` names a running cluster or ``POLYPROC_TOUR_RAY=1`` (starting a local
-Ray takes 15-30 s, too long for a tour stop by default).
+Ray takes 4-20 s on a small machine, too long for a tour stop by default).
 """
 
 from __future__ import annotations

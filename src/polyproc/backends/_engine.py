@@ -52,12 +52,17 @@ class Cluster:
 
     ``processes`` slots run at once; ``window`` batches may be in flight per slot
     (1 where the engine may run two of one slot's tasks on different workers);
-    ``target_batch_s`` is the work per cluster task that hides its overhead.
+    ``target_batch_s`` is the work per cluster task that hides its overhead, up to
+    ``max_batch`` tasks; the tail of a map is not split into cluster tasks of less
+    than ``min_batch_s`` of work (a cluster task costs milliseconds: 100,000 ``x + 1``
+    go in 4 cluster tasks, not 52; docs/scale-out.md "Batching").
     """
 
     kind = "cluster"
     window = 1
     target_batch_s = 0.05
+    max_batch = 1 << 15  # tasks per cluster task at most
+    min_batch_s = 0.01  # the tail is not split into cluster tasks of less work than this
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -320,10 +325,10 @@ class ClusterSlot:
         with self._lock:
             entry.answer = answer
             while self._pending and not self._over:
-                ready = self._pending[0].answer
-                if ready is None:
+                head = self._pending[0].answer
+                if head is None:
                     break
-                self._deliver(self._pending.popleft(), ready)
+                self._deliver(self._pending.popleft(), head)
             stop = self._stopping and not self._pending and not self._over
         if stop:
             self._stop_now()
@@ -429,3 +434,8 @@ class ClusterEngine(Engine):
             target_batch_s=(cluster.target_batch_s if target_batch_s is None else target_batch_s),
             workers=lambda engine: ClusterWorkers(engine, cluster, init_blob, init_refs),
         )
+        # A cluster task costs milliseconds, not a local frame's microseconds: let tiny
+        # tasks travel tens of thousands to one (the local cap, 4096, would make 100,000
+        # ``x + 1`` cost ~25 round trips per slot). ``target_batch_s`` still bounds it.
+        self.sched.max_batch = cluster.max_batch
+        self.sched.min_batch_s = cluster.min_batch_s

@@ -113,7 +113,7 @@ def run(
     err = init_once(token, init_blob, init_refs)
     if err is not None:
         return pickle.dumps(("init", pid, err), 5)
-    start = time.perf_counter()
+    busy = 0.0
     try:
         fn = _function(token, fid, fn_blob, refs)
     except BaseException as exc:  # noqa: BLE001
@@ -136,8 +136,12 @@ def run(
                 )
             ] * count
         else:
+            # ``busy`` is the calls alone: the pool sizes batches from it (seconds per
+            # task), and a first batch that also paid for unpickling the function would
+            # make a 0.1 us task look like a slow one for several round trips.
+            start = time.perf_counter()
             values = run_batch(fn, mode, args)
-    busy = time.perf_counter() - start
+            busy = time.perf_counter() - start
     return _dump_answer(busy, pid, values)
 
 

@@ -19,8 +19,11 @@ starts in milliseconds; the initializer runs lazily, once per worker process.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -30,7 +33,7 @@ from .._pool.messages import TaskError
 from ._engine import Cluster, ClusterSlot, _Entry
 from ._remote import run as _run
 
-__all__ = ["connect", "RayCluster"]
+__all__ = ["connect", "init_local", "RayCluster"]
 
 _LOST = tuple(
     getattr(rex, n)
@@ -66,15 +69,67 @@ def _batch(
 _task = ray.remote(max_retries=0, retry_exceptions=False)(_batch)
 
 
+@contextlib.contextmanager
+def _patient_raylet(wait_s: float) -> Iterator[None]:
+    """Let a starting raylet take up to ``wait_s`` to register, not Ray's fixed 30 s.
+
+    ``ray.init`` starts the GCS, then the raylet, which registers with the GCS only
+    once its agents (Python processes that import Ray) are up; ``Node.__init__``
+    polls ``services.get_node`` and gives up after a hard-coded 30 s
+    (ray/_private/node.py). On a loaded 2-core machine, or the first start on a
+    fresh one (cold page cache), the raylet is slow, not broken: we make each poll
+    wait for the node itself, so Ray's clock only runs out after ``wait_s``.
+    """
+    services = ray._private.services
+    original = getattr(services, "get_node", None)
+    if original is None:  # another Ray layout: its own timeout applies
+        yield
+        return
+    deadline = time.monotonic() + wait_s
+
+    def get_node(gcs_address: Any, node_id: Any) -> Any:
+        while True:
+            try:
+                return original(gcs_address, node_id)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    services.get_node = get_node
+    try:
+        yield
+    finally:
+        services.get_node = original
+
+
+def init_local(num_cpus: int | None = None, *, wait_s: float = 180.0, **options: Any) -> None:
+    """Start a local Ray instance for this process, lean and patient.
+
+    Lean: no dashboard (its UI server, ``include_dashboard=False``) and Ray's own
+    logging setup left alone. Patient: the raylet may take ``wait_s`` to come up
+    (see ``_patient_raylet``). ``options`` go to ``ray.init`` as they are.
+    """
+    kw: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    if num_cpus is not None:
+        kw["num_cpus"] = num_cpus
+    kw.update(options)
+    with _patient_raylet(wait_s):
+        ray.init(**kw)
+
+
 def connect(spec: Any, processes: int | None) -> RayCluster:
     """A pool's connection to Ray (see the module docstring for ``spec``)."""
     owned = False
     if not ray.is_initialized():
-        ray.init(
-            address=None if spec == "ray" else spec,
-            include_dashboard=False,
-            configure_logging=False,
-        )
+        if spec == "ray" and not os.environ.get("RAY_ADDRESS"):
+            init_local()
+        else:
+            ray.init(
+                address=None if spec == "ray" else spec,
+                include_dashboard=False,
+                configure_logging=False,
+            )
         owned = True
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     n = processes or max(1, int(cpus))
