@@ -132,7 +132,7 @@ def test_pool_end_releases_what_it_started(backend: Any, end: str) -> None:
     else:
         with p:
             pass
-    assert p._engine.finished.is_set() and not p._engine.handles
+    assert p._engine.finished.is_set() and not len(p._engine.workers)
     del p, busy
     gc.collect()
     deadline = time.monotonic() + 20

@@ -242,7 +242,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "reduction",
         "forkserver",
     ),
-    7: ("cli", "_tour", "backends", "_bench", "__main__"),
+    7: ("cli", "_tour", "backends", "_bench", "_bench_run", "__main__"),
 }
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 

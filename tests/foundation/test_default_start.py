@@ -500,7 +500,7 @@ def test_a_pool_outlives_its_template() -> None:
     import signal
 
     with polyproc.get_context("auto").Pool(1) as p:
-        template = p._engine.template
+        template = p._engine.workers.template
         if template is None:
             pytest.skip("another thread runs in this test process: no template")
         os.kill(template._handle.pid, signal.SIGKILL)

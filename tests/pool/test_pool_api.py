@@ -121,13 +121,13 @@ def test_explicit_chunksize_is_honoured_and_auto_batches_grow(ctx: Any) -> None:
         assert sizes["done"] >= 100
         sched = pool._engine.sched
         sent: list[int] = []
-        orig = pool._engine._send_batch
+        orig = pool._engine.workers.send
 
         def spy(a: Any) -> None:
             sent.append(len(a.batch))
             orig(a)
 
-        pool._engine._send_batch = spy  # type: ignore[method-assign]
+        pool._engine.workers.send = spy  # type: ignore[method-assign]
         pool.map(h.nap, [0.001] * 21, chunksize=7)  # slow enough: one chunk per batch
         assert set(sent) == {7}
         sent.clear()

@@ -135,7 +135,7 @@ def test_transition_tables_are_complete() -> None:
     assert set(WORKER_TRANSITIONS) == set(WorkerState)
     assert set(POOL_TRANSITIONS) == set(PoolState)
     assert WORKER_TRANSITIONS[WorkerState.DEAD] == frozenset()
-    assert POOL_TRANSITIONS[PoolState.TERMINATED] == frozenset()
+    assert POOL_TRANSITIONS[PoolState.TERMINATE] == frozenset()
 
 
 def test_illegal_moves_raise() -> None:

@@ -16,6 +16,7 @@ This module makes frames; it never touches the socket itself.
 
 from __future__ import annotations
 
+import enum
 import pickle
 import select
 import selectors
@@ -28,9 +29,16 @@ from .._shm import bulk
 from .._transport import Outbox, Stream, UnixStream
 from .worker import ThreadWorker
 
-__all__ = ["Handle", "packed", "pickle_buffer"]
+__all__ = ["Handle", "Tag", "packed", "pickle_buffer"]
 
 _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall part
+
+
+class Tag(enum.IntEnum):
+    """What a key in the engine's selector watches: ``(Tag, Handle)`` is its data."""
+
+    CHANNEL = 0  # a worker's channel: readable (results), writable (a send that did not fit)
+    SENTINEL = 1  # a worker's process sentinel: it died
 
 
 class Handle:
@@ -120,9 +128,9 @@ class Handle:
         if not want:
             sel.unregister(fd)
         elif self.watched:
-            sel.modify(fd, want, (0, self))
+            sel.modify(fd, want, (Tag.CHANNEL, self))
         else:
-            sel.register(fd, want, (0, self))
+            sel.register(fd, want, (Tag.CHANNEL, self))
         self.watched = want
 
     def queue(self, msg: tuple[Any, ...], serializer: Any, sel: selectors.BaseSelector) -> int:

@@ -35,15 +35,16 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import BrokenProcessPool, MaybeEncodingError
 from .engine import Engine
-from .lead import PoolFuture
+from .fastpath import PoolFuture
 from .results import IMapIterator, Submitter, make_progress
-from .scheduler import Job, WorkerState
+from .stats import PoolStatistics
+from .tasks import Job
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -72,7 +73,8 @@ class _ExitState:
         with self.lock:
             if not self.hooked:
                 # Private but stable: concurrent.futures.process and thread use it too.
-                threading._register_atexit(self.finish)  # type: ignore[attr-defined]
+                register: Callable[[Callable[[], None]], None] = vars(threading)["_register_atexit"]
+                register(self.finish)
                 self.hooked = True
             self.engines.add(engine)
 
@@ -177,7 +179,7 @@ class ProcessPoolExecutor(Executor):
             maxtasksperchild=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child,
         )
-        self._max_workers = self._engine.sched.processes
+        self._max_workers = self._engine.processes
         self._sub = Submitter(self._engine)
         # Dropped without shutdown(): finish what was submitted, as the stdlib does.
         self._finalizer = weakref.finalize(self, self._engine.close)
@@ -188,11 +190,7 @@ class ProcessPoolExecutor(Executor):
     def _processes(self) -> dict[int, Any]:
         """``{pid: Process}`` of the live workers (code reads it to find or kill them)."""
         self._engine.started.wait()  # the first workers' start() calls are done
-        return {
-            h.pid: h.proc
-            for h in list(self._engine.handles.values())
-            if h.proc is not None and h.pid is not None
-        }
+        return self._engine.workers.processes()
 
     @property
     def _mp_context(self) -> Any:
@@ -219,8 +217,8 @@ class ProcessPoolExecutor(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
         self._check()
-        fut: Future[T] = ExecutorFuture()
-        fut._engine = self._engine  # type: ignore[attr-defined]
+        fut = ExecutorFuture()
+        fut._engine = self._engine
         try:
             job = self._sub.single(
                 fn, args, kwargs, fut, timeout=self._task_timeout, retries=self._retries, claim=True
@@ -229,7 +227,7 @@ class ProcessPoolExecutor(Executor):
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(exc)
             return fut
-        self._engine.add_job(job)
+        self._engine.submit(job)
         return fut
 
     def map(
@@ -247,16 +245,14 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         deadline = None if timeout is None else time.monotonic() + timeout
         total = None
-        if all(hasattr(i, "__len__") for i in iterables):
-            total = min((len(i) for i in iterables), default=0)  # type: ignore[arg-type]
+        sized = [i for i in iterables if isinstance(i, Sized)]
+        if len(sized) == len(iterables):
+            total = min((len(i) for i in sized), default=0)
         bar = make_progress(
             self._progress if progress is None else progress, total, getattr(fn, "__name__", "map")
         )
         engine = self._engine
-        sched = engine.sched
-        it: IMapIterator[Any] = IMapIterator(
-            lambda job, n: engine.post(_star, (sched.consumed, job, n)), bar, deadline
-        )
+        it: IMapIterator[Any] = IMapIterator(engine.consumed, bar, deadline)
         job = self._sub.many(
             fn,
             _Zipped(iterables, total),
@@ -269,7 +265,7 @@ class ProcessPoolExecutor(Executor):
             retries=self._retries,
         )
         it.job = job
-        engine.add_job(job)
+        engine.submit(job)
         return _results(it, engine, job)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -277,28 +273,16 @@ class ProcessPoolExecutor(Executor):
         self._shutdown = True
         engine = self._engine
         if cancel_futures:
-            engine.post(_cancel_pending, engine)
+            engine.cancel_unstarted()
         engine.close()
         if wait:
             engine.join()
 
-    def statistics(self) -> dict[str, Any]:
-        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS."""
-        sched = self._engine.sched
-        stats: dict[str, Any] = dict(sched.stats)
-        stats["workers"] = [
-            {
-                "id": s.wid,
-                "state": s.state.value,
-                "tasks": s.done,
-                "busy_s": s.busy,
-                "rss": s.rss,
-                "peak_rss": s.peak_rss,
-                "exitcode": s.exitcode,
-            }
-            for s in list(sched.workers.values()) + list(sched.finished_workers)
-        ]
-        return stats
+    def statistics(self) -> PoolStatistics:
+        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS.
+
+        The same frozen ``PoolStatistics`` as ``Pool.statistics()``."""
+        return self._engine.statistics()
 
 
 class _Zipped:
@@ -322,29 +306,4 @@ def _results(it: IMapIterator[Any], engine: Engine, job: Job) -> Iterator[Any]:
         yield from it
     finally:
         if not it.sink.finished:
-            engine.post(_star, (engine.sched.cancel, job))
-
-
-def _star(call: tuple[Any, ...]) -> None:
-    call[0](*call[1:])
-
-
-def _cancel_pending(engine: Engine) -> None:
-    """Engine thread: cancel the submitted futures that have not started.
-
-    As the stdlib's executor, which hands a call to each free worker at once (marking
-    it running, workers not even up yet included): the work a free or starting worker
-    would take now is left to run; everything behind it is cancelled.
-    """
-    sched = engine.sched
-    free = sum(
-        1
-        for s in sched.workers.values()
-        if s.state in (WorkerState.STARTING, WorkerState.READY) and not s.window and not s.exclusive
-    )
-    for job in list(sched.queue):
-        if job.single and job.claim is not None and not job.sink.done():
-            if free > 0:
-                free -= 1
-                continue
-            job.sink.cancel()
+            engine.cancel(job)

@@ -2,7 +2,7 @@
 
 ::
 
-    Pool.apply_async / map_async / imap ... ──► Submitter builds a Job ──► Engine.add_job
+    Pool.apply_async / map_async / imap ... ──► Submitter builds a Job ──► Engine.submit
                                                                           (engine thread:
     ApplyResult / MapResult / IMapIterator ◄── Future / _deliver / _done ◄─ scheduler actions)
 
@@ -23,7 +23,6 @@ call raises ``BrokenProcessPool`` whose ``__cause__`` chain holds the start erro
 
 from __future__ import annotations
 
-import enum
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
@@ -31,7 +30,7 @@ from typing import Any, Self, TypeVar
 
 from ..errors import PoolClosedError
 from .engine import Engine
-from .lead import PoolFuture
+from .fastpath import PoolFuture
 from .results import (
     ApplyResult,
     AsyncResult,
@@ -41,6 +40,8 @@ from .results import (
     Submitter,
     make_progress,
 )
+from .stats import PoolStatistics
+from .tasks import POOL_FACE_TRANSITIONS, PoolState
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -61,25 +62,9 @@ __all__ = [
 ]
 
 
-class PoolState(enum.StrEnum):
-    """A pool's state as users see it; equal to the stdlib's strings (``pool.RUN == "RUN"``)."""
-
-    RUN = "RUN"
-    CLOSE = "CLOSE"
-    TERMINATE = "TERMINATE"
-
-
 RUN = PoolState.RUN
 CLOSE = PoolState.CLOSE
 TERMINATE = PoolState.TERMINATE
-
-
-#: What a user may do to a pool in each state (the face's own little state machine).
-POOL_FACE_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
-    PoolState.RUN: frozenset({PoolState.CLOSE, PoolState.TERMINATE}),
-    PoolState.CLOSE: frozenset({PoolState.TERMINATE}),
-    PoolState.TERMINATE: frozenset(),
-}
 
 
 class Pool:
@@ -140,7 +125,7 @@ class Pool:
             window=window,
             target_batch_s=target_batch_s,
         )
-        self._processes = self._engine.sched.processes
+        self._processes = self._engine.processes
         self._sub = Submitter(self._engine)
         # A pool dropped without close/terminate must not leave workers behind.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
@@ -156,8 +141,8 @@ class Pool:
     def _check_running(self) -> None:
         if self._state is not PoolState.RUN:
             raise PoolClosedError("Pool not running")
-        if self._engine.broken is not None:
-            raise self._engine._closed_error()
+        if self._engine.broken is not None:  # inline, not check_open(): one call fewer per task
+            raise self._engine.closed_error()
 
     def __repr__(self) -> str:
         # getattr: a pool whose __init__ failed early is still repr'd (by its ResourceWarning)
@@ -175,13 +160,7 @@ class Pool:
     def _pool(self) -> list[Any]:
         """The live workers' ``Process`` (or ``Thread``) objects: the stdlib's attribute."""
         self._engine.started.wait()  # the first workers' start() calls are done
-        out: list[Any] = []
-        for h in list(self._engine.handles.values()):
-            if h.proc is not None:
-                out.append(h.proc)
-            elif h.thread is not None:
-                out.append(h.thread.thread)
-        return out
+        return self._engine.workers.live()
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
@@ -224,7 +203,7 @@ class Pool:
             claim=False,
         )
         result = ApplyResult(fut, callback, error_callback)
-        self._engine.add_job(job)
+        self._engine.submit(job)
         return result
 
     # -- maps ----------------------------------------------------------------------------
@@ -259,7 +238,7 @@ class Pool:
             timeout=self._timeout if timeout is None else timeout,
             retries=self._retries if retries is None else retries,
         )
-        self._engine.add_job(job)
+        self._engine.submit(job)
         return result
 
     def map(
@@ -348,13 +327,7 @@ class Pool:
             getattr(func, "__name__", "imap"),
         )
         engine = self._engine
-        sched = engine.sched
-        it = cls(
-            lambda job, n: engine.post(_star, (sched.consumed, job, n)),
-            bar,
-            deadline,
-            lambda j: engine.post(_star, (sched.cancel, j)),
-        )
+        it = cls(engine.consumed, bar, deadline, engine.cancel)
         job = self._sub.many(
             func,
             iterable,
@@ -367,7 +340,7 @@ class Pool:
             retries=self._retries if retries is None else retries,
         )
         it.job = job
-        engine.add_job(job)
+        engine.submit(job)
         return it
 
     def imap(
@@ -428,30 +401,11 @@ class Pool:
     def __exit__(self, *exc: object) -> None:
         self.terminate()
 
-    def statistics(self) -> dict[str, Any]:
-        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS."""
-        sched = self._engine.sched
-        stats: dict[str, Any] = dict(sched.stats)
-        handles = self._engine.handles
-        workers = []
-        for slot in list(sched.workers.values()) + list(sched.finished_workers):
-            h = handles.get(slot.wid)
-            workers.append(
-                {
-                    "id": slot.wid,
-                    "name": h.name if h is not None else f"worker {slot.wid}",
-                    "state": slot.state.value,
-                    "tasks": slot.done,
-                    "busy_s": slot.busy,
-                    "rss": slot.rss,
-                    "peak_rss": slot.peak_rss,
-                    "exitcode": slot.exitcode,
-                }
-            )
-        stats["workers"] = workers
-        stats["processes"] = self._processes
-        stats["state"] = self._state.name
-        return stats
+    def statistics(self) -> PoolStatistics:
+        """Tasks done/failed/lost/timed out/retried, and per worker: tasks, busy time, RSS.
+
+        A frozen ``PoolStatistics`` (``stats.timed_out``; ``stats["timed_out"]`` too)."""
+        return self._engine.statistics(self._state)
 
 
 class ThreadPool(Pool):
@@ -474,7 +428,3 @@ class ThreadPool(Pool):
     ) -> None:
         options.pop("context", None)
         super().__init__(processes, initializer, initargs, **options)
-
-
-def _star(call: tuple[Any, ...]) -> None:
-    call[0](*call[1:])

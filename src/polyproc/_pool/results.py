@@ -32,7 +32,7 @@ import time
 import types
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -421,7 +421,7 @@ class Submitter:
     ) -> Job:
         info = self.fn_info(fn)
         try:
-            length: int | None = len(iterable)  # type: ignore[arg-type]
+            length = len(iterable) if isinstance(iterable, Sized) else None
         except TypeError:
             length = None
         it: Iterator[Any] = iter(iterable)

@@ -30,6 +30,12 @@ Invariants (tests/pool/test_scheduler.py checks each):
   thousands to a frame and slow ones one at a time. An explicit ``chunksize`` is the
   unit: a batch is then a whole number of chunks (one chunk for slow tasks).
 
+The methods live in three modules along the scheduler's seams: this one (events,
+state machines, sending and completing), ``batching.py`` (batch sizes, credit,
+pulling input) and ``recovery.py`` (a dead worker's window, a late task). The
+class binds the other two's functions as its methods: one object, one set of
+invariants, no extra call per task.
+
 Worker and pool life cycles are transition tables (``WORKER_TRANSITIONS``,
 ``POOL_TRANSITIONS``); a move not in the table is a bug and raises.
 """
@@ -38,14 +44,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._launch.child import BOOTSTRAP_ERROR, REFUSED_EXIT, is_refusal
-from ..errors import BrokenProcessPool, TimeoutError, WorkerLostError
+from .._launch.child import BOOTSTRAP_ERROR, is_refusal
+from ..errors import BrokenProcessPool
+from . import batching, recovery
+from .batching import CREDIT_BYTES as _CREDIT_BYTES
+from .batching import approx_bytes as _approx_bytes
 from .messages import TaskError
 from .tasks import (
     POOL_TRANSITIONS,
@@ -67,12 +74,6 @@ from .tasks import (
     Stop,
     WorkerSlot,
     WorkerState,
-    _single,
-    _slice,
-    _split,
-    call_repr,
-    describe_exit,
-    short_repr,
 )
 
 __all__ = [
@@ -95,6 +96,8 @@ __all__ = [
     "Broken",
     "Action",
     "Recovered",
+    "_CREDIT_BYTES",
+    "_approx_bytes",
 ]
 
 
@@ -126,7 +129,7 @@ class Scheduler:
         # backend sets it (a cluster task costs milliseconds; backends/_engine.py).
         self.min_batch_s = 0.0
         self._clock = clock or _monotonic
-        self.state = PoolState.RUNNING
+        self.state = PoolState.RUN
         self.actions: list[Action] = []
         self.workers: dict[int, WorkerSlot] = {}
         self.queue: deque[Job] = deque()
@@ -135,7 +138,7 @@ class Scheduler:
         self._wids = itertools.count(1)
         self._bids = itertools.count(1)
         self._uses = itertools.count(1)
-        self._deadlines: list[tuple[float, int, int]] = []  # (deadline, bid, wid)
+        self.deadlines: list[tuple[float, int, int]] = []  # (deadline, bid, wid)
         self._start_failures = 0
         self.broken_error: BaseException | None = None
         self.stats = {
@@ -176,17 +179,24 @@ class Scheduler:
             not self.jobs and not self.requeued and not any(s.window for s in self.workers.values())
         )
 
+    def has_idle_worker(self) -> bool:
+        """A worker that is ready with nothing in flight: a caller may send to it directly."""
+        for slot in self.workers.values():
+            if slot.state is WorkerState.READY and not slot.window and not slot.exclusive:
+                return True
+        return False
+
     def finished(self) -> bool:
         """The engine may exit: closed or terminated, and every worker is dead."""
-        return self.state is not PoolState.RUNNING and not self.workers
+        return self.state is not PoolState.RUN and not self.workers
 
     def next_deadline(self) -> float | None:
-        while self._deadlines:
-            deadline, bid, wid = self._deadlines[0]
+        while self.deadlines:
+            deadline, bid, wid = self.deadlines[0]
             slot = self.workers.get(wid)
             if slot and slot.window and slot.window[0].bid == bid and slot.timed_out is None:
                 return deadline
-            heapq.heappop(self._deadlines)
+            heapq.heappop(self.deadlines)
         return None
 
     # -- events: from user threads (through the engine) --------------------------------
@@ -196,7 +206,7 @@ class Scheduler:
     def add_jobs(self, jobs: Iterable[Job]) -> None:
         """New work, in order. Filling waits until all are queued, so they can share batches."""
         for job in jobs:
-            if self.state is not PoolState.RUNNING:
+            if self.state is not PoolState.RUN:
                 self._fail_job(job, self._closed_error())
                 continue
             self.jobs[id(job)] = job
@@ -224,15 +234,15 @@ class Scheduler:
         self._maybe_finish(job, force=True)
 
     def close(self) -> None:
-        if self.state is PoolState.RUNNING:
-            self._set_state(PoolState.CLOSED)
+        if self.state is PoolState.RUN:
+            self._set_state(PoolState.CLOSE)
         self._fill()
 
     def terminate(self, error: BaseException) -> None:
         """Kill every worker; every outstanding job fails with ``error``."""
-        if self.state is PoolState.TERMINATED:
+        if self.state is PoolState.TERMINATE:
             return
-        self._set_state(PoolState.TERMINATED)
+        self._set_state(PoolState.TERMINATE)
         self._fail_everything(error)
         for slot in self.workers.values():
             if slot.state is not WorkerState.DEAD:
@@ -293,84 +303,10 @@ class Scheduler:
             self._stop(slot)
         self._fill()
 
-    def worker_exited(
-        self,
-        wid: int,
-        exitcode: int | None,
-        *,
-        progress: tuple[int, int] | None = None,
-        peak_rss: int | None = None,
-        name: str = "",
-        recovered: Recovered | None = None,
-    ) -> None:
-        """A worker's process ended (its sentinel fired, its channel drained).
-
-        ``recovered`` (from the worker's commit journal) says how far the head batch got:
-        its finished tasks are delivered, never run again; the one that was running is
-        lost (or retried); the rest are requeued. Without it (``progress`` alone, or
-        nothing) the finished ones cannot be told apart and are run again.
-        """
-        slot = self.workers.pop(wid)
-        was = slot.state
-        if was is not WorkerState.DEAD:
-            self._move(slot, WorkerState.DEAD)
-        slot.exitcode = exitcode
-        if peak_rss is not None:
-            slot.peak_rss = max(slot.peak_rss or 0, peak_rss)
-        self.finished_workers.append(slot)
-        del self.finished_workers[:-64]
-        if self.state is PoolState.TERMINATED:
-            return
-        if was is WorkerState.STARTING:
-            self._start_failures += 1
-            if exitcode == REFUSED_EXIT:
-                # A spawned worker would not import our main module: it has no main
-                # guard. No other worker would do better: the program must change.
-                self._break(RuntimeError(BOOTSTRAP_ERROR))
-                return
-        window = list(slot.window)
-        slot.window.clear()
-        who = name or f"worker {wid}"
-        head = window.pop(0) if window else None
-        for batch in reversed(window):  # never started: run again, first in line
-            self.requeued.appendleft(batch)
-        done: list[Any] | None = None
-        if head is not None and recovered is not None and recovered.bid == head.bid:
-            done = recovered.values
-            if done is not None and len(done) >= len(head):
-                # Every task of it finished; only its results' trip was cut short.
-                self._account(head, done[: len(head)])
-                self._complete(head, done[: len(head)])
-                head = None
-            elif done is None:
-                head = self._unstarted(head, exitcode, slot.peak_rss, who)
-        if head is not None and head is slot.timed_out:
-            self._timed_out(head, who)
-        elif head is not None:
-            pos: int | None = None
-            if done is not None:
-                pos = len(done)
-            elif progress is not None and progress[0] == head.bid:
-                pos = progress[1]
-            elif len(head) == 1:
-                pos = 0
-            self._lost_batch(head, pos, exitcode, slot.peak_rss, who, done)
-        if self._start_failures >= 3 and self.state is not PoolState.BROKEN:
-            from ..errors import StartError
-
-            err = StartError(
-                f"{self._start_failures} workers in a row died while starting "
-                f"({who}: {describe_exit(exitcode)})"
-            )
-            self._break(BrokenProcessPool(str(err)))
-            return
-        self._top_up()
-        self._fill()
-
     def tick(self, now: float) -> None:
         """The clock moved: kill workers whose timed task is late."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, bid, wid = heapq.heappop(self._deadlines)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, bid, wid = heapq.heappop(self.deadlines)
             slot = self.workers.get(wid)
             if (
                 slot is None
@@ -382,6 +318,35 @@ class Scheduler:
             slot.timed_out = slot.window[0]
             self.actions.append(Kill(wid))
 
+    def cancel_unstarted(self) -> None:
+        """Cancel the submitted futures that have not started (``shutdown(cancel_futures=True)``).
+
+        As the stdlib's executor, which hands a call to each free worker at once (marking
+        it running, workers not even up yet included): the work a free or starting worker
+        would take now is left to run; everything behind it is cancelled.
+        """
+        free = sum(
+            1
+            for s in self.workers.values()
+            if s.state in (WorkerState.STARTING, WorkerState.READY)
+            and not s.window
+            and not s.exclusive
+        )
+        for job in list(self.queue):
+            if job.single and job.claim is not None and not job.sink.done():
+                if free > 0:
+                    free -= 1
+                    continue
+                job.sink.cancel()
+
+    # -- what a worker's death or a late task does (recovery.py) -------------------------
+    worker_exited = recovery.worker_exited
+    _timed_out = recovery.timed_out
+    _deliver_one = recovery.deliver_one
+    _unstarted = recovery.unstarted
+    _account = recovery.account
+    _lost_batch = recovery.lost_batch
+
     # -- internals: workers ------------------------------------------------------------
     def _spawn(self) -> None:
         wid = next(self._wids)
@@ -390,7 +355,7 @@ class Scheduler:
         self.actions.append(Spawn(wid))
 
     def _top_up(self) -> None:
-        if self.state is PoolState.RUNNING or (self.state is PoolState.CLOSED and not self.idle()):
+        if self.state is PoolState.RUN or (self.state is PoolState.CLOSE and not self.idle()):
             while self.live_workers() < self.processes:
                 self._spawn()
 
@@ -404,7 +369,7 @@ class Scheduler:
         self.actions.append(Stop(slot.wid))
 
     def _break(self, error: BaseException) -> None:
-        if self.state in (PoolState.BROKEN, PoolState.TERMINATED):
+        if self.state in (PoolState.BROKEN, PoolState.TERMINATE):
             return
         self._set_state(PoolState.BROKEN)
         self.broken_error = error
@@ -426,50 +391,16 @@ class Scheduler:
 
         return PoolClosedError("Pool not running")
 
-    # -- internals: filling windows ----------------------------------------------------
-    def _credit_limit(self, job: Job) -> int:
-        size = self._batch_size(job, None)
-        items = max(64, 2 * self.processes * self.window * size)
-        if job.item_bytes:
-            # Bounded in bytes too (issue #14): big items (1 MiB arrays) ahead of a slow
-            # consumer would hold the parent's memory: ``_CREDIT_BYTES`` per worker.
-            items = min(
-                items, max(self.processes, self.processes * _CREDIT_BYTES // job.item_bytes)
-            )
-        return items
-
-    def _batch_size(self, job: Job, waiting: int | None) -> int:
-        if job.chunksize:
-            # The chunk is the unit: a batch is whole chunks. Slow tasks go one chunk at a
-            # time (the balance the caller asked for); tiny ones several chunks to a frame,
-            # so ``chunksize=1`` does not mean one round trip per task.
-            chunk = job.chunksize
-            k = 1 if job.fn.est is None else max(1, self._batch_size_for(job.fn) // chunk)
-            if waiting is not None:
-                k = min(k, max(1, math.ceil(waiting / (2 * self.processes * chunk))))
-            return k * chunk
-        size = self._batch_size_for(job.fn) if job.fn.est is not None else 1
-        if waiting is not None:
-            # Share what is known to be left among the workers, so the tail is balanced
-            # (but not into batches cheaper than a round trip: ``min_batch_s``).
-            floor = int(self.min_batch_s / job.fn.est) if job.fn.est else 0
-            size = min(size, max(1, floor, math.ceil(waiting / (2 * self.processes))))
-        return size
-
-    def _depth(self, fn: FnInfo) -> int:
-        """Batches in flight per worker: pipelining hides the round trip for short tasks only."""
-        if fn.est is None:
-            return 1
-        return self.window if fn.est * self._batch_size_for(fn) < 0.05 else 1
-
-    def _batch_size_for(self, fn: FnInfo) -> int:
-        est = fn.est or 1e-7
-        size = min(self.max_batch, int(self.target_batch_s / max(est, 1e-7)))
-        if fn.nbytes:
-            # Big arguments: a few MiB per batch, so the lead over a slow consumer stays
-            # small in bytes too, not only in tasks.
-            size = min(size, int(self.max_batch_bytes / fn.nbytes))
-        return max(1, size)
+    # -- internals: filling windows (sizes, credit, input: batching.py) -----------------
+    _credit_limit = batching.credit_limit
+    _batch_size = batching.batch_size
+    _depth = batching.depth
+    _batch_size_for = batching.batch_size_for
+    _peek = batching.peek
+    _timed = staticmethod(batching.timed)
+    _next_batch = batching.next_batch
+    _singles_batch = batching.singles_batch
+    _pull = batching.pull
 
     def _pick_worker(self, exclusive: bool, depth: int) -> WorkerSlot | None:
         best: WorkerSlot | None = None
@@ -487,7 +418,7 @@ class Scheduler:
 
     def _fill(self) -> None:
         """Send work to every worker with room in its window, idle ones first (least recently used)."""
-        if self.state not in (PoolState.RUNNING, PoolState.CLOSED):
+        if self.state not in (PoolState.RUN, PoolState.CLOSE):
             return
         while True:
             fn, exclusive = self._peek()
@@ -501,113 +432,10 @@ class Scheduler:
             if batch is None:
                 continue
             self._send(slot, batch)
-        if self.state is PoolState.CLOSED and self.idle():
+        if self.state is PoolState.CLOSE and self.idle():
             for slot in list(self.workers.values()):
                 if slot.state in (WorkerState.READY, WorkerState.RETIRING, WorkerState.STARTING):
                     self._stop(slot)
-
-    def _peek(self) -> tuple[FnInfo | None, bool]:
-        """The function (and whether it is timed) of the next work, dropping dead jobs."""
-        while self.requeued:
-            batch = self.requeued[0]
-            if batch.owners is not None and any(j.cancelled for j in batch.owners):
-                keep = [i for i, j in enumerate(batch.owners) if not j.cancelled]
-                batch.owners = [batch.owners[i] for i in keep]
-                batch.args = [batch.args[i] for i in keep]
-            if len(batch) and not batch.job_of(0)[0].cancelled:
-                return batch.fn, self._timed(batch)
-            self.requeued.popleft()
-        while self.queue:
-            job = self.queue[0]
-            if job.cancelled or job.exhausted and not job.single:
-                self.queue.popleft()
-                continue
-            return job.fn, job.timeout is not None
-        return None, False
-
-    @staticmethod
-    def _timed(batch: Batch) -> bool:
-        return batch.job_of(0)[0].timeout is not None
-
-    def _next_batch(self, quota: int | None) -> Batch | None:
-        if self.requeued:
-            batch = self.requeued.popleft()
-            if quota is not None and len(batch) > quota:
-                rest = _split(batch, quota)
-                self.requeued.appendleft(rest)
-            return batch
-        job = self.queue[0]
-        if job.single:
-            return self._singles_batch(quota)
-        return self._pull(job, quota)
-
-    def _singles_batch(self, quota: int | None) -> Batch | None:
-        first = self.queue[0]
-        size = 1 if first.timeout is not None else self._batch_size(first, len(self.queue))
-        if quota is not None:
-            size = min(size, quota)
-        owners: list[Job] = []
-        while self.queue and len(owners) < size:
-            job = self.queue[0]
-            if (
-                not job.single
-                or job.fn is not first.fn
-                or job.mode != first.mode
-                or (owners and job.timeout is not None)
-            ):
-                break
-            self.queue.popleft()
-            if job.cancelled or (job.claim is not None and not job.claim(job)):
-                self._drop(job)
-                continue
-            owners.append(job)
-        if not owners:
-            return None
-        return Batch(first.fn, first.mode, [j.blob for j in owners], owners=owners)
-
-    def _pull(self, job: Job, quota: int | None) -> Batch | None:
-        waiting = None if job.length is None else job.length - job.pulled
-        size = 1 if job.timeout is not None else self._batch_size(job, waiting)
-        if quota is not None:
-            size = min(size, quota)
-        if job.credit:
-            room = self._credit_limit(job) - (job.pulled - job.consumed)
-            if room <= 0:
-                self.queue.popleft()
-                job.stalled = True
-                return None
-            # Until an item has been seen its size is unknown: pull one, then weigh it
-            # (an explicit chunksize is the unit the caller chose: whole chunks only).
-            size = min(size, room) if job.item_bytes or job.chunksize else 1
-        assert job.it is not None
-        start = job.pulled
-        args: list[Any] = []
-        try:
-            args.extend(itertools.islice(job.it, size))
-            if job.credit and args:
-                job.item_bytes = max(job.item_bytes, _approx_bytes(args[-1]), 1)
-        except Exception as exc:
-            # The input iterator raised: that becomes the result at its position, and the end.
-            job.exhausted = True
-            self.queue.popleft()
-            if job.chunksize:
-                # As the stdlib with an explicit chunksize: the chunk being built when the
-                # input failed is not run, and the error stands at that chunk's first index.
-                keep = (start + len(args)) // job.chunksize * job.chunksize - start
-                del args[max(0, keep) :]
-            job.pulled += len(args) + 1
-            self._complete_run(job, start + len(args), [TaskError.local(exc)])
-            if not args:
-                return None
-            return Batch(job.fn, job.mode, args, job=job, start=start)
-        job.pulled += len(args)
-        if len(args) < size:
-            job.exhausted = True
-            self.queue.popleft()
-            if not args:
-                self._maybe_finish(job)
-                return None
-        return Batch(job.fn, job.mode, args, job=job, start=start)
 
     def _send(self, slot: WorkerSlot, batch: Batch) -> None:
         batch.bid = next(self._bids)
@@ -620,7 +448,7 @@ class Scheduler:
             assert timeout is not None
             batch.deadline = self._clock() + timeout
             slot.exclusive = True
-            heapq.heappush(self._deadlines, (batch.deadline, batch.bid, slot.wid))
+            heapq.heappush(self.deadlines, (batch.deadline, batch.bid, slot.wid))
         self.actions.append(Send(slot.wid, batch))
         if self.maxtasks is not None and slot.assigned >= self.maxtasks:
             self._retire(slot)
@@ -692,126 +520,6 @@ class Scheduler:
             if not job.finished and not job.cancelled:
                 job.finished = True
                 self._fail_job(job, error)
-
-    def _timed_out(self, batch: Batch, who: str) -> None:
-        self.stats["timed_out"] += 1
-        job, index = batch.job_of(0)
-        err = TimeoutError(
-            f"task {call_repr(job.fn.name, job.mode, batch.arg_of(0))} (index {index}) ran past its "
-            f"timeout of {job.timeout} s; {who} was killed and replaced"
-        )
-        self._deliver_one(batch, 0, TaskError.local(err))
-
-    def _deliver_one(self, batch: Batch, i: int, value: Any) -> None:
-        job, index = batch.job_of(i)
-        if batch.owners is not None:
-            if not job.finished and not job.cancelled:
-                job.finished = True
-                job.delivered = 1
-                del self.jobs[id(job)]
-                self.actions.append(DeliverSingles([job], [value]))
-        else:
-            self._complete_run(job, index, [value])
-
-    def _unstarted(
-        self, batch: Batch, exitcode: int | None, peak_rss: int | None, who: str
-    ) -> Batch | None:
-        """Its worker died before any task of ``batch`` began (receiving it, say): run it
-        again. A batch that keeps killing workers before it starts is cut into single
-        tasks, and a single task that does it twice is the culprit (the lost path)."""
-        batch.unstarted += 1
-        if batch.unstarted < 2:
-            self.requeued.appendleft(batch)
-            return None
-        if len(batch) > 1:
-            for i in reversed(range(len(batch))):
-                one = _single(batch, i)
-                one.isolated = True
-                one.unstarted = 1
-                self.requeued.appendleft(one)
-            return None
-        return batch  # lost (or retried) like a task that was running
-
-    def _account(self, batch: Batch, values: list[Any]) -> None:
-        failed = sum(1 for v in values if type(v) is TaskError)
-        self.stats["done"] += len(values) - failed
-        self.stats["failed"] += failed
-
-    def _lost_batch(
-        self,
-        batch: Batch,
-        pos: int | None,
-        exitcode: int | None,
-        peak_rss: int | None,
-        who: str,
-        done: list[Any] | None = None,
-    ) -> None:
-        if pos is None or pos >= len(batch):
-            # We cannot tell which task killed it: run each alone to find out.
-            for i in reversed(range(len(batch))):
-                one = _single(batch, i)
-                one.isolated = True
-                self.requeued.appendleft(one)
-            return
-        after = _slice(batch, pos + 1, len(batch))
-        if len(after):
-            self.requeued.appendleft(after)
-        job, index = batch.job_of(pos)
-        if job.lost is None:
-            job.lost = {}
-        times = job.lost.get(index, 0) + 1
-        job.lost[index] = times
-        if times <= job.retries:
-            self.stats["retried"] += 1
-            self.requeued.appendleft(_single(batch, pos))
-        else:
-            self.stats["lost"] += 1
-            rss = f"{peak_rss / 2**20:.1f} MiB" if peak_rss else "unknown"
-            err = WorkerLostError(
-                f"{who} died ({describe_exit(exitcode)}) while running "
-                f"{call_repr(job.fn.name, job.mode, batch.arg_of(pos))} (task index {index}); "
-                f"peak RSS {rss}" + (f"; tried {times} times" if times > 1 else ""),
-                function=job.fn.name,
-                index=index,
-                argument=short_repr(batch.arg_of(pos)),
-                exitcode=exitcode,
-                peak_rss=peak_rss,
-            )
-            self._deliver_one(batch, pos, TaskError.local(err))
-        before = _slice(batch, 0, pos)
-        if len(before) and done is not None:
-            # They finished and the journal kept their results: delivered, never run again.
-            self._account(before, done[:pos])
-            self._complete(before, done[:pos])
-        elif len(before):
-            # They finished, but without a journal their results died with the worker.
-            self.requeued.appendleft(before)
-
-
-#: Input bytes a credit job may have pulled ahead of its consumer, per worker: 1 MiB
-#: items stop at 2 per worker (issue #14 asks for at most 4), enough to keep each busy.
-_CREDIT_BYTES = 2 << 20
-
-
-def _approx_bytes(x: Any, depth: int = 2) -> int:
-    """A cheap estimate of an input item's size: buffers by their length, containers by a
-    look at their first few members. Never calls what an object could override with side
-    effects (a proxy's ``__getattr__``): ``nbytes`` is read only where the type has it."""
-    t = type(x)
-    if t is bytes or t is bytearray or t is str:
-        return len(x)
-    if t is memoryview:
-        return int(x.nbytes)
-    if getattr(t, "nbytes", None) is not None:  # a NumPy array (a descriptor on its type)
-        try:
-            return int(x.nbytes)
-        except Exception:
-            return sys.getsizeof(x)
-    if depth and (t is tuple or t is list):
-        return sys.getsizeof(x) + sum(_approx_bytes(e, depth - 1) for e in x[:8])
-    if depth and t is dict:
-        return sys.getsizeof(x) + sum(_approx_bytes(v, depth - 1) for v in list(x.values())[:8])
-    return sys.getsizeof(x)
 
 
 def _monotonic() -> float:

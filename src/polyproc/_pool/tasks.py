@@ -25,6 +25,7 @@ __all__ = [
     "PoolState",
     "WORKER_TRANSITIONS",
     "POOL_TRANSITIONS",
+    "POOL_FACE_TRANSITIONS",
     "Mode",
     "FnInfo",
     "Job",
@@ -62,18 +63,35 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
-class PoolState(enum.Enum):
-    RUNNING = "running"  # takes jobs
-    CLOSED = "closed"  # no new jobs; finishes what it has, then stops its workers
-    BROKEN = "broken"  # cannot run work (initializer failed); everything fails fast
-    TERMINATED = "terminated"  # workers killed, outstanding work failed
+class PoolState(enum.StrEnum):
+    """A pool's life cycle: one enum for the scheduler and the faces.
+
+    Its values are the stdlib's strings (``polyproc.pool.RUN == "RUN"``). The faces
+    (``pool.py``) move through RUN, CLOSE and TERMINATE as the user calls them
+    (``POOL_FACE_TRANSITIONS``); the scheduler follows a step behind, in the engine
+    thread, and may also break (``POOL_TRANSITIONS``).
+    """
+
+    RUN = "RUN"  # takes jobs
+    CLOSE = "CLOSE"  # no new jobs; finishes what it has, then stops its workers
+    BROKEN = "BROKEN"  # cannot run work (initializer failed); everything fails fast
+    TERMINATE = "TERMINATE"  # workers killed, outstanding work failed
 
 
+#: The scheduler's moves.
 POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
-    PoolState.RUNNING: frozenset({PoolState.CLOSED, PoolState.BROKEN, PoolState.TERMINATED}),
-    PoolState.CLOSED: frozenset({PoolState.BROKEN, PoolState.TERMINATED}),
-    PoolState.BROKEN: frozenset({PoolState.TERMINATED}),
-    PoolState.TERMINATED: frozenset(),
+    PoolState.RUN: frozenset({PoolState.CLOSE, PoolState.BROKEN, PoolState.TERMINATE}),
+    PoolState.CLOSE: frozenset({PoolState.BROKEN, PoolState.TERMINATE}),
+    PoolState.BROKEN: frozenset({PoolState.TERMINATE}),
+    PoolState.TERMINATE: frozenset(),
+}
+
+#: What a user may do to a pool face in each state (a face is never BROKEN: it learns
+#: of a broken engine when it next submits).
+POOL_FACE_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.RUN: frozenset({PoolState.CLOSE, PoolState.TERMINATE}),
+    PoolState.CLOSE: frozenset({PoolState.TERMINATE}),
+    PoolState.TERMINATE: frozenset(),
 }
 
 

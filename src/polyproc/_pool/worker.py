@@ -316,6 +316,8 @@ class ThreadWorker:
         self._init = initializer
         self._initargs = initargs
         self.abandoned = False
+        self.put = self.inbox.put  # the worker-set interface (``workers.Slot``), no extra call
+        self.name = name
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -342,5 +344,5 @@ class ThreadWorker:
                 break
             self._post(RESULTS, self.wid, bid, clock() - start, None, values)
             # Drop the batch before waiting for the next: nothing outlives its task.
-            item = fn = args = values = None  # type: ignore[assignment]
+            del item, fn, args, values
         self._post(STOP, self.wid)

@@ -2,7 +2,7 @@
 
 ::
 
-    Pool / Executor faces ──► ClusterEngine (= Engine, thread-worker mode)
+    Pool / Executor faces ──► ClusterEngine (= Engine with ClusterWorkers: slots, not threads)
                                  Scheduler: ordering, lazy input, adaptive batches,
                                  timeouts, retries, lost workers  (unchanged)
                                    │ Send(wid, batch)          ▲ RESULTS / READY / LOST / STOP
@@ -13,8 +13,9 @@
                                cluster task: _remote.run(batch)  (Dask future / Ray actor call)
                                  └─ done callback (engine's thread pool) ──► in send order
 
-A slot looks to the engine like a ``ThreadWorker``: ``inbox.put(batch | None)``,
-``abandoned``, ``start()``. So the engine's thread-worker paths do the rest: a
+A slot is a ``Slot`` (``_pool/workers.py``), as a ``ThreadWorker`` is: ``name``,
+``put(batch | None)``, ``abandoned``, ``start()``; ``ClusterWorkers`` is the
+thread worker set with cluster slots. So the thread-worker paths do the rest: a
 timed-out task's slot is abandoned at its deadline (its cluster task cancelled,
 on Ray its actor process killed) and replaced; ``close`` stops slots once their
 work is done; ``terminate`` abandons them all. What is new is one message,
@@ -34,12 +35,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from .._pool.channel import Handle
 from .._pool.engine import Engine
 from .._pool.messages import INIT_FAILED, READY, RESULTS, STOP, TaskError
+from .._pool.workers import ThreadWorkers
 from ..errors import SerializationError
 
-__all__ = ["ClusterEngine", "ClusterSlot", "Cluster", "LOST", "BIG"]
+__all__ = ["ClusterEngine", "ClusterWorkers", "ClusterSlot", "Cluster", "LOST", "BIG"]
 
 LOST = 101  # (LOST, wid, name): the cluster worker running this slot's batch died
 BIG = 1 << 20  # objects this big and up go to the object store once, by reference
@@ -149,11 +150,12 @@ class _RefPickler:
         self.buf = io.BytesIO()
         outer = self
 
-        class P(cloudpickle.Pickler):  # type: ignore[misc]
-            def persistent_id(self, obj: Any) -> Any:
-                return outer._pid(obj)
+        def persistent_id(_pickler: Any, obj: Any) -> Any:
+            return outer._pid(obj)
 
-        self.pickler = P(self.buf, protocol=5)
+        # Made with type(): cloudpickle has no type hints to subclass under mypy --strict.
+        pickler = type("_Pickler", (cloudpickle.Pickler,), {"persistent_id": persistent_id})
+        self.pickler = pickler(self.buf, protocol=5)
         self.cluster = cluster
         self.refs = refs
         self.seen: dict[int, int] = {}
@@ -220,7 +222,6 @@ class ClusterSlot:
         self.cluster = cluster
         self.wid = wid
         self.name = f"{cluster.kind} slot {wid}"
-        self.inbox = self
         self.abandoned = False
         self._post = post
         self._init_blob = init_blob
@@ -361,8 +362,52 @@ class ClusterSlot:
         self._post(STOP, self.wid)
 
 
+class ClusterWorkers(ThreadWorkers):
+    """The engine's worker set for a cluster: each worker is a ``ClusterSlot`` (a ``Slot``)."""
+
+    def __init__(
+        self, engine: Engine, cluster: Cluster, init_blob: bytes | None, init_refs: list[Any]
+    ) -> None:
+        super().__init__(engine, prefix=f"{cluster.kind}-slot")
+        self.cluster = cluster
+        self._init_blob = init_blob
+        self._init_refs = init_refs
+
+    def spawn(self, wid: int) -> None:
+        name = f"worker {wid}"
+        try:
+            slot = self.cluster.slot(wid, self.post_message, self._init_blob, self._init_refs)
+            name = slot.name
+            self.slots[wid] = slot
+            slot.start()
+        except Exception:  # noqa: BLE001 - a slot that cannot start is a worker that died
+            self.slots.pop(wid, None)
+            self.sched.worker_exited(wid, None, name=name)
+
+    def message(self, kind: int, wid: int, rest: tuple[Any, ...]) -> None:
+        slot = self.slots.get(wid)
+        if not isinstance(slot, ClusterSlot) or slot.abandoned:
+            return
+        if kind == LOST:
+            # Like a worker's death: the engine ends the slot, the scheduler re-runs or
+            # fails exactly the tasks it held, and a new slot takes its place.
+            slot.abandoned = True
+            slot.kill()
+            del self.slots[wid]
+            if wid in self.sched.workers:
+                self.sched.worker_exited(wid, None, name=str(rest[0]))
+            return
+        if kind == STOP:
+            slot.release()
+        super().message(kind, wid, rest)
+
+    def release(self) -> None:
+        self._init_refs = []
+        self.cluster.release()
+
+
 class ClusterEngine(Engine):
-    """``Engine`` whose workers are cluster slots (thread-worker mode, nothing pickled by it)."""
+    """``Engine`` whose worker set is ``ClusterWorkers`` (nothing pickled by the engine)."""
 
     def __init__(
         self,
@@ -374,66 +419,23 @@ class ClusterEngine(Engine):
         target_batch_s: float | None,
     ) -> None:
         self.cluster = cluster
-        self._init_refs: list[Any] = []
-        self._init_blob = (
+        init_refs: list[Any] = []
+        init_blob = (
             None
             if initializer is None
-            else pack(cluster, (initializer, tuple(initargs)), self._init_refs)
+            else pack(cluster, (initializer, tuple(initargs)), init_refs)
         )
         super().__init__(
             cluster.processes,
             ctx=None,
             threads=True,
-            initializer=None,
-            initargs=(),
             maxtasksperchild=maxtasksperchild,
             window=cluster.window,
             target_batch_s=(cluster.target_batch_s if target_batch_s is None else target_batch_s),
+            workers=lambda engine: ClusterWorkers(engine, cluster, init_blob, init_refs),
         )
-        self.prefix = f"{cluster.kind}-slot"
         # A cluster task costs milliseconds, not a local frame's microseconds: let tiny
         # tasks travel tens of thousands to one (the local cap, 4096, would make 100,000
         # ``x + 1`` cost ~25 round trips per slot). ``target_batch_s`` still bounds it.
         self.sched.max_batch = cluster.max_batch
         self.sched.min_batch_s = cluster.min_batch_s
-
-    def _spawn(self, wid: int) -> None:
-        h = Handle(wid)
-        self.handles[wid] = h
-        try:
-            slot = self.cluster.slot(wid, self._post_from_thread, self._init_blob, self._init_refs)
-            h.name = slot.name
-            h.thread = slot  # type: ignore[assignment]
-            slot.start()
-        except Exception:  # noqa: BLE001 - a slot that cannot start is a worker that died
-            self.handles.pop(wid, None)
-            self.sched.worker_exited(wid, None, name=h.name)
-
-    def _thread_message(self, item: tuple[int, int, tuple[Any, ...]]) -> None:
-        kind, wid, rest = item
-        h = self.handles.get(wid)
-        if h is None:
-            return
-        slot: Any = h.thread
-        if slot is None or slot.abandoned:
-            return
-        h.name = slot.name
-        if kind == LOST:
-            # Like a worker's death: the engine ends the slot, the scheduler re-runs or
-            # fails exactly the tasks it held, and a new slot takes its place.
-            slot.abandoned = True
-            slot.kill()
-            self.handles.pop(wid, None)
-            if wid in self.sched.workers:
-                self.sched.worker_exited(wid, None, name=str(rest[0]))
-            return
-        if kind == STOP:
-            slot.release()
-        super()._thread_message(item)
-
-    def _shutdown(self) -> None:
-        try:
-            super()._shutdown()
-        finally:
-            self._init_refs = []
-            self.cluster.release()

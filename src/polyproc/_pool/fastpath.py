@@ -1,0 +1,189 @@
+"""The caller-side fast paths: a caller's thread runs the engine for a moment.
+
+Two shortcuts save thread hops on a round trip (``submit(...).result()``,
+``apply``), both taken only while the engine thread sleeps in select::
+
+    caller: submit ──(engine asleep, a worker idle)── send_direct: sends the batch ──► worker
+            result()                                                                 │
+              └─ lead(): under the engine lock, take the worker's channel out        │
+                 of the engine's selector (``Handle.led``), then poll a dup of       │
+                 it, lock released ◄──────────────────────────── RESULTS ───────────┘
+                 └─ read_led: under the lock, read, run the scheduler, set the
+                    Future (no waiter to wake: the waiter is us); give the channel back
+
+Without them, a job goes caller ──► inbox ──► engine thread ──► worker, and the
+result worker ──► engine thread ──► Future ──► caller: three wake-ups of ~20-30 us
+each on a small VM, plus the engine's loop. Leading is only tried for the Future
+the caller's own thread sent directly (``Flags.led``), only while the engine
+sleeps, and only one caller at a time; anything else (a busy engine, another
+thread's Future, asyncio) waits on the Future as usual. While a caller leads, the
+engine ignores that channel's readable events (it never reads it, so the caller's
+read never blocks) but keeps watching the worker's sentinel: a death shuts the
+channel for reading, the caller's poll wakes at end-of-file, finds the channel
+closed and falls back to the Future, which the engine has failed.
+
+Who may run the scheduler, and when, is written once: in ``Flags``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .channel import Handle
+from .tasks import Job, PoolState, Send
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["Flags", "PoolFuture", "lead", "send_direct", "read_led"]
+
+_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class Flags:
+    """Who may run the scheduler, and when (loky's ``_ExecutorFlags`` is the pattern).
+
+    The scheduler, the worker set and the channels have one writer at a time:
+    whoever holds ``lock``.
+
+    * The engine thread holds it always, except while it waits in select. Just
+      before that wait it sets ``asleep`` (and ``direct`` if a worker is idle); just
+      after, it takes the lock back and clears both.
+    * A caller's thread may take it, never blocking (``acquire(False)``), only while
+      ``asleep``: in ``Engine.submit`` when ``direct`` too, to send its own job
+      (``send_direct``); in ``PoolFuture.result`` when its Future is ``led``, to
+      read that worker's channel (``lead``). Holding it, the caller runs the
+      scheduler exactly as the engine thread would, but leaves worker starts to the
+      engine thread, and wakes it if its select timeout must change.
+    * Nobody else takes it: user threads and thread workers post into the engine's
+      inbox (``Engine.post``), and write to the wake pipe only while ``asleep``.
+
+    ``asleep`` is read without the lock by posters: the engine sets it and then looks
+    at the inbox once more before releasing the lock, so a post is never missed.
+    """
+
+    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "last_send")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.asleep = False  # the engine thread waits in select, without the lock
+        self.direct = False  # ... and a worker is idle: a caller may send its own job
+        # The Future a caller's thread just sent itself, and its worker: that caller may
+        # read the answer itself when it waits (``lead``), saving a wake-up.
+        self.led: PoolFuture | None = None
+        self.led_wid = 0
+        self.last_send: Send | None = None  # the last Send carried out (read by send_direct)
+
+
+class PoolFuture(Future[Any]):
+    """A ``concurrent.futures.Future`` whose ``result()`` may read its own answer."""
+
+    _engine: Engine | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        engine = self._engine
+        if engine is not None and engine.flags.led is self:
+            timeout = lead(engine, self, timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        engine = self._engine
+        if engine is not None and engine.flags.led is self:
+            timeout = lead(engine, self, timeout)
+        return super().exception(timeout)
+
+
+def send_direct(engine: Engine, job: Job) -> None:
+    """In a caller's thread, holding the engine lock while the engine is in select."""
+    flags = engine.flags
+    sched = engine.sched
+    deadlines = len(sched.deadlines)
+    flags.last_send = None
+    engine.drain_inbox()
+    if sched.actions:
+        engine.act(True)
+    sent, flags.last_send = flags.last_send, None  # never keep a batch alive
+    if (
+        sent is not None
+        and type(job.sink) is PoolFuture
+        and engine.workers.leads
+        and sent.batch.owners
+        and sent.batch.owners[-1] is job
+    ):
+        flags.led, flags.led_wid = job.sink, sent.wid
+    flags.direct = sched.has_idle_worker()
+    if len(sched.deadlines) != deadlines or sched.state is not PoolState.RUN or sched.actions:
+        engine.wake()  # its select timeout must change, or it has work: let it run
+
+
+def read_led(engine: Engine, h: Handle) -> None:
+    """In a leading caller's thread (``lead``), holding the lock: read what came."""
+    flags = engine.flags
+    sched = engine.sched
+    deadlines = len(sched.deadlines)
+    engine.workers.on_readable(h, False)
+    if sched.actions:
+        engine.act(True)
+    flags.last_send = None
+    flags.direct = flags.asleep and sched.has_idle_worker()
+    if len(sched.deadlines) != deadlines or sched.state is not PoolState.RUN or sched.actions:
+        engine.wake()
+
+
+def lead(engine: Engine, fut: Future[Any], timeout: float | None) -> float | None:
+    """Wait for ``fut`` by reading its worker's channel in this thread, if we may.
+
+    Returns what is left of ``timeout`` for the ordinary wait that follows (which
+    returns at once when ``fut`` is done).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    flags = engine.flags
+    lock = flags.lock
+    if not lock.acquire(False):
+        return timeout
+    try:
+        if flags.led is not fut or not flags.asleep or fut.done():
+            return timeout
+        flags.led = None
+        h = engine.workers.handles.get(flags.led_wid)
+        if h is None or h.led or h.conn is None or h.conn.closed:
+            return timeout
+        h.led = True
+        try:
+            h.watch(engine.sel)  # the engine no longer reads it
+            fd = os.dup(h.conn.fileno())
+        except BaseException:
+            h.led = False
+            h.watch(engine.sel)
+            raise
+    finally:
+        lock.release()
+    try:
+        poller = select.poll()
+        poller.register(fd, _POLLIN)
+        while not fut.done():
+            if deadline is None:
+                ms = -1
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ms = max(1, int(left * 1000 + 0.999))
+            if not poller.poll(ms):
+                continue
+            with lock:
+                if h.conn is None or h.conn.closed or not h.led:
+                    break  # the worker died: the engine has dealt with it
+                read_led(engine, h)
+    finally:
+        os.close(fd)
+        with lock:
+            h.led = False
+            if h.conn is not None and not h.conn.closed:
+                h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
