@@ -56,7 +56,26 @@ def test_analyse_counts_each_kind_of_outcome() -> None:
         "failed": 1,
         "lost": 2,
         "wrong": 0,
+        "early": 0,
     }
+
+
+def test_a_task_failed_before_its_first_line_counts_only_if_its_worker_died_between_tasks() -> None:
+    # Worker 11 finished task 0 and was killed before task 1 wrote its start line: the pool
+    # had called task 1 (the journal's STARTED word), so failing it is the allowed failure.
+    # Worker 12 was killed in the middle of task 2, yet task 3 is blamed on it: lost.
+    # Worker 13 is blamed for task 4 but was never killed: lost.
+    log = "\n".join(
+        ["s 0 11", "d 0 11", "k 11", "s 2 12", "k 12", "s 5 13", "d 5 13", "s 6 13", "d 6 13"]
+    )
+    outcomes = {0: "ok", 1: "failed", 2: "failed", 3: "failed", 4: "failed", 5: "ok", 6: "ok"}
+    lost: list[int] = []
+    f = analyse(outcomes, log, 7, {1: 11, 2: 12, 3: 12, 4: 13}, lost)
+    assert (f["failed"], f["early"], f["lost"], f["once"]) == (2, 1, 2, 3)
+    assert lost == [3, 4]
+    # One kill excuses one task: a second unlogged failure on worker 11 is lost.
+    f = analyse({**outcomes, 3: "failed"}, log, 7, {1: 11, 2: 12, 3: 11, 4: 11})
+    assert (f["early"], f["lost"]) == (1, 2)
 
 
 def test_analyse_tells_a_rerun_after_a_kill_from_a_duplicate() -> None:

@@ -510,15 +510,17 @@ class Engine:
         recovered = self._recover(h)
         self._close_channel(h)
         h.proc.join()
-        exitcode = h.proc.exitcode
+        exitcode, pid = h.proc.exitcode, h.proc.pid
         try:
             h.proc.close()
         except (ValueError, OSError):
             pass
         self.handles.pop(h.wid, None)
         if h.wid in self.sched.workers:
+            # The pid in the name: what the OOM killer's log and ``ps`` speak of.
+            name = f"{h.name} (pid {pid})"
             self.sched.worker_exited(
-                h.wid, exitcode, peak_rss=h.peak, name=h.name, recovered=recovered
+                h.wid, exitcode, peak_rss=h.peak, name=name, recovered=recovered
             )
 
     def _recover(self, h: Handle) -> Recovered | None:
@@ -536,7 +538,7 @@ class Engine:
             # The journal speaks for an older batch: the head never started, unless
             # PARTIAL results of it came (then the journal could not be read right).
             return None if known else Recovered(head.bid, None)
-        return Recovered(head.bid, known + rest)
+        return Recovered(head.bid, known + rest.values, rest.started)
 
     def _close_channel(self, h: Handle) -> None:
         self._channel_gone(h)

@@ -10,8 +10,8 @@ syscall per task (a commit is one or two stores into the mapping)::
     ──────                                       ──────────────────────
     READY + the journal's fd (SCM_RIGHTS)  ────►  map it read-only (MADV_DONTFORK), close fd
     TASKS bid ◄──────────────────────────────────
-    begin(bid): zero the tags, BASE := 0, BID := bid
-    for each task i:  run it
+    begin(bid): STARTED := -1, zero the tags, BASE := 0, BID := bid
+    for each task i:  STARTED := j (= i - BASE), run it
         commit: value into slot j (= i - BASE), then tags[j] := kind   ◄── the commit point
                 (an int: the store into its slot is the commit)
         no room (slots, area) or no in-band pickle:
@@ -21,12 +21,14 @@ syscall per task (a commit is one or two stores into the mapping)::
                                                   ...
                                   death ──────►  drain the channel to EOF, then read the
                                                   journal: tasks [0, k) are finished (their
-                                                  values), task k was running (fails, or is
-                                                  retried), tasks after it never started
+                                                  values), task k was running if STARTED says
+                                                  it began (fails, or is retried), else it is
+                                                  re-queued; tasks after it never started
 
 Layout (native byte order; the two sides are one machine)::
 
-    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE
+    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE, [3] STARTED (the slot
+                 of the task last called: -1 before the first)
     TAGS         SLOTS bytes: the kind of slot j's value, 0 = not committed
     VALS         SLOTS int64 (or float64) words: the value, or for a blob the end offset,
                  or UNSET
@@ -51,7 +53,11 @@ Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
   buffer, which outlives the worker, so the parent reads them on its drain. Hence
   ``BASE <= len(partial results received)`` always, and if the journal names an
   older batch than the head of the worker's window, the head never started.
-* At most one task per worker is ever "running": begun but not committed. Only it
+* STARTED is stored just before a task is called (a plain store, no syscall), so a
+  worker killed after committing task k-1 and before calling task k leaves
+  STARTED = k-1 < k: task k never started and is re-queued, not failed. ``begin``
+  writes STARTED := -1 first, so a journal caught mid-``begin`` says "not started".
+* At most one task per worker is ever "running": called but not committed. Only it
   is lost when the worker dies; a task is never run twice unless ``retries=`` says so.
 
 A result too big for the area (or one carrying fds, or that only pickles out of
@@ -71,7 +77,7 @@ from typing import Any
 
 from .._serialize import fd_handle
 
-__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "journal_fd", "values_of"]
+__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "Recovery", "journal_fd", "values_of"]
 
 MAGIC = 0x706F6C796A726E31  # "polyjrn1"
 SLOTS = 4096  # tasks per journal (a batch longer than this flushes)
@@ -85,8 +91,8 @@ AREA_SIZE = SIZE - AREA
 EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB, STR, BYTES, MARSHAL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _FLAT = frozenset({int, float, str, bytes, bool, type(None)})
 _marshal = marshal.dumps
-_H_MAGIC, _H_BID, _H_BASE = 0, 1, 2
-_HEAD = struct.Struct("=3q")
+_H_MAGIC, _H_BID, _H_BASE, _H_STARTED = 0, 1, 2, 3
+_HEAD = struct.Struct("=4q")
 _ZEROS = bytes(SLOTS)
 UNSET = -(2**63)  # an int slot not yet written (an int result of this value is a blob)
 _UNSET_FILL = struct.pack("=q", UNSET) * SLOTS
@@ -137,10 +143,11 @@ class Journal:
         # One slot past the tasks it will hold is reset too: the reader stops there, not at
         # a stale slot of a longer batch before.
         k = min(n - base + 1, SLOTS)
+        head = self._head
+        head[_H_STARTED] = -1  # first: whatever slot it named belongs to the old span
         if k > 0:
             self.tags[:k] = _ZEROS[:k]
             self._words[: 8 * k] = _UNSET_FILL[: 8 * k]
-        head = self._head
         head[_H_BASE] = base
         head[_H_BID] = bid  # last: the journal now names this batch
 
@@ -193,12 +200,14 @@ class Journal:
         the journal cannot hold, returned as ``big`` (to be sent before the next task)."""
         self.begin(bid, lo, n)
         tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
+        head = self._head
         others: list[Any] = []  # results that are not ints, floats, None or bools, in order
         keep = others.append
         one = mode == ONE
         pos = 0  # end of the blobs in the area
         j = -1
         for j, a in enumerate(args[lo:hi] if lo or hi < n else args):  # noqa: B007
+            head[_H_STARTED] = j  # task j is being called: from here on it was running
             try:
                 if one:
                     v = fn(a)
@@ -317,6 +326,21 @@ def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
 _plain = pickle.dumps
 
 
+class Recovery:
+    """What a dead worker's journal says: ``values`` of the tasks it finished (from the
+    first not already known), and whether the task after them had been ``started``
+    (called: it was running when the worker died) or never began (re-queue it)."""
+
+    __slots__ = ("values", "started")
+
+    def __init__(self, values: list[Any], started: bool) -> None:
+        self.values = values
+        self.started = started
+
+    def __repr__(self) -> str:
+        return f"Recovery({self.values!r}, started={self.started})"
+
+
 class JournalReader:
     """The parent's side: a read-only mapping of a worker's journal, read after its death."""
 
@@ -330,8 +354,9 @@ class JournalReader:
         finally:
             os.close(fd)
 
-    def recover(self, bid: int, known: int, n: int | None = None) -> list[Any] | None:
-        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed.
+    def recover(self, bid: int, known: int, n: int | None = None) -> Recovery | None:
+        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed,
+        and whether the task after them was called.
 
         ``known`` results of the batch came in PARTIAL messages already. Returns None if
         the journal does not speak for ``bid`` (the batch never started) or cannot be read.
@@ -339,7 +364,7 @@ class JournalReader:
         mm = self.mm
         if mm is None:
             return None
-        magic, jbid, base = _HEAD.unpack_from(mm, 0)
+        magic, jbid, base, started = _HEAD.unpack_from(mm, 0)
         if magic != MAGIC or jbid != bid or not 0 <= base <= known:
             return None
         count = SLOTS if n is None else max(0, min(SLOTS, n - base))
@@ -367,7 +392,8 @@ class JournalReader:
             elif BLOB <= tag <= MARSHAL:
                 end = ivals[j]
                 if not pos <= end <= AREA_SIZE:
-                    break  # not a journal we wrote: trust nothing past here
+                    started = SLOTS  # not a journal we wrote: trust nothing past here,
+                    break  # and say the next task ran (the safe side: never run twice)
                 data = mm[AREA + pos : AREA + end]
                 if tag == BYTES:
                     v = data
@@ -377,13 +403,17 @@ class JournalReader:
                     v = _loads(data, tag == MARSHAL)
                 pos = end
             else:
+                started = SLOTS
                 break
             if base + j >= known:
                 out.append(v)
         ivals.release()
         fvals.release()
         words.release()
-        return out
+        # The next task (absolute index ``known + len(out)``) was called iff STARTED reached
+        # it: STARTED is stored before each call, so a worker killed between committing a
+        # task and calling the next leaves it one short (and -1 mid-``begin``).
+        return Recovery(out, base + started >= known + len(out))
 
     def close(self) -> None:
         if self.mm is not None:

@@ -335,6 +335,8 @@ class Scheduler:
                 head = None
             elif done is None:
                 head = self._unstarted(head, exitcode, slot.peak_rss, who)
+            elif not recovered.started:
+                head = self._died_between_tasks(head, done, exitcode, slot.peak_rss, who)
         if head is not None and head is slot.timed_out:
             self._timed_out(head, who)
         elif head is not None:
@@ -718,6 +720,20 @@ class Scheduler:
                 self.requeued.appendleft(one)
             return None
         return batch  # lost (or retried) like a task that was running
+
+    def _died_between_tasks(
+        self, batch: Batch, done: list[Any], exitcode: int | None, peak_rss: int | None, who: str
+    ) -> Batch | None:
+        """Its worker died after finishing ``done`` and before calling the next task: those
+        are delivered, the rest (the next one included: it never began) run again."""
+        pos = len(done)
+        if not pos:
+            return self._unstarted(batch, exitcode, peak_rss, who)
+        before = _slice(batch, 0, pos)
+        self._account(before, done)
+        self._complete(before, done)
+        self.requeued.appendleft(_slice(batch, pos, len(batch)))
+        return None
 
     def _account(self, batch: Batch, values: list[Any]) -> None:
         failed = sum(1 for v in values if type(v) is TaskError)

@@ -306,11 +306,13 @@ class Recovered:
     """What a dead worker's commit journal says about the head batch of its window.
 
     ``values`` None: the journal speaks for an older batch, so the head never started.
-    Otherwise the results of its first ``len(values)`` tasks; the next one was running.
+    Otherwise the results of its first ``len(values)`` tasks; the next one was running if
+    ``started`` (it had been called), else it never began (the worker died between tasks).
     """
 
     bid: int
     values: list[Any] | None
+    started: bool = True
 
 
 @dataclass(slots=True)
