@@ -45,11 +45,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_scenarios import RESULT, SIZES, STAGE, TAG_ENV, _status
+from chaos_scenarios import RESULT, SEGMENT, SIZES, STAGE, TAG_ENV, _status
 
 SCENARIOS = ("killer", "parent-kill", "sigint", "soak", "leaks", "hostile")
 START_METHODS = ("fork", "spawn", "forkserver")
-KILL_POINTS = ("pool-idle", "mid-map", "executor", "process", "manager", "closing")
+KILL_POINTS = ("pool-idle", "mid-map", "executor", "process", "manager", "shared-memory", "closing")
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def plan(quick: bool, scenarios: Sequence[str]) -> list[dict[str, Any]]:
                             }
                         )
         elif name == "parent-kill":
-            for point in ("mid-map", "manager") if quick else KILL_POINTS:
+            for point in ("mid-map", "manager", "shared-memory") if quick else KILL_POINTS:
                 cases.append({"scenario": name, "point": point})
         elif name == "sigint":
             for api in ("pool",) if quick else ("pool", "executor"):
@@ -251,12 +251,27 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
     drain.join(10)
     row.seconds = time.monotonic() - t0
     row.survivors = _survivors(tag, 5.0)
+    segments = [ln[len(SEGMENT) :].strip() for ln in out_lines if ln.startswith(SEGMENT)]
+    left = _segments_left(segments, 5.0)
+    if left:
+        row.problems.append(f"{len(left)} /dev/shm segments left: {', '.join(left)}")
     stderr = "".join(err_box)
     result = next(
         (json.loads(ln[len(RESULT) :]) for ln in reversed(out_lines) if ln.startswith(RESULT)), None
     )
     _judge(row, case, proc.returncode, result, stderr)
     return row
+
+
+def _segments_left(names: list[str], grace: float) -> list[str]:
+    """Named segments the case made that still exist ``grace`` seconds after it ended
+    (after a kill -9, their tracker unlinks them when it sees its owner's pipe close)."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = [n for n in names if os.path.exists(f"/dev/shm/{n.lstrip('/')}")]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)  # polling for another process's unlink
 
 
 def _hang(proc: subprocess.Popen[str], row: Row) -> None:

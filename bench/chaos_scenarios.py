@@ -27,6 +27,7 @@ SIZES = {"small": 0, "1KiB": 1 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20}
 TAG_ENV = "POLYPROC_CHAOS_TAG"
 RESULT = "CHAOS_RESULT "
 STAGE = "CHAOS_STAGE "
+SEGMENT = "CHAOS_SEGMENT "  # a named /dev/shm segment the case made: gone once it ends
 _INFRA = ("polyproc-fsrv", "polyproc-spare")  # shared template and spare interpreters
 _SHM_PREFIXES = ("psm_", "polyproc", "pp_")
 
@@ -346,6 +347,17 @@ def child_parent_kill(case: dict[str, Any]) -> dict[str, Any]:
         stage(point)
         for p in procs:
             p.join()
+    elif point == "shared-memory":
+        from polyproc.shared_memory import SharedMemory
+
+        shm = SharedMemory(create=True, size=1 << 20)  # named: /dev/shm, until unlinked
+        shm.buf[:3] = b"abc"
+        print(SEGMENT + shm.name, flush=True)
+        with polyproc.Pool(2) as pool:
+            it = pool.imap(_sleepy, [0.01] + [0.5] * 20)
+            next(it)
+            stage(point)  # killed here: the segment's tracker must unlink it
+            list(it)
     elif point == "manager":
         m = polyproc.Manager()
         d = m.dict()

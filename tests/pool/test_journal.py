@@ -16,6 +16,8 @@ from polyproc._pool import journal as jr
 from polyproc._pool.messages import TaskError
 from polyproc._serialize import DEFAULT_SERIALIZER
 
+pickle_dumps = DEFAULT_SERIALIZER.dumps_bytes
+
 
 class _Probe:
     """A task function that, at each task, records what the journal says so far."""
@@ -226,3 +228,30 @@ def test_a_full_span_says_the_next_task_never_began() -> None:
 def test_empty_and_short_batches(n: int) -> None:
     _, out, final = _run(list(range(n)))
     assert out == list(range(n)) and final == list(range(n))
+
+
+def test_a_batch_of_marshalled_results_travels_as_one_marshalled_list() -> None:
+    """Tuples, text, small bytes, lists and dicts of scalars are committed by marshal; when
+    every result of a batch is, RESULTS carries the journal's blobs as one marshalled list
+    (no second pickle of the values), and ``values_of`` gives them back exactly."""
+    values: list[Any] = [(i, "k") for i in range(50)] + ["s", b"b", [1, (2, "x")], {"a": 1.5}]
+    j = jr.Journal()
+    try:
+        rest = j.run(lambda x: x, 0, values, 1, lambda b, v: True, TaskError.capture, pickle_dumps)
+    finally:
+        j.close()
+    assert type(rest) is tuple  # the marshalled form, not a list
+    assert rest is not None and jr.values_of(rest) == values
+    with pytest.raises(ValueError):
+        jr.values_of(("x", b""))
+
+
+def test_shapes_marshal_would_change_are_pickled() -> None:
+    """marshal turns a bytearray into bytes and loses shared mutable members: those pickle."""
+    shared = [1]
+    values: list[Any] = [(1, bytearray(b"x")), [shared, shared], {"k": [1]}, [bytearray(b"y")]]
+    _, out, final = _run(values)
+    for got in (out, final):
+        assert got is not None and got == values
+        assert type(got[0][1]) is bytearray and type(got[3][0]) is bytearray
+        assert got[1][0] is got[1][1]  # still one list, as pickle keeps it

@@ -599,8 +599,8 @@ class Engine:
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
-            if type(values) is bytes:
-                values = values_of(values)  # an all-int batch: its int64s (journal.py)
+            if type(values) is not list:
+                values = values_of(values)  # an all-int or all-marshal batch (journal.py)
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
             if h.partial:

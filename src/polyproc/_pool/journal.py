@@ -38,7 +38,8 @@ Kinds: an int is the slot itself with tag 0: ``begin`` fills the slots with UNSE
 (-2**63), so storing the value *is* the commit, one store (an int equal to UNSET, or
 too big for int64, takes the blob path). FLOAT holds the value in the slot plus its
 tag; NONE/TRUE/FALSE only the tag; BLOB a pickle in the area ending at the slot's
-offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL a flat tuple of scalars. A task is committed once its tag
+offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL text, small bytes, or a
+tuple, list or dict of scalars, marshalled (version 2). A task is committed once its tag
 is set or its slot no longer holds UNSET.
 
 Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
@@ -91,6 +92,13 @@ AREA_SIZE = SIZE - AREA
 EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB, STR, BYTES, MARSHAL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _FLAT = frozenset({int, float, str, bytes, bool, type(None)})
 _marshal = marshal.dumps
+_SMALL_BYTES = 4096  # bytes up to this are marshalled (a copy more), bigger ones go raw
+_SHALLOW = 64  # members of a container worth checking for marshal (past it: pickle)
+_LIST = b"["  # marshal's list type code (version 2: no reference flag)
+_MARSHALLED = "m"  # RESULTS values ``("m", marshalled list)``: see ``values_of``
+#: A batch's values as RESULTS carries them: a list, an all-int batch's int64s, or an
+#: all-marshal batch's marshalled list (``Journal._collect``; ``values_of`` reads each).
+Values = list[Any] | bytes | tuple[str, bytes]
 _H_MAGIC, _H_BID, _H_BASE, _H_STARTED = 0, 1, 2, 3
 _HEAD = struct.Struct("=4q")
 _ZEROS = bytes(SLOTS)
@@ -160,10 +168,11 @@ class Journal:
         flush: Callable[[int, list[Any]], bool],
         capture: Callable[[BaseException], Any],
         dumps: Callable[[Any], bytes],
-    ) -> list[Any] | bytes | None:
+    ) -> Values | None:
         """Run one batch; return the values not yet sent (``None``: the channel is gone).
 
-        The values come back as a list, or, when every one is an int that the journal
+        The values come back as a list, or, when every one is marshalled in the journal,
+        as that marshalled list (``("m", bytes)``), or, when every one is an int that the journal
         holds in place, as those int64s' bytes (``values_of`` reads either): the parent
         then rebuilds them at C speed instead of unpickling a list.
         ``flush(bid, values)`` sends a PARTIAL message and returns False if it could not.
@@ -237,29 +246,27 @@ class Journal:
             elif t is bool:
                 tags[j] = TRUE if v else FALSE
                 continue
-            kind = BLOB
-            if t is str:
-                try:
-                    blob = v.encode()
-                    kind = STR
-                except UnicodeEncodeError:  # lone surrogates: pickle keeps them
-                    blob = _blob(dumps, v, AREA_SIZE - pos)
+            # Text, small bytes, and tuples, lists and dicts of scalars (``(key, value)``,
+            # the map-reduce shape): marshal, about twice as fast as pickle and exact for
+            # exact builtin types (not for a bytearray or memoryview, which it would turn
+            # into bytes, nor for shared mutable members: those pickle). Version 2 has no
+            # back-references, so a span's blobs concatenate into one marshalled list.
+            kind = MARSHAL
+            blob: bytes | None
+            if t is str or (t is bytes and len(v) <= _SMALL_BYTES):
+                blob = _marshal(v, 2)
+            elif t is tuple and len(v) == 2 and type(v[0]) in _FLAT and type(v[1]) in _FLAT:
+                blob = _marshal(v, 2)  # a pair, the commonest shape: checked inline
+            elif (t is tuple or t is list) and _shallow(v):
+                blob = _marshal(v, 2)
+            elif t is dict and _shallow_dict(v):
+                blob = _marshal(v, 2)
             elif t is bytes and len(v) < AREA_SIZE - pos:
                 blob = v
                 kind = BYTES
-            elif t is tuple:
-                # A flat tuple of scalars (``(key, value)``, the map-reduce shape): marshal,
-                # about twice as fast as pickle and exact for these types (not for a nested
-                # bytearray or memoryview, which it would turn into bytes: those pickle).
-                for x in v:
-                    if type(x) not in _FLAT:
-                        blob = _blob(dumps, v, AREA_SIZE - pos)
-                        break
-                else:
-                    blob = _marshal(v)
-                    kind = MARSHAL
             else:
                 blob = _blob(dumps, v, AREA_SIZE - pos)
+                kind = BLOB
             if blob is None or len(blob) > AREA_SIZE - pos:
                 return j + 1, others, v  # too big, or it needs fds: the channel takes it
             end = pos + len(blob)
@@ -270,12 +277,19 @@ class Journal:
             keep(v)
         return j + 1, others, _NOTHING
 
-    def _collect(self, k: int, others: list[Any], raw: bool) -> list[Any] | bytes:
+    def _collect(self, k: int, others: list[Any], raw: bool) -> Values:
         """The values of the span's first ``k`` tasks, from the journal (and ``others``)."""
         tags = self.tags[:k].tobytes()
         if not tags.count(0) - k:
             data = self.ivals[:k]
             return data.tobytes() if raw else data.tolist()
+        if raw and tags.count(MARSHAL) == k:
+            # Every value is a marshal blob, back to back in the area: together they are
+            # the body of a marshalled list. Send that, not a second pickle of the values.
+            return (
+                _MARSHALLED,
+                b"".join((_LIST + k.to_bytes(4, "little"), self.area[: self.ivals[k - 1]])),
+            )
         if tags.count(FLOAT) == k:
             return self.fvals[:k].tolist()
         ivals, fvals = self.ivals, self.fvals
@@ -421,11 +435,44 @@ class JournalReader:
             self.mm = None
 
 
-def values_of(values: list[Any] | bytes) -> list[Any]:
-    """A RESULTS message's values: a list, or the int64s of an all-int batch (``Journal.run``)."""
+def values_of(values: Values) -> list[Any]:
+    """A RESULTS message's values: a list, the int64s of an all-int batch, or the marshalled
+    list of an all-marshal batch (``Journal._collect``)."""
+    if type(values) is list:
+        return values
     if type(values) is bytes:
         return memoryview(values).cast("q").tolist()
-    return values  # type: ignore[return-value]
+    tag, body = values
+    if tag != _MARSHALLED or type(body) is not bytes:
+        raise ValueError(f"not a batch's values: {tag!r}")
+    out = marshal.loads(body)
+    if type(out) is not list:
+        raise ValueError("not a batch's values: not a list")
+    return out
+
+
+def _shallow(v: tuple[Any, ...] | list[Any]) -> bool:
+    """Is ``v`` scalars and tuples of scalars only, of exact builtin types (marshal is exact)?"""
+    if len(v) > _SHALLOW:
+        return False
+    for x in v:
+        t = type(x)
+        if t not in _FLAT:
+            if t is not tuple or len(x) > _SHALLOW:
+                return False
+            for y in x:
+                if type(y) not in _FLAT:
+                    return False
+    return True
+
+
+def _shallow_dict(v: dict[Any, Any]) -> bool:
+    if len(v) > _SHALLOW:
+        return False
+    for key, x in v.items():
+        if type(key) not in _FLAT or type(x) not in _FLAT:
+            return False
+    return True
 
 
 def _loads(blob: bytes, marshalled: bool = False) -> Any:
