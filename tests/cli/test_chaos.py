@@ -168,10 +168,10 @@ def test_one_tiny_scenario_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("fork ")]
-    assert len(rows) == 3 and all(ln.endswith("ok") for ln in rows), out.stdout
+    assert len(rows) == 4 and all(ln.endswith("ok") for ln in rows), out.stdout
     assert "survivors 0" in rows[1]  # the parent was killed -9; nothing it started lived on
-    assert "3 of 3 cases passed" in out.stdout
-    assert report.read_text().count('"ok": true') == 3
+    assert "4 of 4 cases passed" in out.stdout
+    assert report.read_text().count('"ok": true') == 4
 
 
 def test_polyproc_chaos_runs_the_checkouts_suite(capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,3 +194,16 @@ def test_survivors_are_found_by_their_tag_and_killed() -> None:
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_a_segment_left_after_a_case_is_a_failure() -> None:
+    """A case names its named segments (``CHAOS_SEGMENT``); one still in /dev/shm after
+    the grace (its owner was killed -9 and nothing unlinked it) fails the row."""
+    name = "psm_chaos_" + os.urandom(6).hex()
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        assert chaos._segments_left([name, "/" + name], 0.1) == [name, "/" + name]
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    assert chaos._segments_left([name], 0.1) == []
