@@ -150,6 +150,7 @@ class Row:
     seconds: float = 0.0
     extra: str = ""
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the log says of odd tasks (JSON only)
 
     @property
     def ok(self) -> bool:
@@ -312,6 +313,7 @@ def _judge(
         return
     row.fds = int(result.get("fds", 0))
     row.extra = str(result.get("extra", ""))
+    row.notes = [str(n) for n in result.get("notes", [])]
     row.problems += list(result.get("problems", []))
     if s == "killer":
         for k in ("tasks", "once", "lost", "duplicated", "failed", "retried"):

@@ -38,6 +38,7 @@ def analyse(
     tasks: int,
     blamed: dict[int, int] | None = None,
     lost: list[int] | None = None,
+    early: list[int] | None = None,
 ) -> dict[str, int]:
     """Per-task figures from the outcomes the parent saw and the execution log.
 
@@ -54,7 +55,8 @@ def analyse(
     that worker was killed between tasks: its last line before ``k PID`` is a ``d``
     (it had finished its last task, so the one it was handed next was the running
     one, killed before its first line). Otherwise it is *lost*: the pool failed a
-    task that never began, or blamed the wrong one. Lost tasks are appended to ``lost``.
+    task that never began, or blamed the wrong one. Lost tasks are appended to ``lost``,
+    early ones to ``early``.
     """
     blamed = blamed or {}
     last_line: dict[int, str] = {}  # worker pid -> "s" or "d", its latest line
@@ -113,6 +115,8 @@ def analyse(
             killed_between.discard(blamed[i])  # one kill excuses one task
             counts["failed"] += 1  # killed after the call began, before its first line
             counts["early"] += 1
+            if early is not None:
+                early.append(i)
         elif out == "wrong":
             counts["wrong"] += 1
         else:  # no outcome, an error that is not "its worker died", or failed unstarted
@@ -229,11 +233,13 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     args = [(i, size, path) for i in range(n)]
     outcomes: dict[int, str] = {}
     blamed: dict[int, int] = {}  # failed task -> the pid its WorkerLostError names
+    errors: dict[int, str] = {}
     problems: list[str] = []
     stop, kills = threading.Event(), [0]
 
     def failed(i: int, exc: BaseException) -> None:
         outcomes[i] = "failed"
+        errors[i] = str(exc)
         m = re.search(r"\(pid (\d+)\)", str(exc))
         if m:
             blamed[i] = int(m.group(1))
@@ -282,7 +288,8 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
         log = fh.read()
     os.unlink(path)
     lost: list[int] = []
-    figures = analyse(outcomes, log, n, blamed, lost)
+    early: list[int] = []
+    figures = analyse(outcomes, log, n, blamed, lost, early)
     gc.collect()
     after = fd_count()
     extra = f"kills {kills[0]}"
@@ -291,7 +298,16 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     if figures["lost"]:
         # What the log says of each lost task, for whoever reads the figures.
         extra += "; lost: " + " | ".join(_story(i, outcomes, blamed, log) for i in lost[:3])
-    return {**figures, "fds": after - before, "problems": problems, "extra": extra}
+    notes = [
+        _story(i, outcomes, blamed, log) + f" ({errors.get(i, '')[:160]})" for i in lost + early
+    ]
+    return {
+        **figures,
+        "fds": after - before,
+        "problems": problems,
+        "extra": extra,
+        "notes": notes[:20],
+    }
 
 
 def _story(i: int, outcomes: dict[int, str], blamed: dict[int, int], log: str) -> str:

@@ -255,3 +255,17 @@ def test_shapes_marshal_would_change_are_pickled() -> None:
         assert got is not None and got == values
         assert type(got[0][1]) is bytearray and type(got[3][0]) is bytearray
         assert got[1][0] is got[1][1]  # still one list, as pickle keeps it
+
+
+def test_state_says_whether_the_worker_was_loading_a_batch() -> None:
+    j, reader = _pair()
+    try:
+        j.waiting()
+        assert not reader.loading()  # died waiting: not the batch's fault
+        j.loading()
+        assert reader.loading()  # died reading or unpickling it: maybe its fault
+        j.begin(1, 0, 3)
+        assert not reader.loading()  # loaded; ``begin`` ran
+    finally:
+        j.close()
+        reader.close()

@@ -537,7 +537,7 @@ class Engine:
         if rest is None:
             # The journal speaks for an older batch: the head never started, unless
             # PARTIAL results of it came (then the journal could not be read right).
-            return None if known else Recovered(head.bid, None)
+            return None if known else Recovered(head.bid, None, loading=h.journal.loading())
         return Recovered(head.bid, known + rest.values, rest.started)
 
     def _close_channel(self, h: Handle) -> None:

@@ -58,6 +58,11 @@ Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
   worker killed after committing task k-1 and before calling task k leaves
   STARTED = k-1 < k: task k never started and is re-queued, not failed. ``begin``
   writes STARTED := -1 first, so a journal caught mid-``begin`` says "not started".
+* STATE says whether the worker was WAITING for a batch, LOADING one (set once it has
+  arrived, before it is read and unpickled) or RUNNING one (set by ``begin``). Only a
+  death while LOADING counts against the batch the parent was about to run there (the
+  guard against an argument that kills every worker that unpickles it); a batch whose
+  worker died waiting, or after ``begin`` and before its first call, is re-queued as is.
 * At most one task per worker is ever "running": called but not committed. Only it
   is lost when the worker dies; a task is never run twice unless ``retries=`` says so.
 
@@ -99,8 +104,13 @@ _MARSHALLED = "m"  # RESULTS values ``("m", marshalled list)``: see ``values_of`
 #: A batch's values as RESULTS carries them: a list, an all-int batch's int64s, or an
 #: all-marshal batch's marshalled list (``Journal._collect``; ``values_of`` reads each).
 Values = list[Any] | bytes | tuple[str, bytes]
-_H_MAGIC, _H_BID, _H_BASE, _H_STARTED = 0, 1, 2, 3
+_H_MAGIC, _H_BID, _H_BASE, _H_STARTED, _H_STATE = 0, 1, 2, 3, 4
 _HEAD = struct.Struct("=4q")
+#: What the worker is doing between batches (header word STATE): a death while WAITING
+#: for the next batch, or after ``begin``, is no fault of the batch it was about to get;
+#: a death while LOADING one (reading it, unpickling its function and arguments) may be.
+WAITING, LOADING, RUNNING = 0, 1, 2
+_WORD = struct.Struct("=q")
 _ZEROS = bytes(SLOTS)
 UNSET = -(2**63)  # an int slot not yet written (an int result of this value is a blob)
 _UNSET_FILL = struct.pack("=q", UNSET) * SLOTS
@@ -153,11 +163,20 @@ class Journal:
         k = min(n - base + 1, SLOTS)
         head = self._head
         head[_H_STARTED] = -1  # first: whatever slot it named belongs to the old span
+        head[_H_STATE] = RUNNING
         if k > 0:
             self.tags[:k] = _ZEROS[:k]
             self._words[: 8 * k] = _UNSET_FILL[: 8 * k]
         head[_H_BASE] = base
         head[_H_BID] = bid  # last: the journal now names this batch
+
+    def waiting(self) -> None:
+        """Between batches: about to wait for the next one."""
+        self._head[_H_STATE] = WAITING
+
+    def loading(self) -> None:
+        """A batch has arrived: about to read and unpickle it."""
+        self._head[_H_STATE] = LOADING
 
     def run(
         self,
@@ -428,6 +447,15 @@ class JournalReader:
         # it: STARTED is stored before each call, so a worker killed between committing a
         # task and calling the next leaves it one short (and -1 mid-``begin``).
         return Recovery(out, base + started >= known + len(out))
+
+    def loading(self) -> bool:
+        """Did the worker die while loading a batch (reading or unpickling it), rather than
+        while waiting for one or running one? Only such a death may be the batch's fault."""
+        mm = self.mm
+        if mm is None:
+            return True  # cannot tell: as if it were (the batch gets a strike)
+        magic, state = _WORD.unpack_from(mm, 0)[0], _WORD.unpack_from(mm, 8 * _H_STATE)[0]
+        return bool(magic != MAGIC or state == LOADING)
 
     def close(self) -> None:
         if self.mm is not None:

@@ -333,10 +333,19 @@ class Scheduler:
                 self._account(head, done[: len(head)])
                 self._complete(head, done[: len(head)])
                 head = None
-            elif done is None:
+            elif head.waits < _PATIENCE and (
+                (done is None and not recovered.loading) or (done == [] and not recovered.started)
+            ):
+                # It died waiting for the batch, or after loading it and before calling its
+                # first task: nothing of the batch ran or killed it (journal.py, STATE).
+                head.waits += 1
+                self.requeued.appendleft(head)
+                head = None
+            elif done is None or (done == [] and not recovered.started):
                 head = self._unstarted(head, exitcode, slot.peak_rss, who)
             elif not recovered.started:
-                head = self._died_between_tasks(head, done, exitcode, slot.peak_rss, who)
+                self._died_between_tasks(head, done)
+                head = None
         if head is not None and head is slot.timed_out:
             self._timed_out(head, who)
         elif head is not None:
@@ -721,19 +730,14 @@ class Scheduler:
             return None
         return batch  # lost (or retried) like a task that was running
 
-    def _died_between_tasks(
-        self, batch: Batch, done: list[Any], exitcode: int | None, peak_rss: int | None, who: str
-    ) -> Batch | None:
+    def _died_between_tasks(self, batch: Batch, done: list[Any]) -> None:
         """Its worker died after finishing ``done`` and before calling the next task: those
         are delivered, the rest (the next one included: it never began) run again."""
         pos = len(done)
-        if not pos:
-            return self._unstarted(batch, exitcode, peak_rss, who)
         before = _slice(batch, 0, pos)
         self._account(before, done)
         self._complete(before, done)
         self.requeued.appendleft(_slice(batch, pos, len(batch)))
-        return None
 
     def _account(self, batch: Batch, values: list[Any]) -> None:
         failed = sum(1 for v in values if type(v) is TaskError)
@@ -790,6 +794,11 @@ class Scheduler:
             # They finished, but without a journal their results died with the worker.
             self.requeued.appendleft(before)
 
+
+#: Deaths of a worker a batch may wait out before it starts (its worker waiting for it, or
+#: between loading it and its first call) without a strike against it: a guard for a worker
+#: that dies on its own whatever it is given (a thread its initializer started, say).
+_PATIENCE = 8
 
 #: Input bytes a credit job may have pulled ahead of its consumer, per worker: 1 MiB
 #: items stop at 2 per worker (issue #14 asks for at most 4), enough to keep each busy.

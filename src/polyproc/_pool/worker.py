@@ -166,6 +166,12 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
         # results die with it (only ``fns`` keeps functions, and only those the parent
         # names by fid: module-level ones, which their module keeps alive anyway).
         try:
+            if journal is not None:
+                # Waiting, then loading: a death in between is no fault of the batch
+                # (journal.py, STATE). One poll per batch, none if it is already buffered.
+                journal.waiting()
+                chan.poll(None)
+                journal.loading()
             msg = chan.recv()
         except (EOFError, OSError):
             return  # the parent went away: nothing to report to
