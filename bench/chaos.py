@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_scenarios import RESULT, SEGMENT, SIZES, STAGE, TAG_ENV, _status
+from chaos_scenarios import PROGRESS, RESULT, SEGMENT, SIZES, STAGE, TAG_ENV, _status
 
 SCENARIOS = ("killer", "parent-kill", "sigint", "soak", "leaks", "hostile")
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -118,8 +118,13 @@ def label(case: dict[str, Any]) -> str:
     return f"hostile {case['connections']} connections"
 
 
+#: Seconds any case may take in all, progress or not.
+CAP = 600.0
+
+
 def watchdog(case: dict[str, Any], quick: bool) -> float:
-    """Seconds a case may take before it counts as a hang."""
+    """Seconds a case may go without progress (a killer case: without a result; any
+    other: in all) before it counts as a hang."""
     if case["scenario"] == "soak":
         return 60.0 if quick else 300.0
     if case["scenario"] == "killer":
@@ -236,17 +241,27 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
     err_box: list[str] = []
     drain = threading.Thread(target=lambda: err_box.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
     drain.start()
-    timer = threading.Timer(limit, _hang, (proc, row))
-    timer.start()
+    # A hang is no progress within ``limit``: a killer case reports each result it takes
+    # (``progress``), so a slow run on a loaded machine (spawn workers booting while the
+    # killer fires every 50 ms) is told from a stuck one; ``CAP`` bounds any case.
+    timers = [threading.Timer(limit, _hang, (proc, row)), threading.Timer(CAP, _hang, (proc, row))]
+    for t in timers:
+        t.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                timers[0].cancel()
+                timers[0] = threading.Timer(limit, _hang, (proc, row))
+                timers[0].start()
+                continue
             out_lines.append(line)
             if line.startswith(STAGE):
                 _on_stage(case, line[len(STAGE) :].strip(), proc)
         proc.wait()
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     if "_sigint_at" in case:
         row.extra = f"exited {time.monotonic() - case.pop('_sigint_at'):.1f} s after Ctrl+C"
     drain.join(10)

@@ -27,6 +27,7 @@ SIZES = {"small": 0, "1KiB": 1 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20}
 TAG_ENV = "POLYPROC_CHAOS_TAG"
 RESULT = "CHAOS_RESULT "
 STAGE = "CHAOS_STAGE "
+PROGRESS = "CHAOS_PROGRESS"  # a killer case took one more result (the watchdog's heartbeat)
 SEGMENT = "CHAOS_SEGMENT "  # a named /dev/shm segment the case made: gone once it ends
 _INFRA = ("polyproc-fsrv", "polyproc-spare")  # shared template and spare interpreters
 _SHM_PREFIXES = ("psm_", "polyproc", "pp_")
@@ -238,6 +239,7 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     stop, kills = threading.Event(), [0]
 
     def failed(i: int, exc: BaseException) -> None:
+        print(PROGRESS, flush=True)
         outcomes[i] = "failed"
         errors[i] = str(exc)
         m = re.search(r"\(pid (\d+)\)", str(exc))
@@ -245,6 +247,7 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
             blamed[i] = int(m.group(1))
 
     def judge(i: int, value: Any) -> None:
+        print(PROGRESS, flush=True)
         j, payload = value
         good = j == i and (payload == i if not size else len(payload) == size)
         outcomes[i] = "ok" if good else "wrong"
