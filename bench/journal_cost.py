@@ -6,7 +6,7 @@
 
 Each line runs in a fresh interpreter, interleaved run by run so that load on the
 machine falls on all of them alike: the stdlib's ``multiprocessing.Pool``, polyproc
-from ``--base`` (a checkout's ``src``, e.g. main's), polyproc from this checkout,
+from ``--base`` if given (another checkout's ``src``, e.g. main's), polyproc from this checkout,
 and this checkout with the journal switched off (what the journal itself costs).
 All under fork. Each run: a warm-up map, then the best of 3 maps per shape; the
 figure is the median over runs, in milliseconds. Results of each shape: ``x * 2``
@@ -84,10 +84,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=100_000)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--base", type=Path, default=Path("/work/main/src"), help="base polyproc src")
+    p.add_argument("--base", type=Path, help="another checkout's src/ to compare (e.g. main's)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    impls = {"stdlib": None, "base": args.base, "this": HERE, "no-journal": HERE}
+    impls: dict[str, Path | None] = {"stdlib": None, "this": HERE, "no-journal": HERE}
+    if args.base is not None:
+        impls = {"stdlib": None, "base": args.base, "this": HERE, "no-journal": HERE}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in impls}
     for _ in range(args.runs):
         for impl, src in impls.items():
@@ -110,13 +112,20 @@ def main() -> int:
         impl: {s: statistics.median(r[s] for r in rs) for s in SHAPES} for impl, rs in runs.items()
     }
     print(f"Pool(2).map of {args.tasks:,} tasks, fork, median of {args.runs} runs (ms)")
-    print(f"{'shape':<8}" + "".join(f"{impl:>12}" for impl in impls) + "   this/stdlib  this/base")
+    base = "base" in impls
+    print(
+        f"{'shape':<8}"
+        + "".join(f"{impl:>12}" for impl in impls)
+        + "   this/stdlib"
+        + ("  this/base" if base else "")
+    )
     for s in SHAPES:
         row = medians
         print(
             f"{s:<8}"
             + "".join(f"{row[impl][s]:12.0f}" for impl in impls)
-            + f"   {row['this'][s] / row['stdlib'][s]:11.2f}  {row['this'][s] / row['base'][s]:9.2f}"
+            + f"   {row['this'][s] / row['stdlib'][s]:11.2f}"
+            + (f"  {row['this'][s] / row['base'][s]:9.2f}" if base else "")
         )
     if args.json:
         args.json.write_text(json.dumps({"tasks": args.tasks, "runs": runs, "medians": medians}))
