@@ -45,11 +45,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_scenarios import RESULT, SIZES, STAGE, TAG_ENV, _status
+from chaos_scenarios import PROGRESS, RESULT, SEGMENT, SIZES, STAGE, TAG_ENV, _status
 
 SCENARIOS = ("killer", "parent-kill", "sigint", "soak", "leaks", "hostile")
 START_METHODS = ("fork", "spawn", "forkserver")
-KILL_POINTS = ("pool-idle", "mid-map", "executor", "process", "manager", "closing")
+KILL_POINTS = ("pool-idle", "mid-map", "executor", "process", "manager", "shared-memory", "closing")
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def plan(quick: bool, scenarios: Sequence[str]) -> list[dict[str, Any]]:
                             }
                         )
         elif name == "parent-kill":
-            for point in ("mid-map", "manager") if quick else KILL_POINTS:
+            for point in ("mid-map", "manager", "shared-memory") if quick else KILL_POINTS:
                 cases.append({"scenario": name, "point": point})
         elif name == "sigint":
             for api in ("pool",) if quick else ("pool", "executor"):
@@ -118,8 +118,13 @@ def label(case: dict[str, Any]) -> str:
     return f"hostile {case['connections']} connections"
 
 
+#: Seconds any case may take in all, progress or not.
+CAP = 600.0
+
+
 def watchdog(case: dict[str, Any], quick: bool) -> float:
-    """Seconds a case may take before it counts as a hang."""
+    """Seconds a case may go without progress (a killer case: without a result; any
+    other: in all) before it counts as a hang."""
     if case["scenario"] == "soak":
         return 60.0 if quick else 300.0
     if case["scenario"] == "killer":
@@ -150,6 +155,7 @@ class Row:
     seconds: float = 0.0
     extra: str = ""
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the log says of odd tasks (JSON only)
 
     @property
     def ok(self) -> bool:
@@ -235,28 +241,53 @@ def run_case(method: str, case: dict[str, Any], quick: bool, seed: int) -> Row:
     err_box: list[str] = []
     drain = threading.Thread(target=lambda: err_box.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
     drain.start()
-    timer = threading.Timer(limit, _hang, (proc, row))
-    timer.start()
+    # A hang is no progress within ``limit``: a killer case reports each result it takes
+    # (``progress``), so a slow run on a loaded machine (spawn workers booting while the
+    # killer fires every 50 ms) is told from a stuck one; ``CAP`` bounds any case.
+    timers = [threading.Timer(limit, _hang, (proc, row)), threading.Timer(CAP, _hang, (proc, row))]
+    for t in timers:
+        t.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                timers[0].cancel()
+                timers[0] = threading.Timer(limit, _hang, (proc, row))
+                timers[0].start()
+                continue
             out_lines.append(line)
             if line.startswith(STAGE):
                 _on_stage(case, line[len(STAGE) :].strip(), proc)
         proc.wait()
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     if "_sigint_at" in case:
         row.extra = f"exited {time.monotonic() - case.pop('_sigint_at'):.1f} s after Ctrl+C"
     drain.join(10)
     row.seconds = time.monotonic() - t0
     row.survivors = _survivors(tag, 5.0)
+    segments = [ln[len(SEGMENT) :].strip() for ln in out_lines if ln.startswith(SEGMENT)]
+    left = _segments_left(segments, 5.0)
+    if left:
+        row.problems.append(f"{len(left)} /dev/shm segments left: {', '.join(left)}")
     stderr = "".join(err_box)
     result = next(
         (json.loads(ln[len(RESULT) :]) for ln in reversed(out_lines) if ln.startswith(RESULT)), None
     )
     _judge(row, case, proc.returncode, result, stderr)
     return row
+
+
+def _segments_left(names: list[str], grace: float) -> list[str]:
+    """Named segments the case made that still exist ``grace`` seconds after it ended
+    (after a kill -9, their tracker unlinks them when it sees its owner's pipe close)."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = [n for n in names if os.path.exists(f"/dev/shm/{n.lstrip('/')}")]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)  # polling for another process's unlink
 
 
 def _hang(proc: subprocess.Popen[str], row: Row) -> None:
@@ -297,6 +328,7 @@ def _judge(
         return
     row.fds = int(result.get("fds", 0))
     row.extra = str(result.get("extra", ""))
+    row.notes = [str(n) for n in result.get("notes", [])]
     row.problems += list(result.get("problems", []))
     if s == "killer":
         for k in ("tasks", "once", "lost", "duplicated", "failed", "retried"):

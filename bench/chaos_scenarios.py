@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -26,11 +27,20 @@ SIZES = {"small": 0, "1KiB": 1 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20}
 TAG_ENV = "POLYPROC_CHAOS_TAG"
 RESULT = "CHAOS_RESULT "
 STAGE = "CHAOS_STAGE "
+PROGRESS = "CHAOS_PROGRESS"  # a killer case took one more result (the watchdog's heartbeat)
+SEGMENT = "CHAOS_SEGMENT "  # a named /dev/shm segment the case made: gone once it ends
 _INFRA = ("polyproc-fsrv", "polyproc-spare")  # shared template and spare interpreters
 _SHM_PREFIXES = ("psm_", "polyproc", "pp_")
 
 
-def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
+def analyse(
+    outcomes: dict[int, str],
+    log: str,
+    tasks: int,
+    blamed: dict[int, int] | None = None,
+    lost: list[int] | None = None,
+    early: list[int] | None = None,
+) -> dict[str, int]:
     """Per-task figures from the outcomes the parent saw and the execution log.
 
     The log has ``s TASK PID`` (a run starts), ``d TASK PID`` (its work is done) and
@@ -40,7 +50,18 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
     so only the task a worker was on when it died may run again. A second run of a
     committed task is *duplicated*; a second run after a kill that found the task
     still the worker's last one is *retried* (its result died with the worker).
+
+    ``blamed`` maps a failed task to the pid its ``WorkerLostError`` names. A failed
+    task with no start line is the allowed failure (*early*: counted failed) only if
+    that worker was killed between tasks: its last line before ``k PID`` is a ``d``
+    (it had finished its last task, so the one it was handed next was the running
+    one, killed before its first line). Otherwise it is *lost*: the pool failed a
+    task that never began, or blamed the wrong one. Lost tasks are appended to ``lost``,
+    early ones to ``early``.
     """
+    blamed = blamed or {}
+    last_line: dict[int, str] = {}  # worker pid -> "s" or "d", its latest line
+    killed_between: set[int] = set()  # workers killed after a "d", before the next "s"
     starts: Counter[int] = Counter()
     dones: Counter[int] = Counter()
     committed: set[int] = set()
@@ -52,9 +73,12 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
             continue
         if f[0] == "k":
             last.pop(int(f[1]), None)  # its last task may be re-run: not committed
+            if last_line.get(int(f[1])) == "d":
+                killed_between.add(int(f[1]))
             continue
         task = int(f[1])
         pid = int(f[2]) if len(f) > 2 else -1
+        last_line[pid] = f[0]
         if f[0] == "s":
             if task in committed:
                 duplicated.add(task)
@@ -76,6 +100,7 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
         "failed": 0,
         "retried": 0,
         "wrong": 0,
+        "early": 0,
     }
     for i in range(tasks):
         out = outcomes.get(i)
@@ -87,10 +112,18 @@ def analyse(outcomes: dict[int, str], log: str, tasks: int) -> dict[str, int]:
             counts["once"] += starts[i] == 1
         elif out == "failed" and starts[i] >= 1:
             counts["failed"] += 1
+        elif out == "failed" and blamed.get(i, -1) in killed_between:
+            killed_between.discard(blamed[i])  # one kill excuses one task
+            counts["failed"] += 1  # killed after the call began, before its first line
+            counts["early"] += 1
+            if early is not None:
+                early.append(i)
         elif out == "wrong":
             counts["wrong"] += 1
         else:  # no outcome, an error that is not "its worker died", or failed unstarted
             counts["lost"] += 1
+            if lost is not None:
+                lost.append(i)
     return counts
 
 
@@ -200,10 +233,21 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     os.close(fd)
     args = [(i, size, path) for i in range(n)]
     outcomes: dict[int, str] = {}
+    blamed: dict[int, int] = {}  # failed task -> the pid its WorkerLostError names
+    errors: dict[int, str] = {}
     problems: list[str] = []
     stop, kills = threading.Event(), [0]
 
+    def failed(i: int, exc: BaseException) -> None:
+        print(PROGRESS, flush=True)
+        outcomes[i] = "failed"
+        errors[i] = str(exc)
+        m = re.search(r"\(pid (\d+)\)", str(exc))
+        if m:
+            blamed[i] = int(m.group(1))
+
     def judge(i: int, value: Any) -> None:
+        print(PROGRESS, flush=True)
         j, payload = value
         good = j == i and (payload == i if not size else len(payload) == size)
         outcomes[i] = "ok" if good else "wrong"
@@ -217,8 +261,8 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
                 for i in range(n):
                     try:
                         judge(i, next(it))
-                    except WorkerLostError:
-                        outcomes[i] = "failed"
+                    except WorkerLostError as exc:
+                        failed(i, exc)
                     except StopIteration:
                         problems.append(f"imap ended after {i} of {n} results")
                         break
@@ -233,8 +277,8 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
                 for i, f in enumerate(futures):
                     try:
                         judge(i, f.result())
-                    except WorkerLostError:
-                        outcomes[i] = "failed"
+                    except WorkerLostError as exc:
+                        failed(i, exc)
                     except Exception as exc:  # noqa: BLE001
                         if len(problems) < 1:
                             problems.append(f"task {i}: {type(exc).__name__}: {exc}"[:200])
@@ -246,10 +290,38 @@ def child_killer(case: dict[str, Any]) -> dict[str, Any]:
     with open(path) as fh:
         log = fh.read()
     os.unlink(path)
-    figures = analyse(outcomes, log, n)
+    lost: list[int] = []
+    early: list[int] = []
+    figures = analyse(outcomes, log, n, blamed, lost, early)
     gc.collect()
     after = fd_count()
-    return {**figures, "fds": after - before, "problems": problems, "extra": f"kills {kills[0]}"}
+    extra = f"kills {kills[0]}"
+    if figures["early"]:
+        extra += f", {figures['early']} failed before their first line"
+    if figures["lost"]:
+        # What the log says of each lost task, for whoever reads the figures.
+        extra += "; lost: " + " | ".join(_story(i, outcomes, blamed, log) for i in lost[:3])
+    notes = [
+        _story(i, outcomes, blamed, log) + f" ({errors.get(i, '')[:160]})" for i in lost + early
+    ]
+    return {
+        **figures,
+        "fds": after - before,
+        "problems": problems,
+        "extra": extra,
+        "notes": notes[:20],
+    }
+
+
+def _story(i: int, outcomes: dict[int, str], blamed: dict[int, int], log: str) -> str:
+    pid = blamed.get(i)
+    lines = log.splitlines()
+    mine = [ln for ln in lines if ln.split()[1:2] == [str(i)]]
+    if pid is not None:
+        # The blamed worker's last three lines and its kill.
+        tail = [ln for ln in lines if ln.split()[-1:] == [str(pid)]][-4:]
+        mine += [f"pid {pid}: " + ", ".join(tail)]
+    return f"task {i} {outcomes.get(i)}: " + "; ".join(mine)
 
 
 def _sleepy(x: float) -> float:
@@ -294,6 +366,17 @@ def child_parent_kill(case: dict[str, Any]) -> dict[str, Any]:
         stage(point)
         for p in procs:
             p.join()
+    elif point == "shared-memory":
+        from polyproc.shared_memory import SharedMemory
+
+        shm = SharedMemory(create=True, size=1 << 20)  # named: /dev/shm, until unlinked
+        shm.buf[:3] = b"abc"
+        print(SEGMENT + shm.name, flush=True)
+        with polyproc.Pool(2) as pool:
+            it = pool.imap(_sleepy, [0.01] + [0.5] * 20)
+            next(it)
+            stage(point)  # killed here: the segment's tracker must unlink it
+            list(it)
     elif point == "manager":
         m = polyproc.Manager()
         d = m.dict()

@@ -56,7 +56,26 @@ def test_analyse_counts_each_kind_of_outcome() -> None:
         "failed": 1,
         "lost": 2,
         "wrong": 0,
+        "early": 0,
     }
+
+
+def test_a_task_failed_before_its_first_line_counts_only_if_its_worker_died_between_tasks() -> None:
+    # Worker 11 finished task 0 and was killed before task 1 wrote its start line: the pool
+    # had called task 1 (the journal's STARTED word), so failing it is the allowed failure.
+    # Worker 12 was killed in the middle of task 2, yet task 3 is blamed on it: lost.
+    # Worker 13 is blamed for task 4 but was never killed: lost.
+    log = "\n".join(
+        ["s 0 11", "d 0 11", "k 11", "s 2 12", "k 12", "s 5 13", "d 5 13", "s 6 13", "d 6 13"]
+    )
+    outcomes = {0: "ok", 1: "failed", 2: "failed", 3: "failed", 4: "failed", 5: "ok", 6: "ok"}
+    lost: list[int] = []
+    f = analyse(outcomes, log, 7, {1: 11, 2: 12, 3: 12, 4: 13}, lost)
+    assert (f["failed"], f["early"], f["lost"], f["once"]) == (2, 1, 2, 3)
+    assert lost == [3, 4]
+    # One kill excuses one task: a second unlogged failure on worker 11 is lost.
+    f = analyse({**outcomes, 3: "failed"}, log, 7, {1: 11, 2: 12, 3: 11, 4: 11})
+    assert (f["early"], f["lost"]) == (1, 2)
 
 
 def test_analyse_tells_a_rerun_after_a_kill_from_a_duplicate() -> None:
@@ -149,10 +168,10 @@ def test_one_tiny_scenario_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("fork ")]
-    assert len(rows) == 3 and all(ln.endswith("ok") for ln in rows), out.stdout
+    assert len(rows) == 4 and all(ln.endswith("ok") for ln in rows), out.stdout
     assert "survivors 0" in rows[1]  # the parent was killed -9; nothing it started lived on
-    assert "3 of 3 cases passed" in out.stdout
-    assert report.read_text().count('"ok": true') == 3
+    assert "4 of 4 cases passed" in out.stdout
+    assert report.read_text().count('"ok": true') == 4
 
 
 def test_polyproc_chaos_runs_the_checkouts_suite(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,3 +194,16 @@ def test_survivors_are_found_by_their_tag_and_killed() -> None:
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_a_segment_left_after_a_case_is_a_failure() -> None:
+    """A case names its named segments (``CHAOS_SEGMENT``); one still in /dev/shm after
+    the grace (its owner was killed -9 and nothing unlinked it) fails the row."""
+    name = "psm_chaos_" + os.urandom(6).hex()
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        assert chaos._segments_left([name, "/" + name], 0.1) == [name, "/" + name]
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    assert chaos._segments_left([name], 0.1) == []

@@ -103,3 +103,55 @@ class Tracked:
 def touch_and_return(arg: Tracked, result_label: str) -> Any:
     """Takes a tracked argument, returns a tracked result (a new object made here)."""
     return (os.getpid(), Tracked(arg.fifo, result_label, arg.parent))
+
+
+class _StartedTrap:
+    """The journal's header, with a SIGKILL armed on one store of its STARTED word.
+
+    STARTED := k is stored just before task k is called and just after task k-1 was
+    committed, so killing the worker *instead of* that store is a kill between the two
+    tasks, at an exact point (no timer, no race).
+    """
+
+    def __init__(self, head: Any, slot: int, nth: int, marker: str) -> None:
+        self.head = head
+        self.slot = slot
+        self.nth = nth
+        self.marker = marker
+
+    def __getitem__(self, i: int) -> Any:
+        return self.head[i]
+
+    def __setitem__(self, i: int, value: int) -> None:
+        from polyproc._pool import journal
+
+        if i == journal._H_STARTED and value == self.slot:
+            self.nth -= 1
+            if self.nth == 0 and _first_time(self.marker):
+                os.kill(os.getpid(), signal.SIGKILL)
+        self.head[i] = value
+
+    def release(self) -> None:
+        self.head.release()
+
+
+def _first_time(marker: str) -> bool:
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def kill_between_tasks(slot: int, nth: int, marker: str) -> None:
+    """Pool initializer: the first worker to reach the ``nth`` call of a task in journal
+    slot ``slot`` is SIGKILLed just before it (once per ``marker``: replacements run on)."""
+    from polyproc._pool import journal, worker
+
+    class Trapped(journal.Journal):
+        def __init__(self) -> None:
+            super().__init__()
+            # (setattr: the header is a memoryview to the type checker, a trap here)
+            setattr(self, "_head", _StartedTrap(self._head, slot, nth, marker))  # noqa: B010
+
+    setattr(worker, "Journal", Trapped)  # noqa: B010

@@ -137,3 +137,28 @@ def test_executor_submit_under_a_killer_runs_each_task_once(
         kills = killer.kills
     assert kills >= 3, kills
     _check(outcomes, _executions(path), kills, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "slot, nth, chunksize",
+    [(5, 1, 10), (0, 2, 5)],
+    ids=["after-task-4-before-task-5", "between-batches"],
+)
+def test_a_worker_killed_between_tasks_loses_nothing(
+    ctx: Any, tmp_path: Any, slot: int, nth: int, chunksize: int
+) -> None:
+    """SIGKILL after a task committed and before the next was called (an exact point: the
+    store of the journal's STARTED word, trapped by the initializer). The next task never
+    began, so it is re-queued, not failed, even with ``retries=0``; none runs twice.
+    (Without STARTED the parent took task 5 for the running one: WorkerLostError.)"""
+    path, marker = tmp_path / "runs", tmp_path / "killed"
+    with Pool(
+        1, context=ctx, initializer=eh.kill_between_tasks, initargs=(slot, nth, str(marker))
+    ) as pool:
+        out = pool.starmap(eh.record, [(i, str(path)) for i in range(10)], chunksize=chunksize)
+        pids = set(pool.map(eh.pid_of, range(2)))
+    assert marker.exists()  # the trap fired: a worker died between two tasks
+    assert out == list(range(10))
+    assert _executions(path) == collections.Counter(range(10))  # each exactly once
+    assert len(pids) == 1

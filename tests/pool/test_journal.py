@@ -16,6 +16,8 @@ from polyproc._pool import journal as jr
 from polyproc._pool.messages import TaskError
 from polyproc._serialize import DEFAULT_SERIALIZER
 
+pickle_dumps = DEFAULT_SERIALIZER.dumps_bytes
+
 
 class _Probe:
     """A task function that, at each task, records what the journal says so far."""
@@ -25,12 +27,19 @@ class _Probe:
         self.bid = bid
         self.sent = sent
         self.seen: list[list[Any] | None] = []
+        self.started: list[bool | None] = []
 
     def __call__(self, x: Any) -> Any:
         known = len(self.sent)
         rest = self.reader.recover(self.bid, known)
-        self.seen.append(None if rest is None else self.sent + rest)
+        self.seen.append(None if rest is None else self.sent + rest.values)
+        self.started.append(None if rest is None else rest.started)
         return x
+
+
+def _values(r: jr.Recovery | None) -> list[Any]:
+    assert r is not None
+    return r.values
 
 
 def _pair() -> tuple[jr.Journal, jr.JournalReader]:
@@ -57,7 +66,7 @@ def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] 
         j.close()
         reader.close()
     assert rest is not None
-    return probe, sent + jr.values_of(rest), None if final is None else sent + final
+    return probe, sent + jr.values_of(rest), None if final is None else sent + final.values
 
 
 VALUES = [
@@ -91,6 +100,7 @@ def test_every_kind_round_trips_and_each_task_sees_exactly_its_predecessors() ->
     assert final == VALUES  # the whole batch committed
     for i, seen in enumerate(probe.seen):
         assert seen == VALUES[:i], i  # when task i starts, tasks 0..i-1 are committed
+    assert probe.started == [True] * len(VALUES)  # ... and the journal says task i began
     assert [type(v) for v in final] == [type(v) for v in VALUES]
     assert type(final[-5][1]) is bytearray  # inside a tuple too: marshal would say bytes
 
@@ -130,13 +140,13 @@ def test_a_journal_for_another_batch_says_not_started() -> None:
     try:
         j.begin(3, 0, 10)
         assert reader.recover(4, 0) is None
-        assert reader.recover(3, 0) == []
+        assert _values(reader.recover(3, 0)) == []
         j.begin(3, 2, 10)
         j.tags[0] = jr.NONE
         j.tags[1] = jr.TRUE
         # PARTIAL results up to the journal's base or past it: only the ones after them.
-        assert reader.recover(3, 2) == [None, True]
-        assert reader.recover(3, 3) == [True]
+        assert _values(reader.recover(3, 2)) == [None, True]
+        assert _values(reader.recover(3, 3)) == [True]
         # Fewer than its base: a PARTIAL message is missing, the journal cannot be used.
         assert reader.recover(3, 1) is None
     finally:
@@ -153,11 +163,62 @@ def test_a_corrupt_journal_trusts_nothing_past_the_damage() -> None:
         j.tags[1] = jr.BLOB
         j.ivals[1] = jr.AREA_SIZE + 1  # an offset past the area
         j.tags[2] = jr.INT
-        assert reader.recover(5, 0) == [11]
+        got = reader.recover(5, 0)
+        assert got is not None and got.values == [11]
+        assert got.started  # damage: the task there may have run, never run it again
         j.ivals[1] = 3
         j.area[0:3] = b"zzz"  # not a pickle: that task's result is an error
-        got = reader.recover(5, 0)
-        assert got is not None and got[0] == 11 and type(got[1]) is TaskError
+        vals = _values(reader.recover(5, 0))
+        assert vals[0] == 11 and type(vals[1]) is TaskError
+    finally:
+        j.close()
+        reader.close()
+
+
+def test_started_tells_a_task_that_was_called_from_one_that_never_began() -> None:
+    """STARTED (a header word stored just before each call) against the committed prefix:
+    a worker killed after committing task k-1 and before calling task k leaves STARTED one
+    short of k, so the parent re-queues k instead of failing it."""
+    j, reader = _pair()
+    head = j._head
+    try:
+        j.begin(3, 0, 10)
+        r = reader.recover(3, 0)
+        assert r is not None and r.values == [] and not r.started  # begun, nothing called
+        head[jr._H_STARTED] = 0
+        r = reader.recover(3, 0)
+        assert r is not None and r.values == [] and r.started  # task 0 was called
+        j.tags[0] = jr.NONE  # task 0 committed ...
+        r = reader.recover(3, 0)
+        assert r is not None and r.values == [None] and not r.started  # ... task 1 not called
+        head[jr._H_STARTED] = 1
+        r = reader.recover(3, 0)
+        assert r is not None and r.values == [None] and r.started
+        # A rebase after a PARTIAL flush: the flushed task's slot stays uncommitted in the
+        # old span; the next task (index 2, after the two sent) has not been called.
+        r = reader.recover(3, 2)
+        assert r is not None and r.values == [] and not r.started
+        # Mid-begin of the next span: STARTED is reset first, the old tags still there.
+        j.tags[1] = jr.TRUE
+        head[jr._H_STARTED] = -1
+        r = reader.recover(3, 2)
+        assert r is not None and r.values == [] and not r.started
+    finally:
+        j.close()
+        reader.close()
+
+
+def test_a_full_span_says_the_next_task_never_began() -> None:
+    """Killed after the last slot of a span committed, before the flush: the next task
+    (the first of the next span) was not called."""
+    j, reader = _pair()
+    try:
+        j.begin(9, 0, jr.SLOTS + 5)
+        for k in range(jr.SLOTS):
+            j._head[jr._H_STARTED] = k
+            j.ivals[k] = k
+        r = reader.recover(9, 0, jr.SLOTS + 5)
+        assert r is not None and r.values == list(range(jr.SLOTS)) and not r.started
     finally:
         j.close()
         reader.close()
@@ -167,3 +228,44 @@ def test_a_corrupt_journal_trusts_nothing_past_the_damage() -> None:
 def test_empty_and_short_batches(n: int) -> None:
     _, out, final = _run(list(range(n)))
     assert out == list(range(n)) and final == list(range(n))
+
+
+def test_a_batch_of_marshalled_results_travels_as_one_marshalled_list() -> None:
+    """Tuples, text, small bytes, lists and dicts of scalars are committed by marshal; when
+    every result of a batch is, RESULTS carries the journal's blobs as one marshalled list
+    (no second pickle of the values), and ``values_of`` gives them back exactly."""
+    values: list[Any] = [(i, "k") for i in range(50)] + ["s", b"b", [1, (2, "x")], {"a": 1.5}]
+    j = jr.Journal()
+    try:
+        rest = j.run(lambda x: x, 0, values, 1, lambda b, v: True, TaskError.capture, pickle_dumps)
+    finally:
+        j.close()
+    assert type(rest) is tuple  # the marshalled form, not a list
+    assert rest is not None and jr.values_of(rest) == values
+    with pytest.raises(ValueError):
+        jr.values_of(("x", b""))
+
+
+def test_shapes_marshal_would_change_are_pickled() -> None:
+    """marshal turns a bytearray into bytes and loses shared mutable members: those pickle."""
+    shared = [1]
+    values: list[Any] = [(1, bytearray(b"x")), [shared, shared], {"k": [1]}, [bytearray(b"y")]]
+    _, out, final = _run(values)
+    for got in (out, final):
+        assert got is not None and got == values
+        assert type(got[0][1]) is bytearray and type(got[3][0]) is bytearray
+        assert got[1][0] is got[1][1]  # still one list, as pickle keeps it
+
+
+def test_state_says_whether_the_worker_was_loading_a_batch() -> None:
+    j, reader = _pair()
+    try:
+        j.waiting()
+        assert not reader.loading()  # died waiting: not the batch's fault
+        j.loading()
+        assert reader.loading()  # died reading or unpickling it: maybe its fault
+        j.begin(1, 0, 3)
+        assert not reader.loading()  # loaded; ``begin`` ran
+    finally:
+        j.close()
+        reader.close()

@@ -109,3 +109,48 @@ def test_the_rest_of_the_window_runs_first_and_once() -> None:
     rest = got[1:]
     lost = [v for v in rest if isinstance(v, TaskError)]
     assert len(lost) == (1 if len(head.batch) > 1 else 0)
+
+
+def test_a_worker_killed_between_tasks_requeues_the_next_one_unharmed() -> None:
+    """``started`` False: tasks 0-3 finished, task 4 was never called (the worker died after
+    committing 3): 0-3 are delivered, 4 onwards run again, nothing is lost or retried."""
+    h, job, s = _one_batch(10)
+    h.s.worker_exited(s.wid, -9, recovered=Recovered(s.batch.bid, [0, 2, 4, 6], started=False))
+    _restart(h)
+    assert _sent_args(h) == list(range(4, 10))
+    h.run_all()
+    assert h.values(job) == [x * 2 for x in range(10)]
+    assert h.s.stats["lost"] == 0 and h.s.stats["retried"] == 0
+
+
+def test_a_batch_whose_worker_died_waiting_for_it_is_never_blamed() -> None:
+    """``loading`` False (the worker was waiting, or had loaded the batch and not called its
+    first task): no strike, however often it happens, up to the patience; a death while
+    loading it is a strike (the guard against an argument that kills its worker)."""
+    h, job, snd = _one_batch(3)
+    for _ in range(5):
+        h.s.worker_exited(snd.wid, -9, recovered=Recovered(snd.batch.bid, None, loading=False))
+        _restart(h)
+        (snd,) = h.take_sends()
+    again = snd
+    assert again.batch.args == [0, 1, 2] and again.batch.unstarted == 0  # whole, no strike
+    h.s.worker_exited(again.wid, -9, recovered=Recovered(again.batch.bid, [], started=False))
+    _restart(h)
+    h.run_all()
+    assert h.values(job) == [0, 2, 4]
+    assert h.s.stats["lost"] == 0
+
+
+def test_a_batch_whose_worker_keeps_dying_waiting_is_blamed_after_the_patience() -> None:
+    """A worker that dies on its own whatever it is given (a thread its initializer started)
+    must not requeue one batch forever: past the patience, the deaths count as strikes."""
+    h, job, snd = _one_batch(1)
+    for _ in range(20):
+        h.s.worker_exited(snd.wid, -9, recovered=Recovered(snd.batch.bid, None, loading=False))
+        _restart(h)
+        sends = h.take_sends()
+        if not sends:
+            break
+        (snd,) = sends
+    vals = h.values(job)
+    assert isinstance(vals[0], TaskError) and isinstance(vals[0].exception(), WorkerLostError)

@@ -10,8 +10,8 @@ syscall per task (a commit is one or two stores into the mapping)::
     ──────                                       ──────────────────────
     READY + the journal's fd (SCM_RIGHTS)  ────►  map it read-only (MADV_DONTFORK), close fd
     TASKS bid ◄──────────────────────────────────
-    begin(bid): zero the tags, BASE := 0, BID := bid
-    for each task i:  run it
+    begin(bid): STARTED := -1, zero the tags, BASE := 0, BID := bid
+    for each task i:  STARTED := j (= i - BASE), run it
         commit: value into slot j (= i - BASE), then tags[j] := kind   ◄── the commit point
                 (an int: the store into its slot is the commit)
         no room (slots, area) or no in-band pickle:
@@ -21,12 +21,14 @@ syscall per task (a commit is one or two stores into the mapping)::
                                                   ...
                                   death ──────►  drain the channel to EOF, then read the
                                                   journal: tasks [0, k) are finished (their
-                                                  values), task k was running (fails, or is
-                                                  retried), tasks after it never started
+                                                  values), task k was running if STARTED says
+                                                  it began (fails, or is retried), else it is
+                                                  re-queued; tasks after it never started
 
 Layout (native byte order; the two sides are one machine)::
 
-    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE
+    0            header: 8 int64 words, [0] MAGIC, [1] BID, [2] BASE, [3] STARTED (the slot
+                 of the task last called: -1 before the first)
     TAGS         SLOTS bytes: the kind of slot j's value, 0 = not committed
     VALS         SLOTS int64 (or float64) words: the value, or for a blob the end offset,
                  or UNSET
@@ -36,7 +38,8 @@ Kinds: an int is the slot itself with tag 0: ``begin`` fills the slots with UNSE
 (-2**63), so storing the value *is* the commit, one store (an int equal to UNSET, or
 too big for int64, takes the blob path). FLOAT holds the value in the slot plus its
 tag; NONE/TRUE/FALSE only the tag; BLOB a pickle in the area ending at the slot's
-offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL a flat tuple of scalars. A task is committed once its tag
+offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL text, small bytes, or a
+tuple, list or dict of scalars, marshalled (version 2). A task is committed once its tag
 is set or its slot no longer holds UNSET.
 
 Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
@@ -51,7 +54,16 @@ Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
   buffer, which outlives the worker, so the parent reads them on its drain. Hence
   ``BASE <= len(partial results received)`` always, and if the journal names an
   older batch than the head of the worker's window, the head never started.
-* At most one task per worker is ever "running": begun but not committed. Only it
+* STARTED is stored just before a task is called (a plain store, no syscall), so a
+  worker killed after committing task k-1 and before calling task k leaves
+  STARTED = k-1 < k: task k never started and is re-queued, not failed. ``begin``
+  writes STARTED := -1 first, so a journal caught mid-``begin`` says "not started".
+* STATE says whether the worker was WAITING for a batch, LOADING one (set once it has
+  arrived, before it is read and unpickled) or RUNNING one (set by ``begin``). Only a
+  death while LOADING counts against the batch the parent was about to run there (the
+  guard against an argument that kills every worker that unpickles it); a batch whose
+  worker died waiting, or after ``begin`` and before its first call, is re-queued as is.
+* At most one task per worker is ever "running": called but not committed. Only it
   is lost when the worker dies; a task is never run twice unless ``retries=`` says so.
 
 A result too big for the area (or one carrying fds, or that only pickles out of
@@ -71,7 +83,7 @@ from typing import Any
 
 from .._serialize import fd_handle
 
-__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "journal_fd", "values_of"]
+__all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "Recovery", "journal_fd", "values_of"]
 
 MAGIC = 0x706F6C796A726E31  # "polyjrn1"
 SLOTS = 4096  # tasks per journal (a batch longer than this flushes)
@@ -85,8 +97,20 @@ AREA_SIZE = SIZE - AREA
 EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB, STR, BYTES, MARSHAL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 _FLAT = frozenset({int, float, str, bytes, bool, type(None)})
 _marshal = marshal.dumps
-_H_MAGIC, _H_BID, _H_BASE = 0, 1, 2
-_HEAD = struct.Struct("=3q")
+_SMALL_BYTES = 4096  # bytes up to this are marshalled (a copy more), bigger ones go raw
+_SHALLOW = 64  # members of a container worth checking for marshal (past it: pickle)
+_LIST = b"["  # marshal's list type code (version 2: no reference flag)
+_MARSHALLED = "m"  # RESULTS values ``("m", marshalled list)``: see ``values_of``
+#: A batch's values as RESULTS carries them: a list, an all-int batch's int64s, or an
+#: all-marshal batch's marshalled list (``Journal._collect``; ``values_of`` reads each).
+Values = list[Any] | bytes | tuple[str, bytes]
+_H_MAGIC, _H_BID, _H_BASE, _H_STARTED, _H_STATE = 0, 1, 2, 3, 4
+_HEAD = struct.Struct("=4q")
+#: What the worker is doing between batches (header word STATE): a death while WAITING
+#: for the next batch, or after ``begin``, is no fault of the batch it was about to get;
+#: a death while LOADING one (reading it, unpickling its function and arguments) may be.
+WAITING, LOADING, RUNNING = 0, 1, 2
+_WORD = struct.Struct("=q")
 _ZEROS = bytes(SLOTS)
 UNSET = -(2**63)  # an int slot not yet written (an int result of this value is a blob)
 _UNSET_FILL = struct.pack("=q", UNSET) * SLOTS
@@ -137,12 +161,22 @@ class Journal:
         # One slot past the tasks it will hold is reset too: the reader stops there, not at
         # a stale slot of a longer batch before.
         k = min(n - base + 1, SLOTS)
+        head = self._head
+        head[_H_STARTED] = -1  # first: whatever slot it named belongs to the old span
+        head[_H_STATE] = RUNNING
         if k > 0:
             self.tags[:k] = _ZEROS[:k]
             self._words[: 8 * k] = _UNSET_FILL[: 8 * k]
-        head = self._head
         head[_H_BASE] = base
         head[_H_BID] = bid  # last: the journal now names this batch
+
+    def waiting(self) -> None:
+        """Between batches: about to wait for the next one."""
+        self._head[_H_STATE] = WAITING
+
+    def loading(self) -> None:
+        """A batch has arrived: about to read and unpickle it."""
+        self._head[_H_STATE] = LOADING
 
     def run(
         self,
@@ -153,10 +187,11 @@ class Journal:
         flush: Callable[[int, list[Any]], bool],
         capture: Callable[[BaseException], Any],
         dumps: Callable[[Any], bytes],
-    ) -> list[Any] | bytes | None:
+    ) -> Values | None:
         """Run one batch; return the values not yet sent (``None``: the channel is gone).
 
-        The values come back as a list, or, when every one is an int that the journal
+        The values come back as a list, or, when every one is marshalled in the journal,
+        as that marshalled list (``("m", bytes)``), or, when every one is an int that the journal
         holds in place, as those int64s' bytes (``values_of`` reads either): the parent
         then rebuilds them at C speed instead of unpickling a list.
         ``flush(bid, values)`` sends a PARTIAL message and returns False if it could not.
@@ -193,12 +228,14 @@ class Journal:
         the journal cannot hold, returned as ``big`` (to be sent before the next task)."""
         self.begin(bid, lo, n)
         tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
+        head = self._head
         others: list[Any] = []  # results that are not ints, floats, None or bools, in order
         keep = others.append
         one = mode == ONE
         pos = 0  # end of the blobs in the area
         j = -1
         for j, a in enumerate(args[lo:hi] if lo or hi < n else args):  # noqa: B007
+            head[_H_STARTED] = j  # task j is being called: from here on it was running
             try:
                 if one:
                     v = fn(a)
@@ -228,29 +265,27 @@ class Journal:
             elif t is bool:
                 tags[j] = TRUE if v else FALSE
                 continue
-            kind = BLOB
-            if t is str:
-                try:
-                    blob = v.encode()
-                    kind = STR
-                except UnicodeEncodeError:  # lone surrogates: pickle keeps them
-                    blob = _blob(dumps, v, AREA_SIZE - pos)
+            # Text, small bytes, and tuples, lists and dicts of scalars (``(key, value)``,
+            # the map-reduce shape): marshal, about twice as fast as pickle and exact for
+            # exact builtin types (not for a bytearray or memoryview, which it would turn
+            # into bytes, nor for shared mutable members: those pickle). Version 2 has no
+            # back-references, so a span's blobs concatenate into one marshalled list.
+            kind = MARSHAL
+            blob: bytes | None
+            if t is str or (t is bytes and len(v) <= _SMALL_BYTES):
+                blob = _marshal(v, 2)
+            elif t is tuple and len(v) == 2 and type(v[0]) in _FLAT and type(v[1]) in _FLAT:
+                blob = _marshal(v, 2)  # a pair, the commonest shape: checked inline
+            elif (t is tuple or t is list) and _shallow(v):
+                blob = _marshal(v, 2)
+            elif t is dict and _shallow_dict(v):
+                blob = _marshal(v, 2)
             elif t is bytes and len(v) < AREA_SIZE - pos:
                 blob = v
                 kind = BYTES
-            elif t is tuple:
-                # A flat tuple of scalars (``(key, value)``, the map-reduce shape): marshal,
-                # about twice as fast as pickle and exact for these types (not for a nested
-                # bytearray or memoryview, which it would turn into bytes: those pickle).
-                for x in v:
-                    if type(x) not in _FLAT:
-                        blob = _blob(dumps, v, AREA_SIZE - pos)
-                        break
-                else:
-                    blob = _marshal(v)
-                    kind = MARSHAL
             else:
                 blob = _blob(dumps, v, AREA_SIZE - pos)
+                kind = BLOB
             if blob is None or len(blob) > AREA_SIZE - pos:
                 return j + 1, others, v  # too big, or it needs fds: the channel takes it
             end = pos + len(blob)
@@ -261,12 +296,19 @@ class Journal:
             keep(v)
         return j + 1, others, _NOTHING
 
-    def _collect(self, k: int, others: list[Any], raw: bool) -> list[Any] | bytes:
+    def _collect(self, k: int, others: list[Any], raw: bool) -> Values:
         """The values of the span's first ``k`` tasks, from the journal (and ``others``)."""
         tags = self.tags[:k].tobytes()
         if not tags.count(0) - k:
             data = self.ivals[:k]
             return data.tobytes() if raw else data.tolist()
+        if raw and tags.count(MARSHAL) == k:
+            # Every value is a marshal blob, back to back in the area: together they are
+            # the body of a marshalled list. Send that, not a second pickle of the values.
+            return (
+                _MARSHALLED,
+                b"".join((_LIST + k.to_bytes(4, "little"), self.area[: self.ivals[k - 1]])),
+            )
         if tags.count(FLOAT) == k:
             return self.fvals[:k].tolist()
         ivals, fvals = self.ivals, self.fvals
@@ -317,6 +359,21 @@ def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
 _plain = pickle.dumps
 
 
+class Recovery:
+    """What a dead worker's journal says: ``values`` of the tasks it finished (from the
+    first not already known), and whether the task after them had been ``started``
+    (called: it was running when the worker died) or never began (re-queue it)."""
+
+    __slots__ = ("values", "started")
+
+    def __init__(self, values: list[Any], started: bool) -> None:
+        self.values = values
+        self.started = started
+
+    def __repr__(self) -> str:
+        return f"Recovery({self.values!r}, started={self.started})"
+
+
 class JournalReader:
     """The parent's side: a read-only mapping of a worker's journal, read after its death."""
 
@@ -330,8 +387,9 @@ class JournalReader:
         finally:
             os.close(fd)
 
-    def recover(self, bid: int, known: int, n: int | None = None) -> list[Any] | None:
-        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed.
+    def recover(self, bid: int, known: int, n: int | None = None) -> Recovery | None:
+        """Results of batch ``bid`` (``n`` tasks) from task ``known`` on, as far as committed,
+        and whether the task after them was called.
 
         ``known`` results of the batch came in PARTIAL messages already. Returns None if
         the journal does not speak for ``bid`` (the batch never started) or cannot be read.
@@ -339,7 +397,7 @@ class JournalReader:
         mm = self.mm
         if mm is None:
             return None
-        magic, jbid, base = _HEAD.unpack_from(mm, 0)
+        magic, jbid, base, started = _HEAD.unpack_from(mm, 0)
         if magic != MAGIC or jbid != bid or not 0 <= base <= known:
             return None
         count = SLOTS if n is None else max(0, min(SLOTS, n - base))
@@ -367,7 +425,8 @@ class JournalReader:
             elif BLOB <= tag <= MARSHAL:
                 end = ivals[j]
                 if not pos <= end <= AREA_SIZE:
-                    break  # not a journal we wrote: trust nothing past here
+                    started = SLOTS  # not a journal we wrote: trust nothing past here,
+                    break  # and say the next task ran (the safe side: never run twice)
                 data = mm[AREA + pos : AREA + end]
                 if tag == BYTES:
                     v = data
@@ -377,13 +436,26 @@ class JournalReader:
                     v = _loads(data, tag == MARSHAL)
                 pos = end
             else:
+                started = SLOTS
                 break
             if base + j >= known:
                 out.append(v)
         ivals.release()
         fvals.release()
         words.release()
-        return out
+        # The next task (absolute index ``known + len(out)``) was called iff STARTED reached
+        # it: STARTED is stored before each call, so a worker killed between committing a
+        # task and calling the next leaves it one short (and -1 mid-``begin``).
+        return Recovery(out, base + started >= known + len(out))
+
+    def loading(self) -> bool:
+        """Did the worker die while loading a batch (reading or unpickling it), rather than
+        while waiting for one or running one? Only such a death may be the batch's fault."""
+        mm = self.mm
+        if mm is None:
+            return True  # cannot tell: as if it were (the batch gets a strike)
+        magic, state = _WORD.unpack_from(mm, 0)[0], _WORD.unpack_from(mm, 8 * _H_STATE)[0]
+        return bool(magic != MAGIC or state == LOADING)
 
     def close(self) -> None:
         if self.mm is not None:
@@ -391,11 +463,44 @@ class JournalReader:
             self.mm = None
 
 
-def values_of(values: list[Any] | bytes) -> list[Any]:
-    """A RESULTS message's values: a list, or the int64s of an all-int batch (``Journal.run``)."""
+def values_of(values: Values) -> list[Any]:
+    """A RESULTS message's values: a list, the int64s of an all-int batch, or the marshalled
+    list of an all-marshal batch (``Journal._collect``)."""
+    if type(values) is list:
+        return values
     if type(values) is bytes:
         return memoryview(values).cast("q").tolist()
-    return values  # type: ignore[return-value]
+    tag, body = values
+    if tag != _MARSHALLED or type(body) is not bytes:
+        raise ValueError(f"not a batch's values: {tag!r}")
+    out = marshal.loads(body)
+    if type(out) is not list:
+        raise ValueError("not a batch's values: not a list")
+    return out
+
+
+def _shallow(v: tuple[Any, ...] | list[Any]) -> bool:
+    """Is ``v`` scalars and tuples of scalars only, of exact builtin types (marshal is exact)?"""
+    if len(v) > _SHALLOW:
+        return False
+    for x in v:
+        t = type(x)
+        if t not in _FLAT:
+            if t is not tuple or len(x) > _SHALLOW:
+                return False
+            for y in x:
+                if type(y) not in _FLAT:
+                    return False
+    return True
+
+
+def _shallow_dict(v: dict[Any, Any]) -> bool:
+    if len(v) > _SHALLOW:
+        return False
+    for key, x in v.items():
+        if type(key) not in _FLAT or type(x) not in _FLAT:
+            return False
+    return True
 
 
 def _loads(blob: bytes, marshalled: bool = False) -> Any:

@@ -192,15 +192,17 @@ class ProcessWorkers(WorkerSet):
         recovered = self._recover(h)
         self._close_channel(h)
         h.proc.join()
-        exitcode = h.proc.exitcode
+        exitcode, pid = h.proc.exitcode, h.proc.pid
         try:
             h.proc.close()
         except (ValueError, OSError):
             pass
         self.handles.pop(h.wid, None)
         if h.wid in self.sched.workers:
+            # The pid in the name: what the OOM killer's log and ``ps`` speak of.
+            name = f"{h.name} (pid {pid})"
             self.sched.worker_exited(
-                h.wid, exitcode, peak_rss=h.peak, name=h.name, recovered=recovered
+                h.wid, exitcode, peak_rss=h.peak, name=name, recovered=recovered
             )
 
     def _recover(self, h: Handle) -> Recovered | None:
@@ -217,8 +219,8 @@ class ProcessWorkers(WorkerSet):
         if rest is None:
             # The journal speaks for an older batch: the head never started, unless
             # PARTIAL results of it came (then the journal could not be read right).
-            return None if known else Recovered(head.bid, None)
-        return Recovered(head.bid, known + rest)
+            return None if known else Recovered(head.bid, None, loading=h.journal.loading())
+        return Recovered(head.bid, known + rest.values, rest.started)
 
     def _close_channel(self, h: Handle) -> None:
         self._channel_gone(h)
@@ -279,8 +281,8 @@ class ProcessWorkers(WorkerSet):
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
-            if type(values) is bytes:
-                values = values_of(values)  # an all-int batch: its int64s (journal.py)
+            if type(values) is not list:
+                values = values_of(values)  # an all-int or all-marshal batch (journal.py)
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
             if h.partial:

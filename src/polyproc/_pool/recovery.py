@@ -10,6 +10,8 @@ different question: given a dead worker's window and what its commit journal say
       window = [head, b2, b3]   b2, b3 never started ──► requeued, first in line
       head + journal:  every task finished ──► delivered (_account, _complete)
                        none started ──► _unstarted: run again; twice ──► one task at a time
+                       (died waiting or before its first call: requeued, no strike)
+                       died between tasks k-1 and k ──► 0..k-1 delivered, k.. requeued
                        task k running ──► _lost_batch: 0..k-1 delivered (journal) or
                                           requeued; k lost (WorkerLostError) or
                                           retried; k+1.. requeued
@@ -39,7 +41,20 @@ from .tasks import (
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-__all__ = ["worker_exited", "timed_out", "deliver_one", "unstarted", "account", "lost_batch"]
+__all__ = [
+    "worker_exited",
+    "timed_out",
+    "deliver_one",
+    "unstarted",
+    "died_between_tasks",
+    "account",
+    "lost_batch",
+]
+
+#: Deaths of a worker a batch may wait out before it starts (its worker waiting for it, or
+#: between loading it and its first call) without a strike against it: a guard for a worker
+#: that dies on its own whatever it is given (a thread its initializer started, say).
+_PATIENCE = 8
 
 
 def worker_exited(
@@ -91,8 +106,19 @@ def worker_exited(
             s._account(head, done[: len(head)])
             s._complete(head, done[: len(head)])
             head = None
-        elif done is None:
+        elif head.waits < _PATIENCE and (
+            (done is None and not recovered.loading) or (done == [] and not recovered.started)
+        ):
+            # It died waiting for the batch, or after loading it and before calling its
+            # first task: nothing of the batch ran or killed it (journal.py, STATE).
+            head.waits += 1
+            s.requeued.appendleft(head)
+            head = None
+        elif done is None or (done == [] and not recovered.started):
             head = s._unstarted(head, exitcode, slot.peak_rss, who)
+        elif not recovered.started:
+            s._died_between_tasks(head, done)
+            head = None
     if head is not None and head is slot.timed_out:
         s._timed_out(head, who)
     elif head is not None:
@@ -157,6 +183,16 @@ def unstarted(
             s.requeued.appendleft(one)
         return None
     return batch  # lost (or retried) like a task that was running
+
+
+def died_between_tasks(s: Scheduler, batch: Batch, done: list[Any]) -> None:
+    """Its worker died after finishing ``done`` and before calling the next task: those
+    are delivered, the rest (the next one included: it never began) run again."""
+    pos = len(done)
+    before = _slice(batch, 0, pos)
+    s._account(before, done)
+    s._complete(before, done)
+    s.requeued.appendleft(_slice(batch, pos, len(batch)))
 
 
 def account(s: Scheduler, batch: Batch, values: list[Any]) -> None:

@@ -344,6 +344,7 @@ class Scheduler:
     _timed_out = recovery.timed_out
     _deliver_one = recovery.deliver_one
     _unstarted = recovery.unstarted
+    _died_between_tasks = recovery.died_between_tasks
     _account = recovery.account
     _lost_batch = recovery.lost_batch
 

@@ -227,6 +227,7 @@ class Batch:
         "deadline",
         "isolated",
         "unstarted",
+        "waits",
     )
 
     def __init__(
@@ -251,6 +252,7 @@ class Batch:
         self.deadline: float | None = None
         self.isolated = isolated  # re-run alone to find which task killed a worker
         self.unstarted = 0  # deaths of its worker before any task of it began
+        self.waits = 0  # deaths of its worker that were no fault of it (journal.py, STATE)
 
     def __len__(self) -> int:
         return len(self.args)
@@ -358,14 +360,21 @@ class Recovered(_Record):
     """What a dead worker's commit journal says about the head batch of its window.
 
     ``values`` None: the journal speaks for an older batch, so the head never started.
-    Otherwise the results of its first ``len(values)`` tasks; the next one was running.
+    Otherwise the results of its first ``len(values)`` tasks; the next one was running if
+    ``started`` (it had been called), else it never began (the worker died between tasks).
+    ``loading``: the worker died while reading or unpickling the batch (only then may the
+    death be the batch's fault: it gets a strike, ``recovery._unstarted``).
     """
 
-    __slots__ = ("bid", "values")
+    __slots__ = ("bid", "values", "started", "loading")
 
-    def __init__(self, bid: int, values: list[Any] | None) -> None:
+    def __init__(
+        self, bid: int, values: list[Any] | None, started: bool = True, loading: bool = True
+    ) -> None:
         self.bid = bid
         self.values = values
+        self.started = started
+        self.loading = loading
 
 
 class WorkerSlot(_Record):

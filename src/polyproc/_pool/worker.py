@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import SerializationError
-from .journal import Journal, journal_fd
+from .journal import Journal, Values, journal_fd, values_of
 from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError, encoding_error
 
 __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_reference"]
@@ -166,6 +166,12 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
         # results die with it (only ``fns`` keeps functions, and only those the parent
         # names by fid: module-level ones, which their module keeps alive anyway).
         try:
+            if journal is not None:
+                # Waiting, then loading: a death in between is no fault of the batch
+                # (journal.py, STATE). One poll per batch, none if it is already buffered.
+                journal.waiting()
+                chan.poll(None)
+                journal.loading()
             msg = chan.recv()
         except (EOFError, OSError):
             return  # the parent went away: nothing to report to
@@ -175,7 +181,7 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
         msg = None
         start = clock()
         fn = fns.get(fid)
-        values: list[Any] | bytes | None = None
+        values: Values | None = None
         if fn is None:
             try:
                 if blob is None:  # sent once, and it failed then: the same error again
@@ -266,7 +272,7 @@ def _send_quietly(chan: Any, msg: tuple[Any, ...]) -> bool:
     return True
 
 
-def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any] | bytes) -> bool:
+def _send_results(chan: Any, head: tuple[Any, ...], values: Values) -> bool:
     """Send ``(*head, values)``; values that cannot be pickled become errors in place.
 
     A value whose pickling raises an ``Exception`` becomes ``MaybeEncodingError`` (the
@@ -281,7 +287,7 @@ def _send_results(chan: Any, head: tuple[Any, ...], values: list[Any] | bytes) -
         return False
     except BaseException:  # noqa: BLE001 - some value's __reduce__ raised: find which below
         pass
-    values = list(values)
+    values = list(values_of(values))
     for i, v in enumerate(values):
         try:
             chan._ser.dumps(v, what="result")
