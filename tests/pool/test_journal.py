@@ -269,3 +269,34 @@ def test_state_says_whether_the_worker_was_loading_a_batch() -> None:
     finally:
         j.close()
         reader.close()
+
+
+class _BigBuffer:
+    """Pickles (protocol 5) as one out-of-band-capable buffer, as a NumPy array does."""
+
+    def __init__(self, n: int) -> None:
+        self.data = bytearray(n)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        import pickle
+
+        return (bytearray, (pickle.PickleBuffer(self.data),))
+
+
+def test_a_result_too_big_for_the_journal_is_never_copied_in_band() -> None:
+    """A 32 MiB buffer and a 1 MiB journal area: ``_blob`` gives up before it copies the
+    buffer into a pickle it would then throw away (that copy cost more than the whole
+    transfer of a 512 MiB array, #14)."""
+    import tracemalloc
+
+    value = _BigBuffer(32 << 20)
+    tracemalloc.start()
+    try:
+        assert jr._blob(DEFAULT_SERIALIZER.dumps_bytes, value, 1 << 20) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes allocated: the buffer was copied"
+    small = _BigBuffer(1000)
+    blob = jr._blob(DEFAULT_SERIALIZER.dumps_bytes, small, 1 << 20)
+    assert blob is not None and len(blob) > 1000  # a buffer that fits stays in band

@@ -110,7 +110,7 @@ def send_direct(engine: Engine, job: Job) -> None:
     sent, flags.last_send = flags.last_send, None  # never keep a batch alive
     if (
         sent is not None
-        and type(job.sink) is PoolFuture
+        and isinstance(job.sink, PoolFuture)  # executor futures are a subclass
         and engine.workers.leads
         and sent.batch.owners
         and sent.batch.owners[-1] is job

@@ -346,8 +346,18 @@ def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
     t = type(v)
     if (t is bytes or t is bytearray) and len(v) >= room:
         return None  # do not copy a big buffer only to find it does not fit
+
+    def in_band(buf: pickle.PickleBuffer) -> bool:
+        # A buffer that alone overflows the area aborts before it is copied: a 512 MiB
+        # array pickled in band only to be thrown away cost more than its whole transfer.
+        if buf.raw().nbytes > room:
+            raise _TooBig
+        return True  # true: pickle keeps it in band
+
     try:
-        blob = _plain(v, 5)
+        blob = _plain(v, 5, buffer_callback=in_band)
+    except _TooBig:
+        return None
     except BaseException:  # noqa: BLE001
         try:
             blob = dumps(v)
@@ -357,6 +367,10 @@ def _blob(dumps: Callable[[Any], bytes], v: Any, room: int) -> bytes | None:
 
 
 _plain = pickle.dumps
+
+
+class _TooBig(Exception):
+    """An out-of-band buffer bigger than the journal's room: send the value on the channel."""
 
 
 class Recovery:
