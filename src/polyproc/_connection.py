@@ -30,7 +30,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from ._protocol.framing import HEADER, MAGIC, Kind, decode_header, decode_lengths, encode_header
 from ._serialize import (
@@ -459,7 +459,7 @@ class Connection:
             if _DIRECT <= size <= _DIRECT_MAX and self._stream is not None:
                 del buf[:_HDR]
                 self._big = True
-                return self._take_direct(self._stream, size)  # type: ignore[no-any-return]
+                return cast(bytes, self._take_direct(self._stream, size))
         kind, body, buffers, fds = self._read_frame(maxlength)
         if buffers or fds:
             for fd in fds:

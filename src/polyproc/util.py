@@ -222,7 +222,9 @@ class Finalize:
     def __call__(self, wr: object = None) -> Any:
         """Run the callback now (once; later calls return None)."""
         try:
-            del _state.finalizers[self._key]  # type: ignore[arg-type]
+            if self._key is None:  # ran or cancelled already
+                raise KeyError
+            del _state.finalizers[self._key]
         except KeyError:
             sub_debug("finalizer no longer registered")
             return None
@@ -244,7 +246,9 @@ class Finalize:
     def cancel(self) -> None:
         """Forget the finalizer without running it."""
         try:
-            del _state.finalizers[self._key]  # type: ignore[arg-type]
+            if self._key is None:  # ran or cancelled already
+                raise KeyError
+            del _state.finalizers[self._key]
         except KeyError:
             pass
         else:

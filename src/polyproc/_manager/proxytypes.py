@@ -15,7 +15,7 @@ from __future__ import annotations
 import array
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from .proxy import BaseProxy, MakeProxyType
 
@@ -186,7 +186,7 @@ class DictProxy(
 
     def __iter__(self) -> Iterator[Any]:
         # On the server, as the stdlib: a dict changed in size meanwhile raises RuntimeError.
-        return self._callmethod("__iter__")  # type: ignore[no-any-return]
+        return cast(Iterator[Any], self._callmethod("__iter__"))
 
     def __ior__(self, other: Any) -> DictProxy:
         self._callmethod("update", (other,))

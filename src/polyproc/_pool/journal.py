@@ -204,9 +204,10 @@ class Journal:
             if big is _NOTHING and lo + k == n:
                 return self._collect(k, others, raw=True)
             values = self._collect(k - 1 if big is not _NOTHING else k, others, raw=False)
+            assert isinstance(values, list)  # raw=False: always a list (for mypy; per span)
             if big is not _NOTHING:
-                values.append(big)  # type: ignore[union-attr]
-            if not flush(bid, values):  # type: ignore[arg-type]
+                values.append(big)
+            if not flush(bid, values):
                 return None
             lo += k
             if lo >= n:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Any
+from typing import Any, cast
 
 from .._sync._sem import locked_attr
 from .heap import Block, allocate
@@ -71,7 +71,7 @@ def _ctype(typecode_or_type: Any) -> type[Any]:
         raise TypeError(
             f"bad type {typecode_or_type!r}: expected a typecode or a ctypes type"
         ) from None
-    return typecode_or_type  # type: ignore[no-any-return]
+    return cast(type[Any], typecode_or_type)
 
 
 def _base_repr(obj: Any) -> str:
@@ -82,7 +82,7 @@ def _base_repr(obj: Any) -> str:
 
 
 def _plain_type(t: type[Any]) -> type[Any]:
-    return t.__dict__.get("_polyproc_base", t)  # type: ignore[no-any-return]
+    return cast(type[Any], t.__dict__.get("_polyproc_base", t))
 
 
 def _reduce_shared(obj: Any) -> tuple[Any, ...]:
