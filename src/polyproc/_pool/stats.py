@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .tasks import _Record
+
 __all__ = ["PoolStatistics", "WorkerStatistics"]
 
 
-class _Snapshot:
-    """Frozen fields (``__slots__``), compared and shown by value, readable as a mapping."""
+class _Snapshot(_Record):
+    """Frozen fields (``__slots__``), compared and shown by value (``_Record``), readable
+    as a mapping."""
 
     __slots__: tuple[str, ...] = ()
 
@@ -27,15 +30,6 @@ class _Snapshot:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"{type(self).__name__}({fields})"
 
     # -- read as the dict earlier versions returned ----------------------------------
     def keys(self) -> list[str]:
