@@ -271,6 +271,11 @@ POOL_PATH = """
     import polyproc as mp
 
     HEAVY = ("dataclasses", "inspect", "cloudpickle")
+    try:
+        import polyproc._csem  # its prctl spares every child ctypes (optional: needs a compiler)
+        HEAVY += ("ctypes",)
+    except ImportError:
+        pass
 
     def loaded(_):
         return sorted(m for m in HEAVY if m in sys.modules)
@@ -292,8 +297,9 @@ POOL_PATH = """
 @pytest.mark.timeout(60)
 def test_pool_path_stays_light(tmp_path: Path) -> None:
     """A pool's creation, and its workers (first and replacement), import no dataclasses,
-    no inspect, and no cloudpickle for a plain function: each is milliseconds of a short
-    script (a worker pickled with cloudpickle would import it before it could start)."""
+    no inspect, no cloudpickle for a plain function, and (with the C extension) no ctypes:
+    each is milliseconds of a short script (a worker pickled with cloudpickle would import
+    it before it could start; PDEATHSIG through ctypes cost every child ~2 ms)."""
     rc, out, err, _ = run_script(tmp_path, POOL_PATH)
     assert rc == 0, err
     assert out.strip() == "[] [] []", (out, err)

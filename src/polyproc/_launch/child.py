@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -87,16 +88,24 @@ _PR_SET_NAME = 15
 
 
 @functools.cache
-def _libc() -> Any:
-    import ctypes
+def _prctl() -> Callable[[int, int | bytes], Any]:
+    """``prctl(option, arg)``: the C extension's (``_csem.prctl``), else ctypes' (about
+    2 ms to import, in every child that did not inherit it: issue 11's start-up cost)."""
+    try:
+        from .. import _csem
 
-    return ctypes.CDLL(None, use_errno=True)
+        return _csem.prctl
+    except (ImportError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return lambda option, arg: libc.prctl(option, arg, 0, 0, 0)
 
 
 def set_comm(name: str) -> None:
     """Show ``name`` (15 bytes of it) as this process's name in ps, top and psutil."""
     try:
-        _libc().prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        _prctl()(_PR_SET_NAME, name.encode()[:15])
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
 
@@ -108,7 +117,7 @@ def die_with_parent(parent_pid: int) -> None:
     from the main thread or from the long-lived launcher thread (see ``_launch``).
     """
     try:
-        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl()(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
     if os.getppid() != parent_pid:  # it died between our birth and the prctl

@@ -47,9 +47,9 @@ def prepare_to_fork() -> None:
     """Import here, once, what every fork child would otherwise import for itself."""
     import logging  # noqa: F401
 
-    from .child import _libc
+    from .child import _prctl
 
-    _libc()
+    _prctl()
 
 
 def _fork(entry: Callable[[], int]) -> PidfdHandle:
