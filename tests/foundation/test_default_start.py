@@ -272,7 +272,7 @@ POOL_PATH = """
 
     HEAVY = ("dataclasses", "inspect", "cloudpickle")
     try:
-        import polyproc._csem  # its prctl spares every child ctypes (optional: needs a compiler)
+        from polyproc._csem import prctl  # spares every child ctypes (optional: a compiler)
         HEAVY += ("ctypes",)
     except ImportError:
         pass
