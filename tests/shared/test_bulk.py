@@ -137,3 +137,35 @@ def test_arrays_reusing_one_slot_arrive_intact_in_a_child() -> None:
         p.join(30)
         parent.close()
     assert p.exitcode == 0
+
+
+def _big(i: int) -> Any:
+    import numpy as np
+
+    return np.full(MIB, i, dtype=np.uint8)  # 1 MiB: a pooled slot (export), not the socket
+
+
+def test_a_closed_pool_leaves_no_fd_of_its_big_results(start_method: str) -> None:
+    """The receiver's kept mappings of its workers' slots end with the pool (each mmap
+    holds an fd): a program that makes and closes pools must not gather fds."""
+    pytest.importorskip("numpy")
+    from polyproc import get_context
+
+    def memfds() -> list[str]:
+        gc.collect()
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue  # the listing's own fd, gone
+            if target.startswith("/memfd:"):
+                found.append(target)
+        return found
+
+    ctx = get_context(start_method)
+    before = memfds()
+    for _ in range(3):
+        with ctx.Pool(2) as pool:
+            assert [int(a[0]) for a in pool.map(_big, range(8), chunksize=1)] == list(range(8))
+    assert memfds() == before

@@ -36,6 +36,7 @@ from .._connection import Pipe  # here, not at the first start: pool start is ti
 from .._launch.child import is_refusal
 from .._launch.template import for_pool
 from .._serialize import Serializer, fd_handle
+from .._shm import bulk
 from .._transport import wrap_fd
 from ..errors import BrokenProcessPool, CorruptMessageError
 from .channel import Handle, Tag, pickle_buffer
@@ -418,6 +419,10 @@ class ProcessWorkers(WorkerSet):
         self.handles.clear()
         if self.template is not None:
             self.template.close()
+        # The workers are gone, and with them any use of the mappings this process kept
+        # of their big-result slots (and of its own argument slots): give them back, or a
+        # closed pool would leave their fds open (bulk.py; a live lease keeps its own).
+        bulk.trim()
 
     def sample_rss(self) -> None:
         for wid, slot in self.sched.workers.items():
