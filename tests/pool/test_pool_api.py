@@ -346,7 +346,7 @@ def _run_tutorial(
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_tutorial_two_tasks_on_two_workers_finish_together(tmp_path: Path, method: str) -> None:
-    lines, err, elapsed, rc = _run_tutorial(tmp_path, method, "apply_async", s=0.6)
+    lines, err, _elapsed, rc = _run_tutorial(tmp_path, method, "apply_async", s=1.0)
     assert rc == 0, err
     assert lines[0] == "MainProcess: executed", err
     starts = [ln.split(":")[0] for ln in lines if ln.endswith(": start")]
@@ -359,7 +359,10 @@ def test_tutorial_two_tasks_on_two_workers_finish_together(tmp_path: Path, metho
         len(starts) == 2 and len(set(starts)) == 2 and all(s.startswith(prefix) for s in starts)
     ), err
     assert lines.count("MainProcess: 100") == 2
-    assert elapsed < 0.6 * 2 + 1.0, elapsed
+    # Together: both tasks started before either ended (their order in the log, not the
+    # wall clock, which a loaded machine stretches).
+    events = [ln.split(": ")[1] for ln in lines if ln.endswith((": start", ": end"))]
+    assert events[:2] == ["start", "start"], err
 
 
 def test_tutorial_one_worker_runs_both(tmp_path: Path) -> None:
