@@ -12,6 +12,7 @@ import pickle
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -435,6 +436,61 @@ def test_grandchild_dies_when_its_parent_is_sigkilled(ctx: Any, start_method: st
         if grandchild.status() != psutil.STATUS_ZOMBIE:
             grandchild.kill()
             pytest.fail("the grandchild outlived its SIGKILLed parent")
+
+
+_KILLED_RIGHT_AFTER_STARTS = """
+import sys, time
+import polyproc
+
+def sleeper():
+    time.sleep(60)
+
+if __name__ == "__main__":
+    polyproc.set_start_method("forkserver", force=True)
+    procs = [polyproc.Process(target=sleeper) for _ in range(3)]
+    for p in procs:
+        p.start()
+    print(" ".join(str(p.pid) for p in procs), flush=True)
+    for p in procs:
+        p.join()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_forkserver_children_die_with_a_client_killed_right_after_starting_them(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the client just after ``start()``: the server dies with it, and a child
+    it forked a moment before must not survive under init. (The child once took its
+    parent's pid from ``getppid()``, which after the server's death is already 1, so its
+    death-with-parent check passed: one run in five left a survivor here.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "client.py"
+    script.write_text(_KILLED_RIGHT_AFTER_STARTS)
+    env = dict(os.environ, PYTHONPATH=str(Path(polyproc.__file__).parents[1]))
+    survivors: list[int] = []
+    for _ in range(8):
+        client = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert client.stdout is not None
+        pids = [int(x) for x in client.stdout.readline().split()]
+        client.kill()
+        client.wait(10)
+        client.stdout.close()
+        assert len(pids) == 3
+        alive = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
+        _, left = psutil.wait_procs(alive, timeout=5)  # reaped by whoever adopted them
+        for p in left:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    survivors.append(p.pid)
+                    p.kill()
+            except psutil.Error:
+                pass
+    assert not survivors, f"children outlived their killed client: {survivors}"
 
 
 # -- the context's serializer travels with the Process -------------------------------------------------

@@ -371,12 +371,13 @@ class Server:
             self.sel.register(pidfd, selectors.EVENT_READ, "client-dead")
         else:
             os.close(pidfd)
+        server_pid = os.getpid()  # before the fork: in the child, getppid() may already be 1
         try:
             pid = os.fork()
         except OSError as exc:
             pid = -(exc.errno or errno.EAGAIN)
         if pid == 0:
-            self._become_child(payload, status_w, stdio, own)
+            self._become_child(payload, status_w, stdio, own, server_pid)
         for extra in (*own, *stdio):
             os.close(extra)
         if pid > 0:
@@ -405,20 +406,22 @@ class Server:
                     pass
 
     def _become_child(
-        self, payload: Payload, status_w: int, stdio: list[int], own: list[int]
+        self, payload: Payload, status_w: int, stdio: list[int], own: list[int], server_pid: int
     ) -> None:
         code = 1
         try:
+            # First, and against the pid the server had before the fork: a server killed
+            # in between (its owner was kill -9'd) must not leave us running under init
+            # (``os.getppid()`` here would already say 1, and the check would pass).
+            die_with_parent(server_pid)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            server_pid = os.getppid()
             os.close(status_w)
             for std, fd in enumerate(stdio):
                 os.dup2(fd, std)
                 os.close(fd)
             self._close_all()
-            die_with_parent(server_pid)
             if self.shared:  # descendants reuse the forkserver, not a pool's template
                 _CLIENT.address = self.listener.getsockname()
             self.listener.close()
