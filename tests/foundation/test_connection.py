@@ -99,6 +99,20 @@ def test_messages_keep_their_boundaries_and_order(pair: tuple[Connection, Connec
         assert r.recv_bytes() == b"x" * i
 
 
+@pytest.mark.parametrize("duplex", [True, False])
+def test_pipe_ends_are_not_inheritable(duplex: bool) -> None:
+    """As ``os.pipe()``'s: an inheritable end would reach every spawned child (and every
+    ``subprocess``), and the reader would never see EOF while one of them lives
+    (CPython's TestWait hung so under spawn)."""
+    a, b = Pipe(duplex)
+    try:
+        assert not os.get_inheritable(a.fileno())
+        assert not os.get_inheritable(b.fileno())
+    finally:
+        a.close()
+        b.close()
+
+
 def test_duplex_talks_both_ways() -> None:
     a, b = Pipe()
     with a, b:

@@ -85,8 +85,10 @@ def buffered_socketpair() -> tuple[socket.socket, socket.socket]:
 
 
 def big_pipe(flags: int = 0) -> tuple[int, int]:
-    """``os.pipe2(flags)`` with a 1 MiB buffer where the kernel allows (big writes run ~2x faster)."""
-    r, w = os.pipe2(flags)
+    """``os.pipe2(flags | O_CLOEXEC)`` with a 1 MiB buffer where the kernel allows (big writes
+    run ~2x faster). Close-on-exec always, as ``os.pipe()``: an inheritable end would reach
+    every spawned child, and a reader would never see EOF while one of them lives."""
+    r, w = os.pipe2(flags | os.O_CLOEXEC)
     try:
         fcntl.fcntl(w, _F_SETPIPE_SZ, 1 << 20)
     except OSError:
