@@ -100,11 +100,15 @@ class Stream:
         """
         done, n = 0, view.nbytes
         while done < n:
-            got = self.read_into(view[done:])
+            got = self._read_more(view[done:])
             if got == 0:
                 break
             done += got
         return done
+
+    def _read_more(self, view: memoryview) -> int:
+        """One read toward ``read_exact_into``'s goal (a socket may ask for all of it)."""
+        return self.read_into(view)
 
     def write_all(
         self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
@@ -242,16 +246,11 @@ class UnixStream(Stream):
             self._fds.extend(rights_of(anc))
         return n
 
-    def read_exact_into(self, view: memoryview) -> int:
+    def _read_more(self, view: memoryview) -> int:
         # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
-        # takes (the kernel sleeps and copies on); a signal or EOF ends it short, so loop.
-        done, n = 0, view.nbytes
-        while done < n:
-            got = self.read_into(view[done:], socket.MSG_WAITALL)
-            if got == 0:
-                break
-            done += got
-        return done
+        # takes (the kernel sleeps and copies on); a signal or EOF ends it short, so the
+        # caller (``read_exact_into``) loops.
+        return self.read_into(view, socket.MSG_WAITALL)
 
     def write_all(
         self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
