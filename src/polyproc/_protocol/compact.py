@@ -94,22 +94,12 @@ class FrameDecoder:
         Parses by offset and compacts once: a read holding a thousand small
         frames costs one memmove, not a thousand.
         """
-        buf, pos = self._buf, 0
-        out: list[tuple[int, bytes]] = []
-        end = len(buf)
-        while end - pos >= _HDR and len(out) < limit:
-            length, op = HEADER.unpack_from(buf, pos)
-            check(length, op, self.max_size)
-            stop = pos + _HDR + length
-            if stop > end:
-                break
-            out.append((op, bytes(buf[pos + _HDR : stop])))
-            pos = stop
+        buf = self._buf
+        out, pos = self._scan(buf, limit)
         if pos:
             del buf[:pos]
-        if len(out) < limit and len(buf) >= _HDR:  # an incomplete frame: check its header now
-            length, op = HEADER.unpack_from(buf)
-            check(length, op, self.max_size)
+        if len(out) < limit:
+            self._check_partial(buf, 0)
         return out
 
     def feed_frames(self, data: memoryview) -> list[tuple[int, bytes]]:
@@ -117,9 +107,19 @@ class FrameDecoder:
         if self._buf:
             self._buf += data
             return self.frames()
+        out, pos = self._scan(data, 1 << 30)
+        if pos < len(data):
+            self._buf += data[pos:]
+            self._check_partial(data, pos)
+        return out
+
+    def _scan(
+        self, data: bytearray | memoryview, limit: int
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """The whole frames at the start of ``data`` (at most ``limit``) and where they end."""
         out: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
-        while end - pos >= _HDR:
+        while end - pos >= _HDR and len(out) < limit:
             length, op = HEADER.unpack_from(data, pos)
             check(length, op, self.max_size)
             stop = pos + _HDR + length
@@ -127,12 +127,13 @@ class FrameDecoder:
                 break
             out.append((op, bytes(data[pos + _HDR : stop])))
             pos = stop
-        if pos < end:
-            self._buf += data[pos:]
-            if end - pos >= _HDR:  # an incomplete frame: check its header now
-                length, op = HEADER.unpack_from(data, pos)
-                check(length, op, self.max_size)
-        return out
+        return out, pos
+
+    def _check_partial(self, data: bytearray | memoryview, pos: int) -> None:
+        """An incomplete frame at ``pos``: check its header now, before its body is buffered."""
+        if len(data) - pos >= _HDR:
+            length, op = HEADER.unpack_from(data, pos)
+            check(length, op, self.max_size)
 
     def leftover(self) -> bytes:
         """Bytes after the last whole frame (a pipelined first request)."""
