@@ -27,7 +27,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import BrokenResourceError, ClosedResourceError
 from .fds import ANC_SPACE, MAX_FDS, rights, rights_of
@@ -53,13 +53,14 @@ def _broken(exc: OSError) -> BrokenResourceError:
     return BrokenResourceError(exc.errno or errno.EPIPE, f"peer went away: {exc.strerror or exc}")
 
 
-def _mapped(exc: OSError) -> OSError:
-    """The error tree's name for a write's ``OSError``: the peer went away, or we closed it."""
+def _raise_mapped(exc: OSError) -> NoReturn:
+    """Raise the error tree's name for a write's ``OSError`` (the peer went away, or we
+    closed it), chained to it; any other ``OSError`` as it is (never as its own cause)."""
     if exc.errno in _BROKEN:
-        return _broken(exc)
+        raise _broken(exc) from exc
     if exc.errno == errno.EBADF:
-        return ClosedResourceError(errno.EBADF, "stream is closed")
-    return exc
+        raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
+    raise exc
 
 
 class Stream:
@@ -127,7 +128,7 @@ class Stream:
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            raise _mapped(exc) from exc
+            _raise_mapped(exc)
 
     def write_one(self, data: bytes) -> None:
         """``write_all([data])`` for one small bytes: a single ``write``, no list, no views."""
@@ -180,11 +181,7 @@ class Stream:
                 while views and views[0].nbytes == 0:
                     views.popleft()
         except OSError as exc:
-            if exc.errno in _BROKEN:
-                raise _broken(exc) from exc
-            if exc.errno == errno.EBADF:
-                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
-            raise
+            _raise_mapped(exc)
 
     def take_fds(self, count: int) -> list[int]:
         if count:
@@ -231,7 +228,7 @@ class UnixStream(Stream):
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            raise _mapped(exc) from exc
+            _raise_mapped(exc)
 
     def read_into(self, view: memoryview, flags: int = 0) -> int:
         try:
@@ -337,7 +334,7 @@ class SocketStream(Stream):
         except self._again:
             return 0
         except OSError as exc:
-            raise _mapped(exc) from exc
+            _raise_mapped(exc)
 
     def read_into(self, view: memoryview) -> int:
         try:
@@ -366,12 +363,7 @@ class SocketStream(Stream):
         self.write_all([head, body])  # TLS: through the socket object, never the raw fd
 
     def write_one(self, data: bytes) -> None:
-        try:
-            self._sock.sendall(data)
-        except TimeoutError:
-            raise  # a deadline the caller set, not a broken peer
-        except OSError as exc:
-            raise _broken(exc) from exc
+        self.write_all((data,))
 
     def setblocking(self, flag: bool) -> None:
         """Blocking mode of the socket (the manager's loop and gate read without blocking)."""
