@@ -54,7 +54,7 @@ from ._transport import (
     write_all_fd,
     write_some_fd,
 )
-from ._transport.fds import recv_fds, send_fds
+from ._transport.fds import close_fds, recv_fds, send_fds
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "flush_all"]
 
@@ -402,11 +402,7 @@ def _rebuild_queue(
 
 
 def _close_fds(fds: list[int], socks: tuple[socket.socket, ...] = ()) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    close_fds(fds)
     for sock in socks:
         sock.close()
 
