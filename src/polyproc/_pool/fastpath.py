@@ -117,8 +117,7 @@ def send_direct(engine: Engine, job: Job) -> None:
     ):
         flags.led, flags.led_wid = job.sink, sent.wid
     flags.direct = sched.has_idle_worker()
-    if len(sched.deadlines) != deadlines or sched.state is not PoolState.RUN or sched.actions:
-        engine.wake()  # its select timeout must change, or it has work: let it run
+    _hand_back(engine, deadlines)
 
 
 def read_led(engine: Engine, h: Handle) -> None:
@@ -131,6 +130,13 @@ def read_led(engine: Engine, h: Handle) -> None:
         engine.act(True)
     flags.last_send = None
     flags.direct = flags.asleep and sched.has_idle_worker()
+    _hand_back(engine, deadlines)
+
+
+def _hand_back(engine: Engine, deadlines: int) -> None:
+    """After a caller ran the engine's column: wake the engine thread if its select timeout
+    must change (a deadline came or went), or it has work (the pool stops, actions left)."""
+    sched = engine.sched
     if len(sched.deadlines) != deadlines or sched.state is not PoolState.RUN or sched.actions:
         engine.wake()
 
