@@ -31,7 +31,7 @@ from typing import Any
 from .._serialize import Serializer
 from ..errors import RemoteError, SerializationError
 from . import client
-from .wire import Address, Op, dumps, loads, loads_with
+from .wire import Address, Op, dumps, loads_with
 
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
 
@@ -122,7 +122,7 @@ class BaseProxy:
         if rop == Op.RESULT:
             if op == Op.CALL_INCREF:
                 ref.take()
-            return loads(body) if ser is None else ser.loads(body)
+            return loads_with(ser, body)
         return self._unusual_reply(op, rop, body)
 
     def _message(
