@@ -9,12 +9,10 @@ them out lazily (PEP 562) and they present themselves as ``polyproc.errors.X``
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
-from importlib.machinery import ModuleSpec
 from types import ModuleType
-from typing import Any
 
+from ._importhook import when_imported
 from .errors import PolyprocError
 
 __all__ = ["BrokenProcessPool", "WorkerLostError"]
@@ -107,61 +105,4 @@ def _adopt_stdlib_broken_pool(module: ModuleType | None = None) -> bool:
     return True
 
 
-class _LoaderProxy:
-    """The real loader of ``concurrent.futures.process``, plus our hook after it executes."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        try:
-            self._loader.exec_module(module)
-        except BaseException:
-            _install_watcher()  # it did not import: watch for the next try
-            raise
-        _adopt_stdlib_broken_pool(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)  # get_source, is_package, ... for inspect
-
-
-class _StdlibPoolWatcher:
-    """A ``sys.meta_path`` finder that only ever answers for ``concurrent.futures.process``.
-
-    It asks the other finders for the real spec and wraps its loader; every other
-    import costs one string comparison. It removes itself once it has fired.
-    """
-
-    def find_spec(
-        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        if name != _STDLIB_POOL:
-            return None
-        _remove_watcher()
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec: ModuleSpec | None = find(name, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _LoaderProxy(spec.loader)  # type: ignore[assignment]
-                return spec
-        return None
-
-
-def _remove_watcher() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _StdlibPoolWatcher)]
-
-
-def _install_watcher() -> None:
-    if not any(isinstance(f, _StdlibPoolWatcher) for f in sys.meta_path):
-        sys.meta_path.insert(0, _StdlibPoolWatcher())
-
-
-if not _adopt_stdlib_broken_pool():
-    _install_watcher()
+when_imported(_STDLIB_POOL, _adopt_stdlib_broken_pool)

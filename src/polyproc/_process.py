@@ -34,11 +34,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._context import Settings, default_context, get_context
+from ._importhook import when_imported
 from ._parent import ParentProcess
 from ._serialize import DEFAULT_SERIALIZER
 
 if TYPE_CHECKING:
     import logging
+    from types import ModuleType
 
     from ._launch.handle import ChildHandle
 
@@ -468,8 +470,10 @@ def _log_event(msg: str, *args: object) -> None:
     """A child's life events (the stdlib's words) on the ``multiprocessing`` logger, as
     ``log_to_stderr()`` shows them: only when that logger has handlers of its own (set
     here, inherited by fork, or forwarding to the parent's), so a ``basicConfig`` at
-    INFO does not fill with them."""
-    import logging
+    INFO does not fill with them. Without ``logging`` imported it has none."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
 
     # util.LOGGER_NAME, not imported from there: a fork child would import util for it
     logger = logging.getLogger("multiprocessing")
@@ -478,13 +482,16 @@ def _log_event(msg: str, *args: object) -> None:
 
 
 def _install_log_record_factory() -> None:
-    """Make ``%(processName)s`` show our name in every record made in this process."""
-    import logging
+    """Make ``%(processName)s`` show our name in every record made in this process: now if
+    ``logging`` is imported, else when it is (a child that never logs never imports it)."""
+    when_imported("logging", _wrap_record_factory)
 
-    previous = logging.getLogRecordFactory()
+
+def _wrap_record_factory(module: ModuleType) -> None:
+    previous = module.getLogRecordFactory()
     if isinstance(previous, _RecordFactory):
         return
-    logging.setLogRecordFactory(_RecordFactory(previous))
+    module.setLogRecordFactory(_RecordFactory(previous))
 
 
 class _RecordFactory:

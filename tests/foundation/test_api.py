@@ -218,7 +218,7 @@ def _env() -> dict[str, str]:
 
 #: docs/architecture.md, lowest first. A module not listed here fails the test: place it there.
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("errors", "_pool_errors", "_serialize", "_context", "util"),
+    0: ("errors", "_pool_errors", "_importhook", "_serialize", "_context", "util"),
     1: ("_transport",),
     2: ("_protocol",),
     3: ("_launch",),

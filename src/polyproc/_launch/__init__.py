@@ -31,14 +31,12 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
-from .thread import on_launcher_thread as on_launcher_thread
-
 if TYPE_CHECKING:
     from .._context import Settings
     from .handle import ChildHandle
     from .template import Template
 
-__all__ = ["LaunchSpec", "Launcher", "LAUNCHERS", "launcher_for", "on_launcher_thread"]
+__all__ = ["LaunchSpec", "Launcher", "LAUNCHERS", "launcher_for"]
 
 
 class LaunchSpec(NamedTuple):

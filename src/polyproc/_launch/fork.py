@@ -44,9 +44,11 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
 
 def prepare_to_fork() -> None:
-    """Import here, once, what every fork child would otherwise import for itself."""
-    import logging  # noqa: F401
+    """Load, once, what every fork child would otherwise load for itself (the prctl helper).
 
+    Not ``logging``: a child that logs imports it (or has it, if we had); a short
+    script that never logs must not pay 2-3 ms for it (issue 11).
+    """
     from .child import _prctl
 
     _prctl()

@@ -116,7 +116,6 @@ class Template:
         """Fork a template from this thread now, or None if that is not safe."""
         from .._connection import Connection
         from .._transport import UnixStream
-        from . import forkserver  # noqa: F401 - imported once, here, not in the template
         from .fork import prepare_to_fork
         from .handle import PidfdHandle
 
@@ -206,13 +205,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _serve(boot: Connection, parent: int) -> None:
-    """The template's main: a private fork server for one pool."""
-    import signal
+    """The template's main: a private fork server for one pool.
 
-    from .forkserver import Server
+    It imports the server's code here, after the fork: the template is idle until the
+    first replacement, and the caller's pool start does not wait for the import.
+    """
+    import signal
 
     die_with_parent(parent)
     set_comm("polyproc-tmpl")
+    from .forkserver import Server
+
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     Server(boot, shared=False).run()
 

@@ -29,19 +29,21 @@ and who may run the scheduler when is written once, in ``fastpath.Flags``.
 from __future__ import annotations
 
 import atexit
+import os
 import selectors
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from .. import errors
 from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import parkable
 from .._transport.wake import Wake
-from ..errors import BrokenProcessPool, PoolClosedError
+from ..errors import PoolClosedError
 from .channel import Tag
 from .fastpath import Flags, send_direct
 from .messages import TaskError
@@ -181,7 +183,7 @@ class Engine:
         if is_refusal(self.broken):  # a main module with no guard: the program's error
             return RuntimeError(BOOTSTRAP_ERROR)
         if self.broken is not None:
-            err = BrokenProcessPool(str(self.broken))
+            err = errors.BrokenProcessPool(str(self.broken))
             err.__cause__ = self.broken  # and through it, why it broke
             return err
         return PoolClosedError("Pool not running")
@@ -380,7 +382,7 @@ class Engine:
     # -- the end -------------------------------------------------------------------------
     def _crash(self, exc: BaseException) -> None:
         self.flags.direct = False
-        err = BrokenProcessPool(f"the pool's engine failed: {exc!r}")
+        err = errors.BrokenProcessPool(f"the pool's engine failed: {exc!r}")
         err.__cause__ = exc
         self.broken = err
         try:
@@ -424,6 +426,32 @@ class Engine:
                     _guard(item.sink._done)
 
 
+def local_engine(
+    processes: int | None,
+    *,
+    ctx: Any,
+    threads: bool,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasksperchild: int | None,
+    max_memory_per_child: int | None,
+    window: int = 3,
+    target_batch_s: float | None = None,
+) -> Engine:
+    """This machine's engine: worker processes (or threads), ``processes`` of them."""
+    return Engine(
+        processes if processes is not None else (os.cpu_count() or 1),
+        ctx=ctx,
+        threads=threads,
+        initializer=initializer,
+        initargs=initargs,
+        maxtasksperchild=maxtasksperchild,
+        max_memory_per_child=max_memory_per_child,
+        window=window,
+        target_batch_s=0.004 if target_batch_s is None else target_batch_s,
+    )
+
+
 def _terminate_ref(ref: weakref.ref[Engine]) -> None:
     engine = ref()
     if engine is not None and not engine.finished.is_set():
@@ -431,14 +459,19 @@ def _terminate_ref(ref: weakref.ref[Engine]) -> None:
         engine.join(5.0)
 
 
-def _resolve(fut: Future[Any], value: Any) -> None:
+def _resolve(fut: Any, value: Any) -> None:
+    """Give a task's outcome to its future: a ``Cell`` (Pool) or an executor's Future."""
     try:
         if type(value) is TaskError:
             fut.set_exception(value.exception())
         else:
             fut.set_result(value)
-    except InvalidStateError:
-        pass  # cancelled meanwhile
+    except Exception as exc:  # noqa: BLE001 - narrowed below
+        # An executor's future cancelled meanwhile. concurrent.futures is imported
+        # wherever such a future exists (a Cell never raises here).
+        cf = sys.modules.get("concurrent.futures")
+        if cf is None or not isinstance(exc, cf.InvalidStateError):
+            raise
 
 
 def _guard(fn: Callable[..., Any], *args: Any) -> None:

@@ -40,8 +40,9 @@ from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import BrokenProcessPool, MaybeEncodingError
+from .choice import make_engine
 from .engine import Engine
-from .fastpath import PoolFuture
+from .fastpath import Leading
 from .results import IMapIterator, Submitter, make_progress
 from .stats import PoolStatistics
 from .tasks import Job
@@ -105,12 +106,14 @@ _exit = _ExitState()
 os.register_at_fork(after_in_child=_exit.after_fork_in_child)
 
 
-class ExecutorFuture(PoolFuture):
+class ExecutorFuture(Leading, Future[Any]):
     """The executor's Future: a result that would not pickle fails with the pickler's error.
 
     The worker reports such a result as ``MaybeEncodingError`` (what ``Pool`` raises);
     the stdlib's executor raises the pickling error itself, so that is what goes here.
     """
+
+    _engine: Engine | None = None
 
     def set_exception(self, exception: BaseException | None) -> None:
         if isinstance(exception, MaybeEncodingError) and exception.error is not None:
@@ -167,8 +170,6 @@ class ProcessPoolExecutor(Executor):
         self._progress = progress
         self._shutdown = False
         # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
-        from ..backends import make_engine
-
         self._engine: Engine = make_engine(
             backend,
             max_workers,

@@ -31,16 +31,16 @@ import os
 import select
 import threading
 import time
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from .cell import Cell
 from .channel import Handle
 from .tasks import Job, PoolState, Send
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Flags", "PoolFuture", "lead", "send_direct", "read_led"]
+__all__ = ["Flags", "Leading", "PoolFuture", "lead", "send_direct", "read_led"]
 
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -75,27 +75,42 @@ class Flags:
         self.direct = False  # ... and a worker is idle: a caller may send its own job
         # The Future a caller's thread just sent itself, and its worker: that caller may
         # read the answer itself when it waits (``lead``), saving a wake-up.
-        self.led: PoolFuture | None = None
+        self.led: Any = None  # a Leading future (a PoolFuture or an executor's)
         self.led_wid = 0
         self.last_send: Send | None = None  # the last Send carried out (read by send_direct)
 
 
-class PoolFuture(Future[Any]):
-    """A ``concurrent.futures.Future`` whose ``result()`` may read its own answer."""
+class Leading:
+    """A future whose ``result()`` may read its own answer (mixed into a future class).
 
-    _engine: Engine | None = None
+    ``PoolFuture`` (``Pool.apply_async``: a ``Cell``) and the executor's futures (real
+    ``concurrent.futures.Future`` objects) share it.
+    """
+
+    __slots__ = ()
+    _engine: Engine | None
 
     def result(self, timeout: float | None = None) -> Any:
         engine = self._engine
         if engine is not None and engine.flags.led is self:
             timeout = lead(engine, self, timeout)
-        return super().result(timeout)
+        return super().result(timeout)  # type: ignore[misc]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         engine = self._engine
         if engine is not None and engine.flags.led is self:
             timeout = lead(engine, self, timeout)
-        return super().exception(timeout)
+        return super().exception(timeout)  # type: ignore[misc,no-any-return]
+
+
+class PoolFuture(Leading, Cell):
+    """``Pool.apply_async``'s future: a ``Cell`` that may lead."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        super().__init__()
+        self._engine = engine
 
 
 def send_direct(engine: Engine, job: Job) -> None:
@@ -110,7 +125,7 @@ def send_direct(engine: Engine, job: Job) -> None:
     sent, flags.last_send = flags.last_send, None  # never keep a batch alive
     if (
         sent is not None
-        and isinstance(job.sink, PoolFuture)  # executor futures are a subclass
+        and isinstance(job.sink, Leading)  # Pool's and the executor's futures
         and engine.workers.leads
         and sent.batch.owners
         and sent.batch.owners[-1] is job
@@ -141,7 +156,7 @@ def _hand_back(engine: Engine, deadlines: int) -> None:
         engine.wake()
 
 
-def lead(engine: Engine, fut: Future[Any], timeout: float | None) -> float | None:
+def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
     """Wait for ``fut`` by reading its worker's channel in this thread, if we may.
 
     Returns what is left of ``timeout`` for the ordinary wait that follows (which

@@ -30,7 +30,6 @@ exception that cannot be pickled, or unpickled, still arrives as a clear error.
 from __future__ import annotations
 
 import pickle
-import traceback
 from typing import Any
 
 from ..errors import MaybeEncodingError, RemoteTraceback, SerializationError
@@ -77,6 +76,8 @@ class TaskError:
     @classmethod
     def capture(cls, exc: BaseException) -> TaskError:
         """In a worker: the exception pickled now (it may not pickle) and its traceback text."""
+        import traceback  # here: only a failing task needs it (a short script's import)
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         desc = _safe_desc(exc)
         try:

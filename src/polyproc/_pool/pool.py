@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Self, TypeVar
 
 from ..errors import PoolClosedError
+from .choice import make_engine
 from .engine import Engine
 from .fastpath import PoolFuture
 from .results import (
@@ -111,8 +112,6 @@ class Pool:
         self._progress = progress
         self._state = PoolState.RUN
         # ``backend=`` (or use_backend / POLYPROC_BACKEND): a cluster engine instead.
-        from ..backends import make_engine
-
         self._engine: Engine = make_engine(
             backend,
             processes,
@@ -191,8 +190,7 @@ class Pool:
     ) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
         self._check_running()
-        fut = PoolFuture()
-        fut._engine = self._engine
+        fut = PoolFuture(self._engine)
         job = self._sub.single(
             func,
             tuple(args),

@@ -32,13 +32,14 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import errors
 from .._connection import Pipe  # here, not at the first start: pool start is timed
 from .._launch.child import is_refusal
 from .._launch.template import for_pool
 from .._serialize import Serializer, fd_handle
 from .._shm import bulk
 from .._transport import wrap_fd
-from ..errors import BrokenProcessPool, CorruptMessageError
+from ..errors import CorruptMessageError
 from .channel import Handle, Tag, pickle_buffer
 from .channel import packed as pack_single
 from .journal import JournalReader, values_of
@@ -147,7 +148,7 @@ class ProcessWorkers(WorkerSet):
                 # fork fails): every start would fail alike. Break now, with the cause.
                 if engine.start_error is None:
                     engine.start_error = exc
-                err = BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
+                err = errors.BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
                 err.__cause__ = exc
                 # A main module with no guard (the forkserver would not import it) is
                 # the program's error: raised as it is, not as a broken pool.

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import errors
 from .._launch.child import BOOTSTRAP_ERROR, REFUSED_EXIT
-from ..errors import BrokenProcessPool, TimeoutError, WorkerLostError
+from ..errors import TimeoutError
 from .messages import TaskError
 from .tasks import (
     Batch,
@@ -137,7 +138,7 @@ def worker_exited(
             f"{s._start_failures} workers in a row died while starting "
             f"({who}: {describe_exit(exitcode)})"
         )
-        s._break(BrokenProcessPool(str(err)))
+        s._break(errors.BrokenProcessPool(str(err)))
         return
     s._top_up()
     s._fill()
@@ -231,7 +232,7 @@ def lost_batch(
     else:
         s.stats["lost"] += 1
         rss = f"{peak_rss / 2**20:.1f} MiB" if peak_rss else "unknown"
-        err = WorkerLostError(
+        err = errors.WorkerLostError(
             f"{who} died ({describe_exit(exitcode)}) while running "
             f"{call_repr(job.fn.name, job.mode, batch.arg_of(pos))} (task index {index}); "
             f"peak RSS {rss}" + (f"; tried {times} times" if times > 1 else ""),

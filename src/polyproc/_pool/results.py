@@ -33,11 +33,11 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
-from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from .._serialize import reducers
 from ..errors import TimeoutError
+from .cell import Cell
 from .messages import TaskError, pickling_error
 from .scheduler import FnInfo, Job, Mode
 
@@ -63,11 +63,11 @@ class ApplyResult(Generic[T]):
 
     def __init__(
         self,
-        future: Future[T] | None = None,
+        future: Cell | None = None,
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> None:
-        self._future: Future[T] = future if future is not None else Future()
+        self._future = future if future is not None else Cell()
         if callback is not None or error_callback is not None:
             self._future.add_done_callback(_callbacks(callback, error_callback))
 
@@ -91,7 +91,7 @@ class ApplyResult(Generic[T]):
     def get(self, timeout: float | None = None) -> T:
         """The result, or the task's exception raised here; TimeoutError if not ready in time."""
         try:
-            return self._future.result(timeout)
+            return self._future.result(timeout)  # type: ignore[no-any-return]
         except builtins.TimeoutError:
             if self._future.done():
                 raise  # the task itself raised (or timed out in its worker)
@@ -100,7 +100,14 @@ class ApplyResult(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here: importing asyncio costs a short script more than its pool
 
-        return asyncio.wrap_future(self._future).__await__()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def copy(cell: Cell) -> None:
+            loop.call_soon_threadsafe(_copy_outcome, cell, waiter)
+
+        self._future.add_done_callback(copy)
+        return waiter.__await__()
 
     def __repr__(self) -> str:
         state = "ready" if self._future.done() else "pending"
@@ -110,11 +117,22 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
+def _copy_outcome(cell: Cell, waiter: Any) -> None:
+    """In the event loop: give an awaited result's outcome to its asyncio future."""
+    if waiter.cancelled():
+        return
+    error = cell.exception()
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(cell.result())
+
+
 def _callbacks(
     callback: Callable[[T], object] | None,
     error_callback: Callable[[BaseException], object] | None,
-) -> Callable[[Future[T]], None]:
-    def run(fut: Future[T]) -> None:
+) -> Callable[[Cell], None]:
+    def run(fut: Cell) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -387,7 +405,7 @@ class Submitter:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        future: Future[Any],
+        future: Any,
         *,
         timeout: float | None,
         retries: int,

@@ -48,8 +48,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import errors
 from .._launch.child import BOOTSTRAP_ERROR, is_refusal
-from ..errors import BrokenProcessPool
 from . import batching, recovery
 from .batching import CREDIT_BYTES as _CREDIT_BYTES
 from .batching import approx_bytes as _approx_bytes
@@ -265,7 +265,9 @@ class Scheduler:
 
         (The stdlib respawns forever here and every ``get()`` hangs.)
         """
-        broken = BrokenProcessPool(f"the pool's initializer raised {error!r}; no task can run")
+        broken = errors.BrokenProcessPool(
+            f"the pool's initializer raised {error!r}; no task can run"
+        )
         broken.__cause__ = error
         self._break(broken)
 
@@ -385,7 +387,7 @@ class Scheduler:
         if self.state is PoolState.BROKEN and is_refusal(self.broken_error):
             return RuntimeError(BOOTSTRAP_ERROR)  # the program's own error, not the pool's
         if self.state is PoolState.BROKEN:
-            err = BrokenProcessPool(f"the pool is broken: {self.broken_error}")
+            err = errors.BrokenProcessPool(f"the pool is broken: {self.broken_error}")
             err.__cause__ = self.broken_error  # why: the initializer's error, a failed start
             return err
         from ..errors import PoolClosedError

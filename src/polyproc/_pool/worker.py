@@ -32,7 +32,6 @@ pickling, results handed to the engine through a callback.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
 import threading
@@ -315,6 +314,8 @@ class ThreadWorker:
         initargs: tuple[Any, ...],
     ) -> None:
         self.wid = wid
+        import queue  # here: only a ThreadPool has thread workers
+
         self.inbox: queue.SimpleQueue[tuple[int, Callable[..., Any], int, list[Any]] | None] = (
             queue.SimpleQueue()
         )

@@ -131,10 +131,10 @@ def make_engine(
         spec = current_backend(backend)
     kind = _kind(spec)
     if kind == "local":
-        from .._pool.engine import Engine
+        from .._pool.engine import local_engine
 
-        return Engine(
-            processes if processes is not None else (os.cpu_count() or 1),
+        return local_engine(
+            processes,
             ctx=ctx,
             threads=threads,
             initializer=initializer,
@@ -142,7 +142,7 @@ def make_engine(
             maxtasksperchild=maxtasksperchild,
             max_memory_per_child=max_memory_per_child,
             window=window,
-            target_batch_s=0.004 if target_batch_s is None else target_batch_s,
+            target_batch_s=target_batch_s,
         )
     if max_memory_per_child is not None:
         raise ValueError(
