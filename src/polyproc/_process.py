@@ -120,7 +120,6 @@ class BaseProcess:
         self._name = name or f"{kind}-" + ":".join(str(i) for i in self._identity)
         self._handle: ChildHandle | None = None
         self._closed = False
-        self._popen_pid: int | None = None
 
     # -- the stdlib API -------------------------------------------------------
     def run(self) -> None:
@@ -153,8 +152,9 @@ class BaseProcess:
             template,
             pool_worker,
         )
+        # Its pid is read from the handle when asked: a pool's first worker, forked by
+        # the pool's template, has one only once the template has said it (template.py).
         self._handle = launcher_for(ctx.start_method).start(spec)
-        self._popen_pid = self._handle.pid
         # The child has its own copy; drop ours so big arguments are freed (as the stdlib does).
         self._target = None
         self._args = ()
@@ -271,7 +271,8 @@ class BaseProcess:
         self._check_closed()
         if self is _STATE.current:
             return os.getpid()
-        return self._popen_pid
+        handle = self._handle
+        return None if handle is None else handle.pid
 
     pid = ident
 
@@ -331,7 +332,6 @@ class _MainProcess(BaseProcess):
         self._name = "MainProcess"
         self._handle = None
         self._closed = False
-        self._popen_pid = None
 
 
 class Process(BaseProcess):

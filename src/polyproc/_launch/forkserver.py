@@ -34,7 +34,6 @@ import socket
 import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +48,7 @@ from .child import (
     preparation_data,
     set_comm,
 )
-from .handle import ChildHandle, StatusPipeHandle, launch_errors
+from .handle import PID, ChildHandle, StatusPipeHandle, launch_errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["start", "request", "serve", "Server"]
 
 _CONTROL_FDS = 5  # status_w, client pidfd, stdin, stdout, stderr: after the payload's own fds
-_PID = struct.Struct("<q")
 
 
 class _Client:
@@ -244,7 +242,7 @@ def request(
         raise
     finally:
         os.close(w)
-    (pid,) = _PID.unpack(reply)
+    (pid,) = PID.unpack(reply)
     if pid < 0:
         os.close(r)
         raise StartError(f"the forkserver could not fork: {os.strerror(-pid)}")
@@ -283,7 +281,11 @@ class Server:
     pool's template (``template.py``) runs another, private to that pool.
     """
 
-    def __init__(self, boot: Connection, *, shared: bool = True) -> None:
+    def __init__(
+        self, boot: Connection, *, shared: bool = True, first: tuple[int, int] | None = None
+    ) -> None:
+        """``first``: (pid, status pipe) of a child forked before serving (a pool's first
+        worker, forked by its template at birth): reaped and reported like the others."""
         self.boot = boot
         self.shared = shared
         self.sel = selectors.DefaultSelector()
@@ -297,11 +299,14 @@ class Server:
         self.client_pidfd: dict[int, int] = {}  # conn fd -> that client's pidfd
         self.pidfd_children: dict[int, set[int]] = {}  # client pidfd -> its live children
         self.dead: set[int] = set()  # client pidfds whose process has exited
+        if first is not None:
+            self.children[first[0]] = (first[1], -1)  # no client pidfd: it dies with us
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the clients to handle
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._reap()  # a child that ended before the handler was set sent no wake-up
         self.boot.send(self.listener.getsockname())
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         self.sel.register(self.boot.fileno(), selectors.EVENT_READ, "boot")
@@ -386,7 +391,7 @@ class Server:
         else:
             os.close(status_w)
         try:
-            conn.send_bytes(_PID.pack(pid))
+            conn.send_bytes(PID.pack(pid))
         except OSError:
             self._drop(fd)
 
@@ -437,6 +442,8 @@ class Server:
             code = entry()
         except BaseException:
             try:
+                import traceback  # here: a pool's template loads this module at birth
+
                 traceback.print_exc()
                 sys.stderr.flush()
             finally:

@@ -25,7 +25,10 @@ from contextlib import contextmanager
 
 from ..errors import StartError
 
-__all__ = ["ChildHandle", "PidfdHandle", "StatusPipeHandle", "wait_fd", "launch_errors"]
+__all__ = ["ChildHandle", "PidfdHandle", "StatusPipeHandle", "wait_fd", "launch_errors", "PID"]
+
+#: A fork server's reply to a request: the new child's pid, or minus the errno of a failed fork.
+PID = struct.Struct("<q")
 
 
 def wait_fd(fd: int, timeout: float | None) -> bool:
@@ -57,6 +60,10 @@ class ChildHandle:
     def poll(self) -> int | None:
         """The exit code if the child has exited (negative: killed by that signal), else None."""
         raise NotImplementedError
+
+    def pid_if_known(self) -> int | None:
+        """The pid, or None where reading it would wait (``template._LatePidHandle``)."""
+        return self.pid
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self.returncode is None and wait_fd(self.sentinel, timeout):

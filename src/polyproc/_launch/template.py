@@ -6,12 +6,14 @@ guard), and must never be forked from a process whose other threads may hold a
 lock. Both hold if we fork only while the caller is the sole thread, apart from
 polyproc's own threads *parked* where they hold no lock::
 
-    Process.start() (auto)                     Pool / Executor created (auto or fork)
-    ──────────────────────                     ───────────────────────────────────────
+    Process.start() (auto)                     Pool / Executor created (auto)
+    ──────────────────────                     ───────────────────────────────
     caller single-threaded?                    caller single-threaded?
-      yes: park ours, os.fork() here             yes: park ours, fork a TEMPLATE, then
-      no:  the forkserver (fresh interpreter)         fork the first workers here
-                                                 no:  no template (auto: forkserver)
+      yes: park ours, os.fork() here             yes: park ours; the first worker's start
+      no:  the forkserver (fresh interpreter)         forks a TEMPLATE, which forks that
+                                                      worker at once; the caller forks the
+                                                      other first workers itself, meanwhile
+                                                 no:  no template (the forkserver)
 
     pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
     (replacements after a crash, recycling)         the caller at creation) ── fork ──► worker
@@ -19,11 +21,14 @@ polyproc's own threads *parked* where they hold no lock::
 The template is a copy of the caller taken before the pool's engine thread exists,
 so it has one thread; it runs the forkserver's request loop (``forkserver.Server``)
 privately for its pool, and exits when the pool closes it or the caller dies.
-The first workers are forked from the caller itself, right after the template, in
-the same single-threaded moment (no hop, nothing pickled: what the stdlib's Pool
-does); later ones come from the template. Either way a worker costs a fork (no
-interpreter boot, no import of ``__main__``), cannot inherit an fd another thread
-of the caller opens later (a ``subprocess`` exec-status pipe: issue 11, case 4),
+The caller forks as many processes as the stdlib's Pool does (the template instead
+of the first worker): the template forks that worker from the entry it already holds
+(nothing pickled, no request), and says its pid on the boot socket while the caller
+forks the next worker (``fork_with_first``; the pid is read when first asked).
+Replacements come from the template too. Under ``fork`` the template is forked on its
+own at pool creation and the first workers are forked here. Either way a worker costs
+a fork (no interpreter boot, no import of ``__main__``), cannot inherit an fd another
+thread of the caller opens later (a ``subprocess`` exec-status pipe: issue 11, case 4),
 and never makes Python 3.12+ warn about forking with threads.
 
 *Parked* means: a polyproc thread that registered the one lock it holds whenever
@@ -44,6 +49,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent, set_comm
+from .handle import PID, StatusPipeHandle
 from .parking import fork_is_safe as fork_is_safe
 from .parking import parkable as parkable
 from .parking import parked as parked
@@ -86,7 +92,9 @@ class Template:
     it (its workers, if any are left, die with it by PDEATHSIG).
     """
 
-    def __init__(self, boot: Connection, handle: PidfdHandle) -> None:
+    def __init__(self, boot: Connection | None = None, handle: PidfdHandle | None = None) -> None:
+        # No boot socket yet: a *pending* template, forked with its pool's first worker
+        # (``fork_with_first``). The fields below are filled then.
         self._boot = boot
         self._handle = handle
         self._lock = threading.Lock()
@@ -95,7 +103,17 @@ class Template:
         self._pidfd: int | None = None
         self._closed = False
         self._owner = os.getpid()
+        #: The first worker's channel ends, which the template closes once it has forked
+        #: that worker (set by the pool before that worker's start).
+        self.first_fds: tuple[int, ...] = ()
+        self._first: int | None = 0  # the first worker's pid once read (None: unread)
+        self._first_lock = threading.Lock()
         _LIVE.add(self)
+
+    @property
+    def pending(self) -> bool:
+        """Not forked yet: the pool's first worker start will fork it (``fork_with_first``)."""
+        return self._boot is None and not self._closed
 
     def _forget_in_child(self) -> None:
         """In a forked child: drop our copies of this template's sockets, or the template
@@ -109,11 +127,58 @@ class Template:
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
 
     @classmethod
     def fork(cls) -> Template | None:
         """Fork a template from this thread now, or None if that is not safe."""
+        template = cls()
+        if template._fork(None) is None:
+            template._closed = True
+            return None
+        return template
+
+    def fork_with_first(self, spec: LaunchSpec) -> ChildHandle | None:
+        """Fork this pending template now, and have it fork ``spec`` (the pool's first
+        worker) at once; the worker's handle, or None if forking is not safe here.
+
+        The caller forks once where it would fork twice (template, then worker): the
+        template forks the worker while the caller goes on to the next one. The worker
+        is the template's child, as replacements are: its exit status comes down a pipe.
+        """
+        if not self.pending:
+            return None
+        r, w = os.pipe()
+        self._first = None  # the template sends it first, before its address
+        try:
+            got = self._fork((spec.entry, w, self.first_fds))
+        finally:
+            os.close(w)
+            self.first_fds = ()
+        if got is None:
+            os.close(r)
+            self._closed = True
+            return None
+        # Not waiting for the template to say the pid: the caller forks the next worker
+        # meanwhile (the worker's READY says it too; ``pid`` reads it when asked).
+        return _LatePidHandle(self._first_pid, r)
+
+    def _first_pid(self) -> int:
+        """The first worker's pid, as the template sent it first on the boot socket; -1 if
+        the template died before saying it (its worker's status pipe then says it died)."""
+        with self._first_lock:
+            if self._first is None:
+                self._first = -1
+                if self._boot is not None and not self._boot.closed:
+                    try:
+                        (self._first,) = PID.unpack(self._boot.recv_bytes())
+                    except (EOFError, OSError):
+                        pass
+            return max(self._first, -1)
+
+    def _fork(self, first: _First | None) -> int | None:
+        """Fork the template (fill in this object); its pid, or None if not safe now."""
         from .._connection import Connection
         from .._transport import UnixStream
         from .fork import prepare_to_fork
@@ -133,12 +198,14 @@ class Template:
                 code = 1
                 try:
                     ours.close()
-                    _serve(Connection(UnixStream(theirs.detach())), parent)
+                    _serve(Connection(UnixStream(theirs.detach())), parent, first)
                     code = 0
                 finally:
                     os._exit(code)  # never the caller's atexit handlers: we are its copy
         theirs.close()
-        return cls(Connection(UnixStream(ours.detach())), PidfdHandle(pid, os.pidfd_open(pid)))
+        self._boot = Connection(UnixStream(ours.detach()))
+        self._handle = PidfdHandle(pid, os.pidfd_open(pid))
+        return pid
 
     def _connect(self) -> Connection:
         from .._connection import Connection
@@ -146,9 +213,11 @@ class Template:
 
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        if self._closed:
+        if self._closed or self._boot is None:
             raise OSError("the pool's template was closed")
         if self._address is None:
+            if self._first is None:
+                self._first_pid()  # the template said that first
             try:
                 self._address = self._boot.recv()
             except EOFError as exc:  # it died before it could listen
@@ -168,7 +237,12 @@ class Template:
         return self._pidfd
 
     def usable(self) -> bool:
-        return not self._closed and self._owner == os.getpid() and self._handle.poll() is None
+        return (
+            not self._closed
+            and self._owner == os.getpid()
+            and self._handle is not None
+            and self._handle.poll() is None
+        )
 
     def start(self, spec: LaunchSpec) -> ChildHandle:
         from .forkserver import request
@@ -181,16 +255,52 @@ class Template:
             if self._closed or self._owner != os.getpid():
                 return
             self._closed = True
+            if self._handle is None:  # pending: never forked
+                return
             for conn in (self._conn, self._boot):
                 if conn is not None:
                     conn.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
-        if self._handle.wait(5.0) is None:
-            self._handle.send_signal(9)
-            self._handle.wait(5.0)
-        self._handle.close()
+        handle = self._handle
+        if handle.wait(5.0) is None:
+            handle.send_signal(9)
+            handle.wait(5.0)
+        handle.close()
+
+
+class _LatePidHandle(StatusPipeHandle):
+    """A pool's first worker, forked by the template: its pid is read when first asked."""
+
+    def __init__(self, read_pid: Callable[[], int], sentinel: int) -> None:
+        self._read_pid: Callable[[], int] | None = read_pid
+        self._pid = -1
+        super().__init__(-1, sentinel)
+
+    @property
+    def pid(self) -> int:
+        read = self._read_pid
+        if read is not None:
+            self._pid = read()
+            self._read_pid = None
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        if value >= 0:
+            self._pid = value
+
+    def pid_if_known(self) -> int | None:
+        return None if self._read_pid is not None else self._pid
+
+    def send_signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid > 0 and self.poll() is None:  # never kill(-1): "every process we may"
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 _LIVE: weakref.WeakSet[Template] = weakref.WeakSet()
@@ -204,20 +314,51 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _serve(boot: Connection, parent: int) -> None:
+#: What a template forks first, before serving: (entry, status pipe's write end, fds to
+#: close once it is forked: that worker's channel ends, which replacements must not hold).
+_First = tuple["Callable[[], int]", int, tuple[int, ...]]
+
+
+def _serve(boot: Connection, parent: int, first: _First | None) -> None:
     """The template's main: a private fork server for one pool.
 
-    It imports the server's code here, after the fork: the template is idle until the
-    first replacement, and the caller's pool start does not wait for the import.
+    It imports the server's code after forking its first worker: the template is idle
+    until the first replacement, and neither the caller nor that worker waits for it.
     """
     import signal
 
+    from .handle import PID
+
     die_with_parent(parent)
+    forked: tuple[int, int] | None = None
+    if first is not None:
+        entry, status_w, channel = first
+        me = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            pid = -(exc.errno or 11)
+        if pid == 0:
+            code = 1
+            try:
+                os.close(status_w)
+                boot.close()
+                die_with_parent(me)
+                code = entry()
+            finally:
+                os._exit(code)
+        for fd in channel:
+            os.close(fd)
+        boot.send_bytes(PID.pack(pid))
+        if pid > 0:
+            forked = (pid, status_w)
+        else:
+            os.close(status_w)
     set_comm("polyproc-tmpl")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from .forkserver import Server
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    Server(boot, shared=False).run()
+    Server(boot, shared=False, first=forked).run()
 
 
 def for_pool(ctx: Settings) -> Template | None:
@@ -231,9 +372,11 @@ def for_pool(ctx: Settings) -> Template | None:
     from .child import check_not_bootstrapping
 
     check_not_bootstrapping()
-    if ctx.start_method not in ("auto", "fork"):
+    if ctx.start_method == "fork":
+        return Template.fork()
+    if ctx.start_method != "auto" or not fork_is_safe():
         return None
-    return Template.fork()
+    return Template()  # pending: forked with the first worker (``fork_with_first``)
 
 
 def start(spec: LaunchSpec) -> ChildHandle:
@@ -249,6 +392,12 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
     template = spec.template
     tried_here = False
+    if template is not None and template.pending:
+        if threading.current_thread() is threading.main_thread():
+            handle = template.fork_with_first(spec)
+            if handle is not None:
+                return handle
+        template.close()  # not safe now: the pool's workers start as below
     if template is not None and template.usable():
         if threading.current_thread() is threading.main_thread():
             tried_here = True

@@ -113,11 +113,7 @@ class ProcessWorkers(WorkerSet):
         return [h.proc for h in list(self.handles.values()) if h.proc is not None]
 
     def processes(self) -> dict[int, Any]:
-        return {
-            h.pid: h.proc
-            for h in list(self.handles.values())
-            if h.proc is not None and h.pid is not None
-        }
+        return {h.proc.pid: h.proc for h in list(self.handles.values()) if h.proc is not None}
 
     # -- start, stop, kill, death ------------------------------------------------------
     def spawn(self, wid: int) -> None:
@@ -134,6 +130,9 @@ class ProcessWorkers(WorkerSet):
             )
             proc.name = proc.name.replace("Process", self.prefix)
             proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
+            if self.template is not None and self.template.pending:
+                # The template forks this first worker; then it must not keep its channel.
+                self.template.first_fds = (ours.fileno(), theirs.fileno())
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
@@ -157,7 +156,10 @@ class ProcessWorkers(WorkerSet):
             return
         theirs.close()
         self.engine.hook_exit()  # after the first start (engine.py says why)
-        h.proc, h.conn, h.pid = proc, ours, proc.pid
+        # A first worker forked by the template says its pid in READY: not waited for here.
+        handle = proc._handle
+        assert handle is not None
+        h.proc, h.conn, h.pid = proc, ours, handle.pid_if_known()
         h.sock = wrap_fd(os.dup(ours.fileno()))
         h.fd = h.sock.fileno()
         self.sel.register(h.fd, selectors.EVENT_READ, (Tag.CHANNEL, h))
