@@ -274,6 +274,17 @@ def _send_preload(conn: Connection) -> None:
 # -- the server ------------------------------------------------------------------
 
 
+def _print_and_exit() -> None:
+    """A child whose entry could not run: its traceback on its stderr, exit code 1."""
+    try:
+        import traceback  # here: a pool's template loads this module at birth
+
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(1)
+
+
 class Server:
     """A fork server's state: its sockets, its clients, and which client owns which child.
 
@@ -299,6 +310,7 @@ class Server:
         self.client_pidfd: dict[int, int] = {}  # conn fd -> that client's pidfd
         self.pidfd_children: dict[int, set[int]] = {}  # client pidfd -> its live children
         self.dead: set[int] = set()  # client pidfds whose process has exited
+        self.spare: tuple[int, Connection] | None = None  # (pid, its socket): templates only
         if first is not None:
             self.children[first[0]] = (first[1], -1)  # no client pidfd: it dies with us
 
@@ -376,24 +388,39 @@ class Server:
             self.sel.register(pidfd, selectors.EVENT_READ, "client-dead")
         else:
             os.close(pidfd)
-        server_pid = os.getpid()  # before the fork: in the child, getppid() may already be 1
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            pid = -(exc.errno or errno.EAGAIN)
+        pid = 0
+        if self.spare is not None:
+            # Known as the child before it gets the request: if it dies at once, the
+            # reaper must find whom to tell.
+            spare = self.spare[0]
+            self.children[spare] = (status_w, known)
+            self.pidfd_children[known].add(spare)
+            if self._hand_to_spare(payload, own, stdio) is not None:
+                pid = spare
+            else:
+                self.children.pop(spare, None)
+                self.pidfd_children[known].discard(spare)
         if pid == 0:
-            self._become_child(payload, status_w, stdio, own, server_pid)
+            server_pid = os.getpid()  # before the fork: in the child, getppid() may be 1
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                pid = -(exc.errno or errno.EAGAIN)
+            if pid == 0:
+                self._become_child(payload, status_w, stdio, own, server_pid)
+            if pid > 0:
+                self.children[pid] = (status_w, known)
+                self.pidfd_children[known].add(pid)
+            else:
+                os.close(status_w)
         for extra in (*own, *stdio):
             os.close(extra)
-        if pid > 0:
-            self.children[pid] = (status_w, known)
-            self.pidfd_children[known].add(pid)
-        else:
-            os.close(status_w)
         try:
             conn.send_bytes(PID.pack(pid))
         except OSError:
             self._drop(fd)
+        if not self.shared and self.spare is None and pid > 0:
+            self._fork_spare()  # after the reply: nobody waits for it
 
     @staticmethod
     def _preload(body: bytes | memoryview) -> None:
@@ -415,45 +442,107 @@ class Server:
     ) -> None:
         code = 1
         try:
-            # First, and against the pid the server had before the fork: a server killed
-            # in between (its owner was kill -9'd) must not leave us running under init
-            # (``os.getppid()`` here would already say 1, and the check would pass).
-            die_with_parent(server_pid)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._detach(server_pid)
             os.close(status_w)
-            for std, fd in enumerate(stdio):
-                os.dup2(fd, std)
-                os.close(fd)
-            self._close_all()
-            if self.shared:  # descendants reuse the forkserver, not a pool's template
-                _CLIENT.address = self.listener.getsockname()
-            self.listener.close()
-            from .._serialize import DEFAULT_SERIALIZER
-
-            entry: Callable[[], int]
-            env: dict[str, str] | None
-            entry, env, log = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
-            if env is not None:
-                os.environ.clear()
-                os.environ.update(env)
-            install_log_forwarding(log)
-            code = entry()
+            code = self._run(payload, stdio, own)
         except BaseException:
-            try:
-                import traceback  # here: a pool's template loads this module at birth
-
-                traceback.print_exc()
-                sys.stderr.flush()
-            finally:
-                os._exit(1)
+            _print_and_exit()
         finally:
             os._exit(code)
+
+    def _detach(self, server_pid: int) -> None:
+        """In a child just forked: tie its life to ours, then drop everything of the server's."""
+        # First, and against the pid the server had before the fork: a server killed
+        # in between (its owner was kill -9'd) must not leave us running under init
+        # (``os.getppid()`` here would already say 1, and the check would pass).
+        die_with_parent(server_pid)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._close_all()
+        if self.shared:  # descendants reuse the forkserver, not a pool's template
+            _CLIENT.address = self.listener.getsockname()
+        self.listener.close()
+
+    @staticmethod
+    def _run(payload: Payload, stdio: list[int], own: list[int]) -> int:
+        """In the child: the client's stdio, its environment, then the entry it sent."""
+        for std, fd in enumerate(stdio):
+            os.dup2(fd, std)
+            os.close(fd)
+        from .._serialize import DEFAULT_SERIALIZER
+
+        entry: Callable[[], int]
+        env: dict[str, str] | None
+        entry, env, log = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        install_log_forwarding(log)
+        return entry()
+
+    # -- a pool template's spare ------------------------------------------------------
+    def _fork_spare(self) -> None:
+        """Fork a child that waits for the next request (a pool's template, after its first).
+
+        The next replacement then costs no fork and no child set-up: the request goes
+        to the spare, which runs it at once, and a new spare is forked after the reply,
+        while nobody waits (issue 11: a replacement in <= 3 ms). A pool that lost one
+        worker often loses more (the same OOM), and ``maxtasksperchild`` replaces
+        workers all the time. It dies with the template (PDEATHSIG).
+        """
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server_pid = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                self._detach(server_pid)
+                set_comm("polyproc-tspare")  # not "polyproc-spare": that is process-wide
+                conn = Connection(UnixStream(theirs.detach()))
+                try:
+                    payload = conn.recv_payload()
+                except (EOFError, OSError):
+                    code = 0  # the template ended, or dropped us
+                else:
+                    conn.close()
+                    *own, i, o, e = payload.fds
+                    code = self._run(payload, [i, o, e], own)
+            except BaseException:
+                _print_and_exit()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.spare = (pid, Connection(UnixStream(ours.detach())))
+
+    def _hand_to_spare(self, payload: Payload, own: list[int], stdio: list[int]) -> int | None:
+        """Give a request to the spare; its pid, or None if there is none (or it died)."""
+        if self.spare is None:
+            return None
+        pid, conn = self.spare
+        self.spare = None
+        try:
+            conn.send_payload(Payload(payload.body, payload.buffers, [*own, *stdio]))
+        except OSError:  # it died: fork instead
+            return None
+        finally:
+            conn.close()
+        return pid
 
     def _close_all(self) -> None:
         self.sel.close()
         self.boot.close()
+        if self.spare is not None:
+            self.spare[1].close()
         for conn in self.clients.values():
             conn.close()
         for fd in (self.wake_r, self.wake_w, *self.pidfd_children):
@@ -476,6 +565,9 @@ class Server:
                 return
             entry = self.children.pop(pid, None)
             if entry is None:
+                if self.spare is not None and self.spare[0] == pid:  # it died waiting
+                    self.spare[1].close()
+                    self.spare = None
                 continue
             status_w, pidfd = entry
             try:

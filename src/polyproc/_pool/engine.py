@@ -294,7 +294,12 @@ class Engine:
 
     def _on_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         workers = self.workers
+        live = self.sel.get_map()
         for key, mask in events:
+            if len(events) > 1 and live.get(key.fd) is not key:
+                # Unregistered by an earlier event of this batch: a worker whose sentinel
+                # and channel fire together (its template died: both at once) is gone.
+                continue
             match key.data:
                 case None:
                     self._waker.drain()
