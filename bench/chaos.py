@@ -48,7 +48,7 @@ from typing import Any
 from chaos_scenarios import PROGRESS, RESULT, SEGMENT, SIZES, STAGE, TAG_ENV, _status
 
 SCENARIOS = ("killer", "parent-kill", "sigint", "soak", "leaks", "hostile")
-START_METHODS = ("fork", "spawn", "forkserver")
+START_METHODS = ("auto", "fork", "spawn", "forkserver")  # auto: the default
 KILL_POINTS = ("pool-idle", "mid-map", "executor", "process", "manager", "shared-memory", "closing")
 
 
@@ -394,7 +394,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace | int:
         action="append",
         default=[],
         metavar="M",
-        help="repeatable or comma-separated (default: fork, spawn, forkserver)",
+        help="repeatable or comma-separated (default: auto, fork, spawn, forkserver)",
     )
     p.add_argument("--list", action="store_true", help="print the cases and exit")
     p.add_argument("--seed", type=int, default=None, help="for the killer's choices")
