@@ -21,3 +21,18 @@ class LockedAttr:
 
 def prctl(option: int, arg: int | bytes, /) -> None:
     """``prctl(2)`` with one argument (PR_SET_PDEATHSIG, PR_SET_NAME), no ctypes."""
+
+def run_scalars(
+    fn: object,
+    star: bool,
+    items: list[object],
+    j: int,
+    stop: int,
+    journal: object,
+    tags_at: int,
+    vals_at: int,
+    started_word: int,
+    unset: int,
+    /,
+) -> tuple[int, object, bool]:
+    """The pool journal's commit loop (``Journal._span``): scalars committed in C."""

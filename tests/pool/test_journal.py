@@ -19,6 +19,16 @@ from polyproc._serialize import DEFAULT_SERIALIZER
 pickle_dumps = DEFAULT_SERIALIZER.dumps_bytes
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def commit_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both commit loops: the C one (``_csem.run_scalars``) and Python's."""
+    if request.param == "c" and jr._run_scalars is None:
+        pytest.skip("no C extension")
+    if request.param == "python":
+        monkeypatch.setattr(jr, "_run_scalars", None)
+    return str(request.param)
+
+
 class _Probe:
     """A task function that, at each task, records what the journal says so far."""
 
@@ -300,3 +310,57 @@ def test_a_result_too_big_for_the_journal_is_never_copied_in_band() -> None:
     small = _BigBuffer(1000)
     blob = jr._blob(DEFAULT_SERIALIZER.dumps_bytes, small, 1 << 20)
     assert blob is not None and len(blob) > 1000  # a buffer that fits stays in band
+
+
+def _raise_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_a_raising_task_is_committed_as_its_error_and_the_batch_goes_on() -> None:
+    j, reader = _pair()
+    try:
+        rest = j.run(
+            _raise_on_odd,
+            jr.ONE,
+            [0, 1, 2, 3],
+            9,
+            lambda b, v: True,
+            TaskError.capture,
+            pickle_dumps,
+        )
+        final = reader.recover(9, 0, 4)
+    finally:
+        j.close()
+        reader.close()
+    assert rest is not None and final is not None
+    for got in (jr.values_of(rest), final.values):
+        assert got[0] == 0 and got[2] == 2
+        assert type(got[1]) is TaskError and type(got[3]) is TaskError
+        err = got[1].exception()
+        assert isinstance(err, ValueError) and err.args == (1,)
+
+
+def test_star_tasks_take_their_arguments_spread() -> None:
+    j, reader = _pair()
+    try:
+        rest = j.run(
+            _add,
+            jr.STAR,
+            [(1, 2), [3, 4], (5, 6)],
+            3,
+            lambda b, v: True,
+            TaskError.capture,
+            pickle_dumps,
+        )
+        final = reader.recover(3, 0, 3)
+    finally:
+        j.close()
+        reader.close()
+    assert rest is not None and final is not None
+    assert jr.values_of(rest) == final.values == [3, 7, 11]

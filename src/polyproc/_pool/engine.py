@@ -158,6 +158,9 @@ class Engine:
                 if flags.asleep and flags.direct:
                     send_direct(self, job)
                     return
+            except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
+                self.fail_from_caller(exc)
+                return
             finally:
                 flags.lock.release()
         self.wake()
@@ -385,6 +388,13 @@ class Engine:
             flags.last_send = None  # only a caller's direct send reads it
 
     # -- the end -------------------------------------------------------------------------
+    def fail_from_caller(self, exc: BaseException) -> None:
+        """An engine bug met in a caller's thread running the engine's column (a direct
+        send, a lead; lock held): fail everything as the engine thread would, then have
+        that thread end the same way (not the bug raised from ``get()`` instead)."""
+        self._crash(exc)
+        self.post(_reraise, exc)
+
     def _crash(self, exc: BaseException) -> None:
         self.flags.direct = False
         err = errors.BrokenProcessPool(f"the pool's engine failed: {exc!r}")
@@ -477,6 +487,11 @@ def _resolve(fut: Any, value: Any) -> None:
         cf = sys.modules.get("concurrent.futures")
         if cf is None or not isinstance(exc, cf.InvalidStateError):
             raise
+
+
+def _reraise(exc: BaseException) -> None:
+    """Posted by ``fail_from_caller``: the engine thread meets the bug too, and ends."""
+    raise exc
 
 
 def _guard(fn: Callable[..., Any], *args: Any) -> None:

@@ -200,7 +200,11 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
             with lock:
                 if h.conn is None or h.conn.closed or not h.led:
                     break  # the worker died: the engine has dealt with it
-                read_led(engine, h)
+                try:
+                    read_led(engine, h)
+                except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
+                    engine.fail_from_caller(exc)
+                    break
     finally:
         os.close(fd)
         with lock:

@@ -83,6 +83,12 @@ from typing import Any
 
 from .._serialize import fd_handle
 
+_run_scalars: Callable[..., tuple[int, object, bool]] | None
+try:  # the commit loop in C (optional: without a compiler, the same loop in Python)
+    from .._csem import run_scalars as _run_scalars
+except ImportError:  # pragma: no cover - no C extension
+    _run_scalars = None
+
 __all__ = ["SIZE", "SLOTS", "Journal", "JournalReader", "Recovery", "journal_fd", "values_of"]
 
 MAGIC = 0x706F6C796A726E31  # "polyjrn1"
@@ -228,14 +234,27 @@ class Journal:
         """Run tasks ``lo..hi-1``, committing each. Stops early after a task whose result
         the journal cannot hold, returned as ``big`` (to be sent before the next task)."""
         self.begin(bid, lo, n)
-        tags, ivals, fvals, area = self.tags, self.ivals, self.fvals, self.area
-        head = self._head
+        items = args[lo:hi] if lo or hi < n else args
         others: list[Any] = []  # results that are not ints, floats, None or bools, in order
-        keep = others.append
+        if _run_scalars is not None and (mode == ONE or mode == STAR):
+            # The loop in C: scalars committed there; anything else comes back to _commit.
+            run, star, mm, m = _run_scalars, mode == STAR, self.mm, len(items)
+            pos = j = 0
+            while True:
+                j, got, raised = run(fn, star, items, j, m, mm, TAGS, VALS, _H_STARTED, UNSET)
+                if j >= m:
+                    return m, others, _NOTHING
+                v: Any = capture(got) if raised else got  # type: ignore[arg-type]
+                pos = self._commit(j, v, pos, others, dumps)
+                if pos < 0:
+                    return j + 1, others, v  # too big, or it needs fds: the channel takes it
+                j += 1
+        tags, ivals, fvals = self.tags, self.ivals, self.fvals
+        head = self._head
         one = mode == ONE
         pos = 0  # end of the blobs in the area
         j = -1
-        for j, a in enumerate(args[lo:hi] if lo or hi < n else args):  # noqa: B007
+        for j, a in enumerate(items):  # noqa: B007
             head[_H_STARTED] = j  # task j is being called: from here on it was running
             try:
                 if one:
@@ -266,36 +285,71 @@ class Journal:
             elif t is bool:
                 tags[j] = TRUE if v else FALSE
                 continue
-            # Text, small bytes, and tuples, lists and dicts of scalars (``(key, value)``,
-            # the map-reduce shape): marshal, about twice as fast as pickle and exact for
-            # exact builtin types (not for a bytearray or memoryview, which it would turn
-            # into bytes, nor for shared mutable members: those pickle). Version 2 has no
-            # back-references, so a span's blobs concatenate into one marshalled list.
-            kind = MARSHAL
-            blob: bytes | None
-            if t is str or (t is bytes and len(v) <= _SMALL_BYTES):
-                blob = _marshal(v, 2)
-            elif t is tuple and len(v) == 2 and type(v[0]) in _FLAT and type(v[1]) in _FLAT:
-                blob = _marshal(v, 2)  # a pair, the commonest shape: checked inline
-            elif (t is tuple or t is list) and _shallow(v):
-                blob = _marshal(v, 2)
-            elif t is dict and _shallow_dict(v):
-                blob = _marshal(v, 2)
-            elif t is bytes and len(v) < AREA_SIZE - pos:
-                blob = v
-                kind = BYTES
-            else:
-                blob = _blob(dumps, v, AREA_SIZE - pos)
-                kind = BLOB
-            if blob is None or len(blob) > AREA_SIZE - pos:
+            pos = self._commit(j, v, pos, others, dumps, scalar=False)
+            if pos < 0:
                 return j + 1, others, v  # too big, or it needs fds: the channel takes it
-            end = pos + len(blob)
-            area[pos:end] = blob
-            pos = end
-            ivals[j] = end
-            tags[j] = kind
-            keep(v)
         return j + 1, others, _NOTHING
+
+    def _commit(
+        self,
+        j: int,
+        v: Any,
+        pos: int,
+        others: list[Any],
+        dumps: Callable[[Any], bytes],
+        *,
+        scalar: bool = True,
+    ) -> int:
+        """Commit task ``j``'s value ``v`` (a scalar only if ``scalar``); the area's new
+        end, or -1 if it does not fit (nothing committed: the channel takes it)."""
+        t = type(v)
+        if scalar:
+            if t is int:
+                try:
+                    self.ivals[j] = v
+                    if v != UNSET:
+                        return pos
+                except (ValueError, OverflowError):
+                    pass
+            elif t is float:
+                self.fvals[j] = v
+                self.tags[j] = FLOAT
+                return pos
+            elif v is None:
+                self.tags[j] = NONE
+                return pos
+            elif t is bool:
+                self.tags[j] = TRUE if v else FALSE
+                return pos
+        # Text, small bytes, and tuples, lists and dicts of scalars (``(key, value)``,
+        # the map-reduce shape): marshal, about twice as fast as pickle and exact for
+        # exact builtin types (not for a bytearray or memoryview, which it would turn
+        # into bytes, nor for shared mutable members: those pickle). Version 2 has no
+        # back-references, so a span's blobs concatenate into one marshalled list.
+        kind = MARSHAL
+        blob: bytes | None
+        if t is str or (t is bytes and len(v) <= _SMALL_BYTES):
+            blob = _marshal(v, 2)
+        elif t is tuple and len(v) == 2 and type(v[0]) in _FLAT and type(v[1]) in _FLAT:
+            blob = _marshal(v, 2)  # a pair, the commonest shape: checked inline
+        elif (t is tuple or t is list) and _shallow(v):
+            blob = _marshal(v, 2)
+        elif t is dict and _shallow_dict(v):
+            blob = _marshal(v, 2)
+        elif t is bytes and len(v) < AREA_SIZE - pos:
+            blob = v
+            kind = BYTES
+        else:
+            blob = _blob(dumps, v, AREA_SIZE - pos)
+            kind = BLOB
+        if blob is None or len(blob) > AREA_SIZE - pos:
+            return -1
+        end = pos + len(blob)
+        self.area[pos:end] = blob
+        self.ivals[j] = end
+        self.tags[j] = kind
+        others.append(v)
+        return end
 
     def _collect(self, k: int, others: list[Any], raw: bool) -> Values:
         """The values of the span's first ``k`` tasks, from the journal (and ``others``)."""
