@@ -143,3 +143,10 @@ def wait_for_file(path: str) -> str:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def fail_on(x: int, bad: int = 500) -> int:
+    """``x`` back, except for ``bad``: a ValueError (a failure in the middle of a map)."""
+    if x == bad:
+        raise ValueError(x)
+    return x

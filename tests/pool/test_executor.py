@@ -50,6 +50,20 @@ def test_map_timeout_is_a_deadline_for_the_iteration(ctx: Any) -> None:
         it.close()
 
 
+def test_map_raises_at_the_failed_position_after_every_earlier_result(ctx: Any) -> None:
+    """Results come a chunk at a time (walked in C): a failure inside a chunk still raises
+    exactly at its position, after every earlier result, and ends the map (as the stdlib's)."""
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        got: list[int] = []
+        it = ex.map(h.fail_on, range(2000), chunksize=7)
+        with pytest.raises(ValueError, match="500"):
+            for v in it:
+                got.append(v)
+        assert got == list(range(500))
+        assert list(it) == []  # a generator that raised is finished
+        assert list(ex.map(h.inc, range(5000))) == list(range(1, 5001))
+
+
 def test_task_timeout_and_dead_worker_do_not_break_the_executor(ctx: Any) -> None:
     with ProcessPoolExecutor(2, mp_context=ctx, task_timeout=0.3) as ex:
         late = ex.submit(h.nap, 30)

@@ -43,6 +43,7 @@ from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
 from .engine import Engine
 from .fastpath import Leading
+from .messages import TaskError
 from .results import IMapIterator, Submitter, make_progress
 from .stats import PoolStatistics
 from .tasks import Job
@@ -303,8 +304,17 @@ class _Zipped:
 
 
 def _results(it: IMapIterator[Any], engine: Engine, job: Job) -> Iterator[Any]:
+    """``Executor.map``'s generator: a chunk of results at a time, each walked in C unless it
+    holds a failure (then item by item, raising at its position, which ends the map)."""
     try:
-        yield from it
+        for chunk in it.chunks():
+            if TaskError in map(type, chunk):
+                for v in chunk:
+                    if type(v) is TaskError:
+                        raise v.exception()
+                    yield v
+            else:
+                yield from chunk
     finally:
         if not it.sink.finished:
             engine.cancel(job)

@@ -296,6 +296,36 @@ class IMapIterator(Generic[T]):
 
     __next__ = next
 
+    def chunks(self) -> Iterator[deque[Any]]:
+        """Every result buffered so far, at once, until the end (``Executor.map``'s path).
+
+        The consumer walks each chunk in C (``yield from``) instead of calling ``next``
+        per item (~0.3 us of Python each: the whole gap to the stdlib's ``Pool.map`` on
+        tiny tasks). What a chunk holds counts as taken when it is handed out. ``Pool.imap``
+        keeps ``next``: its iterator must be its own ``iter()``.
+        """
+        sink = self.sink
+        while True:
+            with sink.cond:
+                if not sink.items:
+                    if sink.finished:
+                        return
+                    self._report(True)  # never wait on results held back for credit
+                    timeout = (
+                        None
+                        if self._deadline is None
+                        else max(0.0, self._deadline - time.monotonic())
+                    )
+                    if not sink.cond.wait_for(lambda: sink.items or sink.finished, timeout):
+                        raise TimeoutError(f"no result within {timeout} s")
+                    if not sink.items:
+                        return
+                chunk, sink.items = sink.items, deque()
+                self._items = sink.items
+            self._taken += len(chunk)
+            self._report(False)
+            yield chunk
+
     def __del__(self) -> None:
         # A consumer that walks away: stop pulling the input for it.
         job, cancel = self.job, self._cancel
