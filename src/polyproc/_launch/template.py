@@ -249,21 +249,31 @@ class Template:
 
         return request(self._lock, self._connect, self._my_pidfd, spec, env=None, preload=False)
 
-    def close(self) -> None:
-        """End the template and reap it (its request loop ends on EOF of the boot socket)."""
+    def shut(self) -> None:
+        """Tell the template to end (EOF on its boot socket), without waiting for it: a
+        pool's shutdown does this first, so the template ends while its workers do."""
         with self._lock:
             if self._closed or self._owner != os.getpid():
                 return
             self._closed = True
             if self._handle is None:  # pending: never forked
                 return
+            if self._first is None:
+                self._first_pid()  # read while the template can still say it
             for conn in (self._conn, self._boot):
                 if conn is not None:
                     conn.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
-        handle = self._handle
+
+    def close(self) -> None:
+        """End the template and reap it (its request loop ends on EOF of the boot socket)."""
+        self.shut()
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is None or self._owner != os.getpid():
+            return
         if handle.wait(5.0) is None:
             handle.send_signal(9)
             handle.wait(5.0)

@@ -409,6 +409,8 @@ class ProcessWorkers(WorkerSet):
                         h.proc.kill()
                 except (ValueError, OSError, AssertionError):
                     pass
+        if self.template is not None:
+            self.template.shut()  # and the template ends meanwhile (its workers with it)
         for h in list(self.handles.values()):
             if h.proc is not None:
                 try:
