@@ -339,7 +339,34 @@ def test_credit_bounds_a_slow_consumer() -> None:
     assert job.stalled and not h.sent
     h.s.consumed(job, job.delivered)
     h.drain()
-    assert h.sent and not job.stalled
+    assert h.sent  # the consumer caught up: work goes out again
+
+
+def test_the_lead_grows_only_while_the_consumer_keeps_up() -> None:
+    """Slow start (issue 14, imap RSS): a consumer that takes everything delivered and
+    waits doubles the lead each time; one that never catches up keeps the small first
+    lead (for tiny tasks the full pipeline is ~50k items, and their results, in the
+    parent's memory)."""
+
+    def run(keeps_up: bool) -> int:
+        h = Harness(2)
+        h.ready_all()
+        job = map_job(fn(), itertools.count(), ordered=True, credit=True)
+        h.s.add_job(job)
+        h.drain()
+        most = 0
+        for _ in range(40):
+            for s in h.take_sends():
+                h.answer(s, busy=len(s.batch) * 1e-7)
+            most = max(most, job.pulled - job.consumed)
+            taken = job.delivered if keeps_up else job.consumed + 8
+            h.s.consumed(job, min(taken, job.delivered))
+            h.drain()
+        return most
+
+    slow, fast = run(False), run(True)
+    assert slow <= 1024, slow
+    assert fast >= 8 * slow, (fast, slow)
 
 
 def test_input_iterator_raising_becomes_the_last_result() -> None:

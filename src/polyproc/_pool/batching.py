@@ -42,6 +42,8 @@ __all__ = [
     "pull",
     "approx_bytes",
     "CREDIT_BYTES",
+    "PACE_S",
+    "pace",
 ]
 
 
@@ -52,7 +54,43 @@ def credit_limit(s: Scheduler, job: Job) -> int:
         # Bounded in bytes too (issue #14): big items (1 MiB arrays) ahead of a slow
         # consumer would hold the parent's memory: ``CREDIT_BYTES`` per worker.
         items = min(items, max(s.processes, s.processes * CREDIT_BYTES // job.item_bytes))
+    # Slow start: the lead grows (doubling) each time the consumer has taken everything
+    # delivered and waits on the workers, so a slow one never has the full pipeline
+    # pulled ahead of it at the start.
+    items = min(items, max(job.cap, s.processes * 64))
+    if job.paced and job.rate:
+        # A consumer slower than the workers sets the pace: keep ``PACE_S`` of its
+        # consumption ahead, not the workers' full pipeline (which, for tiny tasks, is
+        # ~50k items and their results in the parent's memory: issue #14's imap RSS).
+        items = min(items, max(64, int(job.rate * PACE_S)))
     return items
+
+
+#: Seconds of a slow consumer's consumption a paced credit job keeps ahead of it.
+PACE_S = 0.05
+_CAP_MAX = 1 << 24  # the slow start's ceiling: past any pipeline's need
+
+
+def pace(job: Job, count: int, now: float) -> None:
+    """A consumption report (``count`` taken in all): learn whether the consumer is the
+    bottleneck, and how fast it takes results.
+
+    A consumer that has taken everything delivered waits on the workers: the lead may
+    double (``cap``, the slow start).
+    Paced when results wait for it (half the credit delivered and not taken); its rate
+    is then measured between reports. Unpaced as soon as it has taken everything
+    delivered (it waits on the workers: the full pipeline is what it needs).
+    """
+    if count >= job.delivered:
+        job.paced = False
+        job.rate = 0.0
+        job.cap = min(job.cap * 2, _CAP_MAX)
+    elif job.paced and count > job.seen_n and now > job.seen:
+        r = (count - job.seen_n) / (now - job.seen)
+        job.rate = r if not job.rate else (job.rate + r) / 2
+    elif not job.paced and job.stalled and job.delivered - count >= job.pulled - job.delivered:
+        job.paced = True  # more results wait for the consumer than are in the workers
+    job.seen, job.seen_n = now, count
 
 
 def batch_size(s: Scheduler, job: Job, waiting: int | None) -> int:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -215,6 +216,8 @@ class Scheduler:
 
     def consumed(self, job: Job, count: int) -> None:
         """The consumer of an ordered job has taken ``count`` results in all."""
+        if count > job.consumed:
+            batching.pace(job, count, time.monotonic())
         job.consumed = max(job.consumed, count)
         if (
             job.stalled

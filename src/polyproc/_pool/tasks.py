@@ -158,6 +158,11 @@ class Job:
         "lost",
         "stalled",
         "item_bytes",
+        "paced",
+        "cap",
+        "rate",
+        "seen",
+        "seen_n",
     )
 
     def __init__(
@@ -203,6 +208,12 @@ class Job:
         self.lost: dict[int, int] | None = None  # index -> times its worker died under it
         self.stalled = False  # waiting for consumer credit
         self.item_bytes = 0  # credit jobs: largest input item seen (estimate), 0 = none yet
+        # Credit jobs whose consumer is slower than the workers: its pace (batching.pace).
+        self.paced = False
+        self.cap = 512  # credit jobs: most items ahead of the consumer for now (slow start)
+        self.rate = 0.0  # items/s the consumer takes, while paced (0: not known yet)
+        self.seen = 0.0  # monotonic time of the last consumption report
+        self.seen_n = 0  # ... and its count
 
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
