@@ -59,6 +59,8 @@ __all__ = [
 
 #: Seconds a connect plus handshake may take before the server is declared unreachable.
 CONNECT_TIMEOUT = 20.0
+# Ops as plain ints for the per-call path (an ``Op.X`` lookup costs ~80 ns).
+_CALL_ASYNC, _ASYNC_ERROR = int(Op.CALL_ASYNC), int(Op.ASYNC_ERROR)
 
 
 class Ref:
@@ -140,6 +142,7 @@ class Channel:
         except BaseException:
             sock.close()
             raise
+        fs.wait_in_poll()
         self.fs = fs
 
     @classmethod
@@ -148,6 +151,7 @@ class Channel:
         ch = cls.__new__(cls)
         ch.address, ch.authkey = address, authkey
         ch.fs = FrameSocket(sock)
+        ch.fs.wait_in_poll()
         return ch
 
     def close(self) -> None:
@@ -268,17 +272,16 @@ def drop_channel(address: Address) -> None:
 
 def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tuple[int, Any]:
     """Send one request on this thread's connection and return the reply ``(op, body)``."""
-    ch = _channel(address, authkey)
-    fs = ch.fs
+    fs = _channel(address, authkey).fs
     try:
-        if _state.decrefs.get(address):
+        if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
             fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(op, body))
         else:
             fs.send(op, body)
         rop, rbody = fs.recv()
-        while rop == Op.ASYNC_ERROR:
+        while rop == _ASYNC_ERROR:
             warnings.warn(
                 f"an earlier fire-and-forget manager call failed: {loads_with(serializer_for(address), rbody)}",
                 RuntimeWarning,
@@ -301,14 +304,14 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
     The write completes before we return, so the bytes sit in the server's socket
     buffer before this process can tell anyone else about the change (see loop.py).
     """
-    ch = _channel(address, authkey)
+    fs = _channel(address, authkey).fs
     try:
-        if _state.decrefs.get(address):
+        if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
-            ch.fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(Op.CALL_ASYNC, body))
+            fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(_CALL_ASYNC, body))
         else:
-            ch.fs.send(Op.CALL_ASYNC, body)
+            fs.send(_CALL_ASYNC, body)
     except BaseException as exc:
         drop_channel(address)
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):

@@ -54,7 +54,10 @@ __all__ = ["ServeLoop", "Conn"]
 
 _READS_PER_WAKE = 8
 _CHUNK = 1 << 16
-_NO_REPLY_OPS = (Op.CALL_ASYNC, Op.DECREF)
+_NO_REPLY_OPS = frozenset({int(Op.CALL_ASYNC), int(Op.DECREF)})
+_SHUTDOWN = int(Op.SHUTDOWN)
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+_EPOLLOUT = select.EPOLLOUT
 
 
 class Conn:
@@ -184,19 +187,16 @@ class ServeLoop:
                     conn = by_fd.get(fd)
                     if conn is None:
                         continue
-                    if mask & select.EPOLLOUT:
+                    if mask & _EPOLLOUT:
                         self._flush(conn)
-                    if (
-                        mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
-                        and not conn.closed
-                    ):
+                    if mask & _READABLE and not conn.closed:
                         self._read(conn)
                         ready.append(conn)
                 if len(ready) > 1:  # phase 1: see the module docstring
                     for conn in ready:
-                        self._process(conn, async_only=True)
+                        self._process(conn, True)
                 for conn in ready:  # phase 2
-                    self._process(conn, async_only=False)
+                    self._process(conn, False)
                     if conn.out and not conn.closed:
                         self._flush(conn)
         finally:
@@ -263,7 +263,7 @@ class ServeLoop:
                 reply = self.runner(op, request)
                 if reply:
                     conn.out.push(reply)
-                if op == Op.SHUTDOWN:
+                if op == _SHUTDOWN:
                     self._flush(conn)
                 continue
             # May block: hand to this connection's worker; the reply goes out from there.

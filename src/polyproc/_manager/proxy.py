@@ -22,6 +22,7 @@ not ``exec``.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,9 @@ from . import client
 from .wire import Address, Op, dumps, loads_with
 
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
+
+_CALL, _CALL_INCREF, _RESULT = int(Op.CALL), int(Op.CALL_INCREF), int(Op.RESULT)
+_loads = pickle.loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,23 +110,24 @@ class BaseProxy:
         return self._call(methodname, args, kwds)
 
     def _call(self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None) -> Any:
-        ref = self._ref
+        # Every proxy method comes here: ops as ints, one dumps, one request, one loads.
         if self._local_server is not None and self._local_server is client._state.server:
             return self._call_local(methodname, args, kwds)
-        ser = client.serializer_for(self._address)
+        address, ref = self._address, self._ref
+        ser = client.serializer_for(address)
         request = self._message(methodname, args, kwds, ser)
         if ref.owned:
             if methodname in self._async_methods_:
-                client.post(self._address, self._authkey, request)
+                client.post(address, self._authkey, request)
                 return None
-            op = Op.CALL
+            op = _CALL
         else:
-            op = Op.CALL_INCREF
-        rop, body = client.request(self._address, self._authkey, op, request)
-        if rop == Op.RESULT:
-            if op == Op.CALL_INCREF:
+            op = _CALL_INCREF
+        rop, body = client.request(address, self._authkey, op, request)
+        if rop == _RESULT:
+            if op == _CALL_INCREF:
                 ref.take()
-            return loads_with(ser, body)
+            return _loads(body) if ser is None else ser.loads(body)
         return self._unusual_reply(op, rop, body)
 
     def _message(
