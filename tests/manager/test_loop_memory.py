@@ -260,3 +260,27 @@ def test_a_call_whose_id_cannot_be_looked_up_is_answered_with_a_fault(server: Se
         assert op == Op.ASYNC_ERROR and "malformed request" in text
     assert c.reply() == (Op.RESULT, 0)
     assert _connect(server).call(Op.PING, ()) == (Op.RESULT, None)  # the loop still serves
+
+
+def test_outbox_write_goes_straight_out_or_queues_behind() -> None:
+    """``Outbox.write``: with nothing queued the part goes to the kernel at once; what does
+    not fit is queued (True: wait for writability), and a later part waits behind it."""
+    a, b = memory_pair(8)
+    out = Outbox(a)
+    buf = memoryview(bytearray(64))
+    try:
+        assert out.write(b"abc") is False and not out
+        assert bytes(buf[: b.read_into(buf)]) == b"abc"
+        assert out.write(b"0123456789") is True  # 8 fit, 2 wait
+        assert out.write(b"XY") is True  # behind them, in order
+        got = bytearray(buf[: b.read_into(buf)])
+        assert out.flush() is False
+        got += buf[: b.read_into(buf)]
+        assert bytes(got) == b"0123456789XY"
+        b.close()
+        with pytest.raises(BrokenResourceError):
+            out.write(b"lost")
+        assert not out
+    finally:
+        a.close()
+        b.close()

@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._serialize import Serializer
@@ -219,9 +220,10 @@ def remember_serializer(address: Address, serializer: Serializer) -> None:
             _state.serializers[address] = own
 
 
-def serializer_for(address: Address) -> Serializer | None:
-    """The serializer requests to ``address`` are pickled with (None: the default)."""
-    return _state.serializers.get(address)
+#: ``serializer_for(address)``: the serializer requests to ``address`` are pickled with
+#: (None: the default). The dict's own ``get``, with no Python frame around it: every proxy
+#: call asks (``_state.serializers`` is never replaced, a forked child keeps it).
+serializer_for: Callable[[Address], Serializer | None] = _state.serializers.get
 
 
 def credentials_for(address: Address) -> tuple[bytes | None, ssl.SSLContext | None]:

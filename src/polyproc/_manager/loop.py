@@ -262,7 +262,10 @@ class ServeLoop:
             if quick:
                 reply = self.runner(op, request)
                 if reply:
-                    conn.out.push(reply)
+                    if conn.tls:
+                        conn.out.push(reply)  # written after this connection's frames
+                    elif not self._write(conn, reply):
+                        return
                 if op == _SHUTDOWN:
                     self._flush(conn)
                 continue
@@ -287,6 +290,25 @@ class ServeLoop:
         conn.busy = False
         self._resume.append(conn)
         self._wake()
+
+    def _write(self, conn: Conn, reply: bytes) -> bool:
+        """Send a reply at once (behind any queued bytes); False if the connection closed.
+
+        No lock: the worker touches ``conn.out`` only while the connection is busy, and
+        the loop runs a connection's frames only while it is not.
+        """
+        try:
+            want = conn.out.write(reply)
+        except OSError:
+            self._close(conn)
+            return False
+        if want and not conn.want_write:
+            conn.want_write = True
+            try:
+                self._ep.modify(conn.stream.fd, select.EPOLLIN | select.EPOLLOUT)
+            except (ValueError, OSError):
+                pass
+        return True
 
     def _flush(self, conn: Conn) -> None:
         with conn.lock:

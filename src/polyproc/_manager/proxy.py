@@ -115,7 +115,10 @@ class BaseProxy:
             return self._call_local(methodname, args, kwds)
         address, ref = self._address, self._ref
         ser = client.serializer_for(address)
-        request = self._message(methodname, args, kwds, ser)
+        try:
+            request = dumps((self._id, methodname, args, kwds or None), ser)
+        except SerializationError as err:
+            raise _pickling_error(err) from None
         if ref.owned:
             if methodname in self._async_methods_:
                 client.post(address, self._authkey, request)
@@ -129,26 +132,6 @@ class BaseProxy:
                 ref.take()
             return _loads(body) if ser is None else ser.loads(body)
         return self._unusual_reply(op, rop, body)
-
-    def _message(
-        self,
-        methodname: str,
-        args: tuple[Any, ...],
-        kwds: Mapping[str, Any] | None,
-        ser: Serializer | None,
-    ) -> bytes:
-        """The call's bytes; an argument that does not pickle raises the pickler's own error.
-
-        As the stdlib (and polyproc's pool) does: ``manager.Pool().map(f, [obj])`` with a
-        ``__reduce__`` raising ``RuntimeError`` raises ``RuntimeError``, with a note
-        naming the part that failed.
-        """
-        try:
-            return dumps((self._id, methodname, args, kwds or None), ser)
-        except SerializationError as err:
-            from .._pool.messages import pickling_error
-
-            raise pickling_error(err) from None
 
     def _call_local(
         self, methodname: str, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
@@ -230,6 +213,16 @@ class BaseProxy:
             return str(self._callmethod("__repr__"))
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _pickling_error(err: SerializationError) -> BaseException:
+    """An argument that does not pickle raises the pickler's own error, with a note naming
+    the part that failed: as the stdlib (and polyproc's pool) does, so that
+    ``manager.Pool().map(f, [obj])`` with a ``__reduce__`` raising ``RuntimeError`` raises
+    ``RuntimeError``."""
+    from .._pool.messages import pickling_error
+
+    return pickling_error(err)
 
 
 def RebuildProxy(

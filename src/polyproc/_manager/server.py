@@ -278,10 +278,8 @@ class Server:
             return (spec is not None and spec.callable in _QUICK_CREATORS), request
         raise ProtocolError(f"unexpected {Op(op).name} frame from a client")
 
-    def run(self, op: int, request: Any) -> bytes | None:
-        """Carry out one request; the encoded reply frame, or None when none is due."""
-        if op in _CALL_OPS:
-            return self._call(op, request)
+    def _run_other(self, op: int, request: Any) -> bytes | None:
+        """``run`` for every op but the calls."""
         if isinstance(request, _Malformed):
             return encode(Op.FAULT, dumps(f"malformed request: {request.exc!r}", self._ser))
         if op == _DECREF:
@@ -299,9 +297,15 @@ class Server:
             return self._none_frame
         return encode(Op.FAULT, dumps(f"unexpected {op}", self._ser))  # pragma: no cover
 
-    def _call(self, op: int, request: Any) -> bytes | None:
-        """A CALL, CALL_INCREF or CALL_ASYNC: the hot path of every proxy method (inline
-        ``invoke``, a pre-encoded ``None`` reply, one ``dumps`` for any other result)."""
+    def run(self, op: int, request: Any) -> bytes | None:
+        """Carry out one request; the encoded reply frame, or None when none is due.
+
+        A CALL, CALL_INCREF or CALL_ASYNC is the hot path of every proxy method, run
+        here in one frame (``invoke`` inlined, a pre-encoded ``None`` reply, one
+        ``dumps`` for any other result); every other op goes to ``_run_other``.
+        """
+        if op not in _CALL_OPS:
+            return self._run_other(op, request)
         try:
             ident, method, args, kwargs = request
             entry = self._objects.get(ident)
