@@ -165,3 +165,56 @@ def test_only_a_unix_socket_needs_to_wait_in_poll() -> None:
     finally:
         for s in (a, b, listener, tcp):
             s.close()
+
+
+def _serve_here_in_a_thread(control: Any = None) -> tuple[Any, threading.Thread]:
+    from polyproc._manager.server import Server
+    from polyproc._manager.wire import default_address
+
+    srv = Server(SyncManager._registry, default_address(), b"serve-here-key")
+    srv.start(loop_thread=False)
+    t = threading.Thread(target=srv.serve_here, args=(control,), daemon=True)
+    t.start()
+    return srv, t
+
+
+@pytest.mark.timeout(60)
+def test_serve_here_serves_on_the_calling_thread_until_a_shutdown() -> None:
+    """The manager process serves on its main thread (no loop thread to start before it is
+    ready): a SHUTDOWN ends that loop, after its reply."""
+    from polyproc._manager import client
+    from polyproc._manager.wire import dumps
+
+    srv, t = _serve_here_in_a_thread()
+    try:
+        ch = client.Channel(srv.address, b"serve-here-key", None)
+        ch.fs.send(Op.PING, dumps(()))
+        assert ch.fs.recv()[0] == Op.RESULT
+        assert not srv._loop._thread.is_alive()  # served by ``t``, not a thread of its own
+        ch.fs.send(Op.SHUTDOWN, dumps(()))
+        assert ch.fs.recv()[0] == Op.RESULT  # the reply comes before the loop ends
+        t.join(30)
+        assert not t.is_alive() and srv.stop_event.is_set()
+        ch.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["byte", "eof"])
+def test_serve_here_stops_on_a_byte_or_eof_from_the_owner(how: str) -> None:
+    from polyproc._transport import socketpair
+
+    ours, theirs = socketpair()
+    srv, t = _serve_here_in_a_thread(theirs)
+    try:
+        if how == "byte":
+            ours.sendall(b"stop")
+        else:
+            ours.close()
+        t.join(30)
+        assert not t.is_alive() and srv.stop_event.is_set()
+    finally:
+        srv.stop()
+        ours.close()
+        theirs.close()

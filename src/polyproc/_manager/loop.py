@@ -128,6 +128,7 @@ class ServeLoop:
         self._waker = Wake()
         self._ep.register(self._waker.fileno(), select.EPOLLIN)
         self._by_fd: dict[int, Conn] = {}
+        self._watched: dict[int, Callable[[], None]] = {}
         self._incoming: deque[Conn] = deque()
         self._resume: deque[Conn] = deque()
         self.conns: set[Conn] = set()
@@ -137,7 +138,22 @@ class ServeLoop:
         self._thread = threading.Thread(target=self._run, name="polyproc-manager-loop", daemon=True)
 
     def start(self) -> None:
+        """Serve on a thread of our own (returns at once)."""
         self._thread.start()
+
+    def run(self) -> None:
+        """Serve on the calling thread until ``stop()`` (the manager process's main thread:
+        no thread to start and wait for while the owner waits for us to be ready)."""
+        self._run()
+
+    def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call ``on_readable()`` on the loop thread when ``fd`` is readable (or hung up).
+
+        Call before the loop runs. The manager process watches its owner's control
+        socket here instead of on a thread of its own.
+        """
+        self._watched[fd] = on_readable
+        self._ep.register(fd, select.EPOLLIN)
 
     def add(self, stream: Stream, leftover: bytes) -> None:
         """A stream the gate authenticated (called from the gate thread); ``leftover``: bytes
@@ -147,6 +163,7 @@ class ServeLoop:
         self._wake()
 
     def stop(self) -> None:
+        """Stop serving (from any thread; joins the loop's own thread if it has one)."""
         self._stopping = True
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -186,6 +203,8 @@ class ServeLoop:
                         continue
                     conn = by_fd.get(fd)
                     if conn is None:
+                        if fd in self._watched:
+                            self._watched[fd]()
                         continue
                     if mask & _EPOLLOUT:
                         self._flush(conn)

@@ -31,9 +31,7 @@ import queue
 import signal
 import socket
 import threading
-import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._serialize import Serializer
@@ -104,14 +102,29 @@ class TypeSpec(NamedTuple):
     proxytype: Any
 
 
-@dataclass(slots=True, eq=False)
 class Entry:
-    obj: Any
-    typeid: str
-    exposed: frozenset[str]
-    method_to_typeid: Mapping[str, str]
-    refs: int
-    quick: bool  # its methods never block: run them on the loop thread
+    """One held object: what its proxies may call, its reference count, whether it is quick.
+
+    (A plain slots class: a dataclass costs ``dataclasses`` and ``inspect`` at import.)
+    """
+
+    __slots__ = ("obj", "typeid", "exposed", "method_to_typeid", "refs", "quick")
+
+    def __init__(
+        self,
+        obj: Any,
+        typeid: str,
+        exposed: frozenset[str],
+        method_to_typeid: Mapping[str, str],
+        refs: int,
+        quick: bool,
+    ) -> None:
+        self.obj = obj
+        self.typeid = typeid
+        self.exposed = exposed
+        self.method_to_typeid = method_to_typeid
+        self.refs = refs
+        self.quick = quick  # its methods never block: run them on the loop thread
 
 
 class Server:
@@ -155,6 +168,7 @@ class Server:
         )
         self._loop.others_busy = lambda: self._gate.pending > 0
         self._started = False
+        self._serving_here = False
 
     @property
     def listener(self) -> socket.socket:
@@ -162,15 +176,33 @@ class Server:
         return self._listener
 
     # -- life -------------------------------------------------------------------
-    def start(self) -> None:
-        """Serve in background threads (returns at once)."""
+    def start(self, *, loop_thread: bool = True) -> None:
+        """Serve in background threads (returns at once).
+
+        ``loop_thread=False`` starts the gate only: the caller then serves on its own
+        thread with ``serve_here`` (the manager process's main thread does).
+        """
         if self._started:
             return
         self._started = True
         client._state.server = self
         client.remember(self.address, self.authkey, None, self._ser)
-        self._loop.start()
+        if loop_thread:
+            self._loop.start()
         self._gate.start()
+
+    def serve_here(self, control: socket.socket | None = None) -> None:
+        """Run the serving loop on this thread until ``stop()``, a SHUTDOWN, or (given
+        ``control``) any byte or end of stream on ``control``. After ``start(loop_thread=False)``."""
+        if control is not None:
+            self._loop.watch(control.fileno(), self._stop_serving_here)
+        self._serving_here = True
+        self._loop.run()
+
+    def _stop_serving_here(self) -> None:
+        """On the loop thread of ``serve_here``: no other thread would stop the loop."""
+        self.stop_event.set()
+        self._loop.stop()
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
@@ -293,7 +325,10 @@ class Server:
         if op == _STATS:
             return encode(Op.RESULT, dumps(self.statistics(), self._ser))
         if op == _SHUTDOWN:
-            self.stop_event.set()
+            if self._serving_here:
+                self._stop_serving_here()  # the reply still goes out (loop.py flushes it)
+            else:
+                self.stop_event.set()  # serve_forever's thread stops us
             return self._none_frame
         return encode(Op.FAULT, dumps(f"unexpected {op}", self._ser))  # pragma: no cover
 
@@ -396,6 +431,8 @@ class Server:
                 self._ser, data
             )  # an exception that pickles but cannot unpickle must not poison the client
         except Exception:
+            import traceback  # here: 2.5 ms at import for an unusual reply
+
             return encode(Op.FAULT, dumps("".join(traceback.format_exception(exc)), self._ser))
         return encode(Op.ERROR, data)
 
@@ -459,12 +496,14 @@ def serve_in_child(
     # The gate starts before we report ready: processes the owner starts right
     # away (the tutorial's two workers) must find it up, or they queue in the
     # backlog, get in together and race each other in lockstep.
-    server.start()
+    server.start(loop_thread=False)
     _send_status(ctl, ("ok", server.address))
-    watcher = threading.Thread(target=_watch_owner, args=(ctl, server), daemon=True)
-    watcher.start()
-    server.stop_event.wait()
-    server.stop()
+    # This thread serves (the owner's first call may already wait: no thread to start
+    # first), and watches the control socket: a byte or EOF from the owner means stop.
+    try:
+        server.serve_here(ctl)
+    finally:
+        server.stop()
 
 
 def _send_status(sock: socket.socket, status: tuple[str, Any]) -> None:
@@ -480,11 +519,3 @@ def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
         sock.settimeout(None)
     status, value = loads(body)
     return str(status), value
-
-
-def _watch_owner(control: socket.socket, server: Server) -> None:
-    try:
-        SocketStream(control).read_some(16)
-    except BaseException:
-        pass
-    server.stop_event.set()
