@@ -189,6 +189,7 @@ class _State:
 
 _state = _State()
 os.register_at_fork(after_in_child=_state.after_fork)
+_NONE: dict[Address, Channel] = {}  # no channel yet in this thread (never written)
 
 
 def current_authkey() -> bytes:
@@ -274,7 +275,11 @@ def drop_channel(address: Address) -> None:
 
 def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tuple[int, Any]:
     """Send one request on this thread's connection and return the reply ``(op, body)``."""
-    fs = _channel(address, authkey).fs
+    # This thread's channel, looked up here (``_channel`` makes one the first time).
+    ch = getattr(_state.local, "channels", _NONE).get(address)
+    if ch is None or (authkey is not None and authkey != ch.authkey):
+        ch = _channel(address, authkey)
+    fs = ch.fs
     try:
         if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
@@ -306,7 +311,10 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
     The write completes before we return, so the bytes sit in the server's socket
     buffer before this process can tell anyone else about the change (see loop.py).
     """
-    fs = _channel(address, authkey).fs
+    ch = getattr(_state.local, "channels", _NONE).get(address)  # as in ``request``
+    if ch is None or (authkey is not None and authkey != ch.authkey):
+        ch = _channel(address, authkey)
+    fs = ch.fs
     try:
         if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:

@@ -145,7 +145,7 @@ class BaseProxy:
             request = dumps((self._id, methodname, args, kwds or None), ser)
         except SerializationError as err:
             raise _pickling_error(err) from None
-        if ref.owned:
+        if ref.owner == client._state.generation:  # ``ref.owned``, without a frame
             if methodname in self._async_methods_:
                 client.post(address, self._authkey, request)
                 return None

@@ -138,7 +138,9 @@ class FrameSocket:
     """Blocking frames over a connected socket (plain, AF_UNIX or TLS). One reader, one writer.
 
     ``sock`` is kept for its timeout (``settimeout``) and ``close``; bytes go through
-    the ``SocketStream`` on it.
+    the ``SocketStream`` on it (``plain_calls``: on a plain socket, its own ``recv`` and
+    ``sendall``, so a broken peer raises the socket's ``OSError``, or ``EOFError`` at
+    a clean end).
     """
 
     __slots__ = ("sock", "_stream", "_read", "_write", "_wait", "_pending")
@@ -146,8 +148,9 @@ class FrameSocket:
     def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
         self._stream = stream = SocketStream(sock)
-        self._read = stream.read_some
-        self._write = stream.write_one
+        # The socket's own recv/sendall (TLS: the mapped ones): every OSError means the
+        # peer is gone to each of our callers, and a frame less per call shows.
+        self._read, self._write = stream.plain_calls()
         self._wait: Any = None
         self._pending = bytearray(pending)
 

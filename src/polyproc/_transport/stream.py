@@ -26,7 +26,7 @@ import select
 import socket
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ..errors import BrokenResourceError, ClosedResourceError
@@ -370,6 +370,19 @@ class SocketStream(Stream):
             raise  # a deadline the caller set, not a broken peer
         except OSError as exc:
             raise _broken(exc) from exc
+
+    def plain_calls(self) -> tuple[Callable[[int], bytes], Callable[[bytes], None]]:
+        """``(read_some, write_one)`` with no frame of ours around the socket's own calls.
+
+        For a blocking request/reply client that treats every ``OSError`` as "the peer
+        is gone" (a manager client: one read and one or two writes per call, where each
+        Python frame shows). The socket's errors then come as they are: a reset is
+        ``ConnectionResetError``, not end of stream. A TLS socket gets the mapped
+        methods (its errors need them).
+        """
+        if self.tls:
+            return self.read_some, self.write_one
+        return self._sock.recv, self._sock.sendall
 
     def readable_waiter(self) -> Any:
         """A callable that blocks until a read would not (None where one is not needed).
