@@ -151,7 +151,8 @@ def test_a_client_sleeps_once_per_call_even_when_the_server_reads_late() -> None
 
 
 def test_only_a_unix_socket_needs_to_wait_in_poll() -> None:
-    """TCP does not wake a blocked reader when the peer reads: its reads stay plain ``recv``."""
+    """TCP does not wake a blocked reader when the peer reads: its reads stay plain ``recv``
+    (and a manager client's reads and writes are the socket's own, with no wrapper)."""
     import socket
 
     from polyproc._transport import SocketStream, socketpair
@@ -162,6 +163,11 @@ def test_only_a_unix_socket_needs_to_wait_in_poll() -> None:
     try:
         assert callable(SocketStream(a).readable_waiter())
         assert SocketStream(tcp).readable_waiter() is None
+        # ... and a plain socket's reads and writes are its own calls, no frame of ours
+        read, write = SocketStream(a).plain_calls()
+        assert (read, write) == (a.recv, a.sendall)
+        write(b"x")
+        assert b.recv(1) == b"x"
     finally:
         for s in (a, b, listener, tcp):
             s.close()
