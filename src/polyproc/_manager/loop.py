@@ -74,6 +74,7 @@ class Conn:
         "closed",
         "lock",
         "want_write",
+        "read_into",
     )
 
     def __init__(self, stream: Stream, leftover: bytes) -> None:
@@ -88,6 +89,12 @@ class Conn:
         self.closed = False
         self.lock = threading.Lock()  # guards ``out`` between the loop and the worker
         self.want_write = False  # registered for EVENT_WRITE (changed only when it must)
+        # A socket's own recv_into where it has one (see SocketStream.plain_read_into):
+        # this loop ends the connection on any OSError and on 0 alike.
+        plain = getattr(stream, "plain_read_into", None)
+        self.read_into: Callable[[memoryview], int] = (
+            plain() if plain is not None else stream.read_into
+        )
 
 
 Runner = Callable[[int, Any], "bytes | None"]
@@ -252,9 +259,10 @@ class ServeLoop:
 
     def _read(self, conn: Conn) -> None:
         view, decoder, frames, stream = self._view, conn.decoder, conn.frames, conn.stream
+        read_into = conn.read_into
         try:
             for _ in range(_READS_PER_WAKE):
-                n = stream.read_into(view)
+                n = read_into(view)
                 if not n:
                     self._close(conn)
                     return
@@ -283,8 +291,16 @@ class ServeLoop:
                 if reply:
                     if conn.tls:
                         conn.out.push(reply)  # written after this connection's frames
-                    elif not self._write(conn, reply):
-                        return
+                    else:
+                        # At once, behind anything queued. No lock: the worker touches
+                        # ``conn.out`` only while the connection is busy, and this loop
+                        # runs a connection's frames only while it is not.
+                        try:
+                            if conn.out.write(reply):
+                                self._want_write(conn)
+                        except OSError:
+                            self._close(conn)
+                            return
                 if op == _SHUTDOWN:
                     self._flush(conn)
                 continue
@@ -310,24 +326,14 @@ class ServeLoop:
         self._resume.append(conn)
         self._wake()
 
-    def _write(self, conn: Conn, reply: bytes) -> bool:
-        """Send a reply at once (behind any queued bytes); False if the connection closed.
-
-        No lock: the worker touches ``conn.out`` only while the connection is busy, and
-        the loop runs a connection's frames only while it is not.
-        """
-        try:
-            want = conn.out.write(reply)
-        except OSError:
-            self._close(conn)
-            return False
-        if want and not conn.want_write:
+    def _want_write(self, conn: Conn) -> None:
+        """A reply did not fit: watch for writability (``_flush`` writes the rest)."""
+        if not conn.want_write:
             conn.want_write = True
             try:
                 self._ep.modify(conn.stream.fd, select.EPOLLIN | select.EPOLLOUT)
             except (ValueError, OSError):
                 pass
-        return True
 
     def _flush(self, conn: Conn) -> None:
         with conn.lock:

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .._serialize import Serializer
+from .._serialize import Serializer, reducers
 from ..errors import RemoteError, SerializationError
 from . import client
 from .wire import Address, Op, dumps, loads_with
@@ -36,7 +36,7 @@ from .wire import Address, Op, dumps, loads_with
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "public_methods"]
 
 _CALL, _CALL_INCREF, _RESULT = int(Op.CALL), int(Op.CALL_INCREF), int(Op.RESULT)
-_loads = pickle.loads
+_loads, _pickle_dumps = pickle.loads, pickle.dumps
 
 
 class Token:
@@ -141,8 +141,17 @@ class BaseProxy:
             return self._call_local(methodname, args, kwds)
         address, ref = self._address, self._ref
         ser = client.serializer_for(address)
+        message = (self._id, methodname, args, kwds or None)
         try:
-            request = dumps((self._id, methodname, args, kwds or None), ser)
+            # ``wire.dumps``'s fast path without its frame; anything unusual (a
+            # registered reducer, a lambda, an error) goes the whole way.
+            if ser is None and not reducers.table:
+                try:
+                    request = _pickle_dumps(message, 5)
+                except Exception:
+                    request = dumps(message, ser)
+            else:
+                request = dumps(message, ser)
         except SerializationError as err:
             raise _pickling_error(err) from None
         if ref.owner == client._state.generation:  # ``ref.owned``, without a frame

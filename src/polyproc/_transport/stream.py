@@ -371,6 +371,14 @@ class SocketStream(Stream):
         except OSError as exc:
             raise _broken(exc) from exc
 
+    def plain_read_into(self) -> Callable[[memoryview], int]:
+        """``read_into`` with no frame of ours around a plain socket's ``recv_into``.
+
+        For a loop that ends a connection on any ``OSError`` and on 0 alike (the
+        manager's serving loop: one read per wake-up of every connection).
+        """
+        return self.read_into if self.tls else self._sock.recv_into
+
     def plain_calls(self) -> tuple[Callable[[int], bytes], Callable[[bytes], None]]:
         """``(read_some, write_one)`` with no frame of ours around the socket's own calls.
 
