@@ -166,6 +166,7 @@ def test_only_a_unix_socket_needs_to_wait_in_poll() -> None:
         # ... and a plain socket's reads and writes are its own calls, no frame of ours
         read, write = SocketStream(a).plain_calls()
         assert (read, write) == (a.recv, a.sendall)
+        assert SocketStream(a).plain_read_into() == a.recv_into  # the serving loop's reads
         write(b"x")
         assert b.recv(1) == b"x"
     finally:
