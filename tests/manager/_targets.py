@@ -186,3 +186,18 @@ def report_message_serializer(lst: Any, out: Any) -> None:
 
     lst.append("from the child")
     out.put(type(client.serializer_for(lst._token.address)).__name__)
+
+
+def request_and_count_sleeps(sock: Any, out: Any) -> None:
+    """Send one request the way a manager client does, wait for its reply, and report how
+    many times this thread went to sleep meanwhile (``test_a_client_sleeps_once_per_call``)."""
+    import resource
+
+    from polyproc._manager.wire import FrameSocket, Op
+
+    fs = FrameSocket(sock)
+    fs.wait_in_poll()
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    fs.send(Op.CALL, b"request")
+    fs.recv()
+    out.send(resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before)

@@ -239,3 +239,48 @@ def test_outbox_over_memory_wants_write_and_closes_fds() -> None:
         os.close(w)
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_call_whose_id_cannot_be_looked_up_is_answered_with_a_fault(server: Server) -> None:
+    """An unhashable or missing id, or a body that is not a 4-tuple, costs that call a FAULT:
+    the loop thread (which runs every connection's quick calls) must not die of it."""
+    c = _connect(server)
+    ident = _new_list(c)
+    for bad in ([1], "m", (), None), ({}, "append", (1,), None), 7, (), (ident, "append"):
+        op, text = c.call(Op.CALL, bad)
+        assert op == Op.FAULT and "malformed request" in text, bad
+    # Fire-and-forget: its error comes as ASYNC_ERROR in front of the next reply, never
+    # as a reply of its own (the client would take it for the next call's answer).
+    c.send(encode(Op.CALL_ASYNC, pickle.dumps(([1], "append", (1,), None))))
+    c.send(encode(Op.CALL_ASYNC, b"not a pickle"))
+    c.send(encode(Op.CALL, pickle.dumps((ident, "__len__", (), {}))))
+    for _ in range(2):
+        op, text = c.reply()
+        assert op == Op.ASYNC_ERROR and "malformed request" in text
+    assert c.reply() == (Op.RESULT, 0)
+    assert _connect(server).call(Op.PING, ()) == (Op.RESULT, None)  # the loop still serves
+
+
+def test_outbox_write_goes_straight_out_or_queues_behind() -> None:
+    """``Outbox.write``: with nothing queued the part goes to the kernel at once; what does
+    not fit is queued (True: wait for writability), and a later part waits behind it."""
+    a, b = memory_pair(8)
+    out = Outbox(a)
+    buf = memoryview(bytearray(64))
+    try:
+        assert out.write(b"abc") is False and not out
+        assert bytes(buf[: b.read_into(buf)]) == b"abc"
+        assert out.write(b"0123456789") is True  # 8 fit, 2 wait
+        assert out.write(b"XY") is True  # behind them, in order
+        got = bytearray(buf[: b.read_into(buf)])
+        assert out.flush() is False
+        got += buf[: b.read_into(buf)]
+        assert bytes(got) == b"0123456789XY"
+        b.close()
+        with pytest.raises(BrokenResourceError):
+            out.write(b"lost")
+        assert not out
+    finally:
+        a.close()
+        b.close()

@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._serialize import Serializer
@@ -59,6 +60,8 @@ __all__ = [
 
 #: Seconds a connect plus handshake may take before the server is declared unreachable.
 CONNECT_TIMEOUT = 20.0
+# Ops as plain ints for the per-call path (an ``Op.X`` lookup costs ~80 ns).
+_CALL_ASYNC, _ASYNC_ERROR = int(Op.CALL_ASYNC), int(Op.ASYNC_ERROR)
 
 
 class Ref:
@@ -140,6 +143,7 @@ class Channel:
         except BaseException:
             sock.close()
             raise
+        fs.wait_in_poll()
         self.fs = fs
 
     @classmethod
@@ -148,6 +152,7 @@ class Channel:
         ch = cls.__new__(cls)
         ch.address, ch.authkey = address, authkey
         ch.fs = FrameSocket(sock)
+        ch.fs.wait_in_poll()
         return ch
 
     def close(self) -> None:
@@ -184,6 +189,7 @@ class _State:
 
 _state = _State()
 os.register_at_fork(after_in_child=_state.after_fork)
+_NONE: dict[Address, Channel] = {}  # no channel yet in this thread (never written)
 
 
 def current_authkey() -> bytes:
@@ -215,9 +221,10 @@ def remember_serializer(address: Address, serializer: Serializer) -> None:
             _state.serializers[address] = own
 
 
-def serializer_for(address: Address) -> Serializer | None:
-    """The serializer requests to ``address`` are pickled with (None: the default)."""
-    return _state.serializers.get(address)
+#: ``serializer_for(address)``: the serializer requests to ``address`` are pickled with
+#: (None: the default). The dict's own ``get``, with no Python frame around it: every proxy
+#: call asks (``_state.serializers`` is never replaced, a forked child keeps it).
+serializer_for: Callable[[Address], Serializer | None] = _state.serializers.get
 
 
 def credentials_for(address: Address) -> tuple[bytes | None, ssl.SSLContext | None]:
@@ -268,17 +275,20 @@ def drop_channel(address: Address) -> None:
 
 def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tuple[int, Any]:
     """Send one request on this thread's connection and return the reply ``(op, body)``."""
-    ch = _channel(address, authkey)
+    # This thread's channel, looked up here (``_channel`` makes one the first time).
+    ch = getattr(_state.local, "channels", _NONE).get(address)
+    if ch is None or (authkey is not None and authkey != ch.authkey):
+        ch = _channel(address, authkey)
     fs = ch.fs
     try:
-        if _state.decrefs.get(address):
+        if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
             fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(op, body))
         else:
             fs.send(op, body)
         rop, rbody = fs.recv()
-        while rop == Op.ASYNC_ERROR:
+        while rop == _ASYNC_ERROR:
             warnings.warn(
                 f"an earlier fire-and-forget manager call failed: {loads_with(serializer_for(address), rbody)}",
                 RuntimeWarning,
@@ -301,14 +311,17 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
     The write completes before we return, so the bytes sit in the server's socket
     buffer before this process can tell anyone else about the change (see loop.py).
     """
-    ch = _channel(address, authkey)
+    ch = getattr(_state.local, "channels", _NONE).get(address)  # as in ``request``
+    if ch is None or (authkey is not None and authkey != ch.authkey):
+        ch = _channel(address, authkey)
+    fs = ch.fs
     try:
-        if _state.decrefs.get(address):
+        if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
-            ch.fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(Op.CALL_ASYNC, body))
+            fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(_CALL_ASYNC, body))
         else:
-            ch.fs.send(Op.CALL_ASYNC, body)
+            fs.send(_CALL_ASYNC, body)
     except BaseException as exc:
         drop_channel(address)
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):

@@ -29,16 +29,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .._protocol import auth
 from .._protocol.compact import FrameDecoder, Op, encode
 from .._transport import Outbox, SocketStream, Wake, accept, want_errors
 from ..errors import AuthenticationError, ProtocolError
 
 if TYPE_CHECKING:
     import ssl
+
+    from .._protocol import auth
 
 __all__ = ["Gate"]
 
@@ -47,18 +47,25 @@ _LISTEN = object()
 _WAKE = object()
 
 
-@dataclass(eq=False)
 class _Pending:
-    sock: socket.socket
-    deadline: float
-    hs: auth.ServerHandshake
-    tls_pending: bool
-    decoder: FrameDecoder
-    stream: SocketStream = field(init=False)
-    out: Outbox = field(init=False)
+    """One connection still proving the key."""
 
-    def __post_init__(self) -> None:
-        self.stream = SocketStream(self.sock)
+    __slots__ = ("sock", "deadline", "hs", "tls_pending", "decoder", "stream", "out")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        deadline: float,
+        hs: auth.ServerHandshake,
+        tls_pending: bool,
+        decoder: FrameDecoder,
+    ) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.hs = hs
+        self.tls_pending = tls_pending
+        self.decoder = decoder
+        self.stream = SocketStream(sock)
         self.out = Outbox(self.stream)
 
 
@@ -128,6 +135,10 @@ class Gate:
             self._waker.close()
 
     def _accept_all(self) -> None:
+        # Imported at the first connection, not with the server: ``auth`` loads hmac and
+        # OpenSSL's hashes (~5 ms), and a manager's owner starts with no handshake at all.
+        from .._protocol import auth
+
         while True:
             try:
                 sock, _addr = accept(self._listener)
@@ -179,6 +190,8 @@ class Gate:
 
     # -- one handshake, one readiness event ----------------------------------------
     def _drive(self, p: _Pending, mask: int) -> None:
+        from .._protocol import auth  # loaded by _accept_all already
+
         try:
             if p.tls_pending and not self._tls_step(p):
                 return
@@ -226,6 +239,8 @@ class Gate:
 
     def _read(self, p: _Pending) -> bool:
         """Read what is there and run the handshake on it; False when the peer is gone."""
+        from .._protocol import auth  # loaded by _accept_all already
+
         while True:
             try:
                 data = p.stream.read_some(_READ_SIZE)

@@ -54,7 +54,10 @@ __all__ = ["ServeLoop", "Conn"]
 
 _READS_PER_WAKE = 8
 _CHUNK = 1 << 16
-_NO_REPLY_OPS = (Op.CALL_ASYNC, Op.DECREF)
+_NO_REPLY_OPS = frozenset({int(Op.CALL_ASYNC), int(Op.DECREF)})
+_SHUTDOWN = int(Op.SHUTDOWN)
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+_EPOLLOUT = select.EPOLLOUT
 
 
 class Conn:
@@ -71,6 +74,7 @@ class Conn:
         "closed",
         "lock",
         "want_write",
+        "read_into",
     )
 
     def __init__(self, stream: Stream, leftover: bytes) -> None:
@@ -85,6 +89,12 @@ class Conn:
         self.closed = False
         self.lock = threading.Lock()  # guards ``out`` between the loop and the worker
         self.want_write = False  # registered for EVENT_WRITE (changed only when it must)
+        # A socket's own recv_into where it has one (see SocketStream.plain_read_into):
+        # this loop ends the connection on any OSError and on 0 alike.
+        plain = getattr(stream, "plain_read_into", None)
+        self.read_into: Callable[[memoryview], int] = (
+            plain() if plain is not None else stream.read_into
+        )
 
 
 Runner = Callable[[int, Any], "bytes | None"]
@@ -125,6 +135,7 @@ class ServeLoop:
         self._waker = Wake()
         self._ep.register(self._waker.fileno(), select.EPOLLIN)
         self._by_fd: dict[int, Conn] = {}
+        self._watched: dict[int, Callable[[], None]] = {}
         self._incoming: deque[Conn] = deque()
         self._resume: deque[Conn] = deque()
         self.conns: set[Conn] = set()
@@ -134,7 +145,22 @@ class ServeLoop:
         self._thread = threading.Thread(target=self._run, name="polyproc-manager-loop", daemon=True)
 
     def start(self) -> None:
+        """Serve on a thread of our own (returns at once)."""
         self._thread.start()
+
+    def run(self) -> None:
+        """Serve on the calling thread until ``stop()`` (the manager process's main thread:
+        no thread to start and wait for while the owner waits for us to be ready)."""
+        self._run()
+
+    def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call ``on_readable()`` on the loop thread when ``fd`` is readable (or hung up).
+
+        Call before the loop runs. The manager process watches its owner's control
+        socket here instead of on a thread of its own.
+        """
+        self._watched[fd] = on_readable
+        self._ep.register(fd, select.EPOLLIN)
 
     def add(self, stream: Stream, leftover: bytes) -> None:
         """A stream the gate authenticated (called from the gate thread); ``leftover``: bytes
@@ -144,6 +170,7 @@ class ServeLoop:
         self._wake()
 
     def stop(self) -> None:
+        """Stop serving (from any thread; joins the loop's own thread if it has one)."""
         self._stopping = True
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -183,20 +210,19 @@ class ServeLoop:
                         continue
                     conn = by_fd.get(fd)
                     if conn is None:
+                        if fd in self._watched:
+                            self._watched[fd]()
                         continue
-                    if mask & select.EPOLLOUT:
+                    if mask & _EPOLLOUT:
                         self._flush(conn)
-                    if (
-                        mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
-                        and not conn.closed
-                    ):
+                    if mask & _READABLE and not conn.closed:
                         self._read(conn)
                         ready.append(conn)
                 if len(ready) > 1:  # phase 1: see the module docstring
                     for conn in ready:
-                        self._process(conn, async_only=True)
+                        self._process(conn, True)
                 for conn in ready:  # phase 2
-                    self._process(conn, async_only=False)
+                    self._process(conn, False)
                     if conn.out and not conn.closed:
                         self._flush(conn)
         finally:
@@ -233,9 +259,10 @@ class ServeLoop:
 
     def _read(self, conn: Conn) -> None:
         view, decoder, frames, stream = self._view, conn.decoder, conn.frames, conn.stream
+        read_into = conn.read_into
         try:
             for _ in range(_READS_PER_WAKE):
-                n = stream.read_into(view)
+                n = read_into(view)
                 if not n:
                     self._close(conn)
                     return
@@ -262,8 +289,19 @@ class ServeLoop:
             if quick:
                 reply = self.runner(op, request)
                 if reply:
-                    conn.out.push(reply)
-                if op == Op.SHUTDOWN:
+                    if conn.tls:
+                        conn.out.push(reply)  # written after this connection's frames
+                    else:
+                        # At once, behind anything queued. No lock: the worker touches
+                        # ``conn.out`` only while the connection is busy, and this loop
+                        # runs a connection's frames only while it is not.
+                        try:
+                            if conn.out.write(reply):
+                                self._want_write(conn)
+                        except OSError:
+                            self._close(conn)
+                            return
+                if op == _SHUTDOWN:
                     self._flush(conn)
                 continue
             # May block: hand to this connection's worker; the reply goes out from there.
@@ -287,6 +325,15 @@ class ServeLoop:
         conn.busy = False
         self._resume.append(conn)
         self._wake()
+
+    def _want_write(self, conn: Conn) -> None:
+        """A reply did not fit: watch for writability (``_flush`` writes the rest)."""
+        if not conn.want_write:
+            conn.want_write = True
+            try:
+                self._ep.modify(conn.stream.fd, select.EPOLLIN | select.EPOLLOUT)
+            except (ValueError, OSError):
+                pass
 
     def _flush(self, conn: Conn) -> None:
         with conn.lock:

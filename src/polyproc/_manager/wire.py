@@ -21,8 +21,8 @@ import pickle
 import socket
 from typing import Any
 
-from .._protocol.compact import HEADER, MAX_FRAME, FrameDecoder, Op, check, encode
-from .._serialize import DEFAULT_SERIALIZER, Serializer, _plain_dumps
+from .._protocol.compact import HEADER, MAX_FRAME, OPS, FrameDecoder, Op, check, encode
+from .._serialize import DEFAULT_SERIALIZER, Serializer, _plain_dumps, reducers
 from .._transport import SocketStream, family_of, is_tls, tls_pending, want_errors, wrap_fd
 from .._transport import connect_socket as _connect
 from .._transport import listen_socket as _listen
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _HDR = HEADER.size
+_pack, _unpack = HEADER.pack, HEADER.unpack_from
 _CHUNK = 1 << 16
 _COALESCE = 1 << 14
 
@@ -100,6 +101,8 @@ class Spin:
 
 Address = str | tuple[str, int]
 
+_pickle_dumps = pickle.dumps
+
 
 def dumps(obj: Any, serializer: Serializer | None = None) -> bytes:
     """One message body: the manager's context's ``serializer`` if it has its own, else
@@ -113,7 +116,9 @@ def dumps(obj: Any, serializer: Serializer | None = None) -> bytes:
     if serializer is not None:
         return serializer.dumps_bytes(obj, what="manager message")
     try:
-        return _plain_dumps(obj, 5, None)
+        # ``_plain_dumps`` inlined for its common case (no registered reducer): this
+        # runs twice per manager call, once on each side.
+        return _pickle_dumps(obj, 5) if not reducers.table else _plain_dumps(obj, 5, None)
     except Exception:
         return DEFAULT_SERIALIZER.dumps_bytes(obj, what="manager message")
 
@@ -133,22 +138,34 @@ class FrameSocket:
     """Blocking frames over a connected socket (plain, AF_UNIX or TLS). One reader, one writer.
 
     ``sock`` is kept for its timeout (``settimeout``) and ``close``; bytes go through
-    the ``SocketStream`` on it.
+    the ``SocketStream`` on it (``plain_calls``: on a plain socket, its own ``recv`` and
+    ``sendall``, so a broken peer raises the socket's ``OSError``, or ``EOFError`` at
+    a clean end).
     """
 
-    __slots__ = ("sock", "_read", "_write", "_pending")
+    __slots__ = ("sock", "_stream", "_read", "_write", "_wait", "_pending")
 
     def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
-        stream = SocketStream(sock)
-        self._read = stream.read_some
-        self._write = stream.write_one
+        self._stream = stream = SocketStream(sock)
+        # The socket's own recv/sendall (TLS: the mapped ones): every OSError means the
+        # peer is gone to each of our callers, and a frame less per call shows.
+        self._read, self._write = stream.plain_calls()
+        self._wait: Any = None
         self._pending = bytearray(pending)
+
+    def wait_in_poll(self) -> None:
+        """From now on, wait for each reply in ``poll`` before reading it.
+
+        Only for a socket with no timeout (a client's connection after its handshake):
+        see ``SocketStream.readable_waiter`` for the wake-up this saves on every call.
+        """
+        self._wait = self._stream.readable_waiter()
 
     def send(self, op: int, body: bytes) -> None:
         n = len(body)
         if n < _COALESCE:
-            self._write(HEADER.pack(n, op) + body)
+            self._write(_pack(n, op) + body)
         else:
             self._write(HEADER.pack(n, op))
             self._write(body)
@@ -160,13 +177,16 @@ class FrameSocket:
     def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | memoryview]:
         """One frame; ``EOFError`` at a clean end, ``ProtocolError`` on garbage or truncation."""
         if not self._pending:
+            if self._wait is not None:
+                self._wait()
             data = self._read(_CHUNK)
             if not data:
                 raise EOFError
             if len(data) >= _HDR:
-                length, op = HEADER.unpack_from(data)
+                length, op = _unpack(data)
                 if length + _HDR == len(data):  # the common case: exactly one whole frame
-                    check(length, op, max_size)
+                    if op not in OPS or length > max_size:
+                        check(length, op, max_size)
                     return op, memoryview(data)[_HDR:]
             self._pending += data
         return self._recv_slow(max_size)

@@ -28,7 +28,7 @@ import struct
 
 from ..errors import ProtocolError
 
-__all__ = ["Op", "HEADER", "MAX_FRAME", "FrameDecoder", "check", "encode"]
+__all__ = ["Op", "OPS", "HEADER", "MAX_FRAME", "FrameDecoder", "check", "encode"]
 
 HEADER = struct.Struct("<IB")
 _HDR = HEADER.size
@@ -59,12 +59,13 @@ class Op(enum.IntEnum):
     ASYNC_ERROR = 20  #: an earlier CALL_ASYNC failed (text); sent before the next reply
 
 
-_OPS = frozenset(int(o) for o in Op)
+#: Every op as a plain int: ``op in OPS`` is the cheap test a hot loop makes before ``check``.
+OPS = frozenset(int(o) for o in Op)
 
 
 def check(length: int, op: int, max_size: int) -> None:
     """``ProtocolError`` for an unknown op or a length over ``max_size`` (before any body)."""
-    if op not in _OPS:
+    if op not in OPS:
         raise ProtocolError(f"garbage on a manager connection: unknown op {op}")
     if length > max_size:
         raise ProtocolError(f"bad message length: {length} bytes exceeds the limit of {max_size}")
@@ -118,10 +119,11 @@ class FrameDecoder:
     ) -> tuple[list[tuple[int, bytes]], int]:
         """The whole frames at the start of ``data`` (at most ``limit``) and where they end."""
         out: list[tuple[int, bytes]] = []
-        pos, end = 0, len(data)
+        pos, end, max_size, unpack = 0, len(data), self.max_size, HEADER.unpack_from
         while end - pos >= _HDR and len(out) < limit:
-            length, op = HEADER.unpack_from(data, pos)
-            check(length, op, self.max_size)
+            length, op = unpack(data, pos)
+            if op not in OPS or length > max_size:  # ``check`` inlined: once per frame
+                check(length, op, max_size)
             stop = pos + _HDR + length
             if stop > end:
                 break

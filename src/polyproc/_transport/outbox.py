@@ -57,6 +57,25 @@ class Outbox:
         """Queue one part (``fds`` ride on its first byte); nothing is written yet."""
         self.out.append((data, fds, close))
 
+    def write(self, data: Any) -> bool:
+        """``push(data)`` then ``flush()``, in one call when nothing is queued (the common
+        case of a server's one reply per request): the part goes straight to the kernel.
+
+        True while something is left (wait for writability); errors as ``flush``.
+        """
+        if self.out:
+            self.out.append((data, _NONE, _NONE))
+            return self.flush()
+        try:
+            n = self._write([data])
+        except OSError:
+            self.drop()
+            raise
+        if n == len(data):
+            return False
+        self.out.append((memoryview(data)[n:] if n else data, _NONE, _NONE))
+        return True
+
     def flush(self) -> bool:
         """Write what fits now; True while something is left (wait for writability).
 
