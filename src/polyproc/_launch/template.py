@@ -19,7 +19,7 @@ polyproc's own threads *parked* where they hold no lock::
     (replacements after a crash, recycling)         the caller at creation) ── fork ──► worker
 
 The template is a copy of the caller taken before the pool's engine thread exists,
-so it has one thread; it runs the forkserver's request loop (``forkserver.Server``)
+so it has one thread; it runs the fork server's request loop (``server.Server``)
 privately for its pool, and exits when the pool closes it or the caller dies.
 The caller forks as many processes as the stdlib's Pool does (the template instead
 of the first worker): the template forks that worker from the entry it already holds
@@ -366,9 +366,9 @@ def _serve(boot: Connection, parent: int, first: _First | None) -> None:
             os.close(status_w)
     set_comm("polyproc-tmpl")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from .forkserver import Server
+    from .server import Server
 
-    Server(boot, shared=False, first=forked).run()
+    Server(boot, first=forked).run()
 
 
 def for_pool(ctx: Settings) -> Template | None:

@@ -1,0 +1,365 @@
+"""The fork server's loop: the forkserver's (``forkserver.serve``) and a pool template's.
+
+One single-threaded process forks children on request: a request carries the pickled
+entry, a status pipe's write end, the client's pidfd and its stdin/stdout/stderr (the
+last ``_CONTROL_FDS`` fds); the reply is the child's pid (``handle.PID``). The server
+reaps its children and writes each wait status down its pipe, and kills the children of
+a client whose pidfd fires. A pool's template also forks its first worker at birth
+(``first``) and, after its first request, keeps a spare child that takes the next one.
+The client side and the shared forkserver's lifetime are in ``forkserver.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._serialize import Payload
+from .child import die_with_parent, install_log_forwarding, set_comm
+from .handle import PID
+
+if TYPE_CHECKING:
+    from .._connection import Connection
+
+__all__ = ["Server"]
+
+_CONTROL_FDS = 5  # status_w, client pidfd, stdin, stdout, stderr: after the payload's own fds
+
+
+def _print_and_exit() -> None:
+    """A child whose entry could not run: its traceback on its stderr, exit code 1."""
+    try:
+        import traceback  # here: a pool's template loads this module at birth
+
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(1)
+
+
+class Server:
+    """A fork server's state: its sockets, its clients, and which client owns which child.
+
+    The forkserver runs one (``inherit``: the client state its children inherit, so
+    descendants reuse it); a pool's template (``template.py``) runs another, private to
+    that pool.
+    """
+
+    def __init__(
+        self, boot: Connection, *, inherit: Any = None, first: tuple[int, int] | None = None
+    ) -> None:
+        """``first``: (pid, status pipe) of a child forked before serving (a pool's first
+        worker, forked by its template at birth): reaped and reported like the others."""
+        self.boot = boot
+        self.inherit = inherit  # forkserver._CLIENT, or None (a template)
+        self.sel = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.settimeout(None)  # not socket.setdefaulttimeout()'s
+        self.listener.bind(b"\0polyproc-forkserver-" + os.urandom(12).hex().encode())
+        self.listener.listen(64)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children: dict[int, tuple[int, int]] = {}  # pid -> (status_w, client pidfd)
+        self.clients: dict[int, Connection] = {}  # conn fd -> conn
+        self.client_pidfd: dict[int, int] = {}  # conn fd -> that client's pidfd
+        self.pidfd_children: dict[int, set[int]] = {}  # client pidfd -> its live children
+        self.dead: set[int] = set()  # client pidfds whose process has exited
+        self.spare: tuple[int, Connection] | None = None  # (pid, its socket): templates only
+        if first is not None:
+            self.children[first[0]] = (first[1], -1)  # no client pidfd: it dies with us
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the clients to handle
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._reap()  # a child that ended before the handler was set sent no wake-up
+        self.boot.send(self.listener.getsockname())
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.boot.fileno(), selectors.EVENT_READ, "boot")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in self.sel.select():
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier event of this batch (EOF, then pidfd)
+                what = key.data
+                if what == "boot":
+                    return 0  # our owner is gone; our children follow by PDEATHSIG
+                if what == "accept":
+                    self._accept()
+                elif what == "sigchld":
+                    self._reap()
+                elif what == "client-dead":
+                    self._client_died(key.fd)
+                else:
+                    self._request(key.fd)
+
+    def _accept(self) -> None:
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        sock.settimeout(None)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            sock.close()
+            return
+        conn = Connection(UnixStream(sock.detach()))
+        self.clients[conn.fileno()] = conn
+        self.sel.register(conn.fileno(), selectors.EVENT_READ, "request")
+
+    def _drop(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        self.clients.pop(fd).close()
+        pidfd = self.client_pidfd.pop(fd, None)
+        if pidfd is not None and not self.pidfd_children.get(pidfd):
+            self._close_pidfd(pidfd)
+
+    def _request(self, fd: int) -> None:
+        conn = self.clients[fd]
+        try:
+            payload = conn.recv_payload()
+        except (EOFError, OSError):
+            self._drop(fd)
+            return
+        if not payload.fds:  # a preload list (see _send_preload)
+            self._preload(payload.body)
+            return
+        if len(payload.fds) < _CONTROL_FDS:
+            for extra in payload.fds:
+                os.close(extra)
+            self._drop(fd)
+            return
+        status_w, pidfd, *stdio = payload.fds[-_CONTROL_FDS:]
+        own = payload.fds[:-_CONTROL_FDS]
+        known = self.client_pidfd.get(fd)
+        if known is None:
+            self.client_pidfd[fd] = known = pidfd
+            self.pidfd_children[pidfd] = set()
+            self.sel.register(pidfd, selectors.EVENT_READ, "client-dead")
+        else:
+            os.close(pidfd)
+        pid = 0
+        if self.spare is not None:
+            # Known as the child before it gets the request: if it dies at once, the
+            # reaper must find whom to tell.
+            spare = self.spare[0]
+            self.children[spare] = (status_w, known)
+            self.pidfd_children[known].add(spare)
+            if self._hand_to_spare(payload, own, stdio) is not None:
+                pid = spare
+            else:
+                self.children.pop(spare, None)
+                self.pidfd_children[known].discard(spare)
+        if pid == 0:
+            server_pid = os.getpid()  # before the fork: in the child, getppid() may be 1
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                pid = -(exc.errno or errno.EAGAIN)
+            if pid == 0:
+                self._become_child(payload, status_w, stdio, own, server_pid)
+            if pid > 0:
+                self.children[pid] = (status_w, known)
+                self.pidfd_children[known].add(pid)
+            else:
+                os.close(status_w)
+        for extra in (*own, *stdio):
+            os.close(extra)
+        try:
+            conn.send_bytes(PID.pack(pid))
+        except OSError:
+            self._drop(fd)
+        if self.inherit is None and self.spare is None and pid > 0:
+            self._fork_spare()  # after the reply: nobody waits for it
+
+    @staticmethod
+    def _preload(body: bytes | memoryview) -> None:
+        import importlib
+
+        try:
+            names = pickle.loads(body)
+        except Exception:
+            return
+        for name in names if isinstance(names, list) else ():
+            if isinstance(name, str) and name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # a module that cannot load here is simply left to the child
+                    pass
+
+    def _become_child(
+        self, payload: Payload, status_w: int, stdio: list[int], own: list[int], server_pid: int
+    ) -> None:
+        code = 1
+        try:
+            self._detach(server_pid)
+            os.close(status_w)
+            code = self._run(payload, stdio, own)
+        except BaseException:
+            _print_and_exit()
+        finally:
+            os._exit(code)
+
+    def _detach(self, server_pid: int) -> None:
+        """In a child just forked: tie its life to ours, then drop everything of the server's."""
+        # First, and against the pid the server had before the fork: a server killed
+        # in between (its owner was kill -9'd) must not leave us running under init
+        # (``os.getppid()`` here would already say 1, and the check would pass).
+        die_with_parent(server_pid)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._close_all()
+        if self.inherit is not None:  # descendants reuse the forkserver, not a template
+            self.inherit.address = self.listener.getsockname()
+        self.listener.close()
+
+    @staticmethod
+    def _run(payload: Payload, stdio: list[int], own: list[int]) -> int:
+        """In the child: the client's stdio, its environment, then the entry it sent."""
+        for std, fd in enumerate(stdio):
+            os.dup2(fd, std)
+            os.close(fd)
+        from .._serialize import DEFAULT_SERIALIZER
+
+        entry: Callable[[], int]
+        env: dict[str, str] | None
+        entry, env, log = DEFAULT_SERIALIZER.loads(payload.body, payload.buffers, own)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        install_log_forwarding(log)
+        return entry()
+
+    # -- a pool template's spare ------------------------------------------------------
+    def _fork_spare(self) -> None:
+        """Fork a child that waits for the next request (a pool's template, after its first).
+
+        The next replacement then costs no fork and no child set-up: the request goes
+        to the spare, which runs it at once, and a new spare is forked after the reply,
+        while nobody waits (issue 11: a replacement in <= 3 ms). A pool that lost one
+        worker often loses more (the same OOM), and ``maxtasksperchild`` replaces
+        workers all the time. It dies with the template (PDEATHSIG).
+        """
+        from .._connection import Connection
+        from .._transport import UnixStream
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server_pid = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                self._detach(server_pid)
+                set_comm("polyproc-tspare")  # not "polyproc-spare": that is process-wide
+                conn = Connection(UnixStream(theirs.detach()))
+                try:
+                    payload = conn.recv_payload()
+                except (EOFError, OSError):
+                    code = 0  # the template ended, or dropped us
+                else:
+                    conn.close()
+                    *own, i, o, e = payload.fds
+                    code = self._run(payload, [i, o, e], own)
+            except BaseException:
+                _print_and_exit()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.spare = (pid, Connection(UnixStream(ours.detach())))
+
+    def _hand_to_spare(self, payload: Payload, own: list[int], stdio: list[int]) -> int | None:
+        """Give a request to the spare; its pid, or None if there is none (or it died)."""
+        if self.spare is None:
+            return None
+        pid, conn = self.spare
+        self.spare = None
+        try:
+            conn.send_payload(Payload(payload.body, payload.buffers, [*own, *stdio]))
+        except OSError:  # it died: fork instead
+            return None
+        finally:
+            conn.close()
+        return pid
+
+    def _close_all(self) -> None:
+        self.sel.close()
+        self.boot.close()
+        if self.spare is not None:
+            self.spare[1].close()
+        for conn in self.clients.values():
+            conn.close()
+        for fd in (self.wake_r, self.wake_w, *self.pidfd_children):
+            os.close(fd)
+        for status_w, _ in self.children.values():
+            os.close(status_w)
+
+    def _reap(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                if self.spare is not None and self.spare[0] == pid:  # it died waiting
+                    self.spare[1].close()
+                    self.spare = None
+                continue
+            status_w, pidfd = entry
+            try:
+                os.write(status_w, struct.pack("<i", status))
+            except OSError:
+                pass
+            os.close(status_w)
+            owned = self.pidfd_children.get(pidfd)
+            if owned is not None:
+                owned.discard(pid)
+                if not owned and pidfd not in self.client_pidfd.values():
+                    self._close_pidfd(pidfd)
+
+    def _client_died(self, pidfd: int) -> None:
+        """The client is gone: its children go too (they are its, not ours)."""
+        for pid in self.pidfd_children.get(pidfd, ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for fd, known in list(self.client_pidfd.items()):
+            if known == pidfd:
+                del self.client_pidfd[fd]
+        self.sel.unregister(pidfd)
+        self.dead.add(pidfd)
+        if not self.pidfd_children.get(pidfd):  # else closed when its last child is reaped
+            self._close_pidfd(pidfd)
+
+    def _close_pidfd(self, pidfd: int) -> None:
+        del self.pidfd_children[pidfd]
+        if pidfd not in self.dead:
+            self.sel.unregister(pidfd)
+        self.dead.discard(pidfd)
+        os.close(pidfd)
