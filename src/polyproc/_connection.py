@@ -49,7 +49,6 @@ from ._transport import (
     buffered_socketpair,
     stream_for_socket,
 )
-from ._transport.buffers import fresh_bytes
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
@@ -356,16 +355,22 @@ class Connection:
 
     def _take_direct(self, stream: Stream, count: int, mutable: bool = False) -> Any:
         """``count`` (more than is buffered) straight into the object we return: what is
-        buffered, then the kernel's copy into the rest. No staging buffer, no join."""
+        buffered, then the kernel's copy into the rest. No staging buffer."""
         buf = self._buf
-        target, view = (bytearray(count), None) if mutable else fresh_bytes(count)
-        with memoryview(target) if view is None else view as into:
-            have = len(buf)
-            into[:have] = buf
+        if mutable:
+            target = bytearray(count)
+            with memoryview(target) as into:
+                have = len(buf)
+                into[:have] = buf
+                buf.clear()
+                got = have + stream.read_exact_into(into[have:])
+        else:
+            target = stream.read_bytes(count, buf) if buf else stream.read_bytes(count)
             buf.clear()
-            if stream.read_exact_into(into[have:]) < count - have:
-                self.close()
-                raise ProtocolError("truncated frame: the peer closed in the middle of a message")
+            got = len(target)
+        if got < count:
+            self.close()
+            raise ProtocolError("truncated frame: the peer closed in the middle of a message")
         return target
 
     def _read_frame(self, max_size: int | None = None) -> tuple[Kind, Any, list[Any], list[int]]:

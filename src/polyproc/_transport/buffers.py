@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["fresh_bytes"]
+__all__ = ["fresh_bytes", "HUGE"]
 
 
 @functools.cache
@@ -35,7 +35,7 @@ def _bytes_maker() -> tuple[Any, Any, int, Any]:
 #: otherwise bound by faulting in 16,384 fresh 4 KiB pages (2-2.5x slower, measured).
 #: 32 MiB is glibc's largest mmap threshold: anything bigger is its own mapping, gone at
 #: free, so the advice never outlives the object (smaller ones reuse warm heap memory).
-_HUGE = (32 << 20) + 1
+HUGE = (32 << 20) + 1
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
 
@@ -50,7 +50,7 @@ def fresh_bytes(n: int) -> tuple[bytes, memoryview]:
     new, view, offset, madvise = _bytes_maker()
     out = new(None, n)
     addr = id(out) + offset
-    if n >= _HUGE and madvise is not None:
+    if n >= HUGE and madvise is not None:
         # Only whole, aligned 2 MiB blocks inside the allocation; an error changes nothing.
         start = (addr + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
         end = (addr + n) & ~(_HUGE_PAGE - 1)

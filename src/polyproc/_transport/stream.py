@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ..errors import BrokenResourceError, ClosedResourceError
+from .buffers import HUGE, fresh_bytes
 from .fds import ANC_SPACE, MAX_FDS, rights, rights_of
 from .sockets import is_tls, want_errors, wrap_fd
 
@@ -63,6 +64,22 @@ def _raise_mapped(exc: OSError) -> NoReturn:
     raise exc
 
 
+def _end_of_stream(exc: OSError) -> None:
+    """For a read's ``OSError``: return if it means end of stream (the peer went away),
+    raise ``ClosedResourceError`` if we closed it, else re-raise it as it is."""
+    if exc.errno in _BROKEN:
+        return
+    if exc.errno == errno.EBADF:
+        raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
+    raise exc
+
+
+#: Up to this, a body read after bytes already buffered is read on its own and joined to
+#: them (one more copy of at most this much) rather than into a ``fresh_bytes`` (whose
+#: first use imports ctypes: 2-7 ms, a tenth of a 64 MiB stream of 64 KiB messages).
+_JOIN_MAX = 1 << 20
+
+
 class Stream:
     """A bidirectional (or one-way) byte stream over one fd."""
 
@@ -87,11 +104,8 @@ class Stream:
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
             return self.read_into(view)
         except OSError as exc:
-            if exc.errno in _BROKEN:
-                return 0
-            if exc.errno == errno.EBADF:
-                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
-            raise
+            _end_of_stream(exc)
+            return 0
 
     def read_exact_into(self, view: memoryview) -> int:
         """Fill ``view`` completely unless the stream ends first; the bytes read.
@@ -110,6 +124,20 @@ class Stream:
     def _read_more(self, view: memoryview) -> int:
         """One read toward ``read_exact_into``'s goal (a socket may ask for all of it)."""
         return self.read_into(view)
+
+    def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
+        """A new ``bytes`` of ``n``: ``head`` (bytes the caller already read), then the
+        rest from the stream. Shorter only if the stream ended first.
+
+        For a large frame body that ``recv_bytes`` returns: the rest is read straight
+        into the object (``fresh_bytes``: one kernel copy, no staging buffer, no join).
+        """
+        out, view = fresh_bytes(n)
+        with view:
+            have = len(head)
+            view[:have] = head
+            got = have + self.read_exact_into(view[have:])
+        return out if got == n else out[:got]
 
     def write_all(
         self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
@@ -201,6 +229,22 @@ class Stream:
 class FdStream(Stream):
     """A pipe end or any plain fd."""
 
+    def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
+        # One ``os.read`` makes the bytes and fills it (as ``fresh_bytes`` would, without
+        # ctypes); a pipe returns less only when the writer is behind, and then the rest
+        # goes into a ``fresh_bytes`` after what came. Past the pipe's buffer a short
+        # first read is certain: straight to ``fresh_bytes``.
+        if head or n > _JOIN_MAX:
+            return super().read_bytes(n, head)
+        try:
+            data = os.read(self.fd, n)
+        except OSError as exc:
+            _end_of_stream(exc)
+            return b""
+        if len(data) == n or not data:
+            return data
+        return super().read_bytes(n, data)
+
 
 class UnixStream(Stream):
     """An AF_UNIX stream socket: bytes plus fds passed with SCM_RIGHTS."""
@@ -234,14 +278,39 @@ class UnixStream(Stream):
         try:
             n, anc, _flags, _addr = self._sock.recvmsg_into([view], ANC_SPACE, flags)
         except OSError as exc:
-            if exc.errno in _BROKEN:
-                return 0
-            if exc.errno == errno.EBADF:
-                raise ClosedResourceError(errno.EBADF, "stream is closed") from exc
-            raise
+            _end_of_stream(exc)
+            return 0
         if anc:
             self._fds.extend(rights_of(anc))
         return n
+
+    def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
+        # ``recvmsg`` makes the bytes and fills it (one kernel copy, as ``fresh_bytes``
+        # does, but with no ctypes to import: 2-7 ms on a process's first big receive,
+        # measured as a tenth of a 64 KiB stream; docs/connection.md, stop 18).
+        # MSG_WAITALL fills it in one call however many socket buffers that takes.
+        # From HUGE up ``fresh_bytes`` asks for huge pages, and a big rest after a
+        # ``head`` is read in place rather than joined (a copy of all of it).
+        in_place = n - len(head) > _JOIN_MAX if head else n >= HUGE
+        if in_place:
+            return super().read_bytes(n, head)
+        want = n - len(head)
+        parts = [head] if head else []
+        while want:
+            try:
+                data, anc, _flags, _addr = self._sock.recvmsg(want, ANC_SPACE, socket.MSG_WAITALL)
+            except OSError as exc:
+                _end_of_stream(exc)
+                break
+            if anc:
+                self._fds.extend(rights_of(anc))
+            if not parts and len(data) == n:
+                return data
+            if not data:
+                break
+            parts.append(data)
+            want -= len(data)
+        return b"".join(parts)
 
     def _read_more(self, view: memoryview) -> int:
         # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
