@@ -357,6 +357,7 @@ class Connection:
         """``count`` (more than is buffered) straight into the object we return: what is
         buffered, then the kernel's copy into the rest. No staging buffer."""
         buf = self._buf
+        target: bytes | bytearray
         if mutable:
             target = bytearray(count)
             with memoryview(target) as into:

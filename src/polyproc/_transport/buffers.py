@@ -3,6 +3,10 @@
 ``recv_bytes`` must return ``bytes`` (immutable) yet should not read into a
 bytearray and copy it again: ``fresh_bytes`` makes the object unfilled, as
 ``os.read`` does inside CPython, and hands out a writable view of its memory.
+
+It needs ctypes (2-7 ms to import on a process's first use), so ``Stream.read_bytes``
+uses it only where a plain read cannot make the object itself: from ``HUGE`` up (huge
+pages), a big rest after bytes already read, a TCP or TLS socket.
 """
 
 from __future__ import annotations

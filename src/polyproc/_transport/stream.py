@@ -125,19 +125,44 @@ class Stream:
         """One read toward ``read_exact_into``'s goal (a socket may ask for all of it)."""
         return self.read_into(view)
 
+    #: The biggest ``read_bytes`` without bytes already read that ``_read_new`` serves
+    #: (below 0: never; every read then goes into a ``fresh_bytes``).
+    _new_max = -1
+
     def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
         """A new ``bytes`` of ``n``: ``head`` (bytes the caller already read), then the
         rest from the stream. Shorter only if the stream ended first.
 
-        For a large frame body that ``recv_bytes`` returns: the rest is read straight
-        into the object (``fresh_bytes``: one kernel copy, no staging buffer, no join).
+        For a large frame body that ``recv_bytes`` returns, read with one kernel copy
+        into its own memory. Where the stream can (``_read_new``: a pipe, a Unix
+        socket) the read itself makes the object, as ``os.read`` does, and a rare
+        short read (a pipe's writer is behind, a signal) is joined to what came.
+        Otherwise (more than ``_JOIN_MAX`` after ``head``, a TCP or TLS socket, from
+        HUGE up where huge pages are asked for) it goes into a ``fresh_bytes``, whose
+        first use imports ctypes: 2-7 ms, a tenth of a 64 KiB stream (docs/connection.md).
         """
-        out, view = fresh_bytes(n)
-        with view:
-            have = len(head)
-            view[:have] = head
-            got = have + self.read_exact_into(view[have:])
-        return out if got == n else out[:got]
+        have = len(head)
+        if self._new_max < 0 or n - have > (_JOIN_MAX if have else self._new_max):
+            out, view = fresh_bytes(n)
+            with view:
+                view[:have] = head
+                got = have + self.read_exact_into(view[have:])
+            return out if got == n else out[:got]
+        parts = [head] if have else []
+        want = n - have
+        while want:
+            data = self._read_new(want)
+            if not data:
+                break
+            if not have and len(data) == n:
+                return data
+            parts.append(data)
+            want -= len(data)
+        return b"".join(parts)
+
+    def _read_new(self, n: int) -> bytes:
+        """One read of at most ``n`` into a new ``bytes``; b"" at end of stream."""
+        raise NotImplementedError  # pragma: no cover - only where _new_max says so
 
     def write_all(
         self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
@@ -229,21 +254,15 @@ class Stream:
 class FdStream(Stream):
     """A pipe end or any plain fd."""
 
-    def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
-        # One ``os.read`` makes the bytes and fills it (as ``fresh_bytes`` would, without
-        # ctypes); a pipe returns less only when the writer is behind, and then the rest
-        # goes into a ``fresh_bytes`` after what came. Past the pipe's buffer a short
-        # first read is certain: straight to ``fresh_bytes``.
-        if head or n > _JOIN_MAX:
-            return super().read_bytes(n, head)
+    # A pipe holds at most ~1 MiB (``big_pipe``): a bigger read is always short.
+    _new_max = _JOIN_MAX
+
+    def _read_new(self, n: int) -> bytes:
         try:
-            data = os.read(self.fd, n)
+            return os.read(self.fd, n)
         except OSError as exc:
             _end_of_stream(exc)
             return b""
-        if len(data) == n or not data:
-            return data
-        return super().read_bytes(n, data)
 
 
 class UnixStream(Stream):
@@ -284,33 +303,19 @@ class UnixStream(Stream):
             self._fds.extend(rights_of(anc))
         return n
 
-    def read_bytes(self, n: int, head: bytes | bytearray = b"") -> bytes:
-        # ``recvmsg`` makes the bytes and fills it (one kernel copy, as ``fresh_bytes``
-        # does, but with no ctypes to import: 2-7 ms on a process's first big receive,
-        # measured as a tenth of a 64 KiB stream; docs/connection.md, stop 18).
-        # MSG_WAITALL fills it in one call however many socket buffers that takes.
-        # From HUGE up ``fresh_bytes`` asks for huge pages, and a big rest after a
-        # ``head`` is read in place rather than joined (a copy of all of it).
-        in_place = n - len(head) > _JOIN_MAX if head else n >= HUGE
-        if in_place:
-            return super().read_bytes(n, head)
-        want = n - len(head)
-        parts = [head] if head else []
-        while want:
-            try:
-                data, anc, _flags, _addr = self._sock.recvmsg(want, ANC_SPACE, socket.MSG_WAITALL)
-            except OSError as exc:
-                _end_of_stream(exc)
-                break
-            if anc:
-                self._fds.extend(rights_of(anc))
-            if not parts and len(data) == n:
-                return data
-            if not data:
-                break
-            parts.append(data)
-            want -= len(data)
-        return b"".join(parts)
+    # MSG_WAITALL fills a read however many socket buffers it takes: up to HUGE, from
+    # which ``fresh_bytes`` asks for huge pages (2x faster to fault in, measured).
+    _new_max = HUGE - 1
+
+    def _read_new(self, n: int) -> bytes:
+        try:
+            data, anc, _flags, _addr = self._sock.recvmsg(n, ANC_SPACE, socket.MSG_WAITALL)
+        except OSError as exc:
+            _end_of_stream(exc)
+            return b""
+        if anc:
+            self._fds.extend(rights_of(anc))
+        return data
 
     def _read_more(self, view: memoryview) -> int:
         # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
