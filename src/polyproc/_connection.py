@@ -108,7 +108,9 @@ class Connection:
         self._chunk_view = memoryview(self._chunk)
         self._poller: select.poll | None = None
         self._peer_maps: Any = None  # bulk.PeerMaps, made at the first lent message
-        self._big = False  # was the last frame's body big (read the next header alone)?
+        # Was the last frame's body big (read the next header alone)? True at first: a first
+        # big body skips the 64 KiB chunk (COW faults in a fork child) and a join (stop 18).
+        self._big = True
 
     # -- state ------------------------------------------------------------------
     @property
@@ -357,18 +359,15 @@ class Connection:
         """``count`` (more than is buffered) straight into the object we return: what is
         buffered, then the kernel's copy into the rest. No staging buffer."""
         buf = self._buf
-        target: bytes | bytearray
         if mutable:
-            target = bytearray(count)
+            target: bytes | bytearray = bytearray(count)
             with memoryview(target) as into:
-                have = len(buf)
-                into[:have] = buf
-                buf.clear()
-                got = have + stream.read_exact_into(into[have:])
+                into[: len(buf)] = buf
+                got = len(buf) + stream.read_exact_into(into[len(buf) :])
         else:
-            target = stream.read_bytes(count, buf) if buf else stream.read_bytes(count)
-            buf.clear()
+            target = stream.read_bytes(count, buf)
             got = len(target)
+        buf.clear()
         if got < count:
             self.close()
             raise ProtocolError("truncated frame: the peer closed in the middle of a message")

@@ -235,6 +235,34 @@ def test_receiving_up_to_32_mib_imports_no_ctypes(tmp_path: Any) -> None:
     assert done.stdout.strip() == "False"
 
 
+class _Counting(UnixStream):
+    """A Unix stream that records the size of every ``read_into`` (the reads of the buffer)."""
+
+    sizes: list[int]
+
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
+        self.sizes.append(view.nbytes)
+        return super().read_into(view, flags)
+
+
+def test_a_first_big_body_goes_straight_into_place() -> None:
+    """A Connection's first read takes a header alone: a big body after it is read into
+    its own bytes, never into the 64 KiB chunk (copy-on-write faults in a fork child)."""
+    a, b = socket.socketpair()
+    s = _Counting(b.detach())
+    s.sizes = []
+    conn = Connection(s)
+    with a, conn:
+        body = payload(64 << 10, 3)
+        a.sendall(encode_header(Kind.BYTES, len(body)) + body + encode_header(Kind.BYTES, 2))
+        a.sendall(b"ok" + encode_header(Kind.BYTES, 1) + b"!")
+        assert conn.recv_bytes() == body
+        assert s.sizes == [_connection._HDR]  # the body came from one read_bytes
+        assert conn.recv_bytes() == b"ok"  # a small one after: header alone, then a chunk
+        assert conn.recv_bytes() == b"!"  # ... which held this one too
+        assert s.sizes == [_connection._HDR, _connection._HDR, _connection._CHUNK]
+
+
 def _unix_pair() -> tuple[socket.socket, UnixStream]:
     a, b = socket.socketpair()
     return a, UnixStream(b.detach())
