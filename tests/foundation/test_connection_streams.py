@@ -268,7 +268,7 @@ def _unix_pair() -> tuple[socket.socket, UnixStream]:
     return a, UnixStream(b.detach())
 
 
-def test_read_bytes_of_a_unix_stream_keeps_head_order_and_fds() -> None:
+def test_read_bytes_of_a_unix_stream_keeps_head_and_order() -> None:
     a, s = _unix_pair()
     with a:
         body = payload(100_000, 1)
@@ -277,16 +277,38 @@ def test_read_bytes_of_a_unix_stream_keeps_head_order_and_fds() -> None:
         assert type(got) is bytes and got == body
         a.sendall(b"tail" + body)
         assert s.read_bytes(len(body) + 7, bytearray(b"abc")) == b"abctail" + body
-        r, w = os.pipe()
-        try:
-            send_fds(a, body, [w])  # an fd riding on a body's first byte is kept, not lost
-            a.sendall(body[:5])  # the rest of this read arrives later: one call waits for it
-            assert s.read_bytes(len(body) + 5) == body + body[:5]
+        a.sendall(body[:10])
+        done = _in_thread(lambda: a.sendall(body[10:]))  # one call waits for the rest
+        assert s.read_bytes(len(body)) == body
+        done()
+    s.close()
+
+
+def test_fds_on_a_header_are_kept_and_on_a_body_are_not_leaked() -> None:
+    """A frame's fds ride on its header, read by ``read_into``; a body is read without
+    room for fds, so any a peer put there are closed by the kernel, not leaked to us."""
+    a, s = _unix_pair()
+    r, w = os.pipe()
+    try:
+        with a:
+            body = payload(50_000, 2)
+            send_fds(a, b"head", [w])
+            a.sendall(body)
+            head = bytearray(4)
+            assert s.read_into(memoryview(head)) == 4 and head == b"head"
+            assert s.read_bytes(len(body)) == body
             (passed,) = s.take_fds(1)
-        finally:
-            os.close(r)
-            os.close(w)
-        os.close(passed)
+            os.write(passed, b"!")
+            os.close(passed)
+            assert os.read(r, 1) == b"!"
+            before = len(os.listdir("/proc/self/fd"))
+            send_fds(a, body, [w, w, w])
+            assert s.read_bytes(len(body)) == body
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert s.take_fds(0) == []
+    finally:
+        os.close(r)
+        os.close(w)
     s.close()
 
 
