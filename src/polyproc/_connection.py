@@ -49,6 +49,7 @@ from ._transport import (
     buffered_socketpair,
     stream_for_socket,
 )
+from ._transport.fds import close_fds
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
@@ -72,9 +73,8 @@ _DIRECT = 1 << 15
 _DIRECT_MAX = 1 << 30
 _SHARED_BYTES = int(Kind.SHARED_BYTES)
 _LEN = struct.Struct("<Q")
-#: No message below this size is ever lent: below it ``bulk`` is not even imported
-#: (its first import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB
-#: stream half its rate).
+#: No message below this size is ever lent: below it ``bulk`` is not even imported (its first
+#: import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB stream half its rate).
 _LEND_MIN = 1 << 20
 
 
@@ -106,10 +106,11 @@ class Connection:
         self._buf = bytearray()
         self._chunk = bytearray(_CHUNK)
         self._chunk_view = memoryview(self._chunk)
+        self._head = self._chunk_view[:_HDR]
         self._poller: select.poll | None = None
         self._peer_maps: Any = None  # bulk.PeerMaps, made at the first lent message
-        # Was the last frame's body big (read the next header alone)? True at first: a first
-        # big body skips the 64 KiB chunk (COW faults in a fork child) and a join (stop 18).
+        # Was the last frame's body big (read the next header alone)? True at first too: a first
+        # big body then skips the 64 KiB chunk (COW faults in a fork child, docs/connection.md).
         self._big = True
 
     # -- state ------------------------------------------------------------------
@@ -292,8 +293,7 @@ class Connection:
         try:
             stream.write_all(parts, all_fds)
         finally:
-            for fd in to_close:
-                os.close(fd)
+            close_fds(to_close)
 
     @staticmethod
     def _write(stream: Stream, head: bytes, body: Any) -> None:
@@ -304,9 +304,8 @@ class Connection:
 
     # -- receiving --------------------------------------------------------------
     def _fill(self, stream: Stream) -> bool:
-        """Read what is available into the buffer; False at end of stream."""
-        # After a big frame, expect another: read just a header, so the body goes
-        # straight into its object and the socket's buffers drain message by message.
+        """Read what is available into the buffer; False at end of stream. After a big frame,
+        expect another: just a header, so the body goes straight into its object."""
         n = stream.read_into(self._chunk_view[:_HDR] if self._big else self._chunk_view)
         if n == 0:
             return False
@@ -401,8 +400,7 @@ class Connection:
         from ._shm import bulk
 
         if len(fds) != 1 or len(body) != _LEN.size:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             self.close()
             raise ProtocolError("garbage on the wire: a shared bytes frame without its memfd")
         if self._peer_maps is None:
@@ -420,8 +418,7 @@ class Connection:
 
         shared = [i for i, n in enumerate(lengths) if n == 0]
         if len(shared) > len(fds):
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             self.close()
             raise ProtocolError("garbage on the wire: shared buffers without their memfds")
         own, extra = fds[: len(fds) - len(shared)], fds[len(fds) - len(shared) :]
@@ -430,8 +427,7 @@ class Connection:
             try:
                 buffers[i] = bulk.import_buffer(fd, sizes[j])
             except (OSError, ValueError) as exc:
-                for rest in extra[j + 1 :] + own:
-                    os.close(rest)
+                close_fds(extra[j + 1 :] + own)
                 raise ProtocolError(f"a shared buffer could not be mapped: {exc}") from exc
         return own
 
@@ -439,8 +435,17 @@ class Connection:
         """Receive one message as bytes; ``OSError`` (ProtocolError) if longer than ``maxlength``."""
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        buf = self._buf
-        if len(buf) < _HDR or self._stream is None or not self._readable:
+        buf, stream = self._buf, self._stream
+        if self._big and not buf and stream is not None and self._readable:
+            # After a big frame (and at first) a header is read alone into its own buffer,
+            # a big body straight into its bytes: 2 us less glue per 64 KiB message.
+            n = stream.read_into(self._head)
+            magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(self._chunk)
+            if n == _HDR and magic == MAGIC and kind_no == _BYTES and not (nfds or nbuf):
+                if _DIRECT <= size <= _DIRECT_MAX and (maxlength is None or size <= maxlength):
+                    return self._take_direct(stream, size)  # type: ignore[no-any-return]
+            buf += self._head[:n]
+        if len(buf) < _HDR or stream is None or not self._readable:
             self._need(self._for_reading(), _HDR, False)
         magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
         if (
@@ -467,8 +472,7 @@ class Connection:
                 return cast(bytes, self._take_direct(self._stream, size))
         kind, body, buffers, fds = self._read_frame(maxlength)
         if buffers or fds:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             raise ProtocolError(
                 "recv_bytes() got an object message with out-of-band parts; use recv()"
             )
@@ -491,8 +495,7 @@ class Connection:
         """Receive one pickled message without unpickling it (the caller owns its fds)."""
         kind, body, buffers, fds = self._read_frame()
         if kind is not Kind.PICKLE:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             raise ProtocolError("expected a pickled message")
         return Payload(body, buffers, fds)
 

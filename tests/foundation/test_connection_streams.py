@@ -263,6 +263,48 @@ def test_a_first_big_body_goes_straight_into_place() -> None:
         assert s.sizes == [_connection._HDR, _connection._HDR, _connection._CHUNK]
 
 
+def _frame_to(sock: socket.socket, body: bytes) -> None:
+    sock.sendall(encode_header(Kind.BYTES, len(body)) + body)
+
+
+class _Trickle(UnixStream):
+    """A Unix stream whose reads of a header's room return at most ``cut`` bytes (a header
+    split by the kernel: fds riding on its first byte, a writer caught mid-write)."""
+
+    cut = 7
+
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
+        return super().read_into(
+            view[: self.cut] if view.nbytes == _connection._HDR else view, flags
+        )
+
+
+def test_big_bodies_skip_the_receive_buffer_and_a_split_header_still_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a big frame (and at first) recv_bytes reads a header alone and the body straight
+    into its bytes, without the buffer's machinery; a header that comes in pieces falls back
+    to it, and the frames keep their boundaries either way."""
+    a, b = socket.socketpair()
+    conn = Connection(UnixStream(b.detach()))
+    needs: list[int] = []
+    need = conn._need
+    monkeypatch.setattr(conn, "_need", lambda *args: needs.append(args[1]) or need(*args))
+    bodies = [payload(_connection._DIRECT + i, i) for i in range(3)]
+    with a, conn:
+        done = _in_thread(lambda: [_frame_to(a, body) for body in [*bodies, b"small"]])
+        assert [conn.recv_bytes() for _ in bodies] == bodies
+        assert needs == []
+        assert conn.recv_bytes() == b"small"
+        done()
+    a, b = socket.socketpair()
+    conn = Connection(_Trickle(b.detach()))
+    with a, conn:
+        done = _in_thread(lambda: [_frame_to(a, body) for body in [*bodies, b"small"]])
+        assert [conn.recv_bytes() for _ in bodies] + [conn.recv_bytes()] == [*bodies, b"small"]
+        done()
+
+
 def _unix_pair() -> tuple[socket.socket, UnixStream]:
     a, b = socket.socketpair()
     return a, UnixStream(b.detach())
