@@ -438,7 +438,7 @@ class Connection:
         buf, stream = self._buf, self._stream
         if self._big and not buf and stream is not None and self._readable:
             # After a big frame (and at first) a header is read alone into its own buffer,
-            # a big body straight into its bytes: 2 us less glue per 64 KiB message.
+            # a big body straight into its bytes: 1.2-1.6 us less Python per 64 KiB message.
             n = stream.read_into(self._head)
             magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(self._chunk)
             if n == _HDR and magic == MAGIC and kind_no == _BYTES and not (nfds or nbuf):
