@@ -28,7 +28,6 @@ import pickle
 import select
 import stat
 import struct
-import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -47,9 +46,10 @@ from ._transport import (
     UnixStream,
     big_pipe,
     buffered_socketpair,
+    readable,
     stream_for_socket,
 )
-from ._transport.buffers import fresh_bytes
+from ._transport.fds import close_fds
 from .errors import BufferTooShort, ClosedResourceError, CorruptMessageError, ProtocolError
 
 __all__ = ["Connection", "Pipe", "wait"]
@@ -73,9 +73,8 @@ _DIRECT = 1 << 15
 _DIRECT_MAX = 1 << 30
 _SHARED_BYTES = int(Kind.SHARED_BYTES)
 _LEN = struct.Struct("<Q")
-#: No message below this size is ever lent: below it ``bulk`` is not even imported
-#: (its first import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB
-#: stream half its rate).
+#: No message below this size is ever lent: below it ``bulk`` is not even imported (its first
+#: import, 3 ms with bytecode cached and 80 ms without, once cost a 64 KiB stream half its rate).
 _LEND_MIN = 1 << 20
 
 
@@ -105,13 +104,14 @@ class Connection:
         self._writable = writable
         self._ser = serializer or DEFAULT_SERIALIZER
         self._buf = bytearray()
-        # The receive chunk, made at the first read: a pool's end of a worker's Pipe is
-        # read by the engine's channel instead, and 64 KiB made in vain at every worker
-        # start cost ~0.1 ms there, with pages shared with a fresh fork child.
+        # Made at the first read that needs it (a pool reads its worker Pipes its own way)
         self._chunk_view: memoryview | None = None
+        self._head = memoryview(bytearray(_HDR))  # a header read alone (after a big body)
         self._poller: select.poll | None = None
         self._peer_maps: Any = None  # bulk.PeerMaps, made at the first lent message
-        self._big = False  # was the last frame's body big (read the next header alone)?
+        # Was the last frame's body big (read the next header alone)? True at first too: a first
+        # big body then skips the 64 KiB chunk (COW faults in a fork child, docs/connection.md).
+        self._big = True
 
     # -- state ------------------------------------------------------------------
     @property
@@ -293,8 +293,7 @@ class Connection:
         try:
             stream.write_all(parts, all_fds)
         finally:
-            for fd in to_close:
-                os.close(fd)
+            close_fds(to_close)
 
     @staticmethod
     def _write(stream: Stream, head: bytes, body: Any) -> None:
@@ -305,9 +304,8 @@ class Connection:
 
     # -- receiving --------------------------------------------------------------
     def _fill(self, stream: Stream) -> bool:
-        """Read what is available into the buffer; False at end of stream."""
-        # After a big frame, expect another: read just a header, so the body goes
-        # straight into its object and the socket's buffers drain message by message.
+        """Read what is available into the buffer; False at end of stream. After a big frame,
+        expect another: just a header, so the body goes straight into its object."""
         view = self._chunk_view
         if view is None:
             view = self._chunk_view = memoryview(bytearray(_CHUNK))
@@ -361,16 +359,20 @@ class Connection:
 
     def _take_direct(self, stream: Stream, count: int, mutable: bool = False) -> Any:
         """``count`` (more than is buffered) straight into the object we return: what is
-        buffered, then the kernel's copy into the rest. No staging buffer, no join."""
+        buffered, then the kernel's copy into the rest. No staging buffer."""
         buf = self._buf
-        target, view = (bytearray(count), None) if mutable else fresh_bytes(count)
-        with memoryview(target) if view is None else view as into:
-            have = len(buf)
-            into[:have] = buf
-            buf.clear()
-            if stream.read_exact_into(into[have:]) < count - have:
-                self.close()
-                raise ProtocolError("truncated frame: the peer closed in the middle of a message")
+        if mutable:
+            target: bytes | bytearray = bytearray(count)
+            with memoryview(target) as into:
+                into[: len(buf)] = buf
+                got = len(buf) + stream.read_exact_into(into[len(buf) :])
+        else:
+            target = stream.read_bytes(count, buf)
+            got = len(target)
+        buf.clear()
+        if got < count:
+            self.close()
+            raise ProtocolError("truncated frame: the peer closed in the middle of a message")
         return target
 
     def _read_frame(self, max_size: int | None = None) -> tuple[Kind, Any, list[Any], list[int]]:
@@ -401,8 +403,7 @@ class Connection:
         from ._shm import bulk
 
         if len(fds) != 1 or len(body) != _LEN.size:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             self.close()
             raise ProtocolError("garbage on the wire: a shared bytes frame without its memfd")
         if self._peer_maps is None:
@@ -420,8 +421,7 @@ class Connection:
 
         shared = [i for i, n in enumerate(lengths) if n == 0]
         if len(shared) > len(fds):
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             self.close()
             raise ProtocolError("garbage on the wire: shared buffers without their memfds")
         own, extra = fds[: len(fds) - len(shared)], fds[len(fds) - len(shared) :]
@@ -430,8 +430,7 @@ class Connection:
             try:
                 buffers[i] = bulk.import_buffer(fd, sizes[j])
             except (OSError, ValueError) as exc:
-                for rest in extra[j + 1 :] + own:
-                    os.close(rest)
+                close_fds(extra[j + 1 :] + own)
                 raise ProtocolError(f"a shared buffer could not be mapped: {exc}") from exc
         return own
 
@@ -439,8 +438,17 @@ class Connection:
         """Receive one message as bytes; ``OSError`` (ProtocolError) if longer than ``maxlength``."""
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        buf = self._buf
-        if len(buf) < _HDR or self._stream is None or not self._readable:
+        buf, stream = self._buf, self._stream
+        if self._big and not buf and stream is not None and self._readable:
+            # After a big frame (and at first) a header is read alone into its own buffer,
+            # a big body straight into its bytes: 1.2-1.6 us less Python per 64 KiB message.
+            n = stream.read_into(self._head)
+            magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(self._head)
+            if n == _HDR and magic == MAGIC and kind_no == _BYTES and not (nfds or nbuf):
+                if _DIRECT <= size <= _DIRECT_MAX and (maxlength is None or size <= maxlength):
+                    return self._take_direct(stream, size)  # type: ignore[no-any-return]
+            buf += self._head[:n]
+        if len(buf) < _HDR or stream is None or not self._readable:
             self._need(self._for_reading(), _HDR, False)
         magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
         if (
@@ -467,8 +475,7 @@ class Connection:
                 return cast(bytes, self._take_direct(self._stream, size))
         kind, body, buffers, fds = self._read_frame(maxlength)
         if buffers or fds:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             raise ProtocolError(
                 "recv_bytes() got an object message with out-of-band parts; use recv()"
             )
@@ -491,8 +498,7 @@ class Connection:
         """Receive one pickled message without unpickling it (the caller owns its fds)."""
         kind, body, buffers, fds = self._read_frame()
         if kind is not Kind.PICKLE:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             raise ProtocolError("expected a pickled message")
         return Payload(body, buffers, fds)
 
@@ -578,20 +584,8 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
     ready = [o for o in objects if isinstance(o, Connection) and not o.closed and o._has_buffered()]
     if ready:
         return ready
-    poller = select.poll()
     by_fd: dict[int, list[Any]] = {}
     for o in objects:
-        fd = o if isinstance(o, int) else o.fileno()
-        by_fd.setdefault(fd, []).append(o)
-        poller.register(fd, select.POLLIN)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-        events = poller.poll(ms)
-        if events or ms == 0:
-            out: list[Any] = []
-            for fd, _ in events:
-                out.extend(by_fd.get(fd, ()))
-            return [o for o in objects if o in out]
-        if deadline is not None and time.monotonic() >= deadline:
-            return []
+        by_fd.setdefault(o if isinstance(o, int) else o.fileno(), []).append(o)
+    out = [o for fd in readable(by_fd, timeout) for o in by_fd[fd]]
+    return [o for o in objects if o in out]

@@ -3,7 +3,9 @@
 What changed for speed, each checked at the sizes where it switches on:
 
 * ``recv_bytes`` of a body not yet buffered reads straight into the ``bytes`` it
-  returns (``_DIRECT``), and after a big frame reads the next header alone;
+  returns (``_DIRECT``), and after a big frame reads the next header alone; up to
+  32 MiB the read itself makes that ``bytes`` (``Stream.read_bytes``), so a process
+  never imports ctypes to receive one (docs/connection.md, stop 18);
 * ``send`` of a small object uses plain pickle first, and falls back to the full
   serializer for anything special (out-of-band buffers, fds, lambdas, big bytes);
 * ``send_bytes`` from ``bulk.BYTES_THRESHOLD`` up lends the bytes through a pooled
@@ -25,9 +27,12 @@ from polyproc import _connection
 from polyproc._connection import Connection, Pipe
 from polyproc._protocol.framing import Kind, encode_header
 from polyproc._shm import bulk
+from polyproc._transport import FdStream, UnixStream, big_pipe, stream
+from polyproc._transport.buffers import HUGE
+from polyproc._transport.fds import send_fds
 from polyproc.errors import BrokenResourceError, ProtocolError
 
-from . import _stream_targets
+from . import _programs, _stream_targets
 from ._stream_targets import payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,6 +179,254 @@ def test_maxlength_still_refuses_a_big_frame() -> None:
             done()  # the sender finishes, unless the refusing end hung up first:
         except (BrokenPipeError, BrokenResourceError):
             pass  # a refused frame closes the receiving end, so EPIPE is the other outcome
+
+
+@pytest.mark.parametrize("size", [64 << 10, 4 * MIB])
+@pytest.mark.parametrize("kind", ["duplex", "simplex"])
+def test_peer_closing_inside_a_body_is_a_protocol_error(kind: str, size: int) -> None:
+    """Both ways a body is read (made by the read and joined, or into a fresh bytes)."""
+    if kind == "duplex":
+        a, b = socket.socketpair()
+        conn, write, close = Connection(b.detach()), a.sendall, a.close
+    else:
+        r, w = big_pipe()
+        conn = Connection(r, writable=False)
+
+        def write(data: bytes) -> None:
+            os.write(w, data)
+
+        def close() -> None:
+            os.close(w)
+
+    write(encode_header(Kind.BYTES, size) + b"x" * 50_007)  # fits either buffer
+    close()
+    with pytest.raises(ProtocolError, match="truncated"):
+        conn.recv_bytes()
+    assert conn.closed
+
+
+# -- bodies made by the read itself (no ctypes up to 32 MiB) ---------------------------------------
+
+
+def test_receiving_up_to_32_mib_imports_no_ctypes(tmp_path: Any) -> None:
+    """ctypes (fresh_bytes) cost 2-7 ms on a process's first big receive: a tenth of a 64 KiB
+    stream. A fresh interpreter receives every size below HUGE, both kinds of Pipe, a body
+    alone and after bytes already buffered, and must not have imported it."""
+    source = f"""
+        import sys, threading
+        import polyproc
+
+        def through(w, r, sizes):
+            for n in sizes:
+                t = threading.Thread(target=w.send_bytes, args=(bytes([n % 251]) * n,))
+                t.start()
+                got = r.recv_bytes()
+                t.join()
+                assert got == bytes([n % 251]) * n, n
+
+        a, b = polyproc.Pipe()
+        through(a, b, [5, 64 << 10, 64 << 10, 5, {MIB + 3}, {4 * MIB}, {HUGE - 1}, 3])
+        r, w = polyproc.Pipe(duplex=False)
+        through(w, r, [5, 64 << 10, 64 << 10, {MIB}])
+        print("ctypes" in sys.modules)
+    """
+    done = _programs.run(source, "fork", tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+class _Counting(UnixStream):
+    """A Unix stream that records the size of every ``read_into`` (the reads of the buffer)."""
+
+    sizes: list[int]
+
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
+        self.sizes.append(view.nbytes)
+        return super().read_into(view, flags)
+
+
+def test_a_first_big_body_goes_straight_into_place() -> None:
+    """A Connection's first read takes a header alone: a big body after it is read into
+    its own bytes, never into the 64 KiB chunk (copy-on-write faults in a fork child)."""
+    a, b = socket.socketpair()
+    s = _Counting(b.detach())
+    s.sizes = []
+    conn = Connection(s)
+    with a, conn:
+        body = payload(64 << 10, 3)
+        a.sendall(encode_header(Kind.BYTES, len(body)) + body + encode_header(Kind.BYTES, 2))
+        a.sendall(b"ok" + encode_header(Kind.BYTES, 1) + b"!")
+        assert conn.recv_bytes() == body
+        assert s.sizes == [_connection._HDR]  # the body came from one read_bytes
+        assert conn.recv_bytes() == b"ok"  # a small one after: header alone, then a chunk
+        assert conn.recv_bytes() == b"!"  # ... which held this one too
+        assert s.sizes == [_connection._HDR, _connection._HDR, _connection._CHUNK]
+
+
+def _frame_to(sock: socket.socket, body: bytes) -> None:
+    sock.sendall(encode_header(Kind.BYTES, len(body)) + body)
+
+
+class _Trickle(UnixStream):
+    """A Unix stream whose reads of a header's room return at most ``cut`` bytes (a header
+    split by the kernel: fds riding on its first byte, a writer caught mid-write)."""
+
+    cut = 7
+
+    def read_into(self, view: memoryview, flags: int = 0) -> int:
+        return super().read_into(
+            view[: self.cut] if view.nbytes == _connection._HDR else view, flags
+        )
+
+
+def test_big_bodies_skip_the_receive_buffer_and_a_split_header_still_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a big frame (and at first) recv_bytes reads a header alone and the body straight
+    into its bytes, without the buffer's machinery; a header that comes in pieces falls back
+    to it, and the frames keep their boundaries either way."""
+    a, b = socket.socketpair()
+    conn = Connection(UnixStream(b.detach()))
+    needs: list[int] = []
+    need = conn._need
+    monkeypatch.setattr(conn, "_need", lambda *args: needs.append(args[1]) or need(*args))
+    bodies = [payload(_connection._DIRECT + i, i) for i in range(3)]
+    with a, conn:
+        done = _in_thread(lambda: [_frame_to(a, body) for body in [*bodies, b"small"]])
+        assert [conn.recv_bytes() for _ in bodies] == bodies
+        assert needs == []
+        assert conn.recv_bytes() == b"small"
+        done()
+    a, b = socket.socketpair()
+    conn = Connection(_Trickle(b.detach()))
+    with a, conn:
+        done = _in_thread(lambda: [_frame_to(a, body) for body in [*bodies, b"small"]])
+        assert [conn.recv_bytes() for _ in bodies] + [conn.recv_bytes()] == [*bodies, b"small"]
+        done()
+
+
+def _unix_pair() -> tuple[socket.socket, UnixStream]:
+    a, b = socket.socketpair()
+    return a, UnixStream(b.detach())
+
+
+def test_read_bytes_of_a_unix_stream_keeps_head_and_order() -> None:
+    a, s = _unix_pair()
+    with a:
+        body = payload(100_000, 1)
+        a.sendall(body)
+        got = s.read_bytes(len(body))
+        assert type(got) is bytes and got == body
+        a.sendall(b"tail" + body)
+        assert s.read_bytes(len(body) + 7, bytearray(b"abc")) == b"abctail" + body
+        a.sendall(body[:10])
+        done = _in_thread(lambda: a.sendall(body[10:]))  # one call waits for the rest
+        assert s.read_bytes(len(body)) == body
+        done()
+    s.close()
+
+
+def test_fds_on_a_header_are_kept_and_on_a_body_are_not_leaked() -> None:
+    """A frame's fds ride on its header, read by ``read_into``; a body is read without
+    room for fds, so any a peer put there are closed by the kernel, not leaked to us."""
+    a, s = _unix_pair()
+    r, w = os.pipe()
+    try:
+        with a:
+            body = payload(50_000, 2)
+            send_fds(a, b"head", [w])
+            a.sendall(body)
+            head = bytearray(4)
+            assert s.read_into(memoryview(head)) == 4 and head == b"head"
+            assert s.read_bytes(len(body)) == body
+            (passed,) = s.take_fds(1)
+            os.write(passed, b"!")
+            os.close(passed)
+            assert os.read(r, 1) == b"!"
+            before = len(os.listdir("/proc/self/fd"))
+            send_fds(a, body, [w, w, w])
+            assert s.read_bytes(len(body)) == body
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert s.take_fds(0) == []
+    finally:
+        os.close(r)
+        os.close(w)
+    s.close()
+
+
+@pytest.mark.parametrize("kind", ["unix", "pipe"])
+def test_read_bytes_ends_short_at_end_of_stream(kind: str) -> None:
+    if kind == "unix":
+        a, s = _unix_pair()
+        write, close = a.sendall, a.close
+    else:
+        r, w = os.pipe()
+        s = FdStream(r)
+
+        def write(data: bytes) -> None:
+            os.write(w, data)
+
+        def close() -> None:
+            os.close(w)
+
+    write(b"x" * 1000)
+    close()
+    assert s.read_bytes(5000) == b"x" * 1000
+    assert s.read_bytes(5000, b"yy") == b"yy"
+    s.close()
+
+
+class _BehindPipe(FdStream):
+    """A pipe whose writer is behind: the rest of a message is written after the first read."""
+
+    def __init__(self, r: int, w: int, rest: bytes) -> None:
+        super().__init__(r)
+        self.w, self.rest, self.reads = w, rest, 0
+
+    def _read_new(self, n: int) -> bytes:
+        data = super()._read_new(n)
+        self.reads += 1
+        if self.rest:
+            os.write(self.w, self.rest)
+            self.rest = b""
+        return data
+
+
+def test_read_bytes_of_a_pipe_joins_a_short_read() -> None:
+    r, w = big_pipe()
+    body = payload(300_000, 4)
+    s = _BehindPipe(r, w, body[100_000:])
+    os.write(w, body[:100_000])
+    assert s.read_bytes(len(body)) == body
+    assert s.reads == 2
+    s.close()
+    os.close(w)
+
+
+def test_big_reads_still_go_into_a_fresh_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From HUGE up (huge pages asked for), and a big rest after a head (no join of it all)."""
+    made: list[int] = []
+
+    def spy(n: int) -> Any:
+        made.append(n)
+        return real(n)
+
+    real = stream.fresh_bytes
+    monkeypatch.setattr(stream, "fresh_bytes", spy)
+    a, s = _unix_pair()
+    with a:
+        head = b"h" * 10
+        rest = payload(stream._JOIN_MAX + 1, 5)
+        done = _in_thread(lambda: a.sendall(rest + payload(HUGE, 6)))
+        assert s.read_bytes(len(head) + len(rest), head) == head + rest
+        assert s.read_bytes(HUGE) == payload(HUGE, 6)
+        done()
+        assert made == [len(head) + len(rest), HUGE]
+        done = _in_thread(lambda: a.sendall(payload(HUGE - 1, 7)))
+        assert s.read_bytes(HUGE - 1) == payload(HUGE - 1, 7)
+        done()
+        assert made == [len(head) + len(rest), HUGE]
+    s.close()
 
 
 # -- the plain-pickle fast path of send ------------------------------------------------------------

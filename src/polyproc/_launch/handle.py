@@ -15,11 +15,9 @@ is never signalled by mistake.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -33,15 +31,9 @@ PID = struct.Struct("<q")
 
 def wait_fd(fd: int, timeout: float | None) -> bool:
     """True when ``fd`` is readable within ``timeout`` seconds (None: forever)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-        if poller.poll(ms):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
+    from .._transport.wake import readable
+
+    return bool(readable((fd,), timeout))
 
 
 class ChildHandle:

@@ -13,7 +13,8 @@ per concept:
 * ``outbox``: ``Outbox``, the one non-blocking writer (pool channels, manager loop
   and gate): queue parts and fds, flush what fits, "wants write".
 * ``sockets``: making sockets and pipes, listening, connecting, TLS probes.
-* ``wake``: ``Wake``, the wake-up pipe of every selector loop.
+* ``wake``: ``Wake``, the wake-up pipe of every selector loop; ``readable``, waiting
+  for fds with a deadline.
 * ``memory``: ``memory_pair()``, an in-process transport with the same interface, so
   the manager loop and a pool channel can be tested with no process.
 * ``buffers``: fresh ``bytes`` a read fills in place.
@@ -53,11 +54,12 @@ from .stream import (
     write_all_fd,
     write_some_fd,
 )
-from .wake import Wake
+from .wake import Wake, readable
 
 __all__ = [
     "MAX_FDS",
     "Outbox",
+    "readable",
     "Wake",
     "Stream",
     "FdStream",

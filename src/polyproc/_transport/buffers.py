@@ -3,6 +3,10 @@
 ``recv_bytes`` must return ``bytes`` (immutable) yet should not read into a
 bytearray and copy it again: ``fresh_bytes`` makes the object unfilled, as
 ``os.read`` does inside CPython, and hands out a writable view of its memory.
+
+It needs ctypes (2-7 ms to import on a process's first use), so ``Stream.read_bytes``
+uses it only where a plain read cannot make the object itself: from ``HUGE`` up (huge
+pages), a big rest after bytes already read, a TCP or TLS socket.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["fresh_bytes"]
+__all__ = ["fresh_bytes", "HUGE"]
 
 
 @functools.cache
@@ -35,7 +39,7 @@ def _bytes_maker() -> tuple[Any, Any, int, Any]:
 #: otherwise bound by faulting in 16,384 fresh 4 KiB pages (2-2.5x slower, measured).
 #: 32 MiB is glibc's largest mmap threshold: anything bigger is its own mapping, gone at
 #: free, so the advice never outlives the object (smaller ones reuse warm heap memory).
-_HUGE = (32 << 20) + 1
+HUGE = (32 << 20) + 1
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
 
@@ -50,7 +54,7 @@ def fresh_bytes(n: int) -> tuple[bytes, memoryview]:
     new, view, offset, madvise = _bytes_maker()
     out = new(None, n)
     addr = id(out) + offset
-    if n >= _HUGE and madvise is not None:
+    if n >= HUGE and madvise is not None:
         # Only whole, aligned 2 MiB blocks inside the allocation; an error changes nothing.
         start = (addr + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
         end = (addr + n) & ~(_HUGE_PAGE - 1)

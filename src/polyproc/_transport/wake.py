@@ -1,17 +1,39 @@
-"""A wake-up pipe: how another thread interrupts a selector loop's sleep.
+"""Waking and waiting: a loop's wake-up pipe, and waiting for fds to become readable.
 
 The pool engine, the manager's serving loop and its gate each sleep in ``select``/
 ``epoll`` on their sockets plus ``Wake.fileno()``; ``set()`` (any thread) makes that
 fd readable, ``drain()`` (the loop, once woken) empties it. Both ends are
 non-blocking: a full pipe already means "wake up", so ``set`` never blocks, and a
 ``set`` after ``close`` is ignored (the loop is gone).
+
+``readable(fds, timeout)`` is the one poll-with-a-deadline loop (``connection.wait``,
+a child handle's ``wait``).
 """
 
 from __future__ import annotations
 
 import os
+import select
+import time
+from collections.abc import Iterable
 
-__all__ = ["Wake"]
+__all__ = ["Wake", "readable"]
+
+
+def readable(fds: Iterable[int], timeout: float | None) -> list[int]:
+    """Those of ``fds`` readable (or at end of file, or hung up) within ``timeout``
+    seconds (None: however long it takes); [] if none is by then."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+        events = poller.poll(ms)
+        if events or ms == 0:
+            return [fd for fd, _ in events]
+        if deadline is not None and time.monotonic() >= deadline:
+            return []
 
 
 class Wake:
