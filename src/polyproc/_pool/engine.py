@@ -127,22 +127,11 @@ class Engine:
         self._atexit_registered = False
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self.flags.lock)  # it runs Python code only holding the lock
-        # The thread waits at this gate until the first workers are started: it holds
-        # nothing there, so forking them here is safe (``parked()`` takes its lock).
-        self._gate = threading.Lock()
         if self.workers.first_in_caller:
-            # Started first, while the CPUs are idle: a thread's start waits for a CPU,
-            # and under the first workers' boots that wait was 0.3-2 ms of pool start.
-            # Then the first workers, forked here from the caller (no hop to the template;
-            # _launch/template.py, ``start``).
-            self._gate.acquire()
-            try:
-                self.thread.start()
-                self.act()
-            finally:
-                self._gate.release()
-        else:
-            self.thread.start()
+            # The first workers: forked here, from the caller as the template is, before
+            # our thread exists (no hop to the template; _launch/template.py, ``start``).
+            self.act()
+        self.thread.start()  # last: the thread reads everything above
 
     # -- the API the faces use (any thread) ------------------------------------------
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -261,8 +250,6 @@ class Engine:
     # -- the loop (engine thread, holding the lock but while it waits) ------------------
     def _main(self) -> None:
         try:
-            with self._gate:  # the caller forks the first workers meanwhile
-                pass
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a bug here must not hang users
             self._crash(exc)
