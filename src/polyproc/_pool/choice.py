@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from .engine import local_engine
+from .engine import Engine
 
 __all__ = ["make_engine"]
 
@@ -25,7 +25,7 @@ def make_engine(backend: Any, processes: int | None, **options: Any) -> Any:
         and "polyproc.backends" not in sys.modules
         and not os.environ.get("POLYPROC_BACKEND")
     ):
-        return local_engine(processes, **options)
+        return Engine(processes, **options)
     from ..backends import make_engine as cluster_or_local
 
     return cluster_or_local(backend, processes, **options)

@@ -79,7 +79,7 @@ class Engine:
 
     def __init__(
         self,
-        processes: int,
+        processes: int | None,
         *,
         ctx: Any,
         threads: bool = False,
@@ -88,9 +88,12 @@ class Engine:
         maxtasksperchild: int | None = None,
         max_memory_per_child: int | None = None,
         window: int = 3,
-        target_batch_s: float = 0.004,
+        target_batch_s: float | None = None,
         workers: Callable[[Engine], WorkerSet] | None = None,
     ) -> None:
+        # None: one worker per CPU; a batch worth 4 ms of work (batching.py).
+        processes = processes if processes is not None else (os.cpu_count() or 1)
+        target_batch_s = 0.004 if target_batch_s is None else target_batch_s
         self.ctx = ctx
         self.threads = threads
         self.serializer = ctx.serializer if ctx is not None else None
@@ -439,32 +442,6 @@ class Engine:
                 else:
                     _guard(item.sink._deliver, 0, [TaskError.local(err)])
                     _guard(item.sink._done)
-
-
-def local_engine(
-    processes: int | None,
-    *,
-    ctx: Any,
-    threads: bool,
-    initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
-    maxtasksperchild: int | None,
-    max_memory_per_child: int | None,
-    window: int = 3,
-    target_batch_s: float | None = None,
-) -> Engine:
-    """This machine's engine: worker processes (or threads), ``processes`` of them."""
-    return Engine(
-        processes if processes is not None else (os.cpu_count() or 1),
-        ctx=ctx,
-        threads=threads,
-        initializer=initializer,
-        initargs=initargs,
-        maxtasksperchild=maxtasksperchild,
-        max_memory_per_child=max_memory_per_child,
-        window=window,
-        target_batch_s=0.004 if target_batch_s is None else target_batch_s,
-    )
 
 
 def _terminate_ref(ref: weakref.ref[Engine]) -> None:

@@ -131,9 +131,9 @@ def make_engine(
         spec = current_backend(backend)
     kind = _kind(spec)
     if kind == "local":
-        from .._pool.engine import local_engine
+        from .._pool.engine import Engine
 
-        return local_engine(
+        return Engine(
             processes,
             ctx=ctx,
             threads=threads,
