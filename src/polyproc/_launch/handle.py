@@ -148,9 +148,10 @@ class StatusPipeHandle(ChildHandle):
             return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
+        pid = self.pid  # -1 when its server never said it: never kill(-1), "every process"
+        if pid > 0 and self.poll() is None:
             try:
-                os.kill(self.pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 

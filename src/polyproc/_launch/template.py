@@ -304,14 +304,6 @@ class _LatePidHandle(StatusPipeHandle):
     def pid_if_known(self) -> int | None:
         return None if self._read_pid is not None else self._pid
 
-    def send_signal(self, sig: int) -> None:
-        pid = self.pid
-        if pid > 0 and self.poll() is None:  # never kill(-1): "every process we may"
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
 
 _LIVE: weakref.WeakSet[Template] = weakref.WeakSet()
 
