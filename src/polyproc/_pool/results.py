@@ -278,21 +278,26 @@ class IMapIterator(Generic[T]):
         return result
 
     def _wait_next(self, timeout: float | None) -> Any:
-        if self._deadline is not None:
-            left = self._deadline - time.monotonic()
-            timeout = left if timeout is None else min(timeout, left)
-        sink = self.sink
-        with sink.cond:
-            if not sink.items and not sink.finished:
-                self._report(True)  # never wait on results the engine holds back for credit
-                if not sink.cond.wait_for(
-                    lambda: sink.items or sink.finished,
-                    None if timeout is None else max(0.0, timeout),
-                ):
-                    raise TimeoutError(f"no result within {timeout} s")
-            if not sink.items:
+        with self.sink.cond:
+            if not self._await(timeout):
                 raise StopIteration
-            return sink.items.popleft()
+            return self.sink.items.popleft()
+
+    def _await(self, timeout: float | None) -> bool:
+        """Holding the stream's lock: wait for a result or the end (within ``timeout`` and
+        the whole iteration's deadline); whether there are results. TimeoutError if none."""
+        sink = self.sink
+        if not sink.items and not sink.finished:
+            if self._deadline is not None:
+                left = self._deadline - time.monotonic()
+                timeout = left if timeout is None else min(timeout, left)
+            self._report(True)  # never wait on results the engine holds back for credit
+            if not sink.cond.wait_for(
+                lambda: sink.items or sink.finished,
+                None if timeout is None else max(0.0, timeout),
+            ):
+                raise TimeoutError(f"no result within {timeout} s")
+        return bool(sink.items)
 
     __next__ = next
 
@@ -307,19 +312,8 @@ class IMapIterator(Generic[T]):
         sink = self.sink
         while True:
             with sink.cond:
-                if not sink.items:
-                    if sink.finished:
-                        return
-                    self._report(True)  # never wait on results held back for credit
-                    timeout = (
-                        None
-                        if self._deadline is None
-                        else max(0.0, self._deadline - time.monotonic())
-                    )
-                    if not sink.cond.wait_for(lambda: sink.items or sink.finished, timeout):
-                        raise TimeoutError(f"no result within {timeout} s")
-                    if not sink.items:
-                        return
+                if not self._await(None):
+                    return
                 chunk, sink.items = sink.items, deque()
                 self._items = sink.items
             self._taken += len(chunk)
