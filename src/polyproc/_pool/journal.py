@@ -249,7 +249,7 @@ class Journal:
                 if pos < 0:
                     return j + 1, others, v  # too big, or it needs fds: the channel takes it
                 j += 1
-        tags, ivals, fvals = self.tags, self.ivals, self.fvals
+        # The same loop in Python: without the C extension, and for keyword tasks.
         head = self._head
         one = mode == ONE
         pos = 0  # end of the blobs in the area
@@ -265,27 +265,7 @@ class Journal:
                     v = fn(*a[0], **a[1])
             except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the worker
                 v = capture(exc)
-            # Commit before the next task starts. An int is one store: its slot held UNSET,
-            # so writing the value is the commit (UNSET itself takes the blob path).
-            t = type(v)
-            if t is int:
-                try:
-                    ivals[j] = v
-                    if v != UNSET:
-                        continue
-                except (ValueError, OverflowError):
-                    pass
-            elif t is float:
-                fvals[j] = v
-                tags[j] = FLOAT
-                continue
-            elif v is None:
-                tags[j] = NONE
-                continue
-            elif t is bool:
-                tags[j] = TRUE if v else FALSE
-                continue
-            pos = self._commit(j, v, pos, others, dumps, scalar=False)
+            pos = self._commit(j, v, pos, others, dumps)  # before the next task starts
             if pos < 0:
                 return j + 1, others, v  # too big, or it needs fds: the channel takes it
         return j + 1, others, _NOTHING
@@ -297,30 +277,29 @@ class Journal:
         pos: int,
         others: list[Any],
         dumps: Callable[[Any], bytes],
-        *,
-        scalar: bool = True,
     ) -> int:
-        """Commit task ``j``'s value ``v`` (a scalar only if ``scalar``); the area's new
-        end, or -1 if it does not fit (nothing committed: the channel takes it)."""
+        """Commit task ``j``'s value ``v``; the area's new end, or -1 if it does not fit
+        (nothing committed: the channel takes it)."""
+        # An int is one store: its slot held UNSET, so writing the value is the commit
+        # (UNSET itself takes the blob path).
         t = type(v)
-        if scalar:
-            if t is int:
-                try:
-                    self.ivals[j] = v
-                    if v != UNSET:
-                        return pos
-                except (ValueError, OverflowError):
-                    pass
-            elif t is float:
-                self.fvals[j] = v
-                self.tags[j] = FLOAT
-                return pos
-            elif v is None:
-                self.tags[j] = NONE
-                return pos
-            elif t is bool:
-                self.tags[j] = TRUE if v else FALSE
-                return pos
+        if t is int:
+            try:
+                self.ivals[j] = v
+                if v != UNSET:
+                    return pos
+            except (ValueError, OverflowError):
+                pass
+        elif t is float:
+            self.fvals[j] = v
+            self.tags[j] = FLOAT
+            return pos
+        elif v is None:
+            self.tags[j] = NONE
+            return pos
+        elif t is bool:
+            self.tags[j] = TRUE if v else FALSE
+            return pos
         # Text, small bytes, and tuples, lists and dicts of scalars (``(key, value)``,
         # the map-reduce shape): marshal, about twice as fast as pickle and exact for
         # exact builtin types (not for a bytearray or memoryview, which it would turn
