@@ -488,6 +488,28 @@ def test_auto_pool_replaces_a_crashed_worker_from_its_template() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_template_loads_its_server_only_when_first_asked() -> None:
+    """Until the pool's first replacement its template listens on nothing (its server's
+    code and socket would cost ~2 ms of CPU at the pool's birth, beside the caller and
+    the first workers); yet it reports its first worker's death, then serves."""
+
+    def listening(pid: int) -> bool:
+        return any(c.laddr for c in psutil.Process(pid).net_connections(kind="unix"))
+
+    with polyproc.get_context("auto").Pool(1) as p:
+        template = p._engine.workers.template
+        if template is None:
+            pytest.skip("another thread runs in this test process: no template")
+        assert p.apply(_targets.square, (4,)) == 16
+        pid = template._handle.pid
+        assert not listening(pid)
+        with pytest.raises(polyproc.WorkerLostError):
+            p.apply(os._exit, (3,))  # the template reaps it and says so, then serves
+        assert p.apply(_targets.square, (5,)) == 25
+        assert listening(pid)
+
+
+@pytest.mark.timeout(60)
 def test_a_forked_child_does_not_keep_a_pools_template_alive() -> None:
     ctx = polyproc.get_context("fork")
     r, w = polyproc.Pipe(duplex=False)

@@ -219,6 +219,7 @@ class Template:
             if self._first is None:
                 self._first_pid()  # the template said that first
             try:
+                self._boot.send_bytes(_SERVE)  # it loads its server now (``_idle``)
                 self._address = self._boot.recv()
             except EOFError as exc:  # it died before it could listen
                 raise OSError("the pool's template exited") from exc
@@ -324,8 +325,8 @@ _First = tuple["Callable[[], int]", int, tuple[int, ...]]
 def _serve(boot: Connection, parent: int, first: _First | None) -> None:
     """The template's main: a private fork server for one pool.
 
-    It imports the server's code after forking its first worker: the template is idle
-    until the first replacement, and neither the caller nor that worker waits for it.
+    It forks its first worker at once, then waits (``_idle``) and loads the server's code
+    only when the pool first asks for a replacement: nobody waits for the template.
     """
     import signal
 
@@ -358,9 +359,58 @@ def _serve(boot: Connection, parent: int, first: _First | None) -> None:
             os.close(status_w)
     set_comm("polyproc-tmpl")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    forked = _idle(boot, forked)
+    if boot.closed:
+        return  # the pool ended without asking for a replacement
     from .server import Server
 
     Server(boot, first=forked).run()
+
+
+#: What the pool sends on the boot socket before its first request: serve from now on.
+_SERVE = b"serve"
+
+
+def _idle(boot: Connection, forked: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Wait, having loaded nothing more, until the pool's first request (``_SERVE``) or
+    its end (EOF: ``boot`` is then closed); what is left of ``forked`` to serve.
+
+    The server's code and state (its import, a listening socket) cost the template ~2 ms
+    of CPU, which at birth competes with the caller and the first workers for the CPUs:
+    a pool that never replaces a worker never pays it. Meanwhile the first worker's end
+    is reported as the server would: its wait status down its status pipe.
+    """
+    import select
+    import struct
+
+    poller = select.poll()
+    poller.register(boot.fileno(), select.POLLIN)
+    pidfd = -1
+    if forked is not None:
+        pidfd = os.pidfd_open(forked[0])
+        poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                if fd != pidfd:
+                    try:
+                        boot.recv_bytes()  # _SERVE
+                    except (EOFError, OSError):
+                        boot.close()
+                    return forked
+                assert forked is not None
+                pid, status_w = forked
+                _, status = os.waitpid(pid, 0)
+                try:
+                    os.write(status_w, struct.pack("<i", status))
+                finally:
+                    os.close(status_w)
+                poller.unregister(pidfd)
+                os.close(pidfd)
+                pidfd, forked = -1, None
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 def for_pool(ctx: Settings) -> Template | None:
