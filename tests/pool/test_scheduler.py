@@ -147,15 +147,58 @@ def test_illegal_moves_raise() -> None:
         h.s._move(slot, WorkerState.RETIRING)
 
 
-def test_spawns_processes_at_start_and_sends_nothing_before_ready() -> None:
+def test_spawns_processes_at_start_and_sends_work_while_they_start() -> None:
+    """A starting worker's first batch waits in its channel, as the stdlib's workers find
+    their first tasks in the queue: no round through the engine after READY."""
     h = Harness(3)
     assert h.spawned == [1, 2, 3]
     h.s.add_job(single(fn(), 1))
+    h.drain()
+    assert [s.wid for s in h.sent] == [1]
+
+
+def test_a_ready_worker_is_preferred_to_a_starting_one() -> None:
+    h = Harness(3)
+    h.s.worker_ready(2)
+    h.drain()
+    h.s.add_job(single(fn(), 1))
+    h.drain()
+    assert [s.wid for s in h.sent] == [2]
+
+
+@pytest.mark.parametrize("kw", [{"timeout": 1.0}, {}])
+def test_timed_work_and_maxtasks_wait_for_ready(kw: dict[str, Any]) -> None:
+    """A timed task's clock must not run while its worker boots; under maxtasksperchild
+    a worker retires from READY."""
+    h = Harness(2, **({} if kw else {"maxtasksperchild": 2}))
+    h.s.add_job(single(fn(), 1, **kw))
     h.drain()
     assert h.sent == []
     h.s.worker_ready(2)
     h.drain()
     assert [s.wid for s in h.sent] == [2]
+
+
+def test_work_sent_to_a_worker_that_died_starting_runs_elsewhere_once() -> None:
+    """It never said READY (said before it reads any task): nothing it held ran, so its
+    window is requeued, not lost, and no WorkerLostError is seen."""
+    h = Harness(2)
+    h.s.add_job(single(fn(), 1))
+    h.s.add_job(single(fn(), 2))
+    h.drain()
+    sends = h.take_sends()
+    assert sorted(s.wid for s in sends) == [1, 2]
+    dead = sends[0].wid
+    h.s.worker_exited(dead, -9)
+    h.drain()
+    assert h.spawned[-1] == 3  # replaced
+    h.ready_all()
+    again = h.take_sends()
+    assert [s.batch.args for s in again] == [sends[0].batch.args]
+    h.answer(again[0])
+    h.answer(sends[1])
+    assert all(not isinstance(v, TaskError) for vals in h.out.values() for v in vals.values())
+    assert len(h.done) == 2
 
 
 # -- singles ---------------------------------------------------------------------------
@@ -470,7 +513,8 @@ def test_death_without_progress_isolates_to_find_the_culprit() -> None:
             if snd.batch.args == [3]:  # the culprit dies again, alone
                 h.s.worker_exited(wid, 1)
                 h.drain()
-                h.take_sends()  # its window is requeued: drop stale sends
+                # its window is requeued: drop its stale sends (its successor's stand)
+                h.sent = [x for x in h.sent if x.wid != wid]
                 wid += 1
                 break
             h.answer(snd)

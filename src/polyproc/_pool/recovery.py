@@ -100,6 +100,12 @@ def worker_exited(
     for batch in reversed(window):  # never started: run again, first in line
         s.requeued.appendleft(batch)
     done: list[Any] | None = None
+    if head is not None and was is WorkerState.STARTING and head.waits < _PATIENCE:
+        # It never said READY, which a worker says before it reads its first batch: it was
+        # sent work while it started (``Scheduler._pick_worker``), and none of it ran.
+        head.waits += 1
+        s.requeued.appendleft(head)
+        head = None
     if head is not None and recovered is not None and recovered.bid == head.bid:
         done = recovered.values
         if done is not None and len(done) >= len(head):
