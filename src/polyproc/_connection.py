@@ -39,6 +39,7 @@ from ._serialize import (
     _fd_table,
     _main_is_importable,
     fd_handle,
+    names_main,
 )
 from ._transport import (
     FdStream,
@@ -231,11 +232,7 @@ class Connection:
         if kind is bytearray:
             self._write(stream, encode_header(Kind.RAW_BYTEARRAY, len(obj)), obj)
             return
-        if (
-            self._ser is DEFAULT_SERIALIZER
-            and _fd_table.collecting is None
-            and _main_is_importable()
-        ):
+        if self._ser is DEFAULT_SERIALIZER and _fd_table.collecting is None:
             # Plain pickle first: ~4x cheaper than the full serializer for the small
             # messages a stream is made of. Anything the full path treats specially
             # aborts it early: an out-of-band buffer (``_refuse``), an fd (its handle
@@ -244,6 +241,8 @@ class Connection:
                 body = _pickle_dumps(obj, 5, buffer_callback=_refuse)
             except Exception:
                 body = None
+            if body is not None and names_main(body) and not _main_is_importable():
+                body = None  # a REPL's function, say: by value (cloudpickle)
             if body is not None:
                 n = len(body)
                 if n < _COALESCE:

@@ -43,6 +43,7 @@ __all__ = [
     "Serializer",
     "fd_handle",
     "describe_unpicklable",
+    "names_main",
     "DEFAULT_SERIALIZER",
     "register_reducer",
     "reducers",
@@ -263,6 +264,16 @@ class _MainCheck:
 _main_check = _MainCheck()
 
 
+def names_main(body: bytes) -> bool:
+    """Does a plain pickle name something in the main module (a function or class, by
+    reference)? Only then does it matter whether a child can import that module: data
+    that names nothing of it (a worker's READY, results, most arguments) loads anywhere,
+    so a REPL, ``python -c`` or a notebook need not pay cloudpickle (a 26 ms import in
+    every worker's first message) for it. A string that merely contains the name takes
+    the slow path, correctly."""
+    return b"__main__" in body or b"__mp_main__" in body
+
+
 def _main_is_importable() -> bool:
     """Can a child re-import ``__main__`` (as ``__mp_main__``)? Not from a REPL or ``-c``."""
     main = sys.modules.get("__main__")
@@ -404,9 +415,8 @@ class Serializer:
         _fd_table.collecting = fds
         try:
             try:
-                if _main_is_importable() or not _have_cloudpickle():
-                    body = _plain_dumps(obj, self.protocol, keep_in_band)
-                else:
+                body = _plain_dumps(obj, self.protocol, keep_in_band)
+                if names_main(body) and _have_cloudpickle() and not _main_is_importable():
                     raise pickle.PicklingError("main is not importable: use cloudpickle")
             except SerializationError:
                 raise
@@ -436,11 +446,12 @@ class Serializer:
 
     def dumps_bytes(self, obj: Any, *, what: str = "object") -> bytes:
         """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
-        if _main_is_importable():
-            try:  # plain pickle first: fast, and cloudpickle need not even be imported
-                return _plain_dumps(obj, self.protocol, None)
-            except Exception:
-                pass
+        try:  # plain pickle first: fast, and cloudpickle need not even be imported
+            body = _plain_dumps(obj, self.protocol, None)
+            if not names_main(body) or _main_is_importable():
+                return body
+        except Exception:
+            pass
         try:
             return self._dumps_cloud(obj, None)
         except Exception as exc:

@@ -315,6 +315,27 @@ def test_pool_path_stays_light(tmp_path: Path) -> None:
     assert out.strip() == "[] [] [] []", (out, err)
 
 
+@pytest.mark.timeout(60)
+def test_a_main_that_cannot_be_imported_pays_cloudpickle_only_for_its_own_code() -> None:
+    """Under ``python -c`` (a REPL, a notebook) a child cannot import ``__main__``: what
+    names it (a function defined there) goes by value, through cloudpickle, but a worker's
+    READY, a builtin's task and its result name nothing of it and stay plain pickle
+    (cloudpickle's import is ~26 ms, in every worker's first message)."""
+    program = (
+        "import sys, polyproc\n"
+        "with polyproc.Pool(2) as p:\n"
+        "    here = p.apply(eval, (\"'cloudpickle' in __import__('sys').modules\",))\n"
+        "    print(p.map(abs, [-1, -2]), here, 'cloudpickle' in sys.modules)\n"
+        "    print(p.apply(lambda: 7), 'cloudpickle' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POLYPROC_START_METHOD"}
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=50, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[1, 2] False False", "7 True"], out
+
+
 # -- 4. fds another thread opens do not leak into workers --------------------------------------
 SUBPROCESS_LOOP = """
     import subprocess, sys
