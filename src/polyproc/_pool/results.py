@@ -1,12 +1,12 @@
-"""What users hold while work runs: AsyncResult, MapResult, IMapIterator, and the job builder.
+"""What users hold while work runs: AsyncResult, MapResult, and the job builder.
 
 The engine thread fills these (``_deliver``/``_done``); user threads wait on them::
 
     engine thread ── Future.set_result ──► AsyncResult.get()      (apply, submit)
-                  ── _deliver(start, values) ──► MapResult / IMapIterator
-                  ── _done() ──────────────────┘        │
-    user thread ◄── next()/get() ── waits on a Condition ┘
-                 ── consumed(n) ──► engine (only when the job ran out of credit)
+                  ── _deliver(start, values, clean) ──► MapResult / IMapIterator (stream.py)
+                  ── _done() ─────────────────────────┘        │
+    user thread ◄── get() / a for loop ── waits on a Condition ┘
+                 ── consumed(n) ──► engine (an iterator's credit: stream.py)
 
 ``Submitter`` turns a call into a scheduler ``Job``: the function is pickled once
 per pool (``FnInfo`` cached by identity), a single task's arguments are pickled in
