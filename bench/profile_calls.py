@@ -1,6 +1,8 @@
 """Where a call's time goes, in figures that load does not distort much (issue #14).
 
-``python bench/profile_calls.py [submit|apply|get|map|pipe|socket ...] [--lib std] [-n N]``
+``python bench/profile_calls.py [submit|apply|get|map|imap|xmap|pipe|socket ...] [--lib std]
+[-n N]`` (``map``/``imap``/``xmap``: ``Pool.map``, ``list(Pool.imap)``,
+``list(Executor.map)`` of ``inc`` over ``range(1M)``, default chunks)
 prints, per call: the caller's CPU (all its threads, ``getrusage``), its children's CPU
 (workers, manager server: psutil), and the caller's voluntary context switches (each
 one a block and a later wake-up). ``--profile`` adds a cProfile of the calling thread
@@ -44,10 +46,15 @@ def _setup(what: str, lib: str) -> tuple[Callable[[int], Any], Callable[[], Any]
     if what == "submit":
         ex = Executor(2)
         return (lambda i: ex.submit(inc, i).result()), ex.shutdown, 200
-    if what in ("apply", "map"):
+    if what == "xmap":
+        ex = Executor(2)
+        return (lambda i: list(ex.map(inc, range(1_000_000)))), ex.shutdown, 1
+    if what in ("apply", "map", "imap"):
         pool = mp.get_context("fork").Pool(2)
         if what == "apply":
             return (lambda i: pool.apply(inc, (i,))), pool.terminate, 200
+        if what == "imap":
+            return (lambda i: list(pool.imap(inc, range(1_000_000)))), pool.terminate, 1
         return (lambda i: pool.map(inc, range(1_000_000))), pool.terminate, 1
     if what == "get":
         manager = mp.Manager()
@@ -133,7 +140,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="cProfile the calling thread (CPU)")
     args = p.parse_args()
     for what in args.calls:
-        measure(what, args.lib, 3 if what == "map" and args.n == 3000 else args.n, args.profile)
+        maps = what in ("map", "imap", "xmap")
+        measure(what, args.lib, 3 if maps and args.n == 3000 else args.n, args.profile)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_mypy_on_a_user_program(tmp_path: Path) -> None:
     assert revealed[:4] == [
         "list[int]",
         "str",
-        "polyproc._pool.results.IMapIterator[str]",
+        "polyproc._pool.stream.IMapIterator[str]",
         "list[str]",
     ], out
     assert revealed[4] == "polyproc._pool.pool.Pool", out

@@ -150,3 +150,21 @@ def fail_on(x: int, bad: int = 500) -> int:
     if x == bad:
         raise ValueError(x)
     return x
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+def fail_every(x: int, every: int = 97) -> int:
+    """``x`` back, except every ``every``-th item: a ValueError (failures inside batches)."""
+    if x % every == every - 1:
+        raise ValueError(x)
+    return x
+
+
+def stop_on(x: int, bad: int = 5) -> int:
+    """``x`` back, except for ``bad``: the task raises StopIteration."""
+    if x == bad:
+        raise StopIteration(x)
+    return x

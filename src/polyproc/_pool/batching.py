@@ -63,6 +63,7 @@ def credit_limit(s: Scheduler, job: Job) -> int:
         # consumption ahead, not the workers' full pipeline (which, for tiny tasks, is
         # ~50k items and their results in the parent's memory: issue #14's imap RSS).
         items = min(items, max(64, int(job.rate * PACE_S)))
+    job.limit = items
     return items
 
 

@@ -370,7 +370,7 @@ class Engine:
                         if a.job.single:
                             _resolve(a.job.sink, a.values[0])
                         else:
-                            _guard(a.job.sink._deliver, a.start, a.values)
+                            _guard(a.job.sink._deliver, a.start, a.values, a.clean)
                     case Done():
                         if not a.job.single:
                             _guard(a.job.sink._done)

@@ -43,10 +43,8 @@ from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
 from .engine import Engine
 from .fastpath import Leading
-from .messages import TaskError
-from .results import IMapIterator, Submitter, make_progress
+from .results import MapIterator, Submitter, make_progress
 from .stats import PoolStatistics
-from .tasks import Job
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -254,12 +252,15 @@ class ProcessPoolExecutor(Executor):
             self._progress if progress is None else progress, total, getattr(fn, "__name__", "map")
         )
         engine = self._engine
-        it: IMapIterator[Any] = IMapIterator(engine.consumed, bar, deadline)
+        it: MapIterator[Any] = MapIterator(engine.consumed, bar, deadline, engine.cancel)
+        # One iterable: ``fn(x)``, as ``Pool.imap`` (no 1-tuple to build and pickle per
+        # item: ~80 ns of the engine thread's time each for tiny tasks, issue #14).
+        one = len(iterables) == 1
         job = self._sub.many(
             fn,
-            _Zipped(iterables, total),
+            iterables[0] if one else _Zipped(iterables, total),
             it.sink,
-            star=True,
+            star=not one,
             ordered=True,
             credit=True,
             chunksize=chunksize,
@@ -268,7 +269,7 @@ class ProcessPoolExecutor(Executor):
         )
         it.job = job
         engine.submit(job)
-        return _results(it, engine, job)
+        return it
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more work; ``cancel_futures`` cancels what has not started; ``wait`` joins."""
@@ -301,20 +302,3 @@ class _Zipped:
         if self._total is None:
             raise TypeError("length unknown")
         return self._total
-
-
-def _results(it: IMapIterator[Any], engine: Engine, job: Job) -> Iterator[Any]:
-    """``Executor.map``'s generator: a chunk of results at a time, each walked in C unless it
-    holds a failure (then item by item, raising at its position, which ends the map)."""
-    try:
-        for chunk in it.chunks():
-            if TaskError in map(type, chunk):
-                for v in chunk:
-                    if type(v) is TaskError:
-                        raise v.exception()
-                    yield v
-            else:
-                yield from chunk
-    finally:
-        if not it.sink.finished:
-            engine.cancel(job)

@@ -285,17 +285,19 @@ class ProcessWorkers(WorkerSet):
         kind = msg[0]
         if kind == RESULTS:
             _, bid, busy, rss, values = msg
-            if type(values) is not list:
-                values = values_of(values)  # an all-int or all-marshal batch (journal.py)
+            clean = type(values) is not list
+            if clean:
+                values = values_of(values)  # an all-int or all-marshal batch: no failure
             if rss is not None and (h.peak is None or rss > h.peak):
                 h.peak = rss
             if h.partial:
                 if h.partial_bid == bid:
                     values = h.partial + values
+                    clean = False
                 h.partial = []
             if not self._is_head(h.wid, bid):
                 return  # its batch was already failed (an earlier part did not unpickle)
-            self.sched.batch_done(h.wid, bid, values, busy, rss)
+            self.sched.batch_done(h.wid, bid, values, busy, rss, clean)
         elif kind == PARTIAL:
             _, bid, values = msg
             if h.partial_bid != bid:

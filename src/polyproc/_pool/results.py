@@ -1,12 +1,12 @@
-"""What users hold while work runs: AsyncResult, MapResult, IMapIterator, and the job builder.
+"""What users hold while work runs: AsyncResult, MapResult, and the job builder.
 
 The engine thread fills these (``_deliver``/``_done``); user threads wait on them::
 
     engine thread ── Future.set_result ──► AsyncResult.get()      (apply, submit)
-                  ── _deliver(start, values) ──► MapResult / IMapIterator
-                  ── _done() ──────────────────┘        │
-    user thread ◄── next()/get() ── waits on a Condition ┘
-                 ── consumed(n) ──► engine (only when the job ran out of credit)
+                  ── _deliver(start, values, clean) ──► MapResult / IMapIterator (stream.py)
+                  ── _done() ─────────────────────────┘        │
+    user thread ◄── get() / a for loop ── waits on a Condition ┘
+                 ── consumed(n) ──► engine (an iterator's credit: stream.py)
 
 ``Submitter`` turns a call into a scheduler ``Job``: the function is pickled once
 per pool (``FnInfo`` cached by identity), a single task's arguments are pickled in
@@ -28,10 +28,9 @@ import itertools
 import pickle
 import sys
 import threading
-import time
 import types
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +39,7 @@ from ..errors import TimeoutError
 from .cell import Cell
 from .messages import TaskError, pickling_error
 from .scheduler import FnInfo, Job, Mode
+from .stream import IMapIterator, IMapUnorderedIterator, MapIterator
 
 _dumps = pickle.dumps
 
@@ -51,6 +51,7 @@ __all__ = [
     "MapResult",
     "IMapIterator",
     "IMapUnorderedIterator",
+    "MapIterator",
     "Submitter",
     "make_progress",
 ]
@@ -161,12 +162,12 @@ class MapResult(ApplyResult[list[T]]):
         self._error: BaseException | None = None
         self._progress = progress
 
-    def _deliver(self, start: int, values: list[Any]) -> None:
+    def _deliver(self, start: int, values: list[Any], clean: bool = False) -> None:
         vals = self._values
         if len(vals) < start + len(values):
             vals.extend([None] * (start + len(values) - len(vals)))
         vals[start : start + len(values)] = values
-        if self._error is None:
+        if self._error is None and not clean:
             for v in values:
                 if type(v) is TaskError:
                     self._error = v.exception()
@@ -181,159 +182,6 @@ class MapResult(ApplyResult[list[T]]):
             self._future.set_exception(self._error)
         else:
             self._future.set_result(self._values)
-
-
-_EMPTY = object()
-
-
-class _Stream:
-    """Where the engine puts an iterator's results. The job holds this, not the iterator,
-    so a consumer that drops its iterator lets it be collected (and the job cancelled)."""
-
-    __slots__ = ("cond", "items", "finished", "progress")
-
-    def __init__(self, progress: Any) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.items: deque[Any] = deque()
-        self.finished = False
-        self.progress = progress
-
-    def _deliver(self, start: int, values: list[Any]) -> None:
-        with self.cond:
-            self.items.extend(values)
-            self.cond.notify()
-        if self.progress is not None:
-            self.progress.update(len(values))
-
-    def _done(self) -> None:
-        with self.cond:
-            self.finished = True
-            self.cond.notify_all()
-        if self.progress is not None:
-            self.progress.close()
-
-
-class IMapIterator(Generic[T]):
-    """``imap``: results in input order as they come (the scheduler reorders). Lazy input.
-
-    A task that failed raises at its position; iteration can go on after it, as in
-    the stdlib. ``next(timeout)`` raises ``TimeoutError`` when nothing came in time.
-    Dropping the iterator cancels the job: no more input is pulled for it.
-    """
-
-    __module__ = "polyproc.pool"  # its public home: repr, pickle
-
-    _REPORT_EVERY = 64
-
-    def __init__(
-        self,
-        post_consumed: Callable[[Job, int], None] | None = None,
-        progress: Any = None,
-        deadline: float | None = None,
-        cancel: Callable[[Job], None] | None = None,
-    ) -> None:
-        self.sink = _Stream(progress)
-        self._items = self.sink.items
-        self._taken = 0
-        self._reported = 0
-        self._post_consumed = post_consumed
-        self._cancel = cancel
-        self._deadline = deadline  # Executor.map: one deadline for the whole iteration
-        self.job: Job | None = None
-
-    @property
-    def _finished(self) -> bool:
-        return self.sink.finished and not self._items
-
-    def __iter__(self) -> IMapIterator[T]:
-        return self
-
-    def _report(self, force: bool) -> None:
-        job = self.job
-        if self._post_consumed is None or job is None or self._taken == self._reported:
-            return
-        if force or job.stalled or self._taken - self._reported >= self._REPORT_EVERY:
-            self._reported = self._taken
-            self._post_consumed(job, self._taken)
-
-    def next(self, timeout: float | None = None) -> T:
-        """The next result (a failed task raises here); TimeoutError if none comes in time."""
-        try:
-            value = self._items.popleft()  # fast path: atomic, no lock, no clock
-        except IndexError:
-            value = _EMPTY
-        if value is _EMPTY:  # waited outside the except: a Ctrl+C shows one traceback
-            value = self._wait_next(timeout)
-        self._taken += 1
-        job = self.job
-        # While the engine holds the input back for credit, say what was taken only when
-        # the buffer runs low: one post per item had cost ~2x a whole imap's CPU (#14).
-        if job is not None and (
-            self._taken - self._reported >= 64 or (job.stalled and len(self._items) < 16)
-        ):
-            self._report(False)
-        if type(value) is TaskError:
-            raise value.exception()
-        result: T = value
-        return result
-
-    def _wait_next(self, timeout: float | None) -> Any:
-        with self.sink.cond:
-            if not self._await(timeout):
-                raise StopIteration
-            return self.sink.items.popleft()
-
-    def _await(self, timeout: float | None) -> bool:
-        """Holding the stream's lock: wait for a result or the end (within ``timeout`` and
-        the whole iteration's deadline); whether there are results. TimeoutError if none."""
-        sink = self.sink
-        if not sink.items and not sink.finished:
-            if self._deadline is not None:
-                left = self._deadline - time.monotonic()
-                timeout = left if timeout is None else min(timeout, left)
-            self._report(True)  # never wait on results the engine holds back for credit
-            if not sink.cond.wait_for(
-                lambda: sink.items or sink.finished,
-                None if timeout is None else max(0.0, timeout),
-            ):
-                raise TimeoutError(f"no result within {timeout} s")
-        return bool(sink.items)
-
-    __next__ = next
-
-    def chunks(self) -> Iterator[deque[Any]]:
-        """Every result buffered so far, at once, until the end (``Executor.map``'s path).
-
-        The consumer walks each chunk in C (``yield from``) instead of calling ``next``
-        per item (~0.3 us of Python each: the whole gap to the stdlib's ``Pool.map`` on
-        tiny tasks). What a chunk holds counts as taken when it is handed out. ``Pool.imap``
-        keeps ``next``: its iterator must be its own ``iter()``.
-        """
-        sink = self.sink
-        while True:
-            with sink.cond:
-                if not self._await(None):
-                    return
-                chunk, sink.items = sink.items, deque()
-                self._items = sink.items
-            self._taken += len(chunk)
-            self._report(False)
-            yield chunk
-
-    def __del__(self) -> None:
-        # A consumer that walks away: stop pulling the input for it.
-        job, cancel = self.job, self._cancel
-        if job is not None and cancel is not None and not self.sink.finished:
-            try:
-                cancel(job)
-            except Exception:  # noqa: BLE001
-                pass
-
-
-class IMapUnorderedIterator(IMapIterator[T]):
-    """``imap_unordered``: results in completion order."""
-
-    __module__ = "polyproc.pool"  # its public home: repr, pickle
 
 
 def make_progress(progress: Any, total: int | None, desc: str) -> Any:

@@ -275,8 +275,16 @@ class Scheduler:
         self._break(broken)
 
     def batch_done(
-        self, wid: int, bid: int, values: list[Any], busy: float, rss: int | None = None
+        self,
+        wid: int,
+        bid: int,
+        values: list[Any],
+        busy: float,
+        rss: int | None = None,
+        clean: bool = False,
     ) -> None:
+        """A worker's results for the head of its window. ``clean``: the values are known to
+        hold no failure (an all-int or all-marshal message), so they are not scanned."""
         slot = self.workers[wid]
         if not slot.window:
             raise RuntimeError(f"worker {wid}: result for batch {bid} with nothing in flight")
@@ -293,10 +301,10 @@ class Scheduler:
         fn = batch.fn
         per_task = busy / n if n else 0.0
         fn.est = per_task if fn.est is None else 0.6 * fn.est + 0.4 * per_task
-        failed = sum(1 for v in values if type(v) is TaskError)
+        failed = 0 if clean else sum(1 for v in values if type(v) is TaskError)
         self.stats["done"] += n - failed
         self.stats["failed"] += failed
-        self._complete(batch, values)
+        self._complete(batch, values, not failed)
         if (
             slot.state is WorkerState.READY
             and self.max_memory is not None
@@ -477,7 +485,7 @@ class Scheduler:
             self._retire(slot)
 
     # -- internals: completing work ----------------------------------------------------
-    def _complete(self, batch: Batch, values: list[Any]) -> None:
+    def _complete(self, batch: Batch, values: list[Any], clean: bool = False) -> None:
         if batch.owners is not None:
             jobs, vals = [], []
             for job, v in zip(batch.owners, values, strict=True):
@@ -491,9 +499,11 @@ class Scheduler:
                 self.actions.append(DeliverSingles(jobs, vals))
             return
         assert batch.job is not None
-        self._complete_run(batch.job, batch.start, values)
+        self._complete_run(batch.job, batch.start, values, clean)
 
-    def _complete_run(self, job: Job, start: int, values: list[Any]) -> None:
+    def _complete_run(self, job: Job, start: int, values: list[Any], clean: bool = False) -> None:
+        """Results of a run of ``job`` from ``start``: delivered, in input order if ordered.
+        ``clean``: they hold no TaskError (``Deliver.clean``)."""
         if job.cancelled or job.finished:
             return
         if job.single:
@@ -501,16 +511,16 @@ class Scheduler:
             self.actions.append(Deliver(job, 0, values))
         elif not job.ordered:
             job.delivered += len(values)
-            self.actions.append(Deliver(job, start, values))
+            self.actions.append(Deliver(job, start, values, clean))
         elif start != job.delivered:
-            job.reorder[start] = values
+            job.reorder[start] = (values, clean)
             return
         else:
             job.delivered += len(values)
-            self.actions.append(Deliver(job, start, values))
+            self.actions.append(Deliver(job, start, values, clean))
             while job.delivered in job.reorder:
-                nxt = job.reorder.pop(job.delivered)
-                self.actions.append(Deliver(job, job.delivered, nxt))
+                nxt, ok = job.reorder.pop(job.delivered)
+                self.actions.append(Deliver(job, job.delivered, nxt, ok))
                 job.delivered += len(nxt)
         self._maybe_finish(job)
 

@@ -122,7 +122,7 @@ class FnInfo:
         self.by_ref: bool | None = None  # may workers cache it? (the engine decides once)
 
 
-_NO_REORDER: dict[int, list[Any]] = {}  # shared by unordered jobs; never written
+_NO_REORDER: dict[int, tuple[list[Any], bool]] = {}  # shared by unordered jobs; never written
 
 
 class Job:
@@ -163,6 +163,7 @@ class Job:
         "rate",
         "seen",
         "seen_n",
+        "limit",
     )
 
     def __init__(
@@ -204,7 +205,7 @@ class Job:
         self.finished = False
         # Made only when needed: a submit() makes one Job, and every object it allocates
         # is garbage-collector work when 200k of them are in flight.
-        self.reorder: dict[int, list[Any]] = {} if ordered else _NO_REORDER
+        self.reorder: dict[int, tuple[list[Any], bool]] = {} if ordered else _NO_REORDER
         self.lost: dict[int, int] | None = None  # index -> times its worker died under it
         self.stalled = False  # waiting for consumer credit
         self.item_bytes = 0  # credit jobs: largest input item seen (estimate), 0 = none yet
@@ -214,6 +215,9 @@ class Job:
         self.rate = 0.0  # items/s the consumer takes, while paced (0: not known yet)
         self.seen = 0.0  # monotonic time of the last consumption report
         self.seen_n = 0  # ... and its count
+        # Credit jobs: the credit last computed (batching.credit_limit). The consumer's
+        # thread reads it to size the pieces it walks and how often it reports.
+        self.limit = 256
 
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
@@ -320,12 +324,14 @@ class Send(_Record):
 
 
 class Deliver(_Record):
-    __slots__ = ("job", "start", "values")
+    __slots__ = ("job", "start", "values", "clean")
 
-    def __init__(self, job: Job, start: int, values: list[Any]) -> None:
+    def __init__(self, job: Job, start: int, values: list[Any], clean: bool = False) -> None:
         self.job = job
         self.start = start
         self.values = values  # a TaskError in place of a value that failed
+        # Known to hold no TaskError (counted in ``batch_done``): a sink need not look.
+        self.clean = clean
 
 
 class DeliverSingles(_Record):
