@@ -74,7 +74,7 @@ class _Feed:
 
     Each call returns one of: a piece of the delivered results (an iterator the chain
     walks in C); a raiser for a failed task at its position (``_Raise``); or, when nothing
-    is buffered, a waiter (``iter(self.wait, True)``) that blocks until a result or the
+    is buffered, a waiter (``_Wait``) that blocks until a result or the
     end comes and then reports itself exhausted, so the chain calls here again. Waits and
     raises happen inside the chain's *active* iterator, never here: an exception from a
     chain's source would end the chain for good, and iteration must go on after a failed
@@ -140,7 +140,7 @@ class _Feed:
             if not chunks:
                 if self.sink.finished and not chunks:
                     raise StopIteration
-                return iter(self.wait, True)
+                return _Wait(self)
             rest, clean = chunks.popleft()
             self.rest, self.at = rest, 0
             self.bad = not clean and TaskError in map(type, rest)
@@ -208,6 +208,34 @@ class _Feed:
         job, cancel = self.job, self.cancel
         if job is not None and cancel is not None and not self.sink.finished:
             cancel(job)
+
+
+class _Wait:
+    """The chain's active iterator while nothing is buffered: its ``next`` blocks until a
+    result or the end comes, then says it is exhausted, so the chain asks the feed again.
+
+    A Python class, not ``iter(feed.wait, True)``: threads sharing one iterator can be
+    in it at once (the wait releases the GIL), and while one is, another's chain may drop
+    the chain's reference to it. A C callable-iterator was then freed under the waiting
+    thread, which compared its result with a freed sentinel and returned ``True`` as a
+    result (``test_threads_sharing_one_iterator_get_every_result_once``); a Python
+    ``__next__``'s frame holds its ``self``.
+    """
+
+    __slots__ = ("feed",)
+
+    def __init__(self, feed: _Feed) -> None:
+        self.feed = feed
+
+    def __iter__(self) -> _Wait:
+        return self
+
+    def __length_hint__(self) -> int:
+        return 0
+
+    def __next__(self) -> Any:
+        self.feed.wait()
+        raise StopIteration
 
 
 class _Raise:
