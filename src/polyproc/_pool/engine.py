@@ -45,7 +45,7 @@ from .._launch.template import parkable
 from .._transport.wake import Wake
 from ..errors import PoolClosedError
 from .channel import Tag
-from .fastpath import Flags, send_direct
+from .fastpath import Flags, disarm, send_direct
 from .messages import TaskError
 from .processes import WORKER_PREFIX, ProcessWorkers
 from .scheduler import (
@@ -143,8 +143,9 @@ class Engine:
         if self.flags.asleep:
             self.wake()
 
-    def submit(self, job: Job) -> None:
-        """Hand a job to the scheduler; its results reach ``job.sink``."""
+    def submit(self, job: Job, wait: bool = False) -> None:
+        """Hand a job to the scheduler; its results reach ``job.sink``. ``wait``: the caller
+        waits for them at once (``Pool.apply``; see ``fastpath.send_direct``)."""
         if self.finished.is_set():
             raise self.closed_error()
         self.inbox.append(job)  # a bare Job: one tuple fewer per submit
@@ -159,7 +160,7 @@ class Engine:
             # thread hop to the engine and back (a quarter of a round trip).
             try:
                 if flags.asleep and flags.direct:
-                    send_direct(self, job)
+                    send_direct(self, job, wait)
                     return
             except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
                 self.fail_from_caller(exc)
@@ -292,6 +293,8 @@ class Engine:
                     lock.acquire()
                 flags.asleep = False
                 flags.direct = False
+                if flags.armed is not None:
+                    disarm(self)  # awake first: we read that channel (fastpath.py)
                 self._on_events(events)
                 if sched.deadlines:
                     sched.tick(time.monotonic())
@@ -363,6 +366,8 @@ class Engine:
                         led = flags.led
                         if led is not None and led.done():
                             flags.led = None  # answered: do not keep it (and its result) alive
+                            if flags.armed is not None:
+                                disarm(self)
                     case Send():
                         flags.last_send = a
                         workers.send(a)

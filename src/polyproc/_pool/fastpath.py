@@ -27,22 +27,18 @@ Who may run the scheduler, and when, is written once: in ``Flags``.
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .cell import Cell
-from .channel import Handle
+from .channel import ARMED, LEADING, Handle
 from .tasks import Job, PoolState, Send
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Flags", "Leading", "PoolFuture", "lead", "send_direct", "read_led"]
-
-_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+__all__ = ["Flags", "Leading", "PoolFuture", "lead", "send_direct", "read_led", "disarm"]
 
 
 class Flags:
@@ -67,7 +63,7 @@ class Flags:
     at the inbox once more before releasing the lock, so a post is never missed.
     """
 
-    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "last_send")
+    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "armed", "last_send")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -77,6 +73,10 @@ class Flags:
         # read the answer itself when it waits (``lead``), saving a wake-up.
         self.led: Any = None  # a Leading future (a PoolFuture or an executor's)
         self.led_wid = 0
+        # Its channel, when ``send_direct`` armed it for that caller (``Handle.led``
+        # ARMED): the engine's selector no longer watches it until the caller claims it
+        # in ``lead`` or, if the caller never comes, until ``disarm`` gives it back.
+        self.armed: Handle | None = None
         self.last_send: Send | None = None  # the last Send carried out (read by send_direct)
 
 
@@ -113,26 +113,74 @@ class PoolFuture(Leading, Cell):
         self._engine = engine
 
 
-def send_direct(engine: Engine, job: Job) -> None:
-    """In a caller's thread, holding the engine lock while the engine is in select."""
+def send_direct(engine: Engine, job: Job, wait: bool = False) -> None:
+    """In a caller's thread, holding the engine lock while the engine is in select.
+
+    ``wait``: the caller waits for this job's answer at once (``Pool.apply``), so its
+    channel is armed for it before the task goes out (``_arm``): the engine's selector
+    stops watching it, and a quick answer cannot wake the engine thread first.
+    """
     flags = engine.flags
     sched = engine.sched
+    if flags.armed is not None:
+        disarm(engine)  # armed for a caller that never came to read (interrupted)
     deadlines = len(sched.deadlines)
-    flags.last_send = None
-    engine.drain_inbox()
+    inbox = engine.inbox
+    sent: Send | None
+    if len(inbox) == 1 and not sched.actions and inbox[0] is job:
+        # Only our job: the scheduler's short way (an idle worker, nothing queued).
+        inbox.popleft()
+        sent = sched.add_single(job)
+        if sent is not None and isinstance(job.sink, Leading) and engine.workers.leads:
+            flags.led, flags.led_wid = job.sink, sent.wid
+            if wait:
+                _arm(engine, sent.wid)
+    else:
+        flags.last_send = None
+        engine.drain_inbox()
+        sent = None
     if sched.actions:
         engine.act(True)
-    sent, flags.last_send = flags.last_send, None  # never keep a batch alive
-    if (
-        sent is not None
-        and isinstance(job.sink, Leading)  # Pool's and the executor's futures
-        and engine.workers.leads
-        and sent.batch.owners
-        and sent.batch.owners[-1] is job
-    ):
-        flags.led, flags.led_wid = job.sink, sent.wid
+    if sent is None:
+        sent, flags.last_send = flags.last_send, None  # never keep a batch alive
+        if (
+            sent is not None
+            and isinstance(job.sink, Leading)  # Pool's and the executor's futures
+            and engine.workers.leads
+            and sent.batch.owners
+            and sent.batch.owners[-1] is job
+        ):
+            flags.led, flags.led_wid = job.sink, sent.wid
+    flags.last_send = None
     flags.direct = sched.has_idle_worker()
     _hand_back(engine, deadlines)
+
+
+def _arm(engine: Engine, wid: int) -> None:
+    """Reserve worker ``wid``'s channel for the caller that leads ``flags.led`` (lock held)."""
+    h = engine.workers.handles.get(wid)
+    if h is not None and not h.led and h.conn is not None and not h.conn.closed:
+        h.led = ARMED
+        h.watch(engine.sel)  # the engine no longer reads it
+        engine.flags.armed = h
+
+
+def disarm(engine: Engine) -> None:
+    """Give an armed channel nobody claimed back to the engine (lock held): its caller
+    was interrupted before it waited, or the engine woke first and reads it itself."""
+    flags = engine.flags
+    h, flags.armed = flags.armed, None
+    if h is not None and h.led == ARMED:
+        _give_back(engine, h)
+
+
+def _give_back(engine: Engine, h: Handle) -> None:
+    """The engine reads ``h`` again (lock held); a channel closed meanwhile loses its lead dup."""
+    h.led = 0
+    if h.conn is not None and not h.conn.closed and h.fd >= 0:
+        h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
+    else:
+        h.close_lead()
 
 
 def read_led(engine: Engine, h: Handle) -> None:
@@ -168,25 +216,32 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
     if not lock.acquire(False):
         return timeout
     try:
-        if flags.led is not fut or not flags.asleep or fut.done():
+        if flags.led is not fut or fut.done():
             return timeout
         flags.led = None
-        h = engine.workers.handles.get(flags.led_wid)
-        if h is None or h.led or h.conn is None or h.conn.closed:
-            return timeout
-        h.led = True
+        h = flags.armed
+        if h is not None:
+            flags.armed = None  # armed for us at send time (``send_direct(wait=True)``)
+            if h.conn is None or h.conn.closed:
+                _give_back(engine, h)
+                return timeout
+        else:
+            if not flags.asleep:
+                return timeout
+            h = engine.workers.handles.get(flags.led_wid)
+            if h is None or h.led or h.conn is None or h.conn.closed:
+                return timeout
+        h.led = LEADING
         try:
-            h.watch(engine.sel)  # the engine no longer reads it
-            fd = os.dup(h.conn.fileno())
+            h.watch(engine.sel)  # the engine no longer reads it (a no-op if armed)
+            poll = h.lead_poller()
         except BaseException:
-            h.led = False
-            h.watch(engine.sel)
+            _give_back(engine, h)
             raise
     finally:
         lock.release()
+    given = False
     try:
-        poller = select.poll()
-        poller.register(fd, _POLLIN)
         while not fut.done():
             if deadline is None:
                 ms = -1
@@ -195,20 +250,21 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 if left <= 0:
                     break
                 ms = max(1, int(left * 1000 + 0.999))
-            if not poller.poll(ms):
+            if not poll(ms):
                 continue
             with lock:
-                if h.conn is None or h.conn.closed or not h.led:
+                if h.conn is None or h.conn.closed or h.led != LEADING:
                     break  # the worker died: the engine has dealt with it
                 try:
                     read_led(engine, h)
                 except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
                     engine.fail_from_caller(exc)
                     break
+                if fut.done():
+                    given = True  # in the same hold of the lock as the read
+                    _give_back(engine, h)
     finally:
-        os.close(fd)
-        with lock:
-            h.led = False
-            if h.conn is not None and not h.conn.closed:
-                h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
+        if not given:
+            with lock:
+                _give_back(engine, h)
     return None if deadline is None else max(0.0, deadline - time.monotonic())

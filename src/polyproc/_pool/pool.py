@@ -175,7 +175,21 @@ class Pool:
         retries: int | None = None,
     ) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
-        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+        # ``apply_async(...).get()`` without the ApplyResult, telling the engine we wait
+        # at once: a direct send then arms the lead before the task goes out (fastpath.py).
+        self._check_running()
+        fut = PoolFuture(self._engine)
+        job = self._sub.single(
+            func,
+            tuple(args),
+            dict(kwds or {}),
+            fut,
+            timeout=self._timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
+            claim=False,
+        )
+        self._engine.submit(job, True)
+        return fut.result()  # type: ignore[no-any-return]
 
     def apply_async(
         self,

@@ -40,7 +40,7 @@ from .._serialize import Serializer, fd_handle
 from .._shm import bulk
 from .._transport import wrap_fd
 from ..errors import CorruptMessageError
-from .channel import Handle, Tag, pickle_buffer
+from .channel import LEADING, Handle, Tag, pickle_buffer
 from .channel import packed as pack_single
 from .journal import JournalReader, values_of
 from .messages import (
@@ -228,6 +228,8 @@ class ProcessWorkers(WorkerSet):
 
     def _close_channel(self, h: Handle) -> None:
         self._channel_gone(h)
+        if h.led != LEADING:
+            h.close_lead()  # else the caller polling it closes it when it gives it back
         if h.sock is not None:
             h.sock.close()
             h.sock = None
@@ -344,21 +346,20 @@ class ProcessWorkers(WorkerSet):
             # fid, and the function with every batch.
             fid, first = -fn.fid, True
         blob = fn.blob if first else None
-        if batch.owners is not None:
-            args: list[Any] = [pack_single(j.blob) for j in batch.owners]
+        owners = batch.owners
+        if owners is not None:
+            if len(owners) == 1 and self._plain:
+                one = owners[0].blob
+                if type(one) is bytes and len(one) + (0 if blob is None else len(blob)) < _SMALL:
+                    # The round trip's case: one small pre-pickled task. Plain pickle, no
+                    # scan for big buffers or fds (there can be none), one write.
+                    h.queue_plain(
+                        _dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True, [one]), 5),
+                        self.sel,
+                    )
+                    return
+            args: list[Any] = [pack_single(j.blob) for j in owners]
             packed = True
-            if (
-                self._plain
-                and len(args) == 1
-                and type(args[0]) is bytes
-                and (len(args[0]) + len(fn.blob if first else b"") < _SMALL)
-            ):
-                # The round trip's case: one small pre-pickled task. Plain pickle, no scan
-                # for big buffers or fds (there can be none), one write.
-                h.queue_plain(
-                    _dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True, args), 5), self.sel
-                )
-                return
         else:
             args, packed = batch.args, False
         msg = (TASKS, batch.bid, fid, blob, int(batch.mode), packed, args)
