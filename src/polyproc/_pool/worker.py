@@ -198,6 +198,15 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
                 values = [err] * len(args)
                 fn = None
         blob = None
+        if fn is not None and packed and len(args) == 1 and journal is not None:
+            # A round trip's batch, one task: no list of arguments, no span (``run_one``).
+            arg = _unpack(loads, args[0])
+            if type(arg) is not _Unpacked:
+                values = journal.run_one(fn, mode, arg, bid, capture, dumps)
+                fn = None
+            else:
+                args, packed, fn, mode = [arg], False, _WithErrors(fn, mode), ONE
+            arg = None
         if fn is not None:
             if packed:
                 args = [_unpack(loads, a) for a in args]
