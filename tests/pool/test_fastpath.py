@@ -101,3 +101,13 @@ def test_a_late_task_times_out_while_its_caller_leads(ctx: Any) -> None:
         assert time.monotonic() - t0 < 5
         assert pool.apply(h.inc, (1,)) == 2
         assert pool.statistics()["timed_out"] == 1
+
+
+def test_an_argument_that_does_not_unpickle_in_the_worker_fails_that_call_only(ctx: Any) -> None:
+    from polyproc.errors import SerializationError
+
+    with Pool(1, context=ctx) as pool:
+        assert pool.apply(h.inc, (0,)) == 1
+        with pytest.raises(SerializationError, match="could not be unpickled in the worker"):
+            pool.apply(h.inc, (h.LoadsBadly(),))
+        assert pool.apply(h.inc, (1,)) == 2
