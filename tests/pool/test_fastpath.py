@@ -111,3 +111,26 @@ def test_an_argument_that_does_not_unpickle_in_the_worker_fails_that_call_only(c
         with pytest.raises(SerializationError, match="could not be unpickled in the worker"):
             pool.apply(h.inc, (h.LoadsBadly(),))
         assert pool.apply(h.inc, (1,)) == 2
+
+
+def test_an_idle_worker_s_channel_is_left_out_of_the_selector(ctx: Any) -> None:
+    """Nothing comes from an idle worker but its death (the sentinel's business): its
+    channel is watched only while an answer may come, so a round trip it serves for a
+    leading caller costs the engine's selector nothing."""
+    with Pool(1, context=ctx) as pool:
+        engine = pool._engine
+        assert pool.apply(h.inc, (0,)) == 1
+        _until_direct(pool)
+        (w,) = engine.workers.handles.values()
+        assert not w.busy and w.watched == 0
+        assert w.fd not in engine.sel.get_map()
+        for i in range(20):
+            assert pool.apply(h.inc, (i,)) == i + 1
+        # The engine's own sends watch it again while they are in flight.
+        assert pool.map(h.inc, range(2000)) == list(range(1, 2001))
+        done = threading.Event()
+        got: list[int] = []
+        threading.Thread(target=lambda: (got.append(pool.apply(h.inc, (5,))), done.set())).start()
+        assert done.wait(10) and got == [6]
+        _until_direct(pool)
+        assert not w.busy and w.watched == 0

@@ -63,6 +63,7 @@ class Handle:
         "thread",
         "led",
         "watched",
+        "busy",
         "journal",
         "partial",
         "partial_bid",
@@ -93,6 +94,11 @@ class Handle:
         # caller claims it, LEADING while it waits on it and reads it.
         self.led = 0
         self.watched = 0  # the events the engine's selector has for the channel
+        # Whether an answer may come: the worker is starting (READY) or has batches in
+        # flight. An idle worker sends nothing (its death is its sentinel's business), so
+        # its channel is not watched: a caller that sends it one task and reads the answer
+        # itself (``fastpath.lead``) then costs the selector nothing (no epoll_ctl).
+        self.busy = True
         self._poll: Any = None
         # A leading caller's own dup of the channel and a poll on it (``lead_poller``):
         # made at the first lead, kept until the channel closes, so a lead costs no
@@ -153,7 +159,7 @@ class Handle:
 
     def watch(self, sel: selectors.BaseSelector) -> None:
         """Bring the selector's registration of the channel in line with our state."""
-        want = (0 if self.led else selectors.EVENT_READ) | (
+        want = (selectors.EVENT_READ if self.busy and not self.led else 0) | (
             selectors.EVENT_WRITE if self.writing else 0
         )
         if want == self.watched:

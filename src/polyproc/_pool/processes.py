@@ -298,6 +298,7 @@ class ProcessWorkers(WorkerSet):
             if not self._is_head(h.wid, bid):
                 return  # its batch was already failed (an earlier part did not unpickle)
             self.sched.batch_done(h.wid, bid, values, busy, rss)
+            self._settle(h)
         elif kind == PARTIAL:
             _, bid, values = msg
             if h.partial_bid != bid:
@@ -312,8 +313,17 @@ class ProcessWorkers(WorkerSet):
                 if msg[3] is not None:
                     h.journal = JournalReader(msg[3])
             self.sched.worker_ready(h.wid, baseline=baseline)
+            self._settle(h)
         elif kind == INIT_FAILED:
             self.sched.worker_failed_init(h.wid, msg[1].exception())
+
+    def _settle(self, h: Handle) -> None:
+        """After an answer: stop watching the channel of a worker left with nothing in
+        flight (``Handle.busy``); ``send`` watches it again."""
+        slot = self.sched.workers.get(h.wid)
+        if slot is None or not slot.window:
+            h.busy = False
+            h.watch(self.sel)
 
     def _is_head(self, wid: int, bid: int) -> bool:
         slot = self.sched.workers.get(wid)
@@ -327,11 +337,15 @@ class ProcessWorkers(WorkerSet):
         err = TaskError.local(unpickling_error(exc, batch.fn.name))
         h.partial = []
         self.sched.batch_done(h.wid, batch.bid, [err] * len(batch), 0.0)
+        self._settle(h)
 
     def send(self, a: Send) -> None:
         h = self.handles.get(a.wid)
         if h is None:
             return
+        if not h.busy:
+            h.busy = True  # an answer will come: watch for it (unless a caller leads)
+            h.watch(self.sel)
         batch = a.batch
         fn = batch.fn
         if fn.by_ref is None:
