@@ -17,7 +17,7 @@ from polyproc.pool import Pool
 pytestmark = pytest.mark.timeout(60)
 
 
-def _until_direct(pool: Pool) -> None:
+def _until_direct(pool: Any) -> None:
     """Wait (bounded) until the engine sleeps with an idle worker: the next call sends itself."""
     flags = pool._engine.flags
     deadline = time.monotonic() + 10
@@ -31,8 +31,8 @@ def _open_fds() -> int:
 
 
 def test_apply_arms_its_channel_before_the_task_goes_out(ctx: Any) -> None:
-    """``apply`` waits at once, so a direct send takes the channel from the engine's
-    selector before the task is written: a quick answer cannot wake the engine first."""
+    """A direct send keeps the channel out of the engine's selector (armed for its
+    future) while the task is written: a quick answer cannot wake the engine first."""
     from polyproc._pool.channel import ARMED
 
     with Pool(2, context=ctx) as pool:
@@ -67,7 +67,7 @@ def test_an_armed_channel_nobody_reads_goes_back_to_the_engine(ctx: Any) -> None
         _until_direct(pool)
         fut = PoolFuture(engine)
         job = pool._sub.single(h.inc, (41,), {}, fut, timeout=None, retries=0, claim=False)
-        engine.submit(job, True)  # as ``apply`` does, and then nobody waits
+        engine.submit(job)  # armed for it (a direct send), and then nobody waits
         assert engine.flags.armed is not None
         assert pool.apply_async(h.inc, (1,)).get(timeout=10) == 2
         assert fut.result(10) == 42
@@ -134,3 +134,95 @@ def test_an_idle_worker_s_channel_is_left_out_of_the_selector(ctx: Any) -> None:
         assert done.wait(10) and got == [6]
         _until_direct(pool)
         assert not w.busy and w.watched == 0
+
+
+def _sleep_long_between_passes(engine: Any, monkeypatch: Any, grace: float) -> None:
+    """Set the engine's grace for unread armed channels, and let it sleep with it."""
+    from polyproc._pool import fastpath
+
+    monkeypatch.setattr(fastpath, "ARM_GRACE", grace)
+    with engine.flags.lock:
+        engine.wake()  # its next sleep uses the new grace
+
+
+def _observe(how: str, fut: Any) -> None:
+    import concurrent.futures as cf
+
+    if how == "done":
+        deadline = time.monotonic() + 10
+        while not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.005)  # a user's polling loop: the subject of this test
+    elif how == "running":
+        deadline = time.monotonic() + 10
+        while fut.running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+    elif how == "callback":
+        called = threading.Event()
+        fut.add_done_callback(lambda f: called.set())
+        assert called.wait(10)
+    elif how == "wait":
+        done, _ = cf.wait([fut], timeout=10)
+        assert fut in done
+    elif how == "as_completed":
+        assert list(cf.as_completed([fut], timeout=10)) == [fut]
+
+
+@pytest.mark.parametrize("how", ["done", "running", "callback", "wait", "as_completed"])
+def test_a_future_looked_at_but_not_waited_on_gives_its_channel_back(
+    how: str, monkeypatch: Any
+) -> None:
+    """A direct send arms the channel for its future; anything but ``result()`` or
+    ``exception()`` that looks at the future has the engine read the answer at once
+    (the grace is set far past the test's timeouts: only the hook can deliver it)."""
+    import polyproc
+    from polyproc.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=polyproc.get_context("fork")) as ex:
+        engine = ex._engine
+        assert ex.submit(h.inc, 0).result(10) == 1
+        _sleep_long_between_passes(engine, monkeypatch, 60.0)
+        _until_direct(ex)
+        fut = ex.submit(h.inc, 41)
+        assert engine.flags.armed is not None
+        _observe(how, fut)
+        assert fut._state == "FINISHED" and fut.result(0) == 42
+
+
+def test_an_armed_channel_no_one_reads_or_looks_at_is_read_within_the_grace(
+    monkeypatch: Any,
+) -> None:
+    import polyproc
+    from polyproc.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=polyproc.get_context("fork")) as ex:
+        engine = ex._engine
+        assert ex.submit(h.inc, 0).result(10) == 1
+        _sleep_long_between_passes(engine, monkeypatch, 0.05)
+        _until_direct(ex)
+        fut = ex.submit(h.inc, 1)
+        assert engine.flags.armed is not None
+        deadline = time.monotonic() + 10
+        while fut._state != "FINISHED" and time.monotonic() < deadline:
+            time.sleep(0.01)  # reads the state without any hook: only the grace helps
+        assert fut._state == "FINISHED"
+
+
+def test_apply_async_with_a_callback_is_not_armed_and_ready_reads_it(
+    ctx: Any, monkeypatch: Any
+) -> None:
+    with Pool(1, context=ctx) as pool:
+        engine = pool._engine
+        assert pool.apply(h.inc, (0,)) == 1
+        _sleep_long_between_passes(engine, monkeypatch, 60.0)
+        _until_direct(pool)
+        called = threading.Event()
+        r = pool.apply_async(h.inc, (1,), callback=lambda v: called.set())
+        assert engine.flags.armed is None  # the callback needs the engine to read it
+        assert called.wait(10) and r.get(0) == 2
+        _until_direct(pool)
+        r = pool.apply_async(h.inc, (2,))
+        assert engine.flags.armed is not None
+        deadline = time.monotonic() + 10
+        while not r.ready() and time.monotonic() < deadline:
+            time.sleep(0.005)  # a user's polling loop: the subject of this test
+        assert r.ready() and r.get(0) == 3

@@ -44,6 +44,7 @@ from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import parkable
 from .._transport.wake import Wake
 from ..errors import PoolClosedError
+from . import fastpath
 from .channel import Tag
 from .fastpath import Flags, disarm, send_direct
 from .messages import TaskError
@@ -103,6 +104,7 @@ class Engine:
         self.started = threading.Event()
         self.start_error: BaseException | None = None
         self.finished = threading.Event()
+        self.ended = False  # set just before ``finished``: read per submit (no Python call)
         self.inbox: deque[Any] = deque()  # a Job, or (fn, args) to call
         self.flags = Flags()
         self._waker = Wake()
@@ -143,13 +145,12 @@ class Engine:
         if self.flags.asleep:
             self.wake()
 
-    def submit(self, job: Job, wait: bool = False) -> None:
-        """Hand a job to the scheduler; its results reach ``job.sink``. ``wait``: the caller
-        waits for them at once (``Pool.apply``; see ``fastpath.send_direct``)."""
-        if self.finished.is_set():
+    def submit(self, job: Job) -> None:
+        """Hand a job to the scheduler; its results reach ``job.sink``."""
+        if self.ended:
             raise self.closed_error()
         self.inbox.append(job)  # a bare Job: one tuple fewer per submit
-        if self.finished.is_set():
+        if self.ended:
             self._fail_leftovers()  # it ended between our check and our append
             return
         flags = self.flags
@@ -160,7 +161,7 @@ class Engine:
             # thread hop to the engine and back (a quarter of a round trip).
             try:
                 if flags.asleep and flags.direct:
-                    send_direct(self, job, wait)
+                    send_direct(self, job)
                     return
             except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
                 self.fail_from_caller(exc)
@@ -282,6 +283,10 @@ class Engine:
                     return
                 timeout = self._timeout()
                 flags.direct = sched.has_idle_worker()
+                if flags.direct and (timeout is None or timeout > fastpath.ARM_GRACE):
+                    # A caller may arm a channel and never read it (fastpath.Leading):
+                    # wake within the grace, whatever happens, and give it back.
+                    timeout = fastpath.ARM_GRACE
                 flags.asleep = True
                 if inbox:
                     flags.asleep = False
@@ -426,6 +431,7 @@ class Engine:
         with self.flags.lock:  # a leading caller may be reading a channel
             self.workers.close_all()
             self.sel.close()
+        self.ended = True
         self.finished.set()
         # Late posts from user threads find the pipe closed (set() ignores it).
         self._waker.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .cell import Cell
@@ -38,7 +39,17 @@ from .tasks import Job, PoolState, Send
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Flags", "Leading", "PoolFuture", "lead", "send_direct", "read_led", "disarm"]
+__all__ = [
+    "ARM_GRACE",
+    "Flags",
+    "Leading",
+    "LeadingFuture",
+    "PoolFuture",
+    "lead",
+    "send_direct",
+    "read_led",
+    "disarm",
+]
 
 
 class Flags:
@@ -84,11 +95,33 @@ class Leading:
     """A future whose ``result()`` may read its own answer (mixed into a future class).
 
     ``PoolFuture`` (``Pool.apply_async``: a ``Cell``) and the executor's futures (real
-    ``concurrent.futures.Future`` objects) share it.
+    ``concurrent.futures.Future`` objects, through ``LeadingFuture``) share it.
+
+    A direct send arms the channel for its future at once (``send_direct``): the
+    engine stops watching it before the task goes out, so a quick answer cannot wake
+    the engine thread first. Its answer is then read by whoever calls ``result()`` or
+    ``exception()``; any other look at the future (``done``, ``running``,
+    ``add_done_callback``, ``wait``/``as_completed`` through ``_waiters``) gives the
+    channel back to the engine first (``_release``), so nothing waits on a reader that
+    never comes. ``ARM_GRACE`` bounds what no hook sees.
     """
 
     __slots__ = ()
     _engine: Engine | None
+
+    def _eager(self) -> bool:
+        """May a direct send arm the channel for this future (nothing registered to run
+        when it completes: a callback needs the engine to read the answer)?"""
+        return False
+
+    def _release(self) -> None:
+        """Someone looks at the future other than to wait for it: if its channel is armed,
+        have the engine read it (it disarms whenever it wakes). Never blocks, any thread."""
+        engine = self._engine
+        if engine is not None:
+            flags = engine.flags
+            if flags.armed is not None and flags.led is self:
+                engine.wake()
 
     def result(self, timeout: float | None = None) -> Any:
         engine = self._engine
@@ -102,6 +135,45 @@ class Leading:
             timeout = lead(engine, self, timeout)
         return super().exception(timeout)  # type: ignore[misc,no-any-return]
 
+    def done(self) -> bool:
+        self._release()
+        return super().done()  # type: ignore[misc,no-any-return]
+
+    def running(self) -> bool:
+        self._release()
+        return super().running()  # type: ignore[misc,no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        self._release()
+        super().add_done_callback(fn)  # type: ignore[misc]
+
+
+class LeadingFuture(Leading):
+    """``Leading`` for a ``concurrent.futures.Future`` subclass (the executor's futures).
+
+    ``concurrent.futures.wait`` and ``as_completed`` reach a future's ``_waiters`` list
+    directly, never a method: reading it gives an armed channel back (``_release``).
+    """
+
+    __slots__ = ()
+
+    def _eager(self) -> bool:
+        return not self._done_callbacks  # type: ignore[attr-defined]
+
+    @property
+    def _waiters(self) -> list[Any]:
+        self._release()
+        return self.__dict__["_lead_waiters"]  # type: ignore[no-any-return]
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self.__dict__["_lead_waiters"] = waiters
+
+
+#: The longest an armed channel nobody reads stays unread, whatever looks at its future
+#: (the engine never sleeps longer while a caller may send directly, and disarms on waking).
+ARM_GRACE = 1.0
+
 
 class PoolFuture(Leading, Cell):
     """``Pool.apply_async``'s future: a ``Cell`` that may lead."""
@@ -112,13 +184,17 @@ class PoolFuture(Leading, Cell):
         super().__init__()
         self._engine = engine
 
+    def _eager(self) -> bool:
+        return self._callbacks is None
 
-def send_direct(engine: Engine, job: Job, wait: bool = False) -> None:
+
+def send_direct(engine: Engine, job: Job) -> None:
     """In a caller's thread, holding the engine lock while the engine is in select.
 
-    ``wait``: the caller waits for this job's answer at once (``Pool.apply``), so its
-    channel is armed for it before the task goes out (``_arm``): the engine's selector
-    stops watching it, and a quick answer cannot wake the engine thread first.
+    A single task for a ``Leading`` future with nothing registered on it goes to an
+    idle worker whose channel is armed for it (``_arm``) before the task goes out: the
+    engine's selector does not watch it, and a quick answer cannot wake the engine
+    thread first. Its reader is whoever waits on the future (``lead``).
     """
     flags = engine.flags
     sched = engine.sched
@@ -131,9 +207,10 @@ def send_direct(engine: Engine, job: Job, wait: bool = False) -> None:
         # Only our job: the scheduler's short way (an idle worker, nothing queued).
         inbox.popleft()
         sent = sched.add_single(job)
-        if sent is not None and isinstance(job.sink, Leading) and engine.workers.leads:
-            flags.led, flags.led_wid = job.sink, sent.wid
-            if wait:
+        sink = job.sink
+        if sent is not None and isinstance(sink, Leading) and engine.workers.leads:
+            flags.led, flags.led_wid = sink, sent.wid
+            if sink._eager():
                 _arm(engine, sent.wid)
     else:
         flags.last_send = None
@@ -216,16 +293,17 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
     if not lock.acquire(False):
         return timeout
     try:
-        if flags.led is not fut or fut.done():
+        if flags.led is not fut:
             return timeout
-        flags.led = None
-        h = flags.armed
-        if h is not None:
-            flags.armed = None  # armed for us at send time (``send_direct(wait=True)``)
-            if h.conn is None or h.conn.closed:
+        flags.led = None  # first: our ``done()`` below must not release the channel
+        h, flags.armed = flags.armed, None
+        if h is not None:  # armed for us at send time (``send_direct``)
+            if fut.done() or h.conn is None or h.conn.closed:
                 _give_back(engine, h)
                 return timeout
         else:
+            if fut.done():
+                return timeout
             if not flags.asleep:
                 return timeout
             h = engine.workers.handles.get(flags.led_wid)

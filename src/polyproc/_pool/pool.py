@@ -175,8 +175,7 @@ class Pool:
         retries: int | None = None,
     ) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
-        # ``apply_async(...).get()`` without the ApplyResult, telling the engine we wait
-        # at once: a direct send then arms the lead before the task goes out (fastpath.py).
+        # ``apply_async(...).get()`` without the ApplyResult.
         self._check_running()
         fut = PoolFuture(self._engine)
         job = self._sub.single(
@@ -188,7 +187,7 @@ class Pool:
             retries=self._retries if retries is None else retries,
             claim=False,
         )
-        self._engine.submit(job, True)
+        self._engine.submit(job)
         return fut.result()  # type: ignore[no-any-return]
 
     def apply_async(
