@@ -268,6 +268,7 @@ class Engine:
         select = self.sel.select
         flags = self.flags
         lock = flags.lock
+        leads = self.workers.leads  # its callers may arm channels (fastpath.Leading)
         lock.acquire()
         try:
             if sched.actions:
@@ -283,7 +284,7 @@ class Engine:
                     return
                 timeout = self._timeout()
                 flags.direct = sched.has_idle_worker()
-                if flags.direct and (timeout is None or timeout > fastpath.ARM_GRACE):
+                if flags.direct and leads and (timeout is None or timeout > fastpath.ARM_GRACE):
                     # A caller may arm a channel and never read it (fastpath.Leading):
                     # wake within the grace, whatever happens, and give it back.
                     timeout = fastpath.ARM_GRACE

@@ -3,23 +3,38 @@
 Two shortcuts save thread hops on a round trip (``submit(...).result()``,
 ``apply``), both taken only while the engine thread sleeps in select::
 
-    caller: submit ──(engine asleep, a worker idle)── send_direct: sends the batch ──► worker
-            result()                                                                 │
-              └─ lead(): under the engine lock, take the worker's channel out        │
-                 of the engine's selector (``Handle.led``), then poll a dup of       │
-                 it, lock released ◄──────────────────────────── RESULTS ───────────┘
+    caller: submit ──(engine asleep, a worker idle)── send_direct: Scheduler.add_single,
+            │   the channel ARMED for the future (``Handle.led``: the engine does
+            │   not watch it; an idle worker's channel is not in its selector
+            │   anyway, ``Handle.busy``), then the task is written ──────────► worker
+            result()                                                            │
+              └─ lead(): claim the armed channel (LEADING), poll the Handle's   │
+                 own dup of it, lock released ◄──────────────── RESULTS ────────┘
                  └─ read_led: under the lock, read, run the scheduler, set the
-                    Future (no waiter to wake: the waiter is us); give the channel back
+                    Future (no waiter to wake: the waiter is us); give the channel
+                    back in the same hold of the lock
 
 Without them, a job goes caller ──► inbox ──► engine thread ──► worker, and the
 result worker ──► engine thread ──► Future ──► caller: three wake-ups of ~20-30 us
-each on a small VM, plus the engine's loop. Leading is only tried for the Future
-the caller's own thread sent directly (``Flags.led``), only while the engine
-sleeps, and only one caller at a time; anything else (a busy engine, another
-thread's Future, asyncio) waits on the Future as usual. While a caller leads, the
-engine ignores that channel's readable events (it never reads it, so the caller's
-read never blocks) but keeps watching the worker's sentinel: a death shuts the
-channel for reading, the caller's poll wakes at end-of-file, finds the channel
+each on a small VM, plus the engine's loop. With them a round trip is two wake-ups
+(worker, caller), no epoll_ctl, and the engine thread never runs.
+
+The channel is armed at send time, not when the caller comes to wait: a worker that
+answers before the caller reaches ``result()`` would otherwise wake the engine
+thread, which then reads the answer, sets the Future, and fights the caller for the
+GIL (a third wake-up and futex traffic, ~30 % of executor round trips before). A
+future nobody waits on must still complete: anything but ``result()``/``exception()``
+that looks at an armed future (``done``, ``running``, ``add_done_callback``,
+``concurrent.futures.wait``/``as_completed``) wakes the engine, which gives every
+armed channel back whenever it wakes (``disarm``); so does the next direct send, and
+the engine never sleeps longer than ``ARM_GRACE`` while a caller may send directly.
+A future that has a callback when it is sent is not armed.
+
+Leading is only tried for the Future a direct send made (``Flags.led``), by one
+caller at a time; anything else (a busy engine, another thread's Future, asyncio)
+waits on the Future as usual. While a caller leads, the engine ignores that
+channel's readable events but keeps watching the worker's sentinel: a death shuts
+the channel for reading, the caller's poll wakes at end-of-file, finds the channel
 closed and falls back to the Future, which the engine has failed.
 
 Who may run the scheduler, and when, is written once: in ``Flags``.
@@ -216,7 +231,11 @@ def send_direct(engine: Engine, job: Job) -> None:
         flags.last_send = None
         engine.drain_inbox()
         sent = None
-    if sched.actions:
+    acts = sched.actions
+    if sent is not None and len(acts) == 1:
+        sched.actions = []  # only our Send: what act() would do, without its match
+        engine.workers.send(sent)
+    elif acts:
         engine.act(True)
     if sent is None:
         sent, flags.last_send = flags.last_send, None  # never keep a batch alive
@@ -311,7 +330,8 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 return timeout
         h.led = LEADING
         try:
-            h.watch(engine.sel)  # the engine no longer reads it (a no-op if armed)
+            if h.watched:
+                h.watch(engine.sel)  # the engine no longer reads it
             poll = h.lead_poller()
         except BaseException:
             _give_back(engine, h)

@@ -230,10 +230,9 @@ class Journal:
     ) -> list[Any]:
         """Run a batch of one task (a round trip's): ``run`` without its span machinery.
 
-        The same journal, the same commit point: STARTED before the call, the value
-        committed before anything is sent. A value the journal cannot hold needs no
-        PARTIAL message: there is no next task, and the RESULTS that carries it is sent
-        before the journal moves on (the next ``begin``).
+        The same commit point (STARTED before the call, the value committed before it
+        is sent). A value the journal cannot hold needs no PARTIAL: there is no next
+        task, and the RESULTS that carries it goes before the next ``begin``.
         """
         self.begin(bid, 0, 1)
         self._head[_H_STARTED] = 0  # the task is being called: from here on it was running
