@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cell import Cell
+from .cell import _UNSET, Cell
 from .channel import ARMED, LEADING, Handle
 from .tasks import Job, PoolState, Send
 
@@ -129,6 +129,10 @@ class Leading:
         when it completes: a callback needs the engine to read the answer)?"""
         return False
 
+    def _settled(self) -> bool:
+        """``done()`` for ``lead``: no hook, no lock (a plain read of the outcome)."""
+        return bool(self.done())
+
     def _release(self) -> None:
         """Someone looks at the future other than to wait for it: if its channel is armed,
         have the engine read it (it disarms whenever it wakes). Never blocks, any thread."""
@@ -175,6 +179,9 @@ class LeadingFuture(Leading):
     def _eager(self) -> bool:
         return not self._done_callbacks  # type: ignore[attr-defined]
 
+    def _settled(self) -> bool:
+        return self._state in _SETTLED  # type: ignore[attr-defined]
+
     @property
     def _waiters(self) -> list[Any]:
         self._release()
@@ -184,6 +191,8 @@ class LeadingFuture(Leading):
     def _waiters(self, waiters: list[Any]) -> None:
         self.__dict__["_lead_waiters"] = waiters
 
+
+_SETTLED = ("CANCELLED_AND_NOTIFIED", "FINISHED")  # concurrent.futures' final states
 
 #: The longest an armed channel nobody reads stays unread, whatever looks at its future
 #: (the engine never sleeps longer while a caller may send directly, and disarms on waking).
@@ -201,6 +210,9 @@ class PoolFuture(Leading, Cell):
 
     def _eager(self) -> bool:
         return self._callbacks is None
+
+    def _settled(self) -> bool:
+        return self._value is not _UNSET or self._error is not None
 
 
 def send_direct(engine: Engine, job: Job) -> None:
@@ -317,11 +329,11 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
         flags.led = None  # first: our ``done()`` below must not release the channel
         h, flags.armed = flags.armed, None
         if h is not None:  # armed for us at send time (``send_direct``)
-            if fut.done() or h.conn is None or h.conn.closed:
+            if fut._settled() or h.conn is None or h.conn.closed:
                 _give_back(engine, h)
                 return timeout
         else:
-            if fut.done():
+            if fut._settled():
                 return timeout
             if not flags.asleep:
                 return timeout
@@ -340,7 +352,7 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
         lock.release()
     given = False
     try:
-        while not fut.done():
+        while not fut._settled():
             if deadline is None:
                 ms = -1
             else:
@@ -358,9 +370,10 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
                     engine.fail_from_caller(exc)
                     break
-                if fut.done():
+                if fut._settled():
                     given = True  # in the same hold of the lock as the read
                     _give_back(engine, h)
+                    break
     finally:
         if not given:
             with lock:
