@@ -226,7 +226,7 @@ def send_direct(engine: Engine, job: Job) -> None:
     flags = engine.flags
     sched = engine.sched
     if flags.armed is not None:
-        disarm(engine)  # armed for a caller that never came to read (interrupted)
+        disarm(engine)  # armed for a future nobody has read yet: the engine reads it
     deadlines = len(sched.deadlines)
     inbox = engine.inbox
     sent: Send | None
