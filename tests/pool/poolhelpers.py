@@ -168,3 +168,14 @@ def stop_on(x: int, bad: int = 5) -> int:
     if x == bad:
         raise StopIteration(x)
     return x
+
+
+def _refuse_to_load() -> Any:
+    raise ValueError("this argument does not unpickle")
+
+
+class LoadsBadly:
+    """Pickles fine in the parent; its unpickling raises in the worker."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())

@@ -364,3 +364,55 @@ def test_star_tasks_take_their_arguments_spread() -> None:
         reader.close()
     assert rest is not None and final is not None
     assert jr.values_of(rest) == final.values == [3, 7, 11]
+
+
+def _kw(a: int, *, b: int) -> int:
+    return a - b
+
+
+def _ident(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize("value", [*VALUES, b"\x01" * (jr.AREA_SIZE + 10)])
+def test_a_batch_of_one_task_commits_its_value_before_it_is_sent(value: Any) -> None:
+    """``run_one`` (a round trip's batch): the same commit point as ``run``; a value too big
+    for the journal is left uncommitted (RESULTS carries it before the journal moves on)."""
+    j, reader = _pair()
+    seen: list[Any] = []
+
+    def task(x: Any) -> Any:
+        rest = reader.recover(5, 0, 1)
+        seen.append(None if rest is None else (rest.values, rest.started))
+        return x
+
+    try:
+        j.run(
+            _ident, jr.ONE, list(range(50)), 4, lambda b, v: True, TaskError.capture, pickle_dumps
+        )
+        got = j.run_one(task, jr.ONE, value, 5, TaskError.capture, pickle_dumps)
+        final = reader.recover(5, 0, 1)
+    finally:
+        j.close()
+        reader.close()
+    assert got == [value] and type(got[0]) is type(value)
+    assert seen == [([], True)]  # called: it was running, nothing of batch 4 shows through
+    assert final is not None
+    if type(value) is bytes and len(value) > jr.AREA_SIZE:
+        assert final.values == [] and final.started
+    else:
+        assert final.values == [value] and type(final.values[0]) is type(value)
+
+
+def test_a_batch_of_one_task_spreads_its_arguments_and_captures_its_error() -> None:
+    j, reader = _pair()
+    try:
+        assert j.run_one(_add, jr.STAR, (1, 2), 1, TaskError.capture, pickle_dumps) == [3]
+        assert j.run_one(_kw, 2, ((5,), {"b": 2}), 2, TaskError.capture, pickle_dumps) == [3]
+        (err,) = j.run_one(_raise_on_odd, jr.ONE, 1, 3, TaskError.capture, pickle_dumps)
+        final = reader.recover(3, 0, 1)
+    finally:
+        j.close()
+        reader.close()
+    assert type(err) is TaskError and isinstance(err.exception(), ValueError)
+    assert final is not None and type(final.values[0]) is TaskError

@@ -13,7 +13,7 @@ cancellation (a ``Pool`` task cannot be cancelled). The executor's futures stay 
 from __future__ import annotations
 
 import builtins
-import threading
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from typing import Any
 
@@ -23,15 +23,23 @@ _UNSET: Any = object()
 
 
 class Cell:
-    """Set once (a value or an error), read by any thread; thread-safe."""
+    """Set once (a value or an error), read by any thread; thread-safe.
 
-    __slots__ = ("_cond", "_value", "_error", "_callbacks", "__weakref__")
+    No ``threading.Condition``: its Python-level enter, exit and notify are a fifth of a
+    round trip's Python calls. ``_lock`` guards the outcome, the callbacks and the
+    waiters; a waiter blocks on a lock of its own, which ``_set`` releases (what
+    ``Condition.wait`` does inside, without the Python around it). A caller that reads
+    its own answer (``fastpath.lead``) finds the Cell done and never makes a waiter.
+    """
+
+    __slots__ = ("_lock", "_value", "_error", "_callbacks", "_waiters", "__weakref__")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = _allocate_lock()
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Any], object]] | None = None
+        self._waiters: list[Any] | None = None
 
     # -- the writer (the engine) -------------------------------------------------------
     def set_result(self, value: Any) -> None:
@@ -44,15 +52,19 @@ class Cell:
         return True  # never cancelled: the task may run
 
     def _set(self, value: Any, error: BaseException | None) -> None:
-        with self._cond:
-            if self.done():
+        with self._lock:
+            if self._value is not _UNSET or self._error is not None:
                 return  # the first outcome stands (a retried task reported twice)
             self._error = error
             self._value = value
             callbacks, self._callbacks = self._callbacks, None
-            self._cond.notify_all()
-        for fn in callbacks or ():
-            _run_callback(fn, self)
+            waiters, self._waiters = self._waiters, None
+        if waiters:
+            for w in waiters:
+                w.release()
+        if callbacks:
+            for fn in callbacks:
+                _run_callback(fn, self)
 
     # -- readers -------------------------------------------------------------------------
     def done(self) -> bool:
@@ -68,24 +80,46 @@ class Cell:
         return not self.done()
 
     def _wait(self, timeout: float | None) -> None:
-        if not self.done():
-            with self._cond:
-                if not self._cond.wait_for(self.done, timeout):
-                    raise builtins.TimeoutError()
+        if self._value is not _UNSET or self._error is not None:
+            return
+        waiter = _allocate_lock()
+        waiter.acquire()
+        with self._lock:
+            if self._value is not _UNSET or self._error is not None:
+                return
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        got = False
+        try:
+            # Interruptible (Ctrl+C) as Condition.wait is: a lock's acquire is.
+            if timeout is None:
+                got = waiter.acquire()
+            elif timeout > 0:
+                got = waiter.acquire(True, timeout)
+        finally:
+            if not got:
+                with self._lock:
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
+        if not got and not self.done():
+            raise builtins.TimeoutError()
 
     def result(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
+        if self._value is _UNSET and self._error is None:
+            self._wait(timeout)
         if self._error is not None:
             raise self._error
         return self._value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
+        if self._value is _UNSET and self._error is None:
+            self._wait(timeout)
         return self._error
 
     def add_done_callback(self, fn: Callable[[Any], object]) -> None:
-        with self._cond:
-            if not self.done():
+        with self._lock:
+            if self._value is _UNSET and self._error is None:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)

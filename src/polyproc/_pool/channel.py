@@ -17,21 +17,25 @@ This module makes frames; it never touches the socket itself.
 from __future__ import annotations
 
 import enum
+import os
 import pickle
 import select
 import selectors
 import socket
 from typing import Any
 
-from .._protocol.framing import Kind, encode_header
+from .._protocol.framing import HEADER, MAGIC, Kind, encode_header
 from .._serialize import fd_handle
 from .._shm import bulk
 from .._transport import Outbox, Stream, UnixStream
 from .worker import ThreadWorker
 
-__all__ = ["Handle", "Tag", "packed", "pickle_buffer"]
+__all__ = ["Handle", "Tag", "packed", "pickle_buffer", "ARMED", "LEADING"]
 
 _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall part
+_HEAD = HEADER.pack
+ARMED, LEADING = 1, 2  # ``Handle.led``: a caller, not the engine, reads the channel
+_PICKLE = int(Kind.PICKLE)
 
 
 class Tag(enum.IntEnum):
@@ -59,10 +63,13 @@ class Handle:
         "thread",
         "led",
         "watched",
+        "busy",
         "journal",
         "partial",
         "partial_bid",
         "_poll",
+        "_lead_fd",
+        "lead_poll",
     )
 
     def __init__(self, wid: int) -> None:
@@ -82,9 +89,22 @@ class Handle:
         self.peak: int | None = None
         self.writing = False
         self.thread: ThreadWorker | None = None
-        self.led = False  # a waiting caller reads this channel (``lead``), not the engine
+        # Who reads the channel: the engine (0), or a caller (``fastpath.lead``) that sent
+        # its task directly, ARMED (the engine's selector no longer watches it) until that
+        # caller claims it, LEADING while it waits on it and reads it.
+        self.led = 0
         self.watched = 0  # the events the engine's selector has for the channel
+        # Whether an answer may come: the worker is starting (READY) or has batches in
+        # flight. An idle worker sends nothing (its death is its sentinel's business), so
+        # its channel is not watched: a caller that sends it one task and reads the answer
+        # itself (``fastpath.lead``) then costs the selector nothing (no epoll_ctl).
+        self.busy = True
         self._poll: Any = None
+        # A leading caller's own dup of the channel and a poll on it (``lead_poller``):
+        # made at the first lead, kept until the channel closes, so a lead costs no
+        # dup, no close and no new poll object.
+        self._lead_fd = -1
+        self.lead_poll: Any = None  # the bound ``poll`` of that poll object
         self.journal: Any = None  # the worker's commit journal (``journal.JournalReader``)
         self.partial: list[Any] = []  # results of the head batch that came in PARTIAL messages
         self.partial_bid = 0
@@ -115,9 +135,31 @@ class Handle:
             self._poll.register(self.fd, select.POLLIN)
         return bool(self._poll.poll(0))
 
+    def lead_poller(self) -> Any:
+        """``poll(ms)`` on a dup of the channel that only a leading caller uses (``lead``).
+
+        A dup of its own: the engine may close the channel while the caller waits in
+        ``poll`` (the worker died), and a closed fd's number may be reused at once. The
+        dup is closed by ``close_lead``, by whoever is last: the engine when nobody
+        leads, else the leader when it gives the channel back.
+        """
+        poll = self.lead_poll
+        if poll is None:
+            self._lead_fd = os.dup(self.fd)
+            p = select.poll()
+            p.register(self._lead_fd, select.POLLIN)
+            poll = self.lead_poll = p.poll
+        return poll
+
+    def close_lead(self) -> None:
+        """Close the leader's dup (``lead_poller``); idempotent."""
+        fd, self._lead_fd, self.lead_poll = self._lead_fd, -1, None
+        if fd >= 0:
+            os.close(fd)
+
     def watch(self, sel: selectors.BaseSelector) -> None:
         """Bring the selector's registration of the channel in line with our state."""
-        want = (0 if self.led else selectors.EVENT_READ) | (
+        want = (selectors.EVENT_READ if self.busy and not self.led else 0) | (
             selectors.EVENT_WRITE if self.writing else 0
         )
         if want == self.watched:
@@ -168,9 +210,18 @@ class Handle:
         out = self.out
         if out is None:
             return 0
-        out.push(encode_header(Kind.PICKLE, len(body)) + body)
-        if not self.writing:
-            self.flush(sel)
+        frame = _HEAD(MAGIC, _PICKLE, 0, 0, len(body)) + body
+        if self.writing:
+            out.push(frame)  # behind what waits for writability: the engine flushes it
+            return len(body)
+        try:
+            # Nothing queued (not writing): straight to the socket, in one call.
+            wants = out.write(frame)
+        except OSError:
+            wants = False  # the worker is gone (the queue is dropped); its sentinel tells the rest
+        if wants:
+            self.writing = True
+            self.watch(sel)
         return len(body)
 
     def drop_output(self) -> None:

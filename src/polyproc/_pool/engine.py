@@ -44,8 +44,9 @@ from .._launch.child import BOOTSTRAP_ERROR, is_refusal
 from .._launch.template import parkable
 from .._transport.wake import Wake
 from ..errors import PoolClosedError
+from . import fastpath
 from .channel import Tag
-from .fastpath import Flags, send_direct
+from .fastpath import Flags, disarm, send_direct
 from .messages import TaskError
 from .processes import WORKER_PREFIX, ProcessWorkers
 from .scheduler import (
@@ -103,6 +104,7 @@ class Engine:
         self.started = threading.Event()
         self.start_error: BaseException | None = None
         self.finished = threading.Event()
+        self.ended = False  # set just before ``finished``: read per submit (no Python call)
         self.inbox: deque[Any] = deque()  # a Job, or (fn, args) to call
         self.flags = Flags()
         self._waker = Wake()
@@ -145,10 +147,10 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Hand a job to the scheduler; its results reach ``job.sink``."""
-        if self.finished.is_set():
+        if self.ended:
             raise self.closed_error()
         self.inbox.append(job)  # a bare Job: one tuple fewer per submit
-        if self.finished.is_set():
+        if self.ended:
             self._fail_leftovers()  # it ended between our check and our append
             return
         flags = self.flags
@@ -266,6 +268,7 @@ class Engine:
         select = self.sel.select
         flags = self.flags
         lock = flags.lock
+        leads = self.workers.leads  # its callers may arm channels (fastpath.Leading)
         lock.acquire()
         try:
             if sched.actions:
@@ -281,6 +284,10 @@ class Engine:
                     return
                 timeout = self._timeout()
                 flags.direct = sched.has_idle_worker()
+                if flags.direct and leads and (timeout is None or timeout > fastpath.ARM_GRACE):
+                    # A caller may arm a channel and never read it (fastpath.Leading):
+                    # wake within the grace, whatever happens, and give it back.
+                    timeout = fastpath.ARM_GRACE
                 flags.asleep = True
                 if inbox:
                     flags.asleep = False
@@ -292,6 +299,8 @@ class Engine:
                     lock.acquire()
                 flags.asleep = False
                 flags.direct = False
+                if flags.armed is not None:
+                    disarm(self)  # awake first: we read that channel (fastpath.py)
                 self._on_events(events)
                 if sched.deadlines:
                     sched.tick(time.monotonic())
@@ -363,6 +372,8 @@ class Engine:
                         led = flags.led
                         if led is not None and led.done():
                             flags.led = None  # answered: do not keep it (and its result) alive
+                            if flags.armed is not None:
+                                disarm(self)
                     case Send():
                         flags.last_send = a
                         workers.send(a)
@@ -421,6 +432,7 @@ class Engine:
         with self.flags.lock:  # a leading caller may be reading a channel
             self.workers.close_all()
             self.sel.close()
+        self.ended = True
         self.finished.set()
         # Late posts from user threads find the pipe closed (set() ignores it).
         self._waker.close()

@@ -42,7 +42,7 @@ from typing import Any, ParamSpec, TypeVar
 from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
 from .engine import Engine
-from .fastpath import Leading
+from .fastpath import LeadingFuture
 from .results import MapIterator, Submitter, make_progress
 from .stats import PoolStatistics
 
@@ -105,7 +105,7 @@ _exit = _ExitState()
 os.register_at_fork(after_in_child=_exit.after_fork_in_child)
 
 
-class ExecutorFuture(Leading, Future[Any]):
+class ExecutorFuture(LeadingFuture, Future[Any]):
     """The executor's Future: a result that would not pickle fails with the pickler's error.
 
     The worker reports such a result as ``MaybeEncodingError`` (what ``Pool`` raises);

@@ -3,23 +3,38 @@
 Two shortcuts save thread hops on a round trip (``submit(...).result()``,
 ``apply``), both taken only while the engine thread sleeps in select::
 
-    caller: submit ──(engine asleep, a worker idle)── send_direct: sends the batch ──► worker
-            result()                                                                 │
-              └─ lead(): under the engine lock, take the worker's channel out        │
-                 of the engine's selector (``Handle.led``), then poll a dup of       │
-                 it, lock released ◄──────────────────────────── RESULTS ───────────┘
+    caller: submit ──(engine asleep, a worker idle)── send_direct: Scheduler.add_single,
+            │   the channel ARMED for the future (``Handle.led``: the engine does
+            │   not watch it; an idle worker's channel is not in its selector
+            │   anyway, ``Handle.busy``), then the task is written ──────────► worker
+            result()                                                            │
+              └─ lead(): claim the armed channel (LEADING), poll the Handle's   │
+                 own dup of it, lock released ◄──────────────── RESULTS ────────┘
                  └─ read_led: under the lock, read, run the scheduler, set the
-                    Future (no waiter to wake: the waiter is us); give the channel back
+                    Future (no waiter to wake: the waiter is us); give the channel
+                    back in the same hold of the lock
 
 Without them, a job goes caller ──► inbox ──► engine thread ──► worker, and the
 result worker ──► engine thread ──► Future ──► caller: three wake-ups of ~20-30 us
-each on a small VM, plus the engine's loop. Leading is only tried for the Future
-the caller's own thread sent directly (``Flags.led``), only while the engine
-sleeps, and only one caller at a time; anything else (a busy engine, another
-thread's Future, asyncio) waits on the Future as usual. While a caller leads, the
-engine ignores that channel's readable events (it never reads it, so the caller's
-read never blocks) but keeps watching the worker's sentinel: a death shuts the
-channel for reading, the caller's poll wakes at end-of-file, finds the channel
+each on a small VM, plus the engine's loop. With them a round trip is two wake-ups
+(worker, caller), no epoll_ctl, and the engine thread never runs.
+
+The channel is armed at send time, not when the caller comes to wait: a worker that
+answers before the caller reaches ``result()`` would otherwise wake the engine
+thread, which then reads the answer, sets the Future, and fights the caller for the
+GIL (a third wake-up and futex traffic, ~30 % of executor round trips before). A
+future nobody waits on must still complete: anything but ``result()``/``exception()``
+that looks at an armed future (``done``, ``running``, ``add_done_callback``,
+``concurrent.futures.wait``/``as_completed``) wakes the engine, which gives every
+armed channel back whenever it wakes (``disarm``); so does the next direct send, and
+the engine never sleeps longer than ``ARM_GRACE`` while a caller may send directly.
+A future that has a callback when it is sent is not armed.
+
+Leading is only tried for the Future a direct send made (``Flags.led``), by one
+caller at a time; anything else (a busy engine, another thread's Future, asyncio)
+waits on the Future as usual. While a caller leads, the engine ignores that
+channel's readable events but keeps watching the worker's sentinel: a death shuts
+the channel for reading, the caller's poll wakes at end-of-file, finds the channel
 closed and falls back to the Future, which the engine has failed.
 
 Who may run the scheduler, and when, is written once: in ``Flags``.
@@ -27,22 +42,29 @@ Who may run the scheduler, and when, is written once: in ``Flags``.
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cell import Cell
-from .channel import Handle
+from .cell import _UNSET, Cell
+from .channel import ARMED, LEADING, Handle
 from .tasks import Job, PoolState, Send
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Flags", "Leading", "PoolFuture", "lead", "send_direct", "read_led"]
-
-_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+__all__ = [
+    "ARM_GRACE",
+    "Flags",
+    "Leading",
+    "LeadingFuture",
+    "PoolFuture",
+    "lead",
+    "send_direct",
+    "read_led",
+    "disarm",
+]
 
 
 class Flags:
@@ -67,7 +89,7 @@ class Flags:
     at the inbox once more before releasing the lock, so a post is never missed.
     """
 
-    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "last_send")
+    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "armed", "last_send")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -77,6 +99,10 @@ class Flags:
         # read the answer itself when it waits (``lead``), saving a wake-up.
         self.led: Any = None  # a Leading future (a PoolFuture or an executor's)
         self.led_wid = 0
+        # Its channel, when ``send_direct`` armed it for that caller (``Handle.led``
+        # ARMED): the engine's selector no longer watches it until the caller claims it
+        # in ``lead`` or, if the caller never comes, until ``disarm`` gives it back.
+        self.armed: Handle | None = None
         self.last_send: Send | None = None  # the last Send carried out (read by send_direct)
 
 
@@ -84,11 +110,37 @@ class Leading:
     """A future whose ``result()`` may read its own answer (mixed into a future class).
 
     ``PoolFuture`` (``Pool.apply_async``: a ``Cell``) and the executor's futures (real
-    ``concurrent.futures.Future`` objects) share it.
+    ``concurrent.futures.Future`` objects, through ``LeadingFuture``) share it.
+
+    A direct send arms the channel for its future at once (``send_direct``): the
+    engine stops watching it before the task goes out, so a quick answer cannot wake
+    the engine thread first. Its answer is then read by whoever calls ``result()`` or
+    ``exception()``; any other look at the future (``done``, ``running``,
+    ``add_done_callback``, ``wait``/``as_completed`` through ``_waiters``) gives the
+    channel back to the engine first (``_release``), so nothing waits on a reader that
+    never comes. ``ARM_GRACE`` bounds what no hook sees.
     """
 
     __slots__ = ()
     _engine: Engine | None
+
+    def _eager(self) -> bool:
+        """May a direct send arm the channel for this future (nothing registered to run
+        when it completes: a callback needs the engine to read the answer)?"""
+        return False
+
+    def _settled(self) -> bool:
+        """``done()`` for ``lead``: no hook, no lock (a plain read of the outcome)."""
+        return bool(self.done())
+
+    def _release(self) -> None:
+        """Someone looks at the future other than to wait for it: if its channel is armed,
+        have the engine read it (it disarms whenever it wakes). Never blocks, any thread."""
+        engine = self._engine
+        if engine is not None:
+            flags = engine.flags
+            if flags.armed is not None and flags.led is self:
+                engine.wake()
 
     def result(self, timeout: float | None = None) -> Any:
         engine = self._engine
@@ -102,6 +154,50 @@ class Leading:
             timeout = lead(engine, self, timeout)
         return super().exception(timeout)  # type: ignore[misc,no-any-return]
 
+    def done(self) -> bool:
+        self._release()
+        return super().done()  # type: ignore[misc,no-any-return]
+
+    def running(self) -> bool:
+        self._release()
+        return super().running()  # type: ignore[misc,no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        self._release()
+        super().add_done_callback(fn)  # type: ignore[misc]
+
+
+class LeadingFuture(Leading):
+    """``Leading`` for a ``concurrent.futures.Future`` subclass (the executor's futures).
+
+    ``concurrent.futures.wait`` and ``as_completed`` reach a future's ``_waiters`` list
+    directly, never a method: reading it gives an armed channel back (``_release``).
+    """
+
+    __slots__ = ()
+
+    def _eager(self) -> bool:
+        return not self._done_callbacks  # type: ignore[attr-defined]
+
+    def _settled(self) -> bool:
+        return self._state in _SETTLED  # type: ignore[attr-defined]
+
+    @property
+    def _waiters(self) -> list[Any]:
+        self._release()
+        return self.__dict__["_lead_waiters"]  # type: ignore[no-any-return]
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self.__dict__["_lead_waiters"] = waiters
+
+
+_SETTLED = ("CANCELLED_AND_NOTIFIED", "FINISHED")  # concurrent.futures' final states
+
+#: The longest an armed channel nobody reads stays unread, whatever looks at its future
+#: (the engine never sleeps longer while a caller may send directly, and disarms on waking).
+ARM_GRACE = 1.0
+
 
 class PoolFuture(Leading, Cell):
     """``Pool.apply_async``'s future: a ``Cell`` that may lead."""
@@ -112,27 +208,87 @@ class PoolFuture(Leading, Cell):
         super().__init__()
         self._engine = engine
 
+    def _eager(self) -> bool:
+        return self._callbacks is None
+
+    def _settled(self) -> bool:
+        return self._value is not _UNSET or self._error is not None
+
 
 def send_direct(engine: Engine, job: Job) -> None:
-    """In a caller's thread, holding the engine lock while the engine is in select."""
+    """In a caller's thread, holding the engine lock while the engine is in select.
+
+    A single task for a ``Leading`` future with nothing registered on it goes to an
+    idle worker whose channel is armed for it (``_arm``) before the task goes out: the
+    engine's selector does not watch it, and a quick answer cannot wake the engine
+    thread first. Its reader is whoever waits on the future (``lead``).
+    """
     flags = engine.flags
     sched = engine.sched
+    if flags.armed is not None:
+        disarm(engine)  # armed for a future nobody has read yet: the engine reads it
     deadlines = len(sched.deadlines)
-    flags.last_send = None
-    engine.drain_inbox()
-    if sched.actions:
+    inbox = engine.inbox
+    sent: Send | None
+    if len(inbox) == 1 and not sched.actions and inbox[0] is job:
+        # Only our job: the scheduler's short way (an idle worker, nothing queued).
+        inbox.popleft()
+        sent = sched.add_single(job)
+        sink = job.sink
+        if sent is not None and isinstance(sink, Leading) and engine.workers.leads:
+            flags.led, flags.led_wid = sink, sent.wid
+            if sink._eager():
+                _arm(engine, sent.wid)
+    else:
+        flags.last_send = None
+        engine.drain_inbox()
+        sent = None
+    acts = sched.actions
+    if sent is not None and len(acts) == 1:
+        sched.actions = []  # only our Send: what act() would do, without its match
+        engine.workers.send(sent)
+    elif acts:
         engine.act(True)
-    sent, flags.last_send = flags.last_send, None  # never keep a batch alive
-    if (
-        sent is not None
-        and isinstance(job.sink, Leading)  # Pool's and the executor's futures
-        and engine.workers.leads
-        and sent.batch.owners
-        and sent.batch.owners[-1] is job
-    ):
-        flags.led, flags.led_wid = job.sink, sent.wid
+    if sent is None:
+        sent, flags.last_send = flags.last_send, None  # never keep a batch alive
+        if (
+            sent is not None
+            and isinstance(job.sink, Leading)  # Pool's and the executor's futures
+            and engine.workers.leads
+            and sent.batch.owners
+            and sent.batch.owners[-1] is job
+        ):
+            flags.led, flags.led_wid = job.sink, sent.wid
+    flags.last_send = None
     flags.direct = sched.has_idle_worker()
     _hand_back(engine, deadlines)
+
+
+def _arm(engine: Engine, wid: int) -> None:
+    """Reserve worker ``wid``'s channel for the caller that leads ``flags.led`` (lock held)."""
+    h = engine.workers.handles.get(wid)
+    if h is not None and not h.led and h.conn is not None and not h.conn.closed:
+        h.led = ARMED
+        h.watch(engine.sel)  # the engine no longer reads it
+        engine.flags.armed = h
+
+
+def disarm(engine: Engine) -> None:
+    """Give an armed channel nobody claimed back to the engine (lock held): its caller
+    was interrupted before it waited, or the engine woke first and reads it itself."""
+    flags = engine.flags
+    h, flags.armed = flags.armed, None
+    if h is not None and h.led == ARMED:
+        _give_back(engine, h)
+
+
+def _give_back(engine: Engine, h: Handle) -> None:
+    """The engine reads ``h`` again (lock held); a channel closed meanwhile loses its lead dup."""
+    h.led = 0
+    if h.conn is not None and not h.conn.closed and h.fd >= 0:
+        h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
+    else:
+        h.close_lead()
 
 
 def read_led(engine: Engine, h: Handle) -> None:
@@ -168,26 +324,35 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
     if not lock.acquire(False):
         return timeout
     try:
-        if flags.led is not fut or not flags.asleep or fut.done():
+        if flags.led is not fut:
             return timeout
-        flags.led = None
-        h = engine.workers.handles.get(flags.led_wid)
-        if h is None or h.led or h.conn is None or h.conn.closed:
-            return timeout
-        h.led = True
+        flags.led = None  # first: our ``done()`` below must not release the channel
+        h, flags.armed = flags.armed, None
+        if h is not None:  # armed for us at send time (``send_direct``)
+            if fut._settled() or h.conn is None or h.conn.closed:
+                _give_back(engine, h)
+                return timeout
+        else:
+            if fut._settled():
+                return timeout
+            if not flags.asleep:
+                return timeout
+            h = engine.workers.handles.get(flags.led_wid)
+            if h is None or h.led or h.conn is None or h.conn.closed:
+                return timeout
+        h.led = LEADING
         try:
-            h.watch(engine.sel)  # the engine no longer reads it
-            fd = os.dup(h.conn.fileno())
+            if h.watched:
+                h.watch(engine.sel)  # the engine no longer reads it
+            poll = h.lead_poller()
         except BaseException:
-            h.led = False
-            h.watch(engine.sel)
+            _give_back(engine, h)
             raise
     finally:
         lock.release()
+    given = False
     try:
-        poller = select.poll()
-        poller.register(fd, _POLLIN)
-        while not fut.done():
+        while not fut._settled():
             if deadline is None:
                 ms = -1
             else:
@@ -195,20 +360,22 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 if left <= 0:
                     break
                 ms = max(1, int(left * 1000 + 0.999))
-            if not poller.poll(ms):
+            if not poll(ms):
                 continue
             with lock:
-                if h.conn is None or h.conn.closed or not h.led:
+                if h.conn is None or h.conn.closed or h.led != LEADING:
                     break  # the worker died: the engine has dealt with it
                 try:
                     read_led(engine, h)
                 except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
                     engine.fail_from_caller(exc)
                     break
+                if fut._settled():
+                    given = True  # in the same hold of the lock as the read
+                    _give_back(engine, h)
+                    break
     finally:
-        os.close(fd)
-        with lock:
-            h.led = False
-            if h.conn is not None and not h.conn.closed:
-                h.watch(engine.sel)  # level-triggered: unread bytes wake the engine
+        if not given:
+            with lock:
+                _give_back(engine, h)
     return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -219,6 +219,41 @@ class Journal:
             if lo >= n:
                 return []
 
+    def run_one(
+        self,
+        fn: Callable[..., Any],
+        mode: int,
+        arg: Any,
+        bid: int,
+        capture: Callable[[BaseException], Any],
+        dumps: Callable[[Any], bytes],
+    ) -> list[Any]:
+        """Run a batch of one task (a round trip's): ``run`` without its span machinery.
+
+        The same commit point (STARTED before the call, the value committed before it
+        is sent). A value the journal cannot hold needs no PARTIAL: there is no next
+        task, and the RESULTS that carries it goes before the next ``begin``.
+        """
+        self.begin(bid, 0, 1)
+        self._head[_H_STARTED] = 0  # the task is being called: from here on it was running
+        try:
+            if mode == ONE:
+                v = fn(arg)
+            elif mode == STAR:
+                v = fn(*arg)
+            else:
+                v = fn(*arg[0], **arg[1])
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the worker
+            v = capture(exc)
+        if type(v) is int and v != UNSET:
+            try:
+                self.ivals[0] = v  # the commonest result: one store, as ``_commit``'s first case
+                return [v]
+            except (ValueError, OverflowError):
+                pass
+        self._commit(0, v, 0, [], dumps)
+        return [v]
+
     def _span(
         self,
         fn: Callable[..., Any],

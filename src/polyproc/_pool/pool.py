@@ -175,7 +175,20 @@ class Pool:
         retries: int | None = None,
     ) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
-        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+        # ``apply_async(...).get()`` without the ApplyResult.
+        self._check_running()
+        fut = PoolFuture(self._engine)
+        job = self._sub.single(
+            func,
+            tuple(args),
+            dict(kwds or {}),
+            fut,
+            timeout=self._timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
+            claim=False,
+        )
+        self._engine.submit(job)
+        return fut.result()  # type: ignore[no-any-return]
 
     def apply_async(
         self,

@@ -40,7 +40,7 @@ from .._serialize import Serializer, fd_handle
 from .._shm import bulk
 from .._transport import wrap_fd
 from ..errors import CorruptMessageError
-from .channel import Handle, Tag, pickle_buffer
+from .channel import LEADING, Handle, Tag, pickle_buffer
 from .channel import packed as pack_single
 from .journal import JournalReader, values_of
 from .messages import (
@@ -228,6 +228,8 @@ class ProcessWorkers(WorkerSet):
 
     def _close_channel(self, h: Handle) -> None:
         self._channel_gone(h)
+        if h.led != LEADING:
+            h.close_lead()  # else the caller polling it closes it when it gives it back
         if h.sock is not None:
             h.sock.close()
             h.sock = None
@@ -298,6 +300,7 @@ class ProcessWorkers(WorkerSet):
             if not self._is_head(h.wid, bid):
                 return  # its batch was already failed (an earlier part did not unpickle)
             self.sched.batch_done(h.wid, bid, values, busy, rss, clean)
+            self._settle(h)
         elif kind == PARTIAL:
             _, bid, values = msg
             if h.partial_bid != bid:
@@ -312,8 +315,17 @@ class ProcessWorkers(WorkerSet):
                 if msg[3] is not None:
                     h.journal = JournalReader(msg[3])
             self.sched.worker_ready(h.wid, baseline=baseline)
+            self._settle(h)
         elif kind == INIT_FAILED:
             self.sched.worker_failed_init(h.wid, msg[1].exception())
+
+    def _settle(self, h: Handle) -> None:
+        """After an answer: stop watching the channel of a worker left with nothing in
+        flight (``Handle.busy``); ``send`` watches it again."""
+        slot = self.sched.workers.get(h.wid)
+        if slot is None or not slot.window:
+            h.busy = False
+            h.watch(self.sel)
 
     def _is_head(self, wid: int, bid: int) -> bool:
         slot = self.sched.workers.get(wid)
@@ -327,11 +339,15 @@ class ProcessWorkers(WorkerSet):
         err = TaskError.local(unpickling_error(exc, batch.fn.name))
         h.partial = []
         self.sched.batch_done(h.wid, batch.bid, [err] * len(batch), 0.0)
+        self._settle(h)
 
     def send(self, a: Send) -> None:
         h = self.handles.get(a.wid)
         if h is None:
             return
+        if not h.busy:
+            h.busy = True  # an answer will come: watch for it (unless a caller leads)
+            h.watch(self.sel)
         batch = a.batch
         fn = batch.fn
         if fn.by_ref is None:
@@ -346,21 +362,20 @@ class ProcessWorkers(WorkerSet):
             # fid, and the function with every batch.
             fid, first = -fn.fid, True
         blob = fn.blob if first else None
-        if batch.owners is not None:
-            args: list[Any] = [pack_single(j.blob) for j in batch.owners]
+        owners = batch.owners
+        if owners is not None:
+            if len(owners) == 1 and self._plain:
+                one = owners[0].blob
+                if type(one) is bytes and len(one) + (0 if blob is None else len(blob)) < _SMALL:
+                    # The round trip's case: one small pre-pickled task. Plain pickle, no
+                    # scan for big buffers or fds (there can be none), one write.
+                    h.queue_plain(
+                        _dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True, [one]), 5),
+                        self.sel,
+                    )
+                    return
+            args: list[Any] = [pack_single(j.blob) for j in owners]
             packed = True
-            if (
-                self._plain
-                and len(args) == 1
-                and type(args[0]) is bytes
-                and (len(args[0]) + len(fn.blob if first else b"") < _SMALL)
-            ):
-                # The round trip's case: one small pre-pickled task. Plain pickle, no scan
-                # for big buffers or fds (there can be none), one write.
-                h.queue_plain(
-                    _dumps((TASKS, batch.bid, fid, blob, int(batch.mode), True, args), 5), self.sel
-                )
-                return
         else:
             args, packed = batch.args, False
         msg = (TASKS, batch.bid, fid, blob, int(batch.mode), packed, args)

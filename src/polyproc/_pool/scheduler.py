@@ -214,6 +214,35 @@ class Scheduler:
             self.queue.append(job)
         self._fill()
 
+    def add_single(self, job: Job) -> Send | None:
+        """``add_jobs((job,))`` for the round trip's case, without the generic fill: a
+        single task, nothing else waiting, a worker idle. It goes to that worker (the
+        one ``_fill`` would pick: idle, least recently used) and its ``Send`` is returned;
+        otherwise (or if its claim drops it) it takes the generic path and None is returned.
+        """
+        if self.state is not PoolState.RUN or self.queue or self.requeued or not job.single:
+            self.add_jobs((job,))
+            return None
+        best: WorkerSlot | None = None
+        maxtasks = self.maxtasks
+        for slot in self.workers.values():
+            if (
+                slot.state is WorkerState.READY
+                and not slot.window
+                and not slot.exclusive
+                and (maxtasks is None or slot.assigned < maxtasks)
+                and (best is None or slot.last_used < best.last_used)
+            ):
+                best = slot
+        if best is None:
+            self.add_jobs((job,))
+            return None
+        self.jobs[id(job)] = job
+        if job.cancelled or (job.claim is not None and not job.claim(job)):
+            self._drop(job)
+            return None
+        return self._send(best, Batch(job.fn, job.mode, [job.blob], owners=[job]))
+
     def consumed(self, job: Job, count: int) -> None:
         """The consumer of an ordered job has taken ``count`` results in all."""
         if count > job.consumed:
@@ -468,7 +497,7 @@ class Scheduler:
                 if slot.state in (WorkerState.READY, WorkerState.RETIRING, WorkerState.STARTING):
                     self._stop(slot)
 
-    def _send(self, slot: WorkerSlot, batch: Batch) -> None:
+    def _send(self, slot: WorkerSlot, batch: Batch) -> Send:
         batch.bid = next(self._bids)
         batch.worker = slot.wid
         slot.window.append(batch)
@@ -480,9 +509,11 @@ class Scheduler:
             batch.deadline = self._clock() + timeout
             slot.exclusive = True
             heapq.heappush(self.deadlines, (batch.deadline, batch.bid, slot.wid))
-        self.actions.append(Send(slot.wid, batch))
+        send = Send(slot.wid, batch)
+        self.actions.append(send)
         if self.maxtasks is not None and slot.assigned >= self.maxtasks:
             self._retire(slot)
+        return send
 
     # -- internals: completing work ----------------------------------------------------
     def _complete(self, batch: Batch, values: list[Any], clean: bool = False) -> None:

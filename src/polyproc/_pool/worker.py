@@ -32,6 +32,7 @@ pickling, results handed to the engine through a callback.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -40,6 +41,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from .._serialize import Serializer
 from ..errors import SerializationError
 from .journal import Journal, Values, journal_fd, values_of
 from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError, encoding_error
@@ -49,6 +51,7 @@ __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_refere
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 ONE, STAR, KW = 0, 1, 2  # scheduler.Mode values, as plain ints on the hot path
+_pickle_loads = pickle.loads
 
 
 def run_batch(
@@ -153,6 +156,7 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
     fns: dict[int, Callable[..., Any]] = {}  # functions the parent may name by fid alone
     unloadable: dict[int, BaseException] = {}  # fids whose function failed to load
     loads = serializer.loads
+    plain = type(serializer) is Serializer  # its loads of bytes is pickle.loads
     dumps = serializer.dumps_bytes
     clock = time.perf_counter
     capture = TaskError.capture
@@ -198,6 +202,23 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
                 values = [err] * len(args)
                 fn = None
         blob = None
+        if fn is not None and packed and len(args) == 1 and journal is not None:
+            # A round trip's batch, one task: no list of arguments, no span (``run_one``).
+            one = args[0]
+            if type(one) is bytes and plain:
+                try:
+                    arg = _pickle_loads(one)  # what Serializer.loads does with no fds
+                except BaseException as exc:  # noqa: BLE001 - the task's error
+                    arg = _unloadable(exc)
+            else:
+                arg = _unpack(loads, one)
+            one = None
+            if type(arg) is not _Unpacked:
+                values = journal.run_one(fn, mode, arg, bid, capture, dumps)
+                fn = None
+            else:
+                args, packed, fn, mode = [arg], False, _WithErrors(fn, mode), ONE
+            arg = None
         if fn is not None:
             if packed:
                 args = [_unpack(loads, a) for a in args]
@@ -234,13 +255,17 @@ def _unpack(loads: Callable[..., Any], item: Any) -> Any:
             return loads(item)
         return loads(item[0], item[1], item[2])
     except BaseException as exc:  # noqa: BLE001
-        return _Unpacked(
-            TaskError.capture(
-                SerializationError(
-                    f"the task's arguments could not be unpickled in the worker: {exc!r}"
-                )
+        return _unloadable(exc)
+
+
+def _unloadable(exc: BaseException) -> _Unpacked:
+    return _Unpacked(
+        TaskError.capture(
+            SerializationError(
+                f"the task's arguments could not be unpickled in the worker: {exc!r}"
             )
         )
+    )
 
 
 class _WithErrors:
