@@ -226,3 +226,26 @@ def test_apply_async_with_a_callback_is_not_armed_and_ready_reads_it(
         while not r.ready() and time.monotonic() < deadline:
             time.sleep(0.005)  # a user's polling loop: the subject of this test
         assert r.ready() and r.get(0) == 3
+
+
+def test_ready_says_true_once_the_answer_is_in_the_armed_channel(
+    ctx: Any, monkeypatch: Any
+) -> None:
+    """As the stdlib's ``ready()`` is True once its result thread has the result, ours is
+    True at its first call once the answer sits in the armed channel: the call reads it
+    (not only wakes the engine, which would leave this first answer False)."""
+    import select
+
+    with Pool(1, context=ctx) as pool:
+        engine = pool._engine
+        assert pool.apply(h.inc, (0,)) == 1
+        _sleep_long_between_passes(engine, monkeypatch, 60.0)
+        for i in range(5):
+            _until_direct(pool)
+            r = pool.apply_async(h.inc, (i,))
+            armed = engine.flags.armed
+            assert armed is not None
+            p = select.poll()
+            p.register(armed.fd, select.POLLIN)
+            assert p.poll(10_000), "no answer"
+            assert r.ready() and r.get(0) == i + 1

@@ -133,14 +133,38 @@ class Leading:
         """``done()`` for ``lead``: no hook, no lock (a plain read of the outcome)."""
         return bool(self.done())
 
-    def _release(self) -> None:
+    def _release(self, read: bool = True) -> None:
         """Someone looks at the future other than to wait for it: if its channel is armed,
-        have the engine read it (it disarms whenever it wakes). Never blocks, any thread."""
+        read what has come on it now and give it back to the engine, so ``done()`` (a
+        pool's ``ready()``) says True once the answer is here, as the stdlib's does once
+        its result thread has it. If the engine is awake (the lock is taken), or ``read``
+        is False, wake it instead: it disarms as it goes back to sleep. Never blocks on
+        the lock, any thread."""
         engine = self._engine
-        if engine is not None:
-            flags = engine.flags
-            if flags.armed is not None and flags.led is self:
-                engine.wake()
+        if engine is None:
+            return
+        flags = engine.flags
+        if flags.armed is None or flags.led is not self:
+            return
+        lock = flags.lock
+        if not read or not lock.acquire(False):
+            engine.wake()
+            return
+        try:
+            h = flags.armed
+            if h is None or flags.led is not self:
+                return
+            flags.armed = None
+            if h.led == ARMED and h.conn is not None and not h.conn.closed:
+                try:
+                    if h.lead_poller()(0):
+                        read_led(engine, h)
+                except Exception as exc:  # noqa: BLE001 - an engine bug, met in this thread
+                    engine.fail_from_caller(exc)
+            if h.led == ARMED:
+                _give_back(engine, h)
+        finally:
+            lock.release()
 
     def result(self, timeout: float | None = None) -> Any:
         engine = self._engine
@@ -184,7 +208,9 @@ class LeadingFuture(Leading):
 
     @property
     def _waiters(self) -> list[Any]:
-        self._release()
+        # Never read here: ``wait``/``as_completed`` hold the future's condition and have
+        # judged it unfinished; the engine must finish it after their waiter is in.
+        self._release(read=False)
         return self.__dict__["_lead_waiters"]  # type: ignore[no-any-return]
 
     @_waiters.setter
