@@ -43,6 +43,7 @@ from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
 from .engine import Engine
 from .fastpath import Leading
+from .future import LightFuture
 from .messages import TaskError
 from .results import IMapIterator, Submitter, make_progress
 from .stats import PoolStatistics
@@ -107,14 +108,20 @@ _exit = _ExitState()
 os.register_at_fork(after_in_child=_exit.after_fork_in_child)
 
 
-class ExecutorFuture(Leading, Future[Any]):
-    """The executor's Future: a result that would not pickle fails with the pickler's error.
+class ExecutorFuture(Leading, LightFuture):
+    """The executor's Future: a ``concurrent.futures.Future`` with no Condition until a
+    thread waits (``future.py``), whose ``result()`` may read its own answer (``Leading``).
 
-    The worker reports such a result as ``MaybeEncodingError`` (what ``Pool`` raises);
-    the stdlib's executor raises the pickling error itself, so that is what goes here.
+    A result that would not pickle fails with the pickler's error: the worker reports
+    it as ``MaybeEncodingError`` (what ``Pool`` raises); the stdlib's executor raises
+    the pickling error itself, so that is what goes here.
     """
 
     _engine: Engine | None = None
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        if engine is not None:
+            self._engine = engine
 
     def set_exception(self, exception: BaseException | None) -> None:
         if isinstance(exception, MaybeEncodingError) and exception.error is not None:
@@ -219,8 +226,7 @@ class ProcessPoolExecutor(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
         self._check()
-        fut = ExecutorFuture()
-        fut._engine = self._engine
+        fut = ExecutorFuture(self._engine)
         try:
             job = self._sub.single(
                 fn, args, kwargs, fut, timeout=self._task_timeout, retries=self._retries, claim=True
