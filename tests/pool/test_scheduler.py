@@ -719,3 +719,36 @@ def test_every_task_ends_exactly_once(
             isinstance(v, TaskError) and isinstance(v.exception(), WorkerLostError)
         )
     assert h.s.idle()
+
+
+def test_job_task_builds_what_the_keyword_constructor_builds() -> None:
+    """``Job.task`` (submit's constructor, no keyword parsing) sets every field as ``Job``."""
+    f = fn()
+    claim: Any = bool
+    made = Job.task(f, Mode.KW, "sink", b"blob", ("a", {}), 1.5, 2, claim)
+    ref = Job(f, Mode.KW, "sink", arg=("a", {}), blob=b"blob", timeout=1.5, retries=2, claim=claim)
+    for name in Job.__slots__:
+        assert getattr(made, name) == getattr(ref, name), name
+
+
+def test_a_single_task_argument_kept_only_pickled_is_read_back_for_messages() -> None:
+    import pickle
+
+    f = fn()
+    job = Job.task(f, Mode.STAR, None, pickle.dumps(("a", 1)), None, None, 0, None)
+    assert job.call_arg() == ("a", 1)
+    job.blob = b"not a pickle"
+    assert "not readable" in repr(job.call_arg())
+    kept = Job.task(f, Mode.STAR, None, (b"body", [], []), ("x",), None, 0, None)
+    assert kept.call_arg() == ("x",)
+    h = Harness(1)
+    h.ready_all()
+    lost = Job.task(f, Mode.STAR, None, pickle.dumps(("q", 7)), None, None, 0, None)
+    h.s.add_job(lost)
+    h.drain()
+    (send,) = h.take_sends()
+    h.s.worker_exited(send.wid, -9)
+    h.drain()
+    exc = h.values(lost)[0].exception()
+    assert isinstance(exc, WorkerLostError)
+    assert exc.argument == "('q', 7)" and "f('q', 7)" in str(exc)

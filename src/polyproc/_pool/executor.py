@@ -225,17 +225,17 @@ class ProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
-        self._check()
-        fut = ExecutorFuture(self._engine)
+        engine = self._engine
+        if engine.broken is not None or self._shutdown or _exit.exiting:
+            self._check()  # raises
+        fut = ExecutorFuture(engine)
         try:
-            job = self._sub.single(
-                fn, args, kwargs, fut, timeout=self._task_timeout, retries=self._retries, claim=True
-            )
+            job = self._sub.single(fn, args, kwargs, fut, self._task_timeout, self._retries, True)
         except Exception as exc:  # noqa: BLE001 - it does not pickle: the future's error
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(exc)
             return fut
-        self._engine.submit(job)
+        engine.submit(job)
         return fut
 
     def map(

@@ -366,6 +366,7 @@ class Submitter:
         self._transient: weakref.WeakValueDictionary[int, FnInfo] = weakref.WeakValueDictionary()
         self._fids = itertools.count(1)
         self._lock = threading.Lock()
+        self._last: FnInfo | None = None  # the last module-level function: no lookup at all
         from .._serialize import Serializer, _main_is_importable
 
         self._fast = (
@@ -378,8 +379,10 @@ class Submitter:
     def fn_info(self, fn: Callable[..., Any]) -> FnInfo:
         key = id(fn)
         info = self._fns.get(key)
-        if info is None:
-            info = self._transient.get(key)
+        if info is not None and info.fn is fn:
+            self._last = info  # its module holds it anyway: keeping it costs nothing
+            return info
+        info = self._transient.get(key)
         if info is not None and info.fn is fn:
             return info
         if not callable(fn):
@@ -395,6 +398,7 @@ class Submitter:
             info = FnInfo(next(self._fids), fn, str(name), blob)
             if _module_holds(fn):
                 self._fns[key] = info
+                self._last = info
                 if len(self._fns) > self._MAX_FNS:
                     self._fns.popitem(last=False)
             else:
@@ -408,14 +412,10 @@ class Submitter:
         if self._fast and not reducers.table:
             # The common case in one C call: plain pickle, no buffers, no fds. Anything
             # else (a lambda, a NumPy array, an fd owner) takes the serializer's full path.
-            big: list[Any] = []
             try:
-                body = _dumps(arg, 5, buffer_callback=big.append)
+                return _dumps(arg, 5, buffer_callback=_refuse_buffer)
             except Exception:  # noqa: BLE001 - the full path below says what failed
                 pass
-            else:
-                if not big:
-                    return body
         try:
             p = self.serializer.dumps(arg, what="the task's arguments")
         except Exception as err:  # noqa: BLE001 - the pickler's own error, with a note
@@ -430,26 +430,30 @@ class Submitter:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         future: Any,
-        *,
-        timeout: float | None,
-        retries: int,
-        claim: bool,
+        timeout: float | None = None,
+        retries: int = 0,
+        claim: bool = False,
     ) -> Job:
-        info = self.fn_info(fn)
-        # Few objects per submit: with 200k futures in flight, each one is GC work.
+        """One task's job. Few objects per submit: with 200k futures in flight each one is
+        garbage-collector work, so the argument is kept only in its pickled form (a task
+        error's message reads it back, ``Job.call_arg``) unless that form is not plain bytes."""
+        info = self._last
+        if info is None or info.fn is not fn:
+            info = self.fn_info(fn)
         if kwargs:
             mode, arg = Mode.KW, (args, kwargs)
         else:
             mode, arg = Mode.STAR, args
-        return Job(
+        blob = self.pack(arg)
+        return Job.task(
             info,
             mode,
             future,
-            arg=arg,
-            blob=self.pack(arg),
-            timeout=timeout,
-            retries=retries,
-            claim=_claim_future if claim else None,
+            blob,
+            None if type(blob) is bytes else arg,
+            timeout,
+            retries,
+            _claim_future if claim else None,
         )
 
     def many(
@@ -485,6 +489,15 @@ class Submitter:
             timeout=timeout,
             retries=retries,
         )
+
+
+def _refuse_buffer(buf: pickle.PickleBuffer) -> bool:
+    """``pack``'s one-call path takes no out-of-band buffer: the serializer's full path does."""
+    raise _HasBuffers
+
+
+class _HasBuffers(Exception):
+    pass
 
 
 def _module_holds(fn: Any) -> bool:

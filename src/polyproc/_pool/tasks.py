@@ -15,6 +15,7 @@ policy reads on its own. Life cycles are transition tables (``WORKER_TRANSITIONS
 from __future__ import annotations
 
 import enum
+import pickle
 import reprlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -215,8 +216,74 @@ class Job:
         self.seen = 0.0  # monotonic time of the last consumption report
         self.seen_n = 0  # ... and its count
 
+    @classmethod
+    def task(
+        cls,
+        fn: FnInfo,
+        mode: Mode,
+        sink: Any,
+        blob: Any,
+        arg: Any,
+        timeout: float | None,
+        retries: int,
+        claim: Callable[[Job], bool] | None,
+    ) -> Job:
+        """``Job(fn, mode, sink, arg=arg, blob=blob, timeout=, retries=, claim=)``: the same
+        fields, without parsing keywords (0.64 -> 0.30 us; it runs once per ``submit``).
+        ``arg`` may be None when ``blob`` holds it (``Batch.arg_of`` reads it back)."""
+        self = _new(cls)
+        self.fn = fn
+        self.mode = mode
+        self.sink = sink
+        self.claim = claim
+        self.single = True
+        self.arg = arg
+        self.blob = blob
+        self.it = None
+        self.length = None
+        self.ordered = False
+        self.credit = False
+        self.chunksize = None
+        self.timeout = timeout
+        self.retries = retries
+        self.pulled = 1
+        self.delivered = 0
+        self.consumed = 0
+        self.exhausted = True
+        self.cancelled = False
+        self.finished = False
+        self.reorder = _NO_REORDER
+        self.lost = None
+        self.stalled = False
+        self.item_bytes = 0
+        self.paced = False
+        self.cap = 512
+        self.rate = 0.0
+        self.seen = 0.0
+        self.seen_n = 0
+        return self
+
+    def call_arg(self) -> Any:
+        """A single task's argument, for messages: kept, or read back from its pickle."""
+        if self.arg is not None or type(self.blob) is not bytes:
+            return self.arg
+        try:
+            return pickle.loads(self.blob)
+        except Exception:  # noqa: BLE001 - only a message needs it
+            return _Unreadable()
+
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
+
+
+_new = object.__new__
+
+
+class _Unreadable:
+    """An argument that pickled in the caller but does not unpickle there (a message's stand-in)."""
+
+    def __repr__(self) -> str:
+        return "<argument not readable here>"
 
 
 class Batch:
@@ -276,7 +343,7 @@ class Batch:
 
     def arg_of(self, i: int) -> Any:
         if self.owners is not None:
-            return self.owners[i].arg
+            return self.owners[i].call_arg()
         return self.args[i]
 
     def __repr__(self) -> str:
