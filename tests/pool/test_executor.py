@@ -101,6 +101,24 @@ def test_cancel_a_pending_future(ctx: Any) -> None:
         assert ex.submit(h.inc, 2).result() == 3
 
 
+def test_cancelled_futures_in_a_burst_are_dropped_from_their_batch(ctx: Any) -> None:
+    """A batch of submits is started at once when sent (``_claim``): the cancelled ones
+    in it never run, the others do, and a waiter on each kind is answered."""
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert ex.submit(h.inc, 0).result() == 1
+        block = ex.submit(h.nap, 0.3)
+        while not block.running():
+            time.sleep(0.001)
+        fs = [ex.submit(h.inc, i) for i in range(200)]
+        cancelled = {i for i in range(0, 200, 2) if fs[i].cancel()}  # all but those sent
+        assert len(cancelled) > 90
+        waited = futures.wait(fs, timeout=30)
+        assert not waited.not_done
+        assert all(fs[i].result() == i + 1 for i in range(200) if i not in cancelled)
+        assert all(fs[i].cancelled() for i in cancelled)
+        assert ex.statistics()["done"] == 2 + 200 - len(cancelled)  # those never ran
+
+
 def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
     if ctx.start_method == "fork":
         # As the stdlib (cpython #90622); tests/pool/test_compat_executor.py checks it.

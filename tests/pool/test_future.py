@@ -238,3 +238,76 @@ def test_a_forked_child_gets_a_fresh_guard() -> None:
             os._exit(0 if f.result() == 1 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_start_all_starts_drops_cancelled_and_serves_waiters() -> None:
+    """The scheduler's claim for a batch: one lock for the plain ones, the stdlib's path
+    (waiters notified, a wrong state raised) for the rest."""
+    plain, cancelled, waited, foreign = LightFuture(), LightFuture(), LightFuture(), cf.Future()
+    cancelled.cancel()
+    waited.cancel()
+    got: list[Any] = []
+    waiting = threading.Event()
+
+    def wait_for_it() -> None:
+        waiting.set()
+        got.append(cf.wait([waited], timeout=30))
+
+    t = threading.Thread(target=wait_for_it)
+    t.start()
+    waiting.wait()
+    while waited._cond is None:  # its waiter is installed once the Condition exists
+        threading.Event().wait(0.001)
+    ok = LightFuture.start_all([plain, cancelled, waited, foreign])
+    t.join(30)
+    assert ok == [True, False, False, True]
+    assert plain.running() and foreign.running()
+    assert cancelled._state == "CANCELLED_AND_NOTIFIED" and cancelled._cond is None
+    assert got and waited in got[0].done  # add_cancelled reached the wait() waiter
+    with pytest.raises(RuntimeError):
+        LightFuture.start_all([plain])  # already running: the stdlib's error
+
+
+def test_settle_all_sets_plain_ones_and_leaves_the_rest() -> None:
+    class Failed:
+        pass
+
+    plain = LightFuture()
+    plain.set_running_or_notify_cancel()
+    waited, called, done, foreign, failing = (LightFuture() for _ in range(5))
+    waited._condition  # noqa: B018 - a waiter made its Condition
+    seen: list[Any] = []
+    called.add_done_callback(seen.append)
+    done.set_result(0)
+    other = cf.Future()
+    left = LightFuture.settle_all(
+        [plain, waited, called, done, other, failing], [1, 2, 3, 4, 5, Failed()], Failed
+    )
+    assert left == [1, 2, 3, 4, 5]
+    assert plain.result() == 1 and plain._cond is None
+    assert not waited.done() and not called.done() and not other.done() and not failing.done()
+    assert done.result() == 0 and seen == []
+    del foreign
+
+
+def test_the_engine_settles_a_batch_and_wakes_its_waiters() -> None:
+    """``engine._resolve_all``: plain futures at once, then one by one the future a thread
+    waits on, the one with a callback, and a task error (the executor's exception)."""
+    from types import SimpleNamespace
+
+    from polyproc._pool.engine import _resolve_all
+    from polyproc._pool.messages import TaskError
+
+    futs = [LightFuture() for _ in range(4)]
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(futs[1].result(timeout=30)))
+    t.start()
+    while futs[1]._cond is None:
+        threading.Event().wait(0.001)
+    seen: list[Any] = []
+    futs[2].add_done_callback(lambda f: seen.append(f.result()))
+    values: list[Any] = [10, 11, 12, TaskError.local(KeyError("k"))]
+    _resolve_all([SimpleNamespace(sink=f) for f in futs], values)  # type: ignore[misc]
+    t.join(30)
+    assert got == [11] and seen == [12] and futs[0].result() == 10
+    assert isinstance(futs[3].exception(), KeyError)

@@ -218,7 +218,7 @@ def test_cancelled_single_is_dropped_before_sending() -> None:
     h = Harness(1)
     h.ready_all()
     f = fn()
-    a = single(f, 1, claim=lambda job: False)
+    a = single(f, 1, claim=lambda jobs: [])
     h.s.add_job(a)
     h.drain()
     assert h.sent == [] and h.s.idle()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .messages import TaskError
@@ -172,8 +173,11 @@ def singles_batch(s: Scheduler, quota: int | None) -> Batch | None:
     if quota is not None:
         size = min(size, quota)
     owners: list[Job] = []
-    while s.queue and len(owners) < size:
-        job = s.queue[0]
+    claim = first.claim
+    mixed = False  # jobs with different claim hooks (never for one face's jobs)
+    queue = s.queue
+    while queue and len(owners) < size:
+        job = queue[0]
         if (
             not job.single
             or job.fn is not first.fn
@@ -181,14 +185,31 @@ def singles_batch(s: Scheduler, quota: int | None) -> Batch | None:
             or (owners and job.timeout is not None)
         ):
             break
-        s.queue.popleft()
-        if job.cancelled or (job.claim is not None and not job.claim(job)):
+        queue.popleft()
+        if job.cancelled:
             s._drop(job)
             continue
         owners.append(job)
+        if job.claim is not claim:
+            mixed = True
+    if mixed:
+        owners = [j for j in owners if j.claim is None or _claimed(s, j.claim, [j])]
+    elif claim is not None and owners:
+        owners = _claimed(s, claim, owners)  # one call for the whole batch
     if not owners:
         return None
     return Batch(first.fn, first.mode, [j.blob for j in owners], owners=owners)
+
+
+def _claimed(s: Scheduler, claim: Callable[[list[Job]], list[Job]], jobs: list[Job]) -> list[Job]:
+    """The jobs ``claim`` lets run (it gets them about to be sent); the others are dropped."""
+    kept = claim(jobs)
+    if len(kept) != len(jobs):
+        keep = set(map(id, kept))
+        for job in jobs:
+            if id(job) not in keep:
+                s._drop(job)
+    return kept
 
 
 def pull(s: Scheduler, job: Job, quota: int | None) -> Batch | None:

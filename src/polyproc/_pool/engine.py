@@ -358,8 +358,7 @@ class Engine:
             for a in acts:
                 match a:
                     case DeliverSingles():
-                        for job, v in zip(a.jobs, a.values, strict=False):
-                            _resolve(job.sink, v)
+                        _resolve_all(a.jobs, a.values)
                         led = flags.led
                         if led is not None and led.done():
                             flags.led = None  # answered: do not keep it (and its result) alive
@@ -464,6 +463,18 @@ def _resolve(fut: Any, value: Any) -> None:
         cf = sys.modules.get("concurrent.futures")
         if cf is None or not isinstance(exc, cf.InvalidStateError):
             raise
+
+
+def _resolve_all(jobs: list[Job], values: list[Any]) -> None:
+    """Give a batch of single tasks their outcomes: at once where the sinks' class offers it
+    (``LightFuture.settle_all``: one lock for the batch), else one by one."""
+    settle = getattr(jobs[0].sink, "settle_all", None)
+    if settle is None:
+        for job, v in zip(jobs, values, strict=True):
+            _resolve(job.sink, v)
+        return
+    for i in settle([job.sink for job in jobs], values, TaskError):
+        _resolve(jobs[i].sink, values[i])
 
 
 def _reraise(exc: BaseException) -> None:

@@ -2,8 +2,8 @@
 
 ::
 
-    submit(fn, /, *args, **kwargs) ──► Job(claim=Future.set_running_or_notify_cancel)
-                                        ──► Engine ──► Future.set_result / set_exception
+    submit(fn, /, *args, **kwargs) ──► Job(claim=_claim: the futures of a batch started at once)
+                                        ──► Engine ──► ExecutorFuture.settle_all / set_exception
     map(fn, *iterables) ──► an ordered, credit-bounded job (lazy input) ──► generator
 
 Results are plain ``concurrent.futures.Future`` objects, so the stdlib's
@@ -131,6 +131,15 @@ class ExecutorFuture(Leading, LightFuture):
         super().set_exception(exception)
 
 
+def _claim(jobs: list[Job]) -> list[Job]:
+    """The scheduler's hook when it sends a batch of submits: start every future at once
+    (``LightFuture.start_all``: one lock for the batch); a cancelled one is dropped."""
+    ok = ExecutorFuture.start_all([job.sink for job in jobs])
+    if all(ok):
+        return jobs
+    return [job for job, run in zip(jobs, ok, strict=True) if run]
+
+
 class ProcessPoolExecutor(Executor):
     """A process pool executor whose futures survive dead workers."""
 
@@ -230,7 +239,7 @@ class ProcessPoolExecutor(Executor):
             self._check()  # raises
         fut = ExecutorFuture(engine)
         try:
-            job = self._sub.single(fn, args, kwargs, fut, self._task_timeout, self._retries, True)
+            job = self._sub.single(fn, args, kwargs, fut, self._task_timeout, self._retries, _claim)
         except Exception as exc:  # noqa: BLE001 - it does not pickle: the future's error
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(exc)

@@ -253,6 +253,51 @@ class LightFuture(Future[Any]):
         if self._callbacks is not None:
             self._invoke_callbacks()
 
+    # -- many at once (the engine thread: a batch of tasks sent, a batch of results) ---
+    @classmethod
+    def start_all(cls, futures: list[Any]) -> list[bool]:
+        """``set_running_or_notify_cancel`` of each, taking ``_guard`` once for all those
+        with no Condition: whether each may run (False: cancelled, now notified)."""
+        ok = [True] * len(futures)
+        slow: list[int] = []
+        with _guard:
+            for i, f in enumerate(futures):
+                if f.__class__ is cls and f._cond is None:
+                    state = f._state
+                    if state == PENDING:
+                        f._state = RUNNING
+                        continue
+                    if state == CANCELLED:
+                        f._state = CANCELLED_AND_NOTIFIED  # no Condition: no waiter
+                        ok[i] = False
+                        continue
+                slow.append(i)  # waited on, another class, or a wrong state (raises below)
+        for i in slow:
+            ok[i] = futures[i].set_running_or_notify_cancel()
+        return ok
+
+    @classmethod
+    def settle_all(cls, futures: list[Any], values: list[Any], failed: type) -> list[int]:
+        """``set_result`` of each, taking ``_guard`` once for all those with no Condition and
+        no callbacks. Returns the indexes it left to the caller: a value of type ``failed``
+        (an error to convert), another class, a waiter or callbacks to serve, a done one."""
+        left: list[int] = []
+        with _guard:
+            for i, f in enumerate(futures):
+                v = values[i]
+                if (
+                    f.__class__ is cls
+                    and f._cond is None
+                    and f._callbacks is None
+                    and f._state not in _DONE
+                    and type(v) is not failed
+                ):
+                    f._result = v
+                    f._state = FINISHED
+                else:
+                    left.append(i)
+        return left
+
 
 def _release(cond: threading.Condition | None) -> None:
     if cond is None:

@@ -348,9 +348,9 @@ def make_progress(progress: Any, total: int | None, desc: str) -> Any:
     return tqdm(**opts)
 
 
-def _claim_future(job: Job) -> bool:
-    """Scheduler hook: a cancelled Future is dropped before it is sent; else it runs."""
-    return bool(job.sink.set_running_or_notify_cancel())
+def _claim_futures(jobs: list[Job]) -> list[Job]:
+    """Scheduler hook: a cancelled Future is dropped before it is sent; the rest run."""
+    return [job for job in jobs if job.sink.set_running_or_notify_cancel()]
 
 
 class Submitter:
@@ -432,11 +432,13 @@ class Submitter:
         future: Any,
         timeout: float | None = None,
         retries: int = 0,
-        claim: bool = False,
+        claim: bool | Callable[[list[Job]], list[Job]] = False,
     ) -> Job:
         """One task's job. Few objects per submit: with 200k futures in flight each one is
         garbage-collector work, so the argument is kept only in its pickled form (a task
-        error's message reads it back, ``Job.call_arg``) unless that form is not plain bytes."""
+        error's message reads it back, ``Job.call_arg``) unless that form is not plain bytes.
+        ``claim``: True for a ``concurrent.futures.Future`` sink (started when sent, dropped
+        if cancelled), or the face's own hook doing that for a batch at once."""
         info = self._last
         if info is None or info.fn is not fn:
             info = self.fn_info(fn)
@@ -453,7 +455,7 @@ class Submitter:
             None if type(blob) is bytes else arg,
             timeout,
             retries,
-            _claim_future if claim else None,
+            None if claim is False else _claim_futures if claim is True else claim,
         )
 
     def many(

@@ -130,8 +130,9 @@ class Job:
     """One call from a user: ``apply``/``submit`` (a single task) or a map (an input iterator).
 
     ``sink`` is whatever the face wants back in actions (a Future, a MapResult ...).
-    ``claim``, if set, is called with the job when it is taken for sending; returning
-    False drops it (a cancelled ``concurrent.futures.Future``).
+    ``claim``, if set, is called with a list of jobs that share it when they are taken
+    for sending (one call per batch); it returns those that may run, in order, and the
+    others are dropped (cancelled ``concurrent.futures.Future`` objects).
     """
 
     __slots__ = (
@@ -181,7 +182,7 @@ class Job:
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        claim: Callable[[Job], bool] | None = None,
+        claim: Callable[[list[Job]], list[Job]] | None = None,
     ) -> None:
         self.fn = fn
         self.mode = mode
@@ -226,7 +227,7 @@ class Job:
         arg: Any,
         timeout: float | None,
         retries: int,
-        claim: Callable[[Job], bool] | None,
+        claim: Callable[[list[Job]], list[Job]] | None,
     ) -> Job:
         """``Job(fn, mode, sink, arg=arg, blob=blob, timeout=, retries=, claim=)``: the same
         fields, without parsing keywords (0.64 -> 0.30 us; it runs once per ``submit``).
