@@ -752,3 +752,28 @@ def test_a_single_task_argument_kept_only_pickled_is_read_back_for_messages() ->
     exc = h.values(lost)[0].exception()
     assert isinstance(exc, WorkerLostError)
     assert exc.argument == "('q', 7)" and "f('q', 7)" in str(exc)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_batch_of_singles_delivers_only_its_open_jobs(where: str) -> None:
+    """``_complete`` hands the batch's own lists on when every job is open; a job closed
+    meanwhile (cancelled, or failed by a terminate) is skipped, wherever it stands."""
+    h = Harness(1)
+    h.ready_all()
+    f = fn(est=1e-6)
+    jobs = [single(f, i) for i in range(300)]
+    h.s.add_jobs(jobs)
+    h.drain()
+    sends = h.take_sends()
+    send = max(sends, key=lambda s: len(s.batch))
+    owners = send.batch.owners
+    assert owners is not None and len(owners) >= 3
+    gone = owners[{"first": 0, "middle": len(owners) // 2, "last": -1}[where]]
+    h.s.cancel(gone)
+    h.drain()
+    for snd in sends:
+        h.answer(snd)
+    h.run_all()
+    for i, job in enumerate(jobs):
+        assert h.values(job) == ([] if job is gone else [2 * i])
+    assert h.s.idle() and not h.s.jobs

@@ -173,23 +173,21 @@ def singles_batch(s: Scheduler, quota: int | None) -> Batch | None:
     if quota is not None:
         size = min(size, quota)
     owners: list[Job] = []
-    claim = first.claim
+    fn, mode, claim = first.fn, first.mode, first.claim
     mixed = False  # jobs with different claim hooks (never for one face's jobs)
     queue = s.queue
+    take, keep = queue.popleft, owners.append
     while queue and len(owners) < size:
         job = queue[0]
-        if (
-            not job.single
-            or job.fn is not first.fn
-            or job.mode != first.mode
-            or (owners and job.timeout is not None)
-        ):
+        if job.fn is not fn or not job.single or job.mode != mode:
             break
-        queue.popleft()
+        if job.timeout is not None and owners:
+            break
+        take()
         if job.cancelled:
             s._drop(job)
             continue
-        owners.append(job)
+        keep(job)
         if job.claim is not claim:
             mixed = True
     if mixed:

@@ -103,6 +103,7 @@ class Engine:
         self.started = threading.Event()
         self.start_error: BaseException | None = None
         self.finished = threading.Event()
+        self.ended = False  # ``finished.is_set()`` as a plain read: submit checks it twice
         self.inbox: deque[Any] = deque()  # a Job, or (fn, args) to call
         self.flags = Flags()
         self._waker = Wake()
@@ -145,10 +146,10 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Hand a job to the scheduler; its results reach ``job.sink``."""
-        if self.finished.is_set():
+        if self.ended:
             raise self.closed_error()
         self.inbox.append(job)  # a bare Job: one tuple fewer per submit
-        if self.finished.is_set():
+        if self.ended:
             self._fail_leftovers()  # it ended between our check and our append
             return
         flags = self.flags
@@ -420,6 +421,7 @@ class Engine:
         with self.flags.lock:  # a leading caller may be reading a channel
             self.workers.close_all()
             self.sel.close()
+        self.ended = True
         self.finished.set()
         # Late posts from user threads find the pipe closed (set() ignores it).
         self._waker.close()
