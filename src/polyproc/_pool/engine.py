@@ -67,6 +67,7 @@ from .workers import ThreadWorkers, WorkerSet
 __all__ = ["Engine", "WORKER_PREFIX"]
 
 _RSS_EVERY = 0.2  # seconds between RSS samples of busy workers (peak RSS on death)
+_ONLY_JOBS = {Job}  # what an inbox of nothing but submits holds, by type
 
 
 class Engine:
@@ -334,19 +335,28 @@ class Engine:
     def drain_inbox(self) -> None:
         """Hand queued jobs to the scheduler and run posted calls, in order (lock held)."""
         inbox = self.inbox
+        take = inbox.popleft  # only this thread (or a caller holding the lock) takes
+        sched = self.sched
+        while inbox:
+            items = [take() for _ in range(len(inbox))]
+            if set(map(type, items)) == _ONLY_JOBS:  # a burst of submits: one call for all
+                sched.add_jobs(items)
+                continue
+            inbox.extendleft(reversed(items))  # back in front, in order: one by one below
+            break
         jobs: list[Job] = []
         while inbox:
-            item = inbox.popleft()
+            item = take()
             if type(item) is Job:
                 jobs.append(item)
                 continue
             fn, args = item
             if jobs:
-                self.sched.add_jobs(jobs)
+                sched.add_jobs(jobs)
                 jobs = []
             fn(*args)
         if jobs:
-            self.sched.add_jobs(jobs)
+            sched.add_jobs(jobs)
 
     def act(self, caller: bool = False) -> None:
         """Carry out the scheduler's actions (lock held); a caller leaves starts to the engine."""

@@ -42,6 +42,8 @@ from .messages import TaskError, pickling_error
 from .scheduler import FnInfo, Job, Mode
 
 _dumps = pickle.dumps
+# Read once: an enum member lookup (``Mode.STAR``) costs ~150 ns on 3.11, once per submit.
+_STAR, _KW = Mode.STAR, Mode.KW
 
 T = TypeVar("T")
 
@@ -443,9 +445,9 @@ class Submitter:
         if info is None or info.fn is not fn:
             info = self.fn_info(fn)
         if kwargs:
-            mode, arg = Mode.KW, (args, kwargs)
+            mode, arg = _KW, (args, kwargs)
         else:
-            mode, arg = Mode.STAR, args
+            mode, arg = _STAR, args
         blob = self.pack(arg)
         return Job.task(
             info,
