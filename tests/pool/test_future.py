@@ -96,6 +96,7 @@ def test_callbacks_order_once_and_errors_logged(
 
     f.add_done_callback(boom)
     f.add_done_callback(lambda fut: seen.append(("b", fut.result())))
+    assert len(f._done_callbacks) == 3 and f._done_callbacks[1] is boom  # the stdlib's list
     with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
         f.set_result(7)
     assert seen == [("a", 7), ("b", 7)]

@@ -96,7 +96,13 @@ class LightFuture(Future[Any]):
 
     @property
     def _done_callbacks(self) -> list[Callable[[Future[Any]], object]]:
-        return list(self._callbacks or ())
+        cond = self._hold()
+        try:
+            if self._callbacks is None:
+                self._callbacks = []
+            return self._callbacks
+        finally:
+            _release(cond)
 
     def _invoke_callbacks(self) -> None:
         for callback in self._callbacks or ():
