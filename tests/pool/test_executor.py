@@ -119,6 +119,17 @@ def test_cancelled_futures_in_a_burst_are_dropped_from_their_batch(ctx: Any) -> 
         assert ex.statistics()["done"] == 2 + 200 - len(cancelled)  # those never ran
 
 
+def test_a_burst_mixing_plain_and_out_of_band_arguments(ctx: Any) -> None:
+    """Single tasks share batches whatever their arguments pickled to: plain bytes (sent as
+    they are) or a body with out-of-band buffers (packed per task), in submit order."""
+    big = bytearray(b"x" * (1 << 20))  # pickles with an out-of-band buffer (protocol 5)
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert ex.submit(h.inc, 0).result() == 1
+        args: list[Any] = [big if i % 5 == 0 else b"ab" * i for i in range(60)]
+        fs = [ex.submit(len, a) for a in args]
+        assert [f.result(30) for f in fs] == [len(a) for a in args]
+
+
 def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
     if ctx.start_method == "fork":
         # As the stdlib (cpython #90622); tests/pool/test_compat_executor.py checks it.

@@ -45,7 +45,7 @@ from concurrent.futures._base import (  # the stdlib's own state names: wait() r
 )
 from typing import Any
 
-__all__ = ["LightFuture"]
+__all__ = ["LightFuture", "FINISHED"]
 
 _guard = threading.Lock()
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)

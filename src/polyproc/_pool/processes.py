@@ -72,6 +72,7 @@ WORKER_PREFIX = {
     "auto": "ForkPoolWorker",
 }
 _SMALL = 1 << 14  # a single task's message smaller than this skips the serializer
+_BYTES_ONLY = {bytes}  # single tasks whose arguments pickled plainly (no buffers, no fds)
 
 
 class ProcessWorkers(WorkerSet):
@@ -345,7 +346,9 @@ class ProcessWorkers(WorkerSet):
             fid, first = -fn.fid, True
         blob = fn.blob if first else None
         if batch.owners is not None:
-            args: list[Any] = [pack_single(j.blob) for j in batch.owners]
+            args: list[Any] = batch.args  # the owners' pre-pickled blobs, in order
+            if set(map(type, args)) != _BYTES_ONLY:  # a burst of plain ones: nothing to do
+                args = [pack_single(b) for b in args]
             packed = True
             if (
                 self._plain
