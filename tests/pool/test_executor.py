@@ -130,6 +130,40 @@ def test_a_burst_mixing_plain_and_out_of_band_arguments(ctx: Any) -> None:
         assert [f.result(30) for f in fs] == [len(a) for a in args]
 
 
+def test_recycled_jobs_keep_nothing_of_their_tasks(ctx: Any) -> None:
+    """A burst's finished jobs are kept for reuse (``tasks.recycle``): without their
+    future, function or argument, and never one that something still references."""
+    import functools
+    import gc
+    import weakref
+
+    from polyproc._pool import tasks
+
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        fn = functools.partial(h.add, b=1)  # not module-level: cached only while in use
+        fs = [ex.submit(fn, i) for i in range(3000)]
+        assert [f.result(30) for f in fs] == list(range(1, 3001))
+        assert tasks._free  # the burst's jobs came back
+        dead_fn, dead_fut = weakref.ref(fn), weakref.ref(fs[-1])
+        del fn, fs
+        gc.collect()
+        assert dead_fn() is None and dead_fut() is None
+        assert all(j.sink is None and j.blob is None and j.fn is tasks._NO_FN for j in tasks._free)
+        assert [ex.submit(h.inc, i).result(30) for i in range(5)] == [1, 2, 3, 4, 5]
+
+    def finished() -> tasks.Job:
+        job = tasks.Job.task(tasks._NO_FN, tasks.Mode.STAR, "sink", b"", None, None, 0, None)
+        job.finished = True
+        return job
+
+    tasks._free.clear()
+    held = finished()
+    tasks.recycle([held])  # something else (here, a name) still holds it: left alone
+    assert held.sink == "sink" and not tasks._free
+    tasks.recycle([finished()])  # only the delivered batch's list holds it: kept, emptied
+    assert len(tasks._free) == 1 and tasks._free[0].sink is None
+
+
 def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
     if ctx.start_method == "fork":
         # As the stdlib (cpython #90622); tests/pool/test_compat_executor.py checks it.

@@ -294,10 +294,9 @@ def test_settle_all_sets_plain_ones_and_leaves_the_rest() -> None:
 def test_the_engine_settles_a_batch_and_wakes_its_waiters() -> None:
     """``engine._resolve_all``: plain futures at once, then one by one the future a thread
     waits on, the one with a callback, and a task error (the executor's exception)."""
-    from types import SimpleNamespace
-
     from polyproc._pool.engine import _resolve_all
     from polyproc._pool.messages import TaskError
+    from polyproc._pool.tasks import _NO_FN, Job, Mode
 
     futs = [LightFuture() for _ in range(4)]
     got: list[Any] = []
@@ -308,7 +307,7 @@ def test_the_engine_settles_a_batch_and_wakes_its_waiters() -> None:
     seen: list[Any] = []
     futs[2].add_done_callback(lambda f: seen.append(f.result()))
     values: list[Any] = [10, 11, 12, TaskError.local(KeyError("k"))]
-    _resolve_all([SimpleNamespace(sink=f) for f in futs], values)  # type: ignore[misc]
+    _resolve_all([Job.task(_NO_FN, Mode.STAR, f, b"", None, None, 0, None) for f in futs], values)
     t.join(30)
     assert got == [11] and seen == [12] and futs[0].result() == 10
     assert isinstance(futs[3].exception(), KeyError)

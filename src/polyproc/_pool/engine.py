@@ -62,6 +62,7 @@ from .scheduler import (
     Stop,
 )
 from .stats import PoolStatistics, WorkerStatistics
+from .tasks import recycle
 from .workers import ThreadWorkers, WorkerSet
 
 __all__ = ["Engine", "WORKER_PREFIX"]
@@ -482,11 +483,12 @@ def _resolve_all(jobs: list[Job], values: list[Any]) -> None:
     (``LightFuture.settle_all``: one lock for the batch), else one by one."""
     settle = getattr(jobs[0].sink, "settle_all", None)
     if settle is None:
-        for job, v in zip(jobs, values, strict=True):
-            _resolve(job.sink, v)
-        return
-    for i in settle([job.sink for job in jobs], values, TaskError):
-        _resolve(jobs[i].sink, values[i])
+        for i, v in enumerate(values):
+            _resolve(jobs[i].sink, v)
+    else:
+        for i in settle([job.sink for job in jobs], values, TaskError):
+            _resolve(jobs[i].sink, values[i])
+    recycle(jobs)  # done with them: the next submits reuse those no one else holds
 
 
 def _reraise(exc: BaseException) -> None:

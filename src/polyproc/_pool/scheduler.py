@@ -474,7 +474,9 @@ class Scheduler:
                 del open_jobs[id(job)]
                 n += 1
             if n == len(owners) == len(values):
-                self.actions.append(DeliverSingles(owners, values))
+                # A list of its own: the engine may recycle these jobs once delivered, and
+                # counts the references to each (``tasks.recycle``).
+                self.actions.append(DeliverSingles(list(owners), values))
                 return
             jobs, vals = owners[:n], values[:n]
             for job, v in zip(owners[n:], values[n:], strict=True):
