@@ -6,7 +6,8 @@
                                         ──► Engine ──► ExecutorFuture.settle_all / set_exception
     map(fn, *iterables) ──► an ordered, credit-bounded job (lazy input) ──► generator
 
-Results are plain ``concurrent.futures.Future`` objects, so the stdlib's
+Results are real ``concurrent.futures.Future`` objects (``ExecutorFuture``, which makes
+its Condition only when a thread waits: ``future.py``), so the stdlib's
 ``as_completed``/``wait`` and asyncio's ``run_in_executor`` work. Unlike the
 stdlib, a dead worker fails only its own task (``WorkerLostError``, a
 ``BrokenProcessPool``) and the executor stays usable; it breaks for good only if
