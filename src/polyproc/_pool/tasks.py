@@ -289,8 +289,9 @@ _new = object.__new__
 _free: list[Job] = []  # finished single-task jobs to reuse (``recycle``), newest last
 _FREE_MAX = 4096
 _REFS_IN_RECYCLE = 3  # recycle's caller's list, its loop variable, getrefcount's argument
-# Only where reference counts tell the truth about who holds an object (not a free-threaded build).
-_RECYCLES = getattr(sys, "_is_gil_enabled", lambda: True)()
+# Only where the count above was checked (3.11-3.13; 3.14 may borrow the loop's reference)
+# and tells who holds an object (not a free-threaded build).
+_RECYCLES = sys.version_info < (3, 14) and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def recycle(jobs: list[Job]) -> None:
@@ -305,20 +306,16 @@ def recycle(jobs: list[Job]) -> None:
     if not _RECYCLES:
         return
     refs = sys.getrefcount
-    room = _FREE_MAX - len(_free)
     for job in jobs:
-        if room <= 0:
-            return
         if refs(job) == _REFS_IN_RECYCLE and job.single and job.finished:
+            if len(_free) >= _FREE_MAX:
+                return
             job.sink = job.arg = job.blob = job.claim = job.lost = None  # keep nothing alive
             job.fn = _NO_FN
             _free.append(job)
-            room -= 1
 
 
-class _Unreadable:
-    """An argument that pickled in the caller but does not unpickle there (a message's stand-in)."""
-
+class _Unreadable:  # an argument that pickled here but does not unpickle here: its stand-in
     def __repr__(self) -> str:
         return "<argument not readable here>"
 
