@@ -136,3 +136,28 @@ def test_a_worker_set_plugs_in_behind_the_engine() -> None:
         assert engine.join(30)
     with pytest.raises(polyproc.errors.PoolClosedError):
         engine.check_open()
+
+
+def test_drain_inbox_keeps_order_and_hands_a_burst_over_at_once() -> None:
+    """A burst of submits reaches the scheduler in one ``add_jobs``; a posted call amid
+    jobs runs between the jobs before and after it; one that raises leaves the rest queued."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    calls: list[Any] = []
+    sched = SimpleNamespace(add_jobs=lambda jobs: calls.append(list(jobs)))
+    info = tasks.FnInfo(1, None, "f", b"")
+    jobs = [tasks.Job.task(info, tasks.Mode.STAR, None, b"", None, None, 0, None) for _ in range(5)]
+    fake: Any = SimpleNamespace(inbox=deque(jobs[:3]), sched=sched)
+    Engine.drain_inbox(fake)
+    assert calls == [jobs[:3]] and not fake.inbox
+    calls.clear()
+
+    def boom() -> None:
+        raise RuntimeError("posted")
+
+    fake.inbox.extend([jobs[0], jobs[1], (calls.append, ("post",)), jobs[2], (boom, ()), jobs[3]])
+    with pytest.raises(RuntimeError, match="posted"):
+        Engine.drain_inbox(fake)
+    assert calls == [jobs[:2], "post", [jobs[2]]]
+    assert list(fake.inbox) == [jobs[3]]  # still there: the engine's end fails it

@@ -101,6 +101,69 @@ def test_cancel_a_pending_future(ctx: Any) -> None:
         assert ex.submit(h.inc, 2).result() == 3
 
 
+def test_cancelled_futures_in_a_burst_are_dropped_from_their_batch(ctx: Any) -> None:
+    """A batch of submits is started at once when sent (``_claim``): the cancelled ones
+    in it never run, the others do, and a waiter on each kind is answered."""
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert ex.submit(h.inc, 0).result() == 1
+        block = ex.submit(h.nap, 0.3)
+        while not block.running():
+            time.sleep(0.001)
+        fs = [ex.submit(h.inc, i) for i in range(200)]
+        cancelled = {i for i in range(0, 200, 2) if fs[i].cancel()}  # all but those sent
+        assert len(cancelled) > 90
+        waited = futures.wait(fs, timeout=30)
+        assert not waited.not_done
+        assert all(fs[i].result() == i + 1 for i in range(200) if i not in cancelled)
+        assert all(fs[i].cancelled() for i in cancelled)
+        assert ex.statistics()["done"] == 2 + 200 - len(cancelled)  # those never ran
+
+
+def test_a_burst_mixing_plain_and_out_of_band_arguments(ctx: Any) -> None:
+    """Single tasks share batches whatever their arguments pickled to: plain bytes (sent as
+    they are) or a body with out-of-band buffers (packed per task), in submit order."""
+    big = bytearray(b"x" * (1 << 20))  # pickles with an out-of-band buffer (protocol 5)
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert ex.submit(h.inc, 0).result() == 1
+        args: list[Any] = [big if i % 5 == 0 else b"ab" * i for i in range(60)]
+        fs = [ex.submit(len, a) for a in args]
+        assert [f.result(30) for f in fs] == [len(a) for a in args]
+
+
+def test_recycled_jobs_keep_nothing_of_their_tasks(ctx: Any) -> None:
+    """A burst's finished jobs are kept for reuse (``tasks.recycle``): without their
+    future, function or argument, and never one that something still references."""
+    import functools
+    import gc
+    import weakref
+
+    from polyproc._pool import tasks
+
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        fn = functools.partial(h.add, b=1)  # not module-level: cached only while in use
+        fs = [ex.submit(fn, i) for i in range(3000)]
+        assert [f.result(30) for f in fs] == list(range(1, 3001))
+        assert tasks._free  # the burst's jobs came back
+        dead_fn, dead_fut = weakref.ref(fn), weakref.ref(fs[-1])
+        del fn, fs
+        gc.collect()
+        assert dead_fn() is None and dead_fut() is None
+        assert all(j.sink is None and j.blob is None and j.fn is tasks._NO_FN for j in tasks._free)
+        assert [ex.submit(h.inc, i).result(30) for i in range(5)] == [1, 2, 3, 4, 5]
+
+    def finished() -> tasks.Job:
+        job = tasks.Job.task(tasks._NO_FN, tasks.Mode.STAR, "sink", b"", None, None, 0, None)
+        job.finished = True
+        return job
+
+    tasks._free.clear()
+    held = finished()
+    tasks.recycle([held])  # something else (here, a name) still holds it: left alone
+    assert held.sink == "sink" and not tasks._free
+    tasks.recycle([finished()])  # only the delivered batch's list holds it: kept, emptied
+    assert len(tasks._free) == 1 and tasks._free[0].sink is None
+
+
 def test_initializer_and_max_tasks_per_child(ctx: Any) -> None:
     if ctx.start_method == "fork":
         # As the stdlib (cpython #90622); tests/pool/test_compat_executor.py checks it.

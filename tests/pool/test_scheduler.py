@@ -261,7 +261,7 @@ def test_cancelled_single_is_dropped_before_sending() -> None:
     h = Harness(1)
     h.ready_all()
     f = fn()
-    a = single(f, 1, claim=lambda job: False)
+    a = single(f, 1, claim=lambda jobs: [])
     h.s.add_job(a)
     h.drain()
     assert h.sent == [] and h.s.idle()
@@ -763,3 +763,61 @@ def test_every_task_ends_exactly_once(
             isinstance(v, TaskError) and isinstance(v.exception(), WorkerLostError)
         )
     assert h.s.idle()
+
+
+def test_job_task_builds_what_the_keyword_constructor_builds() -> None:
+    """``Job.task`` (submit's constructor, no keyword parsing) sets every field as ``Job``."""
+    f = fn()
+    claim: Any = bool
+    made = Job.task(f, Mode.KW, "sink", b"blob", ("a", {}), 1.5, 2, claim)
+    ref = Job(f, Mode.KW, "sink", arg=("a", {}), blob=b"blob", timeout=1.5, retries=2, claim=claim)
+    for name in Job.__slots__:
+        assert getattr(made, name) == getattr(ref, name), name
+
+
+def test_a_single_task_argument_kept_only_pickled_is_read_back_for_messages() -> None:
+    import pickle
+
+    f = fn()
+    job = Job.task(f, Mode.STAR, None, pickle.dumps(("a", 1)), None, None, 0, None)
+    assert job.call_arg() == ("a", 1)
+    job.blob = b"not a pickle"
+    assert "not readable" in repr(job.call_arg())
+    kept = Job.task(f, Mode.STAR, None, (b"body", [], []), ("x",), None, 0, None)
+    assert kept.call_arg() == ("x",)
+    h = Harness(1)
+    h.ready_all()
+    lost = Job.task(f, Mode.STAR, None, pickle.dumps(("q", 7)), None, None, 0, None)
+    h.s.add_job(lost)
+    h.drain()
+    (send,) = h.take_sends()
+    h.s.worker_exited(send.wid, -9)
+    h.drain()
+    exc = h.values(lost)[0].exception()
+    assert isinstance(exc, WorkerLostError)
+    assert exc.argument == "('q', 7)" and "f('q', 7)" in str(exc)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_batch_of_singles_delivers_only_its_open_jobs(where: str) -> None:
+    """``_complete`` hands the batch's own lists on when every job is open; a job closed
+    meanwhile (cancelled, or failed by a terminate) is skipped, wherever it stands."""
+    h = Harness(1)
+    h.ready_all()
+    f = fn(est=1e-6)
+    jobs = [single(f, i) for i in range(300)]
+    h.s.add_jobs(jobs)
+    h.drain()
+    sends = h.take_sends()
+    send = max(sends, key=lambda s: len(s.batch))
+    owners = send.batch.owners
+    assert owners is not None and len(owners) >= 3
+    gone = owners[{"first": 0, "middle": len(owners) // 2, "last": -1}[where]]
+    h.s.cancel(gone)
+    h.drain()
+    for snd in sends:
+        h.answer(snd)
+    h.run_all()
+    for i, job in enumerate(jobs):
+        assert h.values(job) == ([] if job is gone else [2 * i])
+    assert h.s.idle() and not h.s.jobs

@@ -22,10 +22,11 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .messages import TaskError
-from .tasks import Batch, FnInfo, Job, _split
+from .tasks import Batch, FnInfo, Job, PoolState, Send, WorkerSlot, WorkerState, _split
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -40,6 +41,7 @@ __all__ = [
     "next_batch",
     "singles_batch",
     "pull",
+    "add_single",
     "approx_bytes",
     "CREDIT_BYTES",
     "PACE_S",
@@ -173,23 +175,71 @@ def singles_batch(s: Scheduler, quota: int | None) -> Batch | None:
     if quota is not None:
         size = min(size, quota)
     owners: list[Job] = []
-    while s.queue and len(owners) < size:
-        job = s.queue[0]
-        if (
-            not job.single
-            or job.fn is not first.fn
-            or job.mode != first.mode
-            or (owners and job.timeout is not None)
-        ):
+    fn, mode, claim = first.fn, first.mode, first.claim
+    mixed = False  # jobs with different claim hooks (never for one face's jobs)
+    queue = s.queue
+    take, keep = queue.popleft, owners.append
+    while queue and len(owners) < size:
+        job = queue[0]
+        if job.fn is not fn or not job.single or job.mode != mode:
             break
-        s.queue.popleft()
-        if job.cancelled or (job.claim is not None and not job.claim(job)):
+        if job.timeout is not None and owners:
+            break
+        take()
+        if job.cancelled:
             s._drop(job)
             continue
-        owners.append(job)
+        keep(job)
+        if job.claim is not claim:
+            mixed = True
+    if mixed:
+        owners = [j for j in owners if j.claim is None or _claimed(s, j.claim, [j])]
+    elif claim is not None and owners:
+        owners = _claimed(s, claim, owners)  # one call for the whole batch
     if not owners:
         return None
     return Batch(first.fn, first.mode, [j.blob for j in owners], owners=owners)
+
+
+def _claimed(s: Scheduler, claim: Callable[[list[Job]], list[Job]], jobs: list[Job]) -> list[Job]:
+    """The jobs ``claim`` lets run (it gets them about to be sent); the others are dropped."""
+    kept = claim(jobs)
+    if len(kept) != len(jobs):
+        keep = set(map(id, kept))
+        for job in jobs:
+            if id(job) not in keep:
+                s._drop(job)
+    return kept
+
+
+def add_single(s: Scheduler, job: Job) -> Send | None:
+    """``add_jobs((job,))`` for the round trip's case, without the generic fill: a
+    single task, nothing else waiting, a worker idle. It goes to that worker (the
+    one ``_fill`` would pick: idle, least recently used) and its ``Send`` is returned;
+    otherwise (or if its claim drops it) it takes the generic path and None is returned.
+    """
+    if s.state is not PoolState.RUN or s.queue or s.requeued or not job.single:
+        s.add_jobs((job,))
+        return None
+    best: WorkerSlot | None = None
+    maxtasks = s.maxtasks
+    for slot in s.workers.values():
+        if (
+            slot.state is WorkerState.READY
+            and not slot.window
+            and not slot.exclusive
+            and (maxtasks is None or slot.assigned < maxtasks)
+            and (best is None or slot.last_used < best.last_used)
+        ):
+            best = slot
+    if best is None:
+        s.add_jobs((job,))
+        return None
+    s.jobs[id(job)] = job
+    if job.cancelled or (job.claim is not None and not job.claim([job])):
+        s._drop(job)
+        return None
+    return s._send(best, Batch(job.fn, job.mode, [job.blob], owners=[job]))
 
 
 def pull(s: Scheduler, job: Job, quota: int | None) -> Batch | None:

@@ -63,11 +63,13 @@ from .scheduler import (
     Stop,
 )
 from .stats import PoolStatistics, WorkerStatistics
+from .tasks import recycle
 from .workers import ThreadWorkers, WorkerSet
 
 __all__ = ["Engine", "WORKER_PREFIX"]
 
 _RSS_EVERY = 0.2  # seconds between RSS samples of busy workers (peak RSS on death)
+_ONLY_JOBS = {Job}  # what an inbox of nothing but submits holds, by type
 
 
 class Engine:
@@ -342,19 +344,28 @@ class Engine:
     def drain_inbox(self) -> None:
         """Hand queued jobs to the scheduler and run posted calls, in order (lock held)."""
         inbox = self.inbox
+        take = inbox.popleft  # only this thread (or a caller holding the lock) takes
+        sched = self.sched
+        while inbox:
+            items = [take() for _ in range(len(inbox))]
+            if set(map(type, items)) == _ONLY_JOBS:  # a burst of submits: one call for all
+                sched.add_jobs(items)
+                continue
+            inbox.extendleft(reversed(items))  # back in front, in order: one by one below
+            break
         jobs: list[Job] = []
         while inbox:
-            item = inbox.popleft()
+            item = take()
             if type(item) is Job:
                 jobs.append(item)
                 continue
             fn, args = item
             if jobs:
-                self.sched.add_jobs(jobs)
+                sched.add_jobs(jobs)
                 jobs = []
             fn(*args)
         if jobs:
-            self.sched.add_jobs(jobs)
+            sched.add_jobs(jobs)
 
     def act(self, caller: bool = False) -> None:
         """Carry out the scheduler's actions (lock held); a caller leaves starts to the engine."""
@@ -367,8 +378,7 @@ class Engine:
             for a in acts:
                 match a:
                     case DeliverSingles():
-                        for job, v in zip(a.jobs, a.values, strict=False):
-                            _resolve(job.sink, v)
+                        _resolve_all(a.jobs, a.values)
                         led = flags.led
                         if led is not None and led.done():
                             flags.led = None  # answered: do not keep it (and its result) alive
@@ -476,6 +486,19 @@ def _resolve(fut: Any, value: Any) -> None:
         cf = sys.modules.get("concurrent.futures")
         if cf is None or not isinstance(exc, cf.InvalidStateError):
             raise
+
+
+def _resolve_all(jobs: list[Job], values: list[Any]) -> None:
+    """Give a batch of single tasks their outcomes: at once where the sinks' class offers it
+    (``LightFuture.settle_all``: one lock for the batch), else one by one."""
+    settle = getattr(jobs[0].sink, "settle_all", None)
+    if settle is None:
+        for i, v in enumerate(values):
+            _resolve(jobs[i].sink, v)
+    else:
+        for i in settle([job.sink for job in jobs], values, TaskError):
+            _resolve(jobs[i].sink, values[i])
+    recycle(jobs)  # done with them: the next submits reuse those no one else holds
 
 
 def _reraise(exc: BaseException) -> None:

@@ -2,11 +2,12 @@
 
 ::
 
-    submit(fn, /, *args, **kwargs) ──► Job(claim=Future.set_running_or_notify_cancel)
-                                        ──► Engine ──► Future.set_result / set_exception
+    submit(fn, /, *args, **kwargs) ──► Job(claim=_claim: the futures of a batch started at once)
+                                        ──► Engine ──► ExecutorFuture.settle_all / set_exception
     map(fn, *iterables) ──► an ordered, credit-bounded job (lazy input) ──► generator
 
-Results are plain ``concurrent.futures.Future`` objects, so the stdlib's
+Results are real ``concurrent.futures.Future`` objects (``ExecutorFuture``, which makes
+its Condition only when a thread waits: ``future.py``), so the stdlib's
 ``as_completed``/``wait`` and asyncio's ``run_in_executor`` work. Unlike the
 stdlib, a dead worker fails only its own task (``WorkerLostError``, a
 ``BrokenProcessPool``) and the executor stays usable; it breaks for good only if
@@ -43,8 +44,10 @@ from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
 from .engine import Engine
 from .fastpath import LeadingFuture
+from .future import FINISHED, LightFuture
 from .results import MapIterator, Submitter, make_progress
 from .stats import PoolStatistics
+from .tasks import Job
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -105,14 +108,28 @@ _exit = _ExitState()
 os.register_at_fork(after_in_child=_exit.after_fork_in_child)
 
 
-class ExecutorFuture(LeadingFuture, Future[Any]):
-    """The executor's Future: a result that would not pickle fails with the pickler's error.
+class ExecutorFuture(LeadingFuture, LightFuture):  # type: ignore[override]
+    """The executor's Future: a ``concurrent.futures.Future`` with no Condition until a
+    thread waits (``future.py``), whose ``result()`` may read its own answer
+    (``fastpath.LeadingFuture``).
 
-    The worker reports such a result as ``MaybeEncodingError`` (what ``Pool`` raises);
-    the stdlib's executor raises the pickling error itself, so that is what goes here.
+    A result that would not pickle fails with the pickler's error: the worker reports
+    it as ``MaybeEncodingError`` (what ``Pool`` raises); the stdlib's executor raises
+    the pickling error itself, so that is what goes here.
     """
 
     _engine: Engine | None = None
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        if engine is not None:
+            self._engine = engine
+
+    def result(self, timeout: float | None = None) -> Any:
+        # Finished (most futures of a burst are, by the time they are read): nothing to
+        # lead, no lock, one frame. Anything else takes Leading's path.
+        if self._state == FINISHED and self._exception is None:
+            return self._result
+        return super().result(timeout)
 
     def set_exception(self, exception: BaseException | None) -> None:
         if isinstance(exception, MaybeEncodingError) and exception.error is not None:
@@ -120,6 +137,18 @@ class ExecutorFuture(LeadingFuture, Future[Any]):
             inner.__cause__ = exception.__cause__  # the worker's traceback
             exception = inner
         super().set_exception(exception)
+
+
+_new_future = object.__new__
+
+
+def _claim(jobs: list[Job]) -> list[Job]:
+    """The scheduler's hook when it sends a batch of submits: start every future at once
+    (``LightFuture.start_all``: one lock for the batch); a cancelled one is dropped."""
+    ok = ExecutorFuture.start_all([job.sink for job in jobs])
+    if all(ok):
+        return jobs
+    return [job for job, run in zip(jobs, ok, strict=True) if run]
 
 
 class ProcessPoolExecutor(Executor):
@@ -216,18 +245,18 @@ class ProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future for its result."""
-        self._check()
-        fut = ExecutorFuture()
-        fut._engine = self._engine
+        engine = self._engine
+        if engine.broken is not None or self._shutdown or _exit.exiting:
+            self._check()  # raises
+        fut = _new_future(ExecutorFuture)  # no __init__ frame: once per submit
+        fut._engine = engine
         try:
-            job = self._sub.single(
-                fn, args, kwargs, fut, timeout=self._task_timeout, retries=self._retries, claim=True
-            )
+            job = self._sub.single(fn, args, kwargs, fut, self._task_timeout, self._retries, _claim)
         except Exception as exc:  # noqa: BLE001 - it does not pickle: the future's error
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(exc)
             return fut
-        self._engine.submit(job)
+        engine.submit(job)
         return fut
 
     def map(

@@ -192,7 +192,8 @@ class Leading:
 
 
 class LeadingFuture(Leading):
-    """``Leading`` for a ``concurrent.futures.Future`` subclass (the executor's futures).
+    """``Leading`` for the executor's futures (``future.LightFuture``: a
+    ``concurrent.futures.Future`` whose Condition and lists are made when needed).
 
     ``concurrent.futures.wait`` and ``as_completed`` reach a future's ``_waiters`` list
     directly, never a method: reading it gives an armed channel back (``_release``).
@@ -201,7 +202,7 @@ class LeadingFuture(Leading):
     __slots__ = ()
 
     def _eager(self) -> bool:
-        return not self._done_callbacks  # type: ignore[attr-defined]
+        return self._callbacks is None  # type: ignore[attr-defined]
 
     def _settled(self) -> bool:
         return self._state in _SETTLED  # type: ignore[attr-defined]
@@ -211,11 +212,7 @@ class LeadingFuture(Leading):
         # Never read here: ``wait``/``as_completed`` hold the future's condition and have
         # judged it unfinished; the engine must finish it after their waiter is in.
         self._release(read=False)
-        return self.__dict__["_lead_waiters"]  # type: ignore[no-any-return]
-
-    @_waiters.setter
-    def _waiters(self, waiters: list[Any]) -> None:
-        self.__dict__["_lead_waiters"] = waiters
+        return super()._waiters  # type: ignore[misc,no-any-return]
 
 
 _SETTLED = ("CANCELLED_AND_NOTIFIED", "FINISHED")  # concurrent.futures' final states

@@ -72,6 +72,7 @@ WORKER_PREFIX = {
     "auto": "ForkPoolWorker",
 }
 _SMALL = 1 << 14  # a single task's message smaller than this skips the serializer
+_BYTES_ONLY = {bytes}  # single tasks whose arguments pickled plainly (no buffers, no fds)
 
 
 class ProcessWorkers(WorkerSet):
@@ -364,8 +365,9 @@ class ProcessWorkers(WorkerSet):
         blob = fn.blob if first else None
         owners = batch.owners
         if owners is not None:
-            if len(owners) == 1 and self._plain:
-                one = owners[0].blob
+            args: list[Any] = batch.args  # the owners' pre-pickled blobs, in order
+            if len(args) == 1 and self._plain:
+                one = args[0]
                 if type(one) is bytes and len(one) + (0 if blob is None else len(blob)) < _SMALL:
                     # The round trip's case: one small pre-pickled task. Plain pickle, no
                     # scan for big buffers or fds (there can be none), one write.
@@ -374,7 +376,8 @@ class ProcessWorkers(WorkerSet):
                         self.sel,
                     )
                     return
-            args: list[Any] = [pack_single(j.blob) for j in owners]
+            if set(map(type, args)) != _BYTES_ONLY:  # a burst of plain ones: nothing to do
+                args = [pack_single(b) for b in args]
             packed = True
         else:
             args, packed = batch.args, False

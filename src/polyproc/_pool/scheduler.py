@@ -46,7 +46,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import errors
@@ -202,46 +202,18 @@ class Scheduler:
 
     # -- events: from user threads (through the engine) --------------------------------
     def add_job(self, job: Job) -> None:
-        self.add_jobs((job,))
+        self.add_jobs([job])
 
-    def add_jobs(self, jobs: Iterable[Job]) -> None:
+    def add_jobs(self, jobs: Sequence[Job]) -> None:
         """New work, in order. Filling waits until all are queued, so they can share batches."""
-        for job in jobs:
-            if self.state is not PoolState.RUN:
+        if self.state is PoolState.RUN:
+            # A burst of submits arrives thousands at a time: both loops run in C.
+            self.jobs.update(zip(map(id, jobs), jobs, strict=True))
+            self.queue.extend(jobs)
+        else:
+            for job in jobs:
                 self._fail_job(job, self._closed_error())
-                continue
-            self.jobs[id(job)] = job
-            self.queue.append(job)
         self._fill()
-
-    def add_single(self, job: Job) -> Send | None:
-        """``add_jobs((job,))`` for the round trip's case, without the generic fill: a
-        single task, nothing else waiting, a worker idle. It goes to that worker (the
-        one ``_fill`` would pick: idle, least recently used) and its ``Send`` is returned;
-        otherwise (or if its claim drops it) it takes the generic path and None is returned.
-        """
-        if self.state is not PoolState.RUN or self.queue or self.requeued or not job.single:
-            self.add_jobs((job,))
-            return None
-        best: WorkerSlot | None = None
-        maxtasks = self.maxtasks
-        for slot in self.workers.values():
-            if (
-                slot.state is WorkerState.READY
-                and not slot.window
-                and not slot.exclusive
-                and (maxtasks is None or slot.assigned < maxtasks)
-                and (best is None or slot.last_used < best.last_used)
-            ):
-                best = slot
-        if best is None:
-            self.add_jobs((job,))
-            return None
-        self.jobs[id(job)] = job
-        if job.cancelled or (job.claim is not None and not job.claim(job)):
-            self._drop(job)
-            return None
-        return self._send(best, Batch(job.fn, job.mode, [job.blob], owners=[job]))
 
     def consumed(self, job: Job, count: int) -> None:
         """The consumer of an ordered job has taken ``count`` results in all."""
@@ -330,7 +302,7 @@ class Scheduler:
         fn = batch.fn
         per_task = busy / n if n else 0.0
         fn.est = per_task if fn.est is None else 0.6 * fn.est + 0.4 * per_task
-        failed = 0 if clean else sum(1 for v in values if type(v) is TaskError)
+        failed = 0 if clean else list(map(type, values)).count(TaskError)  # in C
         self.stats["done"] += n - failed
         self.stats["failed"] += failed
         self._complete(batch, values, not failed)
@@ -444,6 +416,7 @@ class Scheduler:
     _next_batch = batching.next_batch
     _singles_batch = batching.singles_batch
     _pull = batching.pull
+    add_single = batching.add_single
 
     def _pick_worker(self, exclusive: bool, depth: int) -> WorkerSlot | None:
         """The worker with the least in flight (then the least recently used), a ready one
@@ -517,13 +490,28 @@ class Scheduler:
 
     # -- internals: completing work ----------------------------------------------------
     def _complete(self, batch: Batch, values: list[Any], clean: bool = False) -> None:
-        if batch.owners is not None:
-            jobs, vals = [], []
-            for job, v in zip(batch.owners, values, strict=True):
+        owners = batch.owners
+        if owners is not None:
+            open_jobs = self.jobs
+            n = 0
+            for job in owners:  # usually every one is open: deliver the lists as they are
+                if job.cancelled or job.finished:
+                    break
+                job.delivered = 1
+                job.finished = True
+                del open_jobs[id(job)]
+                n += 1
+            if n == len(owners) == len(values):
+                # A list of its own: the engine may recycle these jobs once delivered, and
+                # counts the references to each (``tasks.recycle``).
+                self.actions.append(DeliverSingles(list(owners), values))
+                return
+            jobs, vals = owners[:n], values[:n]
+            for job, v in zip(owners[n:], values[n:], strict=True):
                 if not job.cancelled and not job.finished:
                     job.delivered = 1
                     job.finished = True
-                    del self.jobs[id(job)]
+                    del open_jobs[id(job)]
                     jobs.append(job)
                     vals.append(v)
             if jobs:

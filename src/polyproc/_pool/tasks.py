@@ -15,7 +15,9 @@ policy reads on its own. Life cycles are transition tables (``WORKER_TRANSITIONS
 from __future__ import annotations
 
 import enum
+import pickle
 import reprlib
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -123,14 +125,16 @@ class FnInfo:
 
 
 _NO_REORDER: dict[int, tuple[list[Any], bool]] = {}  # shared by unordered jobs; never written
+_NO_FN = FnInfo(0, None, "<recycled job>", b"")  # a kept job holds no user function
 
 
 class Job:
     """One call from a user: ``apply``/``submit`` (a single task) or a map (an input iterator).
 
     ``sink`` is whatever the face wants back in actions (a Future, a MapResult ...).
-    ``claim``, if set, is called with the job when it is taken for sending; returning
-    False drops it (a cancelled ``concurrent.futures.Future``).
+    ``claim``, if set, is called with a list of jobs that share it when they are taken
+    for sending (one call per batch); it returns those that may run, in order, and the
+    others are dropped (cancelled ``concurrent.futures.Future`` objects).
     """
 
     __slots__ = (
@@ -181,7 +185,7 @@ class Job:
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        claim: Callable[[Job], bool] | None = None,
+        claim: Callable[[list[Job]], list[Job]] | None = None,
     ) -> None:
         self.fn = fn
         self.mode = mode
@@ -219,8 +223,102 @@ class Job:
         # thread reads it to size the pieces it walks and how often it reports.
         self.limit = 256
 
+    @classmethod
+    def task(
+        cls,
+        fn: FnInfo,
+        mode: Mode,
+        sink: Any,
+        blob: Any,
+        arg: Any,
+        timeout: float | None,
+        retries: int,
+        claim: Callable[[list[Job]], list[Job]] | None,
+    ) -> Job:
+        """``Job(fn, mode, sink, arg=arg, blob=blob, timeout=, retries=, claim=)``: the same
+        fields, without parsing keywords (0.64 -> 0.30 us; it runs once per ``submit``).
+        ``arg`` may be None when ``blob`` holds it (``Batch.arg_of`` reads it back)."""
+        if _free:
+            try:
+                self = _free.pop()  # a finished one nobody references (``recycle``)
+            except IndexError:  # another thread took the last one
+                self = _new(cls)
+        else:
+            self = _new(cls)
+        self.fn = fn
+        self.mode = mode
+        self.sink = sink
+        self.claim = claim
+        self.single = True
+        self.arg = arg
+        self.blob = blob
+        self.it = None
+        self.length = None
+        self.ordered = False
+        self.credit = False
+        self.chunksize = None
+        self.timeout = timeout
+        self.retries = retries
+        self.pulled = 1
+        self.delivered = 0
+        self.consumed = 0
+        self.exhausted = True
+        self.cancelled = False
+        self.finished = False
+        self.reorder = _NO_REORDER
+        self.lost = None
+        self.stalled = False
+        self.item_bytes = 0
+        self.paced = False
+        self.cap = 512
+        self.rate = 0.0
+        self.seen = 0.0
+        self.seen_n = 0
+        self.limit = 256
+        return self
+
+    def call_arg(self) -> Any:
+        """A single task's argument, for messages: kept, or read back from its pickle."""
+        if self.arg is not None or type(self.blob) is not bytes:
+            return self.arg
+        try:
+            return pickle.loads(self.blob)
+        except Exception:  # noqa: BLE001 - only a message needs it
+            return _Unreadable()
+
     def __repr__(self) -> str:
         return f"<Job {self.fn.name} pulled={self.pulled} delivered={self.delivered}>"
+
+
+_new = object.__new__
+_free: list[Job] = []  # finished single-task jobs to reuse (``recycle``), newest last
+_FREE_MAX = 4096
+_REFS_IN_RECYCLE = 3  # recycle's caller's list, its loop variable, getrefcount's argument
+# Only where the count above was checked (3.11-3.13; 3.14 may borrow the loop's reference)
+# and tells who holds an object (not a free-threaded build).
+_RECYCLES = sys.version_info < (3, 14) and getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def recycle(jobs: list[Job]) -> None:
+    """Keep the finished single-task jobs of a delivered batch for ``Job.task`` to reuse:
+    a burst of submits then allocates one object per task (its future), so the garbage
+    collector runs half as often (each full pass walks every live future). Only a job
+    no one else references is kept (a batch still alive, a recovery record: it dies)."""
+    if not _RECYCLES:
+        return
+    refs = sys.getrefcount
+    for job in jobs:
+        if refs(job) == _REFS_IN_RECYCLE and job.single and job.finished:
+            if len(_free) >= _FREE_MAX:
+                return
+            job.sink = job.arg = job.blob = job.claim = job.lost = None  # keep nothing alive
+            job.fn = _NO_FN
+            _free.append(job)
+
+
+class _Unreadable:  # an argument that pickled here but does not unpickle here: its stand-in
+    def __repr__(self) -> str:
+        return "<argument not readable here>"
 
 
 class Batch:
@@ -280,7 +378,7 @@ class Batch:
 
     def arg_of(self, i: int) -> Any:
         if self.owners is not None:
-            return self.owners[i].arg
+            return self.owners[i].call_arg()
         return self.args[i]
 
     def __repr__(self) -> str:
