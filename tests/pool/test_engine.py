@@ -94,3 +94,13 @@ def test_many_threads_submitting_at_once(ctx: Any) -> None:
         for t in threads:
             t.join()
     assert sorted(o[0] for o in out) == [0, 1, 2, 3] and all(len(o) == 200 for o in out)
+
+
+def test_only_forked_workers_start_quickly() -> None:
+    """The scheduler sends work to a starting worker only where workers are forks
+    (``Scheduler.early_start``): a spawned interpreter's boot would hold its work."""
+    import polyproc
+
+    for method, quick in (("fork", True), ("spawn", False)):
+        with polyproc.get_context(method).Pool(1) as pool:
+            assert pool._engine.sched.early_start is quick, method

@@ -179,6 +179,21 @@ def test_timed_work_and_maxtasks_wait_for_ready(kw: dict[str, Any]) -> None:
     assert [s.wid for s in h.sent] == [2]
 
 
+def test_workers_that_boot_an_interpreter_get_work_only_once_ready() -> None:
+    """Under spawn the first worker up takes its sibling's work too (it was sent to the
+    slower boot and waited for it): no work before READY unless the engine says workers
+    start quickly (``early_start``, set from its workers' ``quick_start``)."""
+    h = Harness(2)
+    h.s.early_start = False
+    h.s.add_job(single(fn(), 1))
+    h.s.add_job(single(fn(), 2))
+    h.drain()
+    assert h.sent == []
+    h.s.worker_ready(2)
+    h.drain()
+    assert h.sent and {s.wid for s in h.sent} == {2}
+
+
 def test_work_sent_to_a_worker_that_died_starting_runs_elsewhere_once() -> None:
     """It never said READY (said before it reads any task): nothing it held ran, so its
     window is requeued, not lost, and no WorkerLostError is seen."""

@@ -129,6 +129,7 @@ class Engine:
             self.workers = ProcessWorkers(
                 self, ctx=ctx, initializer=initializer, initargs=tuple(initargs)
             )
+        self.sched.early_start = self.workers.quick_start
         ref = weakref.ref(self)
         self._atexit = lambda: _terminate_ref(ref)
         self._atexit_registered = False

@@ -95,6 +95,9 @@ class ProcessWorkers(WorkerSet):
         # single-threaded (fork semantics without forking a threaded process; template.py).
         self.template = for_pool(ctx)
         self.first_in_caller = self.template is not None
+        # Forked from the caller or its template, not an interpreter booted (spawn, or
+        # the forkserver: ``auto`` without a template, because another thread runs).
+        self.quick_start = ctx.start_method == "fork" or self.template is not None
         self.serializer = ctx.serializer
         # The default serializer pickles plain data exactly as ``pickle.dumps``.
         self._plain = type(self.serializer) is Serializer and self.serializer.protocol == 5

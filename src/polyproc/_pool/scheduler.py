@@ -129,6 +129,11 @@ class Scheduler:
         # The tail split below never goes under this much work per batch: a cluster
         # backend sets it (a cluster task costs milliseconds; backends/_engine.py).
         self.min_batch_s = 0.0
+        # A starting worker may be sent work before READY (``_pick_worker``) only where
+        # workers start in a millisecond or two, alike (fork): the engine says (its
+        # workers' ``quick_start``). A booting interpreter (spawn) may take tens of ms
+        # more than its sibling, and work pushed to it would wait for it.
+        self.early_start = True
         self._clock = clock or _monotonic
         self.state = PoolState.RUN
         self.actions: list[Action] = []
@@ -427,12 +432,15 @@ class Scheduler:
         has said READY, without a round through the engine between (one wake-up of the
         engine and of the worker less at a pool's start: ~1 ms of a 10 ms ``Pool(2)`` plus
         first map on 2 CPUs). Never a timed batch (its clock would run while the worker
-        boots), nor under ``maxtasksperchild`` (a worker retires from READY), and if it
-        dies before READY, nothing it held ran (``worker_exited``).
+        boots), nor under ``maxtasksperchild`` (a worker retires from READY), nor where
+        workers boot an interpreter (``early_start``: the first one up would otherwise
+        not take its sibling's work: measured, spawn's first map waited for the slower
+        of two boots, 84 -> 125 ms), and if it dies before READY, nothing it held ran
+        (``worker_exited``).
         """
         best: WorkerSlot | None = None
         best_key = (0, 0, 0)
-        early = not exclusive and self.maxtasks is None
+        early = self.early_start and not exclusive and self.maxtasks is None
         for slot in self.workers.values():
             state = slot.state
             if slot.exclusive or not (

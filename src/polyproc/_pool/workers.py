@@ -64,6 +64,9 @@ class WorkerSet:
     samples_rss = False
     #: A caller may read its own answer from a worker's channel (``fastpath.lead``).
     leads = False
+    #: Its workers start in a millisecond or two, alike (forked): the scheduler may send
+    #: them work before they are READY (``Scheduler.early_start``).
+    quick_start = False
     #: The engine starts the first workers in the caller's thread, before its own exists.
     first_in_caller = False
 
