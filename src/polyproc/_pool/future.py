@@ -224,33 +224,27 @@ class LightFuture(Future[Any]):
         raise RuntimeError("Future in unexpected state")
 
     def set_result(self, result: Any) -> None:
+        self._finish(result, None, False)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception, True)
+
+    def _finish(self, result: Any, exception: BaseException | None, failed: bool) -> None:
+        """``set_result`` / ``set_exception``: the outcome under the guarding lock, then
+        the waiters (only if a thread made the Condition) and the callbacks."""
         cond = self._hold()
         try:
             state = self._state
             if state not in _DONE:
                 self._result = result
-                self._state = FINISHED
-                if cond is not None:
-                    for waiter in self._waiter_list or ():
-                        waiter.add_result(self)
-                    cond.notify_all()
-        finally:
-            _release(cond)
-        if state in _DONE:
-            raise InvalidStateError(f"{state}: {self!r}")
-        if self._callbacks is not None:
-            self._invoke_callbacks()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        cond = self._hold()
-        try:
-            state = self._state
-            if state not in _DONE:
                 self._exception = exception
                 self._state = FINISHED
                 if cond is not None:
                     for waiter in self._waiter_list or ():
-                        waiter.add_exception(self)
+                        if failed:
+                            waiter.add_exception(self)
+                        else:
+                            waiter.add_result(self)
                     cond.notify_all()
         finally:
             _release(cond)

@@ -42,7 +42,7 @@ from .results import (
     make_progress,
 )
 from .stats import PoolStatistics
-from .tasks import POOL_FACE_TRANSITIONS, PoolState
+from .tasks import POOL_FACE_TRANSITIONS, Job, PoolState
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -176,6 +176,19 @@ class Pool:
     ) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its result."""
         # ``apply_async(...).get()`` without the ApplyResult.
+        fut, job = self._single(func, args, kwds, timeout, retries)
+        self._engine.submit(job)
+        return fut.result()  # type: ignore[no-any-return]
+
+    def _single(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any] | None,
+        timeout: float | None,
+        retries: int | None,
+    ) -> tuple[PoolFuture, Job]:
+        """``apply``'s and ``apply_async``'s one-task job and the future it answers."""
         self._check_running()
         fut = PoolFuture(self._engine)
         job = self._sub.single(
@@ -187,8 +200,7 @@ class Pool:
             retries=self._retries if retries is None else retries,
             claim=False,
         )
-        self._engine.submit(job)
-        return fut.result()  # type: ignore[no-any-return]
+        return fut, job
 
     def apply_async(
         self,
@@ -202,17 +214,7 @@ class Pool:
         retries: int | None = None,
     ) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)``; the result's ``get()`` waits for it."""
-        self._check_running()
-        fut = PoolFuture(self._engine)
-        job = self._sub.single(
-            func,
-            tuple(args),
-            dict(kwds or {}),
-            fut,
-            timeout=self._timeout if timeout is None else timeout,
-            retries=self._retries if retries is None else retries,
-            claim=False,
-        )
+        fut, job = self._single(func, args, kwds, timeout, retries)
         result = ApplyResult(fut, callback, error_callback)
         self._engine.submit(job)
         return result
