@@ -23,10 +23,30 @@ from contextlib import contextmanager
 
 from ..errors import StartError
 
-__all__ = ["ChildHandle", "PidfdHandle", "StatusPipeHandle", "wait_fd", "launch_errors", "PID"]
+__all__ = [
+    "ChildHandle",
+    "PidfdHandle",
+    "StatusPipeHandle",
+    "wait_fd",
+    "launch_errors",
+    "PID",
+    "report_status",
+]
 
 #: A fork server's reply to a request: the new child's pid, or minus the errno of a failed fork.
 PID = struct.Struct("<q")
+#: A child's wait status, as a fork server writes it down the child's status pipe.
+_STATUS = struct.Struct("<i")
+
+
+def report_status(status_w: int, status: int) -> None:
+    """In a fork server: write a reaped child's wait status down its status pipe (what
+    ``StatusPipeHandle.poll`` reads) and close the pipe; a reader already gone is no error."""
+    try:
+        os.write(status_w, _STATUS.pack(status))
+    except OSError:
+        pass
+    os.close(status_w)
 
 
 def wait_fd(fd: int, timeout: float | None) -> bool:
@@ -142,7 +162,7 @@ class StatusPipeHandle(ChildHandle):
                         break
                     data += chunk
                 if len(data) == 4:
-                    self.returncode = os.waitstatus_to_exitcode(struct.unpack("<i", data)[0])
+                    self.returncode = os.waitstatus_to_exitcode(_STATUS.unpack(data)[0])
                 else:  # the forkserver died before it could tell us: the child died with it
                     self.returncode = -signal.SIGKILL
             return self.returncode

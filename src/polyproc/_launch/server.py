@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._serialize import Payload
 from .child import die_with_parent, install_log_forwarding, set_comm
-from .handle import PID
+from .handle import PID, report_status
 
 if TYPE_CHECKING:
     from .._connection import Connection
@@ -331,11 +331,7 @@ class Server:
                     self.spare = None
                 continue
             status_w, pidfd = entry
-            try:
-                os.write(status_w, struct.pack("<i", status))
-            except OSError:
-                pass
-            os.close(status_w)
+            report_status(status_w, status)
             owned = self.pidfd_children.get(pidfd)
             if owned is not None:
                 owned.discard(pid)

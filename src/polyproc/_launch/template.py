@@ -49,7 +49,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent, set_comm
-from .handle import PID, StatusPipeHandle
+from .handle import PID, StatusPipeHandle, report_status
 from .parking import fork_is_safe as fork_is_safe
 from .parking import parkable as parkable
 from .parking import parked as parked
@@ -381,7 +381,6 @@ def _idle(boot: Connection, forked: tuple[int, int] | None) -> tuple[int, int] |
     is reported as the server would: its wait status down its status pipe.
     """
     import select
-    import struct
 
     poller = select.poll()
     poller.register(boot.fileno(), select.POLLIN)
@@ -401,10 +400,7 @@ def _idle(boot: Connection, forked: tuple[int, int] | None) -> tuple[int, int] |
                 assert forked is not None
                 pid, status_w = forked
                 _, status = os.waitpid(pid, 0)
-                try:
-                    os.write(status_w, struct.pack("<i", status))
-                finally:
-                    os.close(status_w)
+                report_status(status_w, status)
                 poller.unregister(pidfd)
                 os.close(pidfd)
                 pidfd, forked = -1, None
