@@ -37,9 +37,8 @@ from ._serialize import (
     Payload,
     Serializer,
     _fd_table,
-    _main_is_importable,
     fd_handle,
-    names_main,
+    names_lost_main,
 )
 from ._transport import (
     FdStream,
@@ -241,7 +240,7 @@ class Connection:
                 body = _pickle_dumps(obj, 5, buffer_callback=_refuse)
             except Exception:
                 body = None
-            if body is not None and names_main(body) and not _main_is_importable():
+            if body is not None and names_lost_main(body):
                 body = None  # a REPL's function, say: by value (cloudpickle)
             if body is not None:
                 n = len(body)

@@ -43,7 +43,7 @@ __all__ = [
     "Serializer",
     "fd_handle",
     "describe_unpicklable",
-    "names_main",
+    "names_lost_main",
     "DEFAULT_SERIALIZER",
     "register_reducer",
     "reducers",
@@ -264,14 +264,14 @@ class _MainCheck:
 _main_check = _MainCheck()
 
 
-def names_main(body: bytes) -> bool:
-    """Does a plain pickle name something in the main module (a function or class, by
-    reference)? Only then does it matter whether a child can import that module: data
-    that names nothing of it (a worker's READY, results, most arguments) loads anywhere,
-    so a REPL, ``python -c`` or a notebook need not pay cloudpickle (a 26 ms import in
-    every worker's first message) for it. A string that merely contains the name takes
+def names_lost_main(body: bytes) -> bool:
+    """Does a plain pickle name something in a main module a child cannot import (a REPL's
+    or ``python -c``'s function or class, by reference)? Then it must go by value
+    (cloudpickle). Data that names nothing of it (a worker's READY, results, most
+    arguments) loads anywhere, so such a program need not pay cloudpickle (a 26 ms import
+    in every worker's first message) for it. A string that merely contains the name takes
     the slow path, correctly."""
-    return b"__main__" in body or b"__mp_main__" in body
+    return (b"__main__" in body or b"__mp_main__" in body) and not _main_is_importable()
 
 
 def _main_is_importable() -> bool:
@@ -416,7 +416,7 @@ class Serializer:
         try:
             try:
                 body = _plain_dumps(obj, self.protocol, keep_in_band)
-                if names_main(body) and _have_cloudpickle() and not _main_is_importable():
+                if names_lost_main(body) and _have_cloudpickle():
                     raise pickle.PicklingError("main is not importable: use cloudpickle")
             except SerializationError:
                 raise
@@ -448,7 +448,7 @@ class Serializer:
         """Pickle to one self-contained bytes (buffers in band, no fds): for storage and TCP."""
         try:  # plain pickle first: fast, and cloudpickle need not even be imported
             body = _plain_dumps(obj, self.protocol, None)
-            if not names_main(body) or _main_is_importable():
+            if not names_lost_main(body):
                 return body
         except Exception:
             pass
