@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .messages import TaskError
-from .tasks import Batch, FnInfo, Job, PoolState, Send, WorkerSlot, WorkerState, _split
+from .tasks import Batch, FnInfo, Job, PoolState, Send, _split
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -214,24 +214,15 @@ def _claimed(s: Scheduler, claim: Callable[[list[Job]], list[Job]], jobs: list[J
 
 def add_single(s: Scheduler, job: Job) -> Send | None:
     """``add_jobs((job,))`` for the round trip's case, without the generic fill: a
-    single task, nothing else waiting, a worker idle. It goes to that worker (the
-    one ``_fill`` would pick: idle, least recently used) and its ``Send`` is returned;
-    otherwise (or if its claim drops it) it takes the generic path and None is returned.
+    single task, nothing else waiting, a worker idle. It goes to the worker ``_fill``
+    would pick for it with nothing in flight (``_pick_worker``) and its ``Send`` is
+    returned; otherwise (or if its claim drops it) it takes the generic path and None
+    is returned.
     """
     if s.state is not PoolState.RUN or s.queue or s.requeued or not job.single:
         s.add_jobs((job,))
         return None
-    best: WorkerSlot | None = None
-    maxtasks = s.maxtasks
-    for slot in s.workers.values():
-        if (
-            slot.state is WorkerState.READY
-            and not slot.window
-            and not slot.exclusive
-            and (maxtasks is None or slot.assigned < maxtasks)
-            and (best is None or slot.last_used < best.last_used)
-        ):
-            best = slot
+    best = s._pick_worker(job.timeout is not None, 1)
     if best is None:
         s.add_jobs((job,))
         return None
