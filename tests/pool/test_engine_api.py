@@ -124,7 +124,7 @@ def test_a_worker_set_plugs_in_behind_the_engine() -> None:
         futs: list[Future[Any]] = []
         for i in range(20):
             fut: Future[Any] = Future()
-            engine.submit(sub.single(h.inc, (i,), {}, fut, timeout=None, retries=0, claim=False))
+            engine.submit(sub.single(h.inc, (i,), {}, fut, timeout=None, retries=0))
             futs.append(fut)
         assert [f.result(timeout=30) for f in futs] == list(range(1, 21))
         assert sum(seen) == 20

@@ -66,7 +66,7 @@ def test_an_armed_channel_nobody_reads_goes_back_to_the_engine(ctx: Any) -> None
         assert pool.apply(h.inc, (0,)) == 1
         _until_direct(pool)
         fut = PoolFuture(engine)
-        job = pool._sub.single(h.inc, (41,), {}, fut, timeout=None, retries=0, claim=False)
+        job = pool._sub.single(h.inc, (41,), {}, fut, timeout=None, retries=0)
         engine.submit(job)  # armed for it (a direct send), and then nobody waits
         assert engine.flags.armed is not None
         assert pool.apply_async(h.inc, (1,)).get(timeout=10) == 2

@@ -120,10 +120,6 @@ class ExecutorFuture(LeadingFuture, LightFuture):  # type: ignore[override]
 
     _engine: Engine | None = None
 
-    def __init__(self, engine: Engine | None = None) -> None:
-        if engine is not None:
-            self._engine = engine
-
     def result(self, timeout: float | None = None) -> Any:
         # Finished (most futures of a burst are, by the time they are read): nothing to
         # lead, no lock, one frame. Anything else takes Leading's path.

@@ -198,7 +198,6 @@ class Pool:
             fut,
             timeout=self._timeout if timeout is None else timeout,
             retries=self._retries if retries is None else retries,
-            claim=False,
         )
         return fut, job
 

@@ -198,11 +198,6 @@ def make_progress(progress: Any, total: int | None, desc: str) -> Any:
     return tqdm(**opts)
 
 
-def _claim_futures(jobs: list[Job]) -> list[Job]:
-    """Scheduler hook: a cancelled Future is dropped before it is sent; the rest run."""
-    return [job for job in jobs if job.sink.set_running_or_notify_cancel()]
-
-
 class Submitter:
     """Builds scheduler jobs for one pool: functions pickled once, arguments at submit."""
 
@@ -282,13 +277,13 @@ class Submitter:
         future: Any,
         timeout: float | None = None,
         retries: int = 0,
-        claim: bool | Callable[[list[Job]], list[Job]] = False,
+        claim: Callable[[list[Job]], list[Job]] | None = None,
     ) -> Job:
         """One task's job. Few objects per submit: with 200k futures in flight each one is
         garbage-collector work, so the argument is kept only in its pickled form (a task
         error's message reads it back, ``Job.call_arg``) unless that form is not plain bytes.
-        ``claim``: True for a ``concurrent.futures.Future`` sink (started when sent, dropped
-        if cancelled), or the face's own hook doing that for a batch at once."""
+        ``claim``: the face's hook that starts a batch of its futures when they are sent
+        and drops the cancelled ones (the executor's ``_claim``); None for ``Pool``."""
         info = self._last
         if info is None or info.fn is not fn:
             info = self.fn_info(fn)
@@ -305,7 +300,7 @@ class Submitter:
             None if type(blob) is bytes else arg,
             timeout,
             retries,
-            None if claim is False else _claim_futures if claim is True else claim,
+            claim,
         )
 
     def many(
