@@ -500,29 +500,21 @@ class Scheduler:
     def _complete(self, batch: Batch, values: list[Any], clean: bool = False) -> None:
         owners = batch.owners
         if owners is not None:
+            # Those still open (a cancelled or already finished one is not delivered again);
+            # usually all, and the lists go as they are.
+            keep = [not job.cancelled and not job.finished for job in owners]
+            jobs = list(owners) if all(keep) else list(itertools.compress(owners, keep))
             open_jobs = self.jobs
-            n = 0
-            for job in owners:  # usually every one is open: deliver the lists as they are
-                if job.cancelled or job.finished:
-                    break
+            for job in jobs:
                 job.delivered = 1
                 job.finished = True
                 del open_jobs[id(job)]
-                n += 1
-            if n == len(owners) == len(values):
+            if jobs:
                 # A list of its own: the engine may recycle these jobs once delivered, and
                 # counts the references to each (``tasks.recycle``).
-                self.actions.append(DeliverSingles(list(owners), values))
-                return
-            jobs, vals = owners[:n], values[:n]
-            for job, v in zip(owners[n:], values[n:], strict=True):
-                if not job.cancelled and not job.finished:
-                    job.delivered = 1
-                    job.finished = True
-                    del open_jobs[id(job)]
-                    jobs.append(job)
-                    vals.append(v)
-            if jobs:
+                vals = (
+                    values if len(jobs) == len(values) else list(itertools.compress(values, keep))
+                )
                 self.actions.append(DeliverSingles(jobs, vals))
             return
         assert batch.job is not None
