@@ -24,10 +24,12 @@ answers before the caller reaches ``result()`` would otherwise wake the engine
 thread, which then reads the answer, sets the Future, and fights the caller for the
 GIL (a third wake-up and futex traffic, ~30 % of executor round trips before). A
 future nobody waits on must still complete: anything but ``result()``/``exception()``
-that looks at an armed future (``done``, ``running``, ``add_done_callback``,
-``concurrent.futures.wait``/``as_completed``) wakes the engine, which gives every
-armed channel back whenever it wakes (``disarm``); so does the next direct send, and
-the engine never sleeps longer than ``ARM_GRACE`` while a caller may send directly.
+that looks at an armed future reads what has come and gives the channel back
+(``done``, ``running``, ``add_done_callback``, while the engine sleeps), or wakes the
+engine, which gives every armed channel back whenever it wakes (``disarm``:
+``concurrent.futures.wait``/``as_completed``, or an engine awake); so does the next
+direct send, and the engine never sleeps longer than ``ARM_GRACE`` while a caller may
+send directly.
 A future that has a callback when it is sent is not armed.
 
 Leading is only tried for the Future a direct send made (``Flags.led``), by one
