@@ -22,6 +22,10 @@ class LockedAttr:
 def prctl(option: int, arg: int | bytes, /) -> None:
     """``prctl(2)`` with one argument (PR_SET_PDEATHSIG, PR_SET_NAME), no ctypes."""
 
+def fork_parked(fd: int, other_end: int, parent_pid: int, /) -> int:
+    """Fork a child that closes ``other_end`` and runs no Python until ``fd`` has data
+    (it exits on end-of-file)."""
+
 def run_scalars(
     fn: object,
     star: bool,

@@ -149,8 +149,8 @@ def kill_between_tasks(slot: int, nth: int, marker: str) -> None:
     from polyproc._pool import journal, worker
 
     class Trapped(journal.Journal):
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, fd: int) -> None:
+            super().__init__(fd)
             # (setattr: the header is a memoryview to the type checker, a trap here)
             setattr(self, "_head", _StartedTrap(self._head, slot, nth, marker))  # noqa: B010
 

@@ -53,8 +53,10 @@ def _values(r: jr.Recovery | None) -> list[Any]:
 
 
 def _pair() -> tuple[jr.Journal, jr.JournalReader]:
-    j = jr.Journal()
-    return j, jr.JournalReader(os.dup(j.fd))
+    fd = jr.new_journal_fd()
+    assert fd is not None
+    reader = jr.JournalReader(os.dup(fd))
+    return jr.Journal(fd), reader
 
 
 def _run(values: list[Any], bid: int = 7) -> tuple[_Probe, list[Any], list[Any] | None]:
@@ -245,7 +247,9 @@ def test_a_batch_of_marshalled_results_travels_as_one_marshalled_list() -> None:
     every result of a batch is, RESULTS carries the journal's blobs as one marshalled list
     (no second pickle of the values), and ``values_of`` gives them back exactly."""
     values: list[Any] = [(i, "k") for i in range(50)] + ["s", b"b", [1, (2, "x")], {"a": 1.5}]
-    j = jr.Journal()
+    fd = jr.new_journal_fd()
+    assert fd is not None
+    j = jr.Journal(fd)
     try:
         rest = j.run(lambda x: x, 0, values, 1, lambda b, v: True, TaskError.capture, pickle_dumps)
     finally:

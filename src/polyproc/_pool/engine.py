@@ -136,9 +136,10 @@ class Engine:
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self.flags.lock)  # it runs Python code only holding the lock
         if self.workers.first_in_caller:
-            # The first workers: forked here, from the caller as the template is, before
-            # our thread exists (no hop to the template; _launch/template.py, ``start``).
+            # The first workers: forked here, from the caller, before our thread exists;
+            # then their template (_launch/template.py, ``start``).
             self.act()
+            self.workers.first_started()
         self.thread.start()  # last: the thread reads everything above
 
     # -- the API the faces use (any thread) ------------------------------------------

@@ -7,7 +7,7 @@ not an enum member: they are pickled on every message)::
 
     engine ──► worker   (TASKS, bid, fid, fn_blob | None, mode, packed, args)
                         (STOP,)
-    worker ──► engine   (READY, pid, start_rss, journal_fd | None)
+    worker ──► engine   (READY, pid, start_rss)
                         (INIT_FAILED, TaskError)
                         (RESULTS, bid, busy_seconds, rss_bytes, values)
                         (PARTIAL, bid, values)   the first results of a batch (journal.py)
@@ -32,9 +32,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from .._serialize import fd_handle
 from ..errors import MaybeEncodingError, RemoteTraceback, SerializationError
 
 __all__ = [
+    "JournalFd",
     "TASKS",
     "STOP",
     "READY",
@@ -188,3 +190,20 @@ def encoding_error(exc: BaseException, value: Any) -> MaybeEncodingError:
     wrapped = MaybeEncodingError(_safe_desc(err), _safe_desc(value), error=travels)
     wrapped.__cause__ = err  # the worker's traceback text then shows where pickling failed
     return wrapped
+
+
+def _rebuild_fd(fd: int) -> JournalFd:
+    return JournalFd(fd)
+
+
+class JournalFd:
+    """A journal's fd in a worker's start arguments: inherited as it is by a forked
+    worker, received as the child's own copy (fd passing) by one started otherwise."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_fd, (fd_handle(self.fd),))

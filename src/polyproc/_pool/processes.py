@@ -4,7 +4,7 @@
 
     engine thread (or a caller holding the engine lock)           worker process
     ───────────────────────────────────────────────────           ──────────────
-    spawn(wid) ── Pipe, Process(worker_main).start() ─────────────► READY (pid, RSS, journal)
+    spawn(wid) ── Pipe, Process(worker_main).start() ─────────────► READY (pid, RSS)
     send(Send) ── Handle.queue: MSG_DONTWAIT, rest on EVENT_WRITE ─► TASKS
     on_readable(h) ◄── Tag.CHANNEL readable, frame by frame ◄─────── RESULTS / PARTIAL
     on_death(h) ◄── Tag.SENTINEL readable ◄──────────────────────── exit
@@ -42,7 +42,7 @@ from .._transport import wrap_fd
 from ..errors import CorruptMessageError
 from .channel import LEADING, Handle, Tag, pickle_buffer
 from .channel import packed as pack_single
-from .journal import JournalReader, values_of
+from .journal import JournalReader, new_journal_fd, values_of
 from .messages import (
     INIT_FAILED,
     PARTIAL,
@@ -50,6 +50,7 @@ from .messages import (
     RESULTS,
     STOP,
     TASKS,
+    JournalFd,
     TaskError,
     pickling_error,
     unpickling_error,
@@ -106,6 +107,20 @@ class ProcessWorkers(WorkerSet):
         self.prefix = WORKER_PREFIX.get(ctx.start_method, "PoolWorker")
         self.sel = engine.sel
 
+    def first_started(self) -> None:
+        """Fork the template now, after the first workers (they start sooner for it): it
+        must not keep their channels, which it closes when woken (template.py)."""
+        template = self.template
+        if template is None:
+            return
+        foreign: list[int] = []
+        for h in self.handles.values():
+            for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
+                if fd >= 0:
+                    foreign.append(fd)
+        if not template.fork_now(tuple(foreign)):
+            self.template = None  # replacements then start as any worker would
+
     def __len__(self) -> int:
         return len(self.handles)
 
@@ -124,24 +139,30 @@ class ProcessWorkers(WorkerSet):
         h = Handle(wid)
         self.handles[wid] = h
         ours, theirs = Pipe()
+        jfd = new_journal_fd()
         try:
             from .._process import process_class  # ctx is Settings: data, no factories
 
             proc = process_class(self.ctx)(
                 target=worker_main,
                 daemon=True,
-                args=(theirs, self.initializer, self.initargs, self.serializer),
+                args=(
+                    theirs,
+                    self.initializer,
+                    self.initargs,
+                    self.serializer,
+                    None if jfd is None else JournalFd(jfd),
+                ),
             )
             proc.name = proc.name.replace("Process", self.prefix)
             proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
-            if self.template is not None and self.template.pending:
-                # The template forks this first worker; then it must not keep its channel.
-                self.template.first_fds = (ours.fileno(), theirs.fileno())
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
             ours.close()
             theirs.close()
+            if jfd is not None:
+                os.close(jfd)
             del self.handles[wid]
             if not isinstance(exc, Exception):
                 raise
@@ -159,11 +180,12 @@ class ProcessWorkers(WorkerSet):
             self.sched.worker_exited(wid, None, name=h.name)
             return
         theirs.close()
+        if jfd is not None:
+            h.journal = JournalReader(jfd)  # maps it and closes our fd
         self.engine.hook_exit()  # after the first start (engine.py says why)
-        # A first worker forked by the template says its pid in READY: not waited for here.
         handle = proc._handle
         assert handle is not None
-        h.proc, h.conn, h.pid = proc, ours, handle.pid_if_known()
+        h.proc, h.conn, h.pid = proc, ours, handle.pid
         h.sock = wrap_fd(os.dup(ours.fileno()))
         h.fd = h.sock.fileno()
         self.sel.register(h.fd, selectors.EVENT_READ, (Tag.CHANNEL, h))
@@ -316,8 +338,6 @@ class ProcessWorkers(WorkerSet):
             baseline = None
             if len(msg) > 2:
                 baseline = msg[2] if self.ctx.start_method != "spawn" else None
-                if msg[3] is not None:
-                    h.journal = JournalReader(msg[3])
             self.sched.worker_ready(h.wid, baseline=baseline)
             self._settle(h)
         elif kind == INIT_FAILED:

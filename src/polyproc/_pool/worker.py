@@ -43,8 +43,17 @@ from typing import Any
 
 from .._serialize import Serializer
 from ..errors import SerializationError
-from .journal import Journal, Values, journal_fd, values_of
-from .messages import INIT_FAILED, PARTIAL, READY, RESULTS, STOP, TaskError, encoding_error
+from .journal import Journal, Values, values_of
+from .messages import (
+    INIT_FAILED,
+    PARTIAL,
+    READY,
+    RESULTS,
+    STOP,
+    JournalFd,
+    TaskError,
+    encoding_error,
+)
 
 __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_reference"]
 
@@ -124,9 +133,14 @@ def current_rss(pid: int) -> int | None:
 
 
 def worker_main(
-    chan: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], serializer: Any
+    chan: Any,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    serializer: Any,
+    journal_fd: JournalFd | None = None,
 ) -> None:
-    """Entry point of a pool worker process (the ``target`` of its ``Process``)."""
+    """Entry point of a pool worker process (the ``target`` of its ``Process``); the pool
+    made its journal's memory (``journal_fd``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rss = _Rss()
     start_rss = rss.read()  # before the initializer: what it allocates is the worker's own
@@ -141,13 +155,13 @@ def worker_main(
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
         _send_quietly(chan, (INIT_FAILED, TaskError.capture(exc)))
         return
-    try:
-        journal: Journal | None = Journal()
-    except OSError:
-        journal = None  # no memfd: results still travel, only exactly-once on death is lost
-    if not _send_quietly(
-        chan, (READY, os.getpid(), start_rss, None if journal is None else journal_fd(journal))
-    ):
+    journal: Journal | None = None  # none: results still travel, only exactly-once on death is lost
+    if journal_fd is not None:
+        try:
+            journal = Journal(journal_fd.fd)
+        except (OSError, ValueError):
+            journal = None
+    if not _send_quietly(chan, (READY, os.getpid(), start_rss)):
         return
     _serve(chan, serializer, rss, journal)
 

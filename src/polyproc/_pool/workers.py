@@ -77,6 +77,9 @@ class WorkerSet:
         # may read one of them while the engine sleeps (``fastpath.lead``).
         self.handles: dict[int, Handle] = {}
 
+    def first_started(self) -> None:
+        """The first workers were started in the caller's thread (``first_in_caller``)."""
+
     # -- the verbs the engine's actions call ------------------------------------------
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``; a start that fails is reported as its death."""
