@@ -73,12 +73,24 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Connection, Connectio
         c.close()
 
 
+#: ``lending``'s ``made()``.
+Made = Callable[[], list[Any]]
+
+
 @pytest.fixture
-def lending() -> Iterator[None]:
-    """Lend from 1 MiB up (the default is off), and leave no warm slot behind."""
+def lending() -> Iterator[Made]:
+    """Lend from 1 MiB up (the default is off), and leave no warm slot behind.
+
+    Yields ``made()``: the pooled slots made since the test began. The slot pool is the
+    process's own: free slots earlier tests left warm are dropped first (one of them
+    would be lent here), and any still busy (another test's receiver holding a lease)
+    is not counted.
+    """
     old = bulk.BYTES_THRESHOLD
+    bulk.trim()
+    before = list(bulk._pool.slots)  # held: no id of theirs is reused during the test
     bulk.BYTES_THRESHOLD = MIB
-    yield
+    yield lambda: [s for s in bulk._pool.slots if all(s is not b for b in before)]
     bulk.BYTES_THRESHOLD = old
     bulk.trim()
 
@@ -466,7 +478,7 @@ def test_send_of_an_out_of_band_buffer_takes_the_full_path() -> None:
 # -- lending big send_bytes through pooled memfds --------------------------------------------------
 
 
-def test_lending_switches_at_the_threshold_and_keeps_every_byte(lending: None) -> None:
+def test_lending_switches_at_the_threshold_and_keeps_every_byte(lending: Made) -> None:
     a, b = Pipe()
     with a, b:
         sizes = [MIB - 1, MIB, MIB + 1, 2 * MIB, MIB - 1, 5 * MIB + 3, MIB]
@@ -476,27 +488,27 @@ def test_lending_switches_at_the_threshold_and_keeps_every_byte(lending: None) -
             assert b.recv_bytes() == d
         assert b._peer_maps is not None  # the ones >= 1 MiB were lent
         # Slots are reused: sizes seen were MiB, MiB+1, 2 MiB, 5 MiB+3: at most one each.
-        assert len(bulk._pool.slots) <= 4
+        assert len(lending()) <= 4
 
 
-def test_a_stream_of_one_size_reuses_its_slots_and_mappings(lending: None) -> None:
+def test_a_stream_of_one_size_reuses_its_slots_and_mappings(lending: Made) -> None:
     a, b = Pipe()
     with a, b:
         for i in range(30):
             a.send_bytes(payload(2 * MIB, i))
             assert b.recv_bytes() == payload(2 * MIB, i)
-        assert len([s for s in bulk._pool.slots if s.capacity == 2 * MIB]) == 1
+        assert len([s for s in lending() if s.capacity == 2 * MIB]) == 1
         assert len(b._peer_maps._maps) == 1
 
 
-def test_a_slow_receiver_gets_everything_in_order(lending: None) -> None:
+def test_a_slow_receiver_gets_everything_in_order(lending: Made) -> None:
     """More lent messages than slots before the reader reads: the rest go by socket."""
     a, b = Pipe()
     with a, b:
         n = bulk._LEND_SLOTS
         for i in range(n):  # lent: only a small frame enters the socket, no wait
             a.send_bytes(payload(2 * MIB, i))
-        busy = [s for s in bulk._pool.slots if s.capacity == 2 * MIB]
+        busy = [s for s in lending() if s.capacity == 2 * MIB]
         assert len(busy) == n and all(s.busy() for s in busy)
         # Every slot of this size is in flight: these go through the socket (and block
         # until the reader drains it, as a socket does), in order after the lent ones.
@@ -504,10 +516,10 @@ def test_a_slow_receiver_gets_everything_in_order(lending: None) -> None:
         for i in range(n + 3):
             assert b.recv_bytes() == payload(2 * MIB, i)
         done()
-        assert len([s for s in bulk._pool.slots if s.capacity == 2 * MIB]) == n
+        assert len([s for s in lending() if s.capacity == 2 * MIB]) == n
 
 
-def test_interleaved_sizes_both_directions_with_fds_alongside(lending: None) -> None:
+def test_interleaved_sizes_both_directions_with_fds_alongside(lending: Made) -> None:
     a, b = Pipe()
     extra_r, extra_w = Pipe()
     with a, b, extra_r, extra_w:
@@ -537,7 +549,7 @@ def test_interleaved_sizes_both_directions_with_fds_alongside(lending: None) -> 
         fd_from_right.close()
 
 
-def test_recv_of_a_lent_send_bytes_unpickles_it(lending: None) -> None:
+def test_recv_of_a_lent_send_bytes_unpickles_it(lending: Made) -> None:
     a, b = Pipe()
     with a, b:
         obj = {"pad": payload(MIB, 9)}
@@ -545,7 +557,7 @@ def test_recv_of_a_lent_send_bytes_unpickles_it(lending: None) -> None:
         assert b.recv() == obj
 
 
-def test_a_retired_slot_is_let_go_by_the_receiver(lending: None) -> None:
+def test_a_retired_slot_is_let_go_by_the_receiver(lending: Made) -> None:
     a, b = Pipe()
     with a, b:
         a.send_bytes(payload(2 * MIB, 1))
@@ -557,7 +569,7 @@ def test_a_retired_slot_is_let_go_by_the_receiver(lending: None) -> None:
         assert len(b._peer_maps._maps) == 1  # the retired 2 MiB mapping went
 
 
-def test_closing_a_connection_unmaps_its_peer_slots(lending: None) -> None:
+def test_closing_a_connection_unmaps_its_peer_slots(lending: Made) -> None:
     a, b = Pipe()
     a.send_bytes(payload(MIB, 1))
     assert b.recv_bytes() == payload(MIB, 1)
@@ -578,7 +590,7 @@ def test_garbage_shared_bytes_frame_without_an_fd_is_refused() -> None:
     conn.close()
 
 
-def test_lent_streams_cross_processes_both_ways(ctx: Any, lending: None) -> None:
+def test_lent_streams_cross_processes_both_ways(ctx: Any, lending: Made) -> None:
     sizes = [MIB - 1, MIB, 2 * MIB, 64 << 10, 4 * MIB + 1, MIB]
     a, b = Pipe()
     p = ctx.Process(target=_stream_targets.echo_stream, args=(b, MIB, sizes))
@@ -597,7 +609,7 @@ def test_lent_streams_cross_processes_both_ways(ctx: Any, lending: None) -> None
     assert p.exitcode == 0
 
 
-def test_no_fd_leaks_over_a_lent_stream(lending: None) -> None:
+def test_no_fd_leaks_over_a_lent_stream(lending: Made) -> None:
     a, b = Pipe()
     with a, b:
         for i in range(2):  # the slot's own mapping (Python's mmap dups its fd) is made at reuse

@@ -40,9 +40,14 @@ def record_and_die(x: int, path: str, bad: int) -> int:
 
 
 def record_slowly(x: int, path: str, seconds: float) -> Any:
-    """``record``, then a short pause (the subject: a task that takes time), returning a value
-    shaped by ``x`` so the journal sees ints, floats, strings and tuples."""
-    record(x, path)
+    """``record`` (with this worker's pid on the line, for a failure's report), then a short
+    pause (the subject: a task that takes time), returning a value shaped by ``x`` so the
+    journal sees ints, floats, strings and tuples."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"%d %d\n" % (x, os.getpid()))
+    finally:
+        os.close(fd)
     if seconds:
         time.sleep(seconds)
     kind = x % 4

@@ -170,6 +170,28 @@ def stop_on(x: int, bad: int = 5) -> int:
     return x
 
 
+def stop_twice_fail_once(x: int) -> int:
+    """``x`` back, except: tasks 3 and 7 raise StopIteration, task 5 a ValueError."""
+    if x in (3, 7):
+        raise StopIteration(x)
+    if x == 5:
+        raise ValueError(x)
+    return x
+
+
+def walk(it: Any, calls: int) -> list[Any]:
+    """``calls`` calls of ``next(it)``: each value, ``"Stop:<value>"`` or the error's name."""
+    out: list[Any] = []
+    for _ in range(calls):
+        try:
+            out.append(next(it))
+        except StopIteration as stop:
+            out.append(f"Stop:{stop.value}")
+        except Exception as exc:  # noqa: BLE001 - recorded, compared with the stdlib's
+            out.append(type(exc).__name__)
+    return out
+
+
 def _refuse_to_load() -> Any:
     raise ValueError("this argument does not unpickle")
 

@@ -12,12 +12,19 @@ hundred results during a map of a few thousand short tasks. Afterwards:
 
 Without the commit journal, a batch in flight at a kill was re-run whole: tens of tasks ran
 twice in such a run.
+
+A failure (or a wait that timed out) reports what the run did (``_diagnosed``): each kill
+(after which result, which pid, when), each task that ran twice or was lost (how often, in
+which pids, its outcome), and the pids that ran tasks but were never killed.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import enginehelpers as eh
@@ -43,6 +50,9 @@ class Killer:
         self.rng = random.Random(seed)
         self.kills = 0
         self.seen = 0
+        self.t0 = time.monotonic()
+        #: (results taken, pid killed, seconds since start, workers alive then) per kill
+        self.log: list[tuple[int, int, float, list[int]]] = []
 
     def took_one(self) -> None:
         self.seen += 1
@@ -57,19 +67,72 @@ class Killer:
         except psutil.Error:
             return
         if workers:
+            victim = self.rng.choice(workers)
             try:
-                self.rng.choice(workers).kill()  # psutil checks the pid was not reused
+                victim.kill()  # psutil checks the pid was not reused
                 self.kills += 1
             except psutil.Error:
-                pass
+                return
+            alive = sorted(p.pid for p in workers)
+            self.log.append((self.seen, victim.pid, time.monotonic() - self.t0, alive))
 
 
-def _executions(path: Any) -> collections.Counter[int]:
+def _lines(path: Any) -> list[list[int]]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return collections.Counter()
-    return collections.Counter(int(line) for line in text.split())
+        return []
+    return [[int(w) for w in line.split()] for line in text.splitlines() if line]
+
+
+def _executions(path: Any) -> collections.Counter[int]:
+    """How many times each task ran (the first number of each line the tasks wrote)."""
+    return collections.Counter(words[0] for words in _lines(path))
+
+
+def _report(outcomes: list[Any], path: Any, killer: Killer, n: int) -> str:
+    """What a failed run did: enough to tell a task run twice from a test that raced."""
+    lines = _lines(path)
+    pids: dict[int, list[int]] = collections.defaultdict(list)
+    order: dict[int, list[int]] = collections.defaultdict(list)  # positions in the file
+    for k, (x, *pid) in enumerate(lines):
+        pids[x].extend(pid)
+        order[x].append(k)
+    runs = collections.Counter(words[0] for words in lines)
+    out = [
+        f"{len(outcomes)} of {n} outcomes taken, {len(lines)} executions recorded, "
+        f"{killer.kills} kills after {time.monotonic() - killer.t0:.1f} s",
+        "kills (after result #, pid, at s, workers alive then):",
+    ]
+    out += [f"  #{seen} pid {pid} at {t:.2f}s alive {alive}" for seen, pid, t, alive in killer.log]
+    killed = {pid for _, pid, _, _ in killer.log}
+    twice = sorted(x for x, c in runs.items() if c > 1)
+    lost = [i for i, v in enumerate(outcomes) if isinstance(v, BaseException)]
+    for label, tasks in (("ran more than once", twice), ("lost", lost)):
+        out.append(f"{label}: {len(tasks)}")
+        for x in tasks[:40]:
+            got = repr(outcomes[x])[:160] if x < len(outcomes) else "(no outcome taken)"
+            out.append(
+                f"  task {x}: {runs[x]} runs in pids {pids[x]} at file lines {order[x]}; {got}"
+            )
+    wrong = [
+        (i, v)
+        for i, v in enumerate(outcomes)
+        if not isinstance(v, BaseException) and v != _expected(i)
+    ]
+    out.append(f"wrong values: {wrong[:20]}")
+    never = sorted({p for ps in pids.values() for p in ps} - killed)
+    out.append(f"pids that ran tasks and were not killed by the test: {never}")
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def _diagnosed(outcomes: list[Any], path: Any, killer: Killer, n: int) -> Iterator[None]:
+    """Re-raise a failed check or a timed-out wait with ``_report`` in its message."""
+    try:
+        yield
+    except (AssertionError, TimeoutError) as exc:
+        raise AssertionError(f"{exc!r}\n{_report(outcomes, path, killer, n)}") from exc
 
 
 def _expected(x: int) -> Any:
@@ -104,21 +167,22 @@ def test_pool_imap_under_a_killer_runs_each_task_once(
 ) -> None:
     path = tmp_path / "runs"
     outcomes: list[Any] = []
-    with Pool(2, context=ctx, retries=retries) as pool:
-        killer = Killer(start_method)
-        it = pool.imap(eh.record_slowly_star, [(i, str(path), 0.0005) for i in range(N)])
-        while True:
-            try:
-                outcomes.append(next(it))
-            except StopIteration:
-                break
-            except WorkerLostError as exc:
-                outcomes.append(exc)
-            killer.took_one()
-        kills = killer.kills
-    assert len(outcomes) == N
-    assert kills >= 3, kills  # the killer did its job
-    _check(outcomes, _executions(path), kills, retries)
+    killer = Killer(start_method)
+    with _diagnosed(outcomes, path, killer, N):
+        with Pool(2, context=ctx, retries=retries) as pool:
+            it = pool.imap(eh.record_slowly_star, [(i, str(path), 0.0005) for i in range(N)])
+            while True:
+                try:
+                    outcomes.append(next(it))
+                except StopIteration:
+                    break
+                except WorkerLostError as exc:
+                    outcomes.append(exc)
+                killer.took_one()
+            kills = killer.kills
+        assert len(outcomes) == N
+        assert kills >= 3, kills  # the killer did its job
+        _check(outcomes, _executions(path), kills, retries)
 
 
 @pytest.mark.timeout(180)
@@ -126,17 +190,18 @@ def test_executor_submit_under_a_killer_runs_each_task_once(
     start_method: str, ctx: Any, tmp_path: Any
 ) -> None:
     path = tmp_path / "runs"
-    with futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        killer = Killer(start_method)
-        futs = [ex.submit(eh.record_slowly, i, str(path), 0.0005) for i in range(N)]
-        outcomes = []
-        for f in futs:
-            exc = f.exception(timeout=120)
-            outcomes.append(exc if exc is not None else f.result())
-            killer.took_one()
-        kills = killer.kills
-    assert kills >= 3, kills
-    _check(outcomes, _executions(path), kills, 0)
+    outcomes: list[Any] = []
+    killer = Killer(start_method)
+    with _diagnosed(outcomes, path, killer, N):
+        with futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+            futs = [ex.submit(eh.record_slowly, i, str(path), 0.0005) for i in range(N)]
+            for f in futs:
+                exc = f.exception(timeout=120)
+                outcomes.append(exc if exc is not None else f.result())
+                killer.took_one()
+            kills = killer.kills
+        assert kills >= 3, kills
+        _check(outcomes, _executions(path), kills, 0)
 
 
 @pytest.mark.timeout(60)

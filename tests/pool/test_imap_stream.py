@@ -18,7 +18,7 @@ from polyproc._pool.results import MapResult
 from polyproc._pool.scheduler import Deliver
 from polyproc.errors import TimeoutError
 from polyproc.futures import ProcessPoolExecutor
-from polyproc.pool import Pool
+from polyproc.pool import IMapIterator, IMapUnorderedIterator, Pool, RemoteTraceback
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,14 +177,48 @@ def test_threads_sharing_one_iterator_get_every_result_once() -> None:
 
 def test_a_task_raising_stopiteration_ends_the_loop_as_in_the_stdlib() -> None:
     with Pool(2, context=_fork()) as pool:
-        # The stdlib's IMapIterator.next raises it: a for loop (or list()) stops there.
-        assert list(pool.imap(h.stop_on, range(10))) == [0, 1, 2, 3, 4]
+        # The stdlib's IMapIterator.next raises it: a for loop (or list()) stops there,
+        # and the next loop goes on with the results after it.
+        it = pool.imap(h.stop_on, range(10))
+        assert list(it) == [0, 1, 2, 3, 4]
+        assert isinstance(it, IMapIterator) and type(it).__name__ == "IMapIterator"
+        assert list(it) == [6, 7, 8, 9]
+        assert list(it) == []
     with ProcessPoolExecutor(2, mp_context=_fork()) as ex:
         # The stdlib's Executor.map is a generator: PEP 479 makes it a RuntimeError.
         it = ex.map(h.stop_on, range(10))
         with pytest.raises(RuntimeError):
             list(it)
         assert list(it) == []
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 3])
+def test_after_a_tasks_stopiteration_next_goes_on_and_raises_the_next_ones_own(
+    chunksize: Any,
+) -> None:
+    """The first is a bare StopIteration (the C chain can only end); later ones are the
+    task's own, raised by the Python ``__next__`` the iterator has from then on."""
+    with Pool(2, context=_fork()) as pool:
+        it = pool.imap(h.stop_twice_fail_once, range(10), chunksize)
+        got = h.walk(it, 13)
+        assert got == [0, 1, 2, "Stop:None", 4, "ValueError", 6, "Stop:7", 8, 9] + ["Stop:None"] * 3
+        it = pool.imap(h.stop_twice_fail_once, range(10), chunksize)
+        assert [next(it) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(StopIteration):
+            next(it)
+        assert it.next(timeout=30) == 4  # next(timeout) goes on too
+        with pytest.raises(ValueError):
+            next(it)
+        assert next(it) == 6
+        with pytest.raises(StopIteration) as stop:
+            next(it)
+        assert stop.value.value == 7  # the task's own, with the worker's traceback
+        assert isinstance(stop.value.__cause__, RemoteTraceback)
+        assert list(it) == [8, 9]
+        unordered = pool.imap_unordered(h.stop_on, range(10), chunksize)
+        first = list(unordered)
+        assert isinstance(unordered, IMapUnorderedIterator)
+        assert sorted(first + list(unordered)) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
 
 
 def test_executor_map_of_one_iterable_passes_each_item_whole() -> None:
@@ -208,3 +242,17 @@ def test_executor_map_ends_at_its_deadline_and_on_close() -> None:
         it.close()
         assert list(it) == []  # not even what was already delivered
         assert list(ex.map(h.inc, range(1000))) == list(range(1, 1001))
+
+
+def test_executor_map_takes_send_and_throw_as_the_stdlibs_generator_does() -> None:
+    with ProcessPoolExecutor(2, mp_context=_fork()) as ex:
+        it = ex.map(h.inc, range(100_000))
+        assert it.send(None) == 1 and next(it) == 2
+        assert it.send("ignored") == 3  # the generator ignores what is sent in
+        with pytest.raises(KeyError, match="thrown"):
+            it.throw(KeyError("thrown"))
+        assert list(it) == []  # finished: its finally cancelled the rest
+        it = ex.map(h.inc, range(10))
+        with pytest.raises(ValueError):
+            it.throw(ValueError)
+        assert list(it) == []

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -169,3 +172,64 @@ def test_a_closed_pool_leaves_no_fd_of_its_big_results(start_method: str) -> Non
         with ctx.Pool(2) as pool:
             assert [int(a[0]) for a in pool.map(_big, range(8), chunksize=1)] == list(range(8))
     assert memfds() == before
+
+
+def test_forget_retires_only_its_owners_busy_slots() -> None:
+    """``forget(owner)``: the slots that receiver died holding, and no other."""
+    fd_held, _ = bulk.export(memoryview(b"a" * (2 * MIB)), owner=7)
+    fd_other, _ = bulk.export(memoryview(b"b" * (2 * MIB)), owner=8)
+    fd_free, _ = bulk.export(memoryview(b"c" * (3 * MIB)), owner=7)
+    os.pwrite(fd_free, b"\0", 0)  # its receiver let go of this one before it died
+    peek = os.dup(fd_held)
+    bulk.forget(7)
+    fds = [s.fd for s in bulk._pool.slots]
+    assert fd_held not in fds and fd_other in fds and fd_free in fds
+    assert os.pread(peek, 2, 0) == b"\1\1"  # still busy, and marked retired for its mappers
+    os.close(peek)
+    bulk.forget(8)
+    assert not any(s.busy() for s in bulk._pool.slots)
+
+
+def _hold(data: Any) -> None:
+    """Hold a big argument until the pool's terminate kills this worker."""
+    threading.Event().wait(60)
+
+
+def _die(data: Any) -> None:
+    """Die holding a big argument: a worker killed mid-task."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _new_busy(before: list[Any]) -> list[Any]:
+    return [s for s in bulk._pool.slots if all(s is not b for b in before) and s.busy()]
+
+
+def test_a_terminated_pool_gives_back_the_slots_of_its_big_arguments(
+    start_method: str,
+) -> None:
+    """Workers killed holding a big argument (or before reading it) cannot clear its busy
+    byte: the pool retires those slots, or each would stay busy, holding its memory and one
+    of the process's pooled slots, for as long as this process lives."""
+    from polyproc import get_context
+
+    before = list(bulk._pool.slots)
+    with get_context(start_method).Pool(2) as pool:
+        for i in range(2):
+            # A memoryview stays a view of the worker's mapping (bytes would be copied out).
+            pool.apply_async(_hold, (memoryview(bytearray([i]) * (2 * MIB)),))
+        deadline = time.monotonic() + 30
+        while len(_new_busy(before)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls a condition: the engine sends them soon
+        assert len(_new_busy(before)) == 2
+    assert _new_busy(before) == []
+
+
+def test_a_worker_killed_holding_a_big_argument_gives_its_slot_back(start_method: str) -> None:
+    from polyproc import WorkerLostError, get_context
+
+    before = list(bulk._pool.slots)
+    with get_context(start_method).Pool(1) as pool:
+        with pytest.raises(WorkerLostError):
+            pool.apply_async(_die, (memoryview(bytearray(2 * MIB)),)).get(30)
+        assert _new_busy(before) == []  # retired before the failure was delivered
+        assert pool.apply(len, (b"e" * (2 * MIB),)) == 2 * MIB  # the replacement works

@@ -182,9 +182,11 @@ class Handle:
             return 0
         p = serializer.dumps(msg, what="task arguments")
         if any(b.nbytes >= bulk.THRESHOLD for b in p.buffers):
-            # Big arguments cross as memfds the worker maps (one memcpy, as Connection.send).
+            # Big arguments cross as memfds the worker maps (one memcpy, as Connection.send),
+            # tagged with this Handle: a worker that dies holding one cannot free it, so
+            # closing the channel retires it (``drop_output``).
             parts, fds, to_close = bulk.encode_frame(
-                p.body, p.buffers, p.fds, encode_header, Kind.PICKLE
+                p.body, p.buffers, p.fds, encode_header, Kind.PICKLE, id(self)
             )
             out.push(parts[0], fds, to_close)
             for part in parts[1:]:
@@ -225,9 +227,15 @@ class Handle:
         return len(body)
 
     def drop_output(self) -> None:
-        """Forget what was queued for a worker that is gone (closing memfds it held)."""
+        """Forget what was queued for a worker that is gone (closing memfds it held), and
+        retire the pooled memfds it was sent and can no longer free (``bulk.forget``).
+
+        ``id(self)`` is the slots' owner tag: this Handle is alive until here, and a
+        slot tagged by an earlier Handle with the same id was either retired then or
+        was free, and a free slot is re-tagged by the ``export`` that takes it."""
         if self.out is not None:
             self.out.drop()
+        bulk.forget(id(self))
 
     def flush(self, sel: selectors.BaseSelector) -> None:
         """Write what fits; watch for writability while something is left."""

@@ -15,7 +15,13 @@ the consumer's ``IMapIterator`` is a ``chain`` over them, so ``for``/``list()``/
 
 Every wait and every raise happens inside the chain's active iterator, never in its
 source: a chain whose source raised is over for good, and iteration must go on after a
-failed task, a ``next(timeout)`` that timed out or a Ctrl+C. Issue #14 (docs/pool.md):
+failed task, a ``next(timeout)`` that timed out or a Ctrl+C.
+
+One exception: a task that raised ``StopIteration``. The stdlib's ``next`` raises it, so
+a ``for`` loop ends there, and a later ``next`` goes on with the results after it. A
+chain can only say "stop" by ending for good, so the feed ends it and moves the
+iterator to a subclass (``_Resumed``) whose Python ``__next__`` walks a fresh chain over
+the same feed: from then on every result costs a Python call, and only then. Issue #14 (docs/pool.md):
 a per-item Python ``next`` had cost more than all of ``Pool.map``'s caller CPU.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from operator import length_hint
@@ -100,6 +107,9 @@ class _Feed:
         "bad",
         "cur",
         "lock",
+        "owner",
+        "halt",
+        "inner",
     )
 
     def __init__(self) -> None:
@@ -118,6 +128,12 @@ class _Feed:
         self.bad = False  # ... holds a TaskError
         self.cur: Iterator[Any] = iter(())  # the piece last handed out
         self.lock = threading.Lock()
+        # A task's StopIteration (``_Raise``): the iterator (``owner``, weakly: it owns
+        # us) becomes a ``_Resumed``, its chain is ended once (``halt``), and ``inner`` is
+        # the chain its ``__next__`` walks from then on.
+        self.owner: weakref.ref[Any] | None = None
+        self.halt = False
+        self.inner: itertools.chain[Any] | None = None
 
     def __iter__(self) -> _Feed:
         return self
@@ -133,6 +149,9 @@ class _Feed:
     def _next(self) -> Iterator[Any]:
         if self.stop:
             self._end()
+            raise StopIteration
+        if self.halt:
+            self.halt = False  # a task's StopIteration: end this chain, not the results
             raise StopIteration
         rest = self.rest
         if rest is None:
@@ -261,13 +280,22 @@ class _Raise:
         exc = error.exception()
         feed = self.feed
         if isinstance(exc, StopIteration):
-            # Raised from ``__next__`` it would only end this piece. The stdlib's imap
-            # raises it from ``next``: a ``for`` loop ends there, so it ends here too.
-            # Executor.map's generator turns it into a RuntimeError (PEP 479).
-            feed.stop = True
-            if not feed.ends:
-                raise StopIteration
-            raise RuntimeError("generator raised StopIteration") from exc
+            if feed.ends:
+                # Executor.map's generator turns it into a RuntimeError (PEP 479), and ends.
+                feed.stop = True
+                raise RuntimeError("generator raised StopIteration") from exc
+            # The stdlib's imap raises it from ``next``: a ``for`` loop ends there, and a
+            # later ``next`` goes on after it. Raised here it would only end this piece.
+            if feed.inner is not None:
+                raise _TaskStop(exc)  # ``_Resumed.__next__`` raises the task's own
+            # The C chain: ending it is its only way to say stop (a bare StopIteration,
+            # not the task's). The iterator goes on through ``_Resumed`` from now on.
+            owner = feed.owner() if feed.owner is not None else None
+            if owner is not None:
+                owner.__class__ = _RESUMED.get(type(owner), type(owner))
+                feed.inner = itertools.chain.from_iterable(feed)
+            feed.halt = True
+            raise StopIteration
         if feed.ends:
             feed.stop = True
         raise exc
@@ -300,6 +328,8 @@ class IMapIterator(itertools.chain[T]):
         feed = _Feed()
         self: IMapIterator[T] = super().from_iterable(feed)  # type: ignore[assignment]
         self._feed = feed  # (``from_iterable`` makes a ``cls``: it is a chain subclass)
+        if not cls._ends:
+            feed.owner = weakref.ref(self)  # a task's StopIteration moves it to _Resumed
         return self
 
     def __init__(
@@ -358,10 +388,27 @@ class IMapUnorderedIterator(IMapIterator[T]):
 
 class MapIterator(IMapIterator[T]):
     """``Executor.map``'s iterator: as the stdlib's generator, the first exception it
-    raises (a task's, the deadline's) ends it; ``close()`` ends it too."""
+    raises (a task's, the deadline's) ends it; ``close()``, ``send()`` and ``throw()``
+    act as that generator's do. Not a generator itself (``inspect.isgenerator`` is False,
+    no ``gi_frame``): a generator's frame resumed per result costs more than the C chain
+    it would wrap (docs/migrating.md)."""
 
     __slots__ = ()
     _ends = True
+
+    def send(self, value: Any, /) -> T:
+        """The next result: the stdlib's generator ignores what is sent into it."""
+        return _chain_next(self)
+
+    def throw(self, exc: Any, value: Any = None, tb: Any = None, /) -> T:
+        """Raise ``exc`` here and end, as the generator does (its ``finally`` cancels the
+        rest); the deprecated ``throw(type, value, tb)`` form is taken too."""
+        if isinstance(exc, type):
+            exc = exc() if value is None else value if isinstance(value, exc) else exc(value)
+        self.close()
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        raise exc
 
     def close(self) -> None:
         """Stop: no more results, no more input pulled (a generator's ``close``)."""
@@ -375,3 +422,58 @@ class MapIterator(IMapIterator[T]):
             elif type(cur) is _Raise:
                 cur.error = None
         feed._end()
+
+
+class _TaskStop(Exception):
+    """A task's StopIteration on its way out of ``_Resumed``'s inner chain (a chain would
+    take a StopIteration from its active iterator for the end of that piece)."""
+
+    def __init__(self, stop: BaseException) -> None:
+        super().__init__()
+        self.stop = stop
+
+
+class _Resumed(IMapIterator[T]):
+    """An ``imap`` iterator after a task raised StopIteration: its chain ended there (the
+    ``for`` loop with it, as the stdlib's), and ``next`` goes on with the later results
+    through a fresh chain over the same feed, raising the next such task's own
+    StopIteration (its value, its remote traceback) at its position."""
+
+    __slots__ = ()
+
+    def __next__(self) -> T:
+        inner = self._feed.inner
+        assert inner is not None
+        try:
+            return _chain_next(inner)  # type: ignore[no-any-return]
+        except _TaskStop as stop:
+            exc = stop.stop
+        raise exc  # outside the except: no _TaskStop as its context
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next result (a failed task raises here); TimeoutError if none comes in time."""
+        if timeout is None:
+            return self.__next__()
+        feed = self._feed
+        feed.timeout = timeout
+        try:
+            return self.__next__()
+        finally:
+            feed.timeout = None
+
+
+class _ResumedUnordered(_Resumed[T], IMapUnorderedIterator[T]):
+    """``_Resumed`` for ``imap_unordered``: still an ``IMapUnorderedIterator``."""
+
+    __slots__ = ()
+
+
+# What a program can see of the type (repr, ``type(it).__name__``) stays the stdlib's name.
+for _cls, _base in ((_Resumed, IMapIterator), (_ResumedUnordered, IMapUnorderedIterator)):
+    _cls.__name__ = _cls.__qualname__ = _base.__name__
+    _cls.__module__ = _base.__module__
+
+_RESUMED: dict[type[Any], type[Any]] = {
+    IMapIterator: _Resumed,
+    IMapUnorderedIterator: _ResumedUnordered,
+}

@@ -34,9 +34,15 @@ and the munmap again), so a fresh mapping per transfer halved the bandwidth.
 Each transfer hands out a *lease*, a ctypes array over the cached mapping: the
 view pickle rebuilds the array from keeps it alive, and its finalizer clears
 the busy byte when the last view goes, exactly as collecting the mapping did.
-A receiver that never maps the fd (it died)
-leaves its slot busy forever: the pool is bounded (``_POOL_BYTES``, ``_POOL_SLOTS``)
-and past the bound a fresh, unpooled memfd is used. Free slots idle for
+A receiver that dies before it lets go (killed mid-task, or before it read the
+frame) cannot clear the busy byte, and nobody else would: ``export`` tags a slot
+with its receiver (``owner``) and ``forget(owner)``, called by whoever knows that
+receiver is gone for good (the pool engine, for a dead worker's channel), retires
+its slots still busy. Retiring is always safe, even if the guess were wrong: the
+sender never writes the memfd again, and a mapping a live receiver holds stays
+valid. Without an owner (``Queue``, ``Connection.send`` to a peer that died) a
+busy slot stays until the process ends: the pool is bounded (``_POOL_BYTES``,
+``_POOL_SLOTS``) and past the bound a fresh, unpooled memfd is used. Free slots idle for
 ``_IDLE`` seconds are dropped at the next export, so a process that once sent a
 big array does not keep its memory for ever; ``trim()`` drops them at once.
 """
@@ -66,6 +72,7 @@ __all__ = [
     "size_marker",
     "read_size_marker",
     "trim",
+    "forget",
     "encode_frame",
 ]
 
@@ -108,15 +115,17 @@ def read_size_marker(data: bytes) -> int:
 
 
 class _Slot:
-    """One pooled memfd of the sender: its fd, capacity and (lazily) a warm mapping."""
+    """One pooled memfd of the sender: its fd, capacity, (lazily) a warm mapping, and who
+    received it last (``owner``: a token ``forget`` is called with; 0 for nobody known)."""
 
-    __slots__ = ("fd", "capacity", "mm", "last_used")
+    __slots__ = ("fd", "capacity", "mm", "last_used", "owner")
 
-    def __init__(self, fd: int, capacity: int) -> None:
+    def __init__(self, fd: int, capacity: int, owner: int = 0) -> None:
         self.fd = fd
         self.capacity = capacity
         self.mm: mmap.mmap | None = None
         self.last_used = time.monotonic()
+        self.owner = owner
 
     def busy(self) -> bool:
         return os.pread(self.fd, 1, 0) != b"\0" if self.mm is None else self.mm[0] != 0
@@ -177,8 +186,11 @@ def _fresh(view: memoryview, flag: int = _POOLED) -> int:
     return fd
 
 
-def export(view: memoryview) -> tuple[int, bool]:
-    """Put ``view``'s bytes in shared memory; (fd to send, whether to close it after sending)."""
+def export(view: memoryview, owner: int = 0) -> tuple[int, bool]:
+    """Put ``view``'s bytes in shared memory; (fd to send, whether to close it after sending).
+
+    ``owner`` names the receiver, so that ``forget(owner)`` can take back a slot it
+    died holding; 0 when the sender cannot tell when its receiver is gone."""
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
     n = view.nbytes
     p = _pool
@@ -200,12 +212,13 @@ def export(view: memoryview) -> tuple[int, bool]:
                 )
             best.mm[0] = _POOLED
             best.last_used = now
+            best.owner = owner
             slot = best
         else:
             total = sum(s.capacity for s in p.slots) + n
             if len(p.slots) < _POOL_SLOTS and total <= _POOL_BYTES:
                 fd = _fresh(view)
-                p.slots.append(_Slot(fd, n))
+                p.slots.append(_Slot(fd, n, owner))
                 return fd, False
             return _fresh(view, _ONE_OFF), True
     # Copy outside the pool lock; the slot is ours (busy) until the receiver lets go.
@@ -265,6 +278,7 @@ def lend(view: memoryview) -> int | None:
             )
         best.mm[0] = 1
         best.last_used = now
+        best.owner = 0  # a Connection's peer: nobody tells us when it is gone
     memoryview(best.mm)[PAGE : PAGE + n] = view
     return best.fd
 
@@ -417,8 +431,33 @@ def trim() -> None:
         _pool.slots = keep
 
 
+def forget(owner: int) -> None:
+    """The receiver ``owner`` (as given to ``export``) is gone for good: retire the slots
+    it still holds busy, which only it could have freed.
+
+    Called for a pool worker that died (killed mid-task, or by ``terminate``) with
+    big arguments in flight: each would otherwise stay busy, holding its memory and
+    one of the ``_POOL_SLOTS``, until this process ends. A busy slot's ``owner`` is
+    always its latest receiver (``export`` sets it each time), so a slot that went
+    on to another receiver is left alone.
+    """
+    if not owner:
+        return
+    with _pool.lock:
+        gone = [s for s in _pool.slots if s.owner == owner and s.busy()]
+        if gone:
+            _pool.slots = [s for s in _pool.slots if s not in gone]
+    for s in gone:
+        s.close()  # marks it retired: a mapping kept of it lets go at its next look
+
+
 def encode_frame(
-    body: bytes, buffers: list[memoryview], fds: list[int], encode_header: Any, kind: Any
+    body: bytes,
+    buffers: list[memoryview],
+    fds: list[int],
+    encode_header: Any,
+    kind: Any,
+    owner: int = 0,
 ) -> tuple[list[Any], list[int], list[int]]:
     """A PICKLE frame whose big buffers ride in memfds: (parts to write, fds to pass, fds to
     close once written). The wire convention ``Connection.recv`` understands:
@@ -426,7 +465,8 @@ def encode_frame(
     a shared buffer has length 0 in the frame's length table, its memfd follows the
     message's own fds (in buffer order), and its real length is an 8-byte marker
     after the inline buffers. A genuinely empty out-of-band buffer disables it.
-    The pool engine can use this for task arguments exactly as ``Connection.send`` does.
+    The pool engine can use this for task arguments exactly as ``Connection.send`` does,
+    naming the worker as ``owner`` (``export``).
     """
     if all(b.nbytes < THRESHOLD for b in buffers) or any(b.nbytes == 0 for b in buffers):
         head = encode_header(kind, len(body), [b.nbytes for b in buffers], nfds=len(fds))
@@ -439,7 +479,7 @@ def encode_frame(
     try:
         for b in buffers:
             if b.nbytes >= THRESHOLD:
-                fd, close = export(b)
+                fd, close = export(b, owner)
                 extra.append(fd)
                 if close:
                     to_close.append(fd)
