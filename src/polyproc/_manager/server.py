@@ -4,11 +4,12 @@
 
     Gate (selector thread): accept -> [TLS] -> mutual HMAC -> ServeLoop.add(sock)
     adopt(sock): the owner's first connection (a socketpair made before the fork) -> ServeLoop.add
-    ServeLoop (one thread, see loop.py): frames -> decode() -> run() -> reply frames
-                                         calls that may block -> a worker per connection
-    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick)}
+    ServeLoop (one thread, see loop.py): frames -> handle() -> reply frames
+                                         calls that may block -> Deferred -> a worker
+                                         per connection -> run() -> reply frames
+    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick, methods)}
 
-``decode`` unpickles a request and says whether it is *quick*: a call on a
+``handle`` unpickles a request and runs it at once if it is *quick*: a call on a
 ``list``, ``dict``, ``Namespace``, ``Value`` or ``array`` (their methods never
 block), or the creation of a standard type. Anything else (``Queue.get``, locks,
 a Pool, a user class) runs on the connection's worker thread, as the stdlib's
