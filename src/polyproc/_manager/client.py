@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from .._serialize import Serializer
 from ..errors import AuthenticationError, ProtocolError
 from .wire import (
+    COALESCE,
+    HEADER,
     Address,
     FrameSocket,
     Op,
@@ -62,6 +64,7 @@ __all__ = [
 CONNECT_TIMEOUT = 20.0
 # Ops as plain ints for the per-call path (an ``Op.X`` lookup costs ~80 ns).
 _CALL_ASYNC, _ASYNC_ERROR = int(Op.CALL_ASYNC), int(Op.ASYNC_ERROR)
+_pack = HEADER.pack
 
 
 class Ref:
@@ -284,10 +287,12 @@ def request(address: Address, authkey: bytes | None, op: int, body: bytes) -> tu
         if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
-            fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(op, body))
+            rop, rbody = fs.exchange(encode(Op.DECREF, dumps(ids)) + encode(op, body))
+        elif len(body) < COALESCE:
+            rop, rbody = fs.exchange(_pack(len(body), op) + body)  # one write, one frame
         else:
             fs.send(op, body)
-        rop, rbody = fs.recv()
+            rop, rbody = fs.recv()
         while rop == _ASYNC_ERROR:
             warnings.warn(
                 f"an earlier fire-and-forget manager call failed: {loads_with(serializer_for(address), rbody)}",
@@ -319,7 +324,9 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
         if _state.decrefs and _state.decrefs.get(address):
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
-            fs.send_raw(encode(Op.DECREF, dumps(ids)) + encode(_CALL_ASYNC, body))
+            fs.write(encode(Op.DECREF, dumps(ids)) + encode(_CALL_ASYNC, body))
+        elif len(body) < COALESCE:
+            fs.write(_pack(len(body), _CALL_ASYNC) + body)
         else:
             fs.send(_CALL_ASYNC, body)
     except BaseException as exc:

@@ -28,7 +28,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING
 
 from .._protocol.compact import FrameDecoder, Op, encode
@@ -110,6 +110,11 @@ class Gate:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def handshakes(self) -> Sized:
+        """The pending handshakes themselves (a live view: the loop tests it while it spins)."""
+        return self._pending
 
     # -- the loop ---------------------------------------------------------------
     def _run(self) -> None:

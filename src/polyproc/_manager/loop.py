@@ -43,14 +43,14 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 from .._protocol.compact import MAX_FRAME, FrameDecoder, Op
 from .._transport import Outbox, Stream, Wake, want_errors
 from .wire import SERVER_SPIN, Spin
 
-__all__ = ["ServeLoop", "Conn"]
+__all__ = ["ServeLoop", "Conn", "Deferred"]
 
 _READS_PER_WAKE = 8
 _CHUNK = 1 << 16
@@ -75,6 +75,8 @@ class Conn:
         "lock",
         "want_write",
         "read_into",
+        "queue",
+        "send",
     )
 
     def __init__(self, stream: Stream, leftover: bytes) -> None:
@@ -95,9 +97,26 @@ class Conn:
         self.read_into: Callable[[memoryview], int] = (
             plain() if plain is not None else stream.read_into
         )
+        #: ``out``'s queue itself: its truth needs no frame (``Outbox.__bool__`` is one)
+        self.queue = self.out.out
+        #: a plain socket's own ``send`` (SocketStream.plain_send), else None: replies
+        #: then go through ``out``
+        send = getattr(stream, "plain_send", None)
+        self.send: Callable[[bytes], int] | None = send() if send is not None else None
+
+
+class Deferred:
+    """What a handler returns for a request that may block: the connection's worker runs it."""
+
+    __slots__ = ("op", "request")
+
+    def __init__(self, op: int, request: Any) -> None:
+        self.op = op
+        self.request = request
 
 
 Runner = Callable[[int, Any], "bytes | None"]
+Handler = Callable[[int, bytes], "bytes | Deferred | None"]
 
 
 class _Worker:
@@ -125,12 +144,23 @@ class ServeLoop:
     call, and the selectors layer cost more than the call it served.
     """
 
-    def __init__(self, decode: Callable[[int, bytes], tuple[bool, Any]], runner: Runner) -> None:
-        # decode(op, body) -> (quick, request); runner(op, request) -> reply frame or None
+    def __init__(
+        self,
+        decode: Callable[[int, bytes], tuple[bool, Any]],
+        runner: Runner,
+        handle: Handler | None = None,
+    ) -> None:
+        # decode(op, body) -> (quick, request); runner(op, request) -> reply frame or None.
+        # handle(op, body) -> reply, None or Deferred: both in one call on this thread
+        # (the server's, written for speed); by default made of the two.
         self.decode = decode
         self.runner = runner
-        #: whether another thread of the server (the gate) has work: then we do not spin
-        self.others_busy: Callable[[], bool] | None = None
+        self.handle: Handler = handle if handle is not None else self._decode_and_run
+        #: the gate's pending handshakes (the server sets it): while any wait, the gate's
+        #: thread has work, and we do not spin (see ``_run``)
+        self.handshakes: Sized = ()
+        #: connections whose worker thread is running a call (the same reason)
+        self._working: set[Conn] = set()
         self._ep = select.epoll()
         self._waker = Wake()
         self._ep.register(self._waker.fileno(), select.EPOLLIN)
@@ -179,18 +209,25 @@ class ServeLoop:
     def _wake(self) -> None:
         self._waker.set()
 
+    def _decode_and_run(self, op: int, body: bytes) -> bytes | Deferred | None:
+        quick, request = self.decode(op, body)
+        return self.runner(op, request) if quick else Deferred(op, request)
+
     # -- the loop ---------------------------------------------------------------
     def _run(self) -> None:
         by_fd, wake_fd = self._by_fd, self._waker.fileno()
         try:
             poll, clock, yield_cpu = self._ep.poll, time.perf_counter, os.sched_yield
+            handshakes = self.handshakes
             spin = Spin(SERVER_SPIN)
             while not self._stopping:
                 ready: list[Conn] = []
                 # Busy-poll a little before sleeping (see wire.SERVER_SPIN and Spin):
                 # the next request usually comes within microseconds of the last reply.
                 events = poll(0)
-                if not events and spin.budget and self._alone():
+                # Never while another thread of ours has work: the spinning thread
+                # holds the GIL it would need.
+                if not events and spin.budget and not self._working and not handshakes:
                     deadline = clock() + spin.budget
                     while not events and clock() < deadline:
                         yield_cpu()  # a client we wait for may need this very CPU
@@ -223,19 +260,13 @@ class ServeLoop:
                         self._process(conn, True)
                 for conn in ready:  # phase 2
                     self._process(conn, False)
-                    if conn.out and not conn.closed:
+                    if conn.queue and not conn.closed:
                         self._flush(conn)
         finally:
             for conn in list(self.conns):
                 self._close(conn)
             self._ep.close()
             self._waker.close()
-
-    def _alone(self) -> bool:
-        """No other thread of ours has work: spinning holds the GIL they would need."""
-        if self.others_busy is not None and self.others_busy():
-            return False
-        return not any(conn.busy for conn in self.conns)
 
     def _on_wake(self, ready: list[Conn]) -> None:
         self._waker.drain()
@@ -275,42 +306,56 @@ class ServeLoop:
             self._close(conn)
 
     def _process(self, conn: Conn, async_only: bool) -> None:
-        frames = conn.frames
+        frames, handle = conn.frames, self.handle
         while frames and not conn.busy and not conn.closed:
-            op = frames[0][0]
-            if async_only and op not in _NO_REPLY_OPS:
+            if async_only and frames[0][0] not in _NO_REPLY_OPS:
                 return
             op, body = frames.popleft()
             try:
-                quick, request = self.decode(op, body)
+                reply = handle(op, body)
             except OSError:
                 self._close(conn)
                 return
-            if quick:
-                reply = self.runner(op, request)
-                if reply:
-                    if conn.tls:
-                        conn.out.push(reply)  # written after this connection's frames
-                    else:
-                        # At once, behind anything queued. No lock: the worker touches
-                        # ``conn.out`` only while the connection is busy, and this loop
-                        # runs a connection's frames only while it is not.
-                        try:
-                            if conn.out.write(reply):
-                                self._want_write(conn)
-                        except OSError:
-                            self._close(conn)
-                            return
+            if reply is None:
                 if op == _SHUTDOWN:
                     self._flush(conn)
                 continue
-            # May block: hand to this connection's worker; the reply goes out from there.
-            if conn.out:
+            if isinstance(reply, Deferred):
+                # May block: hand to this connection's worker; the reply goes out from there.
+                if conn.queue:
+                    self._flush(conn)
+                conn.busy = True
+                self._working.add(conn)
+                if conn.worker is None:
+                    conn.worker = _Worker(self, conn)
+                conn.worker.tasks.put((reply.op, reply.request))
+                continue
+            send = conn.send
+            if send is not None and not conn.queue:
+                # At once, straight to the kernel. No lock: the worker touches ``conn.out``
+                # only while the connection is busy, and this loop runs a connection's
+                # frames only while it is not.
+                try:
+                    n = send(reply)
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    self._close(conn)
+                    return
+                if n < len(reply):
+                    conn.out.push(memoryview(reply)[n:] if n else reply)
+                    self._want_write(conn)
+            elif conn.tls:
+                conn.out.push(reply)  # written after this connection's frames
+            else:
+                try:  # behind what is queued (or a stream with no plain send)
+                    if conn.out.write(reply):
+                        self._want_write(conn)
+                except OSError:
+                    self._close(conn)
+                    return
+            if op == _SHUTDOWN:
                 self._flush(conn)
-            conn.busy = True
-            if conn.worker is None:
-                conn.worker = _Worker(self, conn)
-            conn.worker.tasks.put((op, request))
 
     def reply_from_worker(self, conn: Conn, reply: bytes | None) -> None:
         """Called on a worker thread: send its reply, then let the loop read that connection again."""
@@ -323,6 +368,7 @@ class ServeLoop:
                     except OSError:
                         pass  # the client is gone; the loop will see EOF
         conn.busy = False
+        self._working.discard(conn)
         self._resume.append(conn)
         self._wake()
 
@@ -354,6 +400,7 @@ class ServeLoop:
             return
         conn.closed = True
         self.conns.discard(conn)
+        self._working.discard(conn)
         try:
             fd = conn.stream.fd
             self._by_fd.pop(fd, None)

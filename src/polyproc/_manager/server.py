@@ -4,11 +4,12 @@
 
     Gate (selector thread): accept -> [TLS] -> mutual HMAC -> ServeLoop.add(sock)
     adopt(sock): the owner's first connection (a socketpair made before the fork) -> ServeLoop.add
-    ServeLoop (one thread, see loop.py): frames -> decode() -> run() -> reply frames
-                                         calls that may block -> a worker per connection
-    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick)}
+    ServeLoop (one thread, see loop.py): frames -> handle() -> reply frames
+                                         calls that may block -> Deferred -> a worker
+                                         per connection -> run() -> reply frames
+    objects: {id: Entry(obj, typeid, exposed, method_to_typeid, refs, quick, methods)}
 
-``decode`` unpickles a request and says whether it is *quick*: a call on a
+``handle`` unpickles a request and runs it at once if it is *quick*: a call on a
 ``list``, ``dict``, ``Namespace``, ``Value`` or ``array`` (their methods never
 block), or the creation of a standard type. Anything else (``Queue.get``, locks,
 a Pool, a user class) runs on the connection's worker thread, as the stdlib's
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import pickle
 import queue
 import signal
 import socket
@@ -34,12 +36,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._serialize import Serializer
+from .._serialize import Serializer, reducers
 from .._transport import SocketStream
 from ..errors import MethodNotExposedError, ProtocolError
 from . import client
 from .gate import Gate
-from .loop import ServeLoop
+from .loop import Deferred, ServeLoop
 from .proxytypes import Namespace, Value, make_array
 from .wire import (
     HEADER,
@@ -69,6 +71,7 @@ _CREATE, _DECREF, _PING = int(Op.CREATE), int(Op.DECREF), int(Op.PING)
 _STATS, _SHUTDOWN, _RESULT = int(Op.STATS), int(Op.SHUTDOWN), int(Op.RESULT)
 _CALL_OPS = frozenset({_CALL, _CALL_INCREF, _CALL_ASYNC})
 _pack = HEADER.pack
+_pickle_dumps = pickle.dumps
 #: Requests that never block and are cheap: run on the loop thread itself.
 _QUICK_OPS = frozenset({_DECREF, _PING, _STATS, _SHUTDOWN})
 #: Objects whose methods never block (run on the loop thread) ...
@@ -105,10 +108,17 @@ class TypeSpec(NamedTuple):
 class Entry:
     """One held object: what its proxies may call, its reference count, whether it is quick.
 
+    ``methods``: for a quick object (a builtin ``list``, ``dict`` ...: its attributes
+    never change), its exposed methods already bound, so that a call is one dict
+    lookup instead of a membership test plus ``getattr`` (which makes a new bound
+    method each time). Empty for any other object: a user's object may change its
+    attributes, and is looked up per call as the stdlib does (``Server.invoke``).
+    Only exposed names are ever in it, so it checks as much as ``exposed`` does.
+
     (A plain slots class: a dataclass costs ``dataclasses`` and ``inspect`` at import.)
     """
 
-    __slots__ = ("obj", "typeid", "exposed", "method_to_typeid", "refs", "quick")
+    __slots__ = ("obj", "typeid", "exposed", "method_to_typeid", "refs", "quick", "methods")
 
     def __init__(
         self,
@@ -125,6 +135,12 @@ class Entry:
         self.method_to_typeid = method_to_typeid
         self.refs = refs
         self.quick = quick  # its methods never block: run them on the loop thread
+        self.methods: dict[str, Callable[..., Any]] = {}
+        if quick:
+            for name in exposed:
+                method = getattr(obj, name, None)
+                if method is not None:
+                    self.methods[name] = method
 
 
 class Server:
@@ -156,7 +172,7 @@ class Server:
         self._objects: dict[int, Entry] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._loop = ServeLoop(self.decode, self.run)
+        self._loop = ServeLoop(self.decode, self.run, self.handle)
         self.stop_event = threading.Event()
         self._gate = Gate(
             self._listener,
@@ -166,7 +182,7 @@ class Server:
             timeout=handshake_timeout,
             max_pending=max_pending,
         )
-        self._loop.others_busy = lambda: self._gate.pending > 0
+        self._loop.handshakes = self._gate.handshakes
         self._started = False
         self._serving_here = False
 
@@ -284,13 +300,31 @@ class Server:
     def _on_ready(self, sock: socket.socket, leftover: bytes) -> None:
         self._loop.add(SocketStream(sock), leftover)
 
+    def handle(self, op: int, body: bytes) -> bytes | Deferred | None:
+        """One request frame on the loop thread: the reply frame, None (no reply due),
+        or ``Deferred`` for a call that may block (the connection's worker ``run``s it).
+
+        ``decode`` and ``run`` in one: a quick call (most of them) is unpickled, run
+        and answered in two frames of ours (this and ``call``). Anything unusual is
+        handled as ``run`` would: a request that does not unpickle, or whose id cannot
+        be looked up, is answered (FAULT / ASYNC_ERROR), never raised into the loop.
+        """
+        if op in _CALL_OPS:
+            try:
+                request = self._loads(body)
+            except Exception as exc:
+                return self._malformed(op, exc)
+            return self.call(op, request, True)
+        quick, request = self.decode(op, body)
+        return self._run_other(op, request) if quick else Deferred(op, request)
+
     def decode(self, op: int, body: bytes) -> tuple[bool, Any]:
         """``(quick, request)`` for a frame; ProtocolError ends a connection that sends nonsense.
 
-        Called once per request frame on the loop thread, so it is written for speed:
-        int constants (an ``Op.X`` lookup costs ~80 ns), one ``loads``, one table lookup.
-        A request that does not unpickle, or whose id cannot be looked up, becomes a
-        ``_Malformed`` answered with FAULT (``run``), never an exception in the loop.
+        (``handle`` is the loop's fast path; this stays for every other op and as the
+        split form ``ServeLoop(decode, run)`` takes.) A request that does not unpickle,
+        or whose id cannot be looked up, becomes a ``_Malformed`` answered with FAULT
+        (``run``), never an exception in the loop.
         """
         if op in _CALL_OPS:
             try:
@@ -333,37 +367,50 @@ class Server:
         return encode(Op.FAULT, dumps(f"unexpected {op}", self._ser))  # pragma: no cover
 
     def run(self, op: int, request: Any) -> bytes | None:
-        """Carry out one request; the encoded reply frame, or None when none is due.
-
-        A CALL, CALL_INCREF or CALL_ASYNC is the hot path of every proxy method, run
-        here in one frame (``invoke`` inlined, a pre-encoded ``None`` reply, one
-        ``dumps`` for any other result); every other op goes to ``_run_other``.
-        """
+        """Carry out one decoded request (a worker's, or ``decode``'s); the encoded reply
+        frame, or None when none is due."""
         if op not in _CALL_OPS:
             return self._run_other(op, request)
+        if isinstance(request, _Malformed):
+            return self._malformed(op, request.exc)
+        reply = self.call(op, request, False)
+        assert not isinstance(reply, Deferred)  # noqa: S101 - loop_thread=False never defers
+        return reply
+
+    def _malformed(self, op: int, why: BaseException) -> bytes:
+        # A fire-and-forget call gets no reply of its own: its error is the kind the
+        # client reads (and warns about) in front of its next reply.
+        fault = Op.ASYNC_ERROR if op == _CALL_ASYNC else Op.FAULT
+        return encode(fault, dumps(f"malformed request: {why!r}", self._ser))
+
+    def call(self, op: int, request: Any, loop_thread: bool) -> bytes | Deferred | None:
+        """A CALL, CALL_INCREF or CALL_ASYNC: the hot path of every proxy method.
+
+        On the loop thread (``loop_thread``) a call on an object that is not quick is
+        returned as ``Deferred``, for the connection's worker. The method comes from
+        the entry's table of bound exposed methods (quick objects) or ``invoke`` (the
+        others: exposed check, then ``getattr``); a result of None is a pre-encoded
+        frame; any other is pickled here (``wire.dumps``'s fast path inlined).
+        """
         try:
             ident, method, args, kwargs = request
             entry = self._objects.get(ident)
         except Exception as exc:
-            why = request.exc if isinstance(request, _Malformed) else exc
-            # A fire-and-forget call gets no reply of its own: its error is the kind the
-            # client reads (and warns about) in front of its next reply.
-            fault = Op.ASYNC_ERROR if op == _CALL_ASYNC else Op.FAULT
-            return encode(fault, dumps(f"malformed request: {why!r}", self._ser))
+            return self._malformed(op, exc)
         if entry is None:
             text = (
                 f"no object with id {ident!r} on this manager "
                 "(released, or it belongs to another server)"
             )
             return encode(Op.ASYNC_ERROR if op == _CALL_ASYNC else Op.FAULT, dumps(text, self._ser))
+        if loop_thread and not entry.quick:
+            return Deferred(op, request)
         if op == _CALL_INCREF:
             self.incref(ident)
         try:
-            if method in entry.exposed:
-                obj = entry.obj
-                result = (
-                    getattr(obj, method)(*args, **kwargs) if kwargs else getattr(obj, method)(*args)
-                )
+            fn = entry.methods.get(method)
+            if fn is not None:
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
             else:
                 result = self.invoke(entry, method, args, kwargs)
         except Exception as exc:
@@ -382,8 +429,15 @@ class Server:
             return self._none_frame
         if type(result) in _VIEW_TYPES:
             result = list(result)  # dict views do not pickle; the stdlib sends lists too
+        ser = self._ser
         try:
-            body = dumps(result, self._ser)
+            if ser is None and not reducers.table:
+                try:
+                    body = _pickle_dumps(result, 5)
+                except Exception:
+                    body = dumps(result, None)  # cloudpickle, or the serializer's own error
+            else:
+                body = dumps(result, ser)
         except Exception as exc:
             return encode(
                 Op.FAULT, dumps(f"cannot send the result of {method!r}: {exc}", self._ser)

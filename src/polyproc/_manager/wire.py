@@ -32,6 +32,7 @@ __all__ = [
     "Op",
     "HEADER",
     "MAX_FRAME",
+    "COALESCE",
     "SERVER_SPIN",
     "Spin",
     "Address",
@@ -54,7 +55,9 @@ __all__ = [
 _HDR = HEADER.size
 _pack, _unpack = HEADER.pack, HEADER.unpack_from
 _CHUNK = 1 << 16
-_COALESCE = 1 << 14
+#: A body under this many bytes is copied behind its header and written in one
+#: syscall; a bigger one goes in two writes (no copy).
+COALESCE = 1 << 14
 
 
 def _cpus() -> int:
@@ -143,14 +146,15 @@ class FrameSocket:
     a clean end).
     """
 
-    __slots__ = ("sock", "_stream", "_read", "_write", "_wait", "_pending")
+    __slots__ = ("sock", "_stream", "_read", "write", "_wait", "_pending")
 
     def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
         self._stream = stream = SocketStream(sock)
         # The socket's own recv/sendall (TLS: the mapped ones): every OSError means the
         # peer is gone to each of our callers, and a frame less per call shows.
-        self._read, self._write = stream.plain_calls()
+        # ``write(data)``: whole frames, all of them (a client's fire-and-forget call).
+        self._read, self.write = stream.plain_calls()
         self._wait: Any = None
         self._pending = bytearray(pending)
 
@@ -164,18 +168,26 @@ class FrameSocket:
 
     def send(self, op: int, body: bytes) -> None:
         n = len(body)
-        if n < _COALESCE:
-            self._write(_pack(n, op) + body)
+        if n < COALESCE:
+            self.write(_pack(n, op) + body)
         else:
-            self._write(HEADER.pack(n, op))
-            self._write(body)
+            self.write(HEADER.pack(n, op))
+            self.write(body)
 
     def send_raw(self, data: bytes) -> None:
         """Several frames already encoded (``encode``): one syscall."""
-        self._write(data)
+        self.write(data)
 
-    def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | memoryview]:
-        """One frame; ``EOFError`` at a clean end, ``ProtocolError`` on garbage or truncation."""
+    def exchange(
+        self, data: bytes | None, max_size: int = MAX_FRAME
+    ) -> tuple[int, bytes | memoryview]:
+        """Write ``data`` (whole frames; None: nothing) and read one reply frame.
+
+        A client's round trip in one frame of ours: every proxy call that waits for
+        its answer comes here. Errors as ``recv``.
+        """
+        if data is not None:
+            self.write(data)
         if not self._pending:
             if self._wait is not None:
                 self._wait()
@@ -190,6 +202,10 @@ class FrameSocket:
                     return op, memoryview(data)[_HDR:]
             self._pending += data
         return self._recv_slow(max_size)
+
+    def recv(self, max_size: int = MAX_FRAME) -> tuple[int, bytes | memoryview]:
+        """One frame; ``EOFError`` at a clean end, ``ProtocolError`` on garbage or truncation."""
+        return self.exchange(None, max_size)
 
     def _fill(self) -> None:
         data = self._read(_CHUNK)

@@ -32,6 +32,7 @@ __all__ = ["Op", "OPS", "HEADER", "MAX_FRAME", "FrameDecoder", "check", "encode"
 
 HEADER = struct.Struct("<IB")
 _HDR = HEADER.size
+_unpack_from = HEADER.unpack_from
 #: The largest frame an authenticated peer may send (u32 is the hard limit).
 MAX_FRAME = (1 << 32) - 1
 
@@ -108,8 +109,20 @@ class FrameDecoder:
         if self._buf:
             self._buf += data
             return self.frames()
-        out, pos = self._scan(data, 1 << 30)
-        if pos < len(data):
+        # ``_scan`` inlined (the serving loop calls this once per read of every
+        # connection): the same header check before anything of a body is kept.
+        out: list[tuple[int, bytes]] = []
+        pos, end, max_size, unpack = 0, len(data), self.max_size, _unpack_from
+        while end - pos >= _HDR:
+            length, op = unpack(data, pos)
+            if op not in OPS or length > max_size:
+                check(length, op, max_size)
+            stop = pos + _HDR + length
+            if stop > end:
+                break
+            out.append((op, bytes(data[pos + _HDR : stop])))
+            pos = stop
+        if pos < end:
             self._buf += data[pos:]
             self._check_partial(data, pos)
         return out

@@ -455,6 +455,15 @@ class SocketStream(Stream):
         """
         return self.read_into if self.tls else self._sock.recv_into
 
+    def plain_send(self) -> Callable[[bytes], int] | None:
+        """A plain socket's own ``send`` (None for TLS): one reply, no frame of ours.
+
+        For a loop whose socket is non-blocking, that ends the connection on any
+        ``OSError`` but ``BlockingIOError`` (the manager's serving loop: a reply per
+        request; ``send`` costs ~0.35 us less than ``write_some``'s ``sendmsg`` here).
+        """
+        return None if self.tls else self._sock.send
+
     def plain_calls(self) -> tuple[Callable[[int], bytes], Callable[[bytes], None]]:
         """``(read_some, write_one)`` with no frame of ours around the socket's own calls.
 
