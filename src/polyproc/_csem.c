@@ -36,6 +36,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #define SLICE 0.1
 /* How many times a blocking acquire polls before it sleeps in the kernel; see spin(). */
@@ -577,26 +578,74 @@ csem_prctl(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 
-/* fork_parked(fd, other_end, parent_pid): fork a child that closes other_end (the
-   parent's end of fd's socket pair, so that closing it there is our end-of-file), then
-   waits, in C and before running any Python, until the stream socket fd has data; then
-   it becomes Python again (the interpreter's after-fork work, PyOS_AfterFork_Child) and
-   this returns 0 there. On end-of-file, or if its parent is already gone, the child
-   _exits(0) having run no Python at all. In the parent: the child's pid.
+/* fork_template(fd, other_end, parent_pid, first) -> (role, pid)
 
-   A pool's template (_launch/template.py) is such a child: a copy of the caller at
-   pool creation that most pools never wake. Forked by os.fork, the copy ran ~0.7 ms
-   of interpreter after-fork work and ~230 copy-on-write page faults at birth, on the
-   CPUs the pool's first workers were starting on (issue 11); parked here, it costs
-   nothing until its first request. Signals that arrive meanwhile only set Python's
-   flags, which PyOS_AfterFork_Child clears. */
+   Fork a pool's template: a child that closes other_end (the parent's end of fd's
+   socket pair, so that closing it there is our end-of-file), then waits, in C and
+   before running any Python, until the stream socket fd has data; then it becomes Python
+   again (the interpreter's after-fork work, PyOS_AfterFork_Child). On end-of-file, or if
+   its parent is already gone, it _exits(0) having run no Python at all.
+
+   first: None, or (status_w, pid_w, close_fds): the template forks the pool's first
+   worker at once, also in C (no Python runs in the template for it), writes that
+   worker's pid (8 bytes, little-endian) down pid_w, closes close_fds (the worker's
+   channel ends, not the template's to keep), and while parked reaps the worker if it
+   exits, writing its wait status (4 bytes) down status_w.
+
+   Returns, in the parent: (0, template pid); in the woken template: (1, the first
+   worker's pid if it still runs, else 0); in the first worker: (2, 0).
+
+   Why: forked by os.fork, the template ran the interpreter's after-fork work at birth
+   (~0.7 ms of CPU, ~230 copy-on-write faults) before it could fork the first worker, on
+   the CPUs the first workers start on (issue 11). Parked, it costs ~20 faults until the
+   pool's first request, which most pools never send. Signals that arrive meanwhile only
+   set Python's flags, which PyOS_AfterFork_Child clears. */
+static void
+put_le(int fd, long long value, int size)
+{
+    unsigned char buf[8];
+    for (int i = 0; i < size; i++) {
+        buf[i] = (unsigned char)((unsigned long long)value >> (8 * i));
+    }
+    ssize_t done = 0;
+    while (done < size) {
+        ssize_t n = write(fd, buf + done, (size_t)(size - done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return; /* the reader is gone: nothing to tell */
+        }
+        done += n;
+    }
+}
+
 static PyObject *
-csem_fork_parked(PyObject *Py_UNUSED(module), PyObject *args)
+csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd, other_end;
     long parent;
-    if (!PyArg_ParseTuple(args, "iil", &fd, &other_end, &parent)) {
+    PyObject *first;
+    int status_w = -1, pid_w = -1;
+    PyObject *close_fds = NULL;
+    if (!PyArg_ParseTuple(args, "iilO", &fd, &other_end, &parent, &first)) {
         return NULL;
+    }
+    if (first != Py_None
+        && !PyArg_ParseTuple(first, "iiO!", &status_w, &pid_w, &PyTuple_Type, &close_fds)) {
+        return NULL;
+    }
+    Py_ssize_t nclose = close_fds == NULL ? 0 : PyTuple_GET_SIZE(close_fds);
+    int to_close[16];
+    if (nclose > 16) {
+        PyErr_SetString(PyExc_ValueError, "fork_template: too many fds to close");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nclose; i++) {
+        to_close[i] = PyLong_AsLong(PyTuple_GET_ITEM(close_fds, i));
+        if (to_close[i] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
     }
     if (PySys_Audit("os.fork", NULL) < 0) {
         return NULL;
@@ -604,39 +653,88 @@ csem_fork_parked(PyObject *Py_UNUSED(module), PyObject *args)
     PyOS_BeforeFork();
     pid_t pid = fork();
     int saved_errno = errno;
-    if (pid == 0) {
-        close(other_end);
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0UL, 0UL, 0UL);
-        if (getppid() != (pid_t)parent) {
-            _exit(0);
+    if (pid != 0) {
+        PyOS_AfterFork_Parent();
+        if (pid < 0) {
+            errno = saved_errno;
+            return PyErr_SetFromErrno(PyExc_OSError);
         }
-        for (;;) {
-            struct pollfd p = {fd, POLLIN, 0};
-            if (poll(&p, 1, -1) < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                _exit(1);
+        return Py_BuildValue("(il)", 0, (long)pid);
+    }
+    /* The template. */
+    close(other_end);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0UL, 0UL, 0UL);
+    if (getppid() != (pid_t)parent) {
+        _exit(0);
+    }
+    pid_t worker = 0;
+    int worker_fd = -1;
+    if (first != Py_None) {
+        pid_t me = getpid();
+        worker = fork();
+        if (worker == 0) {
+            close(fd);
+            close(status_w);
+            close(pid_w);
+            prctl(PR_SET_PDEATHSIG, SIGKILL, 0UL, 0UL, 0UL);
+            if (getppid() != me) {
+                _exit(70);
             }
+            PyOS_AfterFork_Child();
+            return Py_BuildValue("(ii)", 2, 0);
+        }
+        for (Py_ssize_t i = 0; i < nclose; i++) {
+            close(to_close[i]);
+        }
+        put_le(pid_w, worker > 0 ? (long long)worker : -(long long)errno, 8);
+        close(pid_w);
+        if (worker > 0) {
+            worker_fd = (int)syscall(SYS_pidfd_open, worker, 0);
+        }
+        else {
+            close(status_w); /* no worker: its status pipe ends, which says it died */
+            worker = 0;
+        }
+    }
+    for (;;) {
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {worker_fd, POLLIN, 0}};
+        int n = poll(p, worker_fd >= 0 ? 2 : 1, worker > 0 && worker_fd < 0 ? 100 : -1);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            _exit(1);
+        }
+        if (worker > 0 && (worker_fd < 0 || p[1].revents)) {
+            int status;
+            pid_t got = waitpid(worker, &status, worker_fd < 0 ? WNOHANG : 0);
+            if (got == worker) {
+                put_le(status_w, status, 4);
+                close(status_w);
+                if (worker_fd >= 0) {
+                    close(worker_fd);
+                }
+                worker = 0;
+                worker_fd = -1;
+            }
+        }
+        if (p[0].revents) {
             char c;
-            ssize_t n = recv(fd, &c, 1, MSG_PEEK);
-            if (n > 0) {
+            ssize_t r = recv(fd, &c, 1, MSG_PEEK);
+            if (r > 0) {
                 break;
             }
-            if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
                 continue;
             }
             _exit(0); /* end-of-file: the pool ended without a request */
         }
-        PyOS_AfterFork_Child();
-        return PyLong_FromLong(0);
     }
-    PyOS_AfterFork_Parent();
-    if (pid < 0) {
-        errno = saved_errno;
-        return PyErr_SetFromErrno(PyExc_OSError);
+    if (worker_fd >= 0) {
+        close(worker_fd);
     }
-    return PyLong_FromLong((long)pid);
+    PyOS_AfterFork_Child();
+    return Py_BuildValue("(il)", 1, (long)worker);
 }
 
 
@@ -770,7 +868,8 @@ csem_run_scalars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef csem_functions[] = {
     {"prctl", csem_prctl, METH_VARARGS, "prctl(option, int_or_bytes) -> None"},
-    {"fork_parked", csem_fork_parked, METH_VARARGS, "fork_parked(fd, other_end, parent_pid) -> pid"},
+    {"fork_template", csem_fork_template, METH_VARARGS,
+     "fork_template(fd, other_end, parent_pid, first) -> (role, pid)"},
     {"run_scalars", (PyCFunction)(void (*)(void))csem_run_scalars, METH_FASTCALL,
      "run_scalars(fn, star, items, j, stop, journal, tags_at, vals_at, started_word, unset)"},
     {NULL, NULL, 0, NULL},

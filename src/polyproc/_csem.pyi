@@ -22,9 +22,12 @@ class LockedAttr:
 def prctl(option: int, arg: int | bytes, /) -> None:
     """``prctl(2)`` with one argument (PR_SET_PDEATHSIG, PR_SET_NAME), no ctypes."""
 
-def fork_parked(fd: int, other_end: int, parent_pid: int, /) -> int:
-    """Fork a child that closes ``other_end`` and runs no Python until ``fd`` has data
-    (it exits on end-of-file)."""
+def fork_template(
+    fd: int, other_end: int, parent_pid: int, first: tuple[int, int, tuple[int, ...]] | None, /
+) -> tuple[int, int]:
+    """Fork a pool's template, parked in C until ``fd`` has data, and maybe its first
+    worker: (0, template pid) here, (1, first worker's pid or 0) in the template woken,
+    (2, 0) in the first worker."""
 
 def run_scalars(
     fn: object,

@@ -69,15 +69,18 @@ def test_a_template_runs_no_python_until_first_asked() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_pools_first_workers_are_the_callers_children() -> None:
-    """The first workers are forked by the caller (as the stdlib's), not by the template."""
+def test_a_parked_template_forks_the_first_worker_without_waking() -> None:
+    """The template forks the pool's first worker in C as it is forked (the caller forks
+    the others meanwhile), and stays parked: still unnamed, it ran no Python."""
     with polyproc.get_context("auto").Pool(2) as p:
         tpid = _template_pid(p)
         pids = set(p.map(_targets.getpid_of, range(8), chunksize=1))
-        kids = {c.pid for c in psutil.Process().children()}
-        assert pids and pids <= kids
-        assert tpid in kids
-        assert not psutil.Process(tpid).children()
+        template = psutil.Process(tpid)
+        by_template = {c.pid for c in template.children()}
+        by_caller = {c.pid for c in psutil.Process().children()}
+        assert len(pids) == 2, pids
+        assert len(pids & by_template) == 1 and len(pids & by_caller) == 1, (pids, by_template)
+        assert template.name() != "polyproc-tmpl"
 
 
 @pytest.mark.timeout(60)

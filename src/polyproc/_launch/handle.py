@@ -73,6 +73,10 @@ class ChildHandle:
         """The exit code if the child has exited (negative: killed by that signal), else None."""
         raise NotImplementedError
 
+    def pid_if_known(self) -> int | None:
+        """The pid, or None where reading it would wait (``template._LatePidHandle``)."""
+        return self.pid
+
     def wait(self, timeout: float | None = None) -> int | None:
         if self.returncode is None and wait_fd(self.sentinel, timeout):
             code = self.poll_blocking()

@@ -49,6 +49,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent, set_comm
+from .handle import PID, StatusPipeHandle
 from .parking import fork_is_safe as fork_is_safe
 from .parking import parkable as parkable
 from .parking import parked as parked
@@ -87,11 +88,15 @@ def fork_here(entry: Callable[[], int]) -> PidfdHandle | None:
 class Template:
     """A single-threaded copy of the caller, forked at pool creation, that forks workers.
 
-    It is forked *parked* (``_csem.fork_parked``): it runs no Python, and costs no CPU,
-    until the pool's first request wakes it (most pools never send one). The engine
+    It is forked *parked* (``_csem.fork_template``): it runs no Python, and costs no
+    CPU, until the pool's first request wakes it (most pools never send one). The engine
     thread asks it for each replacement worker (``start``); ``close`` ends it (its
     workers, if any are left, die with it by PDEATHSIG).
     """
+
+    #: The pool's first worker's channel ends (and journal), which the template closes
+    #: once it has forked that worker (set by the pool before that worker's start).
+    first_fds: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         # Pending until ``fork_now``; then these are filled in.
@@ -123,8 +128,36 @@ class Template:
 
     @property
     def pending(self) -> bool:
-        """Not forked yet (``fork_now`` forks it)."""
+        """Not forked yet (``fork_with_first`` or ``fork_now`` forks it)."""
         return self._handle is None and not self._closed
+
+    def fork_with_first(self, spec: LaunchSpec) -> ChildHandle | None:
+        """Fork this pending template now, and have it fork ``spec`` (the pool's first
+        worker) at once, in C; the worker's handle, or None where that cannot be done
+        (no C extension, or forking is not safe here: then the pool forks its first
+        workers itself, and the template after them, ``fork_now``).
+
+        The caller forks once where it would fork twice, and neither fork waits for the
+        other: the template forks the worker while the caller goes on to the next one.
+        The worker is the template's child, as replacements are: its pid comes down one
+        pipe when first asked, its exit status down another.
+        """
+        if not self.pending or _fork_template is None:
+            return None
+        status_r, status_w = os.pipe()
+        pid_r, pid_w = os.pipe()
+        try:
+            got = self._fork((), (spec.entry, status_w, pid_w, self.first_fds))
+        finally:
+            os.close(status_w)
+            os.close(pid_w)
+            self.first_fds = ()
+        if got is None:
+            os.close(status_r)
+            os.close(pid_r)
+            self._closed = True
+            return None
+        return _LatePidHandle(pid_r, status_r)
 
     def fork_now(self, foreign: tuple[int, ...] = ()) -> bool:
         """Fork this pending template now; False (and closed) if that is not safe here.
@@ -139,7 +172,7 @@ class Template:
             return False
         return True
 
-    def _fork(self, foreign: tuple[int, ...]) -> int | None:
+    def _fork(self, foreign: tuple[int, ...], first: _First | None = None) -> int | None:
         """Fork the template (fill in this object); its pid, or None if not safe now."""
         from .._connection import Connection
         from .._transport import UnixStream
@@ -155,16 +188,28 @@ class Template:
                 return None
             _flush_stdio()
             parent = os.getpid()
-            pid, closed_ours = _fork_parked(theirs.fileno(), ours.fileno(), parent)
-            if pid == 0:
+            if _fork_template is not None:
+                role, pid = _fork_template(
+                    theirs.fileno(), ours.fileno(), parent, None if first is None else first[1:]
+                )
+            else:  # no C extension: an ordinary fork, which waits in Python (``_serve``)
+                role, pid = _CALLER, os.fork()
+                if pid == 0:
+                    role = _WOKEN
+                    ours.close()
+            if role != _CALLER:
                 code = 1
                 try:
-                    if closed_ours:
-                        ours.detach()  # closed in C, before the parked wait
+                    if _fork_template is not None:
+                        ours.detach()  # closed in C, as was ``theirs`` in the first worker
+                    if role == _FIRST:
+                        theirs.detach()
+                        assert first is not None
+                        code = first[0]()
                     else:
-                        ours.close()
-                    _serve(Connection(UnixStream(theirs.detach())), parent, foreign)
-                    code = 0
+                        w1 = None if first is None or pid <= 0 else (pid, first[1])
+                        _serve(Connection(UnixStream(theirs.detach())), parent, foreign, w1)
+                        code = 0
                 finally:
                     os._exit(code)  # never the caller's atexit handlers: we are its copy
         theirs.close()
@@ -258,25 +303,70 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _fork_parked(fd: int, ours: int, parent: int) -> tuple[int, bool]:
-    """Fork a template: parked in C until ``fd`` has data where the C extension is built
-    (then ``ours`` was closed in the child, in C), else an ordinary ``os.fork``."""
-    try:
-        from .. import _csem
+_fork_template: Callable[..., tuple[int, int]] | None
+try:
+    from .._csem import fork_template as _fork_template
+except ImportError:  # pragma: no cover - no C extension: see ``Template._fork``
+    _fork_template = None
 
-        fork_parked = _csem.fork_parked
-    except (ImportError, AttributeError):
-        return os.fork(), False
-    return fork_parked(fd, ours, parent), True
+_CALLER, _WOKEN, _FIRST = 0, 1, 2  # ``_csem.fork_template``'s roles
+#: What a template forks first, before parking: (entry, status pipe's write end, pid
+#: pipe's write end, fds to close once it is forked: that worker's channel ends).
+_First = tuple["Callable[[], int]", int, int, tuple[int, ...]]
 
 
-def _serve(boot: Connection, parent: int, foreign: tuple[int, ...]) -> None:
+class _LatePidHandle(StatusPipeHandle):
+    """A pool's first worker, forked by the template: its pid is read when first asked
+    (the template writes it down a pipe as it forks the worker; the caller forks the
+    next worker meanwhile, rather than wait for it)."""
+
+    def __init__(self, pid_r: int, sentinel: int) -> None:
+        self._pid_r = pid_r
+        self._pid = -1
+        super().__init__(-1, sentinel)
+
+    @property
+    def pid(self) -> int:
+        if self._pid_r >= 0:
+            data = b""
+            try:
+                while len(data) < 8:
+                    chunk = os.read(self._pid_r, 8 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                os.close(self._pid_r)
+                self._pid_r = -1
+            if len(data) == 8:
+                self._pid = max(PID.unpack(data)[0], -1)  # -errno: its fork failed
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        if value >= 0:
+            self._pid = value
+
+    def pid_if_known(self) -> int | None:
+        return None if self._pid_r >= 0 else self._pid
+
+    def close(self) -> None:
+        if self._pid_r >= 0:
+            os.close(self._pid_r)
+            self._pid_r = -1
+        super().close()
+
+
+def _serve(
+    boot: Connection, parent: int, foreign: tuple[int, ...], first: tuple[int, int] | None
+) -> None:
     """The template's main, once woken: a private fork server for one pool.
 
-    Parked in C (``_fork_parked``), it gets here only when the pool's first request is
-    on its way (``_SERVE``, already readable); forked by ``os.fork``, it waits here for
-    it, having loaded nothing more. A pool that never replaces a worker never pays for
-    the server's code and state.
+    Parked in C (``_csem.fork_template``), it gets here only when the pool's first
+    request is on its way (``_SERVE``, already readable); forked by ``os.fork``, it waits
+    here for it, having loaded nothing more. A pool that never replaces a worker never
+    pays for the server's code and state. ``first``: (pid, status pipe) of the pool's
+    first worker if the template forked it and it still runs: the server reports its end.
     """
     import signal
 
@@ -294,7 +384,7 @@ def _serve(boot: Connection, parent: int, foreign: tuple[int, ...]) -> None:
             pass
     from .server import Server
 
-    Server(boot).run()
+    Server(boot, first=first).run()
 
 
 #: What the pool sends on the boot socket before its first request: serve from now on.
@@ -332,10 +422,12 @@ def start(spec: LaunchSpec) -> ChildHandle:
     template = spec.template
     tried_here = False
     if template is not None and template.pending:
-        # A pool's first worker, forked here before the template (``for_pool``).
-        handle = fork_here(spec.entry)
-        if handle is not None:
-            return handle
+        # A pool's first worker: forked by the template as it is forked, or (no C
+        # extension) here, before the template (``ProcessWorkers.first_started``).
+        if threading.current_thread() is threading.main_thread():
+            handle = template.fork_with_first(spec) or fork_here(spec.entry)
+            if handle is not None:
+                return handle
         template.close()  # not safe now: neither the template nor its workers
         tried_here = True
     if template is not None and template.usable():

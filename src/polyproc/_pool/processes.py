@@ -108,10 +108,11 @@ class ProcessWorkers(WorkerSet):
         self.sel = engine.sel
 
     def first_started(self) -> None:
-        """Fork the template now, after the first workers (they start sooner for it): it
-        must not keep their channels, which it closes when woken (template.py)."""
+        """Fork the template now if the first worker's start did not (no C extension:
+        the first workers were forked here, before it): it must not keep their channels,
+        which it closes when woken (template.py)."""
         template = self.template
-        if template is None:
+        if template is None or not template.pending:
             return
         foreign: list[int] = []
         for h in self.handles.values():
@@ -156,6 +157,12 @@ class ProcessWorkers(WorkerSet):
             )
             proc.name = proc.name.replace("Process", self.prefix)
             proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
+            if self.template is not None and self.template.pending:
+                # The template may fork this first worker: then it must not keep its
+                # channel, nor its journal.
+                self.template.first_fds = (ours.fileno(), theirs.fileno()) + (
+                    () if jfd is None else (jfd,)
+                )
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
@@ -185,7 +192,8 @@ class ProcessWorkers(WorkerSet):
         self.engine.hook_exit()  # after the first start (engine.py says why)
         handle = proc._handle
         assert handle is not None
-        h.proc, h.conn, h.pid = proc, ours, handle.pid
+        # A first worker forked by the template says its pid in READY: not waited for here.
+        h.proc, h.conn, h.pid = proc, ours, handle.pid_if_known()
         h.sock = wrap_fd(os.dup(ours.fileno()))
         h.fd = h.sock.fileno()
         self.sel.register(h.fd, selectors.EVENT_READ, (Tag.CHANNEL, h))
