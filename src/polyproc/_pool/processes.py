@@ -130,7 +130,13 @@ class ProcessWorkers(WorkerSet):
             proc = process_class(self.ctx)(
                 target=worker_main,
                 daemon=True,
-                args=(theirs, self.initializer, self.initargs, self.serializer),
+                args=(
+                    theirs,
+                    self.initializer,
+                    self.initargs,
+                    self.serializer,
+                    self.sched.max_memory is not None,
+                ),
             )
             proc.name = proc.name.replace("Process", self.prefix)
             proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
