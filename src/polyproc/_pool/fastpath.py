@@ -9,7 +9,8 @@ Two shortcuts save thread hops on a round trip (``submit(...).result()``,
             │   anyway, ``Handle.busy``), then the task is written ──────────► worker
             result()                                                            │
               └─ lead(): claim the armed channel (LEADING), poll the Handle's   │
-                 own dup of it, lock released ◄──────────────── RESULTS ────────┘
+                 own dup of it (without waiting for up to CALLER_SPIN first),   │
+                 lock released ◄──────────────────────────────── RESULTS ───────┘
                  └─ read_led: under the lock, read, run the scheduler, set the
                     Future (no waiter to wake: the waiter is us); give the channel
                     back in the same hold of the lock
