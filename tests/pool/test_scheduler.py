@@ -836,3 +836,25 @@ def test_a_batch_of_singles_delivers_only_its_open_jobs(where: str) -> None:
     for i, job in enumerate(jobs):
         assert h.values(job) == ([] if job is gone else [2 * i])
     assert h.s.idle() and not h.s.jobs
+
+
+def test_a_lone_single_task_goes_to_the_idle_worker_that_answered_last() -> None:
+    """The round trip's short way (``add_single``) picks the most recently used idle
+    worker: it is still polling for work (``worker.WORKER_SPIN``). The generic fill keeps
+    the least recently used one, spreading a burst."""
+    h = Harness(2)
+    h.ready_all()
+    f = fn()
+    jobs = [single(f, i) for i in range(5)]  # kept: the harness files results by id()
+    first = h.s.add_single(jobs[0])
+    assert first is not None
+    h.drain()
+    h.answer(h.take_sends()[0])
+    for job in jobs[1:4]:
+        again = h.s.add_single(job)
+        assert again is not None and again.wid == first.wid
+        h.drain()
+        h.answer(h.take_sends()[0])
+    h.s.add_job(jobs[4])  # the engine's path: the other one
+    h.drain()
+    assert [s.wid for s in h.take_sends()] == [3 - first.wid]

@@ -26,6 +26,7 @@ from .._serialize import DEFAULT_SERIALIZER, Serializer, _plain_dumps, reducers
 from .._transport import SocketStream, family_of, is_tls, tls_pending, want_errors, wrap_fd
 from .._transport import connect_socket as _connect
 from .._transport import listen_socket as _listen
+from .._transport.spin import Spin, spin_budget
 from ..errors import BrokenResourceError, ManagerUnavailableError, ProtocolError
 
 __all__ = [
@@ -60,46 +61,15 @@ _CHUNK = 1 << 16
 COALESCE = 1 << 14
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 #: Seconds the server busy-polls for the next request before sleeping. A sleep
 #: and its wake-up cost ~20 us each way (more on a VM), several times a manager
 #: call, and a client's next request usually comes within microseconds of its
-#: reply; on a busy machine spinning only burns CPU the clients need: see ``Spin``.
+#: reply; on a busy machine spinning only burns CPU the clients need: see ``Spin``
+#: (``_transport/spin.py``, shared with the pool's workers and callers).
 #: 0 with one CPU, where a spinning process only delays the one it waits for.
 #: (Clients do not spin: measured, it made concurrent clients' calls interleave
 #: in lockstep, and a spinning thread holds the GIL its process's others need.)
-SERVER_SPIN = 50e-6 if _cpus() > 1 else 0.0
-#: A sleep shorter than this would have been saved by spinning: spin again.
-REARM = 100e-6
-_MIN_SPIN = 5e-6
-
-
-class Spin:
-    """An adaptive busy-poll budget: full after a poll that found something (or a short
-    sleep), halved after each poll that found nothing, off below 5 us.
-
-    Polls fail in a row when the peer cannot run (other processes hold the CPUs);
-    then we stop spinning, until a sleep turns out short again.
-    """
-
-    __slots__ = ("budget", "full")
-
-    def __init__(self, full: float) -> None:
-        self.budget = self.full = full
-
-    def miss(self) -> None:
-        half = self.budget / 2
-        self.budget = half if half >= _MIN_SPIN else 0.0
-
-    def slept(self, seconds: float) -> None:
-        if seconds < REARM:
-            self.budget = self.full
+SERVER_SPIN = spin_budget(50e-6)
 
 
 Address = str | tuple[str, int]

@@ -214,15 +214,15 @@ def _claimed(s: Scheduler, claim: Callable[[list[Job]], list[Job]], jobs: list[J
 
 def add_single(s: Scheduler, job: Job) -> Send | None:
     """``add_jobs((job,))`` for the round trip's case, without the generic fill: a
-    single task, nothing else waiting, a worker idle. It goes to the worker ``_fill``
-    would pick for it with nothing in flight (``_pick_worker``) and its ``Send`` is
-    returned; otherwise (or if its claim drops it) it takes the generic path and None
+    single task, nothing else waiting, a worker idle. It goes to the idle worker used
+    most recently (``_pick_worker``'s ``recent``: the one still polling for work) and
+    its ``Send`` is returned; otherwise (or if its claim drops it) it takes the generic path and None
     is returned.
     """
     if s.state is not PoolState.RUN or s.queue or s.requeued or not job.single:
         s.add_jobs((job,))
         return None
-    best = s._pick_worker(job.timeout is not None, 1)
+    best = s._pick_worker(job.timeout is not None, 1, True)
     if best is None:
         s.add_jobs((job,))
         return None

@@ -9,7 +9,8 @@ Two shortcuts save thread hops on a round trip (``submit(...).result()``,
             │   anyway, ``Handle.busy``), then the task is written ──────────► worker
             result()                                                            │
               └─ lead(): claim the armed channel (LEADING), poll the Handle's   │
-                 own dup of it, lock released ◄──────────────── RESULTS ────────┘
+                 own dup of it (without waiting for up to CALLER_SPIN first),   │
+                 lock released ◄──────────────────────────────── RESULTS ───────┘
                  └─ read_led: under the lock, read, run the scheduler, set the
                     Future (no waiter to wake: the waiter is us); give the channel
                     back in the same hold of the lock
@@ -49,6 +50,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._transport.spin import Spin, spin_budget, spin_until
 from .cell import _UNSET, Cell
 from .channel import ARMED, LEADING, Handle
 from .tasks import Job, PoolState, Send
@@ -91,7 +93,7 @@ class Flags:
     at the inbox once more before releasing the lock, so a post is never missed.
     """
 
-    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "armed", "last_send")
+    __slots__ = ("lock", "asleep", "direct", "led", "led_wid", "armed", "last_send", "spin")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -106,6 +108,9 @@ class Flags:
         # in ``lead`` or, if the caller never comes, until ``disarm`` gives it back.
         self.armed: Handle | None = None
         self.last_send: Send | None = None  # the last Send carried out (read by send_direct)
+        # How long a leading caller polls its channel before sleeping (``lead``): one
+        # budget per pool, as one caller leads at a time.
+        self.spin = Spin(CALLER_SPIN)
 
 
 class Leading:
@@ -218,6 +223,11 @@ class LeadingFuture(Leading):
 
 
 _SETTLED = ("CANCELLED_AND_NOTIFIED", "FINISHED")  # concurrent.futures' final states
+
+#: Seconds a leading caller polls for its answer before it sleeps (``_transport/spin.py``):
+#: a small task's answer comes ~10-15 us after the send (the worker's share).
+CALLER_SPIN = spin_budget(50e-6)
+_clock = time.perf_counter
 
 #: The longest an armed channel nobody reads stays unread, whatever looks at its future
 #: (the engine never sleeps longer while a caller may send directly, and disarms on waking).
@@ -376,6 +386,7 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
     finally:
         lock.release()
     given = False
+    spin = flags.spin
     try:
         while not fut._settled():
             if deadline is None:
@@ -385,8 +396,14 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 if left <= 0:
                     break
                 ms = max(1, int(left * 1000 + 0.999))
-            if not poll(ms):
-                continue
+            # Poll a little before sleeping (_transport/spin.py): the answer of a small
+            # task usually comes within microseconds, and a wake-up costs ~25 us.
+            if not (spin.budget and spin_until(poll, spin)):
+                t = _clock()
+                if not poll(ms):
+                    continue
+                if spin.full:
+                    spin.slept(_clock() - t)
             with lock:
                 if h.conn is None or h.conn.closed or h.led != LEADING:
                     break  # the worker died: the engine has dealt with it

@@ -152,6 +152,7 @@ class ProcessWorkers(WorkerSet):
                     self.initializer,
                     self.initargs,
                     self.serializer,
+                    self.sched.max_memory is not None,
                     None if jfd is None else JournalFd(jfd),
                 ),
             )

@@ -22,8 +22,10 @@ It ignores SIGINT (the parent owns Ctrl+C and tears the pool down), runs the
 initializer once (reporting ``INIT_FAILED`` instead of dying, so the pool breaks
 cleanly rather than respawning forever), then serves batches until ``STOP`` or
 end-of-file on the channel (the parent is gone), and returns quietly: no
-traceback, exit code 0. Its RSS rides on every result, so recycling by memory
-needs no extra round trip.
+traceback, exit code 0. Its RSS rides on its results (every batch's under
+``max_memory_per_child``, so recycling by memory needs no extra round trip; else at
+most every ``RSS_EVERY``), and after answering it polls for its next task a little
+before sleeping (``_transport/spin.py``).
 
 A thread worker (``ThreadWorker``) runs the same calls on objects directly: no
 pickling, results handed to the engine through a callback.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._serialize import Serializer
+from .._transport.spin import Spin, spin_budget, spin_until
 from ..errors import SerializationError
 from .journal import Journal, Values, values_of
 from .messages import (
@@ -58,6 +62,11 @@ from .messages import (
 __all__ = ["worker_main", "run_batch", "ThreadWorker", "current_rss", "by_reference"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+#: Seconds a process worker polls for its next task after answering, before it sleeps
+#: (``_transport/spin.py``: adaptive, bounded, yielding, off with one CPU). In a loop of
+#: round trips the next task comes ~20-30 us after the answer (the caller's share).
+WORKER_SPIN = spin_budget(50e-6)
 
 ONE, STAR, KW = 0, 1, 2  # scheduler.Mode values, as plain ints on the hot path
 _pickle_loads = pickle.loads
@@ -85,14 +94,31 @@ def run_batch(
     return out
 
 
+#: Seconds between two RSS reads a worker sends with its results, unless the pool has a
+#: ``max_memory_per_child`` (then every batch): reading /proc/self/statm is ~1.5 us and a
+#: syscall, a tenth of a worker's part of a round trip, and a worker's RSS, shown by
+#: ``statistics()``, moves no faster than that matters. The engine keeps the last one.
+RSS_EVERY = 0.005
+
+
 class _Rss:
     """Current RSS from /proc/self/statm, read with pread on a held fd (about 2 us)."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 0.0) -> None:
         try:
             self.fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
         except OSError:
             self.fd = None
+        self.every = every
+        self.due = 0.0  # the clock (perf_counter) from which ``sample`` reads again
+
+    def sample(self, now: float) -> int | None:
+        """``read()``, or None (nothing new: the engine keeps the last) until ``every``
+        seconds have passed since the last read."""
+        if now < self.due:
+            return None
+        self.due = now + self.every
+        return self.read()
 
     def read(self) -> int | None:
         if self.fd is None:
@@ -137,12 +163,15 @@ def worker_main(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     serializer: Any,
+    exact_rss: bool = True,
     journal_fd: JournalFd | None = None,
 ) -> None:
-    """Entry point of a pool worker process (the ``target`` of its ``Process``); the pool
-    made its journal's memory (``journal_fd``)."""
+    """Entry point of a pool worker process (the ``target`` of its ``Process``).
+    ``exact_rss``: send the RSS with every batch's results (the pool recycles by memory),
+    else at most every ``RSS_EVERY`` seconds; the pool made the journal's memory
+    (``journal_fd``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    rss = _Rss()
+    rss = _Rss(0.0 if exact_rss else RSS_EVERY)
     start_rss = rss.read()  # before the initializer: what it allocates is the worker's own
     try:
         if initializer is not None:
@@ -178,6 +207,15 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
     def flush(bid: int, values: list[Any]) -> bool:
         return _send_results(chan, (PARTIAL, bid), values)
 
+    # After answering, poll for the next task a little before sleeping (spin.py's rules):
+    # in a round-trip loop it comes within microseconds, and a sleep and its wake-up on
+    # an idle CPU cost ~25 us. Our own poll object on the channel (the worker owns it for
+    # its life): no Connection call per turn.
+    spin = Spin(WORKER_SPIN)
+    ready = select.poll()
+    ready.register(chan.fileno(), select.POLLIN)
+    wait = ready.poll
+    buffered = chan._has_buffered
     while True:
         # Nothing of the last batch is held here while we wait: its argument, function and
         # results die with it (only ``fns`` keeps functions, and only those the parent
@@ -187,7 +225,11 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
                 # Waiting, then loading: a death in between is no fault of the batch
                 # (journal.py, STATE). One poll per batch, none if it is already buffered.
                 journal.waiting()
-                chan.poll(None)
+                if not buffered() and not (spin.budget and spin_until(wait, spin)):
+                    t = clock()
+                    wait(-1)
+                    if spin.full:
+                        spin.slept(clock() - t)
                 journal.loading()
             msg = chan.recv()
         except (EOFError, OSError):
@@ -245,9 +287,9 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
             else:
                 values = run_batch(fn, mode, args)
         fn = args = None
-        busy = clock() - start
+        end = clock()
         assert values is not None
-        ok = _send_results(chan, (RESULTS, bid, busy, rss.read()), values)
+        ok = _send_results(chan, (RESULTS, bid, end - start, rss.sample(end)), values)
         values = None
         if not ok:
             return

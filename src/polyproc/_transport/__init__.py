@@ -15,6 +15,8 @@ per concept:
 * ``sockets``: making sockets and pipes, listening, connecting, TLS probes.
 * ``wake``: ``Wake``, the wake-up pipe of every selector loop; ``readable``, waiting
   for fds with a deadline.
+* ``spin``: ``Spin``, the adaptive busy-poll before a sleep (the manager's loop, a pool
+  worker after answering, a caller waiting for its answer).
 * ``memory``: ``memory_pair()``, an in-process transport with the same interface, so
   the manager loop and a pool channel can be tested with no process.
 * ``buffers``: fresh ``bytes`` a read fills in place.
