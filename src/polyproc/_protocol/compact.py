@@ -32,9 +32,10 @@ __all__ = ["Op", "OPS", "HEADER", "MAX_FRAME", "FrameDecoder", "check", "encode"
 
 HEADER = struct.Struct("<IB")
 _HDR = HEADER.size
-_unpack_from = HEADER.unpack_from
 #: The largest frame an authenticated peer may send (u32 is the hard limit).
 MAX_FRAME = (1 << 32) - 1
+
+_NO_LIMIT = 1 << 62  # feed_frames(): no cap on how many frames one read returns
 
 
 class Op(enum.IntEnum):
@@ -109,20 +110,8 @@ class FrameDecoder:
         if self._buf:
             self._buf += data
             return self.frames()
-        # ``_scan`` inlined (the serving loop calls this once per read of every
-        # connection): the same header check before anything of a body is kept.
-        out: list[tuple[int, bytes]] = []
-        pos, end, max_size, unpack = 0, len(data), self.max_size, _unpack_from
-        while end - pos >= _HDR:
-            length, op = unpack(data, pos)
-            if op not in OPS or length > max_size:
-                check(length, op, max_size)
-            stop = pos + _HDR + length
-            if stop > end:
-                break
-            out.append((op, bytes(data[pos + _HDR : stop])))
-            pos = stop
-        if pos < end:
+        out, pos = self._scan(data, _NO_LIMIT)  # bodies copied straight out of ``data``
+        if pos < len(data):
             self._buf += data[pos:]
             self._check_partial(data, pos)
         return out
