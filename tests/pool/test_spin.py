@@ -75,6 +75,19 @@ def test_a_waiting_caller_stops_spinning_for_slow_tasks(ctx: Any) -> None:
         assert spin.budget == 0.0
 
 
+def _until_all_ready(pool: Any) -> None:
+    """Wait (polling the scheduler, 20 s at most) until every worker has said READY: a
+    later round of ``apply`` goes to the one that answered last, so another may still be
+    booting (spawn, on a loaded machine) while the test measures idle CPU."""
+    from polyproc._pool.tasks import WorkerState
+
+    deadline = time.monotonic() + 20
+    sched = pool._engine.sched
+    while any(s.state is WorkerState.STARTING for s in list(sched.workers.values())):
+        assert time.monotonic() < deadline, "workers never became ready"
+        time.sleep(0.01)  # polling another thread's state, not synchronising with it
+
+
 def _cpu(pids: list[int]) -> float:
     import psutil
 
@@ -90,6 +103,7 @@ def test_an_idle_pool_burns_no_cpu_after_a_burst_of_round_trips(ctx: Any) -> Non
     coming: once calls stop, the whole pool sleeps (spinning for good would cost ~0.5 s
     of CPU a worker here)."""
     with Pool(2, context=ctx) as pool:
+        _until_all_ready(pool)  # a spawned worker still booting would burn CPU below
         for i in range(300):
             assert pool.apply(h.inc, (i,)) == i + 1
         pids = [p.pid for p in pool._pool]
