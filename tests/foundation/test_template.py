@@ -25,6 +25,13 @@ from . import _targets
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
+def _parked_in_c() -> None:
+    from polyproc._launch import template
+
+    if template._fork_template is None:
+        pytest.skip("no C extension here: the template is an ordinary fork (tested below)")
+
+
 def _template_pid(pool: object) -> int:
     template = pool._engine.workers.template  # type: ignore[attr-defined]
     if template is None:
@@ -54,6 +61,7 @@ def test_a_template_runs_no_python_until_first_asked() -> None:
     def listening(pid: int) -> bool:
         return any(c.laddr for c in psutil.Process(pid).net_connections(kind="unix"))
 
+    _parked_in_c()
     with polyproc.get_context("auto").Pool(1) as p:
         pid = _template_pid(p)
         assert p.apply(_targets.square, (4,)) == 16
@@ -72,6 +80,7 @@ def test_a_template_runs_no_python_until_first_asked() -> None:
 def test_a_parked_template_forks_the_first_worker_without_waking() -> None:
     """The template forks the pool's first worker in C as it is forked (the caller forks
     the others meanwhile), and stays parked: still unnamed, it ran no Python."""
+    _parked_in_c()
     with polyproc.get_context("auto").Pool(2) as p:
         tpid = _template_pid(p)
         pids = set(p.map(_targets.getpid_of, range(8), chunksize=1))
