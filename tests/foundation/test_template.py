@@ -77,11 +77,12 @@ def test_a_template_runs_no_python_until_first_asked() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_parked_template_forks_the_first_worker_without_waking() -> None:
+@pytest.mark.parametrize("method", ["auto", "fork"])
+def test_a_parked_template_forks_the_first_worker_without_waking(method: str) -> None:
     """The template forks the pool's first worker in C as it is forked (the caller forks
     the others meanwhile), and stays parked: still unnamed, it ran no Python."""
     _parked_in_c()
-    with polyproc.get_context("auto").Pool(2) as p:
+    with polyproc.get_context(method).Pool(2) as p:
         tpid = _template_pid(p)
         pids = set(p.map(_targets.getpid_of, range(8), chunksize=1))
         template = psutil.Process(tpid)

@@ -32,9 +32,13 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
     template = spec.template
     main = threading.current_thread() is threading.main_thread()
-    # A pool worker: its first workers are forked here, from the main thread at pool
-    # creation (template.start says why); later ones, from the engine's thread, are
-    # forked by the pool's single-threaded template.
+    # A pool worker: its first workers are forked from the main thread at pool creation,
+    # the first by the template as it is forked, as under ``auto`` (template.start says
+    # why); later ones, from the engine's thread, are forked by the pool's template.
+    if template is not None and main:
+        handle = template.start_first(spec)  # None if not safe: the launcher's fork
+        if handle is not None:
+            return handle
     if template is not None and not main and template.usable():
         try:
             return template.start(spec)

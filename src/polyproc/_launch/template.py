@@ -159,6 +159,13 @@ class Template:
             return None
         return _LatePidHandle(pid_r, status_r)
 
+    def start_first(self, spec: LaunchSpec) -> ChildHandle | None:
+        """One of the pool's first workers, from the main thread at the pool's creation:
+        forked by this template as it is forked (``fork_with_first``), else here (the
+        caller's fork, as the stdlib's Pool); None if forking is not safe now."""
+        handle = self.fork_with_first(spec) if self.pending else None
+        return handle or fork_here(spec.entry)
+
     def fork_now(self, foreign: tuple[int, ...] = ()) -> bool:
         """Fork this pending template now; False (and closed) if that is not safe here.
 
@@ -425,7 +432,7 @@ def start(spec: LaunchSpec) -> ChildHandle:
         # A pool's first worker: forked by the template as it is forked, or (no C
         # extension) here, before the template (``ProcessWorkers.first_started``).
         if threading.current_thread() is threading.main_thread():
-            handle = template.fork_with_first(spec) or fork_here(spec.entry)
+            handle = template.start_first(spec)
             if handle is not None:
                 return handle
         template.close()  # not safe now: neither the template nor its workers
