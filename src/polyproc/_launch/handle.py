@@ -31,6 +31,7 @@ __all__ = [
     "launch_errors",
     "PID",
     "report_status",
+    "read_exactly",
 ]
 
 #: A fork server's reply to a request: the new child's pid, or minus the errno of a failed fork.
@@ -47,6 +48,18 @@ def report_status(status_w: int, status: int) -> None:
     except OSError:
         pass
     os.close(status_w)
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    """``n`` bytes from ``fd``, or fewer if the writer closed first (a short read is
+    its death before it could say them)."""
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def wait_fd(fd: int, timeout: float | None) -> bool:
@@ -155,12 +168,7 @@ class StatusPipeHandle(ChildHandle):
     def poll(self) -> int | None:
         with self._lock:
             if self.returncode is None and self.sentinel >= 0 and wait_fd(self.sentinel, 0):
-                data = b""
-                while len(data) < 4:
-                    chunk = os.read(self.sentinel, 4 - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
+                data = read_exactly(self.sentinel, 4)
                 if len(data) == 4:
                     self.returncode = os.waitstatus_to_exitcode(_STATUS.unpack(data)[0])
                 else:  # the forkserver died before it could tell us: the child died with it

@@ -9,27 +9,30 @@ polyproc's own threads *parked* where they hold no lock::
     Process.start() (auto)                     Pool / Executor created (auto)
     ──────────────────────                     ───────────────────────────────
     caller single-threaded?                    caller single-threaded?
-      yes: park ours, os.fork() here             yes: park ours; fork the first workers
-      no:  the forkserver (fresh interpreter)         here, then a TEMPLATE, parked in C
-                                                      (it runs no Python until asked)
+      yes: park ours, os.fork() here             yes: park ours; fork a TEMPLATE, parked
+      no:  the forkserver (fresh interpreter)         in C, which forks the first worker
+                                                      there; the caller forks the others
                                                  no:  no template (the forkserver)
 
     pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
     (replacements after a crash, recycling)         the caller at creation) ── fork ──► worker
 
 The template is a copy of the caller taken before the pool's engine thread exists,
-so it has one thread. It is forked *parked* (``_csem.fork_parked``): it waits in C,
-before the interpreter's own after-fork work, until the pool's first request, and
-costs ~20 page faults and no CPU until then (forked by ``os.fork`` it cost ~0.7 ms of
-CPU and ~230 copy-on-write faults at birth, on the CPUs the first workers start on;
-issue 11). Woken, it runs the fork server's request loop (``server.Server``) privately
-for its pool, and exits when the pool closes it or the caller dies. The first workers
-are forked by the caller, as the stdlib's are, just before the template (the same
-state: the caller runs none of its own code between), and start sooner for it. Under
-``fork`` too. Either way a
-worker costs a fork (no interpreter boot, no import of ``__main__``), cannot inherit an
-fd another thread of the caller opens later (a ``subprocess`` exec-status pipe: issue
-11, case 4), and never makes Python 3.12+ warn about forking with threads.
+so it has one thread. It is forked *parked* (``_csem.fork_template``): before any Python
+runs in it, it forks the pool's first worker (whose pid it writes down a pipe, read when
+first asked), then waits in C, reaping that worker if it dies, until the pool's first
+request. Until then it costs ~20 page faults and no CPU (forked by ``os.fork`` it cost
+~0.7 ms of CPU and ~230 copy-on-write faults at birth, on the CPUs the first workers
+start on, before it could fork one; issue 11). Woken, it runs the fork server's request
+loop (``server.Server``) privately for its pool, and exits when the pool closes it (or
+kills it, never woken) or the caller dies. Meanwhile the caller forks the other first
+workers itself, as the stdlib's Pool does: it forks as many processes as the stdlib's.
+Under ``fork`` too. Without the C extension the caller forks every first worker and
+then the template with ``os.fork`` (``Template.fork_now``), which waits in Python.
+Either way a worker costs a fork (no interpreter boot, no import of ``__main__``),
+cannot inherit an fd another thread of the caller opens later (a ``subprocess``
+exec-status pipe: issue 11, case 4), and never makes Python 3.12+ warn about forking
+with threads.
 
 *Parked* means: a polyproc thread that registered the one lock it holds whenever
 it runs Python code (the pool engine holds its lock except while in ``select``;
@@ -49,7 +52,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .child import die_with_parent, set_comm
-from .handle import PID, StatusPipeHandle
+from .handle import PID, StatusPipeHandle, read_exactly
 from .parking import fork_is_safe as fork_is_safe
 from .parking import parkable as parkable
 from .parking import parked as parked
@@ -99,7 +102,7 @@ class Template:
     first_fds: tuple[int, ...] = ()
 
     def __init__(self) -> None:
-        # Pending until ``fork_now``; then these are filled in.
+        # Pending until ``fork_with_first`` or ``fork_now``; then these are filled in.
         self._boot: Connection | None = None
         self._handle: PidfdHandle | None = None
         self._lock = threading.Lock()
@@ -337,11 +340,7 @@ class _LatePidHandle(StatusPipeHandle):
         if self._pid_r >= 0:
             data = b""
             try:
-                while len(data) < 8:
-                    chunk = os.read(self._pid_r, 8 - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
+                data = read_exactly(self._pid_r, 8)
             finally:
                 os.close(self._pid_r)
                 self._pid_r = -1
@@ -402,8 +401,9 @@ def for_pool(ctx: Settings) -> Template | None:
     """A template for a new pool's workers, or None (then workers start as usual).
 
     Called by the pool engine in the caller's thread, before the engine's own thread
-    exists; the pool forks it (``fork_now``) right after its first workers, which start
-    sooner for it. Only the fork-like methods use one: ``auto`` always, ``fork`` too
+    exists; it is forked with the pool's first worker (``fork_with_first``), or, without
+    the C extension, right after the first workers (``fork_now``). Only the fork-like
+    methods use one: ``auto`` always, ``fork`` too
     (its workers then see the caller as at pool creation, as the stdlib's initial
     workers do, and no fd opened later by another thread leaks into them).
     """

@@ -136,8 +136,8 @@ class Engine:
         self.thread = threading.Thread(target=self._main, name="polyproc-pool-engine", daemon=True)
         parkable(self.thread, self.flags.lock)  # it runs Python code only holding the lock
         if self.workers.first_in_caller:
-            # The first workers: forked here, from the caller, before our thread exists;
-            # then their template (_launch/template.py, ``start``).
+            # The first workers: forked here, from the caller, before our thread exists
+            # (the first by the pool's template as it is forked: _launch/template.py).
             self.act()
             self.workers.first_started()
         self.thread.start()  # last: the thread reads everything above
