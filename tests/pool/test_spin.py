@@ -11,7 +11,7 @@ import pytest
 
 from polyproc._pool import worker
 from polyproc._transport import spin as spin_mod
-from polyproc._transport.spin import REARM, Spin, spin_budget, spin_until
+from polyproc._transport.spin import REARM, Spin, spin_budget, spin_until, wait_spinning
 from polyproc.pool import Pool
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,6 +54,27 @@ def test_spin_until_gives_up_when_the_budget_is_spent() -> None:
     assert not spin_until(lambda ms: [], s)
     assert time.perf_counter() - started < 1.0  # bounded (20 us; generous for a loaded box)
     assert s.budget == 10e-6
+
+
+def test_wait_spinning_spins_then_sleeps_and_reports_the_sleep(monkeypatch: Any) -> None:
+    """What every spinner (worker, leading caller, manager loop) does: the spin's find
+    without sleeping; else one sleep with the caller's timeout, which rearms a budget the
+    misses had switched off when it was shorter than ``REARM``; no spin when not allowed."""
+    monkeypatch.setattr(spin_mod, "_yield", lambda: None)
+    timeouts: list[Any] = []
+
+    def poll(timeout: Any) -> list[int]:
+        timeouts.append(timeout)
+        return [7] if timeout == 0 else []
+
+    s = Spin(1.0)
+    assert wait_spinning(poll, s, 5) == [7] and timeouts == [0]
+    timeouts.clear()
+    assert wait_spinning(poll, s, 5, may_spin=False) == [] and timeouts == [5]
+    s.budget = 0.0  # switched off by misses; the sleep above was short: rearmed below
+    timeouts.clear()
+    assert wait_spinning(poll, s, 5) == [] and timeouts == [5]
+    assert s.budget == 1.0
 
 
 def test_no_spinning_with_one_cpu(monkeypatch: Any) -> None:

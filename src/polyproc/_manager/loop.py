@@ -37,17 +37,16 @@ per connection.
 
 from __future__ import annotations
 
-import os
 import queue
 import select
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sized
 from typing import Any
 
 from .._protocol.compact import MAX_FRAME, FrameDecoder, Op
 from .._transport import Outbox, Stream, Wake, want_errors
+from .._transport.spin import wait_spinning
 from .wire import SERVER_SPIN, Spin
 
 __all__ = ["ServeLoop", "Conn", "Deferred"]
@@ -217,7 +216,7 @@ class ServeLoop:
     def _run(self) -> None:
         by_fd, wake_fd = self._by_fd, self._waker.fileno()
         try:
-            poll, clock, yield_cpu = self._ep.poll, time.perf_counter, os.sched_yield
+            poll = self._ep.poll
             handshakes = self.handshakes
             spin = Spin(SERVER_SPIN)
             while not self._stopping:
@@ -225,22 +224,11 @@ class ServeLoop:
                 # Busy-poll a little before sleeping (see wire.SERVER_SPIN and Spin):
                 # the next request usually comes within microseconds of the last reply.
                 events = poll(0)
-                # Never while another thread of ours has work: the spinning thread
-                # holds the GIL it would need.
-                if not events and spin.budget and not self._working and not handshakes:
-                    deadline = clock() + spin.budget
-                    while not events and clock() < deadline:
-                        yield_cpu()  # a client we wait for may need this very CPU
-                        events = poll(0)
-                    if events:
-                        spin.budget = spin.full
-                    else:
-                        spin.miss()
                 if not events:
-                    start = clock()
-                    events = poll()
-                    if spin.full:
-                        spin.slept(clock() - start)
+                    # Never spinning while another thread of ours has work: the
+                    # spinning thread holds the GIL it would need.
+                    idle = not self._working and not handshakes
+                    events = wait_spinning(poll, spin, -1, may_spin=idle)
                 for fd, mask in events:
                     if fd == wake_fd:
                         self._on_wake(ready)

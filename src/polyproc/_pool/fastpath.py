@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._transport.spin import Spin, spin_budget, spin_until
+from .._transport.spin import Spin, spin_budget, wait_spinning
 from .cell import _UNSET, Cell
 from .channel import ARMED, LEADING, Handle
 from .tasks import Job, PoolState, Send
@@ -227,7 +227,6 @@ _SETTLED = ("CANCELLED_AND_NOTIFIED", "FINISHED")  # concurrent.futures' final s
 #: Seconds a leading caller polls for its answer before it sleeps (``_transport/spin.py``):
 #: a small task's answer comes ~10-15 us after the send (the worker's share).
 CALLER_SPIN = spin_budget(50e-6)
-_clock = time.perf_counter
 
 #: The longest an armed channel nobody reads stays unread, whatever looks at its future
 #: (the engine never sleeps longer while a caller may send directly, and disarms on waking).
@@ -398,12 +397,8 @@ def lead(engine: Engine, fut: Any, timeout: float | None) -> float | None:
                 ms = max(1, int(left * 1000 + 0.999))
             # Poll a little before sleeping (_transport/spin.py): the answer of a small
             # task usually comes within microseconds, and a wake-up costs ~25 us.
-            if not (spin.budget and spin_until(poll, spin)):
-                t = _clock()
-                if not poll(ms):
-                    continue
-                if spin.full:
-                    spin.slept(_clock() - t)
+            if not wait_spinning(poll, spin, ms):
+                continue
             with lock:
                 if h.conn is None or h.conn.closed or h.led != LEADING:
                     break  # the worker died: the engine has dealt with it

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._serialize import Serializer
-from .._transport.spin import Spin, spin_budget, spin_until
+from .._transport.spin import Spin, spin_budget, wait_spinning
 from ..errors import SerializationError
 from .journal import Journal, Values, values_of
 from .messages import (
@@ -225,11 +225,8 @@ def _serve(chan: Any, serializer: Any, rss: _Rss, journal: Journal | None) -> No
                 # Waiting, then loading: a death in between is no fault of the batch
                 # (journal.py, STATE). One poll per batch, none if it is already buffered.
                 journal.waiting()
-                if not buffered() and not (spin.budget and spin_until(wait, spin)):
-                    t = clock()
-                    wait(-1)
-                    if spin.full:
-                        spin.slept(clock() - t)
+                if not buffered():
+                    wait_spinning(wait, spin, -1)
                 journal.loading()
             msg = chan.recv()
         except (EOFError, OSError):

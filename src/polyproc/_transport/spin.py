@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["REARM", "Spin", "spin_budget", "spin_until"]
+__all__ = ["REARM", "Spin", "spin_budget", "spin_until", "wait_spinning"]
 
 #: A sleep shorter than this would have been saved by spinning: spin again.
 REARM = 100e-6
@@ -77,16 +77,35 @@ _clock = time.perf_counter
 _yield = os.sched_yield
 
 
-def spin_until(poll: Callable[[int], Any], spin: Spin) -> bool:
+def spin_until(poll: Callable[[int], Any], spin: Spin) -> Any:
     """``poll(0)`` until it reports something or ``spin.budget`` runs out, yielding the
-    CPU between polls; True if it did. Adjusts ``spin``. After a False the caller
-    sleeps in its own ``poll`` and reports how long to ``spin.slept``."""
+    CPU between polls; what it reported (true), or None. Adjusts ``spin``. After None
+    the caller sleeps in its own ``poll`` and reports how long to ``spin.slept``
+    (``wait_spinning`` does both)."""
     end = _clock() + spin.budget
     while True:
-        if poll(0):
+        got = poll(0)
+        if got:
             spin.budget = spin.full
-            return True
+            return got
         _yield()
         if _clock() > end:
             spin.miss()
-            return False
+            return None
+
+
+def wait_spinning(
+    poll: Callable[[Any], Any], spin: Spin, timeout: Any, may_spin: bool = True
+) -> Any:
+    """Wait for ``poll`` as every spinner does: spin within the budget (if ``may_spin``),
+    then sleep in ``poll(timeout)``, telling ``spin`` how long the sleep was; what the
+    poll that found something reported (false if the sleep timed out)."""
+    if may_spin and spin.budget:
+        got = spin_until(poll, spin)
+        if got:
+            return got
+    t = _clock()
+    got = poll(timeout)
+    if spin.full:
+        spin.slept(_clock() - t)
+    return got
