@@ -138,7 +138,7 @@ def test_wrong_key_is_refused_and_others_go_on(server: Server) -> None:
 
 def test_client_hangs_up_mid_call(server: Server) -> None:
     ch = client.Channel(server.address, KEY, None)
-    ch.fs.send_raw(HEADER.pack(1000, Op.CALL) + b"\x80\x05half a pickle")
+    ch.fs.write(HEADER.pack(1000, Op.CALL) + b"\x80\x05half a pickle")
     ch.close()
     ch2 = client.Channel(server.address, KEY, None)
     ch2.fs.send(Op.CREATE, dumps(("Queue", (), None)))
@@ -157,7 +157,7 @@ def test_authenticated_garbage(server: Server) -> None:
     ch.fs.send(Op.CALL, dumps((10**9, "append", (), None)))
     op, body = ch.fs.recv()
     assert op == Op.FAULT and "no object" in pickle.loads(body)
-    ch.fs.send_raw(struct.pack("<IB", 0, 200))  # an unknown op: that connection ends
+    ch.fs.write(struct.pack("<IB", 0, 200))  # an unknown op: that connection ends
     assert _closed_by_server(ch.fs.sock)
     ch.close()
     _works(server)

@@ -325,10 +325,8 @@ def post(address: Address, authkey: bytes | None, body: bytes) -> None:
             with _state.lock:
                 ids = _state.decrefs.pop(address, [])
             fs.write(encode(Op.DECREF, dumps(ids)) + encode(_CALL_ASYNC, body))
-        elif len(body) < COALESCE:
-            fs.write(_pack(len(body), _CALL_ASYNC) + body)
         else:
-            fs.send(_CALL_ASYNC, body)
+            fs.send(_CALL_ASYNC, body)  # one write under COALESCE
     except BaseException as exc:
         drop_channel(address)
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):

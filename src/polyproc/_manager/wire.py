@@ -123,7 +123,7 @@ class FrameSocket:
         self._stream = stream = SocketStream(sock)
         # The socket's own recv/sendall (TLS: the mapped ones): every OSError means the
         # peer is gone to each of our callers, and a frame less per call shows.
-        # ``write(data)``: whole frames, all of them (a client's fire-and-forget call).
+        # ``write(data)``: whole frames already encoded (``encode``), in one syscall.
         self._read, self.write = stream.plain_calls()
         self._wait: Any = None
         self._pending = bytearray(pending)
@@ -143,10 +143,6 @@ class FrameSocket:
         else:
             self.write(HEADER.pack(n, op))
             self.write(body)
-
-    def send_raw(self, data: bytes) -> None:
-        """Several frames already encoded (``encode``): one syscall."""
-        self.write(data)
 
     def exchange(
         self, data: bytes | None, max_size: int = MAX_FRAME
