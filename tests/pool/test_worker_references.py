@@ -35,7 +35,12 @@ class Deaths:
                 pytest.fail(f"the worker still holds its copy of the task's {label}")
             ready, _, _ = select.select([self.fd], [], [], left)
             if ready:
-                self.buf += os.read(self.fd, 4096)
+                try:
+                    self.buf += os.read(self.fd, 4096)
+                except BlockingIOError:
+                    # Readable for the hang-up of the last writer, and a new writer
+                    # opened the FIFO before we read: no data yet, wait again.
+                    continue
                 *lines, self.buf = self.buf.split(b"\n")
                 for line in lines:
                     name, pid = line.decode().split()
