@@ -150,7 +150,10 @@ class Template:
         status_r, status_w = os.pipe()
         pid_r, pid_w = os.pipe()
         try:
-            got = self._fork((), (spec.entry, status_w, pid_w, self.first_fds))
+            # The template closes, once the worker is forked, that worker's channel ends
+            # and the read ends of its two pipes, which are the caller's alone.
+            closing = (*self.first_fds, status_r, pid_r)
+            got = self._fork((), (spec.entry, status_w, pid_w, closing))
         finally:
             os.close(status_w)
             os.close(pid_w)
@@ -321,7 +324,8 @@ except ImportError:  # pragma: no cover - no C extension: see ``Template._fork``
 
 _CALLER, _WOKEN, _FIRST = 0, 1, 2  # ``_csem.fork_template``'s roles
 #: What a template forks first, before parking: (entry, status pipe's write end, pid
-#: pipe's write end, fds to close once it is forked: that worker's channel ends).
+#: pipe's write end, fds to close once it is forked: that worker's channel ends and the
+#: read ends of those pipes).
 _First = tuple["Callable[[], int]", int, int, tuple[int, ...]]
 
 
