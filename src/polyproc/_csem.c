@@ -578,7 +578,7 @@ csem_prctl(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 
-/* fork_template(fd, other_end, parent_pid, first) -> (role, pid)
+/* fork_template(fd, other_end, parent_pid, firsts) -> (role, value)
 
    Fork a pool's template: a child that closes other_end (the parent's end of fd's
    socket pair, so that closing it there is our end-of-file), then waits, in C and
@@ -586,20 +586,26 @@ csem_prctl(PyObject *Py_UNUSED(module), PyObject *args)
    again (the interpreter's after-fork work, PyOS_AfterFork_Child). On end-of-file, or if
    its parent is already gone, it _exits(0) having run no Python at all.
 
-   first: None, or (status_w, pid_w, close_fds): the template forks the pool's first
-   worker at once, also in C (no Python runs in the template for it), writes that
-   worker's pid (8 bytes, little-endian) down pid_w, closes close_fds (the worker's
-   channel ends, not the template's to keep), and while parked reaps the worker if it
-   exits, writing its wait status (4 bytes) down status_w.
+   firsts: a tuple of (status_w, pid_w, close_fds), one per first worker of the pool: the
+   template forks each at once, in order, also in C (no Python runs in the template for
+   them), writes each one's pid (8 bytes, little-endian; -errno if its fork failed) down
+   its pid_w, closes its close_fds (that worker's channel ends and journal, not the
+   template's to keep), and while parked reaps each that exits, writing its wait status
+   (4 bytes) down its status_w. Worker k closes the pipes of every first worker and the
+   close_fds of the ones forked after it (the template closed the earlier ones' before
+   forking it): no worker holds another's channel.
 
-   Returns, in the parent: (0, template pid); in the woken template: (1, the first
-   worker's pid if it still runs, else 0); in the first worker: (2, 0).
+   Returns, in the parent: (0, template pid); in the woken template: (1, ((pid, k), ...)
+   for the first workers still running); in first worker k: (2, k).
 
-   Why: forked by os.fork, the template ran the interpreter's after-fork work at birth
-   (~0.7 ms of CPU, ~230 copy-on-write faults) before it could fork the first worker, on
-   the CPUs the first workers start on (issue 11). Parked, it costs ~20 faults until the
-   pool's first request, which most pools never send. Signals that arrive meanwhile only
-   set Python's flags, which PyOS_AfterFork_Child clears. */
+   Why: the caller forks once (this template) where it would fork once per first worker,
+   and goes on while the template forks them: a fork of a ~25 MB interpreter costs the
+   forking process ~0.7-1 ms of CPU and the pages it touches after it copy-on-write
+   faults (issue 11). Forked by os.fork, the template would also have run the
+   interpreter's after-fork work at birth (~0.7 ms of CPU, ~230 faults) before it could
+   fork a worker. Parked, it costs ~20 faults until the pool's first request, which most
+   pools never send. Signals that arrive meanwhile only set Python's flags, which
+   PyOS_AfterFork_Child clears. */
 static void
 put_le(int fd, long long value, int size)
 {
@@ -620,34 +626,58 @@ put_le(int fd, long long value, int size)
     }
 }
 
+enum { MAX_FIRSTS = 64, MAX_CLOSE = 8 };
+
+struct first_worker {
+    int status_w, pid_w, nclose;
+    int close_fds[MAX_CLOSE];
+    pid_t pid;    /* > 0 while it runs (not yet reaped) */
+    int pidfd;    /* -1 if none */
+};
+
 static PyObject *
 csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd, other_end;
     long parent;
-    PyObject *first;
-    int status_w = -1, pid_w = -1;
-    PyObject *close_fds = NULL;
-    if (!PyArg_ParseTuple(args, "iilO", &fd, &other_end, &parent, &first)) {
+    PyObject *firsts_arg;
+    if (!PyArg_ParseTuple(args, "iilO!", &fd, &other_end, &parent, &PyTuple_Type, &firsts_arg)) {
         return NULL;
     }
-    if (first != Py_None
-        && !PyArg_ParseTuple(first, "iiO!", &status_w, &pid_w, &PyTuple_Type, &close_fds)) {
+    Py_ssize_t nfirst = PyTuple_GET_SIZE(firsts_arg);
+    if (nfirst > MAX_FIRSTS) {
+        PyErr_SetString(PyExc_ValueError, "fork_template: too many first workers");
         return NULL;
     }
-    Py_ssize_t nclose = close_fds == NULL ? 0 : PyTuple_GET_SIZE(close_fds);
-    int to_close[16];
-    if (nclose > 16) {
-        PyErr_SetString(PyExc_ValueError, "fork_template: too many fds to close");
-        return NULL;
+    struct first_worker *w = PyMem_Calloc((size_t)(nfirst > 0 ? nfirst : 1), sizeof(*w));
+    if (w == NULL) {
+        return PyErr_NoMemory();
     }
-    for (Py_ssize_t i = 0; i < nclose; i++) {
-        to_close[i] = PyLong_AsLong(PyTuple_GET_ITEM(close_fds, i));
-        if (to_close[i] == -1 && PyErr_Occurred()) {
+    for (Py_ssize_t k = 0; k < nfirst; k++) {
+        PyObject *close_fds;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(firsts_arg, k), "iiO!", &w[k].status_w,
+                              &w[k].pid_w, &PyTuple_Type, &close_fds)) {
+            PyMem_Free(w);
             return NULL;
         }
+        Py_ssize_t nclose = PyTuple_GET_SIZE(close_fds);
+        if (nclose > MAX_CLOSE) {
+            PyMem_Free(w);
+            PyErr_SetString(PyExc_ValueError, "fork_template: too many fds to close");
+            return NULL;
+        }
+        w[k].nclose = (int)nclose;
+        for (Py_ssize_t i = 0; i < nclose; i++) {
+            w[k].close_fds[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(close_fds, i));
+            if (w[k].close_fds[i] == -1 && PyErr_Occurred()) {
+                PyMem_Free(w);
+                return NULL;
+            }
+        }
+        w[k].pidfd = -1;
     }
     if (PySys_Audit("os.fork", NULL) < 0) {
+        PyMem_Free(w);
         return NULL;
     }
     PyOS_BeforeFork();
@@ -655,6 +685,7 @@ csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
     int saved_errno = errno;
     if (pid != 0) {
         PyOS_AfterFork_Parent();
+        PyMem_Free(w);
         if (pid < 0) {
             errno = saved_errno;
             return PyErr_SetFromErrno(PyExc_OSError);
@@ -667,55 +698,88 @@ csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
     if (getppid() != (pid_t)parent) {
         _exit(0);
     }
-    pid_t worker = 0;
-    int worker_fd = -1;
-    if (first != Py_None) {
-        pid_t me = getpid();
-        worker = fork();
-        if (worker == 0) {
+    pid_t me = getpid();
+    int live = 0, polled_without_pidfd = 0;
+    for (Py_ssize_t k = 0; k < nfirst; k++) {
+        pid_t child = fork();
+        if (child == 0) {
             close(fd);
-            close(status_w);
-            close(pid_w);
+            for (Py_ssize_t j = 0; j < nfirst; j++) {
+                close(w[j].status_w);
+                close(w[j].pid_w);
+                for (int i = 0; j > k && i < w[j].nclose; i++) {
+                    close(w[j].close_fds[i]);
+                }
+            }
             prctl(PR_SET_PDEATHSIG, SIGKILL, 0UL, 0UL, 0UL);
             if (getppid() != me) {
                 _exit(70);
             }
             PyOS_AfterFork_Child();
-            return Py_BuildValue("(ii)", 2, 0);
+            PyMem_Free(w);
+            return Py_BuildValue("(in)", 2, k);
         }
-        for (Py_ssize_t i = 0; i < nclose; i++) {
-            close(to_close[i]);
+        for (int i = 0; i < w[k].nclose; i++) {
+            close(w[k].close_fds[i]);
         }
-        put_le(pid_w, worker > 0 ? (long long)worker : -(long long)errno, 8);
-        close(pid_w);
-        if (worker > 0) {
-            worker_fd = (int)syscall(SYS_pidfd_open, worker, 0);
+        put_le(w[k].pid_w, child > 0 ? (long long)child : -(long long)errno, 8);
+        close(w[k].pid_w);
+        if (child > 0) {
+            w[k].pid = child;
+            w[k].pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+            polled_without_pidfd |= w[k].pidfd < 0;
+            live++;
         }
         else {
-            close(status_w); /* no worker: its status pipe ends, which says it died */
-            worker = 0;
+            close(w[k].status_w); /* no worker: its status pipe ends, which says it died */
         }
     }
+    struct pollfd p[1 + MAX_FIRSTS];
+    int slot_of[1 + MAX_FIRSTS];
     for (;;) {
-        struct pollfd p[2] = {{fd, POLLIN, 0}, {worker_fd, POLLIN, 0}};
-        int n = poll(p, worker_fd >= 0 ? 2 : 1, worker > 0 && worker_fd < 0 ? 100 : -1);
-        if (n < 0) {
+        int n = 0;
+        p[n].fd = fd;
+        p[n].events = POLLIN;
+        p[n].revents = 0;
+        n++;
+        for (Py_ssize_t k = 0; k < nfirst; k++) {
+            if (w[k].pid > 0 && w[k].pidfd >= 0) {
+                p[n].fd = w[k].pidfd;
+                p[n].events = POLLIN;
+                p[n].revents = 0;
+                slot_of[n] = (int)k;
+                n++;
+            }
+        }
+        int got = poll(p, (nfds_t)n, live > 0 && polled_without_pidfd ? 100 : -1);
+        if (got < 0) {
             if (errno == EINTR) {
                 continue;
             }
             _exit(1);
         }
-        if (worker > 0 && (worker_fd < 0 || p[1].revents)) {
+        for (Py_ssize_t k = 0; k < nfirst && live > 0; k++) {
+            if (w[k].pid <= 0) {
+                continue;
+            }
+            int fired = w[k].pidfd < 0;
+            for (int i = 1; i < n && !fired; i++) {
+                fired = slot_of[i] == (int)k && p[i].revents;
+            }
+            if (!fired) {
+                continue;
+            }
             int status;
-            pid_t got = waitpid(worker, &status, worker_fd < 0 ? WNOHANG : 0);
-            if (got == worker) {
-                put_le(status_w, status, 4);
-                close(status_w);
-                if (worker_fd >= 0) {
-                    close(worker_fd);
+            pid_t done = waitpid(w[k].pid, &status, w[k].pidfd < 0 ? WNOHANG : 0);
+            if (done == w[k].pid) {
+                put_le(w[k].status_w, status, 4);
+                close(w[k].status_w);
+                if (w[k].pidfd >= 0) {
+                    close(w[k].pidfd);
                 }
-                worker = 0;
-                worker_fd = -1;
+                w[k].pid = 0;
+                w[k].pidfd = -1;
+                live--;
             }
         }
         if (p[0].revents) {
@@ -730,11 +794,33 @@ csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
             _exit(0); /* end-of-file: the pool ended without a request */
         }
     }
-    if (worker_fd >= 0) {
-        close(worker_fd);
+    long run_pid[MAX_FIRSTS];
+    Py_ssize_t run_k[MAX_FIRSTS];
+    int nrun = 0;
+    for (Py_ssize_t k = 0; k < nfirst; k++) {
+        if (w[k].pidfd >= 0) {
+            close(w[k].pidfd);
+        }
+        if (w[k].pid > 0) {
+            run_pid[nrun] = (long)w[k].pid;
+            run_k[nrun++] = k;
+        }
     }
     PyOS_AfterFork_Child();
-    return Py_BuildValue("(il)", 1, (long)worker);
+    PyMem_Free(w);
+    PyObject *running = PyTuple_New(nrun);
+    for (int i = 0; running != NULL && i < nrun; i++) {
+        PyObject *item = Py_BuildValue("(ln)", run_pid[i], run_k[i]);
+        if (item == NULL) {
+            Py_CLEAR(running);
+            break;
+        }
+        PyTuple_SET_ITEM(running, i, item);
+    }
+    if (running == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(iN)", 1, running);
 }
 
 
@@ -869,7 +955,7 @@ csem_run_scalars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef csem_functions[] = {
     {"prctl", csem_prctl, METH_VARARGS, "prctl(option, int_or_bytes) -> None"},
     {"fork_template", csem_fork_template, METH_VARARGS,
-     "fork_template(fd, other_end, parent_pid, first) -> (role, pid)"},
+     "fork_template(fd, other_end, parent_pid, firsts) -> (role, value)"},
     {"run_scalars", (PyCFunction)(void (*)(void))csem_run_scalars, METH_FASTCALL,
      "run_scalars(fn, star, items, j, stop, journal, tags_at, vals_at, started_word, unset)"},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,7 @@
 """Stub for the optional C extension ``polyproc._csem`` (see ``_csem.c``)."""
 
+from typing import Any
+
 SEM_SIZE: int
 
 class SemLock:
@@ -23,11 +25,16 @@ def prctl(option: int, arg: int | bytes, /) -> None:
     """``prctl(2)`` with one argument (PR_SET_PDEATHSIG, PR_SET_NAME), no ctypes."""
 
 def fork_template(
-    fd: int, other_end: int, parent_pid: int, first: tuple[int, int, tuple[int, ...]] | None, /
-) -> tuple[int, int]:
-    """Fork a pool's template, parked in C until ``fd`` has data, and maybe its first
-    worker: (0, template pid) here, (1, first worker's pid or 0) in the template woken,
-    (2, 0) in the first worker."""
+    fd: int,
+    other_end: int,
+    parent_pid: int,
+    firsts: tuple[tuple[int, int, tuple[int, ...]], ...],
+    /,
+) -> tuple[int, Any]:
+    """Fork a pool's template, parked in C until ``fd`` has data, and its first workers
+    (one per ``(status_w, pid_w, close_fds)``): (0, template pid) here; in the template
+    woken, (1, ((pid, k), ...)) for the first workers still running; (2, k) in first
+    worker k."""
 
 def run_scalars(
     fn: object,

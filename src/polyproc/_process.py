@@ -155,15 +155,21 @@ class BaseProcess:
         # Its pid is read from the handle when asked: a pool's first worker, forked by
         # the pool's template, has one only once the template has said it (template.py).
         self._handle = launcher_for(ctx.start_method).start(spec)
-        # The child has its own copy; drop ours so big arguments are freed (as the stdlib does).
-        self._target = None
-        self._args = ()
-        self._kwargs = {}
+        if not getattr(self._handle, "forked_later", False):
+            self._drop_target()
         with _STATE.lock:
             _STATE.children.add(self)
             if not _STATE.atexit_registered:
                 _STATE.atexit_registered = True
                 atexit.register(_exit_function)
+
+    def _drop_target(self) -> None:
+        """The child has its own copy: drop ours, so big arguments are freed (as the
+        stdlib does). Not yet for a pool's first worker that its template forks after
+        ``start()`` returns (template.py): the pool calls this once it is forked."""
+        self._target = None
+        self._args = ()
+        self._kwargs = {}
 
     def _context(self) -> Settings:
         if self._ctx is not None:

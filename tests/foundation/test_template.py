@@ -1,8 +1,8 @@
 """A pool's template (``_launch/template.py``): parked until first asked, gone with its pool.
 
-The template is a copy of the caller forked at pool creation, after the first workers,
-to fork the pool's replacement workers. It is forked parked in C
-(``_csem.fork_parked``): no Python runs in it, and it costs no CPU, until the pool's
+The template is a copy of the caller forked at pool creation, which forks the pool's
+first workers at once and its replacement workers later. It is forked parked in C
+(``_csem.fork_template``): no Python runs in it, and it costs no CPU, until the pool's
 first request. These tests look at it from outside (psutil), as a user's ``ps`` would.
 """
 
@@ -78,19 +78,28 @@ def test_a_template_runs_no_python_until_first_asked() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", ["auto", "fork"])
-def test_a_parked_template_forks_the_first_worker_without_waking(method: str) -> None:
-    """The template forks the pool's first worker in C as it is forked (the caller forks
-    the others meanwhile), and stays parked: still unnamed, it ran no Python."""
+def test_a_parked_template_forks_the_first_workers_without_waking(method: str) -> None:
+    """The template forks every first worker of the pool in C as it is forked (the
+    caller forks once, whatever the pool's size), and stays parked: still unnamed, it
+    ran no Python. Each worker has its own channel and none of another's."""
     _parked_in_c()
-    with polyproc.get_context(method).Pool(2) as p:
+    with polyproc.get_context(method).Pool(3) as p:
         tpid = _template_pid(p)
-        pids = set(p.map(_targets.getpid_of, range(8), chunksize=1))
+        pids = set(p.map(_targets.getpid_of, range(12), chunksize=1))
         template = psutil.Process(tpid)
         by_template = {c.pid for c in template.children()}
         by_caller = {c.pid for c in psutil.Process().children()}
-        assert len(pids) == 2, pids
-        assert len(pids & by_template) == 1 and len(pids & by_caller) == 1, (pids, by_template)
+        assert len(pids) == 3, pids
+        assert pids <= by_template and not pids & by_caller, (pids, by_template, by_caller)
         assert template.name() != "polyproc-tmpl"
+        # The parent's ends of the channels: each worker holds none but maybe its own.
+        ends = {
+            os.readlink(f"/proc/self/fd/{h.conn.fileno()}")
+            for h in p._engine.workers.handles.values()  # type: ignore[attr-defined]
+        }
+        for pid in pids:
+            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert len(held & ends) <= 1, (pid, held & ends)
 
 
 @pytest.mark.timeout(60)

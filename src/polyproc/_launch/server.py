@@ -4,7 +4,7 @@ One single-threaded process forks children on request: a request carries the pic
 entry, a status pipe's write end, the client's pidfd and its stdin/stdout/stderr (the
 last ``_CONTROL_FDS`` fds); the reply is the child's pid (``handle.PID``). The server
 reaps its children and writes each wait status down its pipe, and kills the children of
-a client whose pidfd fires. A pool's template may have forked its first worker before
+a client whose pidfd fires. A pool's template may have forked its first workers before
 serving (``first``) and, after its first request, keeps a spare child that takes the
 next one.
 The client side and the shared forkserver's lifetime are in ``forkserver.py``.
@@ -55,10 +55,10 @@ class Server:
     """
 
     def __init__(
-        self, boot: Connection, *, inherit: Any = None, first: tuple[int, int] | None = None
+        self, boot: Connection, *, inherit: Any = None, first: list[tuple[int, int]] | None = None
     ) -> None:
-        """``first``: (pid, status pipe) of a child forked before serving (a pool's first
-        worker, forked by its template at birth): reaped and reported like the others."""
+        """``first``: (pid, status pipe) of each child forked before serving (a pool's first
+        workers, forked by its template at birth): reaped and reported like the others."""
         self.boot = boot
         self.inherit = inherit  # forkserver._CLIENT, or None (a template)
         self.sel = selectors.DefaultSelector()
@@ -73,8 +73,8 @@ class Server:
         self.pidfd_children: dict[int, set[int]] = {}  # client pidfd -> its live children
         self.dead: set[int] = set()  # client pidfds whose process has exited
         self.spare: tuple[int, Connection] | None = None  # (pid, its socket): templates only
-        if first is not None:
-            self.children[first[0]] = (first[1], -1)  # no client pidfd: it dies with us
+        for pid, status_w in first or ():
+            self.children[pid] = (status_w, -1)  # no client pidfd: it dies with us
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the clients to handle

@@ -10,8 +10,8 @@ polyproc's own threads *parked* where they hold no lock::
     ──────────────────────                     ───────────────────────────────
     caller single-threaded?                    caller single-threaded?
       yes: park ours, os.fork() here             yes: park ours; fork a TEMPLATE, parked
-      no:  the forkserver (fresh interpreter)         in C, which forks the first worker
-                                                      there; the caller forks the others
+      no:  the forkserver (fresh interpreter)         in C, which forks every first
+                                                      worker there
                                                  no:  no template (the forkserver)
 
     pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
@@ -19,14 +19,18 @@ polyproc's own threads *parked* where they hold no lock::
 
 The template is a copy of the caller taken before the pool's engine thread exists,
 so it has one thread. It is forked *parked* (``_csem.fork_template``): before any Python
-runs in it, it forks the pool's first worker (whose pid it writes down a pipe, read when
-first asked), then waits in C, reaping that worker if it dies, until the pool's first
-request. Until then it costs ~20 page faults and no CPU (forked by ``os.fork`` it cost
-~0.7 ms of CPU and ~230 copy-on-write faults at birth, on the CPUs the first workers
-start on, before it could fork one; issue 11). Woken, it runs the fork server's request
-loop (``server.Server``) privately for its pool, and exits when the pool closes it (or
-kills it, never woken) or the caller dies. Meanwhile the caller forks the other first
-workers itself, as the stdlib's Pool does: it forks as many processes as the stdlib's.
+runs in it, it forks the pool's first workers (each one's pid goes down a pipe, read
+when first asked), then waits in C, reaping those that die, until the pool's first
+request. Each first worker's ``Process.start()`` only writes it down (``start_first``);
+the pool forks the template once all are (``fork_now``). The caller thus forks once,
+not once per worker (the stdlib's Pool forks each): ~0.7-1 ms of CPU per fork of a
+~25 MB interpreter and the copy-on-write faults of everything it touches after each,
+on the pool's critical path (issue 11: the caller's CPU to create a ``Pool(2)`` fell
+from ~3.9 to ~2.6 ms, its faults from ~810 to ~420). Until its first request the
+template costs ~20 page faults and no CPU (forked by ``os.fork`` it would run the
+interpreter's after-fork work, ~0.7 ms and ~230 faults, before it could fork a worker).
+Woken, it runs the fork server's request loop (``server.Server``) privately for its
+pool, and exits when the pool closes it (or kills it, never woken) or the caller dies.
 Under ``fork`` too. Without the C extension the caller forks every first worker and
 then the template with ``os.fork`` (``Template.fork_now``), which waits in Python.
 Either way a worker costs a fork (no interpreter boot, no import of ``__main__``),
@@ -49,7 +53,7 @@ import socket
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .child import die_with_parent, set_comm
 from .handle import PID, StatusPipeHandle, read_exactly
@@ -91,18 +95,20 @@ def fork_here(entry: Callable[[], int]) -> PidfdHandle | None:
 class Template:
     """A single-threaded copy of the caller, forked at pool creation, that forks workers.
 
-    It is forked *parked* (``_csem.fork_template``): it runs no Python, and costs no
-    CPU, until the pool's first request wakes it (most pools never send one). The engine
+    It is forked *parked* (``_csem.fork_template``), forking the pool's first workers as
+    it is: it runs no Python, and costs no CPU, until the pool's first request wakes it
+    (most pools never send one). The engine
     thread asks it for each replacement worker (``start``); ``close`` ends it (its
     workers, if any are left, die with it by PDEATHSIG).
     """
 
-    #: The pool's first worker's channel ends (and journal), which the template closes
+    #: The next first worker's channel ends (and journal), which the template closes
     #: once it has forked that worker (set by the pool before that worker's start).
     first_fds: tuple[int, ...] = ()
 
     def __init__(self) -> None:
-        # Pending until ``fork_with_first`` or ``fork_now``; then these are filled in.
+        # Pending until ``fork_now``; then these are filled in.
+        self._firsts: list[_First] = []  # first workers it will fork (``start_first``)
         self._boot: Connection | None = None
         self._handle: PidfdHandle | None = None
         self._lock = threading.Lock()
@@ -117,6 +123,7 @@ class Template:
     def _forget_in_child(self) -> None:
         """In a forked child: drop our copies of this template's sockets, or the template
         would outlive its pool for as long as the child lives (it ends on EOF)."""
+        self._firsts = []  # the caller's to fork (their pipes' write ends: closed in C)
         self._lock = threading.Lock()
         if not self._closed:
             self._closed = True
@@ -131,61 +138,61 @@ class Template:
 
     @property
     def pending(self) -> bool:
-        """Not forked yet (``fork_with_first`` or ``fork_now`` forks it)."""
+        """Not forked yet (``fork_now`` forks it)."""
         return self._handle is None and not self._closed
 
-    def fork_with_first(self, spec: LaunchSpec) -> ChildHandle | None:
-        """Fork this pending template now, and have it fork ``spec`` (the pool's first
-        worker) at once, in C; the worker's handle, or None where that cannot be done
-        (no C extension, or forking is not safe here: then the pool forks its first
-        workers itself, and the template after them, ``fork_now``).
-
-        The caller forks once where it would fork twice, and neither fork waits for the
-        other: the template forks the worker while the caller goes on to the next one.
-        The worker is the template's child, as replacements are: its pid comes down one
-        pipe when first asked, its exit status down another.
-        """
-        if not self.pending or _fork_template is None:
-            return None
-        status_r, status_w = os.pipe()
-        pid_r, pid_w = os.pipe()
-        try:
-            # The template closes, once the worker is forked, that worker's channel ends
-            # and the read ends of its two pipes, which are the caller's alone.
-            closing = (*self.first_fds, status_r, pid_r)
-            got = self._fork((), (spec.entry, status_w, pid_w, closing))
-        finally:
-            os.close(status_w)
-            os.close(pid_w)
-            self.first_fds = ()
-        if got is None:
-            os.close(status_r)
-            os.close(pid_r)
-            self._closed = True
-            return None
-        return _LatePidHandle(pid_r, status_r)
+    @property
+    def has_firsts(self) -> bool:
+        """First workers are written down, to be forked with it (``start_first``)."""
+        return bool(self._firsts)
 
     def start_first(self, spec: LaunchSpec) -> ChildHandle | None:
-        """One of the pool's first workers, from the main thread at the pool's creation:
-        forked by this template as it is forked (``fork_with_first``), else here (the
-        caller's fork, as the stdlib's Pool); None if forking is not safe now."""
-        handle = self.fork_with_first(spec) if self.pending else None
-        return handle or fork_here(spec.entry)
+        """One of the pool's first workers, from the main thread at the pool's creation.
+
+        With the C extension it is not forked here: it is written down, and the
+        template forks every first worker as it is itself forked (``fork_now``, called by
+        the pool once all are written down), so the caller forks once, not once per
+        worker. Its handle is returned now; its pid comes down a pipe once it is forked
+        (read when first asked), its exit status down another. Without the C extension
+        it is forked here (the caller's fork, as the stdlib's Pool); None if forking is
+        not safe now.
+        """
+        if self.pending and _fork_template is not None:
+            status_r, status_w = os.pipe()
+            pid_r, pid_w = os.pipe()
+            # The template closes, once the worker is forked, that worker's channel ends
+            # and journal and the read ends of its two pipes, which are the caller's alone.
+            closing = (*self.first_fds, status_r, pid_r)
+            self.first_fds = ()
+            self._firsts.append((spec.entry, status_w, pid_w, closing))
+            return _LatePidHandle(pid_r, status_r, self)
+        return fork_here(spec.entry)
 
     def fork_now(self, foreign: tuple[int, ...] = ()) -> bool:
-        """Fork this pending template now; False (and closed) if that is not safe here.
+        """Fork this pending template now, and with it the first workers written down by
+        ``start_first``; False (and closed) if that is not safe here (then those workers
+        are reported dead at once: their pid and status pipes end).
 
         ``foreign``: fds of this process that the template must not keep (the pool's
-        first workers' channels, forked just before it); it closes them when woken.
+        first workers' channels); it closes them when woken.
         """
         if not self.pending:
             return False
-        if self._fork(foreign) is None:
+        firsts, self._firsts = self._firsts, []
+        try:
+            pid = self._fork(foreign, firsts)
+        except OSError:  # fork failed (EAGAIN, ENOMEM): as if unsafe, the workers are dead
+            pid = None
+        finally:
+            for _, status_w, pid_w, _closing in firsts:
+                os.close(status_w)
+                os.close(pid_w)
+        if pid is None:
             self._closed = True
             return False
         return True
 
-    def _fork(self, foreign: tuple[int, ...], first: _First | None = None) -> int | None:
+    def _fork(self, foreign: tuple[int, ...], firsts: list[_First]) -> int | None:
         """Fork the template (fill in this object); its pid, or None if not safe now."""
         from .._connection import Connection
         from .._transport import UnixStream
@@ -202,33 +209,32 @@ class Template:
             _flush_stdio()
             parent = os.getpid()
             if _fork_template is not None:
-                role, pid = _fork_template(
-                    theirs.fileno(), ours.fileno(), parent, None if first is None else first[1:]
+                role, got = _fork_template(
+                    theirs.fileno(), ours.fileno(), parent, tuple(f[1:] for f in firsts)
                 )
             else:  # no C extension: an ordinary fork, which waits in Python (``_serve``)
-                role, pid = _CALLER, os.fork()
-                if pid == 0:
+                role, got = _CALLER, os.fork()
+                if got == 0:
                     role = _WOKEN
                     ours.close()
             if role != _CALLER:
                 code = 1
                 try:
                     if _fork_template is not None:
-                        ours.detach()  # closed in C, as was ``theirs`` in the first worker
+                        ours.detach()  # closed in C, as was ``theirs`` in the first workers
                     if role == _FIRST:
                         theirs.detach()
-                        assert first is not None
-                        code = first[0]()
+                        code = firsts[got][0]()
                     else:
-                        w1 = None if first is None or pid <= 0 else (pid, first[1])
-                        _serve(Connection(UnixStream(theirs.detach())), parent, foreign, w1)
+                        running = [] if not firsts else [(p, firsts[k][1]) for p, k in got]
+                        _serve(Connection(UnixStream(theirs.detach())), parent, foreign, running)
                         code = 0
                 finally:
                     os._exit(code)  # never the caller's atexit handlers: we are its copy
         theirs.close()
         self._boot = Connection(UnixStream(ours.detach()))
-        self._handle = PidfdHandle(pid, os.pidfd_open(pid))
-        return pid
+        self._handle = PidfdHandle(got, os.pidfd_open(got))
+        return int(got)
 
     def _connect(self) -> Connection:
         from .._connection import Connection
@@ -316,32 +322,41 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-_fork_template: Callable[..., tuple[int, int]] | None
+_fork_template: Callable[..., tuple[int, Any]] | None
 try:
     from .._csem import fork_template as _fork_template
 except ImportError:  # pragma: no cover - no C extension: see ``Template._fork``
     _fork_template = None
 
 _CALLER, _WOKEN, _FIRST = 0, 1, 2  # ``_csem.fork_template``'s roles
-#: What a template forks first, before parking: (entry, status pipe's write end, pid
-#: pipe's write end, fds to close once it is forked: that worker's channel ends and the
-#: read ends of those pipes).
+#: A first worker the template forks before parking: (entry, status pipe's write end, pid
+#: pipe's write end, fds to close once it is forked: that worker's channel ends and
+#: journal and the read ends of those pipes).
 _First = tuple["Callable[[], int]", int, int, tuple[int, ...]]
 
 
 class _LatePidHandle(StatusPipeHandle):
     """A pool's first worker, forked by the template: its pid is read when first asked
-    (the template writes it down a pipe as it forks the worker; the caller forks the
-    next worker meanwhile, rather than wait for it)."""
+    (the template writes it down a pipe as it forks the worker). Asked before the
+    template is forked, it forks it first (the pool forks it once every first worker
+    is written down: nothing asks before, but a pipe nobody will write must never be
+    read)."""
 
-    def __init__(self, pid_r: int, sentinel: int) -> None:
+    def __init__(self, pid_r: int, sentinel: int, template: Template | None = None) -> None:
+        #: Forked only after ``Process.start()`` returns: the Process keeps its target and
+        #: arguments for the fork (the pool drops them once it is done, ``_drop_target``).
+        self.forked_later = template is not None
         self._pid_r = pid_r
         self._pid = -1
+        self._template = template
         super().__init__(-1, sentinel)
 
     @property
     def pid(self) -> int:
         if self._pid_r >= 0:
+            template, self._template = self._template, None
+            if template is not None and template.pending:
+                template.fork_now()
             data = b""
             try:
                 data = read_exactly(self._pid_r, 8)
@@ -361,6 +376,7 @@ class _LatePidHandle(StatusPipeHandle):
         return None if self._pid_r >= 0 else self._pid
 
     def close(self) -> None:
+        self._template = None
         if self._pid_r >= 0:
             os.close(self._pid_r)
             self._pid_r = -1
@@ -368,15 +384,15 @@ class _LatePidHandle(StatusPipeHandle):
 
 
 def _serve(
-    boot: Connection, parent: int, foreign: tuple[int, ...], first: tuple[int, int] | None
+    boot: Connection, parent: int, foreign: tuple[int, ...], first: list[tuple[int, int]]
 ) -> None:
     """The template's main, once woken: a private fork server for one pool.
 
     Parked in C (``_csem.fork_template``), it gets here only when the pool's first
     request is on its way (``_SERVE``, already readable); forked by ``os.fork``, it waits
     here for it, having loaded nothing more. A pool that never replaces a worker never
-    pays for the server's code and state. ``first``: (pid, status pipe) of the pool's
-    first worker if the template forked it and it still runs: the server reports its end.
+    pays for the server's code and state. ``first``: (pid, status pipe) of each of the
+    pool's first workers the template forked that still runs: the server reports its end.
     """
     import signal
 
@@ -405,10 +421,10 @@ def for_pool(ctx: Settings) -> Template | None:
     """A template for a new pool's workers, or None (then workers start as usual).
 
     Called by the pool engine in the caller's thread, before the engine's own thread
-    exists; it is forked with the pool's first worker (``fork_with_first``), or, without
-    the C extension, right after the first workers (``fork_now``). Only the fork-like
-    methods use one: ``auto`` always, ``fork`` too
-    (its workers then see the caller as at pool creation, as the stdlib's initial
+    exists; it is forked, with the pool's first workers, once their ``start()`` calls
+    have written them down (``fork_now``), or, without the C extension, right after the
+    caller forked them. Only the fork-like methods use one: ``auto`` always, ``fork``
+    too (its workers then see the caller as at pool creation, as the stdlib's initial
     workers do, and no fd opened later by another thread leaks into them).
     """
     from .child import check_not_bootstrapping
@@ -423,10 +439,10 @@ def start(spec: LaunchSpec) -> ChildHandle:
     """The ``auto`` launcher: a fork here if safe, else a pool's template, else the forkserver.
 
     A pool worker asked for from the main thread is one of the pool's first: the engine
-    starts those in the caller's thread at pool creation, right after forking the
-    template, so a fork here sees the caller as the template does, and costs one fork
-    instead of waking the template (a request and an unpickle there). Replacements are asked
-    for by the engine's thread, where forking is never safe: the template serves them.
+    starts those in the caller's thread at pool creation, and the template, forked
+    once all are written down, forks them (``Template.start_first``). Replacements are
+    asked for by the engine's thread, where forking is never safe: the template serves
+    them.
     """
     from ..errors import ProcessError
 

@@ -106,21 +106,27 @@ class ProcessWorkers(WorkerSet):
         self.initargs = initargs
         self.prefix = WORKER_PREFIX.get(ctx.start_method, "PoolWorker")
         self.sel = engine.sel
+        # First workers the template will fork (``first_started``): their set-up waits.
+        self._deferred: list[tuple[Handle, Any, Any, int | None]] = []
 
     def first_started(self) -> None:
-        """Fork the template now if the first worker's start did not (no C extension:
-        the first workers were forked here, before it): it must not keep their channels,
-        which it closes when woken (template.py)."""
+        """Every first worker's ``start()`` is done: fork the template now, with the
+        first workers it forks at once (C extension: ``Template.start_first`` wrote them
+        down), or after them (none: the caller forked them, and the template closes
+        their channels, which it inherits, when woken); then finish those workers'
+        set-up, which needed their fds open until the fork (template.py)."""
         template = self.template
-        if template is None or not template.pending:
-            return
-        foreign: list[int] = []
-        for h in self.handles.values():
-            for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
-                if fd >= 0:
-                    foreign.append(fd)
-        if not template.fork_now(tuple(foreign)):
-            self.template = None  # replacements then start as any worker would
+        deferred, self._deferred = self._deferred, []
+        if template is not None and template.pending:
+            foreign: list[int] = []
+            for h in self.handles.values():
+                for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
+                    if fd >= 0:
+                        foreign.append(fd)
+            if not template.fork_now(tuple(foreign)):
+                self.template = None  # replacements then start as any worker would
+        for h, ours, theirs, jfd in deferred:
+            self._attach(h, ours, theirs, jfd)
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -187,14 +193,28 @@ class ProcessWorkers(WorkerSet):
                 self.sched._break(exc if is_refusal(exc) else err)
             self.sched.worker_exited(wid, None, name=h.name)
             return
+        h.proc = proc
+        template = self.template
+        if template is not None and template.pending and template.has_firsts:
+            # Not forked yet: the template forks it with the others (``first_started``),
+            # so its end of the channel and its journal stay open until then.
+            self._deferred.append((h, ours, theirs, jfd))
+            return
+        self._attach(h, ours, theirs, jfd)
+
+    def _attach(self, h: Handle, ours: Any, theirs: Any, jfd: int | None) -> None:
+        """A started worker's parent side: our copies of its ends closed, its journal
+        mapped, its channel and sentinel watched."""
         theirs.close()
+        proc = h.proc
+        proc._drop_target()  # forked: the child has its own copy
         if jfd is not None:
             h.journal = JournalReader(jfd)  # maps it and closes our fd
         self.engine.hook_exit()  # after the first start (engine.py says why)
         handle = proc._handle
         assert handle is not None
         # A first worker forked by the template says its pid in READY: not waited for here.
-        h.proc, h.conn, h.pid = proc, ours, handle.pid_if_known()
+        h.conn, h.pid = ours, handle.pid_if_known()
         h.sock = wrap_fd(os.dup(ours.fileno()))
         h.fd = h.sock.fileno()
         self.sel.register(h.fd, selectors.EVENT_READ, (Tag.CHANNEL, h))
