@@ -163,3 +163,30 @@ def kill_between_tasks(slot: int, nth: int, marker: str) -> None:
     # The trap sees Python's stores of STARTED; the C commit loop stores the same word
     # from C (test_journal.py checks that loop's STARTED on its own), so use Python's here.
     setattr(journal, "_run_scalars", None)  # noqa: B010
+
+
+def fault_committing(args: tuple[int, str, str]) -> Any:
+    """A task whose result is ``x`` as ``kind`` ("float", "text"); the first to run with
+    ``x == 3`` (once per ``marker``) makes the page of its journal's tags read-only, so
+    the worker dies (SIGSEGV) at its commit's first store to that page: after the store of
+    its value's word, before its tag, where that order was the journal's."""
+    x, kind, marker = args
+    if x == 3 and _first_time(marker):
+        _tags_read_only()
+    return float(x) if kind == "float" else str(x)
+
+
+def _tags_read_only() -> None:
+    import ctypes
+    import faulthandler
+    import gc
+    import mmap
+
+    from polyproc._pool.journal import Journal
+
+    faulthandler.disable()  # (the test run's handler, inherited by a forked worker: quiet)
+    (j,) = [o for o in gc.get_objects() if isinstance(o, Journal) and not o.mm.closed]
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(j.mm))  # the header and tags' page
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(mmap.PAGESIZE), mmap.PROT_READ):
+        raise OSError(ctypes.get_errno(), "mprotect")

@@ -227,3 +227,24 @@ def test_a_worker_killed_between_tasks_loses_nothing(
     assert out == list(range(10))
     assert _executions(path) == collections.Counter(range(10))  # each exactly once
     assert len(pids) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["float", "text"])
+def test_a_worker_killed_between_a_results_word_and_its_tag_delivers_no_wrong_value(
+    ctx: Any, tmp_path: Any, kind: str
+) -> None:
+    """A float result (committed in C) or a text one (a marshal blob, committed in Python)
+    stores a word in its journal slot, the float's bits or the blob's end offset, and a tag.
+    The worker dies between the two (the task made the tags' page read-only: the tag's
+    store faults). Tag 0 and a word read as a committed int, and that word was delivered
+    as the task's result (an imap under a killer yielded 40, an offset, for task 111);
+    now the slot is tagged PENDING first: the task was running, and runs again."""
+    marker = tmp_path / "faulted"
+    with Pool(1, context=ctx, retries=1) as pool:
+        args = [(i, kind, str(marker)) for i in range(6)]
+        out = pool.map(eh.fault_committing, args, chunksize=6)
+        stats = pool.statistics()
+    assert marker.exists()  # the trap fired: a worker died committing task 3
+    assert out == [float(i) if kind == "float" else str(i) for i in range(6)]
+    assert stats.retried == 1

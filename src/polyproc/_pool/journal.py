@@ -12,8 +12,7 @@ no lock, no syscall per task (a commit is one or two stores into the mapping)::
     TASKS bid ◄──────────────────────────────────
     begin(bid): STARTED := -1, zero the tags, BASE := 0, BID := bid
     for each task i:  STARTED := j (= i - BASE), run it
-        commit: value into slot j (= i - BASE), then tags[j] := kind   ◄── the commit point
-                (an int: the store into its slot is the commit)
+        commit: [tags[j] := PENDING,] value into slot j, tags[j] := kind  ◄── the commit point
         no room (slots, area) or no in-band pickle:
             PARTIAL bid values[sent..i] ──────►  kept on the Handle (head batch)
             rebase: zero the tags, BASE := i + 1
@@ -40,13 +39,17 @@ too big for int64, takes the blob path). FLOAT holds the value in the slot plus 
 tag; NONE/TRUE/FALSE only the tag; BLOB a pickle in the area ending at the slot's
 offset, STR (UTF-8) and BYTES the raw bytes there, MARSHAL text, small bytes, or a
 tuple, list or dict of scalars, marshalled (version 2). A task is committed once its tag
-is set or its slot no longer holds UNSET.
+is set to its kind, or, tag 0, its slot no longer holds UNSET. A kind with a word in the
+slot (FLOAT, a blob's offset) first tags it PENDING (read as not committed: that task was
+running): else tag 0 and that word read as an int, and a worker killed between the two had
+the float's bits or the offset delivered as its result (imap once yielded 40 for task 111).
 
 Invariants (tests/pool/test_journal.py and test_exactly_once.py check them):
 
-* A tag is written after everything it describes, and a header word after the tags
-  it governs, so a worker killed between any two stores leaves a journal whose
-  committed prefix is exactly right (a killed process's earlier stores all land).
+* A tag is written after everything it describes (PENDING before a word that is not an
+  int's), and a header word after the tags it governs, so a worker killed between any
+  two stores leaves a journal whose committed prefix is exactly right (a killed
+  process's earlier stores all land).
 * BID names the batch the journal speaks for, and is written last in ``begin``
   (after the tags are zeroed): a journal naming batch B never shows stale tags.
 * The worker begins batch B+1 only after ``send(RESULTS B)`` returned, and rebases
@@ -99,6 +102,7 @@ AREA = VALS + 8 * SLOTS
 AREA_SIZE = SIZE - AREA
 
 EMPTY, INT, FLOAT, NONE, TRUE, FALSE, BLOB, STR, BYTES, MARSHAL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+PENDING = 10  # a slot's word is being written, not an int's (``_csem.c``'s J_PENDING)
 _FLAT = frozenset({int, float, str, bytes, bool, type(None)})
 _marshal = marshal.dumps
 _SMALL_BYTES = 4096  # bytes up to this are marshalled (a copy more), bigger ones go raw
@@ -319,6 +323,7 @@ class Journal:
             except (ValueError, OverflowError):
                 pass
         elif t is float:
+            self.tags[j] = PENDING  # its word is not an int's: never read it as one
             self.fvals[j] = v
             self.tags[j] = FLOAT
             return pos
@@ -353,6 +358,7 @@ class Journal:
             return -1
         end = pos + len(blob)
         self.area[pos:end] = blob
+        self.tags[j] = PENDING  # the offset is not an int result: never read it as one
         self.ivals[j] = end
         self.tags[j] = kind
         others.append(v)
@@ -487,6 +493,8 @@ class JournalReader:
                 v: Any = ivals[j]
                 if v == UNSET:
                     break  # the first task not committed: it was running
+            elif tag == PENDING:
+                break  # killed while committing it: not committed, it was running
             elif tag == INT:
                 v = ivals[j]
             elif tag == FLOAT:
