@@ -30,13 +30,13 @@
 
 from __future__ import annotations
 
+import _socket
 import atexit
 import collections
 import errno
 import os
 import pickle
 import queue
-import socket
 import threading
 import time
 import weakref
@@ -401,19 +401,19 @@ def _rebuild_queue(
     return q
 
 
-def _close_fds(fds: list[int], socks: tuple[socket.socket, ...] = ()) -> None:
+def _close_fds(fds: list[int], socks: tuple[_socket.socket, ...] = ()) -> None:
     close_fds(fds)
     for sock in socks:
         sock.close()
 
 
-def _send_fds(sock: socket.socket, fds: list[int]) -> None:
+def _send_fds(sock: _socket.socket, fds: list[int]) -> None:
     for i in range(0, len(fds), 200):
         chunk = fds[i : i + 200]
         send_fds(sock, bytes([len(chunk)]), chunk)
 
 
-def _recv_fds(sock: socket.socket, count: int) -> list[int]:
+def _recv_fds(sock: _socket.socket, count: int) -> list[int]:
     out: list[int] = []
     while len(out) < count:
         msg, fds = recv_fds(sock, 1, 200)

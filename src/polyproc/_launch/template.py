@@ -48,8 +48,8 @@ worker, a queue feeder) makes fork unsafe, and the forkserver is used instead.
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
 import threading
 import weakref
@@ -200,7 +200,7 @@ class Template:
         from .handle import PidfdHandle
 
         prepare_to_fork()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         with parked() as safe:
             if not safe:
                 ours.close()
@@ -251,7 +251,7 @@ class Template:
                 self._address = self._boot.recv()
             except EOFError as exc:  # it died before it could listen
                 raise OSError("the pool's template exited") from exc
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self._address)
         except OSError:

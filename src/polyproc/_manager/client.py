@@ -21,9 +21,9 @@ resets: the parent's connections and its queued DECREFs are the parent's.
 
 from __future__ import annotations
 
+import _socket
 import atexit
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -150,7 +150,7 @@ class Channel:
         self.fs = fs
 
     @classmethod
-    def adopt(cls, address: Address, authkey: bytes, sock: socket.socket) -> Channel:
+    def adopt(cls, address: Address, authkey: bytes, sock: _socket.socket) -> Channel:
         """A channel over a socket the server already trusts (``BaseManager.start``)."""
         ch = cls.__new__(cls)
         ch.address, ch.authkey = address, authkey
@@ -255,7 +255,7 @@ def _channel(address: Address, authkey: bytes | None) -> Channel:
     return ch
 
 
-def adopt(address: Address, authkey: bytes, sock: socket.socket) -> None:
+def adopt(address: Address, authkey: bytes, sock: _socket.socket) -> None:
     """Make ``sock`` (already trusted by the server at ``address``) this thread's channel."""
     local = _state.local
     try:

@@ -24,6 +24,7 @@ buffering its body.
 
 from __future__ import annotations
 
+import _socket
 import selectors
 import socket
 import threading
@@ -54,7 +55,7 @@ class _Pending:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         deadline: float,
         hs: auth.ServerHandshake,
         tls_pending: bool,
@@ -76,7 +77,7 @@ class Gate:
         self,
         listener: socket.socket,
         authkey: bytes,
-        on_ready: Callable[[socket.socket, bytes], None],
+        on_ready: Callable[[_socket.socket, bytes], None],
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
@@ -88,7 +89,7 @@ class Gate:
         self._ssl = ssl_context
         self._timeout = timeout
         self._max_pending = max_pending
-        self._pending: dict[socket.socket, _Pending] = {}  # insertion order = age
+        self._pending: dict[_socket.socket, _Pending] = {}  # insertion order = age
         self._sel = selectors.DefaultSelector()
         self._waker = Wake()
         self._stopping = False

@@ -18,8 +18,8 @@ STARTED | CONNECTED -> SHUTDOWN, and anything else raises.
 
 from __future__ import annotations
 
+import _socket
 import enum
-import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -95,7 +95,7 @@ class BaseManager:
         self._handshake_timeout = handshake_timeout  # server side: see gate.py
         self._state = State.INITIAL
         self._process: Any = None
-        self._control: socket.socket | None = None
+        self._control: _socket.socket | None = None
 
     def _move(self, action: str) -> None:
         new = _TRANSITIONS.get((self._state, action))
@@ -245,7 +245,7 @@ class BaseManager:
         client.remember(value, self._authkey, self._ssl, self._context().serializer)
         client.adopt(value, self._authkey, owner)
 
-    def _abandon(self, process: Any, control: socket.socket) -> None:
+    def _abandon(self, process: Any, control: _socket.socket) -> None:
         self._state = State.SHUTDOWN
         control.close()
         if process.pid is not None:

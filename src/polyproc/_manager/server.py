@@ -26,12 +26,12 @@ that, an authenticated peer can run code here (pickle): that is the threat model
 
 from __future__ import annotations
 
+import _socket
 import array
 import itertools
 import pickle
 import queue
 import signal
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -187,7 +187,7 @@ class Server:
         self._serving_here = False
 
     @property
-    def listener(self) -> socket.socket:
+    def listener(self) -> _socket.socket:
         """The listening socket (the stdlib's attribute: ``close()`` frees the address)."""
         return self._listener
 
@@ -207,7 +207,7 @@ class Server:
             self._loop.start()
         self._gate.start()
 
-    def serve_here(self, control: socket.socket | None = None) -> None:
+    def serve_here(self, control: _socket.socket | None = None) -> None:
         """Run the serving loop on this thread until ``stop()``, a SHUTDOWN, or (given
         ``control``) any byte or end of stream on ``control``. After ``start(loop_thread=False)``."""
         if control is not None:
@@ -220,7 +220,7 @@ class Server:
         self.stop_event.set()
         self._loop.stop()
 
-    def adopt(self, sock: socket.socket) -> None:
+    def adopt(self, sock: _socket.socket) -> None:
         """Serve ``sock`` without a handshake: only for a socket nobody but our owner holds."""
         self._loop.add(SocketStream(sock), b"")
 
@@ -297,7 +297,7 @@ class Server:
         del dropped  # outside the lock: may run finalizers that decref (see docstring)
 
     # -- serving (called by the loop, and by workers for calls that may block) --------
-    def _on_ready(self, sock: socket.socket, leftover: bytes) -> None:
+    def _on_ready(self, sock: _socket.socket, leftover: bytes) -> None:
         self._loop.add(SocketStream(sock), leftover)
 
     def handle(self, op: int, body: bytes) -> bytes | Deferred | None:
@@ -560,11 +560,11 @@ def serve_in_child(
         server.stop()
 
 
-def _send_status(sock: socket.socket, status: tuple[str, Any]) -> None:
+def _send_status(sock: _socket.socket, status: tuple[str, Any]) -> None:
     FrameSocket(sock).send(Op.RESULT, dumps(status))
 
 
-def read_status(sock: socket.socket, timeout: float) -> tuple[str, Any]:
+def read_status(sock: _socket.socket, timeout: float) -> tuple[str, Any]:
     """The owner's side of ``_send_status``: TimeoutError, or EOFError if the child died."""
     sock.settimeout(timeout)
     try:

@@ -15,6 +15,7 @@ holds what the manager adds on top:
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import pickle
@@ -118,7 +119,7 @@ class FrameSocket:
 
     __slots__ = ("sock", "_stream", "_read", "write", "_wait", "_pending")
 
-    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
+    def __init__(self, sock: _socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
         self._stream = stream = SocketStream(sock)
         # The socket's own recv/sendall (TLS: the mapped ones): every OSError means the
@@ -221,7 +222,7 @@ class SocketCarrier:
 
     __slots__ = ("socks",)
 
-    def __init__(self, *socks: socket.socket) -> None:
+    def __init__(self, *socks: _socket.socket) -> None:
         self.socks = socks
 
     def __reduce__(self) -> tuple[Any, ...]:

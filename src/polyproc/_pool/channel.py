@@ -16,12 +16,12 @@ This module makes frames; it never touches the socket itself.
 
 from __future__ import annotations
 
+import _socket
 import enum
 import os
 import pickle
 import select
 import selectors
-import socket
 from typing import Any
 
 from .._protocol.framing import HEADER, MAGIC, Kind, encode_header
@@ -76,7 +76,7 @@ class Handle:
         self.wid = wid
         self.proc: Any = None
         self.conn: Any = None  # Connection: engine reads here
-        self._sock: socket.socket | None = None  # a dup of it: non-blocking writes (``out``)
+        self._sock: _socket.socket | None = None  # a dup of it: non-blocking writes (``out``)
         # The fd the selector watches: the dup's, never the Connection's. A Connection
         # closes itself on a torn frame; had its fd been the registered one, the epoll
         # entry would outlive it (the dup keeps the socket open) and the fd number,
@@ -110,12 +110,12 @@ class Handle:
         self.partial_bid = 0
 
     @property
-    def sock(self) -> socket.socket | None:
+    def sock(self) -> _socket.socket | None:
         """The engine's dup of the channel's socket; setting it makes the writer, None drops it."""
         return self._sock
 
     @sock.setter
-    def sock(self, sock: socket.socket | None) -> None:
+    def sock(self, sock: _socket.socket | None) -> None:
         self._sock = sock
         if sock is None:
             if self.out is not None:

@@ -25,10 +25,10 @@ ourselves, after unregistering it.
 
 from __future__ import annotations
 
+import _socket
 import os
 import pickle
 import selectors
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -241,7 +241,7 @@ class ProcessWorkers(WorkerSet):
         if h.conn is not None and not h.conn.closed:
             try:
                 assert h.sock is not None
-                h.sock.shutdown(socket.SHUT_RD)  # reads now end at EOF, never block
+                h.sock.shutdown(_socket.SHUT_RD)  # reads now end at EOF, never block
             except OSError:
                 pass
             # Every frame it sent, to the end: what is in the socket was sent before the

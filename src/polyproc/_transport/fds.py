@@ -8,10 +8,10 @@ Connection's pickled lock or segment (``stream.UnixStream``), a pool task's memf
 
 from __future__ import annotations
 
+import _socket
 import array
 import errno
 import os
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,35 +23,35 @@ __all__ = ["MAX_FDS", "ANC_SPACE", "rights", "rights_of", "send_fds", "recv_fds"
 MAX_FDS = 253
 _INT = array.array("i").itemsize
 #: Ancillary space for the most fds one message can carry.
-ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * _INT)
+ANC_SPACE = _socket.CMSG_SPACE(MAX_FDS * _INT)
 
 
 def rights(fds: Sequence[int]) -> list[tuple[int, int, Any]]:
     """The ancillary data that carries ``fds`` (``BrokenResourceError`` past ``MAX_FDS``)."""
     if len(fds) > MAX_FDS:
         raise BrokenResourceError(errno.EINVAL, f"cannot pass more than {MAX_FDS} fds at once")
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))]
 
 
 def rights_of(anc: list[tuple[int, int, bytes]]) -> list[int]:
     """The fds in ancillary data ``recvmsg`` returned (now ours to close)."""
     out: list[int] = []
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(data[: len(data) - (len(data) % _INT)])
             out.extend(fds)
     return out
 
 
-def send_fds(sock: socket.socket, data: Any, fds: Sequence[int], flags: int = 0) -> int:
+def send_fds(sock: _socket.socket, data: Any, fds: Sequence[int], flags: int = 0) -> int:
     """Send ``data`` (at least one byte) with ``fds`` riding on its first byte; bytes sent."""
     return sock.sendmsg([data], rights(fds) if fds else [], flags)
 
 
-def recv_fds(sock: socket.socket, nbytes: int, maxfds: int = MAX_FDS) -> tuple[bytes, list[int]]:
+def recv_fds(sock: _socket.socket, nbytes: int, maxfds: int = MAX_FDS) -> tuple[bytes, list[int]]:
     """Up to ``nbytes`` and the fds that came with them (b"" and [] at end of stream)."""
-    data, anc, _flags, _addr = sock.recvmsg(nbytes, socket.CMSG_SPACE(maxfds * _INT))
+    data, anc, _flags, _addr = sock.recvmsg(nbytes, _socket.CMSG_SPACE(maxfds * _INT))
     return data, rights_of(anc)
 
 

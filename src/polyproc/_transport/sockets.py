@@ -7,17 +7,26 @@ to get wrong are made once: the blocking mode (whatever
 a Unix connect that waits for room in a full backlog, and the buffer sizes of a
 ``Pipe()``. The Listener (``_listener``) and the manager (``_manager``) share
 ``listen_socket`` and ``connect_socket``.
+
+A pool's, a Pipe's and a Queue's sockets are ``_socket.socket`` objects (``socketpair``,
+``wrap_fd``), the C type under ``socket.socket``: everything polyproc calls on them is
+there, and the ``socket`` module (~2 ms to import, its enum conversions) is never on a
+pool's or a short script's path (issue 11). Listeners and connections made for a user
+(``new_socket``, ``connect_socket``) are ``socket.socket``, imported when first made.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import os
-import socket
 import struct
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "new_socket",
@@ -42,25 +51,27 @@ __all__ = [
 # makes goes through one of these, which set the blocking mode explicitly.
 
 
-def new_socket(family: int = socket.AF_UNIX, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def new_socket(family: int = _socket.AF_UNIX, kind: int = _socket.SOCK_STREAM) -> socket.socket:
     """A new blocking socket, whatever ``socket.getdefaulttimeout()`` says."""
+    import socket
+
     sock = socket.socket(family, kind)
     sock.settimeout(None)
     return sock
 
 
-def socketpair() -> tuple[socket.socket, socket.socket]:
-    """``socket.socketpair(AF_UNIX, SOCK_STREAM)``, both ends blocking."""
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def socketpair() -> tuple[_socket.socket, _socket.socket]:
+    """``socket.socketpair(AF_UNIX, SOCK_STREAM)``, both ends blocking (C sockets: see above)."""
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     a.settimeout(None)
     b.settimeout(None)
     return a, b
 
 
-def wrap_fd(fd: int) -> socket.socket:
+def wrap_fd(fd: int) -> _socket.socket:
     """A socket object for an existing socket fd, leaving the fd's blocking mode as it was."""
     was_blocking = os.get_blocking(fd)
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
     if was_blocking:
         sock.settimeout(None)
     else:
@@ -73,12 +84,12 @@ _SOCK_BUF = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def buffered_socketpair() -> tuple[socket.socket, socket.socket]:
+def buffered_socketpair() -> tuple[_socket.socket, _socket.socket]:
     """A blocking socketpair with 1 MiB send buffers: fewer sleeps and wake-ups per MiB streamed."""
     a, b = socketpair()
     for end in (a, b):
         try:
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
+            end.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _SOCK_BUF)
         except OSError:
             pass
     return a, b
@@ -99,6 +110,8 @@ def big_pipe(flags: int = 0) -> tuple[int, int]:
 # -- listening and connecting ----------------------------------------------------------------------
 def family_of(address: Any) -> socket.AddressFamily:
     """AF_UNIX for a path (or abstract name), AF_INET/AF_INET6 for a ``(host, port)`` pair."""
+    import socket
+
     if isinstance(address, str):
         return socket.AF_UNIX
     if isinstance(address, tuple) and len(address) == 2:
@@ -106,18 +119,18 @@ def family_of(address: Any) -> socket.AddressFamily:
     raise ValueError(f"not an address: {address!r} (a path string or a (host, port) pair)")
 
 
-def tune(sock: socket.socket) -> None:
+def tune(sock: _socket.socket) -> None:
     """TCP_NODELAY on a TCP socket: requests are tiny and latency bound, never let Nagle hold one."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
 
 
 def listen_socket(family: int, address: Any, backlog: int) -> socket.socket:
     """A blocking socket of ``family`` bound to ``address`` and listening (closed on failure)."""
     sock = new_socket(family)
     try:
-        if family != socket.AF_UNIX:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family != _socket.AF_UNIX:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError:
@@ -140,6 +153,8 @@ _TIMEVAL = struct.Struct("@ll")
 
 def connect_socket(address: Any, timeout: float | None, family: int | None = None) -> socket.socket:
     """A connected, tuned socket with ``timeout`` set; ``OSError`` (refused, not found) as is."""
+    import socket
+
     if family is None:
         family = family_of(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -157,7 +172,7 @@ def connect_socket(address: Any, timeout: float | None, family: int | None = Non
     return sock
 
 
-def _connect_unix(sock: socket.socket, address: Any, timeout: float | None) -> None:
+def _connect_unix(sock: _socket.socket, address: Any, timeout: float | None) -> None:
     """Connect in blocking mode, waiting at most ``timeout`` for room in a full backlog.
 
     With a Python timeout set, the socket is non-blocking underneath, and a
@@ -170,7 +185,7 @@ def _connect_unix(sock: socket.socket, address: Any, timeout: float | None) -> N
     if timeout is not None:
         whole, frac = divmod(max(timeout, 0.0), 1.0)
         usec = int(frac * 1e6) or (0 if whole else 1)  # (0, 0) would mean "wait forever"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(int(whole), usec))
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _TIMEVAL.pack(int(whole), usec))
     try:
         sock.connect(address)
     except BlockingIOError as exc:
@@ -181,7 +196,7 @@ def _connect_unix(sock: socket.socket, address: Any, timeout: float | None) -> N
         ) from exc
     finally:
         if timeout is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(0, 0))
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _TIMEVAL.pack(0, 0))
 
 
 # -- TLS, without importing ssl (8 ms) unless the user did -----------------------------------------

@@ -20,10 +20,10 @@ plain-fd reads and writes of a Queue's pipe and of a memfd being filled.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import select
-import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -277,7 +277,7 @@ class UnixStream(Stream):
         self._fds: deque[int] = deque()
 
     @classmethod
-    def over(cls, sock: socket.socket) -> UnixStream:
+    def over(cls, sock: _socket.socket) -> UnixStream:
         """A stream on a socket object the caller keeps owning (and closes itself)."""
         stream = cls.__new__(cls)
         stream.fd, stream._sock, stream._fds = sock.fileno(), sock, deque()
@@ -287,8 +287,8 @@ class UnixStream(Stream):
         """Write what fits now (``MSG_DONTWAIT``); ``fds`` ride on the first byte of ``parts``."""
         try:
             if fds:
-                return self._sock.sendmsg(parts[:1], rights(fds), socket.MSG_DONTWAIT)
-            return self._sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+                return self._sock.sendmsg(parts[:1], rights(fds), _socket.MSG_DONTWAIT)
+            return self._sock.sendmsg(parts, (), _socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
@@ -314,7 +314,7 @@ class UnixStream(Stream):
         # ``read_into`` has taken before. Fds a peer put on body bytes are closed by
         # the kernel (MSG_CTRUNC), never leaked.
         try:
-            return self._sock.recv(n, socket.MSG_WAITALL)
+            return self._sock.recv(n, _socket.MSG_WAITALL)
         except OSError as exc:
             _end_of_stream(exc)
             return b""
@@ -323,7 +323,7 @@ class UnixStream(Stream):
         # MSG_WAITALL: one recvmsg fills the whole view however many socket buffers it
         # takes (the kernel sleeps and copies on); a signal or EOF ends it short, so the
         # caller (``read_exact_into``) loops.
-        return self.read_into(view, socket.MSG_WAITALL)
+        return self.read_into(view, _socket.MSG_WAITALL)
 
     def write_all(
         self, parts: Sequence[bytes | bytearray | memoryview], fds: Sequence[int] = ()
@@ -368,14 +368,14 @@ class SocketStream(Stream):
     calls, cheaper than ``recvmsg`` with room for fds it never carries.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         super().__init__(sock.fileno())
         self._sock = sock
         self.tls: bool = is_tls(sock)
         self._again = want_errors()
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> _socket.socket:
         """The socket object (for its timeout and blocking mode, never for I/O)."""
         return self._sock
 
@@ -406,7 +406,7 @@ class SocketStream(Stream):
         try:
             if self.tls:
                 return self._sock.send(parts[0])
-            return self._sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+            return self._sock.sendmsg(parts, (), _socket.MSG_DONTWAIT)
         except self._again:
             return 0
         except OSError as exc:
@@ -494,7 +494,7 @@ class SocketStream(Stream):
         ``poll`` cannot see: both get None. A socket with a timeout must not use it
         (``poll()`` here waits forever; CPython's own timed ``recv`` polls already).
         """
-        if self.tls or self._sock.family != socket.AF_UNIX:
+        if self.tls or self._sock.family != _socket.AF_UNIX:
             return None
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
@@ -551,11 +551,11 @@ def write_all_fd(fd: int, data: Any) -> None:
             select.select([], [fd], [])
 
 
-def stream_for_socket(sock: socket.socket) -> Stream:
+def stream_for_socket(sock: _socket.socket) -> Stream:
     """Pick the stream for a connected socket: AF_UNIX (fds), else plain/TLS socket."""
     # Without ssl imported no TLS socket can exist: never import it (4 ms) just to check.
     # getattr: another thread may be importing ssl right now (no SSLSocket class yet).
     tls = getattr(sys.modules.get("ssl"), "SSLSocket", None)
-    if sock.family == socket.AF_UNIX and (tls is None or not isinstance(sock, tls)):
+    if sock.family == _socket.AF_UNIX and (tls is None or not isinstance(sock, tls)):
         return UnixStream(sock.detach())
     return SocketStream(sock)
