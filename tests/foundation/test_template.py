@@ -204,3 +204,40 @@ def test_without_the_c_extension_the_template_is_an_ordinary_fork(tmp_path: Path
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "True"]
+
+
+@pytest.mark.timeout(60)
+def test_a_template_that_cannot_be_forked_breaks_the_pool_with_its_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first workers are forked by the template: if it cannot be forked (EAGAIN,
+    ENOMEM), none of them is, and the pool breaks at once with that cause (as a first
+    worker's failed start does), leaving no child and no fd behind."""
+    import errno
+
+    from polyproc._launch import template
+    from polyproc.errors import BrokenProcessPool
+
+    _parked_in_c()
+    if not template.fork_is_safe():
+        pytest.skip("another thread runs in this test process: no template")
+
+    def refuse(*_args: object) -> tuple[int, object]:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(template, "_fork_template", refuse)
+    before = set(os.listdir("/proc/self/fd"))
+    p = polyproc.get_context("auto").Pool(2)
+    try:
+        with pytest.raises(BrokenProcessPool, match="could not be started") as info:
+            p.map(abs, [-1, -2])
+        cause = info.value.__cause__
+        assert isinstance(cause, BrokenProcessPool) and isinstance(cause.__cause__, OSError)
+    finally:
+        p.terminate()
+        p.join()
+    assert not psutil.Process().children(recursive=True)
+    deadline = time.monotonic() + 5
+    while (left := set(os.listdir("/proc/self/fd")) - before) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the fd table: the engine closes them as it ends
+    assert not {fd for fd in left if os.path.exists(f"/proc/self/fd/{fd}")}, left

@@ -170,8 +170,9 @@ class Template:
 
     def fork_now(self, foreign: tuple[int, ...] = ()) -> bool:
         """Fork this pending template now, and with it the first workers written down by
-        ``start_first``; False (and closed) if that is not safe here (then those workers
-        are reported dead at once: their pid and status pipes end).
+        ``start_first``; False (and closed) if that is not safe here. Either way, or if
+        the fork fails (``OSError``, raised: EAGAIN, ENOMEM), workers not forked are
+        reported dead at once: their pid and status pipes end.
 
         ``foreign``: fds of this process that the template must not keep (the pool's
         first workers' channels); it closes them when woken.
@@ -181,8 +182,9 @@ class Template:
         firsts, self._firsts = self._firsts, []
         try:
             pid = self._fork(foreign, firsts)
-        except OSError:  # fork failed (EAGAIN, ENOMEM): as if unsafe, the workers are dead
-            pid = None
+        except OSError:
+            self._closed = True
+            raise
         finally:
             for _, status_w, pid_w, _closing in firsts:
                 os.close(status_w)
@@ -208,15 +210,20 @@ class Template:
                 return None
             _flush_stdio()
             parent = os.getpid()
-            if _fork_template is not None:
-                role, got = _fork_template(
-                    theirs.fileno(), ours.fileno(), parent, tuple(f[1:] for f in firsts)
-                )
-            else:  # no C extension: an ordinary fork, which waits in Python (``_serve``)
-                role, got = _CALLER, os.fork()
-                if got == 0:
-                    role = _WOKEN
-                    ours.close()
+            try:
+                if _fork_template is not None:
+                    role, got = _fork_template(
+                        theirs.fileno(), ours.fileno(), parent, tuple(f[1:] for f in firsts)
+                    )
+                else:  # no C extension: an ordinary fork, which waits in Python (``_serve``)
+                    role, got = _CALLER, os.fork()
+            except OSError:  # the fork failed: nobody else has these
+                ours.close()
+                theirs.close()
+                raise
+            if role == _CALLER and got == 0:  # os.fork's child
+                role = _WOKEN
+                ours.close()
             if role != _CALLER:
                 code = 1
                 try:

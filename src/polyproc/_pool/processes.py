@@ -123,7 +123,12 @@ class ProcessWorkers(WorkerSet):
                 for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
                     if fd >= 0:
                         foreign.append(fd)
-            if not template.fork_now(tuple(foreign)):
+            try:
+                forked = template.fork_now(tuple(foreign))
+            except OSError as exc:  # as a first worker's failed start: every one would fail
+                forked = False
+                self._cannot_start(exc)
+            if not forked:
                 self.template = None  # replacements then start as any worker would
         for h, ours, theirs, jfd in deferred:
             self._attach(h, ours, theirs, jfd)
@@ -180,17 +185,8 @@ class ProcessWorkers(WorkerSet):
             del self.handles[wid]
             if not isinstance(exc, Exception):
                 raise
-            engine = self.engine
-            if not engine.started.is_set():
-                # A first worker cannot even be started (its initializer does not pickle,
-                # fork fails): every start would fail alike. Break now, with the cause.
-                if engine.start_error is None:
-                    engine.start_error = exc
-                err = errors.BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
-                err.__cause__ = exc
-                # A main module with no guard (the forkserver would not import it) is
-                # the program's error: raised as it is, not as a broken pool.
-                self.sched._break(exc if is_refusal(exc) else err)
+            if not self.engine.started.is_set():
+                self._cannot_start(exc)
             self.sched.worker_exited(wid, None, name=h.name)
             return
         h.proc = proc
@@ -201,6 +197,18 @@ class ProcessWorkers(WorkerSet):
             self._deferred.append((h, ours, theirs, jfd))
             return
         self._attach(h, ours, theirs, jfd)
+
+    def _cannot_start(self, exc: BaseException) -> None:
+        """A first worker cannot even be started (its initializer does not pickle, fork
+        fails): every start would fail alike. Break the pool now, with the cause."""
+        engine = self.engine
+        if engine.start_error is None:
+            engine.start_error = exc
+        err = errors.BrokenProcessPool(f"a pool worker could not be started: {exc!r}")
+        err.__cause__ = exc
+        # A main module with no guard (the forkserver would not import it) is the
+        # program's error: raised as it is, not as a broken pool.
+        self.sched._break(exc if is_refusal(exc) else err)
 
     def _attach(self, h: Handle, ours: Any, theirs: Any, jfd: int | None) -> None:
         """A started worker's parent side: our copies of its ends closed, its journal
