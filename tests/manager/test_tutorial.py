@@ -77,3 +77,58 @@ def test_tutorial_manager_program(start_method: str, tmp_path: Path) -> None:
         assert lines[0] == expected[0] and lines[1] in (expected[1], "MainProcess: {'x': 1}")
         assert lines[2] in (expected[2], "MainProcess: Namespace(y=1)")
     pytest.fail(f"eight runs in a row lost an update: {lines}")
+
+
+WARM = """
+import sys, time
+import polyproc
+
+
+def child(conn):
+    conn.send("polyproc._protocol.auth" in sys.modules)  # before any proxy call
+
+
+def server_has_auth():
+    return "polyproc._protocol.auth" in sys.modules
+
+
+if __name__ == "__main__":
+    from polyproc.managers import BaseManager
+
+    class M(BaseManager):
+        pass
+
+    M.register("server_has_auth", callable=server_has_auth)
+    with M() as m:
+        deadline = time.monotonic() + 10
+        while not m.server_has_auth()._getvalue():
+            assert time.monotonic() < deadline, "the gate never loaded auth"
+            time.sleep(0.005)  # polling another process's state: nothing to wait on
+        r, w = polyproc.Pipe(duplex=False)
+        p = polyproc.get_context("fork").Process(target=child, args=(w,))
+        p.start()
+        print("child", r.recv())
+        p.join()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_handshake_is_loaded_before_a_managers_first_clients_arrive(tmp_path: Path) -> None:
+    """The tutorial's two workers connect as soon as they start: the server's gate loads
+    the handshake (hmac, OpenSSL's hashes: ~3-5 ms) as it starts, not at the first
+    connection, and a child forked once the program holds proxies inherits it, rather
+    than each importing it on its first call. Both had made the two workers queue behind
+    an import, get in together and lose the tutorial's update in lockstep (6-9 runs of
+    20, against the stdlib's 2)."""
+    script = tmp_path / "warm.py"
+    script.write_text(WARM)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env_with_src(),
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "True"], out.stdout + out.stderr

@@ -209,3 +209,38 @@ def test_a_peer_that_hangs_up_mid_handshake_raises_eof() -> None:
         auth.deliver_challenge(Scripted([]), KEY)
     with pytest.raises(EOFError):
         auth.answer_challenge(Scripted([auth.make_challenge()[0]]), KEY)
+
+
+def test_the_hmac_is_hmac_sha256() -> None:
+    """``auth`` computes HMAC-SHA256 over the interpreter's own SHA-256 (hmac would load
+    OpenSSL's hashes, ~3-5 ms per process): it must agree with ``hmac`` everywhere, keys
+    shorter than, equal to and longer than the 64-byte block included."""
+    import hmac
+    import random
+
+    from polyproc._protocol import auth
+
+    rng = random.Random(7)
+    for key_len in (*range(0, 70), 100, 128, 129, 1000):
+        key = rng.randbytes(key_len)
+        for msg_len in (0, 1, 31, 32, 64, 65, 200):
+            msg = rng.randbytes(msg_len)
+            assert auth.hmac_sha256(key, msg) == hmac.new(key, msg, "sha256").digest()
+
+
+def test_the_handshake_does_not_load_openssl() -> None:
+    """A handshake loads neither ``hmac`` nor OpenSSL's ``_hashlib`` (~3-5 ms)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from polyproc._protocol import auth\n"
+        "frame, nonce = auth.make_challenge()\n"
+        "assert auth.check_response(auth.make_response(frame, b'k' * 32), nonce, b'k' * 32)\n"
+        "print(sorted(m for m in ('hmac', '_hashlib', 'hashlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

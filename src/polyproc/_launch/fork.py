@@ -48,7 +48,10 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
 
 def prepare_to_fork() -> None:
-    """Load, once, what every fork child would otherwise load for itself (the prctl helper).
+    """Load, once, what every fork child would otherwise load for itself: the prctl
+    helper; and, once this process holds manager proxies, the handshake (``auth``:
+    hmac and OpenSSL's hashes, ~3-5 ms), which each child would otherwise import on its
+    first proxy call (the stdlib's children inherit it: the stdlib's owner shakes hands).
 
     Not ``logging``: a child that logs imports it (or has it, if we had); a short
     script that never logs must not pay 2-3 ms for it (issue 11).
@@ -56,6 +59,8 @@ def prepare_to_fork() -> None:
     from .child import _prctl
 
     _prctl()
+    if "polyproc._manager.client" in sys.modules:
+        from .._protocol import auth  # noqa: F401
 
 
 def _fork(entry: Callable[[], int]) -> PidfdHandle:
