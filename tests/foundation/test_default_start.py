@@ -529,6 +529,7 @@ SPARE = """
     import os, signal, time
     import psutil
     import polyproc as mp
+    from polyproc._launch.server import SPARES
 
     def pid(_):
         return os.getpid()
@@ -545,47 +546,48 @@ SPARE = """
             assert time.monotonic() < deadline, "no template"
             time.sleep(0.01)
 
-    def spare_of(tmpl):
+    def spares_of(tmpl):
         deadline = time.monotonic() + 10
-        while True:  # polling the OS for the spare's birth (the template forks it after a reply)
+        while True:  # polling the OS for the spares' birth (the template forks them after a reply)
             found = [c for c in tmpl.children() if c.name() == "polyproc-tspare"]
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, "no spare"
+            if len(found) == SPARES:
+                return found
+            assert time.monotonic() < deadline, "no spares"
             time.sleep(0.01)
 
     if __name__ == "__main__":
         with mp.Pool(1, maxtasksperchild=1) as p:
-            p.apply(pid, (0,))  # its worker retires: the template forks a replacement, then a spare
-            spare = spare_of(template()).pid
-            second = p.apply(pid, (0,))  # on that replacement, which retires: the spare takes over
+            p.apply(pid, (0,))  # its worker retires: the template forks a replacement, then spares
+            spares = [s.pid for s in spares_of(template())]
+            second = p.apply(pid, (0,))  # on that replacement, which retires: a spare takes over
             third = p.apply(pid, (0,))
-            print(second != spare, third == spare)
+            print(second not in spares, third in spares)
         with mp.Pool(1) as p:
             try:
                 p.apply(os._exit, (3,))
             except mp.WorkerLostError:
                 pass
             tmpl = template()
-            spare = spare_of(tmpl)
-            spare.kill()  # a spare that died waiting: the next worker is forked instead
-            spare.wait(10)
+            for spare in spares_of(tmpl):
+                spare.kill()  # spares that died waiting: the next worker is forked instead
+                spare.wait(10)
             try:
                 p.apply(os._exit, (3,))
             except mp.WorkerLostError:
                 pass
             print(p.apply(square, (7,)))
-            last = spare_of(tmpl)
-        last.wait(10)  # it dies with its template, at the pool's close
+            last = spares_of(tmpl)
+        for spare in last:
+            spare.wait(10)  # they die with their template, at the pool's close
         print("spare gone")
 """
 
 
 @pytest.mark.timeout(90)
 def test_a_template_keeps_a_spare_for_the_next_replacement(tmp_path: Path) -> None:
-    """After a pool's first replacement its template forks a spare (``polyproc-tspare``)
-    that takes the next request with no fork (issue 11: a replacement in <= 3 ms); a spare
-    that died is replaced by a fork; spares die with their template."""
+    """After a pool's first replacement its template forks spares (``polyproc-tspare``)
+    that take the next replacements with no fork (issue 11: a replacement in <= 3 ms);
+    with every spare dead the template forks the worker; spares die with their template."""
     rc, out, err, _ = run_script(tmp_path, SPARE)
     assert rc == 0, err
     assert out.split() == ["True", "True", "49", "spare", "gone"], (out, err)

@@ -53,6 +53,16 @@ def _gone(pid: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def _links(pid: int) -> dict[int, str]:
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return out
+
+
 @pytest.mark.timeout(60)
 def test_a_template_runs_no_python_until_first_asked() -> None:
     """Parked, it has not even named itself (``set_comm`` is its first Python) nor
@@ -138,13 +148,10 @@ def test_a_woken_template_closes_the_first_workers_channels() -> None:
             p.apply(os._exit, (3,))
         assert p.apply(_targets.square, (2,)) == 4  # the template is awake now
         deadline = time.monotonic() + 5
+        mine = _links(os.getpid())
         while True:  # polling its fd table: it closes them as it wakes
-            left = {int(fd) for fd in os.listdir(f"/proc/{tpid}/fd")} & pool_fds
-            held = {
-                fd
-                for fd in left
-                if os.readlink(f"/proc/{tpid}/fd/{fd}") == os.readlink(f"/proc/self/fd/{fd}")
-            }
+            its = _links(tpid)  # (it is forking its spares meanwhile: its table moves)
+            held = {fd for fd in pool_fds if fd in its and its[fd] == mine.get(fd)}
             if not held:
                 break
             assert time.monotonic() < deadline, f"the template kept {held}"
@@ -171,6 +178,144 @@ def test_a_forked_child_does_not_keep_a_pools_template_alive() -> None:
     assert child.exitcode == 0
 
 
+def _spares(template: object) -> list[int]:
+    """The pids of the spares the pool holds, in the order it uses them, once it holds all
+    the template keeps (``Spares.collect`` reads announcements when a start needs one):
+    the template is then idle, nothing of it in flight."""
+    from polyproc._launch.server import SPARES
+
+    deadline = time.monotonic() + 10
+    while True:
+        with template._lock:  # type: ignore[attr-defined]
+            spares = template._spares  # type: ignore[attr-defined]
+            spares.collect(template._boot, 0.05)  # type: ignore[attr-defined]
+            if len(spares.held) >= SPARES:
+                return [pid for pid, _ in spares.held]
+        assert time.monotonic() < deadline, "no spare announced"
+        time.sleep(0.01)  # polling: the template announces them after the request's reply
+
+
+def _settled_links(pid: int) -> dict[int, str]:
+    """``_links`` of a process that is done with what it was doing (the template closes its
+    copy of a spare's socket just after announcing it): the same twice, 20 ms apart."""
+    deadline = time.monotonic() + 5
+    links = _links(pid)
+    while True:
+        time.sleep(0.02)  # polling another process's fd table for a quiet moment
+        again = _links(pid)
+        if again == links or time.monotonic() > deadline:
+            return again
+        links = again
+
+
+def _pool_fds(pool: object) -> int:
+    """How many fds this process has, less the sockets of the spares it holds and those of
+    its live workers (a new worker's ``Process`` holds a copy of its channel for a while)."""
+    template = pool._engine.workers.template  # type: ignore[attr-defined]
+    with template._lock:
+        links = _links(os.getpid())
+        for _, sock in template._spares.held:
+            links.pop(sock, None)
+    workers = set()
+    for h in pool._engine.workers.handles.values():  # type: ignore[attr-defined]
+        for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
+            workers.add(links.get(fd))
+    return sum(link not in workers and "polyproc-journal" not in link for link in links.values())
+
+
+def _crash(pool: object) -> None:
+    with pytest.raises(polyproc.WorkerLostError):
+        pool.apply(os._exit, (3,))  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_does_not_wait_for_the_template() -> None:
+    """The template hands each spare it forks to the pool (``spares.py``): a replacement
+    goes to a spare straight from the pool, so it comes even while the template cannot
+    run (stopped here; in real life, busy with the copy-on-write faults of its last fork,
+    ~1.2 ms of each replacement when the pool waited for its reply)."""
+    import signal
+
+    with polyproc.get_context("auto").Pool(1, maxtasksperchild=2) as p:
+        tpid = _template_pid(p)
+        template = p._engine.workers.template  # type: ignore[attr-defined]
+        for _ in range(2):  # its first worker retires as it is sent its second task: the
+            p.apply(_targets.getpid_of, (0,))  # template forks the next one, then a spare
+        spare = _spares(template)[0]
+        os.kill(tpid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # on the template's worker, which retires at the second: its
+                p.apply_async(_targets.getpid_of, (0,)).get(10)  # successor starts on the spare
+            on_spare = p.apply_async(_targets.getpid_of, (0,)).get(10)
+        finally:
+            os.kill(tpid, signal.SIGCONT)
+        assert on_spare == spare
+        assert p.apply(_targets.square, (3,)) == 9  # the template goes on after it
+
+
+@pytest.mark.timeout(60)
+def test_spares_that_died_waiting_are_replaced_by_asking_the_template() -> None:
+    """Spares killed while the pool held them: the next replacement finds them dead (a
+    send to each fails) and asks the template instead; the template reports each dead
+    spare's status at once and keeps no fd of it; its next spares are used again."""
+    import signal
+
+    with polyproc.get_context("auto").Pool(1) as p:
+        tpid = _template_pid(p)
+        template = p._engine.workers.template  # type: ignore[attr-defined]
+        _crash(p)  # the first replacement: asked of the template, which forks spares after it
+        assert p.apply(_targets.square, (2,)) == 4
+        dead = _spares(template)
+        mine, its = _pool_fds(p), _settled_links(tpid)
+        for pid in dead:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(psutil.pid_exists(pid) for pid in dead):  # polling: the template reaps them
+            assert time.monotonic() < deadline, "the template did not reap its spares"
+            time.sleep(0.01)
+        _crash(p)
+        worker = p.apply(_targets.getpid_of, (0,))
+        assert worker not in dead and psutil.Process(worker).ppid() == tpid
+        fresh = _spares(template)
+        assert not set(fresh) & {*dead, worker}, (fresh, dead, worker)
+        _crash(p)
+        assert p.apply(_targets.getpid_of, (0,)) == fresh[0]  # on the next spare
+        assert _pool_fds(p) == mine
+        deadline = time.monotonic() + 5
+        while len(now := _links(tpid)) != len(its):  # polling: it closes a dead worker's pipe
+            assert time.monotonic() < deadline, (  # once reaped
+                sorted(set(now.items()) - set(its.items())),
+                sorted(set(its.items()) - set(now.items())),
+            )
+            time.sleep(0.01)
+
+
+@pytest.mark.timeout(60)
+def test_replacements_on_spares_leak_no_fd_and_hold_none_of_the_templates() -> None:
+    """Each spare's socket is closed by the pool once the spare has its worker, its
+    status pipe's write end once the template has it; a worker that was a spare holds no
+    fd of the template's (its sockets, its other workers' status pipes) nor the pool's."""
+    with polyproc.get_context("auto").Pool(2) as p:
+        tpid = _template_pid(p)
+        for _ in range(3):
+            _crash(p)
+        assert p.apply(_targets.square, (2,)) == 4
+        mine = _pool_fds(p)
+        for _ in range(10):
+            _crash(p)
+        assert sorted(p.map(_targets.square, range(4), chunksize=1)) == [0, 1, 4, 9]
+        assert _pool_fds(p) == mine
+        sockets = {link for link in _links(tpid).values() if link.startswith("socket:")}
+        links = _links(os.getpid())
+        handles = list(p._engine.workers.handles.values())  # type: ignore[attr-defined]
+        sentinels = {links[h.proc.sentinel] for h in handles}
+        for h in handles:
+            held = list(_links(h.proc.pid).values())
+            assert psutil.Process(h.proc.pid).ppid() == tpid
+            assert not set(held) & (sockets | sentinels), set(held) & (sockets | sentinels)
+            assert sum(link.startswith("socket:") for link in held) == 1, held  # its channel
+
+
 NO_C = """
     import os, sys
     sys.modules["polyproc._csem"] = None  # as on a system where the C part did not build
@@ -184,12 +329,15 @@ NO_C = """
             t = p._engine.workers.template
             assert t is not None and not t.pending
             assert p.apply(square, (3,)) == 9
-            try:
-                p.apply(os._exit, (3,))
-            except mp.WorkerLostError:
-                pass
-            assert p.apply(square, (4,)) == 16
-            print("ok", t.usable())
+            pids = set()
+            for i in range(4):  # asked of the template, then on the spares it forks after
+                try:
+                    p.apply(os._exit, (3,))
+                except mp.WorkerLostError:
+                    pass
+                assert p.apply(square, (i,)) == i * i
+                pids.add(p.apply(os.getpid))
+            print("ok", t.usable(), len(pids))
 """
 
 
@@ -203,7 +351,7 @@ def test_without_the_c_extension_the_template_is_an_ordinary_fork(tmp_path: Path
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=50
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["ok", "True"]
+    assert out.stdout.split() == ["ok", "True", "4"]
 
 
 @pytest.mark.timeout(60)

@@ -16,6 +16,8 @@ polyproc's own threads *parked* where they hold no lock::
 
     pool engine thread ── request(Process, fds) ──► template (single-threaded copy of
     (replacements after a crash, recycling)         the caller at creation) ── fork ──► worker
+                       ◄── its spares' sockets ───  forks spares ahead of need
+                       ── Process, fds ───────────────────────────────────────► spare: worker
 
 The template is a copy of the caller taken before the pool's engine thread exists,
 so it has one thread. It is forked *parked* (``_csem.fork_template``): before any Python
@@ -29,8 +31,10 @@ on the pool's critical path (issue 11: the caller's CPU to create a ``Pool(2)`` 
 from ~3.9 to ~2.6 ms, its faults from ~810 to ~420). Until its first request the
 template costs ~20 page faults and no CPU (forked by ``os.fork`` it would run the
 interpreter's after-fork work, ~0.7 ms and ~230 faults, before it could fork a worker).
-Woken, it runs the fork server's request loop (``server.Server``) privately for its
-pool, and exits when the pool closes it (or kills it, never woken) or the caller dies.
+Woken, it runs the fork server's request loop (``server.TemplateServer``) privately for
+its pool, and hands the pool spares, children forked ahead of need that each take one
+replacement straight from the pool (``spares.py``: the template is off the replacement's
+path); it exits when the pool closes it (or kills it, never woken) or the caller dies.
 Under ``fork`` too. Without the C extension the caller forks every first worker and
 then the template with ``os.fork`` (``Template.fork_now``), which waits in Python.
 Either way a worker costs a fork (no interpreter boot, no import of ``__main__``),
@@ -60,6 +64,7 @@ from .handle import PID, StatusPipeHandle, read_exactly
 from .parking import fork_is_safe as fork_is_safe
 from .parking import parkable as parkable
 from .parking import parked as parked
+from .spares import Spares
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,8 +103,9 @@ class Template:
     It is forked *parked* (``_csem.fork_template``), forking the pool's first workers as
     it is: it runs no Python, and costs no CPU, until the pool's first request wakes it
     (most pools never send one). The engine
-    thread asks it for each replacement worker (``start``); ``close`` ends it (its
-    workers, if any are left, die with it by PDEATHSIG).
+    thread starts each replacement worker on a spare it forked, or asks it for one
+    (``start``); ``close`` ends it (its workers and spares, if any are left, die with it
+    by PDEATHSIG).
     """
 
     #: The next first worker's channel ends (and journal), which the template closes
@@ -117,6 +123,7 @@ class Template:
         self._pidfd: int | None = None
         self._closed = False
         self._woken = False  # sent its first request: it has run Python since
+        self._spares = Spares()  # those the template announced, once woken (``spares.py``)
         self._owner = os.getpid()
         _LIVE.add(self)
 
@@ -130,6 +137,7 @@ class Template:
             for conn in (self._conn, self._boot):
                 if conn is not None:
                     conn.close()
+            self._spares.close()  # a dead spare's socket must end with it
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -281,9 +289,21 @@ class Template:
         )
 
     def start(self, spec: LaunchSpec) -> ChildHandle:
+        """A replacement worker: on a spare the template announced, with no round trip to
+        the template (``spares.py``); with none (the first replacement, or the spares
+        died), asked of the template, which forks spares after it."""
+        with self._lock:
+            boot = self._boot
+            if not self._closed and boot is not None and self._owner == os.getpid():
+                handle = self._spares.start(boot, spec)
+                if handle is not None:
+                    return handle
         from .forkserver import request
 
-        return request(self._lock, self._connect, self._my_pidfd, spec, env=None, preload=False)
+        handle = request(self._lock, self._connect, self._my_pidfd, spec, env=None, preload=False)
+        with self._lock:
+            self._spares.asked()
+        return handle
 
     def shut(self) -> None:
         """Tell the template to end, without waiting for it: a pool's shutdown does this
@@ -301,6 +321,7 @@ class Template:
             for conn in (self._conn, self._boot):
                 if conn is not None:
                     conn.close()
+            self._spares.close()
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -415,9 +436,9 @@ def _serve(
             os.close(fd)
         except OSError:
             pass
-    from .server import Server
+    from .server import TemplateServer
 
-    Server(boot, first=first).run()
+    TemplateServer(boot, first=first).run()
 
 
 #: What the pool sends on the boot socket before its first request: serve from now on.
