@@ -635,6 +635,39 @@ struct first_worker {
     int pidfd;    /* -1 if none */
 };
 
+/* The byte a pool sends a parked template to end it (template.py, ``Template.shut``): it
+   kills its first workers still running, reaps each and writes its status down its pipe,
+   then exits. The pool sends it as it starts terminating, so the template's end and its
+   workers' overlap, and each worker's status still comes from its reaper, once it is dead
+   (a SIGKILL instead ended the template first, and the pool waited for it after the
+   workers: ~0.7 ms more per pool's end). A first request starts with another byte. */
+enum { TEMPLATE_END = 'X' };
+
+static void
+end_parked(struct first_worker *w, Py_ssize_t nfirst)
+{
+    for (Py_ssize_t k = 0; k < nfirst; k++) {
+        if (w[k].pid > 0) {
+            kill(w[k].pid, SIGKILL);
+        }
+    }
+    for (Py_ssize_t k = 0; k < nfirst; k++) {
+        if (w[k].pid <= 0) {
+            continue;
+        }
+        int status;
+        pid_t got;
+        do {
+            got = waitpid(w[k].pid, &status, 0);
+        } while (got < 0 && errno == EINTR);
+        if (got == w[k].pid) {
+            put_le(w[k].status_w, status, 4);
+        }
+        close(w[k].status_w);
+    }
+    _exit(0);
+}
+
 static PyObject *
 csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -785,6 +818,9 @@ csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
         if (p[0].revents) {
             char c;
             ssize_t r = recv(fd, &c, 1, MSG_PEEK);
+            if (r > 0 && c == TEMPLATE_END) {
+                end_parked(w, nfirst);
+            }
             if (r > 0) {
                 break;
             }

@@ -397,3 +397,24 @@ def test_a_template_that_cannot_be_forked_breaks_the_pool_with_its_cause(
     while (left := set(os.listdir("/proc/self/fd")) - before) and time.monotonic() < deadline:
         time.sleep(0.01)  # polling the fd table: the engine closes them as it ends
     assert not {fd for fd in left if os.path.exists(f"/proc/self/fd/{fd}")}, left
+
+
+@pytest.mark.timeout(60)
+def test_a_terminated_pool_ends_its_parked_template_beside_its_workers() -> None:
+    """``terminate()`` sends a parked template ``_END`` as it kills the workers: the
+    template kills and reaps its first workers itself, writes each status, and exits 0
+    (it was SIGKILLed after they had died, one wait after the other)."""
+    _parked_in_c()
+    p = polyproc.get_context("auto").Pool(2)
+    try:
+        assert p.map(_targets.square, [1, 2]) == [1, 4]
+        template = p._engine.workers.template  # type: ignore[attr-defined]
+        if template is None:
+            pytest.skip("another thread runs in this test process: no template")
+        handle = template._handle
+        pids = [h.proc.pid for h in p._engine.workers.handles.values()]  # type: ignore[attr-defined]
+    finally:
+        p.terminate()
+        p.join()
+    assert handle.returncode == 0, handle.returncode  # it ended itself: not killed
+    assert all(_gone(pid) for pid in pids), pids  # reaped, not left to init as zombies

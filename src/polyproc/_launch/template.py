@@ -306,18 +306,25 @@ class Template:
         return handle
 
     def shut(self) -> None:
-        """Tell the template to end, without waiting for it: a pool's shutdown does this
-        first, so the template ends while its workers do.
+        """Tell the template to end, without waiting for it: a terminating pool does this
+        as it kills its workers (``ProcessWorkers.kill``), so the template ends beside them.
 
-        One never woken is killed: it has run nothing, and another pool's parked template
-        may hold a copy of our boot socket (it was forked while we lived), so our EOF
-        would not reach it until that one ends."""
+        One never woken, parked in C, is sent ``_END``: it kills its first workers still
+        running, reaps each and writes its status, and exits (their statuses then come
+        from their reaper, once they are dead). Not our end-of-file alone: another pool's
+        parked template may hold a copy of our boot socket (it was forked while we lived),
+        so our EOF would not reach it until that one ends; if the byte cannot be sent, it
+        is killed."""
         with self._lock:
             if self._closed or self._owner != os.getpid():
                 return
             self._closed = True
             if not self._woken and self._handle is not None:
-                self._handle.send_signal(9)
+                try:
+                    if self._boot is None or os.write(self._boot.fileno(), _END) != 1:
+                        raise OSError("not sent")
+                except OSError:
+                    self._handle.send_signal(9)
             for conn in (self._conn, self._boot):
                 if conn is not None:
                     conn.close()
@@ -357,6 +364,10 @@ except ImportError:  # pragma: no cover - no C extension: see ``Template._fork``
     _fork_template = None
 
 _CALLER, _WOKEN, _FIRST = 0, 1, 2  # ``_csem.fork_template``'s roles
+#: Sent to a parked template to end it (``_csem.c``'s TEMPLATE_END; a request starts
+#: otherwise). Without the C extension the template waits in Python, where any byte or
+#: EOF on the boot socket that is not ``_SERVE`` ends it.
+_END = b"X"
 #: A first worker the template forks before parking: (entry, status pipe's write end, pid
 #: pipe's write end, fds to close once it is forked: that worker's channel ends and
 #: journal and the read ends of those pipes).
@@ -428,8 +439,9 @@ def _serve(
     set_comm("polyproc-tmpl")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        boot.recv_bytes()  # _SERVE
-    except (EOFError, OSError):
+        if boot.recv_bytes() != _SERVE:
+            return
+    except Exception:  # noqa: BLE001 - EOF, or _END read as a torn frame
         return  # the pool ended without asking for a replacement
     for fd in foreign:  # not ours to keep, nor to hand to the workers we fork
         try:

@@ -55,7 +55,7 @@ from .messages import (
     pickling_error,
     unpickling_error,
 )
-from .tasks import Recovered, Send
+from .tasks import PoolState, Recovered, Send
 from .worker import by_reference, current_rss, worker_main
 from .workers import WorkerSet
 
@@ -242,6 +242,10 @@ class ProcessWorkers(WorkerSet):
             h.proc.kill()
         except (OSError, ValueError):
             pass
+        if self.sched.state is PoolState.TERMINATE and self.template is not None:
+            # The pool ends: the template ends now too, beside its workers, rather than
+            # after them (``close_all``); parked, it reaps them first (template.py).
+            self.template.shut()
 
     def on_death(self, h: Handle) -> None:
         """The sentinel fired: take what the worker sent before dying, then tell the scheduler."""
