@@ -12,12 +12,12 @@ The client side and the shared forkserver's lifetime are in ``forkserver.py``.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import pickle
 import selectors
 import signal
-import socket
 import struct
 import sys
 from collections.abc import Callable
@@ -62,7 +62,7 @@ class Server:
         self.boot = boot
         self.inherit = inherit  # forkserver._CLIENT, or None (a template)
         self.sel = selectors.DefaultSelector()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.listener.settimeout(None)  # not socket.setdefaulttimeout()'s
         self.listener.bind(b"\0polyproc-forkserver-" + os.urandom(12).hex().encode())
         self.listener.listen(64)
@@ -106,11 +106,12 @@ class Server:
         from .._transport import UnixStream
 
         try:
-            sock, _ = self.listener.accept()
+            fd, _ = self.listener._accept()  # type: ignore[attr-defined]  # the C type's accept
         except OSError:
             return
+        sock = _socket.socket(fileno=fd)
         sock.settimeout(None)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.getuid():
             sock.close()
@@ -361,7 +362,7 @@ class TemplateServer(Server):
         """Fork a spare and announce it (or the fork's failure, then False). Our copy of its
         socket's pool end is closed: the spare's end then ends with the spare, so the
         pool's send to a dead one fails. It dies with us (PDEATHSIG)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         server_pid = os.getpid()
         try:
             pid = os.fork()
@@ -377,7 +378,7 @@ class TemplateServer(Server):
         self._announce(pid, ours)
         return True
 
-    def _announce(self, pid: int, sock: socket.socket | None) -> None:
+    def _announce(self, pid: int, sock: _socket.socket | None) -> None:
         try:
             fds = [] if sock is None else [sock.fileno()]
             self.boot.send_payload(Payload(PID.pack(pid), None, fds))
@@ -387,7 +388,7 @@ class TemplateServer(Server):
             if sock is not None:
                 sock.close()
 
-    def _become_spare(self, ours: socket.socket, sock: socket.socket, server_pid: int) -> None:
+    def _become_spare(self, ours: _socket.socket, sock: _socket.socket, server_pid: int) -> None:
         """In the spare: drop all of the template's state, then wait for one worker."""
         from .._connection import Connection
         from .._transport import UnixStream
