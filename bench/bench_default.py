@@ -94,10 +94,9 @@ def import_stdlib() -> float:
 
 
 def _pool_start(make: Any) -> float:
-    import multiprocessing.pool  # noqa: F401 - imports are not pool start
+    from bench_pool import import_pool_modules
 
-    import polyproc._pool.pool  # noqa: F401
-
+    import_pool_modules()  # imports are not pool start (bench_pool._start says which)
     t0 = time.perf_counter()
     p = make()
     p.map(inc, range(2), chunksize=1)
