@@ -96,7 +96,7 @@ def import_stdlib() -> float:
 def _pool_start(make: Any) -> float:
     from bench_pool import import_pool_modules
 
-    import_pool_modules()  # imports are not pool start (bench_pool._start says which)
+    import_pool_modules("auto")  # imports are not pool start (bench_pool._start says which)
     t0 = time.perf_counter()
     p = make()
     p.map(inc, range(2), chunksize=1)

@@ -359,32 +359,33 @@ def scaling_stdlib() -> float:
 
 
 # -- pool start (seconds to a pool that has answered once, lower is better) ----------------
-def import_pool_modules() -> None:
-    """Every module either side's pool creation would import, for every start method."""
+def import_pool_modules(method: str) -> None:
+    """What either side's pool creation under ``method`` would import, imported now: only
+    those (a launcher module that registers fork hooks would cost every forked worker)."""
     import importlib
 
-    for name in (
+    launch = {"auto": "fork"}.get(method, method)
+    stdlib_popen = {"fork": "popen_fork", "spawn": "popen_spawn_posix"}
+    names = [
         "multiprocessing.pool",
         "multiprocessing.queues",
         "multiprocessing.synchronize",
-        "multiprocessing.popen_fork",
-        "multiprocessing.popen_spawn_posix",
-        "multiprocessing.popen_forkserver",
-        "multiprocessing.forkserver",
+        f"multiprocessing.{stdlib_popen.get(launch, 'popen_forkserver')}",
         "polyproc._pool.pool",
-        "polyproc._launch.fork",
-        "polyproc._launch.spawn",
-        "polyproc._launch.forkserver",
-    ):
+        f"polyproc._launch.{launch}",
+    ]
+    if launch == "forkserver":
+        names.append("multiprocessing.forkserver")
+    for name in names:
         importlib.import_module(name)
 
 
-def _start(make: Callable[[], Any]) -> float:
+def _start(make: Callable[[], Any], method: str) -> float:
     # Imports are not pool start: load both packages' pool modules before the clock, and
     # what a pool's creation imports lazily on each side (the stdlib's queues, locks and
-    # popen modules, polyproc's launchers), else the stdlib's pays ~0.5 ms of imports
+    # popen modules, polyproc's launcher), else the stdlib's pays ~0.5 ms of imports
     # inside the clock and ours ~0.1.
-    import_pool_modules()
+    import_pool_modules(method)
     t0 = time.perf_counter()
     p = make()
     p.map(inc, range(WORKERS), chunksize=1)
@@ -399,8 +400,8 @@ def _start_case(method: str) -> Case:
         f"pool start + first map ({method})",
         "s",
         impls={
-            "polyproc": lambda: _start(lambda: _pp_pool(method)),
-            "stdlib": lambda: _start(lambda: _std_pool(method)),
+            "polyproc": lambda: _start(lambda: _pp_pool(method), method),
+            "stdlib": lambda: _start(lambda: _std_pool(method), method),
         },
         higher_is_better=False,
         target=1.0,
