@@ -53,11 +53,12 @@ def analyse(
 
     ``blamed`` maps a failed task to the pid its ``WorkerLostError`` names. A failed
     task with no start line is the allowed failure (*early*: counted failed) only if
-    that worker was killed between tasks: its last line before ``k PID`` is a ``d``
-    (it had finished its last task, so the one it was handed next was the running
-    one, killed before its first line). Otherwise it is *lost*: the pool failed a
-    task that never began, or blamed the wrong one. Lost tasks are appended to ``lost``,
-    early ones to ``early``.
+    that worker was killed between tasks: its last line before ``k PID``, or its last
+    line of all (``k`` is written just before the signal, which may land after the
+    task on hand wrote ``d``), is a ``d`` (it had finished its last task, so the one it
+    was handed next was the running one, killed before its first line). Otherwise it
+    is *lost*: the pool failed a task that never began, or blamed the wrong one. Lost
+    tasks are appended to ``lost``, early ones to ``early``.
     """
     blamed = blamed or {}
     last_line: dict[int, str] = {}  # worker pid -> "s" or "d", its latest line
@@ -92,6 +93,8 @@ def analyse(
                 committed.add(task)
             else:
                 last[pid] = task
+    killed = {int(f[1]) for f in map(str.split, log.splitlines()) if len(f) == 2 and f[0] == "k"}
+    killed_between |= {pid for pid in killed if last_line.get(pid) == "d"}
     counts = {
         "tasks": tasks,
         "once": 0,

@@ -207,3 +207,16 @@ def test_a_segment_left_after_a_case_is_a_failure() -> None:
     finally:
         os.unlink(f"/dev/shm/{name}")
     assert chaos._segments_left([name], 0.1) == []
+
+
+def test_a_kill_that_lands_after_the_task_on_hand_finished_counts_as_between_tasks() -> None:
+    # ``k`` is written just before the signal: worker 14 finished task 0 after it (the
+    # signal landed late), so it died between tasks, and task 1, failed without a start
+    # line, was the one it had been handed: allowed. Worker 12 was killed mid-task 2 (its
+    # last line is a start): task 3 blamed on it is lost, as before.
+    log = "\n".join(["s 0 14", "k 14", "d 0 14", "s 2 12", "k 12"])
+    outcomes = {0: "ok", 1: "failed", 2: "failed", 3: "failed"}
+    lost: list[int] = []
+    f = analyse(outcomes, log, 4, {1: 14, 2: 12, 3: 12}, lost)
+    assert (f["failed"], f["early"], f["lost"]) == (2, 1, 1)
+    assert lost == [3]
