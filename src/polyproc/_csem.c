@@ -643,6 +643,29 @@ struct first_worker {
    workers: ~0.7 ms more per pool's end). A first request starts with another byte. */
 enum { TEMPLATE_END = 'X' };
 
+/* Reap first worker w if it has exited (options: WNOHANG, or 0 to wait for it): its
+   status down its pipe, its pipe and pidfd closed. 1 if it was reaped. */
+static int
+reap_first(struct first_worker *w, int options)
+{
+    int status;
+    pid_t got;
+    do {
+        got = waitpid(w->pid, &status, options);
+    } while (got < 0 && errno == EINTR);
+    if (got != w->pid) {
+        return 0;
+    }
+    put_le(w->status_w, status, 4);
+    close(w->status_w);
+    if (w->pidfd >= 0) {
+        close(w->pidfd);
+    }
+    w->pid = 0;
+    w->pidfd = -1;
+    return 1;
+}
+
 static void
 end_parked(struct first_worker *w, Py_ssize_t nfirst)
 {
@@ -652,20 +675,11 @@ end_parked(struct first_worker *w, Py_ssize_t nfirst)
         }
     }
     for (Py_ssize_t k = 0; k < nfirst; k++) {
-        if (w[k].pid <= 0) {
-            continue;
+        if (w[k].pid > 0) {
+            reap_first(&w[k], 0);
         }
-        int status;
-        pid_t got;
-        do {
-            got = waitpid(w[k].pid, &status, 0);
-        } while (got < 0 && errno == EINTR);
-        if (got == w[k].pid) {
-            put_le(w[k].status_w, status, 4);
-        }
-        close(w[k].status_w);
     }
-    _exit(0);
+    _exit(0); /* closes every pipe: a worker not reaped reads as killed */
 }
 
 static PyObject *
@@ -802,18 +816,7 @@ csem_fork_template(PyObject *Py_UNUSED(module), PyObject *args)
             if (!fired) {
                 continue;
             }
-            int status;
-            pid_t done = waitpid(w[k].pid, &status, w[k].pidfd < 0 ? WNOHANG : 0);
-            if (done == w[k].pid) {
-                put_le(w[k].status_w, status, 4);
-                close(w[k].status_w);
-                if (w[k].pidfd >= 0) {
-                    close(w[k].pidfd);
-                }
-                w[k].pid = 0;
-                w[k].pidfd = -1;
-                live--;
-            }
+            live -= reap_first(&w[k], w[k].pidfd < 0 ? WNOHANG : 0);
         }
         if (p[0].revents) {
             char c;
