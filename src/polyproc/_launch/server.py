@@ -103,14 +103,13 @@ class Server:
 
     def _accept(self) -> None:
         from .._connection import Connection
-        from .._transport import UnixStream
+        from .._transport import UnixStream, wrap_fd
 
         try:
             fd, _ = self.listener._accept()  # type: ignore[attr-defined]  # the C type's accept
         except OSError:
             return
-        sock = _socket.socket(fileno=fd)
-        sock.settimeout(None)
+        sock = wrap_fd(fd)  # blocking, as the listener's accepted fds are
         creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.getuid():
@@ -362,7 +361,9 @@ class TemplateServer(Server):
         """Fork a spare and announce it (or the fork's failure, then False). Our copy of its
         socket's pool end is closed: the spare's end then ends with the spare, so the
         pool's send to a dead one fails. It dies with us (PDEATHSIG)."""
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        from .._transport import socketpair
+
+        ours, theirs = socketpair()
         server_pid = os.getpid()
         try:
             pid = os.fork()
