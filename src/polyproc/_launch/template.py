@@ -205,12 +205,12 @@ class Template:
     def _fork(self, foreign: tuple[int, ...], firsts: list[_First]) -> int | None:
         """Fork the template (fill in this object); its pid, or None if not safe now."""
         from .._connection import Connection
-        from .._transport import UnixStream
+        from .._transport import UnixStream, socketpair
         from .fork import prepare_to_fork
         from .handle import PidfdHandle
 
         prepare_to_fork()
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        ours, theirs = socketpair()
         with parked() as safe:
             if not safe:
                 ours.close()
@@ -320,10 +320,13 @@ class Template:
                 return
             self._closed = True
             if not self._woken and self._handle is not None:
-                try:
-                    if self._boot is None or os.write(self._boot.fileno(), _END) != 1:
-                        raise OSError("not sent")
-                except OSError:
+                sent = False
+                if self._boot is not None:
+                    try:
+                        sent = os.write(self._boot.fileno(), _END) == 1
+                    except OSError:
+                        pass
+                if not sent:
                     self._handle.send_signal(9)
             for conn in (self._conn, self._boot):
                 if conn is not None:
@@ -381,13 +384,14 @@ class _LatePidHandle(StatusPipeHandle):
     is written down: nothing asks before, but a pipe nobody will write must never be
     read)."""
 
-    def __init__(self, pid_r: int, sentinel: int, template: Template | None = None) -> None:
-        #: Forked only after ``Process.start()`` returns: the Process keeps its target and
-        #: arguments for the fork (the pool drops them once it is done, ``_drop_target``).
-        self.forked_later = template is not None
+    #: Forked only after ``Process.start()`` returns: the Process keeps its target and
+    #: arguments for the fork (the pool drops them once it is done, ``_drop_target``).
+    forked_later = True
+
+    def __init__(self, pid_r: int, sentinel: int, template: Template) -> None:
         self._pid_r = pid_r
         self._pid = -1
-        self._template = template
+        self._template: Template | None = template
         super().__init__(-1, sentinel)
 
     @property
