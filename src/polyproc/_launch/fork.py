@@ -32,9 +32,10 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
     template = spec.template
     main = threading.current_thread() is threading.main_thread()
-    # A pool worker: its first workers are forked from the main thread at pool creation,
-    # the first by the template as it is forked, as under ``auto`` (template.start says
-    # why); later ones, from the engine's thread, are forked by the pool's template.
+    # A pool worker: its first workers are written down from the main thread at pool
+    # creation and forked by the template as it is forked, as under ``auto``
+    # (template.start says why); later ones, asked for from the engine's thread, are
+    # forked by the pool's template too.
     if template is not None and main:
         handle = template.start_first(spec)  # None if not safe: the launcher's fork
         if handle is not None:
@@ -49,9 +50,9 @@ def start(spec: LaunchSpec) -> ChildHandle:
 
 def prepare_to_fork() -> None:
     """Load, once, what every fork child would otherwise load for itself: the prctl
-    helper; and, once this process holds manager proxies, the handshake (``auth``:
-    hmac and OpenSSL's hashes, ~3-5 ms), which each child would otherwise import on its
-    first proxy call (the stdlib's children inherit it: the stdlib's owner shakes hands).
+    helper; and, once this process holds manager proxies, the handshake (``auth``,
+    ~0.7-1 ms), which each child would otherwise import on its first proxy call (the
+    stdlib's children inherit hmac: the stdlib's owner shakes hands).
 
     Not ``logging``: a child that logs imports it (or has it, if we had); a short
     script that never logs must not pay 2-3 ms for it (issue 11).

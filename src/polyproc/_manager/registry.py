@@ -190,7 +190,7 @@ class BaseManager:
         # Two socketpairs: ``control`` (our "ok"/"stop" line, EOF = we are gone) and
         # ``owner``, this thread's first connection, authenticated by construction
         # (only we and the server hold it), so starting costs no connect, no handshake,
-        # and not even importing hmac.
+        # and not even importing the handshake's code.
         control, control_child = socketpair()
         owner, owner_child = socketpair()
         address = self._address if self._address is not None else default_address()
