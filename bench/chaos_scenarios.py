@@ -63,6 +63,7 @@ def analyse(
     blamed = blamed or {}
     last_line: dict[int, str] = {}  # worker pid -> "s" or "d", its latest line
     killed_between: set[int] = set()  # workers killed after a "d", before the next "s"
+    killed: set[int] = set()  # workers with a "k" line
     starts: Counter[int] = Counter()
     dones: Counter[int] = Counter()
     committed: set[int] = set()
@@ -73,6 +74,7 @@ def analyse(
         if len(f) < 2 or not all(x.isdigit() for x in f[1:]):
             continue
         if f[0] == "k":
+            killed.add(int(f[1]))
             last.pop(int(f[1]), None)  # its last task may be re-run: not committed
             if last_line.get(int(f[1])) == "d":
                 killed_between.add(int(f[1]))
@@ -93,7 +95,6 @@ def analyse(
                 committed.add(task)
             else:
                 last[pid] = task
-    killed = {int(f[1]) for f in map(str.split, log.splitlines()) if len(f) == 2 and f[0] == "k"}
     killed_between |= {pid for pid in killed if last_line.get(pid) == "d"}
     counts = {
         "tasks": tasks,
