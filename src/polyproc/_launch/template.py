@@ -165,13 +165,13 @@ class Template:
         it is forked here (the caller's fork, as the stdlib's Pool); None if forking is
         not safe now.
         """
+        fds, self.first_fds = self.first_fds, ()  # this worker's, whoever forks it
         if self.pending and _fork_template is not None:
             status_r, status_w = os.pipe()
             pid_r, pid_w = os.pipe()
             # The template closes, once the worker is forked, that worker's channel ends
             # and journal and the read ends of its two pipes, which are the caller's alone.
-            closing = (*self.first_fds, status_r, pid_r)
-            self.first_fds = ()
+            closing = (*fds, status_r, pid_r)
             self._firsts.append((spec.entry, status_w, pid_w, closing))
             return _LatePidHandle(pid_r, status_r, self)
         return fork_here(spec.entry)
