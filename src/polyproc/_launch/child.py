@@ -11,12 +11,13 @@ millisecond here is a millisecond of every ``spawn`` start.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "die_with_parent",
     "set_comm",
     "open_stdio",
+    "stdio_to_hand",
     "begin",
     "before_exit",
     "finish",
@@ -139,6 +141,19 @@ def open_stdio() -> list[int | None]:
         else:
             out.append(fd)
     return out
+
+
+@contextlib.contextmanager
+def stdio_to_hand() -> Iterator[list[int]]:
+    """Our fds 0-2 to send a child (``open_stdio``), /dev/null for one that is closed, which
+    is closed again after: the forkserver's requests and a template's spares both send them."""
+    fds = [os.open(os.devnull, os.O_RDWR) if fd is None else fd for fd in open_stdio()]
+    try:
+        yield fds
+    finally:
+        for fd, std in zip(fds, (0, 1, 2), strict=True):
+            if fd != std:
+                os.close(fd)
 
 
 def log_spec() -> dict[str, Any] | None:

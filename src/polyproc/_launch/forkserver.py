@@ -38,9 +38,9 @@ from ..errors import StartError
 from .child import (
     BOOTSTRAP_ERROR,
     log_spec,
-    open_stdio,
     preparation_data,
     set_comm,
+    stdio_to_hand,
 )
 from .handle import PID, ChildHandle, StatusPipeHandle, launch_errors
 
@@ -168,11 +168,6 @@ _CLIENT = _Client()
 os.register_at_fork(after_in_child=_CLIENT.after_fork_in_child)
 
 
-def _stdio_fds() -> list[int]:
-    """Our fds 0-2 for the child; /dev/null stands in for a closed one."""
-    return [os.open(os.devnull, os.O_RDWR) if fd is None else fd for fd in open_stdio()]
-
-
 def start(spec: LaunchSpec) -> StatusPipeHandle:
     # The environment travels with each request: a child sees the client's os.environ
     # as it is now, as a spawn child does (the server's is the one it booted with).
@@ -207,28 +202,22 @@ def request(
     payload = spec.settings.serializer.dumps((spec.entry, env, log), what=spec.what)
     r, w = os.pipe()
     try:
-        with lock:
-            stdio = _stdio_fds()
-            try:
-                for attempt in (1, 2):
-                    conn = connect()
-                    fds = [*payload.fds, w, pidfd(), *stdio]
-                    try:
-                        if preload:
-                            _send_preload(conn)
-                        conn.send_payload(Payload(payload.body, payload.buffers, fds))
-                        reply = conn.recv_bytes()
-                        break
-                    except (OSError, EOFError) as exc:
-                        conn.close()
-                        # our server was killed: reap it and try once with a new one
-                        if attempt == 1 and retry is not None and retry(2.0):
-                            continue
-                        raise StartError(f"the forkserver is gone: {exc}") from exc
-            finally:
-                for fd, std in zip(stdio, (0, 1, 2), strict=True):
-                    if fd != std:
-                        os.close(fd)
+        with lock, stdio_to_hand() as stdio:
+            for attempt in (1, 2):
+                conn = connect()
+                fds = [*payload.fds, w, pidfd(), *stdio]
+                try:
+                    if preload:
+                        _send_preload(conn)
+                    conn.send_payload(Payload(payload.body, payload.buffers, fds))
+                    reply = conn.recv_bytes()
+                    break
+                except (OSError, EOFError) as exc:
+                    conn.close()
+                    # our server was killed: reap it and try once with a new one
+                    if attempt == 1 and retry is not None and retry(2.0):
+                        continue
+                    raise StartError(f"the forkserver is gone: {exc}") from exc
     except BaseException:
         os.close(r)
         raise

@@ -81,23 +81,18 @@ class Spares:
 
     def start(self, boot: Connection, spec: LaunchSpec) -> StatusPipeHandle | None:
         """``spec`` on a spare; None if none is there (or all died), or the template did."""
-        from .child import open_stdio
+        from .child import stdio_to_hand
 
         self.collect(boot, None)
         if not self.held:
             return None
         payload = spec.settings.serializer.dumps((spec.entry, None, None), what=spec.what)
-        stdio = [os.open(os.devnull, os.O_RDWR) if fd is None else fd for fd in open_stdio()]
-        try:
+        with stdio_to_hand() as stdio:
             while self.held:
                 pid, sock = self.held.pop(0)
                 handle = self._hand(boot, pid, sock, [*payload.fds, *stdio], payload)
                 if handle is not None:
                     return handle
-        finally:
-            for fd, std in zip(stdio, (0, 1, 2), strict=True):
-                if fd != std:
-                    os.close(fd)
         return None
 
     def _hand(
