@@ -145,6 +145,9 @@ class BaseProcess:
         # there is none), set by the engine: the key alone says "a pool worker".
         pool_worker = "_polyproc_template" in self.__dict__
         template = self.__dict__.pop("_polyproc_template", None)
+        # A pool's standby worker is started on its template's spare or not at all
+        # (``_pool/standby.py``): the pool hands the launch itself.
+        launch = self.__dict__.pop("_polyproc_launch", None)
         spec = LaunchSpec(
             _Entry(self),
             f"the Process {self.name!r} (its target, args and kwargs)",
@@ -154,7 +157,7 @@ class BaseProcess:
         )
         # Its pid is read from the handle when asked: a pool's first worker, forked by
         # the pool's template, has one only once the template has said it (template.py).
-        self._handle = launcher_for(ctx.start_method).start(spec)
+        self._handle = (launch or launcher_for(ctx.start_method).start)(spec)
         if not getattr(self._handle, "forked_later", False):
             self._drop_target()
         with _STATE.lock:

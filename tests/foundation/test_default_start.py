@@ -555,39 +555,51 @@ SPARE = """
             assert time.monotonic() < deadline, "no spares"
             time.sleep(0.01)
 
+    def standby_of(pool):
+        deadline = time.monotonic() + 10
+        while True:  # polling: the engine makes it the next time it is idle
+            ready = pool._engine.workers.standby.ready
+            if ready is not None:
+                return ready[0].pid
+            assert time.monotonic() < deadline, "no standby"
+            time.sleep(0.01)
+
     if __name__ == "__main__":
         with mp.Pool(1, maxtasksperchild=1) as p:
-            p.apply(pid, (0,))  # its worker retires: the template forks a replacement, then spares
-            spares = [s.pid for s in spares_of(template())]
-            second = p.apply(pid, (0,))  # on that replacement, which retires: a spare takes over
-            third = p.apply(pid, (0,))
-            print(second not in spares, third in spares)
+            p.apply(pid, (0,))  # its worker retires: the template forks a replacement
+            standby = standby_of(p)  # then, the pool idle, a standby starts on its spare
+            tmpl = template()
+            second = p.apply(pid, (0,))  # on that replacement, which retires: the standby
+            third = p.apply(pid, (0,))  # takes over, with no fork
+            print(second != standby, third == standby and psutil.Process(third).ppid() == tmpl.pid)
         with mp.Pool(1) as p:
             try:
                 p.apply(os._exit, (3,))
             except mp.WorkerLostError:
                 pass
             tmpl = template()
-            for spare in spares_of(tmpl):
-                spare.kill()  # spares that died waiting: the next worker is forked instead
-                spare.wait(10)
+            doomed = [standby_of(p)] + [spare.pid for spare in spares_of(tmpl)]
+            for dead in doomed:
+                os.kill(dead, signal.SIGKILL)  # standby and spares dead: the template forks it
             try:
                 p.apply(os._exit, (3,))
             except mp.WorkerLostError:
                 pass
             print(p.apply(square, (7,)))
-            last = spares_of(tmpl)
-        for spare in last:
-            spare.wait(10)  # they die with their template, at the pool's close
+            last = [psutil.Process(standby_of(p))] + spares_of(tmpl)
+        for child in last:
+            child.wait(10)  # they die with their template, at the pool's close
         print("spare gone")
 """
 
 
 @pytest.mark.timeout(90)
-def test_a_template_keeps_a_spare_for_the_next_replacement(tmp_path: Path) -> None:
-    """After a pool's first replacement its template forks spares (``polyproc-tspare``)
-    that take the next replacements with no fork (issue 11: a replacement in <= 3 ms);
-    with every spare dead the template forks the worker; spares die with their template."""
+def test_a_template_keeps_a_standby_for_the_next_replacement(tmp_path: Path) -> None:
+    """After a pool's first replacement its template forks a spare (``polyproc-tspare``),
+    on which the pool starts a standby worker when idle (``_pool/standby.py``): the next
+    replacement is that standby, with no fork (issue 11: a replacement in <= 3 ms). With
+    the standby and the spares dead the template forks the worker; standby and spares die
+    with their template."""
     rc, out, err, _ = run_script(tmp_path, SPARE)
     assert rc == 0, err
     assert out.split() == ["True", "True", "49", "spare", "gone"], (out, err)

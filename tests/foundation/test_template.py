@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -208,10 +209,31 @@ def _settled_links(pid: int) -> dict[int, str]:
         links = again
 
 
-def _pool_fds(pool: object) -> int:
+def _standby(pool: object) -> tuple[Any, ...]:
+    """The pool's standby worker (``_pool/standby.py``), once the engine has made it."""
+    deadline = time.monotonic() + 10
+    while True:  # polling: the engine makes it the next time it is idle
+        ready = pool._engine.workers.standby.ready  # type: ignore[attr-defined]
+        if ready is not None:
+            return tuple(ready)
+        assert time.monotonic() < deadline, "no standby"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def no_standby(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No standby workers: the spares beneath them are what is tested."""
+    from polyproc._pool import standby
+
+    monkeypatch.setattr(standby, "MAX_FAILURES", 0)
+
+
+def _pool_fds(pool: object, standby: bool = False) -> int:
     """How many fds this process has, less the sockets of the spares it holds and those of
-    its live workers (a new worker's ``Process`` holds a copy of its channel for a while)."""
+    its live workers (a new worker's ``Process`` holds a copy of its channel for a while),
+    and, with ``standby``, once it is made, those of its standby worker."""
     template = pool._engine.workers.template  # type: ignore[attr-defined]
+    spare = _standby(pool) if standby else ()
     with template._lock:
         links = _links(os.getpid())
         for _, sock in template._spares.held:
@@ -219,6 +241,10 @@ def _pool_fds(pool: object) -> int:
     workers = set()
     for h in pool._engine.workers.handles.values():  # type: ignore[attr-defined]
         for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
+            workers.add(links.get(fd))
+    if spare:
+        proc, ours, theirs, _ = spare
+        for fd in (ours.fileno(), theirs.fileno(), proc.sentinel):
             workers.add(links.get(fd))
     return sum(link not in workers and "polyproc-journal" not in link for link in links.values())
 
@@ -229,6 +255,7 @@ def _crash(pool: object) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_standby")
 def test_a_replacement_does_not_wait_for_the_template() -> None:
     """The template hands each spare it forks to the pool (``spares.py``): a replacement
     goes to a spare straight from the pool, so it comes even while the template cannot
@@ -254,6 +281,7 @@ def test_a_replacement_does_not_wait_for_the_template() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_standby")
 def test_spares_that_died_waiting_are_replaced_by_asking_the_template() -> None:
     """Spares killed while the pool held them: the next replacement finds them dead (a
     send to each fails) and asks the template instead; the template reports each dead
@@ -294,24 +322,26 @@ def test_spares_that_died_waiting_are_replaced_by_asking_the_template() -> None:
 def test_replacements_on_spares_leak_no_fd_and_hold_none_of_the_templates() -> None:
     """Each spare's socket is closed by the pool once the spare has its worker, its
     status pipe's write end once the template has it; a worker that was a spare holds no
-    fd of the template's (its sockets, its other workers' status pipes) nor the pool's."""
+    fd of the template's (its sockets, its other workers' status pipes) nor the pool's;
+    nor does the standby worker the pool keeps on a spare (``_pool/standby.py``)."""
     with polyproc.get_context("auto").Pool(2) as p:
         tpid = _template_pid(p)
         for _ in range(3):
             _crash(p)
         assert p.apply(_targets.square, (2,)) == 4
-        mine = _pool_fds(p)
+        mine = _pool_fds(p, standby=True)
         for _ in range(10):
             _crash(p)
         assert sorted(p.map(_targets.square, range(4), chunksize=1)) == [0, 1, 4, 9]
-        assert _pool_fds(p) == mine
+        assert _pool_fds(p, standby=True) == mine
         sockets = {link for link in _links(tpid).values() if link.startswith("socket:")}
         links = _links(os.getpid())
         handles = list(p._engine.workers.handles.values())  # type: ignore[attr-defined]
-        sentinels = {links[h.proc.sentinel] for h in handles}
-        for h in handles:
-            held = list(_links(h.proc.pid).values())
-            assert psutil.Process(h.proc.pid).ppid() == tpid
+        procs = [h.proc for h in handles] + [_standby(p)[0]]
+        sentinels = {links[proc.sentinel] for proc in procs}
+        for proc in procs:
+            held = list(_links(proc.pid).values())
+            assert psutil.Process(proc.pid).ppid() == tpid
             assert not set(held) & (sockets | sentinels), set(held) & (sockets | sentinels)
             assert sum(link.startswith("socket:") for link in held) == 1, held  # its channel
 

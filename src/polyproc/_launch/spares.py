@@ -10,9 +10,9 @@ pool starts a replacement worker on a spare with no round trip to the template::
     held ◄─────────────────────────────────── announce: pid + socket end  ◄── fork (waits on
                                              (its own copy closed)             its socket)
     (a worker died: start)
+    the pickled worker ──────────────────────────────────────────────────────► entry()
     take: pid + status pipe's write end ───► records the pipe (at once, if it
                                              reaped that spare already: its status)
-    the pickled worker ──────────────────────────────────────────────────────► entry()
     returns StatusPipeHandle(pid, r)         forks the next spare, announces it
 
 Why: after each fork every page the template's Python then touched was a copy-on-write
@@ -79,11 +79,14 @@ class Spares:
             for fd in payload.fds:  # its fork failed (minus an errno): none this time
                 os.close(fd)
 
-    def start(self, boot: Connection, spec: LaunchSpec) -> StatusPipeHandle | None:
-        """``spec`` on a spare; None if none is there (or all died), or the template did."""
+    def start(
+        self, boot: Connection, spec: LaunchSpec, wait: float | None = None
+    ) -> StatusPipeHandle | None:
+        """``spec`` on a spare; None if none is there (or all died), or the template did.
+        ``wait``: how long to wait for a spare the template owes (None: until it comes)."""
         from .child import stdio_to_hand
 
-        self.collect(boot, None)
+        self.collect(boot, wait)
         if not self.held:
             return None
         payload = spec.settings.serializer.dumps((spec.entry, None, None), what=spec.what)
@@ -104,17 +107,26 @@ class Spares:
         spare = Connection(UnixStream(sock))
         r, w = os.pipe()
         try:
-            # First the template learns where the status goes (the spare may die at once);
-            # it forks the next spare while this one runs the worker.
-            boot.send_payload(Payload(PID.pack(pid), None, [w]))
-            self.owed += 1
-            spare.send_payload(Payload(payload.body, payload.buffers, fds))
-        except OSError:  # it died waiting (its status goes nowhere), or the template did
-            os.close(r)
-            return None
+            # The spare first: it starts the worker while the template, told next where
+            # the spare's status goes, forks the next spare. Told even if the spare died
+            # waiting (its send fails): the take is what makes the template fork another.
+            try:
+                spare.send_payload(Payload(payload.body, payload.buffers, fds))
+                sent = True
+            except OSError:
+                sent = False
+            finally:
+                spare.close()
+            try:
+                boot.send_payload(Payload(PID.pack(pid), None, [w]))
+                self.owed += 1
+            except OSError:
+                pass  # the template is gone, and its spares with it: the pipe's end says so
         finally:
             os.close(w)
-            spare.close()
+        if not sent:
+            os.close(r)
+            return None
         return StatusPipeHandle(pid, r)
 
     def close(self) -> None:

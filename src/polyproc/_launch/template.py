@@ -305,6 +305,16 @@ class Template:
             self._spares.asked()
         return handle
 
+    def start_on_spare(self, spec: LaunchSpec, wait: float) -> ChildHandle | None:
+        """``spec`` on a spare the template announced (waiting up to ``wait`` seconds for
+        one it owes), or None: never a request, so a template that has not served yet is
+        not woken (a pool's standby worker, ``_pool/standby.py``)."""
+        with self._lock:
+            boot = self._boot
+            if self._closed or boot is None or self._owner != os.getpid() or not self._woken:
+                return None
+            return self._spares.start(boot, spec, wait)
+
     def shut(self) -> None:
         """Tell the template to end, without waiting for it: a terminating pool does this
         as it kills its workers (``ProcessWorkers.kill``), so the template ends beside them.

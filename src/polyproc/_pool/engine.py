@@ -113,6 +113,9 @@ class Engine:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self._waker.fileno(), selectors.EVENT_READ, None)
         self._next_rss = 0.0
+        #: Work for the next time the engine is idle with the pool open (nothing queued
+        #: or in flight), set by its workers: a standby worker's start (standby.py).
+        self.idle_work: Callable[[], None] | None = None
         self.sched = Scheduler(
             processes,
             maxtasksperchild=maxtasksperchild,
@@ -286,6 +289,10 @@ class Engine:
                 if sched.finished() and not inbox:
                     flags.direct = False
                     return
+                if self.idle_work is not None and sched.state is PoolState.RUN and sched.idle():
+                    work, self.idle_work = self.idle_work, None
+                    work()
+                    continue  # a caller may have posted meanwhile
                 timeout = self._timeout()
                 flags.direct = sched.has_idle_worker()
                 if flags.direct and leads and (timeout is None or timeout > fastpath.ARM_GRACE):

@@ -7,6 +7,7 @@ not an enum member: they are pickled on every message)::
 
     engine ──► worker   (TASKS, bid, fid, fn_blob | None, mode, packed, args)
                         (STOP,)
+                        (GO,)   a standby worker becomes the pool's (standby.py)
     worker ──► engine   (READY, pid, start_rss)
                         (INIT_FAILED, TaskError)
                         (RESULTS, bid, busy_seconds, rss_bytes, values)
@@ -43,6 +44,7 @@ __all__ = [
     "INIT_FAILED",
     "RESULTS",
     "PARTIAL",
+    "GO",
     "TaskError",
     "pickling_error",
     "unpickling_error",
@@ -55,6 +57,7 @@ READY = 3
 INIT_FAILED = 4
 RESULTS = 5
 PARTIAL = 6
+GO = 7
 
 
 class TaskError:

@@ -55,6 +55,7 @@ from .messages import (
     pickling_error,
     unpickling_error,
 )
+from .standby import Standby
 from .tasks import PoolState, Recovered, Send
 from .worker import by_reference, current_rss, worker_main
 from .workers import WorkerSet
@@ -108,6 +109,7 @@ class ProcessWorkers(WorkerSet):
         self.sel = engine.sel
         # First workers the template will fork (``first_started``): their set-up waits.
         self._deferred: list[tuple[Handle, Any, Any, int | None]] = []
+        self.standby = Standby(self)  # the next replacement, once one was needed
 
     def first_started(self) -> None:
         """Every first worker's ``start()`` is done: fork the template now, with the
@@ -147,28 +149,35 @@ class ProcessWorkers(WorkerSet):
         return {h.proc.pid: h.proc for h in list(self.handles.values()) if h.proc is not None}
 
     # -- start, stop, kill, death ------------------------------------------------------
+    def new_process(self, theirs: Any, jfd: int | None, standby: bool = False) -> Any:
+        """A worker's ``Process`` (not started): ``theirs`` its end of the channel, ``jfd``
+        its journal; a ``standby`` one waits for GO (``standby.py``)."""
+        from .._process import process_class  # ctx is Settings: data, no factories
+
+        args = (
+            theirs,
+            self.initializer,
+            self.initargs,
+            self.serializer,
+            self.sched.max_memory is not None,
+            None if jfd is None else JournalFd(jfd),
+        )
+        proc = process_class(self.ctx)(
+            target=worker_main, daemon=True, args=(*args, True) if standby else args
+        )
+        proc.name = proc.name.replace("Process", self.prefix)
+        proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
+        return proc
+
     def spawn(self, wid: int) -> None:
+        if self.standby.promote(wid):
+            return  # the standby started ahead of need is this worker (standby.py)
         h = Handle(wid)
         self.handles[wid] = h
         ours, theirs = Pipe()
         jfd = new_journal_fd()
         try:
-            from .._process import process_class  # ctx is Settings: data, no factories
-
-            proc = process_class(self.ctx)(
-                target=worker_main,
-                daemon=True,
-                args=(
-                    theirs,
-                    self.initializer,
-                    self.initargs,
-                    self.serializer,
-                    self.sched.max_memory is not None,
-                    None if jfd is None else JournalFd(jfd),
-                ),
-            )
-            proc.name = proc.name.replace("Process", self.prefix)
-            proc.__dict__["_polyproc_template"] = self.template  # read (and removed) by start()
+            proc = self.new_process(theirs, jfd)
             if self.template is not None and self.template.pending:
                 # The template may fork this first worker: then it must not keep its
                 # channel, nor its journal.
@@ -197,6 +206,8 @@ class ProcessWorkers(WorkerSet):
             self._deferred.append((h, ours, theirs, jfd))
             return
         self._attach(h, ours, theirs, jfd)
+        if template is not None and self.engine.started.is_set():
+            self.standby.replaced(wid)  # the next replacement may be ready ahead of need
 
     def _cannot_start(self, exc: BaseException) -> None:
         """A first worker cannot even be started (its initializer does not pickle, fork
@@ -375,6 +386,7 @@ class ProcessWorkers(WorkerSet):
                 h.partial = []
             h.partial.extend(values)
         elif kind == READY:
+            self.standby.ready_said(h.wid)
             h.pid = msg[1]
             baseline = None
             if len(msg) > 2:
@@ -493,6 +505,7 @@ class ProcessWorkers(WorkerSet):
                         h.proc.kill()
                 except (ValueError, OSError, AssertionError):
                     pass
+        self.standby.kill()
         if self.template is not None:
             self.template.shut()  # and the template ends meanwhile (its workers with it)
         for h in list(self.handles.values()):
@@ -506,6 +519,7 @@ class ProcessWorkers(WorkerSet):
                     pass
             self._close_channel(h)
         self.handles.clear()
+        self.standby.discard()
         if self.template is not None:
             self.template.close()
         # The workers are gone, and with them any use of the mappings this process kept

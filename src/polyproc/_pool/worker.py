@@ -49,6 +49,7 @@ from .._transport.spin import Spin, spin_budget, wait_spinning
 from ..errors import SerializationError
 from .journal import Journal, Values, values_of
 from .messages import (
+    GO,
     INIT_FAILED,
     PARTIAL,
     READY,
@@ -165,13 +166,21 @@ def worker_main(
     serializer: Any,
     exact_rss: bool = True,
     journal_fd: JournalFd | None = None,
+    standby: bool = False,
 ) -> None:
     """Entry point of a pool worker process (the ``target`` of its ``Process``).
     ``exact_rss``: send the RSS with every batch's results (the pool recycles by memory),
     else at most every ``RSS_EVERY`` seconds; the pool made the journal's memory
-    (``journal_fd``)."""
+    (``journal_fd``). A ``standby`` worker (``standby.py``) boots this far, then waits
+    for ``GO`` before its initializer: one that is never needed never runs it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rss = _Rss(0.0 if exact_rss else RSS_EVERY)
+    if standby:
+        try:
+            if chan.recv()[0] != GO:
+                return  # STOP: the pool ended without needing us
+        except (EOFError, OSError):
+            return
     start_rss = rss.read()  # before the initializer: what it allocates is the worker's own
     try:
         if initializer is not None:
