@@ -147,6 +147,12 @@ def test_client_hangs_up_mid_call(server: Server) -> None:
     ch2.fs.send(Op.CALL, dumps((ident, "get", (), None)))  # blocks on the server...
     ch2.close()  # ... and we leave; the server thread must not take the others down
     _works(server)
+    # Then the get is let go, so its thread ends with the server: a thread left behind
+    # would make every later fork in this test process unsafe (no pool template after it).
+    ch3 = client.Channel(server.address, KEY, None)
+    ch3.fs.send(Op.CALL, dumps((ident, "put", (1,), None)))
+    assert ch3.fs.recv()[0] != Op.FAULT
+    ch3.close()
 
 
 def test_authenticated_garbage(server: Server) -> None:

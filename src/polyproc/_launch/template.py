@@ -447,11 +447,11 @@ def _serve(
     pays for the server's code and state. ``first``: (pid, status pipe) of each of the
     pool's first workers the template forked that still runs: the server reports its end.
     """
-    import signal
+    import _signal
 
     die_with_parent(parent)
     set_comm("polyproc-tmpl")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     try:
         if boot.recv_bytes() != _SERVE:
             return
