@@ -518,6 +518,16 @@ class _RecordFactory:
         return record
 
 
+def set_listed(process: BaseProcess, listed: bool) -> None:
+    """List a started ``process`` in ``active_children()`` (and the exit's join), or not:
+    a pool's standby worker is not one of the program's children until it is used."""
+    with _STATE.lock:
+        if listed:
+            _STATE.children.add(process)
+        else:
+            _STATE.children.discard(process)
+
+
 def _cleanup() -> None:
     """Forget children that have ended (the stdlib's ``_cleanup``)."""
     for p in list(_STATE.children):

@@ -240,7 +240,8 @@ def _pool_fds(pool: object, standby: bool = False) -> int:
             links.pop(sock, None)
     workers = set()
     for h in pool._engine.workers.handles.values():  # type: ignore[attr-defined]
-        for fd in (h.fd, h.conn.fileno() if h.conn is not None else -1, h.proc.sentinel):
+        conn = h.conn.fileno() if h.conn is not None else -1
+        for fd in (h.fd, conn, h.proc.sentinel, h._lead_fd):  # a caller's lead has a dup
             workers.add(links.get(fd))
     if spare:
         proc, ours, theirs, _ = spare

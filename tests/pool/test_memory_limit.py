@@ -39,7 +39,9 @@ def test_a_fat_parent_does_not_make_every_worker_fat(ctx: Any, fat_parent: Any) 
 def test_a_worker_that_grows_is_still_recycled_under_a_fat_parent(
     ctx: Any, fat_parent: Any
 ) -> None:
-    # Each task keeps 40 MiB more: past 150 MiB of its own, the worker is replaced.
+    # Each task keeps 40 MiB more: past 150 MiB of its own, the worker is replaced. Its RSS
+    # can also fall as it frees what it inherited (the test process's garbage, collected
+    # there), which hides some growth: ten tasks, not six.
     with Pool(1, context=ctx, max_memory_per_child=150 * MiB) as pool:
-        pids = [pool.apply(h.rss_hog, (i,)) for i in range(6)]
+        pids = [pool.apply(h.rss_hog, (i,)) for i in range(10)]
         assert 2 <= len(set(pids)) <= 5, pids

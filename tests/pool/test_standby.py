@@ -29,7 +29,10 @@ def _pool(processes: int = 1, **kw: Any) -> Any:
     pool = polyproc.get_context("auto").Pool(processes, **kw)
     if pool._engine.workers.template is None:
         pool.terminate()
-        pytest.skip("another thread runs in this test process: no template")
+        import threading
+
+        names = ", ".join(t.name for t in threading.enumerate())
+        pytest.skip(f"another thread runs in this test process ({names}): no template")
     return pool
 
 
@@ -62,12 +65,14 @@ def test_the_next_replacement_is_the_standby() -> None:
         assert p.apply(h.inc, (1,)) == 2
         standby = _standby_pid(p)
         assert standby not in [w.pid for w in p._pool]  # not one of the pool's workers
+        assert standby not in [c.pid for c in polyproc.active_children()]
         stats = p.statistics()
         assert stats.workers_started == 2  # nor counted as started
         assert [w.state for w in stats.workers if w.state != "dead"] == ["ready"]
         _crash(p)
         assert p.apply(h.pid_of) == standby
         assert [w.pid for w in p._pool] == [standby]
+        assert standby in [c.pid for c in polyproc.active_children()]
         assert _standby_pid(p) != standby  # and the next one is made
 
 

@@ -24,6 +24,7 @@ while some job still holds its ``FnInfo`` (a ``WeakValueDictionary``).
 from __future__ import annotations
 
 import builtins
+import functools
 import itertools
 import pickle
 import sys
@@ -187,15 +188,31 @@ class MapResult(ApplyResult[list[T]]):
 
 
 def make_progress(progress: Any, total: int | None, desc: str) -> Any:
-    """A tqdm bar for ``progress=True`` or a dict of tqdm options; None for no bar."""
+    """A tqdm bar for ``progress=True`` or a dict of tqdm options; None for no bar.
+
+    Without tqdm's monitor thread (``monitor_interval = 0``): started by the first bar and
+    alive for the program's life, it is a thread polyproc cannot park, so every later pool
+    would lose its template and start its workers from the forkserver (``auto``: fork only
+    where no other thread can hold a lock). What the monitor did, refresh a bar whose
+    adaptive ``miniters`` grew too far, ``miniters=1`` does instead: each update looks at the
+    clock and redraws every ``mininterval`` seconds.
+    """
     if not progress:
         return None
-    from tqdm import tqdm
-
-    opts: dict[str, Any] = {"total": total, "desc": desc}
+    opts: dict[str, Any] = {"total": total, "desc": desc, "miniters": 1}
     if isinstance(progress, dict):
         opts.update(progress)
-    return tqdm(**opts)
+    return _bar_class()(**opts)
+
+
+@functools.cache
+def _bar_class() -> Any:
+    from tqdm import tqdm
+
+    class Bar(tqdm):  # type: ignore[misc]
+        monitor_interval = 0
+
+    return Bar
 
 
 class Submitter:

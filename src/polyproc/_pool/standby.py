@@ -32,7 +32,8 @@ The rules:
   and that replacement starts as any would. Three that could not be made, and the
   pool makes no more.
 * Its initializer runs only on ``GO``: one never needed never runs it. The pool's end
-  kills it; it is never in the scheduler's workers, the statistics, or ``_pool``.
+  kills it; until promoted it is not in the scheduler's workers, the statistics,
+  ``_pool`` or ``active_children()``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from .._process import set_listed
 from .channel import Handle
 from .messages import GO
 
@@ -103,6 +105,7 @@ class Standby:
             _close(ours, theirs, jfd)
             return
         self.failures = 0
+        set_listed(proc, False)  # not one of the program's children until it is used
         self.ready = (proc, ours, theirs, jfd)
 
     def promote(self, wid: int) -> bool:
@@ -116,6 +119,7 @@ class Standby:
             _close(ours, theirs, jfd)
             return False
         workers = self.workers
+        set_listed(proc, True)
         h = Handle(wid)
         h.name = proc.name
         h.proc = proc
