@@ -158,3 +158,39 @@ def test_no_spare_three_times_and_the_pool_stops_trying(monkeypatch: pytest.Monk
         assert len(pids) == 6
         assert len(calls) == standby_mod.MAX_FAILURES
         assert p._engine.workers.standby.ready is None
+
+
+def test_a_standby_waits_in_the_selector_for_the_spare_the_template_owes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the pool is idle before the template has announced its next spare (it is still
+    forking it: a busy machine), the engine watches the template's boot socket and starts
+    the standby once the spare comes, rather than waiting in its thread or giving up."""
+    from polyproc._launch.spares import Spares
+
+    real = Spares.collect
+    hidden: list[int] = []
+    watched: list[int] = []
+
+    def late(self: Spares, boot: Any, timeout: float | None) -> None:
+        if not hidden and timeout == 0:  # the first look: as if nothing had come yet
+            hidden.append(1)
+            return
+        real(self, boot, timeout)
+
+    monkeypatch.setattr(Spares, "collect", late)
+    with _pool() as p:
+        on_template = p._engine.workers.on_template
+
+        def spy() -> None:
+            watched.append(1)
+            on_template()
+
+        p._engine.workers.on_template = spy
+        _crash(p)
+        p.apply(h.inc, (1,))
+        standby = _standby_pid(p)
+        assert hidden and watched, (hidden, watched)
+        assert p._engine.workers.standby.failures == 0
+        _crash(p)
+        assert p.apply(h.pid_of) == standby

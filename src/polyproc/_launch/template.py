@@ -305,6 +305,18 @@ class Template:
             self._spares.asked()
         return handle
 
+    def spare_owed(self) -> int:
+        """The boot socket's fd if the template owes the pool a spare it has not announced
+        yet (it is forking one: the socket turns readable when it does), else -1."""
+        with self._lock:
+            boot = self._boot
+            if self._closed or boot is None or boot.closed or self._owner != os.getpid():
+                return -1
+            self._spares.collect(boot, 0)  # what it has announced already
+            if self._spares.held or not self._spares.owed or boot.closed:
+                return -1
+            return boot.fileno()
+
     def start_on_spare(self, spec: LaunchSpec, wait: float) -> ChildHandle | None:
         """``spec`` on a spare the template announced (waiting up to ``wait`` seconds for
         one it owes), or None: never a request, so a template that has not served yet is

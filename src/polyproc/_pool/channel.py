@@ -43,6 +43,7 @@ class Tag(enum.IntEnum):
 
     CHANNEL = 0  # a worker's channel: readable (results), writable (a send that did not fit)
     SENTINEL = 1  # a worker's process sentinel: it died
+    TEMPLATE = 2  # a pool template's boot socket: the spare a standby waits for (standby.py)
 
 
 class Handle:

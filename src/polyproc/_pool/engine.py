@@ -336,6 +336,8 @@ class Engine:
                         h.flush(self.sel)
                 case (Tag.SENTINEL, h):
                     workers.on_death(h)
+                case (Tag.TEMPLATE, _):
+                    workers.on_template()
 
     def _timeout(self) -> float | None:
         now = time.monotonic()

@@ -287,6 +287,10 @@ class ProcessWorkers(WorkerSet):
                 h.wid, exitcode, peak_rss=h.peak, name=name, recovered=recovered
             )
 
+    def on_template(self) -> None:
+        """The template announced a spare a standby waits for (``standby.py``)."""
+        self.standby.announced()
+
     def _recover(self, h: Handle) -> Recovered | None:
         """What the dead worker's journal says about the head of its window (journal.py)."""
         slot = self.sched.workers.get(h.wid)

@@ -27,7 +27,9 @@ The rules:
   idle (nothing queued or in flight): its ~0.5 ms in the engine thread must not delay
   an answer. A pool busy without a pause replaces workers as before.
 * Made only on a spare the template announced, never by asking the template: a
-  template that has not served stays parked (most pools never replace a worker).
+  template that has not served stays parked (most pools never replace a worker). One
+  the template still owes (it is forking it) is waited for in the engine's selector
+  (``Tag.TEMPLATE``, the template's boot socket), not in the engine's thread.
 * Its sentinel is not watched until it is promoted: one found dead then is dropped,
   and that replacement starts as any would. Three that could not be made, and the
   pool makes no more.
@@ -39,10 +41,11 @@ The rules:
 from __future__ import annotations
 
 import os
+import selectors
 from typing import TYPE_CHECKING, Any
 
 from .._process import set_listed
-from .channel import Handle
+from .channel import Handle, Tag
 from .messages import GO
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Standby"]
 
-#: Seconds to wait, making a standby, for the spare the template owes (it is forking it).
+#: Seconds ``Spares.collect`` may wait for an announcement already on its way.
 SPARE_WAIT = 0.01
 #: Standbys that could not be made (no spare, a start that failed) before the pool stops trying.
 MAX_FAILURES = 3
@@ -72,6 +75,7 @@ class Standby:
         self.ready: tuple[Any, Any, Any, int | None] | None = None
         self.failures = 0
         self.awaiting = 0  # the replacement whose READY asks for the next standby
+        self.watched = -1  # the template's boot socket, while a spare is owed (``announced``)
 
     def replaced(self, wid: int) -> None:
         """Worker ``wid`` was started to replace one: once it has said READY, make the
@@ -94,6 +98,12 @@ class Standby:
         template = workers.template
         if self.ready is not None or template is None:
             return
+        owed = template.spare_owed()
+        if owed >= 0:
+            # The template is forking the spare still: start on it once it is announced
+            # (the boot socket turns readable), not by waiting for it here.
+            self._watch(owed)
+            return
         ours, theirs = Pipe()
         jfd = new_journal_fd()
         proc = workers.new_process(theirs, jfd, standby=True)
@@ -107,6 +117,28 @@ class Standby:
         self.failures = 0
         set_listed(proc, False)  # not one of the program's children until it is used
         self.ready = (proc, ours, theirs, jfd)
+
+    def _watch(self, fd: int) -> None:
+        sel = self.workers.sel
+        if self.watched != fd:
+            self._unwatch()
+            sel.register(fd, selectors.EVENT_READ, (Tag.TEMPLATE, None))
+            self.watched = fd
+
+    def _unwatch(self) -> None:
+        if self.watched >= 0:
+            try:
+                self.workers.sel.unregister(self.watched)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.watched = -1
+
+    def announced(self) -> None:
+        """The boot socket is readable: the spare has come. Start on it when idle (the
+        socket stays readable until ``make`` reads the announcement: no longer watched)."""
+        self._unwatch()
+        if self.ready is None and self.failures < MAX_FAILURES:
+            self.workers.engine.idle_work = self.make
 
     def promote(self, wid: int) -> bool:
         """Make the standby worker ``wid`` (False: there is none alive)."""
@@ -140,6 +172,7 @@ class Standby:
     def discard(self) -> None:
         """The pool has ended: kill and reap the standby, close what it held."""
         self.failures = MAX_FAILURES  # and make no more
+        self._unwatch()
         ready, self.ready = self.ready, None
         if ready is not None:
             proc, ours, theirs, jfd = ready

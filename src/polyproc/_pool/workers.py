@@ -111,6 +111,9 @@ class WorkerSet:
     def on_death(self, h: Handle) -> None:
         raise NotImplementedError(f"{type(self).__name__} registers no sentinel")
 
+    def on_template(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} registers no template")
+
     def sample_rss(self) -> None:
         """Note the RSS of busy workers (only where ``samples_rss``)."""
 
