@@ -155,6 +155,11 @@ def test_no_spare_three_times_and_the_pool_stops_trying(monkeypatch: pytest.Monk
             _crash(p)
             pids.add(p.apply(h.pid_of))
             assert p.apply(h.inc, (i,)) == i + 1
+            tries = min(i + 1, standby_mod.MAX_FAILURES)
+            deadline = time.monotonic() + 10
+            while len(calls) < tries:  # polling: the engine tries once it is idle
+                assert time.monotonic() < deadline, (i, calls)
+                time.sleep(0.01)
         assert len(pids) == 6
         assert len(calls) == standby_mod.MAX_FAILURES
         assert p._engine.workers.standby.ready is None
