@@ -568,10 +568,10 @@ SPARE = """
         with mp.Pool(1, maxtasksperchild=1) as p:
             p.apply(pid, (0,))  # its worker retires: the template forks a replacement
             standby = standby_of(p)  # then, the pool idle, a standby starts on its spare
-            tmpl = template()
+            forked_by_template = psutil.Process(standby).ppid() == template().pid
             second = p.apply(pid, (0,))  # on that replacement, which retires: the standby
-            third = p.apply(pid, (0,))  # takes over, with no fork
-            print(second != standby, third == standby and psutil.Process(third).ppid() == tmpl.pid)
+            third = p.apply(pid, (0,))  # takes over, with no fork (and retires in turn)
+            print(second != standby, third == standby and forked_by_template)
         with mp.Pool(1) as p:
             try:
                 p.apply(os._exit, (3,))
