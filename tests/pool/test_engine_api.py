@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,18 @@ def test_pool_and_executor_share_one_frozen_statistics_type() -> None:
             s["nope"]
     assert stats.done == 10 and stats.state == "RUN"
     assert xstats.state == "RUN" and "timed_out" in xstats
+
+
+def test_statistics_name_a_worker_that_ended_as_it_was_named() -> None:
+    """Its process is gone, and its name with it: the pool keeps the one it had, with its pid
+    (what the OOM killer's log and ``ps`` spoke of), not ``worker N``."""
+    with Pool(1, context=polyproc.get_context("fork")) as pool:
+        pid = pool.apply(h.pid_of)
+        name = pool._pool[0].name
+        with pytest.raises(polyproc.WorkerLostError):
+            pool.apply(os._exit, (3,))
+        dead = [w for w in pool.statistics().workers if w.state == "dead"]
+        assert [(w.name, w.exitcode) for w in dead] == [(f"{name} (pid {pid})", 3)]
 
 
 def test_thread_pool_statistics_name_its_threads() -> None:

@@ -211,7 +211,7 @@ class Engine:
         workers = tuple(
             WorkerStatistics(
                 id=s.wid,
-                name=name_of(s.wid),
+                name=s.name or name_of(s.wid),
                 state=s.state.value,
                 tasks=s.done,
                 busy_s=s.busy,

@@ -80,6 +80,7 @@ def worker_exited(
     if was is not WorkerState.DEAD:
         s._move(slot, WorkerState.DEAD)
     slot.exitcode = exitcode
+    slot.name = name
     if peak_rss is not None:
         slot.peak_rss = max(slot.peak_rss or 0, peak_rss)
     s.finished_workers.append(slot)

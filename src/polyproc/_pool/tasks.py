@@ -507,6 +507,7 @@ class WorkerSlot(_Record):
         "exclusive",
         "timed_out",
         "exitcode",
+        "name",
     )
 
     def __init__(self, wid: int, state: WorkerState = WorkerState.STARTING) -> None:
@@ -523,6 +524,7 @@ class WorkerSlot(_Record):
         self.exclusive = False  # running a timed task: nothing else goes there
         self.timed_out: Batch | None = None
         self.exitcode: int | None = None
+        self.name = ""  # once it has ended, its name then (its process is gone)
 
 
 _short = reprlib.Repr()
