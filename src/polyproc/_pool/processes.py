@@ -5,6 +5,7 @@
     engine thread (or a caller holding the engine lock)           worker process
     ───────────────────────────────────────────────────           ──────────────
     spawn(wid) ── Pipe, Process(worker_main).start() ─────────────► READY (pid, RSS)
+               └─ or the standby started ahead, sent GO (standby.py)
     send(Send) ── Handle.queue: MSG_DONTWAIT, rest on EVENT_WRITE ─► TASKS
     on_readable(h) ◄── Tag.CHANNEL readable, frame by frame ◄─────── RESULTS / PARTIAL
     on_death(h) ◄── Tag.SENTINEL readable ◄──────────────────────── exit
