@@ -143,10 +143,10 @@ def test_a_pool_that_never_replaced_a_worker_makes_no_standby() -> None:
 def test_no_spare_three_times_and_the_pool_stops_trying(monkeypatch: pytest.MonkeyPatch) -> None:
     """A standby is started only on a spare the template announced, never by asking it;
     after three that could not be made, replacements go on as before, with no more tries."""
-    calls = []
+    calls: list[Any] = []
 
-    def no_spare(self: Template, spec: Any, wait: float) -> None:
-        calls.append(wait)
+    def no_spare(self: Template, spec: Any) -> None:
+        calls.append(spec)
 
     monkeypatch.setattr(Template, "start_on_spare", no_spare)
     with _pool() as p:

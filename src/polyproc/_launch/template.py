@@ -293,8 +293,8 @@ class Template:
         the template (``spares.py``); with none (the first replacement, or the spares
         died), asked of the template, which forks spares after it."""
         with self._lock:
-            boot = self._boot
-            if not self._closed and boot is not None and self._owner == os.getpid():
+            boot = self._boot_here()
+            if boot is not None:
                 handle = self._spares.start(boot, spec)
                 if handle is not None:
                     return handle
@@ -305,27 +305,34 @@ class Template:
             self._spares.asked()
         return handle
 
+    def _boot_here(self) -> Connection | None:
+        """The boot socket, if this template is open and ours (not a forked child's copy)."""
+        boot = self._boot
+        if self._closed or boot is None or self._owner != os.getpid():
+            return None
+        return boot
+
     def spare_owed(self) -> int:
         """The boot socket's fd if the template owes the pool a spare it has not announced
         yet (it is forking one: the socket turns readable when it does), else -1."""
         with self._lock:
-            boot = self._boot
-            if self._closed or boot is None or boot.closed or self._owner != os.getpid():
+            boot = self._boot_here()
+            if boot is None or boot.closed:
                 return -1
             self._spares.collect(boot, 0)  # what it has announced already
             if self._spares.held or not self._spares.owed or boot.closed:
                 return -1
             return boot.fileno()
 
-    def start_on_spare(self, spec: LaunchSpec, wait: float) -> ChildHandle | None:
-        """``spec`` on a spare the template announced (waiting up to ``wait`` seconds for
-        one it owes), or None: never a request, so a template that has not served yet is
-        not woken (a pool's standby worker, ``_pool/standby.py``)."""
+    def start_on_spare(self, spec: LaunchSpec) -> ChildHandle | None:
+        """``spec`` on a spare the template has announced, or None: never a request, so a
+        template that has not served yet is not woken, and never a wait (one it still owes
+        is waited for by the caller: ``spare_owed``; a pool's standby, ``_pool/standby.py``)."""
         with self._lock:
-            boot = self._boot
-            if self._closed or boot is None or self._owner != os.getpid() or not self._woken:
+            boot = self._boot_here()
+            if boot is None or not self._woken:
                 return None
-            return self._spares.start(boot, spec, wait)
+            return self._spares.start(boot, spec, 0)
 
     def shut(self) -> None:
         """Tell the template to end, without waiting for it: a terminating pool does this

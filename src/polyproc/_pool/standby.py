@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Standby"]
 
-#: Seconds ``Spares.collect`` may wait for an announcement already on its way.
-SPARE_WAIT = 0.01
 #: Standbys that could not be made (no spare, a start that failed) before the pool stops trying.
 MAX_FAILURES = 3
 
@@ -86,8 +84,13 @@ class Standby:
     def ready_said(self, wid: int) -> None:
         if wid == self.awaiting:
             self.awaiting = 0
-            if self.ready is None and self.failures < MAX_FAILURES:
-                self.workers.engine.idle_work = self.make
+            self._want()
+
+    def _want(self) -> None:
+        """Make a standby the next time the engine is idle, unless one is there or the
+        pool has stopped trying."""
+        if self.ready is None and self.failures < MAX_FAILURES:
+            self.workers.engine.idle_work = self.make
 
     def make(self) -> None:
         """Start a standby on the template's spare (the engine is idle)."""
@@ -137,8 +140,7 @@ class Standby:
         """The boot socket is readable: the spare has come. Start on it when idle (the
         socket stays readable until ``make`` reads the announcement: no longer watched)."""
         self._unwatch()
-        if self.ready is None and self.failures < MAX_FAILURES:
-            self.workers.engine.idle_work = self.make
+        self._want()
 
     def promote(self, wid: int) -> bool:
         """Make the standby worker ``wid`` (False: there is none alive)."""
@@ -173,13 +175,10 @@ class Standby:
         """The pool has ended: kill and reap the standby, close what it held."""
         self.failures = MAX_FAILURES  # and make no more
         self._unwatch()
+        self.kill()
         ready, self.ready = self.ready, None
         if ready is not None:
             proc, ours, theirs, jfd = ready
-            try:
-                proc.kill()
-            except (ValueError, OSError, AssertionError):
-                pass
             _end(proc)
             _close(ours, theirs, jfd)
 
@@ -191,7 +190,7 @@ class _OnSpare:
         self.template = template
 
     def __call__(self, spec: LaunchSpec) -> ChildHandle:
-        handle = self.template.start_on_spare(spec, SPARE_WAIT)
+        handle = self.template.start_on_spare(spec)
         if handle is None:
             raise _NoSpare("the pool's template has no spare now")
         return handle
