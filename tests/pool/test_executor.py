@@ -91,6 +91,29 @@ def test_shutdown_cancel_futures_and_submit_after(ctx: Any) -> None:
         ex.submit(h.inc, 1)
 
 
+def test_ctrl_c_in_a_with_block_cancels_what_has_not_started(ctx: Any) -> None:
+    """The stdlib's ``__exit__`` waits for every pending future (here 20 x 0.3 s); after
+    a KeyboardInterrupt ours cancels those not started and waits only for the running."""
+    with pytest.raises(KeyboardInterrupt):
+        with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            running = ex.submit(h.nap, 0.3)
+            deadline = time.monotonic() + 10
+            while not running.running() and time.monotonic() < deadline:  # sent to the worker
+                time.sleep(0.001)
+            queued = [ex.submit(h.nap, 0.3) for _ in range(20)]
+            raise KeyboardInterrupt
+    assert running.done() and running.result() == 0.3
+    assert all(f.cancelled() for f in queued)
+
+
+def test_other_exceptions_in_a_with_block_still_wait_for_every_future(ctx: Any) -> None:
+    with pytest.raises(ValueError):
+        with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            fs = [ex.submit(h.inc, i) for i in range(5)]
+            raise ValueError
+    assert [f.result(timeout=0) for f in fs] == [1, 2, 3, 4, 5]
+
+
 def test_cancel_a_pending_future(ctx: Any) -> None:
     with ProcessPoolExecutor(1, mp_context=ctx) as ex:
         first = ex.submit(h.nap, 0.3)

@@ -296,6 +296,14 @@ class ProcessPoolExecutor(Executor):
         engine.submit(job)
         return it
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """As the stdlib's (``shutdown(wait=True)``), except after Ctrl+C: what has not
+        started is cancelled, so the program ends once the running tasks do, not after
+        every pending one (a ``KeyboardInterrupt`` means the user asked to stop)."""
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more work; ``cancel_futures`` cancels what has not started; ``wait`` joins."""
         self._shutdown = True
