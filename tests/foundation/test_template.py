@@ -449,3 +449,26 @@ def test_a_terminated_pool_ends_its_parked_template_beside_its_workers() -> None
         p.join()
     assert handle.returncode == 0, handle.returncode  # it ended itself: not killed
     assert all(_gone(pid) for pid in pids), pids  # reaped, not left to init as zombies
+
+
+@pytest.mark.timeout(60)
+def test_a_default_socket_timeout_does_not_reach_the_templates_socket() -> None:
+    """``socket.setdefaulttimeout`` makes every new socket non-blocking underneath; the
+    pool's connection to its template must stay blocking, or the first request's reply
+    is not there yet when read: that connection is dropped and the replacement fails
+    (the next one then comes from a spare the template forked meanwhile)."""
+    import socket
+
+    _parked_in_c()
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    try:
+        with polyproc.get_context("auto").Pool(1) as p:
+            tpid = _template_pid(p)
+            template = p._engine.workers.template  # type: ignore[attr-defined]
+            with pytest.raises(polyproc.WorkerLostError):
+                p.apply(os._exit, (3,))
+            assert p.apply(os.getppid) == tpid
+            assert template._conn is not None and not template._conn.closed
+    finally:
+        socket.setdefaulttimeout(old)

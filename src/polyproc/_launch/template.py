@@ -267,6 +267,7 @@ class Template:
             except EOFError as exc:  # it died before it could listen
                 raise OSError("the pool's template exited") from exc
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(None)  # not socket.setdefaulttimeout()'s: it would make it non-blocking
         try:
             sock.connect(self._address)
         except OSError:
