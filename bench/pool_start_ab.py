@@ -83,7 +83,9 @@ def main() -> None:
     base = statistics.median(s[0] for s in samples["stdlib"])
     print(f"{args.rounds} rounds; ms, medians: total = Pool(2) + first map; caller CPU")
     for name in order:
-        total, create, first, ccpu, mcpu = (statistics.median(c) for c in zip(*samples[name]))
+        total, create, first, ccpu, mcpu = (
+            statistics.median(c) for c in zip(*samples[name], strict=True)
+        )
         print(
             f"{name:10s} {total:6.2f} = {create:5.2f} + {first:5.2f}   "
             f"cpu {ccpu:5.2f} + {mcpu:5.2f}   stdlib/this {base / total:.2f}x"

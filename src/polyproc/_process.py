@@ -228,6 +228,14 @@ class BaseProcess:
         _STATE.children.discard(self)
         self._closed = True
 
+    def _release_sentinel(self) -> None:
+        """Close the sentinel of a child that has ended, keeping its exit code: for an
+        owner that keeps the object after it is done with it (a manager's ``_process``,
+        whose ``exitcode`` programs read after ``shutdown``), where ``close()`` would make
+        every attribute raise."""
+        if self._handle is not None and self._handle.poll() is not None:
+            self._handle.close()
+
     def _check_closed(self) -> None:
         if self._closed:
             raise ValueError("process object is closed")

@@ -247,6 +247,18 @@ def test_manager_life_cycle_errors() -> None:
             pass
 
 
+def test_the_server_process_is_kept_after_shutdown_with_its_exit_code() -> None:
+    """As the stdlib's: programs (and CPython's tests) read ``manager._process.exitcode``
+    and ``.pid`` after ``shutdown()``; its sentinel fd is released all the same."""
+    with polyproc.Manager() as manager:
+        pid = manager._process.pid  # type: ignore[attr-defined]
+        manager.list([1])
+    process = manager._process  # type: ignore[attr-defined]
+    assert process.pid == pid
+    assert process.exitcode == 0
+    assert process._handle.sentinel == -1
+
+
 def test_a_proxy_whose_server_died_raises_in_a_child(ctx: Any) -> None:
     manager = ctx.Manager()
     l = manager.list()  # noqa: E741

@@ -270,8 +270,10 @@ class BaseManager:
         if self._state is State.SHUTDOWN:
             return
         self._move("shutdown")
+        # ``_process`` stays: the stdlib's does, and programs read ``manager._process``'s
+        # exitcode and pid after shutdown (its sentinel is released below, not kept open).
         process, control = self._process, self._control
-        self._process = self._control = None
+        self._control = None
         if process is None or control is None:
             return
         try:
@@ -285,7 +287,7 @@ class BaseManager:
             if process.is_alive():
                 process.kill()
                 process.join()
-        process.close()  # its sentinel now, not when the object happens to be collected
+        process._release_sentinel()  # now, not when the object happens to be collected
         control.close()
         if self._address is not None:
             client.forget(self._address)  # no DECREFs to send to a server that is gone
@@ -349,7 +351,7 @@ class BaseManager:
 
     def __del__(self) -> None:
         try:
-            if self._process is not None:
+            if self._control is not None:
                 self.shutdown()
         except Exception:
             pass

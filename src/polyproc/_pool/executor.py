@@ -38,7 +38,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ..errors import BrokenProcessPool, MaybeEncodingError
 from .choice import make_engine
@@ -296,7 +296,7 @@ class ProcessPoolExecutor(Executor):
         engine.submit(job)
         return it
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         """As the stdlib's (``shutdown(wait=True)``), except after Ctrl+C: what has not
         started is cancelled, so the program ends once the running tasks do, not after
         every pending one (a ``KeyboardInterrupt`` means the user asked to stop)."""
