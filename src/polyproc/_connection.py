@@ -39,6 +39,7 @@ from ._serialize import (
     _fd_table,
     fd_handle,
     names_lost_main,
+    refuse_out_of_band,
 )
 from ._transport import (
     FdStream,
@@ -234,13 +235,13 @@ class Connection:
         if self._ser is DEFAULT_SERIALIZER and _fd_table.collecting is None:
             # Plain pickle first: ~4x cheaper than the full serializer for the small
             # messages a stream is made of. Anything the full path treats specially
-            # aborts it early: an out-of-band buffer (``_refuse``), an fd (its handle
+            # aborts it early: an out-of-band buffer (``refuse_out_of_band``), an fd (its handle
             # refuses to pickle with no table), a lambda (cloudpickle is needed).
             try:
-                body = _pickle_dumps(obj, 5, buffer_callback=_refuse)
+                body = _pickle_dumps(obj, 5, buffer_callback=refuse_out_of_band)
             except Exception:
                 body = None
-            if body is not None and names_lost_main(body):
+            if body is not None and body.find(b"main__") >= 0 and names_lost_main(body):
                 body = None  # a REPL's function, say: by value (cloudpickle)
             if body is not None:
                 n = len(body)
@@ -502,15 +503,33 @@ class Connection:
 
     def recv(self) -> Any:
         """Receive one object sent by ``send`` (or bytes sent by ``send_bytes``, unpickled)."""
-        buf = self._buf
-        if len(buf) < _HDR or self._stream is None or not self._readable:
-            self._need(self._for_reading(), _HDR, False)
-        magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
-        end = _HDR + size
-        if magic == MAGIC and kind_no == _PICKLE and not nfds and not nbuf and len(buf) >= end:
-            # The common case: a small pickle wholly in our buffer. No header object, no enum.
-            body = buf[_HDR:end]
-            del buf[:end]
+        buf, stream, body = self._buf, self._stream, cast(Any, None)
+        if not buf and stream is not None and self._readable and not self._big:
+            # Nothing buffered (a reader that keeps up): a small pickle loads from the read's
+            # chunk, not copied into the buffer and out (0.3 us of ~2.7); the rest is kept.
+            view = self._chunk_view
+            if view is None:
+                view = self._chunk_view = memoryview(bytearray(_CHUNK))
+            n = stream.read_into(view)
+            if n == 0:
+                raise EOFError
+            magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(view)  # the chunk is >= _HDR
+            end = _HDR + size
+            if n >= end and magic == MAGIC and kind_no == _PICKLE and not nfds and not nbuf:
+                body = view[_HDR:end]
+                buf += view[end:n]
+            else:
+                buf += view[:n]
+        if body is None:
+            if len(buf) < _HDR or stream is None or not self._readable:
+                self._need(self._for_reading(), _HDR, False)
+            magic, kind_no, nfds, nbuf, size = _HEAD_UNPACK(buf)
+            end = _HDR + size
+            if magic == MAGIC and kind_no == _PICKLE and not nfds and not nbuf and len(buf) >= end:
+                # The common case: a small pickle wholly in our buffer. No header object, no enum.
+                body = buf[_HDR:end]
+                del buf[:end]
+        if body is not None:
             try:
                 return pickle.loads(body)
             except pickle.UnpicklingError as exc:
@@ -550,14 +569,6 @@ class Connection:
 
     def _has_buffered(self) -> bool:
         return bool(self._buf)
-
-
-class _OutOfBandSeen(Exception):
-    """Raised by ``_refuse``: this message has a buffer the full serializer hands out of band."""
-
-
-def _refuse(buf: pickle.PickleBuffer) -> bool:
-    raise _OutOfBandSeen
 
 
 def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:

@@ -44,6 +44,7 @@ __all__ = [
     "fd_handle",
     "describe_unpicklable",
     "names_lost_main",
+    "refuse_out_of_band",
     "DEFAULT_SERIALIZER",
     "register_reducer",
     "reducers",
@@ -254,6 +255,17 @@ def _lift_big_bytes(obj: Any, threshold: int, depth: int = 3) -> Any:
     return obj
 
 
+class _RefusedOutOfBand(Exception):
+    """Raised by ``refuse_out_of_band``."""
+
+
+def refuse_out_of_band(buf: pickle.PickleBuffer) -> bool:
+    """``buffer_callback`` for a one-call plain pickle of a hot path (a small ``send``, a
+    task's argument): it gives up at the first buffer the full serializer would hand out
+    of band, and the caller takes that full path (``except Exception``)."""
+    raise _RefusedOutOfBand
+
+
 class _MainCheck:
     """The last answer of ``_main_is_importable``, kept per main module object (hot path)."""
 
@@ -270,8 +282,14 @@ def names_lost_main(body: bytes) -> bool:
     (cloudpickle). Data that names nothing of it (a worker's READY, results, most
     arguments) loads anywhere, so such a program need not pay cloudpickle (a 26 ms import
     in every worker's first message) for it. A string that merely contains the name takes
-    the slow path, correctly."""
-    return (b"__main__" in body or b"__mp_main__" in body) and not _main_is_importable()
+    the slow path, correctly. ``find`` first: both names end in ``main__``, and on 3.11
+    ``bytes.find`` is ~85 ns where each ``in`` is ~150 (it takes a buffer), 0.3 us of a
+    ~2.7 us small ``send``."""
+    return (
+        body.find(b"main__") >= 0
+        and (body.find(b"__main__") >= 0 or body.find(b"__mp_main__") >= 0)
+        and not _main_is_importable()
+    )
 
 
 def _main_is_importable() -> bool:

@@ -573,6 +573,53 @@ def test_hostile_frames_raise_and_never_hang(name: str, raw: bytes, reader: str)
     conn.close()
 
 
+def _frames(*objs: Any) -> bytes:
+    bodies = [pickle.dumps(o, 5) for o in objs]
+    return b"".join(encode_header(Kind.PICKLE, len(b)) + b for b in bodies)
+
+
+_TWO = (("a", 1), list(range(50)))
+_FIRST = len(_frames(_TWO[0]))
+
+
+@pytest.mark.parametrize(
+    "split", [1, HEADER.size - 1, HEADER.size, HEADER.size + 1, _FIRST - 1, _FIRST, _FIRST + 1]
+)
+def test_a_message_cut_anywhere_by_the_reads_arrives_whole(split: int) -> None:
+    """``recv`` takes a small message straight from a read when it is all there, and keeps
+    what follows; a header or body cut by a read, or a message followed by the start of
+    the next, is completed by the reads after it. The second part is written only once
+    the reader has taken the first (nothing left queued on its socket). A first message
+    goes before: a new Connection reads a header alone (a big body may follow)."""
+    import fcntl
+    import termios
+
+    conn, fd = _raw_pair()
+    os.write(fd, _frames("first"))
+    assert conn.recv() == "first"
+    raw = _frames(*_TWO)
+
+    def queued() -> int:
+        return int(struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+    def feed() -> None:
+        os.write(fd, raw[:split])
+        deadline = time.monotonic() + 10
+        while queued() and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling the kernel's queue, which the reader drains
+        os.write(fd, raw[split:])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert conn.recv() == _TWO[0]
+        assert conn.recv() == _TWO[1]
+    finally:
+        writer.join()
+        os.close(fd)
+        conn.close()
+
+
 def test_garbage_with_the_peer_still_open_raises_at_once() -> None:
     """A bad header is refused when read, without waiting for more bytes."""
     conn, fd = _raw_pair()

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, Generic, TypeVar
 
-from .._serialize import reducers
+from .._serialize import reducers, refuse_out_of_band
 from ..errors import TimeoutError
 from .cell import Cell
 from .messages import TaskError, pickling_error
@@ -275,7 +275,7 @@ class Submitter:
             # The common case in one C call: plain pickle, no buffers, no fds. Anything
             # else (a lambda, a NumPy array, an fd owner) takes the serializer's full path.
             try:
-                return _dumps(arg, 5, buffer_callback=_refuse_buffer)
+                return _dumps(arg, 5, buffer_callback=refuse_out_of_band)
             except Exception:  # noqa: BLE001 - the full path below says what failed
                 pass
         try:
@@ -353,15 +353,6 @@ class Submitter:
             timeout=timeout,
             retries=retries,
         )
-
-
-def _refuse_buffer(buf: pickle.PickleBuffer) -> bool:
-    """``pack``'s one-call path takes no out-of-band buffer: the serializer's full path does."""
-    raise _HasBuffers
-
-
-class _HasBuffers(Exception):
-    pass
 
 
 def _module_holds(fn: Any) -> bool:
