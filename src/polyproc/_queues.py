@@ -78,13 +78,21 @@ class _Backlog:
 
 
 class _Live:
-    """Queues with a backlog in this process (the module's one holder): flushed at exit."""
+    """Queues with a backlog in this process (the module's one holder): flushed at exit.
+    ``forks`` counts the forks that made this process (``after_in_child``): a queue
+    compares it with the count it saw, to give a forked child its own backlog, rather
+    than ``os.getpid()``, a system call (~180 ns on this VM, 7 % of a small ``put``)."""
 
     def __init__(self) -> None:
         self.queues: weakref.WeakSet[Queue] = weakref.WeakSet()
+        self.forks = 0
+
+    def forked(self) -> None:
+        self.forks += 1
 
 
 _live = _Live()
+os.register_at_fork(after_in_child=_live.forked)
 
 
 def flush_all() -> None:
@@ -137,7 +145,7 @@ class Queue:
         self._ctx = ctx
         self._closed = False
         self._backlog = _Backlog()
-        self._pid = os.getpid()
+        self._forks = _live.forks
         self._side_rs = wrap_fd(os.dup(self._side_r))
         self._side_ws = wrap_fd(os.dup(self._side_w))
         # The two socket objects own their (dup'ed) fds: they are closed through the
@@ -192,7 +200,8 @@ class Queue:
         The item is pickled here, in the caller, so an unpicklable item fails at once
         (the stdlib fails later, in its feeder thread).
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if self._slots is not None and not self._slots.acquire(block, timeout):
             raise queue.Full
         self._send(*self._encode(obj))
@@ -227,8 +236,8 @@ class Queue:
 
     def _send(self, data: bytes, fds: list[int], close: list[int]) -> None:
         bl = self._backlog
-        if self._pid != os.getpid():  # inherited by fork: a fresh backlog for this process
-            self._pid, self._backlog = os.getpid(), _Backlog()
+        if self._forks != _live.forks:  # inherited by fork: a fresh backlog for this process
+            self._forks, self._backlog = _live.forks, _Backlog()
             bl = self._backlog
         if not bl.frames and not bl.busy and self._wlock.acquire(False):
             try:

@@ -205,6 +205,31 @@ def test_queue_put_get_same_process_beyond_pipe_capacity() -> None:
     assert sum(q.get() for _ in range(100_000)) == sum(range(100_000))
 
 
+def _put_child(q):  # type: ignore[no-untyped-def]
+    q.put(b"child")
+
+
+def test_a_forked_child_writes_only_its_own_items_not_the_parents_backlog() -> None:
+    """The parent's puts beyond the pipe wait in its backlog for its feeder thread; a
+    child forked then puts through a backlog of its own (the parent's frames are not
+    its to write, and the parent's feeder is not its thread): each item arrives once."""
+    import polyproc
+
+    q = polyproc.Queue()
+    block = b"x" * (64 << 10)
+    n = 40  # 2.5 MiB: past the pipe, so most wait in the parent's backlog
+    for i in range(n):
+        q.put((i, block))
+    p = polyproc.get_context("fork").Process(target=_put_child, args=(q,))
+    p.start()
+    got = [q.get(timeout=20) for _ in range(n + 1)]
+    p.join(20)
+    assert p.exitcode == 0
+    assert sorted(g[0] for g in got if type(g) is tuple) == list(range(n))
+    assert got.count(b"child") == 1
+    assert q.empty()
+
+
 # -- named shared memory -------------------------------------------------------
 def _write_shm(name):  # type: ignore[no-untyped-def]
     from polyproc.shared_memory import SharedMemory
