@@ -205,6 +205,29 @@ def test_queue_put_get_same_process_beyond_pipe_capacity() -> None:
     assert sum(q.get() for _ in range(100_000)) == sum(range(100_000))
 
 
+def test_a_queue_of_a_context_with_its_own_serializer_loads_with_it() -> None:
+    """A plain item is loaded by ``pickle.loads`` directly (the default serializer's own
+    ``loads``); a context's serializer of another class keeps its ``loads``."""
+    import polyproc
+    from polyproc._serialize import Serializer
+
+    class Counting(Serializer):
+        loaded = 0
+
+        def loads(self, body, buffers=(), fds=()):  # type: ignore[no-untyped-def]
+            Counting.loaded += 1
+            return super().loads(body, buffers, fds)
+
+    q = polyproc.Context("fork", Counting()).Queue()
+    q.put([1, 2])
+    q.put(3)
+    assert q.get(timeout=10) == [1, 2] and q.get(timeout=10) == 3
+    assert Counting.loaded == 2
+    plain = polyproc.Queue()
+    plain.put({"a": 1})
+    assert plain.get(timeout=10) == {"a": 1}
+
+
 def _put_child(q):  # type: ignore[no-untyped-def]
     q.put(b"child")
 
