@@ -19,9 +19,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-__all__ = ["HEAD", "LENGTH", "plain", "head", "decode_head", "decode_length"]
+__all__ = ["HEAD", "LENGTH", "plain", "head", "decode_length"]
 
-HEAD = struct.Struct("<QII")  # body length, number of buffers, number of fds
+HEAD = struct.Struct("<QII")  # body length, number of buffers, number of fds (``HEAD.unpack``)
 LENGTH = struct.Struct("<Q")
 _SHARED_BIT = 1 << 63  # a buffer length with this bit: its bytes are in the next memfd
 
@@ -36,12 +36,6 @@ def head(body_length: int, buffers: Sequence[tuple[int, bool]], nfds: int) -> by
     return HEAD.pack(body_length, len(buffers), nfds) + b"".join(
         LENGTH.pack(n | _SHARED_BIT if shared else n) for n, shared in buffers
     )
-
-
-def decode_head(data: bytes) -> tuple[int, int, int]:
-    """``(body length, nbuffers, nfds)`` from ``HEAD.size`` bytes."""
-    body_length, nbuffers, nfds = HEAD.unpack(data)
-    return body_length, nbuffers, nfds
 
 
 def decode_length(data: bytes) -> tuple[int, bool]:
