@@ -266,6 +266,27 @@ def test_import_polyproc_is_light() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.timeout(30)
+def test_a_spawned_childs_boot_module_is_light() -> None:
+    """Every spawned child and fork server imports ``polyproc._launch.spawn`` as it boots:
+    pathlib, traceback and queue (~11 ms of a clean interpreter) are not on that path."""
+    heavy = ("pathlib", "traceback", "queue")
+    code = (
+        f"import sys; heavy = {heavy!r}; before = {{m for m in heavy if m in sys.modules}}; "
+        "import polyproc._launch.spawn, polyproc._launch.thread; "
+        "print(sorted(m for m in heavy if m in sys.modules and m not in before))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(None),
+        timeout=20,
+        check=True,
+    ).stdout
+    assert out.strip() == "[]"
+
+
 POOL_PATH = """
     import os, sys
     import polyproc as mp

@@ -20,9 +20,7 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .child import (
@@ -45,7 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["start", "spawn_interpreter", "child_main", "Role"]
 
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+# os.path, not pathlib: every spawned child imports this module as it boots, and pathlib
+# (with traceback, imported only on failure below) is ~11 ms of a clean interpreter's start.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 _BOOT = (
     "import sys; sys.path.insert(0, {path!r}); "
     "from polyproc._launch.spawn import child_main; child_main(3)"
@@ -238,6 +238,8 @@ def child_main(fd: int) -> None:
                 # A pool worker, or the forkserver: the parent raises this error once,
                 # where the program can catch it; N children printing it would bury it.
                 os._exit(REFUSED_EXIT)
+        import traceback
+
         sys.stderr.write("polyproc: a spawned child could not be prepared:\n")
         traceback.print_exc()
         sys.stderr.flush()

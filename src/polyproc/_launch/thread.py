@@ -8,8 +8,8 @@ The thread is parkable (``parking.py``) while it waits for work.
 
 from __future__ import annotations
 
-import queue
 import threading
+from _queue import SimpleQueue  # queue.SimpleQueue itself, without queue.py and heapq
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -25,9 +25,7 @@ class _LauncherThread:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]] | None = (
-            None
-        )
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], SimpleQueue[Any]]] | None = None
         self._owner_pid = 0
         self._busy = threading.Lock()  # held while a launch runs: see template.parkable
 
@@ -36,7 +34,7 @@ class _LauncherThread:
 
         with self._lock:
             if self._jobs is None or self._owner_pid != os.getpid():
-                self._jobs = queue.SimpleQueue()
+                self._jobs = SimpleQueue()
                 self._owner_pid = os.getpid()
                 self._busy = threading.Lock()
                 thread = threading.Thread(
@@ -48,7 +46,7 @@ class _LauncherThread:
                 parkable(thread, self._busy)
                 thread.start()
             jobs = self._jobs
-        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        reply: SimpleQueue[Any] = SimpleQueue()
         jobs.put((fn, reply))
         ok, value = reply.get()
         if ok:
@@ -57,7 +55,7 @@ class _LauncherThread:
 
     @staticmethod
     def _loop(
-        jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]]],
+        jobs: SimpleQueue[tuple[Callable[[], Any], SimpleQueue[Any]]],
         busy: threading.Lock,
     ) -> None:
         while True:
