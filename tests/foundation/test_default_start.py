@@ -247,44 +247,35 @@ def test_any_parent_handler_gets_child_records(method: str) -> None:
 
 
 # -- 3. fast: the import path ----------------------------------------------------------------
-@pytest.mark.timeout(30)
-def test_import_polyproc_is_light() -> None:
-    heavy = ("dataclasses", "inspect", "concurrent.futures", "ctypes", "logging", "asyncio")
-    # Less what the interpreter loaded before us (a site hook may import inspect: 3.13 here)
+def _newly_imported(heavy: tuple[str, ...], statement: str) -> str:
+    """Which of ``heavy`` a fresh interpreter imports running ``statement``, less what it
+    had loaded before (a site hook may import inspect: 3.13 here; pathlib: this VM)."""
     code = (
         f"import sys; heavy = {heavy!r}; before = {{m for m in heavy if m in sys.modules}}; "
-        "import polyproc; print(sorted(m for m in heavy if m in sys.modules and m not in before))"
+        f"{statement}; print(sorted(m for m in heavy if m in sys.modules and m not in before))"
     )
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env=_env(None),
         timeout=20,
         check=True,
-    ).stdout
-    assert out.strip() == "[]"
+    ).stdout.strip()
+
+
+@pytest.mark.timeout(30)
+def test_import_polyproc_is_light() -> None:
+    heavy = ("dataclasses", "inspect", "concurrent.futures", "ctypes", "logging", "asyncio")
+    assert _newly_imported(heavy, "import polyproc") == "[]"
 
 
 @pytest.mark.timeout(30)
 def test_a_spawned_childs_boot_module_is_light() -> None:
     """Every spawned child and fork server imports ``polyproc._launch.spawn`` as it boots:
     pathlib, traceback and queue (~11 ms of a clean interpreter) are not on that path."""
-    heavy = ("pathlib", "traceback", "queue")
-    code = (
-        f"import sys; heavy = {heavy!r}; before = {{m for m in heavy if m in sys.modules}}; "
-        "import polyproc._launch.spawn, polyproc._launch.thread; "
-        "print(sorted(m for m in heavy if m in sys.modules and m not in before))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=_env(None),
-        timeout=20,
-        check=True,
-    ).stdout
-    assert out.strip() == "[]"
+    statement = "import polyproc._launch.spawn, polyproc._launch.thread"
+    assert _newly_imported(("pathlib", "traceback", "queue"), statement) == "[]"
 
 
 POOL_PATH = """
