@@ -50,6 +50,7 @@ from ._sync import Condition, Lock, Semaphore
 from ._transport import (
     big_pipe,
     read_exact_fd,
+    readable,
     socketpair,
     wrap_fd,
     write_all_fd,
@@ -158,6 +159,7 @@ class Queue:
         self._finalizer = weakref.finalize(
             self, _close_fds, self._all_fds()[:4], (self._side_rs, self._side_ws)
         )
+        self._reader, self._writer = _End(self._finalizer, self._r), _End(self._finalizer, self._w)
 
     def _all_fds(self) -> list[int]:
         return [
@@ -403,6 +405,31 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} maxsize={self._maxsize} qsize={self.qsize()}>"
+
+
+class _End:
+    """``q._reader`` / ``q._writer`` (the stdlib's are Connections), for what programs do
+    with them: ``connection.wait([q._reader, ...])`` (readable once an item is in the
+    pipe), ``poll``, and ``closed`` once the queue's fds are. It holds the queue's
+    finalizer, not the queue: no cycle keeps a dropped queue's fds open."""
+
+    __slots__ = ("_finalizer", "_fd")
+
+    def __init__(self, finalizer: weakref.finalize[Any, Any], fd: int) -> None:
+        self._finalizer, self._fd = finalizer, fd
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def fileno(self) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "the queue is closed")
+        return self._fd
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether the pipe has bytes to read (an item, or the start of one) within ``timeout``."""
+        return bool(readable((self.fileno(),), timeout))
 
 
 def _rebuild_queue(

@@ -228,6 +228,25 @@ def test_a_queue_of_a_context_with_its_own_serializer_loads_with_it() -> None:
     assert plain.get(timeout=10) == {"a": 1}
 
 
+def test_a_queues_reader_end_works_with_wait_and_reports_closed() -> None:
+    """``q._reader`` / ``q._writer`` are the stdlib's private Connections; programs wait on
+    ``q._reader`` beside sentinels (``connection.wait``) and CPython's tests read
+    ``.closed`` after ``SimpleQueue.close()``."""
+    import polyproc
+    from polyproc.connection import wait
+
+    q = polyproc.SimpleQueue()
+    assert not q._reader.closed and not q._writer.closed
+    assert wait([q._reader], timeout=0.05) == [] and not q._reader.poll()
+    q.put("x")
+    assert wait([q._reader], timeout=10) == [q._reader] and q._reader.poll(10)
+    assert q.get() == "x"
+    q.close()
+    assert q._reader.closed and q._writer.closed
+    with pytest.raises(OSError):
+        q._reader.fileno()
+
+
 def _put_child(q):  # type: ignore[no-untyped-def]
     q.put(b"child")
 
