@@ -375,3 +375,23 @@ def test_pool_module_exports_the_stdlib_names(ctx: Any) -> None:
         issubclass(w.category, ResourceWarning) and "unclosed running" in str(w.message)
         for w in caught
     )
+
+
+def test_repopulate_pool_exists_and_the_pool_is_full_after_recycling(ctx: Any) -> None:
+    """The stdlib's private ``_repopulate_pool()``, which programs and CPython's tests call
+    after ``maxtasksperchild`` recycled workers: ours refills by itself, so after the call
+    the pool has its size in live workers, none of them the first ones."""
+    import time
+
+    with Pool(2, maxtasksperchild=2, context=ctx) as p:
+        first = {w.pid for w in p._pool}
+        assert p.map(h.double, range(20), chunksize=1) == [2 * i for i in range(20)]
+        p._repopulate_pool()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            workers = p._pool
+            if len(workers) == 2 and all(w.is_alive() for w in workers):
+                break
+            time.sleep(0.01)  # polling the pool's own view of its replacements
+        assert len(workers) == 2 and all(w.is_alive() for w in workers)
+        assert not first & {w.pid for w in workers}

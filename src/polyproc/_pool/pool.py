@@ -161,6 +161,11 @@ class Pool:
         self._engine.started.wait()  # the first workers' start() calls are done
         return self._engine.workers.live()
 
+    def _repopulate_pool(self) -> None:
+        """The stdlib's private refill, which some programs (and CPython's tests) call after
+        workers exit: the engine replaces a worker as soon as it ends (a crash,
+        ``maxtasksperchild``), so there is nothing left to refill."""
+
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
