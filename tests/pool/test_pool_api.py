@@ -231,16 +231,9 @@ def test_a_progress_bar_leaves_no_thread_that_would_cost_the_next_pool_its_templ
     """tqdm's monitor thread, started by a first bar and alive for the program's life, is
     a thread polyproc cannot park: every later pool would start its workers from the
     forkserver. Bars are made without it."""
-    script = tmp_path / "bar.py"
-    script.write_text(_BAR_THEN_POOL)
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        timeout=50,
-        cwd=tmp_path,
-    )
+    from foundation import _programs  # a user program in a fresh interpreter
+
+    proc = _programs.run(_BAR_THEN_POOL, "auto", tmp_path, timeout=50)  # the default method
     assert proc.returncode == 0, proc.stderr
     threads, template = proc.stdout.rsplit("]", 1)
     assert "monitor" not in threads, threads
