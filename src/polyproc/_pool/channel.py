@@ -30,7 +30,7 @@ from .._shm import bulk
 from .._transport import Outbox, Stream, UnixStream
 from .worker import ThreadWorker
 
-__all__ = ["Handle", "Tag", "packed", "pickle_buffer", "ARMED", "LEADING"]
+__all__ = ["Handle", "Tag", "packed", "pickle_buffer", "close_unused", "ARMED", "LEADING"]
 
 _COALESCE = 1 << 14  # smaller bodies are joined to their header: one syscall part
 _HEAD = HEADER.pack
@@ -250,6 +250,15 @@ class Handle:
         if wants != self.writing:
             self.writing = wants
             self.watch(sel)
+
+
+def close_unused(ours: Any, theirs: Any, jfd: int | None) -> None:
+    """A new worker's channel ends and journal fd, when no worker came to use them (its
+    start failed, or a standby worker was never promoted)."""
+    ours.close()
+    theirs.close()
+    if jfd is not None:
+        os.close(jfd)
 
 
 def pickle_buffer(view: memoryview) -> Any:

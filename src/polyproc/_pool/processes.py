@@ -41,7 +41,7 @@ from .._serialize import Serializer, fd_handle
 from .._shm import bulk
 from .._transport import wrap_fd
 from ..errors import CorruptMessageError
-from .channel import LEADING, Handle, Tag, pickle_buffer
+from .channel import LEADING, Handle, Tag, close_unused, pickle_buffer
 from .channel import packed as pack_single
 from .journal import JournalReader, new_journal_fd, values_of
 from .messages import (
@@ -188,10 +188,7 @@ class ProcessWorkers(WorkerSet):
             h.name = proc.name
             proc.start()
         except BaseException as exc:  # noqa: BLE001 - a start failure is a worker death
-            ours.close()
-            theirs.close()
-            if jfd is not None:
-                os.close(jfd)
+            close_unused(ours, theirs, jfd)
             del self.handles[wid]
             if not isinstance(exc, Exception):
                 raise

@@ -40,12 +40,11 @@ The rules:
 
 from __future__ import annotations
 
-import os
 import selectors
 from typing import TYPE_CHECKING, Any
 
 from .._process import set_listed
-from .channel import Handle, Tag
+from .channel import Handle, Tag, close_unused
 from .messages import GO
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ class Standby:
             proc.start()
         except Exception:  # noqa: BLE001 - no spare, or it cannot start: replace as before
             self.failures += 1
-            _close(ours, theirs, jfd)
+            close_unused(ours, theirs, jfd)
             return
         self.failures = 0
         set_listed(proc, False)  # not one of the program's children until it is used
@@ -150,7 +149,7 @@ class Standby:
         proc, ours, theirs, jfd = ready
         if not proc.is_alive():
             _end(proc)
-            _close(ours, theirs, jfd)
+            close_unused(ours, theirs, jfd)
             return False
         workers = self.workers
         set_listed(proc, True)
@@ -180,7 +179,7 @@ class Standby:
         if ready is not None:
             proc, ours, theirs, jfd = ready
             _end(proc)
-            _close(ours, theirs, jfd)
+            close_unused(ours, theirs, jfd)
 
 
 class _OnSpare:
@@ -202,10 +201,3 @@ def _end(proc: Any) -> None:
         proc.close()
     except (ValueError, OSError, AssertionError):
         pass
-
-
-def _close(ours: Any, theirs: Any, jfd: int | None) -> None:
-    ours.close()
-    theirs.close()
-    if jfd is not None:
-        os.close(jfd)
