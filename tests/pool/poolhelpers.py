@@ -207,3 +207,16 @@ def append_pid(path: str) -> None:
     """An initializer that says, in a file, which processes ran it."""
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
+
+
+def standby_of(pool: Any) -> tuple[Any, ...]:
+    """The pool's standby worker (``_pool/standby.py``: its Process, our channel end, its
+    end, its journal fd), once the engine has made it: bounded, it fails the test if none
+    comes (the engine makes it the first time it is idle after a replacement)."""
+    deadline = time.monotonic() + 10
+    while True:  # polling the engine's state, not ordering anything
+        ready = pool._engine.workers.standby.ready
+        if ready is not None:
+            return tuple(ready)
+        assert time.monotonic() < deadline, "no standby"
+        time.sleep(0.01)

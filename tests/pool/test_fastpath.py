@@ -30,18 +30,6 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _standby_made(pool: Any) -> None:
-    """Wait (bounded) until a pool with a template has made its standby worker (at the
-    engine's first idle moment after a replacement, once the template's spare is there):
-    its channel, journal and sentinel are fds of ours, to count before, not after."""
-    workers = pool._engine.workers
-    if getattr(workers, "template", None) is None:
-        return  # no template (spawn, forkserver): no standby
-    deadline = time.monotonic() + 10
-    while workers.standby.ready is None and time.monotonic() < deadline:
-        time.sleep(0.001)  # polling the engine's state, not ordering anything
-
-
 def test_apply_arms_its_channel_before_the_task_goes_out(ctx: Any) -> None:
     """A direct send keeps the channel out of the engine's selector (armed for its
     future) while the task is written: a quick answer cannot wake the engine first."""
@@ -96,7 +84,8 @@ def test_a_leading_caller_whose_worker_dies_gets_worker_lost_and_leaks_no_fd(ctx
         # lead, kept while it lives), as each one below: a leak is an fd per death.
         _until_direct(pool)
         assert pool.apply(h.inc, (1,)) == 2
-        _standby_made(pool)
+        if pool._engine.workers.template is not None:  # spawn, forkserver: no standby
+            h.standby_of(pool)  # its channel, journal and sentinel: counted before, not after
         before = _open_fds()
         for _ in range(4):
             _until_direct(pool)

@@ -42,13 +42,7 @@ def _crash(pool: Any) -> None:
 
 
 def _standby_pid(pool: Any) -> int:
-    deadline = time.monotonic() + 10
-    while True:  # polling: the engine makes it the next time it is idle
-        ready = pool._engine.workers.standby.ready
-        if ready is not None:
-            return int(ready[0].pid)
-        assert time.monotonic() < deadline, "no standby"
-        time.sleep(0.01)
+    return int(h.standby_of(pool)[0].pid)
 
 
 def _gone(pid: int) -> bool:
